@@ -4,7 +4,7 @@ The conventions (parametrisation, normalisations, index placement) are those of
 *The Principles of Deep Learning Theory* (Roberts, Yaida, Hanin) as fixed in THEORY.md.
 
 The facade below is short on purpose; everything else lives in modules named by what they
-do (``derive.wick``, ``derive.pairings``, ``derive.gaussian``, ...).  Names are imported
+do (``derive.contractions``, ``derive.pairings``, ``derive.gaussian``, ...).  Names are imported
 lazily so that ``import derive`` stays fast.
 
 Symbolic Gaussian engine
@@ -37,10 +37,11 @@ _FACADE = {
     "tensor": "symbols",
     "NeuronSum": "symbols",
     "GaussianAverage": "symbols",
-    "wick": "wick",
-    "E": "wick",
+    "simplify_sums": "contractions",
+    "wick": "contractions",
+    "E": "contractions",
     "Trace": "trace",
-    "split_sum": "wick",
+    "split_sum": "contractions",
     "cumulant": "cumulants",
     "moment_from_cumulants": "cumulants",
     "nearly_gaussian_expectation": "nearly_gaussian",

@@ -1,6 +1,6 @@
 r"""Combinatorics of Wick contractions on plain integers.
 
-Everything symbolic in :mod:`derive.wick` reduces to the enumerations here: fields are
+Everything symbolic in :mod:`derive.contractions` reduces to the enumerations here: fields are
 numbered ``0 … m-1`` (or grouped into *types* of identical fields), and only the merged result
 is turned into SymPy.  Three enumerations are provided:
 
