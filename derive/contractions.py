@@ -34,13 +34,13 @@ from typing import Iterable
 import sympy as sp
 from sympy.core.sorting import default_sort_key
 
-from .errors import DeriveError, IndexStructureError
-from .pairings import perfect_matchings, typed_pairings
-from .symbols import (NEURON, Family, GaussianAverage, NeuronIndex, NeuronSum, RandomVar,
+from .errors import DeriveError, IndexStructureError, OrderError
+from .pairings import block_partitions, perfect_matchings, typed_pairings
+from .symbols import (ORDER_WEIGHT, Family, GaussianAverage, NeuronIndex, NeuronSum, RandomVar,
                       SampleIndex)
 from .trace import Trace
 
-__all__ = ["wick", "E", "simplify_sums", "split_sum"]
+__all__ = ["wick", "E", "simplify_sums", "split_sum", "expectation_parts", "check_order"]
 
 #: canonical names for summed neuron indices, in order of preference
 DUMMY_NAMES = ("j", "k", "l", "m", "p", "q", "r", "s", "t", "u", "v", "w")
@@ -210,72 +210,90 @@ def _intern(x):
     return _INTERN.setdefault(x, x)
 
 
-def _family_pairings(variables: tuple[RandomVar, ...]):
+def _edges(pairs) -> list | None:
+    """δ edges of a monomial as interned frozensets; None when a δ between two different
+    fixed neurons makes it vanish."""
+    out = []
+    for x, y in pairs:
+        if x == y:
+            continue
+        if isinstance(x, sp.Integer) and isinstance(y, sp.Integer):
+            return None
+        out.append(_intern(frozenset((x, y))))
+    return out
+
+
+def _family_pairings(variables: tuple[RandomVar, ...], order: int):
     """For the variables of one family: list of (multiplicity, deltas, factor items)."""
     fam: Family = variables[0].family
+    if not fam.is_gaussian:
+        return _family_blocks(variables, order)
     counts = Counter(variables)
     types = sorted(counts, key=default_sort_key)
     cnt = [counts[t] for t in types]
-    slots = fam.slots
-    tens = fam.tensor
     cov_cache = {}
 
     def cov(a, b):
         if (a, b) not in cov_cache:  # computed once per pair of types
-            va, vb = types[a].indices, types[b].indices
-            edges, factor = [], None
-            for kind, x, y in zip(slots, va, vb):
-                if kind == NEURON:
-                    if x != y:
-                        if isinstance(x, sp.Integer) and isinstance(y, sp.Integer):
-                            edges = None  # δ between two different fixed neurons vanishes
-                            break
-                        edges.append(_intern(frozenset((x, y))))
-                else:
-                    factor = _intern(tens[x, y])
-            cov_cache[(a, b)] = (edges, factor)
+            (pairs, factors, _), = fam.two_point(types[a].indices, types[b].indices)
+            cov_cache[(a, b)] = (_edges(pairs), [_intern(f) for f in factors])
         return cov_cache[(a, b)]
 
     out = []
-    npairs = sum(cnt) // 2
-    scale = fam.scale
     if all(c == 1 for c in cnt):
-        # all fields distinct: plain matchings, multiplicity 1 (the hot loop of large moments)
-        covs = [[cov(a, b) if a < b else None for b in range(len(cnt))] for a in range(len(cnt))]
-        if any(covs[a][b][0] is None for a in range(len(cnt)) for b in range(a + 1, len(cnt))):
-            covs = None  # some pair vanishes: use the general loop below
-        else:
-            for pm in perfect_matchings(len(cnt)):
-                deltas, fac = [], {}
-                for a, b in pm:
-                    edges, factor = covs[a][b]
-                    deltas += edges
-                    if factor is not None:
-                        fac[factor] = fac.get(factor, 0) + 1
-                if scale != 1:
-                    fac[scale] = npairs
-                out.append((1, frozenset(deltas), frozenset(fac.items())))
-            return out
         pairings = ((tuple((p, 1) for p in pm), 1) for pm in perfect_matchings(len(cnt)))
     else:
         pairings = typed_pairings(cnt)
     for pc, mult in pairings:
         deltas, fac = [], {}
         for (a, b), m in pc:
-            edges, factor = cov(a, b)
+            edges, factors = cov(a, b)
             if edges is None:
                 break
-            deltas.extend(edges)
-            if factor is not None:
-                fac[factor] = fac.get(factor, 0) + m
+            deltas += edges
+            for f in factors:
+                fac[f] = fac.get(f, 0) + m
         else:
-            if scale != 1:
-                fac[scale] = fac.get(scale, 0) + npairs
             out.append((mult, frozenset(deltas), frozenset(fac.items())))
     return out
 
 
-def _wick_pass(acc: dict) -> tuple[dict, int]:
+def _family_blocks(variables: tuple[RandomVar, ...], order: int):
+    """Cumulant expansion of a nearly-Gaussian family: set partitions into two-point blocks
+    (K, or G1 at one order) and at most ``order`` connected four-point blocks (V, one order
+    each).  The order of each monomial is carried as a power of ``ORDER_WEIGHT`` and
+    removed beyond ``order`` by the explicit truncation pass."""
+    fam: Family = variables[0].family
+    fields = sorted(variables, key=default_sort_key)
+    m = len(fields)
+    caps = {4: order} if fam.V is not None else {4: 0}
+    cache = {}
+
+    def monomials(block):
+        key = tuple(fields[x] for x in block)
+        if key not in cache:
+            idx = [f.indices for f in key]
+            raw = fam.two_point(*idx) if len(block) == 2 else fam.four_point(*idx)
+            cache[key] = [(e, [_intern(f) for f in fs], k) for pairs, fs, k in raw
+                          if (e := _edges(pairs)) is not None]
+        return cache[key]
+
+    out = []
+    for blocks in block_partitions(m, (2, 4), caps):
+        for combo in product(*(monomials(b) for b in blocks)):
+            deltas, fac, k = [], {}, 0
+            for e, fs, kk in combo:
+                deltas += e
+                k += kk
+                for f in fs:
+                    fac[f] = fac.get(f, 0) + 1
+            if k:
+                fac[ORDER_WEIGHT] = k
+            out.append((1, frozenset(deltas), frozenset(fac.items())))
+    return out
+
+
+def _wick_pass(acc: dict, order: int = 0) -> tuple[dict, int]:
     """Replace integrated random variables by their Wick pairings; returns (terms, #pairings)."""
     out: dict = {}
     npair_total = 0
@@ -288,8 +306,8 @@ def _wick_pass(acc: dict) -> tuple[dict, int]:
             by_family[r.family].append(r)
         fams = sorted(by_family, key=lambda f: f.name)
         if any(len(by_family[f]) % 2 for f in fams):
-            continue  # odd moment of a zero-mean Gaussian family: 0
-        per_family = [_family_pairings(tuple(by_family[f])) for f in fams]
+            continue  # odd moment of a zero-mean (nearly-)Gaussian family: 0
+        per_family = [_family_pairings(tuple(by_family[f]), order) for f in fams]
         if len(per_family) == 1 and not term.factors:
             c, sm, ex, d0 = term.coeff, term.sums, term.excl, term.deltas
             for m, d, f in per_family[0]:
@@ -622,7 +640,7 @@ def _distinct_fields_moment(expr):
     if len(factors) < 2 * _FAST_DISTINCT_MIN_PAIRS or not all(isinstance(f, RandomVar) for f in factors):
         return None
     fam = factors[0].family
-    if any(f.family != fam for f in factors) or len(set(factors)) != len(factors):
+    if not fam.is_gaussian or any(f.family != fam for f in factors) or len(set(factors)) != len(factors):
         return None
     if len(factors) % 2:
         return sp.S.Zero
@@ -677,8 +695,10 @@ def _integrator(over):
     return lambda fam: fam in fams
 
 
-def _finish(acc: dict, trace: Trace | None, taken: set[str], before_label) -> sp.Expr:
-    """Passes 3–5 with step recording."""
+def _finish(acc: dict, trace: Trace | None, taken: set[str], before_label,
+            n=sp.S.One) -> dict[int, sp.Expr]:
+    """Passes 3–5 with step recording; returns {order: expression} (order = power of the
+    nearly-Gaussian weight, 0 only for Gaussian families)."""
     state = before_label
     acc2 = _contract_pass(acc)
     if trace is not None and any(t.deltas for t, _ in acc.values()):
@@ -690,18 +710,110 @@ def _finish(acc: dict, trace: Trace | None, taken: set[str], before_label) -> sp
         after = _to_sympy(acc3, search=False, taken=taken)
         trace.record("sum.count", state, after)
         state = after
-    result = _to_sympy(acc3, search=True, taken=taken)
-    if trace is not None and result != state:
-        trace.record("canonical.merge", state, result)
+    groups: dict[int, dict] = defaultdict(dict)
+    for key, (term, mult) in acc3.items():
+        fac = dict(term.factors)
+        k = fac.pop(ORDER_WEIGHT, 0)
+        t = _Term(term.coeff, term.randoms, term.deltas, frozenset(fac.items()), term.sums, term.excl)
+        _add(groups[k], t, mult)
+    result = {k: _to_sympy(groups[k], search=True, taken=taken) for k in sorted(groups)}
+    if trace is not None:
+        merged = _weighted_sum(result, n)
+        if merged != state:
+            trace.record("canonical.merge", state, merged)
     return result
 
 
-def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None) -> sp.Expr:
-    r"""E[expr] for a polynomial in zero-mean Gaussian variables, by Isserlis–Wick.
+def _weighted_sum(parts: dict[int, sp.Expr], n) -> sp.Expr:
+    return sp.Add(*(expr / n ** k for k, expr in parts.items()))
 
-    ``over`` lists the families integrated over (default: every family in ``expr``); the
-    variables of other families are held fixed (a conditional expectation).  Neuron sums are
-    contracted and counted, dummy indices renamed canonically and like terms merged.
+
+def _truncate_pass(acc: dict, order: int) -> tuple[dict, int]:
+    """Drop monomials with more than ``order`` nearly-Gaussian insertions (THEORY §6 step 5)."""
+    out, dropped = {}, 0
+    for key, (term, mult) in acc.items():
+        if dict(term.factors).get(ORDER_WEIGHT, 0) > order:
+            dropped += 1
+            continue
+        out[key] = (term, mult)
+    return out, dropped
+
+
+def check_order(order) -> int:
+    """Validate an order of the 1/n expansion of a nearly-Gaussian family (0 or 1)."""
+    if isinstance(order, bool) or not isinstance(order, (int, sp.Integer)) or int(order) != order:
+        raise OrderError(f"the order of the 1/n expansion is a whole number (0 or 1), got {order!r}")
+    order = int(order)
+    if order < 0:
+        raise OrderError(f"the order of the 1/n expansion cannot be negative, got {order}")
+    if order > 1:
+        raise OrderError(
+            f"order {order} is not implemented: nearly-Gaussian families are modelled to first "
+            "order in 1/n (metric K + G1/n, quartic vertex V/n); the O(1/n²) data (six-point "
+            "cumulant, second metric correction) are not represented. Use order=0 or 1.")
+    return order
+
+
+def expectation_parts(expr, over=None, trace: Trace | None = None, order=None):
+    """E[expr] split by order: ``({k: coefficient of n^-k}, widths)`` where ``widths`` is
+    the set of expansion widths of the nearly-Gaussian families involved."""
+    expr = sp.sympify(expr)
+    integrate = _integrator(over)
+    families = {r.family for r in expr.atoms(RandomVar) if integrate(r.family)}
+    widths = {f.n for f in families if not f.is_gaussian}
+    if widths:
+        if order is None:
+            raise OrderError("the expression holds nearly-Gaussian variables "
+                             f"({', '.join(sorted(f.name for f in families if not f.is_gaussian))}); "
+                             "say to which order in 1/n with order=0 or order=1")
+        if len(widths) > 1:
+            raise DeriveError(f"nearly-Gaussian families with different widths {sorted(map(str, widths))} "
+                              "in one expectation are not supported")
+        order = check_order(order)
+    else:
+        order = 0 if order is None else check_order(order)
+    if trace is None and over is None and not widths:
+        direct = _distinct_fields_moment(expr)
+        if direct is not None:
+            return {0: direct}, widths
+    taken = _free_names(expr)
+    acc = _expand(expr, integrate)
+    state = E(expr, over) if over is not None else E(expr)
+    if trace is not None:
+        expanded = _to_sympy(acc, search=False, taken=taken)
+        if expanded != state:
+            trace.record("expectation.linearity", state, expanded)
+            state = expanded
+    acc_w, npairs = _wick_pass(acc, order)
+    if trace is not None:
+        rule = "nearly_gaussian.cumulants" if widths else "wick.isserlis"
+        after = _to_sympy(acc_w, search=False, taken=taken)
+        if widths:
+            after = after.subs(ORDER_WEIGHT, 1 / next(iter(widths)))
+        trace.record(rule, state, after,
+                     note=f"{npairs} {'partitions' if widths else 'typed pairings'}, "
+                          f"{len(acc_w)} distinct terms")
+        state = after
+    if widths:
+        acc_t, dropped = _truncate_pass(acc_w, order)
+        if trace is not None and dropped:
+            after = _to_sympy(acc_t, search=False, taken=taken).subs(ORDER_WEIGHT, 1 / next(iter(widths)))
+            trace.record("truncate", state, after, note=f"kept orders ≤ {order}, dropped {dropped} terms")
+            state = after
+        acc_w = acc_t
+    return _finish(acc_w, trace, taken, state, next(iter(widths)) if widths else sp.S.One), widths
+
+
+def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None,
+         order: int | None = None) -> sp.Expr:
+    r"""E[expr] for a polynomial in zero-mean (nearly-)Gaussian variables.
+
+    Gaussian families are paired by Isserlis–Wick; nearly-Gaussian families
+    (:func:`derive.nearly_gaussian_field`) are expanded in cumulants to ``order`` (0 or 1)
+    in 1/n.  ``over`` lists the families integrated over (default: every family in
+    ``expr``); the variables of other families are held fixed (a conditional expectation).
+    Neuron sums are contracted and counted, dummy indices renamed canonically and like terms
+    merged.  For the result split by order use :func:`derive.nearly_gaussian_expectation`.
 
     >>> from derive import gaussian_field, neuron_indices, sample_indices
     >>> z = gaussian_field('z', 'K')
@@ -712,27 +824,9 @@ def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None)
     >>> wick(z[i1, a1] ** 4)
     3*K[alpha1, alpha1]**2
     """
-    expr = sp.sympify(expr)
-    integrate = _integrator(over)
-    if trace is None and over is None:
-        direct = _distinct_fields_moment(expr)
-        if direct is not None:
-            return direct
-    taken = _free_names(expr)
-    acc = _expand(expr, integrate)
-    state = E(expr, over) if over is not None else E(expr)
-    if trace is not None:
-        expanded = _to_sympy(acc, search=False, taken=taken)
-        if expanded != state:
-            trace.record("expectation.linearity", state, expanded)
-            state = expanded
-    acc_w, npairs = _wick_pass(acc)
-    if trace is not None:
-        after = _to_sympy(acc_w, search=False, taken=taken)
-        trace.record("wick.isserlis", state, after,
-                     note=f"{npairs} typed pairings, {len(acc_w)} distinct terms")
-        state = after
-    return _finish(acc_w, trace, taken, state)
+    parts, widths = expectation_parts(expr, over, trace, order)
+    n = next(iter(widths)) if widths else sp.S.One
+    return _weighted_sum(parts, n)
 
 
 def simplify_sums(expr, trace: Trace | None = None) -> sp.Expr:
@@ -746,7 +840,7 @@ def simplify_sums(expr, trace: Trace | None = None) -> sp.Expr:
     """
     expr = sp.sympify(expr)
     acc = _expand(expr, lambda fam: False)
-    return _finish(acc, trace, _free_names(expr), expr)
+    return _finish(acc, trace, _free_names(expr), expr).get(0, sp.S.Zero)
 
 
 def split_sum(expr, trace: Trace | None = None) -> sp.Expr:
@@ -809,8 +903,8 @@ def split_sum(expr, trace: Trace | None = None) -> sp.Expr:
     if trace is not None and fired:
         after = _to_sympy(out, search=False, taken=taken)
         trace.record("sum.split", expr, after)
-        return _finish(out, trace, taken, after)
-    return _finish(out, trace, taken, expr)
+        return _finish(out, trace, taken, after).get(0, sp.S.Zero)
+    return _finish(out, trace, taken, expr).get(0, sp.S.Zero)
 
 
 class E(sp.Expr):

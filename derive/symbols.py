@@ -49,6 +49,8 @@ __all__ = [
     "Family",
     "RandomVar",
     "gaussian_field",
+    "nearly_gaussian_field",
+    "ORDER_WEIGHT",
     "bias",
     "weight",
     "NeuronSum",
@@ -172,17 +174,26 @@ def tensor(label: str, rank: int = 2, symmetry: str = "sym") -> SampleTensor:
 # random families
 # ---------------------------------------------------------------------------------------------
 
-class Family(sp.Basic):
-    r"""A family of zero-mean Gaussian variables ``F[idx…]`` with a δ-structured covariance.
+#: weight symbol counting 1/n insertions (G1 or V) in nearly-Gaussian expansions; it is
+#: replaced by 1/n only when a graded result is turned into an expression (STYLE lesson 4)
+ORDER_WEIGHT = sp.Symbol("varepsilon_1/n")
 
-    ``args = (name, slots, scale, tensor_label)``: ``slots`` is a tuple of ``"neuron"`` /
-    ``"sample"`` strings giving the kind of each index; the covariance of ``F[a…]`` and
-    ``F[b…]`` is ``scale · Π_{neuron slots} δ(a_s, b_s) · T[a_sample, b_sample]`` with ``T``
-    the symmetric sample tensor named ``tensor_label`` (empty for families without a sample
-    slot).  Use :func:`gaussian_field`, :func:`bias`, :func:`weight` to build one.
+
+class Family(sp.Basic):
+    r"""A family of zero-mean, jointly (nearly-)Gaussian variables ``F[idx…]``.
+
+    ``args = (name, slots, scale, K, G1, V, n)``: ``slots`` is a tuple of ``"neuron"`` /
+    ``"sample"`` strings giving the kind of each index.  The two-point function of ``F[a…]``
+    and ``F[b…]`` is ``scale · Π_{neuron slots} δ(a_s, b_s) · (K + G1/n)[a_sample, b_sample]``
+    with ``K`` (and ``G1``) symmetric sample tensors.  With a vertex label ``V`` the connected
+    four-point function is, as in THEORY §3,
+    ``(1/n)[δ_{12}δ_{34} V_{(12)(34)} + δ_{13}δ_{24} V_{(13)(24)} + δ_{14}δ_{23} V_{(14)(23)}]``;
+    higher cumulants are O(1/n²) and are not represented.  Without ``G1`` and ``V`` the family
+    is exactly Gaussian.  Use :func:`gaussian_field`, :func:`nearly_gaussian_field`,
+    :func:`bias`, :func:`weight` to build one.
     """
 
-    def __new__(cls, name, slots, scale=sp.S.One, tensor_label=""):
+    def __new__(cls, name, slots, scale=sp.S.One, tensor_label="", G1="", V="", n=sp.S.One):
         name = Str(str(name))
         slots = tuple(str(s) for s in slots)
         for s in slots:
@@ -192,12 +203,19 @@ class Family(sp.Basic):
             raise DeriveError("a family has at most one sample slot")
         if slots.count(SAMPLE) == 1 and not str(tensor_label):
             raise DeriveError(f"family {name} has a sample slot and needs a covariance tensor")
+        if (str(G1) or str(V)) and slots.count(SAMPLE) != 1:
+            raise DeriveError(f"family {name}: G1 and V are sample tensors; the family needs a "
+                              "sample slot")
         scale = sp.sympify(scale)
         if scale.is_negative:
             raise DeriveError(f"the variance scale of family {name} is negative ({scale}); "
                               "variances must be ≥ 0")
+        n = sp.sympify(n)
+        if (str(G1) or str(V)) and (n == 1 or n.is_positive is False):
+            raise DeriveError(f"family {name} has 1/n corrections and needs a positive width "
+                              f"symbol n, got {n}")
         return super().__new__(cls, name, sp.Tuple(*(Str(s) for s in slots)), scale,
-                               Str(str(tensor_label)))
+                               Str(str(tensor_label)), Str(str(G1)), Str(str(V)), n)
 
     @property
     def name(self) -> str:
@@ -216,20 +234,74 @@ class Family(sp.Basic):
         lab = self.args[3].name
         return SampleTensor(lab, 2, "sym") if lab else None
 
+    @property
+    def G1(self) -> SampleTensor | None:
+        lab = self.args[4].name
+        return SampleTensor(lab, 2, "sym") if lab else None
+
+    @property
+    def V(self) -> SampleTensor | None:
+        lab = self.args[5].name
+        return SampleTensor(lab, 4, "pairs") if lab else None
+
+    @property
+    def n(self) -> sp.Expr:
+        """The width whose inverse counts the corrections (n_{ℓ-1} for layer ℓ)."""
+        return self.args[6]
+
+    @property
+    def is_gaussian(self) -> bool:
+        return not (self.args[4].name or self.args[5].name)
+
     def __getitem__(self, idx) -> "RandomVar":
         if not isinstance(idx, tuple):
             idx = (idx,)
         return RandomVar(self, *idx)
 
-    def covariance(self, a: tuple, b: tuple) -> sp.Expr:
-        """E[F[a] F[b]] as a SymPy expression (δ's and the sample tensor)."""
-        out = self.scale
+    def _pair_parts(self, a: tuple, b: tuple, tensor: SampleTensor | None):
+        """(neuron δ edges as (x, y) tuples, sample factor or None) of a pair."""
+        edges, factor = [], None
         for kind, x, y in zip(self.slots, a, b):
             if kind == NEURON:
-                out = out * sp.KroneckerDelta(x, y)
+                edges.append((x, y))
             else:
-                out = out * self.tensor[x, y]
+                factor = tensor[x, y]
+        return edges, factor
+
+    def two_point(self, a: tuple, b: tuple) -> list[tuple[list, list, int]]:
+        """Monomials of E[F[a] F[b]]: a list of (δ edges, factors, order) where ``order``
+        counts the powers of 1/n."""
+        edges, fk = self._pair_parts(a, b, self.tensor)
+        scale = [self.scale] if self.scale != 1 else []
+        out = [(edges, scale + ([fk] if fk is not None else []), 0)]
+        if self.G1 is not None:
+            _, fg = self._pair_parts(a, b, self.G1)
+            out.append((edges, scale + [fg], 1))
         return out
+
+    def four_point(self, a, b, c, d) -> list[tuple[list, list, int]]:
+        """Monomials of the connected E[F[a]F[b]F[c]F[d]] (THEORY §3): three δδV terms at order 1."""
+        if self.V is None:
+            return []
+        kinds = self.slots
+        sample = kinds.index(SAMPLE)
+
+        def deltas(x, y):
+            return [(u, v) for kind, u, v in zip(kinds, x, y) if kind == NEURON]
+
+        out = []
+        for (p, q), (r, t) in (((a, b), (c, d)), ((a, c), (b, d)), ((a, d), (b, c))):
+            vf = self.V[p[sample], q[sample], r[sample], t[sample]]
+            out.append((deltas(p, q) + deltas(r, t), [vf], 1))
+        return out
+
+    def covariance(self, a: tuple, b: tuple) -> sp.Expr:
+        """E[F[a] F[b]] as a SymPy expression (δ's and sample tensors; G1 enters as G1/n)."""
+        total = sp.S.Zero
+        for edges, factors, order in self.two_point(a, b):
+            term = sp.Mul(*(sp.KroneckerDelta(x, y) for x, y in edges), *factors)
+            total += term / self.n ** order
+        return total
 
     def _sympystr(self, printer) -> str:
         return self.name
@@ -243,6 +315,8 @@ class RandomVar(sp.Expr):
     """
 
     is_commutative = True
+    #: components of one neuron's vector can be differentiated (THEORY §6 step 4)
+    _diff_wrt = True
 
     def __new__(cls, family: Family, *indices):
         if not isinstance(family, Family):
@@ -301,6 +375,18 @@ def gaussian_field(name: str = "z", K: str = "K", neuron: bool = True) -> Family
     """
     slots = (NEURON, SAMPLE) if neuron else (SAMPLE,)
     return Family(name, slots, sp.S.One, K)
+
+
+def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str = "V",
+                          n="n", neuron: bool = True) -> Family:
+    r"""A nearly-Gaussian field to first order in 1/n (THEORY §3):
+
+    E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G^{\{1\}}/n)_{α1α2}, connected four-point function
+    (1/n)[δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + 2 permutations], higher cumulants O(1/n²).
+    Pass ``G1=""`` or ``V=""`` to leave out either correction.
+    """
+    slots = (NEURON, SAMPLE) if neuron else (SAMPLE,)
+    return Family(name, slots, sp.S.One, K, G1, V, _sympify_label(n, "width"))
 
 
 def bias(name: str = "b", C="C_b") -> Family:

@@ -1,0 +1,204 @@
+r"""First-order nearly-Gaussian perturbation theory (THEORY §3, §6 step 4; PDLT §4.3).
+
+Two entry points, for the two kinds of integrand:
+
+:func:`nearly_gaussian_expectation`
+    E[f] for a *polynomial* f in the variables of a nearly-Gaussian family
+    (:func:`derive.nearly_gaussian_field`): the cumulant expansion into two-point blocks
+    (K + G1/n) and at most one connected four-point block (V/n), truncated at first order.
+    Neuron indices, δ's and neuron sums are handled by the contraction engine.
+
+:func:`perturbative_expectation`
+    E[f] for a *general* function f of one neuron's vector (σ(z_α) σ(z_β), ...), in the
+    operator form
+
+    .. math::
+        \mathbb{E}[f] = \langle f\rangle_K + \frac1n\Big[\tfrac12\sum G^{\{1\}}_{\beta_1\beta_2}
+        \langle\partial_{\beta_1}\partial_{\beta_2} f\rangle_K + \tfrac18\sum
+        V_{(\beta_1\beta_2)(\beta_3\beta_4)}\langle\partial_{\beta_1}\cdots\partial_{\beta_4} f\rangle_K\Big],
+
+    and, given a second function g of a *different* neuron, E[f(z_j) g(z_k)] including the
+    connected part (1/(4n)) Σ V ⟨∂∂f⟩_K ⟨∂∂g⟩_K.  Averages stay inert
+    (:class:`derive.GaussianAverage`) until evaluated numerically or, for polynomials, by
+    :func:`evaluate_averages`.
+
+The sums over sample indices β collapse onto the samples at which f is evaluated: ∂/∂z_β
+of a function of z_{α1}, z_{α2} is δ_{βα1}∂_1 + δ_{βα2}∂_2, so Σ_β T_β ∂_β f is a sum over
+the distinct sample indices in f (exact also when two of them take the same value).
+"""
+from __future__ import annotations
+
+from itertools import combinations_with_replacement
+from math import factorial
+from collections import Counter
+
+import sympy as sp
+from sympy.core.sorting import default_sort_key
+
+from .contractions import check_order, expectation_parts, wick
+from .errors import DeriveError
+from .graded import Graded
+from .symbols import SAMPLE, Family, GaussianAverage, RandomVar, gaussian_field
+from .trace import Trace
+
+__all__ = ["nearly_gaussian_expectation", "perturbative_expectation", "evaluate_averages"]
+
+
+def nearly_gaussian_expectation(expr, order: int = 1, over=None, trace: Trace | None = None) -> Graded:
+    r"""E[expr] to ``order`` in 1/n for a polynomial in nearly-Gaussian variables.
+
+    >>> from derive import nearly_gaussian_field, neuron_indices, sample_indices
+    >>> z = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n')
+    >>> (i,), (a,) = neuron_indices('i'), sample_indices('alpha')
+    >>> r = nearly_gaussian_expectation(z[i, a] ** 4)
+    >>> r[0], r[1]
+    (3*K[alpha, alpha]**2, 6*G1[alpha, alpha]*K[alpha, alpha] + 3*V[alpha, alpha, alpha, alpha])
+    """
+    order = check_order(order)
+    parts, widths = expectation_parts(expr, over=over, trace=trace, order=order)
+    n = next(iter(widths)) if widths else sp.Symbol("n", positive=True)
+    return Graded(parts, n, order)
+
+
+# ---------------------------------------------------------------------------------------------
+# operator form for general functions
+# ---------------------------------------------------------------------------------------------
+
+def _single_neuron_family(f: sp.Expr, field: Family | None) -> Family:
+    fams = {r.family for r in f.atoms(RandomVar)}
+    if field is not None:
+        fams |= {field}
+    if len(fams) != 1:
+        raise DeriveError(
+            "perturbative_expectation needs a function of the components z[alpha] of one "
+            "nearly-Gaussian family with only a sample index (nearly_gaussian_field(..., "
+            f"neuron=False)); found families {sorted(f.name for f in fams) or 'none'}")
+    fam = fams.pop()
+    if fam.slots != (SAMPLE,):
+        raise DeriveError(
+            f"family {fam.name} has slots {fam.slots}; the operator form acts on one neuron's "
+            "vector z_alpha: declare it with neuron=False and write f in z[alpha]")
+    return fam
+
+
+def _components(f: sp.Expr, fam: Family) -> list[RandomVar]:
+    return sorted((r for r in f.atoms(RandomVar) if r.family == fam), key=default_sort_key)
+
+
+def _contracted_derivatives(f: sp.Expr, comps: list[RandomVar], rank: int):
+    """Σ_{β1…βk} T_{β1…βk} ∂_{β1}…∂_{βk} f as [(multiplicity, (c1…ck), ∂^k f)] over sorted
+    index tuples of the components of f (a symmetric T is contracted outside)."""
+    out = []
+    for tup in combinations_with_replacement(range(len(comps)), rank):
+        counts = Counter(tup)
+        mult = factorial(rank)
+        for c in counts.values():
+            mult //= factorial(c)
+        d = f
+        for c in tup:
+            d = sp.diff(d, comps[c])
+        if d != 0:
+            out.append((mult, tuple(comps[c] for c in tup), d))
+    return out
+
+
+def _first_order_self(f: sp.Expr, fam: Family, avg) -> sp.Expr:
+    """½ Σ G1 ⟨∂∂f⟩ + ⅛ Σ V ⟨∂⁴f⟩ (the 1/n coefficient of E[f] for one neuron)."""
+    comps = _components(f, fam)
+    out = sp.S.Zero
+    if fam.G1 is not None:
+        for mult, cs, d in _contracted_derivatives(f, comps, 2):
+            out += sp.Rational(mult, 2) * fam.G1[cs[0].indices[0], cs[1].indices[0]] * avg(d)
+    if fam.V is not None:
+        out += sp.Rational(1, 8) * _vertex_contraction(f, f, comps, comps, fam, avg, same=True)
+    return out
+
+
+def _vertex_contraction(f, g, cf, cg, fam: Family, avg, same: bool) -> sp.Expr:
+    """Σ V_{(β1β2)(β3β4)} ⟨∂β1∂β2 f … ⟩: with ``same`` the four derivatives act on f inside
+    one average; otherwise ⟨∂β1∂β2 f⟩⟨∂β3∂β4 g⟩."""
+    V = fam.V
+    out = sp.S.Zero
+    d2f = _contracted_derivatives(f, cf, 2)
+    if same:
+        for m1, c1, d1 in d2f:
+            for m2, c2, d2 in _contracted_derivatives(d1, cf, 2):
+                out += m1 * m2 * V[c1[0].indices[0], c1[1].indices[0],
+                                   c2[0].indices[0], c2[1].indices[0]] * avg(d2)
+        return out
+    for m1, c1, d1 in d2f:
+        for m2, c2, d2 in _contracted_derivatives(g, cg, 2):
+            out += m1 * m2 * V[c1[0].indices[0], c1[1].indices[0],
+                               c2[0].indices[0], c2[1].indices[0]] * avg(d1) * avg(d2)
+    return out
+
+
+def perturbative_expectation(f, field: Family | None = None, order: int = 1, other=None,
+                             trace: Trace | None = None) -> Graded:
+    r"""E[f] to ``order`` in 1/n for a general function of one neuron's nearly-Gaussian vector.
+
+    ``f`` is a SymPy expression in components ``z[alpha]`` of a family made with
+    ``nearly_gaussian_field(..., neuron=False)``; activations may be undefined functions
+    (``sympy.Function('sigma')``) or concrete ones.  With ``other=g`` the result is
+    E[f(z_j) g(z_k)] for two *different* neurons j ≠ k (THEORY §6 step 4).
+
+    >>> import sympy as sp
+    >>> from derive import nearly_gaussian_field, sample_indices
+    >>> z = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n', neuron=False)
+    >>> (a,) = sample_indices('alpha'); s = sp.Function('sigma')
+    >>> r = perturbative_expectation(s(z[a]))
+    >>> r[0]
+    <sigma(z[alpha])>_K
+    """
+    order = check_order(order)
+    f = sp.sympify(f)
+    fam = _single_neuron_family(f if other is None else f + sp.sympify(other), field)
+    if fam.is_gaussian:
+        raise DeriveError(f"family {fam.name} is exactly Gaussian (no G1, no V); its "
+                          "expectation is the plain average <f>_K")
+    K = fam.tensor.label
+
+    def avg(h):
+        return GaussianAverage(h, K) if h.has(RandomVar) else h
+
+    n = fam.n
+    if other is None:
+        lo = avg(f)
+        first = _first_order_self(f, fam, avg) if order >= 1 else sp.S.Zero
+    else:
+        g = sp.sympify(other)
+        lo = avg(f) * avg(g)
+        first = sp.S.Zero
+        if order >= 1:
+            first = (_first_order_self(f, fam, avg) * avg(g) + avg(f) * _first_order_self(g, fam, avg))
+            if fam.V is not None:
+                first += sp.Rational(1, 4) * _vertex_contraction(
+                    f, g, _components(f, fam), _components(g, fam), fam, avg, same=False)
+    result = Graded({0: lo, 1: first} if order >= 1 else {0: lo}, n, order)
+    if trace is not None:
+        from .contractions import E
+
+        trace.record("nearly_gaussian.operator", E(f if other is None else f * sp.sympify(other)),
+                     result.as_expr())
+    return result
+
+
+def evaluate_averages(expr: sp.Expr) -> sp.Expr:
+    """Evaluate every ⟨polynomial⟩_K in ``expr`` by Wick's theorem (exact).
+
+    Averages of non-polynomial functions are left as they are (they are evaluated
+    numerically by :func:`derive.gaussian_expectation`).
+    """
+    def ev(node: GaussianAverage):
+        h = node.function
+        fams = {r.family for r in h.atoms(RandomVar)}
+        if not h.is_polynomial(*h.atoms(RandomVar)):
+            return node
+        # ⟨·⟩_K: the components are exactly Gaussian with covariance K
+        rep = {}
+        for fam in fams:
+            gauss = gaussian_field(fam.name, node.kernel, neuron=len(fam.slots) == 2)
+            rep.update({r: gauss[r.indices] for r in h.atoms(RandomVar) if r.family == fam})
+        return wick(h.xreplace(rep))
+
+    return expr.replace(lambda x: isinstance(x, GaussianAverage), ev)
