@@ -701,7 +701,7 @@ def _finish(acc: dict, trace: Trace | None, taken: set[str], before_label,
     nearly-Gaussian weight, 0 only for Gaussian families)."""
     state = before_label
     acc2 = _contract_pass(acc)
-    if trace is not None and any(t.deltas for t, _ in acc.values()):
+    if trace is not None and acc2.keys() != acc.keys():
         after = _to_sympy(acc2, search=False, taken=taken)
         trace.record("delta.contract", state, after)
         state = after

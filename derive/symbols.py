@@ -40,6 +40,9 @@ from sympy.core.sorting import default_sort_key
 from .errors import DeriveError, IndexStructureError
 
 __all__ = [
+    "SymmetricBase",
+    "PairSymmetricBase",
+    "SymmetricIndexed",
     "NeuronIndex",
     "SampleIndex",
     "neuron_indices",
@@ -101,6 +104,46 @@ def _is_index_like(x, kind) -> bool:
 # sample tensors
 # ---------------------------------------------------------------------------------------------
 
+def _canonical_indices(symmetry: str, idx: tuple) -> tuple:
+    if symmetry == "sym":
+        return tuple(sorted(idx, key=default_sort_key))
+    if symmetry == "pairs":
+        p = tuple(sorted(idx[:2], key=default_sort_key))
+        q = tuple(sorted(idx[2:], key=default_sort_key))
+        return min(p + q, q + p, key=lambda t: [default_sort_key(x) for x in t])
+    return idx
+
+
+class SymmetricBase(sp.IndexedBase):
+    """An ``IndexedBase`` whose components are fully symmetric in their indices."""
+
+    symmetry = "sym"
+
+    def __getitem__(self, indices, **kw_args):
+        if not isinstance(indices, tuple):
+            indices = (indices,)
+        return SymmetricIndexed(self, *indices, **kw_args)
+
+
+class PairSymmetricBase(SymmetricBase):
+    """Components V[a, b, c, d] symmetric within (a b), within (c d) and under exchanging
+    the two pairs."""
+
+    symmetry = "pairs"
+
+
+class SymmetricIndexed(sp.Indexed):
+    """A component of a symmetric tensor; its indices are put in canonical order every time
+    it is built, also when SymPy rebuilds it after a substitution (K[b, a] is K[a, b])."""
+
+    def __new__(cls, base, *args, **kw_args):
+        if isinstance(base, SymmetricBase):
+            if base.symmetry == "pairs" and len(args) != 4:
+                raise IndexStructureError(f"{base} has four sample indices, got {len(args)}")
+            args = _canonical_indices(base.symmetry, tuple(sp.sympify(x) for x in args))
+        return super().__new__(cls, base, *args, **kw_args)
+
+
 class SampleTensor:
     r"""A tensor with sample indices and a declared symmetry.
 
@@ -111,11 +154,14 @@ class SampleTensor:
       (V_{(α1α2)(α3α4)});
     * ``"none"``.
 
-    ``T[a, b]`` returns a SymPy ``Indexed`` whose indices are in canonical order.
+    ``T[a, b]`` returns a SymPy ``Indexed`` whose indices are in canonical order, and stay
+    so under substitution.
 
     >>> a, b = sample_indices('alpha beta')
     >>> K = tensor('K')
     >>> K[b, a] == K[a, b]
+    True
+    >>> K[a, b].xreplace({a: b, b: a}) == K[a, b]
     True
     """
 
@@ -129,7 +175,8 @@ class SampleTensor:
         self.label = label
         self.rank = rank
         self.symmetry = symmetry
-        self.base = sp.IndexedBase(label)
+        self.base = {"sym": SymmetricBase, "pairs": PairSymmetricBase,
+                     "none": sp.IndexedBase}[symmetry](label)
 
     def __repr__(self) -> str:
         return f"tensor({self.label!r}, rank={self.rank}, symmetry={self.symmetry!r})"
@@ -141,7 +188,9 @@ class SampleTensor:
     def __hash__(self) -> int:
         return hash((SampleTensor, self.label, self.rank, self.symmetry))
 
-    def canonical(self, idx: Iterable) -> tuple:
+    def __getitem__(self, idx) -> sp.Indexed:
+        if not isinstance(idx, tuple):
+            idx = (idx,)
         idx = tuple(sp.sympify(x) for x in idx)
         if len(idx) != self.rank:
             raise IndexStructureError(
@@ -151,18 +200,7 @@ class SampleTensor:
                 raise IndexStructureError(
                     f"tensor {self.label} takes sample indices (SampleIndex or integer ≥ 1), "
                     f"got {x!r}; make it with derive.sample_indices(...)")
-        if self.symmetry == "sym":
-            return tuple(sorted(idx, key=default_sort_key))
-        if self.symmetry == "pairs":
-            p = tuple(sorted(idx[:2], key=default_sort_key))
-            q = tuple(sorted(idx[2:], key=default_sort_key))
-            return min(p + q, q + p, key=lambda t: [default_sort_key(x) for x in t])
-        return idx
-
-    def __getitem__(self, idx) -> sp.Indexed:
-        if not isinstance(idx, tuple):
-            idx = (idx,)
-        return self.base[self.canonical(idx)]
+        return self.base[idx]
 
 
 def tensor(label: str, rank: int = 2, symmetry: str = "sym") -> SampleTensor:
