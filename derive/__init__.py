@@ -9,10 +9,11 @@ lazily so that ``import derive`` stays fast.
 
 Symbolic Gaussian engine
     :func:`wick`, :class:`E`, :func:`neuron_indices`, :func:`sample_indices`,
-    :func:`gaussian_field`, :func:`bias`, :func:`weight`, :class:`NeuronSum`,
+    :func:`gaussian_field`, :func:`nearly_gaussian_field`, :func:`bias`, :func:`weight`,
+    :func:`tensor`, :class:`NeuronSum`, :func:`simplify_sums`,
     :func:`split_sum`, :func:`cumulant`, :func:`moment_from_cumulants`,
     :func:`nearly_gaussian_expectation`, :func:`perturbative_expectation`,
-    :class:`Trace`
+    :func:`evaluate_averages`, :class:`Graded`, :class:`Trace`
 Activations and their Gaussian expectations
     :func:`activation`, :func:`known_activations`, :func:`gaussian_expectation`
 """
@@ -32,6 +33,7 @@ _FACADE = {
     "sample_indices": "symbols",
     "Family": "symbols",
     "gaussian_field": "symbols",
+    "nearly_gaussian_field": "symbols",
     "bias": "symbols",
     "weight": "symbols",
     "tensor": "symbols",
@@ -46,6 +48,8 @@ _FACADE = {
     "moment_from_cumulants": "cumulants",
     "nearly_gaussian_expectation": "nearly_gaussian",
     "perturbative_expectation": "nearly_gaussian",
+    "evaluate_averages": "nearly_gaussian",
+    "Graded": "graded",
     # activations and numeric Gaussian expectations
     "Activation": "activations",
     "activation": "activations",
