@@ -49,6 +49,7 @@ _FACADE = {
     "nearly_gaussian_expectation": "nearly_gaussian",
     "perturbative_expectation": "nearly_gaussian",
     "evaluate_averages": "nearly_gaussian",
+    "integrate_by_parts": "nearly_gaussian",
     "Graded": "graded",
     # activations and numeric Gaussian expectations
     "Activation": "activations",

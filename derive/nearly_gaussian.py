@@ -38,10 +38,11 @@ from sympy.core.sorting import default_sort_key
 from .contractions import check_order, expectation_parts, wick
 from .errors import DeriveError
 from .graded import Graded
-from .symbols import SAMPLE, Family, GaussianAverage, RandomVar, gaussian_field
+from .symbols import SAMPLE, Family, GaussianAverage, RandomVar, SampleTensor, gaussian_field
 from .trace import Trace
 
-__all__ = ["nearly_gaussian_expectation", "perturbative_expectation", "evaluate_averages"]
+__all__ = ["nearly_gaussian_expectation", "perturbative_expectation", "evaluate_averages",
+           "integrate_by_parts"]
 
 
 def nearly_gaussian_expectation(expr, order: int = 1, over=None, trace: Trace | None = None) -> Graded:
@@ -202,3 +203,49 @@ def evaluate_averages(expr: sp.Expr) -> sp.Expr:
         return wick(h.xreplace(rep))
 
     return expr.replace(lambda x: isinstance(x, GaussianAverage), ev)
+
+
+def integrate_by_parts(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
+    r"""Gaussian integration by parts on every ⟨z_β g⟩_K in ``expr`` (THEORY §6 step 4):
+
+    .. math:: \langle z_\beta\, g\rangle_K = \sum_\gamma K_{\beta\gamma}\langle\partial_\gamma g\rangle_K .
+
+    In each average one explicit factor ``z[beta]`` (the first in canonical order) is traded
+    for a derivative of the rest; the sum over γ runs over the components ``g`` depends on.
+    Averages without a polynomial factor are left alone.
+
+    >>> import sympy as sp
+    >>> from derive import gaussian_field, sample_indices, GaussianAverage
+    >>> z = gaussian_field('z', 'K', neuron=False); a, b = sample_indices('alpha beta')
+    >>> s = sp.Function('sigma')
+    >>> integrate_by_parts(GaussianAverage(z[a] * s(z[b]), 'K'))
+    <Derivative(sigma(z[beta]), z[beta])>_K*K[alpha, beta]
+    """
+    def ibp(node: GaussianAverage):
+        h = node.function
+        factors = sp.Mul.make_args(h)
+        lone = sorted((f for f in factors
+                       if isinstance(f, RandomVar) or (isinstance(f, sp.Pow) and isinstance(f.base, RandomVar)
+                                                        and f.exp.is_Integer and f.exp > 0)),
+                      key=default_sort_key)
+        if not lone:
+            return node
+        pick = lone[0]
+        zb = pick if isinstance(pick, RandomVar) else pick.base
+        rest = h / zb
+        fam = zb.family
+        if fam.slots != (SAMPLE,):
+            raise DeriveError(f"integration by parts acts on one neuron's vector; {zb} has slots {fam.slots}")
+        Kt = SampleTensor(node.kernel, 2, "sym")
+        out = sp.S.Zero
+        for zg in _components(rest, fam):
+            d = sp.diff(rest, zg)
+            if d != 0:
+                out += Kt[zb.indices[0], zg.indices[0]] * (GaussianAverage(d, node.kernel)
+                                                           if d.has(RandomVar) else d)
+        return out
+
+    result = expr.replace(lambda x: isinstance(x, GaussianAverage), ibp)
+    if trace is not None and result != expr:
+        trace.record("gaussian.ibp", expr, result)
+    return result

@@ -139,3 +139,15 @@ def test_orders_and_errors():
     assert "O(1/n**2)" in repr(g)
     with pytest.raises(DeriveError):
         perturbative_expectation(sp.tanh(z[i, al]))
+
+
+def test_integration_by_parts_agrees_with_wick():
+    from derive import gaussian_field, integrate_by_parts
+    zg = gaussian_field("z", "K", neuron=False)
+    b1, b2 = sample_indices("beta1 beta2")
+    for h in [zg[b1] * zg[b2] ** 3, zg[b1] ** 4, zg[b1] * zg[b2]]:
+        avg = GaussianAverage(h, "K")
+        assert sp.expand(evaluate_averages(integrate_by_parts(avg)) - evaluate_averages(avg)) == 0
+    s = sp.Function("sigma")
+    r = integrate_by_parts(GaussianAverage(zg[b1] * s(zg[b1]) * s(zg[b2]), "K"))
+    assert r.coeff(Kt[b1, b2]) == GaussianAverage(s(zg[b1]) * sp.diff(s(zg[b2]), zg[b2]), "K")
