@@ -107,13 +107,15 @@ def _parse(text: str, names: dict):
     import sympy as sp
     from sympy.parsing.sympy_parser import parse_expr, standard_transformations
 
-    from .errors import ParseError
+    from .errors import DeriveError, ParseError
 
     namespace = {"Integer": sp.Integer, "Float": sp.Float, "Rational": sp.Rational,
                  "Symbol": sp.Symbol, **names}
     try:
         return parse_expr(text, local_dict=namespace, global_dict={"__builtins__": {}, **namespace},
                           transformations=standard_transformations)
+    except DeriveError:
+        raise  # already says what to change (e.g. an index in the wrong slot)
     except Exception as exc:  # noqa: BLE001 - any parse failure becomes one clear message
         raise ParseError(f"could not parse {text!r}: {exc}") from None
 
