@@ -15,6 +15,10 @@ Pipeline (each pass a function on a list of :class:`_Term`; each records a step 
 2. ``wick.isserlis`` — :func:`_wick_pass`: the random variables of the integrated families
    are paired.  Identical variables are grouped into *types* and paired with
    :func:`derive.pairings.typed_pairings`, so E[z^{12}] is one typed pairing, not 10 395.
+   Nearly-Gaussian families (``nearly_gaussian.cumulants``) are expanded instead into
+   two-point blocks (K, G1) and four-point blocks (V) with
+   :func:`derive.pairings.block_partitions`, each 1/n counted by ``ORDER_WEIGHT``, and
+   ``truncate`` (:func:`_truncate_pass`) drops what lies beyond the requested order.
 3. ``delta.contract`` — :func:`_contract_pass`: δ's are contracted by union–find on the
    neuron indices: in each connected class a free index (or, failing one, a summed one)
    represents the rest; summed indices represented by another leave their sum.
@@ -24,6 +28,9 @@ Pipeline (each pass a function on a list of :class:`_Term`; each records a step 
    chosen so that equal contractions print equal, and like terms are added by SymPy.
 
 Only the merged result of each pass is turned into SymPy; the enumeration works on tuples.
+Two assembly shortcuts (:func:`_fast_add`, :func:`_distinct_fields_moment`) build large
+results in SymPy's canonical order without its O(N log N) comparisons; tests check that they
+give the same expressions as the general route.
 """
 from __future__ import annotations
 
@@ -85,9 +92,6 @@ class _Term:
 
     def summed(self) -> set:
         return {s[0] for s in self.sums}
-
-
-Terms = dict  # key -> (term, multiplicity)
 
 
 def _add(acc: dict, term: _Term, mult) -> None:
@@ -565,8 +569,6 @@ def _fast_add(acc: dict):
     """
     if len(acc) < _FAST_ADD_MIN_TERMS:
         return None
-    from functools import cmp_to_key
-
     atoms, rows, made = {}, [], {}
 
     def delta(d):
