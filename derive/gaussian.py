@@ -1,0 +1,393 @@
+r"""Numeric Gaussian expectations ⟨f⟩_K, closed form where one exists (THEORY §6 step 6).
+
+``gaussian_expectation(f, K)`` evaluates ⟨f⟩_K = ∫ dz f(z) N(z; 0, K) for a SymPy expression
+``f`` in the symbols ``z1 … zm`` and an m×m covariance ``K`` (or a batch of shape (B, m, m)).
+The tiers, tried in order:
+
+1. **polynomial** — exact, by Isserlis (:func:`derive.pairings.gaussian_monomial_moment`);
+2. **closed form** — when ``f`` is a constant times one or two factors, each a function of
+   one variable that belongs to a kernel family of ``rules/kernels`` (arc-cosine for
+   scale-invariant σ and their step-function derivatives, arcsine for erf and erf', trig for
+   sin and cos);
+3. **quadrature** — nested conditional Gauss–Legendre: with K = L Lᵀ (a Cholesky factor that
+   tolerates rank deficiency), z_k = Σ_{j<k} L_kj t_j + s_k t_k with t standard normal, and
+   each one-dimensional integral over t_k ∈ [−10, 10] is split into panels *and at the kinks
+   of f in z_k* (which move with the outer nodes).  Piecewise-analytic integrands therefore
+   converge geometrically, kinks included.  The rule is applied at two node counts; their
+   difference is the reported error, refined until it is below ``tol`` or a
+   :class:`~derive.errors.QuadratureError` says what was reached.
+
+The result for one K is a :class:`GaussianValue` — a ``float`` with ``.error`` (absolute
+error estimate) and ``.method`` — and for a batch a :class:`GaussianBatch` with arrays
+``.value`` and ``.error`` (``np.asarray(batch)`` gives the values).
+
+>>> import sympy as sp, numpy as np
+>>> z1, z2 = sp.symbols('z1 z2')
+>>> v = gaussian_expectation(sp.erf(z1) * sp.erf(z2), np.array([[1.0, 0.5], [0.5, 1.0]]))
+>>> round(float(v), 12), v.method  # (2/π) asin(1/3)
+(0.216346895939, 'closed form: arcsin.sigma_sigma')
+>>> float(gaussian_expectation(z1**4, np.array([[2.0]])))
+12.0
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import sympy as sp
+
+from .activations import (kernel_rules, kinks_of, numpy_function, parse_function,
+                          probe_scale_invariant, z as _z)
+from .errors import CovarianceError, DeriveError, QuadratureError
+from .pairings import gaussian_monomial_moment
+
+__all__ = ["gaussian_expectation", "GaussianValue", "GaussianBatch", "DEFAULT_TOL",
+           "check_covariance"]
+
+#: default absolute tolerance by number of integrated dimensions
+DEFAULT_TOL = {1: 1e-12, 2: 1e-12, 3: 1e-9, 4: 1e-7}
+#: Gauss–Legendre points per panel, successive refinements, by dimension
+_NODE_LADDER = {1: (16, 32, 64, 128), 2: (12, 24, 48, 96), 3: (6, 9, 12, 16), 4: (4, 6, 8, 10)}
+#: panel boundaries in units of the conditional standard deviation, by dimension (the
+#: Gaussian tail beyond 10 is 1.5e-23, beyond 8 is 1.2e-15)
+_PANELS = {1: np.array([-10.0, -6.0, -3.0, -1.5, 0.0, 1.5, 3.0, 6.0, 10.0]),
+           2: np.array([-10.0, -6.0, -3.0, -1.5, 0.0, 1.5, 3.0, 6.0, 10.0]),
+           3: np.array([-9.0, -4.5, -1.5, 0.0, 1.5, 4.5, 9.0]),
+           4: np.array([-8.0, -2.5, 0.0, 2.5, 8.0])}
+#: bound on nodes × batch elements held in memory at once
+_CHUNK_NODES = 3_000_000
+
+
+class GaussianValue(float):
+    """⟨f⟩_K as a float, with ``.error`` (absolute error estimate) and ``.method``."""
+
+    def __new__(cls, value: float, error: float, method: str):
+        obj = super().__new__(cls, value)
+        obj.error = float(error)
+        obj.method = method
+        return obj
+
+    def __repr__(self) -> str:
+        return f"{float(self)!r} ± {self.error:.1e} ({self.method})"
+
+
+@dataclass(frozen=True)
+class GaussianBatch:
+    """⟨f⟩_K for a batch of covariances: arrays ``value`` and ``error`` of shape (B,)."""
+
+    value: np.ndarray
+    error: np.ndarray
+    method: str
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.value, dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def __getitem__(self, k) -> GaussianValue:
+        return GaussianValue(self.value[k], self.error[k], self.method)
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+# ---------------------------------------------------------------------------------------------
+
+def check_covariance(K, name: str = "K") -> tuple[np.ndarray, bool]:
+    """Validate a covariance (m×m or B×m×m); returns (array of shape (B, m, m), batched)."""
+    try:
+        arr = np.array(K, dtype=float)
+    except (TypeError, ValueError):
+        raise CovarianceError(f"covariance {name} is not a numeric array: {K!r}") from None
+    batched = arr.ndim == 3
+    if arr.ndim == 0:
+        arr = arr.reshape(1, 1)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[1] != arr.shape[2] or arr.shape[1] == 0:
+        raise CovarianceError(f"covariance {name} must be square (m×m, or B×m×m for a batch); "
+                              f"got shape {np.shape(K)}")
+    if not np.all(np.isfinite(arr)):
+        raise CovarianceError(f"covariance {name} has NaN or infinite entries")
+    scale = np.maximum(np.abs(arr).max(axis=(1, 2)), 1e-300)
+    asym = np.abs(arr - np.swapaxes(arr, 1, 2)).max(axis=(1, 2))
+    bad = np.nonzero(asym > 1e-10 * scale)[0]
+    if bad.size:
+        raise CovarianceError(f"covariance {name}{_where(bad, batched)} is not symmetric "
+                              f"(largest |K - Kᵀ| = {asym[bad[0]]:.3g})")
+    arr = 0.5 * (arr + np.swapaxes(arr, 1, 2))
+    diag = np.diagonal(arr, axis1=1, axis2=2)
+    neg = np.nonzero((diag < 0).any(axis=1))[0]
+    if neg.size:
+        k = int(np.argmin(diag[neg[0]]))
+        raise CovarianceError(f"covariance {name}{_where(neg, batched)} has a negative variance "
+                              f"{name}[{k},{k}] = {diag[neg[0], k]:.6g}; variances must be ≥ 0")
+    eig = np.linalg.eigvalsh(arr)[:, 0]
+    npsd = np.nonzero(eig < -1e-10 * scale)[0]
+    if npsd.size:
+        raise CovarianceError(f"covariance {name}{_where(npsd, batched)} is not positive "
+                              f"semi-definite (smallest eigenvalue {eig[npsd[0]]:.6g})")
+    return arr, batched
+
+
+def _where(idx, batched: bool) -> str:
+    return f" (batch element {int(idx[0])})" if batched else ""
+
+
+def _prepare(f, m: int) -> tuple[sp.Expr, dict]:
+    """SymPy f and {symbol: position} for the z1 … zm it uses."""
+    names = {f"z{k + 1}": sp.Symbol(f"z{k + 1}") for k in range(m)}
+    if isinstance(f, str):
+        f = parse_function(f, names, "integrand")
+    try:
+        f = sp.sympify(f)
+    except (sp.SympifyError, TypeError):
+        raise DeriveError(f"the integrand must be a SymPy expression in z1 … z{m}, got {f!r}") from None
+    pos = {}
+    for s in f.free_symbols:
+        mt = re.fullmatch(r"z(\d+)", str(s))
+        if s == _z:
+            raise DeriveError(f"the integrand {f} uses the activation variable z; write it in "
+                              f"z1 … z{m} (e.g. act(z1)*act(z2))")
+        if not mt or not 1 <= int(mt.group(1)) <= m:
+            raise DeriveError(f"the integrand {f} uses {s}; with a {m}×{m} covariance only "
+                              f"z1 … z{m} may appear")
+        pos[s] = int(mt.group(1)) - 1
+    return f, pos
+
+
+# ---------------------------------------------------------------------------------------------
+# tier 1: polynomials
+# ---------------------------------------------------------------------------------------------
+
+def _polynomial(f, pos, K):
+    syms = sorted(pos, key=pos.get)
+    if syms and not f.is_polynomial(*syms):
+        return None
+    if not syms:
+        c = complex(f.evalf()) if f.is_number else None
+        if c is None or c.imag:
+            return None
+        v = np.full(K.shape[0], c.real)
+        return v, np.zeros_like(v), "exact: constant"
+    poly = sp.Poly(f, *syms)
+    total = np.zeros(K.shape[0])
+    size = np.zeros(K.shape[0])
+    idx = [pos[s] for s in syms]
+    sub = K[:, idx][:, :, idx]
+    for exps, c in poly.terms():
+        c = float(c)
+        mom = gaussian_monomial_moment(exps, sub)
+        total += c * mom
+        size += np.abs(c * mom)
+    return total, 1e-14 * np.maximum(size, 1.0), "exact: polynomial (Wick)"
+
+
+# ---------------------------------------------------------------------------------------------
+# tier 2: closed forms
+# ---------------------------------------------------------------------------------------------
+
+_ERF = sp.erf(_z)
+_ERF1 = sp.diff(_ERF, _z)
+
+
+#: (family, derivative order, reference function) recognised up to a constant factor
+_KERNEL_FUNCTIONS = (("arcsin", 0, _ERF), ("arcsin", 1, _ERF1),
+                     ("trig", 0, sp.sin(_z)), ("trig", 1, sp.cos(_z)))
+
+
+def _classify(g: sp.Expr, var: sp.Symbol):
+    """(family, derivative order, params, constant) of a one-variable factor, or None:
+    ``g = constant · (the family's σ^{(order)})``."""
+    h = g.subs(var, _z)
+    for family, order, ref in _KERNEL_FUNCTIONS:
+        ratio = sp.simplify(h / ref)
+        if ratio.is_number and ratio != 0:
+            return family, order, (), ratio
+    for order in (0, 1):
+        slopes = probe_scale_invariant(h, _z, order)
+        if slopes is not None:
+            return "arccos", order, (("a_minus", slopes[1]), ("a_plus", slopes[0])), sp.S.One
+    return None
+
+
+@lru_cache(maxsize=512)
+def _closed_form_plan(f: sp.Expr, pos_items: tuple):
+    pos = dict(pos_items)
+    coeff, factors = sp.S.One, []
+    # SymPy merges exp(-z1**2)*exp(-z2**2) into one exp: split it back per variable
+    for part in sp.Mul.make_args(sp.expand_power_exp(f)):
+        if part.is_number:
+            coeff *= part
+            continue
+        base, exp = part.args if isinstance(part, sp.Pow) else (part, sp.S.One)
+        if not (exp.is_Integer and exp > 0):
+            return None
+        syms = base.free_symbols
+        if len(syms) != 1:
+            return None
+        (var,) = syms
+        cls = _classify(base, var)
+        if cls is None:
+            return None
+        coeff *= cls[3] ** exp
+        factors += [(pos[var], cls[:3])] * int(exp)
+    if not 1 <= len(factors) <= 2 or len({c[1][0] for c in factors}) != 1 or \
+            len({c[1][2] for c in factors}) != 1:
+        return None
+    family = factors[0][1][0]
+    orders = tuple(c[1][1] for c in factors)
+    for cf in kernel_rules(family):
+        if cf.gives == orders:
+            return cf, float(coeff), tuple(c[0] for c in factors), factors[0][1][2]
+    return None
+
+
+def _closed_form(f, pos, K):
+    plan = _closed_form_plan(f, tuple(sorted(pos.items(), key=lambda kv: kv[1])))
+    if plan is None:
+        return None
+    cf, coeff, idx, params = plan
+    a = idx[0]
+    b = idx[1] if len(idx) == 2 else a
+    args = {"K11": K[:, a, a], "K12": K[:, a, b], "K22": K[:, b, b], **dict(params)}
+    value = coeff * np.asarray(cf.evaluate(*(args[v] for v in cf.variables)), dtype=float)
+    value = np.broadcast_to(value, (K.shape[0],)).astype(float)
+    return value, 1e-14 * np.maximum(np.abs(value), 1.0), f"closed form: {cf.id}"
+
+
+# ---------------------------------------------------------------------------------------------
+# tier 3: quadrature
+# ---------------------------------------------------------------------------------------------
+
+def _tolerant_cholesky(K: np.ndarray) -> np.ndarray:
+    """Lower-triangular L with L Lᵀ = K for PSD K of shape (B, d, d); a direction with zero
+    conditional variance gets a zero column (the variable is then a function of the others)."""
+    B, d, _ = K.shape
+    L = np.zeros_like(K)
+    scale = np.maximum(np.diagonal(K, axis1=1, axis2=2).max(axis=1), 1e-300)
+    for k in range(d):
+        s2 = K[:, k, k] - np.einsum("bj,bj->b", L[:, k, :k], L[:, k, :k])
+        s2 = np.where(s2 > 1e-13 * scale, s2, 0.0)
+        s = np.sqrt(s2)
+        L[:, k, k] = s
+        for i in range(k + 1, d):
+            num = K[:, i, k] - np.einsum("bj,bj->b", L[:, i, :k], L[:, k, :k])
+            L[:, i, k] = np.divide(num, s, out=np.zeros_like(num), where=s > 0)
+    return L
+
+
+@lru_cache(maxsize=64)
+def _gauss_legendre(n: int):
+    return np.polynomial.legendre.leggauss(n)
+
+
+def _nested_rule(fn, L: np.ndarray, kinks: list[tuple[float, ...]], npanel: int) -> np.ndarray:
+    """Σ w f(z) over the nested conditional rule with ``npanel`` points per panel."""
+    B, d, _ = L.shape
+    panels = _PANELS[d]
+    x, w = _gauss_legendre(npanel)
+    T = np.zeros((B, 1, 0))
+    W = np.ones((B, 1))
+    for k in range(d):
+        s = L[:, k, k][:, None, None]
+        mu = np.einsum("bnj,bj->bn", T, L[:, k, :k])[:, :, None]
+        splits = [np.broadcast_to(panels, (B, T.shape[1], len(panels)))]
+        if kinks[k]:
+            c = np.asarray(kinks[k])[None, None, :]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tk = np.where(s > 0, (c - mu) / np.where(s > 0, s, 1.0), -np.inf)
+            splits.append(np.clip(tk, panels[0], panels[-1]))
+        S = np.sort(np.concatenate(splits, axis=2), axis=2)
+        lo, hi = S[..., :-1], S[..., 1:]
+        half = 0.5 * (hi - lo)
+        mid = 0.5 * (hi + lo)
+        t = (mid[..., None] + half[..., None] * x).reshape(B, T.shape[1], -1)
+        wt = (half[..., None] * w).reshape(B, T.shape[1], -1) * np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi)
+        Q = t.shape[2]
+        T = np.concatenate([np.repeat(T, Q, axis=1), t.reshape(B, -1, 1)], axis=2)
+        W = (W[:, :, None] * wt).reshape(B, -1)
+    Z = np.einsum("bnj,bij->bni", T, L)
+    vals = fn(*(Z[..., i] for i in range(d)))
+    vals = np.where(W == 0, 0.0, vals)
+    return np.einsum("bn,bn->b", W, vals)
+
+
+def _quadrature(f, pos, K, tol):
+    syms = sorted({s for s in f.free_symbols}, key=pos.get)
+    d = len(syms)
+    if d > 4:
+        raise DeriveError(f"quadrature is implemented in 1–4 dimensions; the integrand uses {d} "
+                          "variables")
+    idx = [pos[s] for s in syms]
+    sub = K[:, idx][:, :, idx]
+    tol = DEFAULT_TOL[d] if tol is None else float(tol)
+    fn = numpy_function(f, tuple(syms))
+    kinks = [kinks_of(f, s) for s in syms]
+    L = _tolerant_cholesky(sub)
+    ladder = _NODE_LADDER[d]
+    nodes_per_matrix = lambda p: ((len(_PANELS[d]) - 1 + max(len(k) for k in kinks)) * p) ** d  # noqa: E731
+    chunk = max(1, _CHUNK_NODES // nodes_per_matrix(ladder[-1]))
+    value = np.empty(K.shape[0])
+    error = np.empty(K.shape[0])
+    used = ladder[0]
+    for start in range(0, K.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        prev = _nested_rule(fn, L[sl], kinks, ladder[0])
+        for p in ladder[1:]:
+            cur = _nested_rule(fn, L[sl], kinks, p)
+            err = np.abs(cur - prev)
+            used = max(used, p)
+            prev = cur
+            if np.all(err <= tol):
+                break
+        if not np.all(np.isfinite(prev)):
+            raise QuadratureError(f"the integrand {f} is not finite on the quadrature nodes "
+                                  "(overflow?); check the activation and the covariance scale")
+        value[sl], error[sl] = prev, err
+    worst = float(error.max())
+    if worst > tol:
+        raise QuadratureError(
+            f"quadrature of <{f}> in {d} dimension(s) reached an estimated error of {worst:.2e}, "
+            f"above the tolerance {tol:.0e} (Gauss–Legendre, {ladder[-1]} points per panel). "
+            "Pass a larger tol=... if that accuracy suffices; kinks that are not of the form "
+            "z_k = const (e.g. Max(z1, z2)) converge only algebraically.")
+    kinked = any(kinks)
+    return value, error, (f"quadrature: nested Gauss–Legendre {d}D, {used} points/panel"
+                          + (", split at kinks" if kinked else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point
+# ---------------------------------------------------------------------------------------------
+
+def gaussian_expectation(f, K, *, tol: float | None = None, method: str = "auto"):
+    r"""⟨f⟩_K for ``f`` in ``z1 … zm`` and an m×m covariance ``K`` (or a B×m×m batch).
+
+    ``tol`` is the absolute tolerance of the quadrature tier (default 1e-12 in one and two
+    dimensions, 1e-9 in three, 1e-7 in four).  ``method`` forces a tier: ``"auto"`` (exact
+    when possible), ``"quadrature"`` (used by the tests to cross-check closed forms).
+
+    Returns a :class:`GaussianValue` (float with ``.error`` and ``.method``), or a
+    :class:`GaussianBatch` for a batch.  Odd moments of polynomials come out as 0.0.
+    """
+    if method not in ("auto", "quadrature"):
+        raise DeriveError(f"method must be 'auto' or 'quadrature', got {method!r}")
+    Kb, batched = check_covariance(K)
+    f, pos = _prepare(f, Kb.shape[1])
+    out = None
+    if method == "auto":
+        out = _polynomial(f, pos, Kb) or _closed_form(f, pos, Kb)
+    if out is None:
+        if not pos:
+            out = _polynomial(f, pos, Kb)
+            if out is None:
+                raise DeriveError(f"the integrand {f} is not a finite real number")
+        else:
+            out = _quadrature(f, pos, Kb, tol)
+    value, error, how = out
+    if batched:
+        return GaussianBatch(np.asarray(value, float), np.asarray(error, float), how)
+    return GaussianValue(float(value[0]), float(error[0]), how)
