@@ -343,6 +343,11 @@ _NUMPY_OVERRIDES = {
 
 def numpy_function(expr: sp.Expr, variables: tuple) -> Callable:
     """Vectorised numpy/scipy function of ``expr`` (Max/Min/Heaviside made array-safe)."""
+    if expr.has(sp.DiracDelta):
+        raise DeriveError(
+            f"{expr} contains a Dirac delta (a derivative of a kink), which has no pointwise "
+            "values; use the derivative-free forms of THEORY §4 (Gaussian integration by parts, "
+            "derive.integrate_by_parts) for non-smooth activations")
     return _numpy_function(expr, tuple(variables))
 
 
