@@ -26,17 +26,10 @@ __all__ = ["rules_dir", "load_rule_file", "rule_sets", "EngineRule", "engine_rul
 def rules_dir() -> Path:
     """The directory holding the rule files."""
     here = Path(__file__).resolve().parent
-    source = here.parent / "rules"
-    if (source / "engine.toml").is_file():
-        return source
-    try:
-        from importlib.resources import files
-
-        packaged = Path(str(files("derive._rules")))
-        if (packaged / "engine.toml").is_file():
-            return packaged
-    except (ModuleNotFoundError, TypeError):  # pragma: no cover
-        pass
+    for candidate in (here.parent / "rules",  # source checkout or editable install
+                      here / "_rules"):        # wheel: rules/ is shipped as derive/_rules
+        if (candidate / "engine.toml").is_file():
+            return candidate
     raise DeriveError("cannot find the rules/ directory; reinstall derive (pip install .)")
 
 
