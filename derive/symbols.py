@@ -459,6 +459,13 @@ class NeuronSum(sp.Expr):
 
     def __new__(cls, expr, *limits, distinct=False, exclude=()):
         expr = sp.sympify(expr)
+        if (len(limits) == 2 and isinstance(limits[0], sp.Tuple) and len(limits[0]) > 0
+                and all(isinstance(x, sp.Tuple) and len(x) == 2 for x in limits[0])
+                and isinstance(limits[1], sp.Tuple)
+                and all(isinstance(x, sp.Tuple) for x in limits[1])):
+            # SymPy rebuilding an existing sum (subs, xreplace): func(*args)
+            exclude = tuple(tuple(p) for p in limits[1]) + tuple(exclude)
+            limits = tuple(tuple(x) for x in limits[0])
         lims = []
         for lim in limits:
             try:

@@ -237,3 +237,22 @@ def test_deterministic_across_hash_seeds():
         assert res.returncode == 0, res.stderr
         outs.add(res.stdout)
     assert len(outs) == 1
+
+
+def test_inert_objects_survive_sympy_rebuilds():
+    """subs / xreplace rebuild nodes with func(*args): every inert class must accept that."""
+    from derive import GaussianAverage
+    s = NeuronSum(z[j, a1] * z[k, a2], (j, n), (k, n), distinct=True)
+    assert s.func(*s.args) == s
+    assert s.xreplace({a1: a3}) == NeuronSum(z[j, a3] * z[k, a2], (j, n), (k, n), distinct=True)
+    assert s.subs(n, 7).limits == ((j, 7), (k, 7))
+    ex = NeuronSum(z[j, a1], (j, n), exclude=[(j, i)])
+    assert ex.xreplace({i: i1}).exclude == ((i1, j),) or ex.xreplace({i: i1}).exclude == ((j, i1),)
+    for obj in (E(z[i, a1] ** 2), E(z[i, a1] ** 2, over=[z]), GaussianAverage(sp.tanh(z[i, a1]), "K"),
+                z[i, a1], z.covariance((i, a1), (j, a2))):
+        assert obj.func(*obj.args) == obj
+        assert obj.xreplace({a1: a3}).has(a3)
+    # a derivation result holding sums can be substituted into
+    W, b = weight("W", "C_W", "n0"), bias("b", "C_b")
+    r = wick((b[i1] + NeuronSum(W[i1, j] * z[j, a1], (j, n0))) ** 2, over=[W, b])
+    assert r.subs(sp.Symbol("C_b"), 0).has(NeuronSum)
