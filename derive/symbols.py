@@ -421,7 +421,8 @@ def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str 
 
     E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G^{\{1\}}/n)_{α1α2}, connected four-point function
     (1/n)[δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + 2 permutations], higher cumulants O(1/n²).
-    Pass ``G1=""`` or ``V=""`` to leave out either correction.
+    Pass ``G1=""`` or ``V=""`` to leave out either correction.  A width name ``n`` becomes
+    ``Symbol(n, positive=True)`` (or pass the symbol itself).
     """
     slots = (NEURON, SAMPLE) if neuron else (SAMPLE,)
     return Family(name, slots, sp.S.One, K, G1, V, _sympify_label(n, "width"))
@@ -435,7 +436,9 @@ def bias(name: str = "b", C="C_b") -> Family:
 def weight(name: str = "W", C="C_W", fan_in="n") -> Family:
     r"""Weights with E[W_{i1j1} W_{i2j2}] = δ_{i1i2} δ_{j1j2} C_W / n (THEORY §2).
 
-    ``fan_in`` is the width of the layer the weights read from (n_{ℓ-1} for layer ℓ).
+    ``fan_in`` is the width of the layer the weights read from (n_{ℓ-1} for layer ℓ).  A name
+    becomes ``Symbol(name, positive=True)``: use the same positive symbol as the range of the
+    neuron sums it meets (or pass the symbol itself).
     """
     return Family(name, (NEURON, NEURON),
                   _sympify_label(C, "variance") / _sympify_label(fan_in, "width"))
