@@ -57,6 +57,8 @@ _FACADE = {
     "known_activations": "activations",
     "gaussian_expectation": "gaussian",
     "GaussianValue": "gaussian",
+    # networks
+    "MLP": "spec",
 }
 
 __all__ = sorted(_FACADE) + ["__version__"]
