@@ -22,6 +22,7 @@ tanh(z)
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
@@ -55,11 +56,18 @@ def parse_function(text: str, variables: dict[str, sp.Symbol], what: str = "expr
     namespace = {**SAFE_FUNCTIONS, **SAFE_CONSTANTS, **variables,
                  "Integer": sp.Integer, "Float": sp.Float, "Rational": sp.Rational,
                  "Symbol": sp.Symbol}
+    called = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(", text))
+    unknown = sorted(called - set(namespace))
+    if unknown:
+        raise ParseError(f"the {what} {text!r} calls unknown function(s) {', '.join(unknown)}; "
+                         f"known functions are {', '.join(sorted(SAFE_FUNCTIONS))}")
     try:
         expr = parse_expr(text, local_dict=dict(namespace),
                           global_dict={"__builtins__": {}, **namespace},
                           transformations=standard_transformations + (convert_xor,),
                           evaluate=True)
+    except DeriveError:
+        raise  # the engine's own message (e.g. an index in the wrong slot) says what to change
     except NameError as exc:
         raise ParseError(f"the {what} {text!r} uses an unknown name ({exc}); known functions are "
                          f"{', '.join(sorted(SAFE_FUNCTIONS))}") from None

@@ -93,7 +93,9 @@ def _wick(args) -> int:
         def __getitem__(self, idx):
             return z[idx]
 
-    expr = _parse(args.expr, {**names, "z": _Z()})
+    from .activations import parse_function
+
+    expr = parse_function(args.expr, {**names, "z": _Z()}, "expression")
     trace = Trace() if args.trace else None
     result = wick(expr, trace=trace)
     if trace is not None:
@@ -101,23 +103,6 @@ def _wick(args) -> int:
         print()
     print(sp.latex(result) if args.latex else sp.sstr(result))
     return 0
-
-
-def _parse(text: str, names: dict):
-    import sympy as sp
-    from sympy.parsing.sympy_parser import parse_expr, standard_transformations
-
-    from .errors import DeriveError, ParseError
-
-    namespace = {"Integer": sp.Integer, "Float": sp.Float, "Rational": sp.Rational,
-                 "Symbol": sp.Symbol, **names}
-    try:
-        return parse_expr(text, local_dict=namespace, global_dict={"__builtins__": {}, **namespace},
-                          transformations=standard_transformations)
-    except DeriveError:
-        raise  # already says what to change (e.g. an index in the wrong slot)
-    except Exception as exc:  # noqa: BLE001 - any parse failure becomes one clear message
-        raise ParseError(f"could not parse {text!r}: {exc}") from None
 
 
 def _expect(args) -> int:
@@ -131,15 +116,7 @@ def _expect(args) -> int:
     except ValueError:
         raise DeriveError(f"--K {args.K!r} is not a matrix; write rows separated by ';' and "
                           "entries by ',', e.g. --K '1,0.5;0.5,1'") from None
-    import sympy as sp
-    from .activations import z as _z  # noqa: F401  (activation functions resolve in parse)
-
-    m = K.shape[0]
-    syms = {f"z{k + 1}": sp.Symbol(f"z{k + 1}") for k in range(m)}
-    funcs = {name: getattr(sp, name) for name in ("tanh", "erf", "exp", "sin", "cos", "log",
-                                                  "sqrt", "Max", "Min", "Abs", "Heaviside")}
-    f = _parse(args.f, {**syms, **funcs})
-    v = gaussian_expectation(f, K, tol=args.tol)
+    v = gaussian_expectation(args.f, K, tol=args.tol)  # the string is parsed in z1 … zm
     print(f"{float(v):.16g}  ± {float(v.error):.1e}  ({v.method})")
     return 0
 
