@@ -20,6 +20,10 @@ returned trace:
 5. collection: K^{(ℓ+1)} is the ε⁰ metric, G1^{(ℓ+1)} = n_ℓ × its ε¹ part, and V^{(ℓ+1)} is
    n_ℓ × the δ_{i1i2}δ_{i3i4} coefficient of the connected four-point function.
 
+The NTK mean Θ^{(ℓ+1)} comes the same way from the NTK forward equation of THEORY §3 at
+leading order: Wick over W, δ contraction, then ``ntk.decouple_lo`` (Ĥ_{j1j2} → δ_{j1j2}Θ, its
+fluctuations and correlations with z being O(1/n)) and the expectation of the neuron sums.
+
 Gaussian averages stay inert (:class:`derive.GaussianAverage` over the layer-ℓ vector ζ);
 ``specialise`` for an activation and numbers are the next stage (issue: recursions/predict).
 """
@@ -36,10 +40,13 @@ from .symbols import (Family, NeuronIndex, NeuronSum, RandomVar, bias, nearly_ga
                       neuron_indices, sample_indices, weight)
 from .trace import Trace
 
-__all__ = ["LayerStep", "derive_layer_step", "expect_neuron_sums", "SIGMA", "WIDTH", "WIDTH_PREV"]
+__all__ = ["LayerStep", "derive_layer_step", "expect_neuron_sums", "ntk_mean_lo", "SIGMA", "NTK",
+           "WIDTH", "WIDTH_PREV"]
 
 #: the abstract activation
 SIGMA = sp.Function("sigma")
+#: the NTK of layer ℓ, Ĥ^{(ℓ)}_{j1 j2; α1 α2}, as a function of its indices
+NTK = sp.Function("Hhat")
 #: n_ℓ (width of layer ℓ, the fan-in of layer ℓ+1) and n_{ℓ−1}
 WIDTH = sp.Symbol("n_l", positive=True)
 WIDTH_PREV = sp.Symbol("n_lm1", positive=True)
@@ -57,10 +64,13 @@ class LayerStep:
     K: sp.Expr
     G1: sp.Expr
     V: sp.Expr
+    Theta: sp.Expr
     alphas: tuple
     zeta: Family
     C_b: sp.Symbol
     C_W: sp.Symbol
+    lambda_b: sp.Symbol
+    lambda_W: sp.Symbol
     trace: Trace
 
 
@@ -71,6 +81,22 @@ def _neuron_of(factor: sp.Expr, summed: set) -> NeuronIndex | None:
         raise DeriveError(f"factor {factor} couples several summed neurons; expected a product of "
                           "functions of one neuron each")
     return next(iter(idx)) if idx else None
+
+
+def ntk_mean_lo(expr: sp.Expr, Theta: str = "Theta", trace: Trace | None = None) -> sp.Expr:
+    """Replace Ĥ_{j1j2;α1α2} by its leading-order mean δ_{j1j2} Θ_{α1α2} (rule ntk.decouple_lo)."""
+    from .symbols import SampleTensor
+
+    T = SampleTensor(Theta, 2, "sym")
+    out = expr.replace(lambda x: isinstance(x, sp.core.function.AppliedUndef) and x.func == NTK,
+                       lambda x: sp.KroneckerDelta(x.args[0], x.args[1]) * T[x.args[2], x.args[3]])
+    out = out.replace(lambda x: isinstance(x, NeuronSum),
+                      lambda x: NeuronSum(x.function.replace(
+                          lambda y: isinstance(y, sp.KroneckerDelta) and y.args[0] == y.args[1],
+                          lambda y: sp.S.One), *x.limits, exclude=x.exclude))
+    if trace is not None and out != expr:
+        trace.record("ntk.decouple_lo", expr, out)
+    return out
 
 
 def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 1) -> sp.Expr:
@@ -181,4 +207,19 @@ def derive_layer_step(order: int = 1, trace: Trace | None = None) -> LayerStep:
                           "not nearly Gaussian (internal error)")
     V = sp.expand(V1 * WIDTH)
     trace.record("truncate", connected, sp.Tuple(K0, G1, V), note="ε-expansion with n_ℓ, n_{ℓ-1} ∝ 1/ε")
-    return LayerStep(sp.expand(K0), G1, V, a, zeta, C_b, C_W, trace)
+
+    # the NTK forward equation (THEORY §3), leading order
+    lam_b, lam_W = sp.symbols("lambda_b lambda_W")
+    (k,) = neuron_indices("k")
+
+    def dsig(i, al):
+        return sp.diff(SIGMA(z[i, al]), z[i, al])
+
+    ntk = (sp.KroneckerDelta(i1, i2) * (lam_b + lam_W / WIDTH * NeuronSum(
+        SIGMA(z[j, a[0]]) * SIGMA(z[j, a[1]]), (j, WIDTH)))
+        + NeuronSum(W[i1, j] * W[i2, k] * dsig(j, a[0]) * dsig(k, a[1]) * NTK(j, k, a[0], a[1]),
+                    (j, WIDTH), (k, WIDTH)))
+    EH = wick(ntk, over=[W], trace=trace)
+    EH = expect_neuron_sums(ntk_mean_lo(EH, trace=trace), z, zeta, 0)
+    Theta0, = _series(EH.xreplace({i2: i1}), widths, 0)
+    return LayerStep(sp.expand(K0), G1, V, sp.expand(Theta0), a, zeta, C_b, C_W, lam_b, lam_W, trace)

@@ -160,7 +160,10 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
     K = fam.tensor.label
 
     def avg(h):
-        return GaussianAverage(h, K) if h.has(RandomVar) else h
+        # constants leave the average: <c f>_K = c <f>_K
+        rand = [x for x in sp.Mul.make_args(h) if x.has(RandomVar)]
+        const = [x for x in sp.Mul.make_args(h) if not x.has(RandomVar)]
+        return sp.Mul(*const) * (GaussianAverage(sp.Mul(*rand), K) if rand else sp.S.One)
 
     n = fam.n
     if other is None:

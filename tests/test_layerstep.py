@@ -43,18 +43,23 @@ def references(step):
     V += sp.Rational(1, 4) * C_W ** 2 * ratio * sum(
         Vt[b1, b2, b3, b4] * avg(d(s(a1) * s(a2), b1, b2)) * avg(d(s(a3) * s(a4), b3, b4))
         for b1, b2 in product((a1, a2), repeat=2) for b3, b4 in product((a3, a4), repeat=2))
-    return K, G1, V
+    # Θ^{(l+1)} = λ_b + λ_W <σσ> + C_W <σ'σ'> Θ   (leading order, THEORY §4)
+    ds = lambda a: sp.diff(s(a), zeta[a])  # noqa: E731
+    Theta = step.lambda_b + step.lambda_W * avg(s(a1) * s(a2)) + C_W * avg(ds(a1) * ds(a2)) * tensor("Theta")[a1, a2]
+    return K, G1, V, Theta
 
 
 def test_layer_step_matches_reference_forms(step):
-    K, G1, V = references(step)
+    K, G1, V, Theta = references(step)
     assert sp.expand(step.K - K) == 0
     assert sp.expand(step.G1 - G1) == 0
     assert sp.expand(step.V - V) == 0
+    assert sp.expand(step.Theta - Theta) == 0
 
 
 def test_layer_step_records_the_method(step):
     rules = step.trace.rules()
-    for r in ("wick.isserlis", "delta.contract", "sum.split", "nearly_gaussian.operator", "truncate"):
+    for r in ("wick.isserlis", "delta.contract", "sum.split", "nearly_gaussian.operator", "truncate",
+              "ntk.decouple_lo"):
         assert r in rules
     assert rules.index("wick.isserlis") < rules.index("sum.split") < rules.index("truncate")
