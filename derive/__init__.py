@@ -59,6 +59,10 @@ _FACADE = {
     "GaussianValue": "gaussian",
     # networks
     "MLP": "spec",
+    "derive": "derivation",
+    "Derivation": "derivation",
+    "predict": "prediction",
+    "Prediction": "prediction",
 }
 
 __all__ = sorted(_FACADE) + ["__version__"]

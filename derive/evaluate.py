@@ -40,7 +40,12 @@ def specialise(expr: sp.Expr, act: Activation) -> sp.Expr:
     def spec_avg(node: GaussianAverage):
         f = node.function.replace(lambda x: isinstance(x, sp.core.function.AppliedUndef)
                                   and x.func == SIGMA, lambda x: act(x.args[0]))
-        return GaussianAverage(f.doit(), node.kernel)
+        f = f.doit()
+        if not f.has(RandomVar):
+            return f  # <c>_K = c
+        rand = [x for x in sp.Mul.make_args(f) if x.has(RandomVar)]
+        const = [x for x in sp.Mul.make_args(f) if not x.has(RandomVar)]
+        return sp.Mul(*const) * GaussianAverage(sp.Mul(*rand), node.kernel)
 
     return expr.replace(lambda x: isinstance(x, GaussianAverage), spec_avg)
 
@@ -106,8 +111,16 @@ def iterate_mlp(spec: MLP, X, order: int = 1) -> dict:
                     new[name][p, q] = 0.0
                     continue
                 new[name][p, q] = evaluate_component(forms[name], bind, K[l], tensors, scalars, cache)
+        # V_{(α1α2)(α3α4)}: evaluate one component per orbit of its pair symmetries
         for idx in product(range(N), repeat=4):
+            p1, p2 = tuple(sorted(idx[:2])), tuple(sorted(idx[2:]))
+            if idx != min(p1 + p2, p2 + p1):
+                continue
             bind = dict(zip(a, idx))
-            new["V"][idx] = evaluate_component(forms["V"], bind, K[l], tensors, scalars, cache)
+            v = evaluate_component(forms["V"], bind, K[l], tensors, scalars, cache)
+            for x, y in ((p1, p2), (p2, p1)):
+                for u in {x, x[::-1]}:
+                    for w in {y, y[::-1]}:
+                        new["V"][u + w] = v
         K[l + 1], G1[l + 1], V[l + 1], Th[l + 1] = new["K"], new["G1"], new["V"], new["Theta"]
     return {"K": K, "G1": G1, "V": V, "Theta": Th}

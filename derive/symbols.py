@@ -380,6 +380,10 @@ class RandomVar(sp.Expr):
     def indices(self) -> tuple:
         return self.args[1:]
 
+    def _eval_derivative(self, s):
+        # ∂z_α/∂z_β for two components: 1 for the same component, else 0 (independent slots)
+        return sp.S.One if s == self else sp.S.Zero
+
     @property
     def free_symbols(self):
         return set().union(*(x.free_symbols for x in self.indices)) if self.indices else set()
