@@ -154,10 +154,7 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
     order = check_order(order)
     f = sp.sympify(f)
     fam = _single_neuron_family(f if other is None else f + sp.sympify(other), field)
-    if fam.is_gaussian:
-        raise DeriveError(f"family {fam.name} is exactly Gaussian (no G1, no V); its "
-                          "expectation is the plain average <f>_K")
-    K = fam.tensor.label
+    K = fam.tensor.label  # an exactly Gaussian family (no G1, no V) has no 1/n corrections
 
     def avg(h):
         # constants leave the average: <c f>_K = c <f>_K
