@@ -39,6 +39,7 @@ _FACADE = {
     "tensor": "symbols",
     "NeuronSum": "symbols",
     "GaussianAverage": "symbols",
+    "DerivativeContraction": "symbols",
     "simplify_sums": "contractions",
     "wick": "contractions",
     "E": "contractions",
@@ -50,6 +51,7 @@ _FACADE = {
     "perturbative_expectation": "nearly_gaussian",
     "evaluate_averages": "nearly_gaussian",
     "integrate_by_parts": "nearly_gaussian",
+    "collapse_contractions": "nearly_gaussian",
     "Graded": "graded",
     # activations and numeric Gaussian expectations
     "Activation": "activations",

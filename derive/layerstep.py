@@ -29,13 +29,13 @@ Gaussian averages stay inert (:class:`derive.GaussianAverage` over the layer-ℓ
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy as sp
 
 from .contractions import split_sum, wick
 from .errors import DeriveError
-from .nearly_gaussian import perturbative_expectation
+from .nearly_gaussian import collapse_contractions, perturbative_expectation
 from .symbols import (Family, NeuronIndex, NeuronSum, RandomVar, bias, nearly_gaussian_field,
                       neuron_indices, sample_indices, weight)
 from .trace import Trace
@@ -72,6 +72,9 @@ class LayerStep:
     lambda_b: sp.Symbol
     lambda_W: sp.Symbol
     trace: Trace
+    #: the same recursions before the sample sums are carried out (inert
+    #: :class:`derive.DerivativeContraction`); the numeric evaluator of kinked σ uses these
+    contracted: dict = field(default_factory=dict, compare=False)
 
 
 def _neuron_of(factor: sp.Expr, summed: set) -> NeuronIndex | None:
@@ -99,12 +102,15 @@ def ntk_mean_lo(expr: sp.Expr, Theta: str = "Theta", trace: Trace | None = None)
     return out
 
 
-def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 1) -> sp.Expr:
+def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 1,
+                       collapse: bool = True) -> sp.Expr:
     r"""Replace every neuron sum of functions of layer-ℓ preactivations by its nearly-Gaussian
     expectation (THEORY §6 step 4): Σ_j f(z_j) → n E[f], Σ_{j≠k} f(z_j) g(z_k) → n(n−1) E[f g].
 
     ``layer`` is the family z_{j;α} of layer ℓ, ``zeta`` the matching single-neuron family whose
     averages the result is written in.  Terms without neuron sums must not hold ``layer``.
+    With ``collapse=False`` the sample sums of the 1/n terms stay inert
+    (:class:`derive.DerivativeContraction`).
     """
     out = sp.S.Zero
     for term in sp.Add.make_args(sp.expand(expr)):
@@ -137,10 +143,10 @@ def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 
         if len(vs) == 1:
             if s.exclude:
                 raise DeriveError(f"sum {s} excludes free neurons; not handled")
-            E = perturbative_expectation(fs[0], zeta, order)
+            E = perturbative_expectation(fs[0], zeta, order, collapse=collapse)
             count = rng
         elif len(vs) == 2 and s.distinct and len(s.exclude) == 1:
-            E = perturbative_expectation(fs[0], zeta, order, other=fs[1])
+            E = perturbative_expectation(fs[0], zeta, order, other=fs[1], collapse=collapse)
             count = rng * (rng - 1)
         else:
             raise DeriveError(f"sum {s}: only Σ_j and Σ_(j≠k) are handled at this order")
@@ -184,8 +190,8 @@ def derive_layer_step(order: int = 1, trace: Trace | None = None) -> LayerStep:
     two = wick(pre(i1, a[0]) * pre(i2, a[1]), over=[W, b], trace=trace)
     four = wick(sp.Mul(*(pre(i, al) for i, al in zip((i1, i2, i3, i4), a))), over=[W, b], trace=trace)
     four = split_sum(four, trace=trace)
-    E2 = expect_neuron_sums(two, z, zeta, order)
-    E4 = expect_neuron_sums(four, z, zeta, order)
+    E2 = expect_neuron_sums(two, z, zeta, order, collapse=False)
+    E4 = expect_neuron_sums(four, z, zeta, order, collapse=False)
     trace.record("nearly_gaussian.operator", four, E4, note="expectation of the neuron sums over layer ℓ")
 
     def metric(ia, ib, aa, ab):
@@ -222,4 +228,10 @@ def derive_layer_step(order: int = 1, trace: Trace | None = None) -> LayerStep:
     EH = wick(ntk, over=[W], trace=trace)
     EH = expect_neuron_sums(ntk_mean_lo(EH, trace=trace), z, zeta, 0)
     Theta0, = _series(EH.xreplace({i2: i1}), widths, 0)
-    return LayerStep(sp.expand(K0), G1, V, sp.expand(Theta0), a, zeta, C_b, C_W, lam_b, lam_W, trace)
+    contracted = {"K": sp.expand(K0), "G1": G1, "V": V, "Theta": sp.expand(Theta0)}
+    # carry out the sample sums Σ_β T_β ⟨∂_β f⟩ (product rule): the book's component form
+    collapsed = {name: sp.expand(collapse_contractions(e)) for name, e in contracted.items()}
+    trace.record("derivative.collapse", sp.Tuple(contracted["G1"], contracted["V"]),
+                 sp.Tuple(collapsed["G1"], collapsed["V"]))
+    return LayerStep(collapsed["K"], collapsed["G1"], collapsed["V"], collapsed["Theta"], a, zeta,
+                     C_b, C_W, lam_b, lam_W, trace, contracted)

@@ -38,11 +38,13 @@ from sympy.core.sorting import default_sort_key
 from .contractions import check_order, expectation_parts, wick
 from .errors import DeriveError
 from .graded import Graded
-from .symbols import SAMPLE, Family, GaussianAverage, RandomVar, SampleTensor, gaussian_field
+from .errors import IndexStructureError
+from .symbols import (SAMPLE, DerivativeContraction, Family, GaussianAverage, RandomVar,
+                      SampleTensor, gaussian_field, summation_dummies)
 from .trace import Trace
 
 __all__ = ["nearly_gaussian_expectation", "perturbative_expectation", "evaluate_averages",
-           "integrate_by_parts"]
+           "integrate_by_parts", "collapse_contractions"]
 
 
 def nearly_gaussian_expectation(expr, order: int = 1, over=None, trace: Trace | None = None) -> Graded:
@@ -103,39 +105,89 @@ def _contracted_derivatives(f: sp.Expr, comps: list[RandomVar], rank: int):
     return out
 
 
-def _first_order_self(f: sp.Expr, fam: Family, avg) -> sp.Expr:
-    """½ Σ G1 ⟨∂∂f⟩ + ⅛ Σ V ⟨∂⁴f⟩ (the 1/n coefficient of E[f] for one neuron)."""
-    comps = _components(f, fam)
+def _first_order_self(f: sp.Expr, fam: Family, K: str) -> sp.Expr:
+    """½ Σ G1 ⟨∂∂f⟩ + ⅛ Σ V ⟨∂⁴f⟩ (the 1/n coefficient of E[f] for one neuron), as inert
+    :class:`DerivativeContraction` sample sums."""
+    b = summation_dummies(4, f.free_symbols)
     out = sp.S.Zero
+    if not _components(f, fam):
+        return out
     if fam.G1 is not None:
-        for mult, cs, d in _contracted_derivatives(f, comps, 2):
-            out += sp.Rational(mult, 2) * fam.G1[cs[0].indices[0], cs[1].indices[0]] * avg(d)
+        out += sp.Rational(1, 2) * DerivativeContraction(fam.G1[b[0], b[1]], (f,), (b[:2],), K)
     if fam.V is not None:
-        out += sp.Rational(1, 8) * _vertex_contraction(f, f, comps, comps, fam, avg, same=True)
+        out += sp.Rational(1, 8) * DerivativeContraction(fam.V[b], (f,), (b,), K)
     return out
 
 
-def _vertex_contraction(f, g, cf, cg, fam: Family, avg, same: bool) -> sp.Expr:
-    """Σ V_{(β1β2)(β3β4)} ⟨∂β1∂β2 f … ⟩: with ``same`` the four derivatives act on f inside
-    one average; otherwise ⟨∂β1∂β2 f⟩⟨∂β3∂β4 g⟩."""
-    V = fam.V
+def _vertex_pair(f, g, fam: Family, K: str) -> sp.Expr:
+    """Σ V_{(β1β2)(β3β4)} ⟨∂β1∂β2 f⟩⟨∂β3∂β4 g⟩ (f, g of two different neurons)."""
+    if not (_components(f, fam) and _components(g, fam)):
+        return sp.S.Zero
+    b = summation_dummies(4, f.free_symbols | g.free_symbols)
+    return DerivativeContraction(fam.V[b], (f, g), (b[:2], b[2:]), K)
+
+
+def _average(h: sp.Expr, K: str) -> sp.Expr:
+    """⟨h⟩_K with the constant factors taken out (⟨c f⟩_K = c ⟨f⟩_K, ⟨c⟩_K = c)."""
+    rand = [x for x in sp.Mul.make_args(h) if x.has(RandomVar)]
+    const = [x for x in sp.Mul.make_args(h) if not x.has(RandomVar)]
+    return sp.Mul(*const) * (GaussianAverage(sp.Mul(*rand), K) if rand else sp.S.One)
+
+
+def _collapse_one(node: DerivativeContraction) -> sp.Expr:
+    """The sample sums of one contraction carried out: ∂_β of a function of ζ_{α1}, ζ_{α2}, …
+    is Σ_k δ_{βαk} ∂_k, so each β runs over the sample slots of its function (sorted pairs of
+    slots with their multiplicity; T is symmetric within each pair of its indices)."""
+    fam_of = {}
+    for f in node.functions:
+        for r in f.atoms(RandomVar):
+            fam_of.setdefault(r.family, r)
+    (fam,) = fam_of or (None,)
+    terms = [(sp.S.One, {}, [])]  # (coefficient, dummy → sample index, averages so far)
+    for f, grp in zip(node.functions, node.groups):
+        if len(grp) % 2:
+            raise IndexStructureError(f"derivatives come in pairs of one tensor; got {grp}")
+        comps = _components(f, fam)
+        partial = [(sp.S.One, {}, f)]
+        for k in range(0, len(grp), 2):
+            nxt = []
+            for c, bind, h in partial:
+                for mult, cs, d in _contracted_derivatives(h, comps, 2):
+                    nxt.append((c * mult, {**bind, grp[k]: cs[0].indices[0],
+                                           grp[k + 1]: cs[1].indices[0]}, d))
+            partial = nxt
+        terms = [(c0 * c1, {**b0, **b1}, avgs + [h]) for c0, b0, avgs in terms
+                 for c1, b1, h in partial]
     out = sp.S.Zero
-    d2f = _contracted_derivatives(f, cf, 2)
-    if same:
-        for m1, c1, d1 in d2f:
-            for m2, c2, d2 in _contracted_derivatives(d1, cf, 2):
-                out += m1 * m2 * V[c1[0].indices[0], c1[1].indices[0],
-                                   c2[0].indices[0], c2[1].indices[0]] * avg(d2)
-        return out
-    for m1, c1, d1 in d2f:
-        for m2, c2, d2 in _contracted_derivatives(g, cg, 2):
-            out += m1 * m2 * V[c1[0].indices[0], c1[1].indices[0],
-                               c2[0].indices[0], c2[1].indices[0]] * avg(d1) * avg(d2)
+    for c, bind, avgs in terms:
+        out += c * node.tensor.xreplace(bind) * sp.Mul(*(_average(h, node.kernel) for h in avgs))
+    return out
+
+
+def collapse_contractions(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
+    r"""Carry out the sample sums of every :class:`DerivativeContraction` in ``expr``:
+    Σ_β T_β ⟨∂_β f⟩ with f a function of ζ_{α1} … becomes Σ_k T_{αk} ⟨∂_k f⟩ by the product
+    rule (rule ``derivative.collapse``).  The result holds ordinary averages of derivatives
+    of σ, exact for smooth σ (for a kinked σ the numeric evaluator uses the uncollapsed form).
+
+    >>> import sympy as sp
+    >>> from derive import nearly_gaussian_field, sample_indices
+    >>> z = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n', neuron=False)
+    >>> (a,) = sample_indices('alpha'); s = sp.Function('sigma')
+    >>> r = perturbative_expectation(s(z[a]), collapse=False)[1]
+    >>> r
+    Sum_(beta1,beta2) G1[beta1, beta2]*<d(beta1,beta2) sigma(z[alpha])>_K/2 + Sum_(beta1,beta2,beta3,beta4) V[beta1, beta2, beta3, beta4]*<d(beta1,beta2,beta3,beta4) sigma(z[alpha])>_K/8
+    >>> collapse_contractions(r)
+    <Derivative(sigma(z[alpha]), (z[alpha], 2))>_K*G1[alpha, alpha]/2 + <Derivative(sigma(z[alpha]), (z[alpha], 4))>_K*V[alpha, alpha, alpha, alpha]/8
+    """
+    out = expr.replace(lambda x: isinstance(x, DerivativeContraction), _collapse_one)
+    if trace is not None and out != expr:
+        trace.record("derivative.collapse", expr, out)
     return out
 
 
 def perturbative_expectation(f, field: Family | None = None, order: int = 1, other=None,
-                             trace: Trace | None = None) -> Graded:
+                             trace: Trace | None = None, collapse: bool = True) -> Graded:
     r"""E[f] to ``order`` in 1/n for a general function of one neuron's nearly-Gaussian vector.
 
     ``f`` is a SymPy expression in components ``z[alpha]`` of a family made with
@@ -156,25 +208,21 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
     fam = _single_neuron_family(f if other is None else f + sp.sympify(other), field)
     K = fam.tensor.label  # an exactly Gaussian family (no G1, no V) has no 1/n corrections
 
-    def avg(h):
-        # constants leave the average: <c f>_K = c <f>_K
-        rand = [x for x in sp.Mul.make_args(h) if x.has(RandomVar)]
-        const = [x for x in sp.Mul.make_args(h) if not x.has(RandomVar)]
-        return sp.Mul(*const) * (GaussianAverage(sp.Mul(*rand), K) if rand else sp.S.One)
-
     n = fam.n
     if other is None:
-        lo = avg(f)
-        first = _first_order_self(f, fam, avg) if order >= 1 else sp.S.Zero
+        lo = _average(f, K)
+        first = _first_order_self(f, fam, K) if order >= 1 else sp.S.Zero
     else:
         g = sp.sympify(other)
-        lo = avg(f) * avg(g)
+        lo = _average(f, K) * _average(g, K)
         first = sp.S.Zero
         if order >= 1:
-            first = (_first_order_self(f, fam, avg) * avg(g) + avg(f) * _first_order_self(g, fam, avg))
+            first = (_first_order_self(f, fam, K) * _average(g, K)
+                     + _average(f, K) * _first_order_self(g, fam, K))
             if fam.V is not None:
-                first += sp.Rational(1, 4) * _vertex_contraction(
-                    f, g, _components(f, fam), _components(g, fam), fam, avg, same=False)
+                first += sp.Rational(1, 4) * _vertex_pair(f, g, fam, K)
+    if collapse:
+        first = collapse_contractions(first, trace=trace)
     result = Graded({0: lo, 1: first} if order >= 1 else {0: lo}, n, order)
     if trace is not None:
         from .contractions import E

@@ -606,6 +606,102 @@ class GaussianAverage(sp.Expr):
         return rf"\left\langle {printer._print(self.function)} \right\rangle_{{{self.kernel}}}"
 
 
+
+def summation_dummies(r: int, avoid=()) -> tuple:
+    """r summed sample indices β1 … βr (γ1 …, δ1 … if those names are taken in ``avoid``)."""
+    names = {str(x) for x in avoid}
+    for base in ("beta", "gamma", "delta", "eta", "kappa"):
+        cand = [f"{base}{m + 1}" for m in range(r)]
+        if not names & set(cand):
+            return tuple(SampleIndex(c) for c in cand)
+    raise IndexStructureError(f"no free names for {r} summed sample indices (avoid {sorted(names)})")
+
+
+class DerivativeContraction(sp.Expr):
+    r"""Inert sample sum of the nearly-Gaussian operator form (THEORY §6 step 4),
+
+    .. math:: \sum_{\beta_1\ldots\beta_r} T_{\beta_1\ldots\beta_r}
+              \prod_k \big\langle \partial_{\beta\in B_k} f_k \big\rangle_K ,
+
+    e.g. Σ G1_{β1β2} ⟨∂_{β1}∂_{β2} f⟩ or Σ V_{(β1β2)(β3β4)} ⟨∂_{β1}∂_{β2} f⟩⟨∂_{β3}∂_{β4} g⟩.
+    The β run over *all* samples and ∂_β is the derivative by the sample variable ζ_β, so the
+    sum is exact whatever values the samples of the f_k take (also coinciding ones).
+
+    ``DerivativeContraction(T, functions, groups, K)``: ``T`` a tensor component whose
+    indices are the summed dummies (sample indices), ``functions`` the f_k, ``groups`` one
+    tuple of dummies per f_k (the derivatives acting on it), ``K`` the kernel label.
+    :func:`derive.collapse_contractions` carries out the sums (product rule, δ_{βα});
+    the numeric evaluator keeps the form and, for a kinked σ, integrates by parts instead.
+    """
+
+    is_commutative = True
+
+    def __new__(cls, T, functions, groups, K="K"):
+        functions = tuple(sp.sympify(f) for f in functions)
+        groups = tuple(tuple(sp.sympify(b) for b in g) for g in groups)
+        if len(functions) != len(groups) or not functions:
+            raise IndexStructureError("a DerivativeContraction needs one group of summed "
+                                      "indices per function")
+        dummies = [b for g in groups for b in g]
+        if len(set(dummies)) != len(dummies) or set(dummies) != set(T.indices):
+            raise IndexStructureError(f"the summed indices {dummies} must be exactly the indices "
+                                      f"of {T}, each used once")
+        # canonical form: factors in sorted order, dummies renamed in order of appearance
+        # (T's own symmetry then puts its indices in canonical order)
+        order = sorted(range(len(functions)), key=lambda k: default_sort_key(
+            (functions[k], len(groups[k]))))
+        functions = tuple(functions[k] for k in order)
+        groups = tuple(groups[k] for k in order)
+        used = set().union(*(f.free_symbols for f in functions))
+        if used & set(dummies):
+            raise IndexStructureError(f"the summed indices {dummies} of a DerivativeContraction "
+                                      "also appear free in its functions; rename them")
+        fresh = dict(zip((b for g in groups for b in g), summation_dummies(len(dummies), used)))
+        groups = tuple(tuple(fresh[b] for b in g) for g in groups)
+        T = T.xreplace(fresh)
+        return super().__new__(cls, T, sp.Tuple(*functions),
+                               sp.Tuple(*(sp.Tuple(*g) for g in groups)), Str(str(K)))
+
+    @property
+    def tensor(self) -> sp.Indexed:
+        return self.args[0]
+
+    @property
+    def functions(self) -> tuple:
+        return tuple(self.args[1])
+
+    @property
+    def groups(self) -> tuple:
+        return tuple(tuple(g) for g in self.args[2])
+
+    @property
+    def kernel(self) -> str:
+        return self.args[3].name
+
+    @property
+    def free_symbols(self):
+        dummies = set(self.tensor.indices)
+        out = set()
+        for f in self.functions:
+            out |= f.free_symbols
+        return (out | self.tensor.free_symbols) - dummies
+
+    def _sympystr(self, printer) -> str:
+        bs = ",".join(printer._print(b) for g in self.groups for b in g)
+        avgs = "*".join(
+            f"<d({','.join(printer._print(b) for b in g)}) {printer._print(f)}>_{self.kernel}"
+            for f, g in zip(self.functions, self.groups))
+        return f"Sum_({bs}) {printer._print(self.tensor)}*{avgs}"
+
+    def _latex(self, printer) -> str:
+        bs = "".join(printer._print(b) for g in self.groups for b in g)
+        avgs = "".join(
+            r"\left\langle " + "".join(rf"\partial_{{{printer._print(b)}}}" for b in g)
+            + rf"\left({printer._print(f)}\right) \right\rangle_{{{self.kernel}}}"
+            for f, g in zip(self.functions, self.groups))
+        return rf"\sum_{{{bs}}} {printer._print(self.tensor)} {avgs}"
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
