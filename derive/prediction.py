@@ -2,7 +2,10 @@ r"""``derive.predict``: numbers from the derived recursions (THEORY §4 quantiti
 
 ``predict(spec, X, order=1)`` returns a :class:`Prediction` with mappings ``.K``, ``.G1``,
 ``.V``, ``.Theta`` keyed by layer ℓ = 1 … L (float64 arrays of shapes (N, N), (N, N),
-(N, N, N, N), (N, N)) and ``.metric(ℓ)`` = K + G1/n_{ℓ−1}.  The numbers come from the
+(N, N, N, N), (N, N)) and ``.metric(ℓ)`` = K + G1/n_{ℓ−1}.  ``targets`` limits the work to
+some of them (e.g. ``targets=("K", "Theta")`` for many inputs: V costs N⁴ memory; the
+mappings of quantities not asked for are empty).  Kinked activations (ReLU, leaky ReLU,
+user strings with Max/Abs/Heaviside) are evaluated with the derivative-free forms.  The numbers come from the
 derived expressions (:mod:`derive.layerstep` → :mod:`derive.evaluate`), never from a second,
 hand-written recursion.  ``.expansion[ℓ]`` estimates the relative size of the first neglected
 term, (V/(n_{ℓ−1} K²))^{order+1} on the diagonal; a warning names the first layer where it
@@ -17,7 +20,7 @@ import numpy as np
 
 from .contractions import check_order
 from .errors import DeriveError
-from .evaluate import iterate_mlp
+from .evaluate import TARGETS, iterate_mlp
 from .spec import MLP
 
 __all__ = ["predict", "Prediction", "ExpansionWarning"]
@@ -46,28 +49,52 @@ class Prediction:
         """K + G1/n_{ℓ−1} (with G1 = 0 at order 0)."""
         if layer not in self.K:
             raise DeriveError(f"layer must be 1 … {self.spec.depth}, got {layer!r}")
+        if layer not in self.G1:
+            raise DeriveError("the metric needs G1: call predict with 'G1' among the targets")
         return self.K[layer] + self.G1[layer] / self.fan_in(layer)
 
 
-def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1) -> Prediction:
-    """Evaluate the derived recursions of ``spec`` on inputs ``X`` (N × n_0); see the module."""
+def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=None,
+            progress: bool = False) -> Prediction:
+    """Evaluate the derived recursions of ``spec`` on inputs ``X`` (N × n_0); see the module.
+    ``progress=True`` prints one line per layer to stderr."""
     if not isinstance(spec, MLP):
         raise DeriveError(f"spec must be a derive.MLP, got {type(spec).__name__}")
     order = check_order(order)
+    if order > 1:
+        raise DeriveError(f"order {order} is not implemented: predict evaluates the recursions "
+                          "to order 0 (leading) or 1 (first correction in 1/n)")
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
         raise DeriveError(f"X must have shape (N inputs, n_0 features), got {X.shape}")
     if not np.all(np.isfinite(X)):
         raise DeriveError("X contains NaN or infinite entries")
-    r = iterate_mlp(spec, X, order)
+    if targets is None:
+        targets = TARGETS
+    elif isinstance(targets, str):
+        targets = (targets,)
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise DeriveError(f"unknown target(s) {unknown}; predict computes {list(TARGETS)}")
+    report = None
+    if progress:
+        import sys
+        import time
+
+        start = time.perf_counter()
+
+        def report(l, L):
+            print(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)",
+                  file=sys.stderr, flush=True)
+
+    r = iterate_mlp(spec, X, order, targets=targets, progress=report)
     expansion = {}
     for l in range(1, spec.depth + 1):
         d = np.diagonal(r["K"][l])
-        if not np.all(np.isfinite(r["K"][l])) or np.any(d <= 0):
-            raise DeriveError(f"the kernel becomes singular at layer {l} (a variance ≤ 0 or not "
-                              f"finite: diag K = {d}); check C_b, C_W and the inputs")
         n_in = [X.shape[1], *spec.widths][l - 1]
-        v = np.array([r["V"][l][a, a, a, a] for a in range(len(d))])
+        V = r["V"][l]
+        idx = np.arange(len(d))
+        v = np.asarray(V[idx, idx, idx, idx])
         expansion[l] = float(np.max(np.abs(v) / (n_in * d ** 2)) ** (order + 1))
     bad = [l for l, e in expansion.items() if e > warn_threshold]
     if bad:
@@ -75,4 +102,11 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1) -> Predic
                       f"{expansion[bad[0]]:.2g} of the kept ones from layer {bad[0]} on (threshold "
                       f"{warn_threshold}); widen the network or expect large corrections",
                       ExpansionWarning, stacklevel=2)
-    return Prediction(spec, X, order, r["K"], r["G1"], r["V"], r["Theta"], expansion)
+
+    def kept(name):
+        return dict(r[name]) if name in targets and name in r else {}
+
+    G1 = kept("G1")
+    if "G1" in targets and not G1:
+        G1 = {l: np.zeros_like(r["K"][l]) for l in r["K"]}
+    return Prediction(spec, X, order, dict(r["K"]), G1, kept("V"), kept("Theta"), expansion)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import derive
+from derive.evaluate import iterate_mlp
 from derive import MLP
 from derive.errors import DeriveError, OrderError, UnknownNameError
 from derive.prediction import ExpansionWarning
@@ -89,9 +90,65 @@ def test_expansion_warning_names_layer():
     assert p.expansion[6] > p.expansion[2]
 
 
-def test_kinked_activation_needs_derivative_free_forms():
-    with pytest.raises(DeriveError, match="Dirac delta"):
-        derive.predict(MLP(3, 8, "relu", 0.0, 2.0), np.ones((1, 2)))
+def _scale_invariant_vertex_step(a_plus, a_minus, C_W):
+    # independent: <σ²>_K = K (a+² + a-²)/2, <σ⁴>_K = 3K² (a+⁴ + a-⁴)/2, χ_∥ = C_W (a+² + a-²)/2
+    chi = C_W * (a_plus**2 + a_minus**2) / 2
+    return C_W**2 * (1.5 * (a_plus**4 + a_minus**4) - (a_plus**2 + a_minus**2) ** 2 / 4), chi
+
+
+@pytest.mark.parametrize("act, a_plus, a_minus", [("relu", 1.0, 0.0),
+                                                   ("3*Max(0, z) - Max(0, -z)", 3.0, 1.0)])
+def test_kinked_activations_single_input_oracles(act, a_plus, a_minus):
+    # scale-invariant σ at criticality: K constant, G1 = 0, V/K² grows by a fixed step per layer
+    C_W = 2 / (a_plus**2 + a_minus**2)
+    step, chi = _scale_invariant_vertex_step(a_plus, a_minus, C_W)
+    assert chi == pytest.approx(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExpansionWarning)
+        p = derive.predict(MLP(5, 40, act, 0.0, C_W), np.array([[1.0, 0.5]]))
+    K1 = C_W * 0.625
+    for l in range(1, 6):
+        assert p.K[l][0, 0] == pytest.approx(K1, rel=1e-12)
+        assert abs(p.G1[l][0, 0]) < 1e-12
+        assert p.V[l][0, 0, 0, 0] / K1**2 == pytest.approx(step * (l - 1), rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("act", ["tanh", "erf"])
+def test_derivative_free_forms_equal_derivative_forms(act):
+    # the two evaluations of the sample sums (product rule vs Gaussian integration by parts)
+    # are independent numerical routes to the same derived quantity
+    X = np.array([[1.0, 0.2, 0.0], [0.3, 1.0, 0.5], [-0.2, 0.4, 1.0]])
+    spec = MLP(3, [20, 30], act, 0.1, 1.3)
+    a = iterate_mlp(spec, X)
+    b = iterate_mlp(spec, X, derivative_free=True)
+    for q in ("K", "G1", "V", "Theta"):
+        assert np.allclose(a[q][3], b[q][3], rtol=0, atol=1e-11), q
+    assert np.abs(a["G1"][3]).max() > 1e-3 and np.abs(a["V"][3]).max() > 1e-2
+
+
+def test_targets_and_diagonal_vertex():
+    X = np.random.default_rng(0).normal(size=(6, 3))
+    spec = MLP(4, 30, "tanh", 0.0, 1.0)
+    full = derive.predict(spec, X, order=1, warn_threshold=1.0)
+    light = derive.predict(spec, X, order=0, targets=("K", "Theta"), warn_threshold=1.0)
+    assert light.V == {} and set(light.Theta) == {1, 2, 3, 4}
+    for l in range(1, 5):
+        assert np.array_equal(light.K[l], full.K[l])
+        assert np.array_equal(light.Theta[l], full.Theta[l])
+        # the expansion estimate needs only the diagonal of V, computed on its own
+        assert light.expansion[l] == pytest.approx(full.expansion[l] ** 0.5, rel=1e-12)
+    with pytest.raises(DeriveError, match="unknown target"):
+        derive.predict(spec, X, targets=("K", "H1"))
+    with pytest.raises(DeriveError, match="order 2"):
+        derive.predict(spec, X, order=2)
+    with pytest.raises(DeriveError, match="needs G1"):
+        light.metric(2)
+
+
+def test_parallel_inputs_with_kinked_activation_are_refused():
+    X = np.array([[1.0, 0.5], [2.0, 1.0]])  # parallel: the 2×2 kernel of ReLU is singular
+    with pytest.raises(DeriveError, match="linearly independent"):
+        derive.predict(MLP(3, 10, "relu", 0.0, 2.0), X)
 
 
 @pytest.mark.slow
