@@ -51,6 +51,16 @@ class Derivation:
     recursions: dict = field(repr=False)
     plan: nx.DiGraph = field(repr=False)
     steps: Trace = field(repr=False)
+    #: target → the steps that produced its recursion
+    target_steps: dict = field(repr=False, default_factory=dict)
+    #: the recursions with their sample sums Σ_β T_β ⟨∂_β f⟩ kept (the book's compact form)
+    contracted: dict = field(repr=False, default_factory=dict)
+
+    def steps_for(self, target: str) -> Trace:
+        """The steps that produced the recursion of ``target`` (rule, before, after, reference)."""
+        if target not in self.recursions:
+            raise UnknownNameError("target", target, self.recursions)
+        return self.target_steps[target]
 
     def needed(self, quantity: str, layer: int) -> list[tuple]:
         """Every node the value of ``quantity`` at ``layer`` depends on (itself included)."""
@@ -146,4 +156,6 @@ def derive(spec: MLP, targets=("K", "V", "G1", "Theta"), order: int = 1) -> Deri
 
     for t in targets:
         add(t, spec.depth)
-    return Derivation(spec, targets, order, recursions, plan, step.trace)
+    return Derivation(spec, targets, order, recursions, plan, step.trace,
+                      {name: step.steps[name] for name in recursions},
+                      {name: step.contracted[name] for name in recursions})

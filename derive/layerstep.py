@@ -75,6 +75,8 @@ class LayerStep:
     #: the same recursions before the sample sums are carried out (inert
     #: :class:`derive.DerivativeContraction`); the numeric evaluator of kinked σ uses these
     contracted: dict = field(default_factory=dict, compare=False)
+    #: target → the steps that produced its recursion (the shared ones repeated)
+    steps: dict = field(default_factory=dict, compare=False)
 
 
 def _neuron_of(factor: sp.Expr, summed: set) -> NeuronIndex | None:
@@ -177,6 +179,7 @@ def _series(expr: sp.Expr, widths: tuple, order: int) -> list[sp.Expr]:
 def derive_layer_step(order: int = 1, trace: Trace | None = None) -> LayerStep:
     """Derive K, G1 and V of layer ℓ+1 from those of layer ℓ (see the module docstring)."""
     trace = trace if trace is not None else Trace()
+    t2, t4, tH = Trace(), Trace(), Trace()  # the two-point, four-point and NTK chains
     C_b, C_W = sp.symbols("C_b C_W")
     z = nearly_gaussian_field("z", "K", "G1", "V", WIDTH_PREV)
     zeta = nearly_gaussian_field("zeta", "K", "G1", "V", WIDTH_PREV, neuron=False)
@@ -187,12 +190,13 @@ def derive_layer_step(order: int = 1, trace: Trace | None = None) -> LayerStep:
     def pre(i, al):
         return b[i] + NeuronSum(W[i, j] * SIGMA(z[j, al]), (j, WIDTH))
 
-    two = wick(pre(i1, a[0]) * pre(i2, a[1]), over=[W, b], trace=trace)
-    four = wick(sp.Mul(*(pre(i, al) for i, al in zip((i1, i2, i3, i4), a))), over=[W, b], trace=trace)
-    four = split_sum(four, trace=trace)
+    two = wick(pre(i1, a[0]) * pre(i2, a[1]), over=[W, b], trace=t2)
+    four = wick(sp.Mul(*(pre(i, al) for i, al in zip((i1, i2, i3, i4), a))), over=[W, b], trace=t4)
+    four = split_sum(four, trace=t4)
     E2 = expect_neuron_sums(two, z, zeta, order, collapse=False)
     E4 = expect_neuron_sums(four, z, zeta, order, collapse=False)
-    trace.record("nearly_gaussian.operator", four, E4, note="expectation of the neuron sums over layer ℓ")
+    t2.record("nearly_gaussian.operator", two, E2, note="expectation of the neuron sums over layer ℓ")
+    t4.record("nearly_gaussian.operator", four, E4, note="expectation of the neuron sums over layer ℓ")
 
     def metric(ia, ib, aa, ab):
         return E2.xreplace({i1: ia, i2: ib, a[0]: aa, a[1]: ab})
@@ -212,7 +216,10 @@ def derive_layer_step(order: int = 1, trace: Trace | None = None) -> LayerStep:
         raise DeriveError(f"the connected four-point function has an O(1) part {V0}; the layer is "
                           "not nearly Gaussian (internal error)")
     V = sp.expand(V1 * WIDTH)
-    trace.record("truncate", connected, sp.Tuple(K0, G1, V), note="ε-expansion with n_ℓ, n_{ℓ-1} ∝ 1/ε")
+    t2.record("truncate", M, sp.Tuple(K0, G1), note="metric: ε-expansion with n_ℓ, n_{ℓ-1} ∝ 1/ε; "
+              "K = ε⁰ part, G1 = n_ℓ × ε¹ part")
+    t4.record("truncate", connected, V, note="connected four-point function (the metric products "
+              "subtracted), δ_{i1i2}δ_{i3i4} part: V = n_ℓ × ε¹ part")
 
     # the NTK forward equation (THEORY §3), leading order
     lam_b, lam_W = sp.symbols("lambda_b lambda_W")
@@ -225,13 +232,20 @@ def derive_layer_step(order: int = 1, trace: Trace | None = None) -> LayerStep:
         SIGMA(z[j, a[0]]) * SIGMA(z[j, a[1]]), (j, WIDTH)))
         + NeuronSum(W[i1, j] * W[i2, k] * dsig(j, a[0]) * dsig(k, a[1]) * NTK(j, k, a[0], a[1]),
                     (j, WIDTH), (k, WIDTH)))
-    EH = wick(ntk, over=[W], trace=trace)
-    EH = expect_neuron_sums(ntk_mean_lo(EH, trace=trace), z, zeta, 0)
+    EH = wick(ntk, over=[W], trace=tH)
+    EH = expect_neuron_sums(ntk_mean_lo(EH, trace=tH), z, zeta, 0)
     Theta0, = _series(EH.xreplace({i2: i1}), widths, 0)
+    tH.record("truncate", EH, Theta0, note="leading order (ε⁰) of the NTK mean")
     contracted = {"K": sp.expand(K0), "G1": G1, "V": V, "Theta": sp.expand(Theta0)}
     # carry out the sample sums Σ_β T_β ⟨∂_β f⟩ (product rule): the book's component form
     collapsed = {name: sp.expand(collapse_contractions(e)) for name, e in contracted.items()}
+    per_target = {"K": Trace(list(t2.steps)), "G1": Trace(list(t2.steps)),
+                  "V": Trace(list(t4.steps)), "Theta": Trace(list(tH.steps))}
+    for name in ("G1", "V"):
+        per_target[name].record("derivative.collapse", contracted[name], collapsed[name])
+    for t in (t2, t4, tH):
+        trace.steps.extend(t.steps)
     trace.record("derivative.collapse", sp.Tuple(contracted["G1"], contracted["V"]),
                  sp.Tuple(collapsed["G1"], collapsed["V"]))
     return LayerStep(collapsed["K"], collapsed["G1"], collapsed["V"], collapsed["Theta"], a, zeta,
-                     C_b, C_W, lam_b, lam_W, trace, contracted)
+                     C_b, C_W, lam_b, lam_W, trace, contracted, per_target)

@@ -6,6 +6,7 @@ import textwrap
 import warnings
 
 import numpy as np
+import sympy as sp
 import pytest
 
 import derive
@@ -30,6 +31,26 @@ def test_plan_signature_and_closure(d3):
     assert set(d3.recursions) == {"K", "G1", "V", "Theta"}
     lo = derive.derive(MLP(3, 16, "tanh", 0.0, 1.0), targets=["K", "Theta"], order=0)
     assert lo.signature() == "K1 Theta1 K2<K1 Theta2<K1,Theta1 K3<K2 Theta3<K2,Theta2"
+
+
+def test_steps_per_target(d3):
+    rules = {t: d3.steps_for(t).rules() for t in d3.recursions}
+    # every chain starts with the Wick contraction over the layer's parameters
+    assert all(r[0] == "expectation.linearity" or "wick.isserlis" in r for r in rules.values())
+    assert "sum.split" in rules["V"] and "sum.split" not in rules["K"]
+    assert "ntk.decouple_lo" in rules["Theta"] and "ntk.decouple_lo" not in rules["V"]
+    assert rules["G1"][-1] == rules["V"][-1] == "derivative.collapse"
+    # the last step of each chain ends in the recursion itself
+    assert d3.steps_for("V").steps[-1].after == d3.recursions["V"]
+    assert d3.steps_for("G1").steps[-1].after == d3.recursions["G1"]
+    assert d3.steps_for("Theta").steps[-1].after == d3.recursions["Theta"]
+    assert all(s.reference for t in d3.recursions for s in d3.steps_for(t))
+    # the compact form keeps the sample sums: Σ_β V_β ⟨∂∂f⟩⟨∂∂g⟩ in V's recursion
+    from derive import DerivativeContraction, collapse_contractions
+    assert d3.contracted["V"].atoms(DerivativeContraction)
+    assert sp.expand(collapse_contractions(d3.contracted["V"])) == d3.recursions["V"]
+    with pytest.raises(UnknownNameError):
+        d3.steps_for("H1")
 
 
 def test_bad_requests(d3):

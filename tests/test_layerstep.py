@@ -62,4 +62,6 @@ def test_layer_step_records_the_method(step):
     for r in ("wick.isserlis", "delta.contract", "sum.split", "nearly_gaussian.operator", "truncate",
               "ntk.decouple_lo"):
         assert r in rules
-    assert rules.index("wick.isserlis") < rules.index("sum.split") < rules.index("truncate")
+    v = step.steps["V"].rules()  # the four-point chain, in the order of THEORY §6
+    assert v.index("wick.isserlis") < v.index("sum.split") < v.index("nearly_gaussian.operator") \
+        < v.index("truncate") < v.index("derivative.collapse")
