@@ -24,8 +24,12 @@ The NTK mean Θ^{(ℓ+1)} comes the same way from the NTK forward equation of TH
 leading order: Wick over W, δ contraction, then ``ntk.decouple_lo`` (Ĥ_{j1j2} → δ_{j1j2}Θ, its
 fluctuations and correlations with z being O(1/n)) and the expectation of the neuron sums.
 
-Gaussian averages stay inert (:class:`derive.GaussianAverage` over the layer-ℓ vector ζ);
-``specialise`` for an activation and numbers are the next stage (issue: recursions/predict).
+Gaussian averages stay inert (:class:`derive.GaussianAverage` over the layer-ℓ vector ζ).
+The 1/n terms are first obtained with their sample sums kept (Σ_β T_β ⟨∂_β f⟩, inert
+:class:`derive.DerivativeContraction`, stored in ``LayerStep.contracted``) and then collapsed
+by the product rule (rule ``derivative.collapse``) into the component forms ``K``, ``G1``,
+``V``, ``Theta``; ``LayerStep.steps`` holds the steps per target.  Numbers:
+:mod:`derive.evaluate`.
 """
 from __future__ import annotations
 
