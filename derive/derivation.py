@@ -56,6 +56,25 @@ class Derivation:
     #: the recursions with their sample sums Σ_β T_β ⟨∂_β f⟩ kept (the book's compact form)
     contracted: dict = field(repr=False, default_factory=dict)
 
+    def latex(self) -> str:
+        """The recursions in the book's notation, one ``align`` environment."""
+        from .codegen import recursions_latex
+
+        return recursions_latex(self)
+
+    def document(self, format: str = "tex") -> str:
+        """The step-by-step derivation: a complete LaTeX document (``"tex"``) or Markdown."""
+        from .codegen import derivation_document
+
+        return derivation_document(self, format)
+
+    def numpy_module(self) -> str:
+        """Source of a standalone numpy/scipy evaluator of these recursions (see
+        :mod:`derive.emit_numpy`)."""
+        from .emit_numpy import numpy_module_source
+
+        return numpy_module_source(self)
+
     def steps_for(self, target: str) -> Trace:
         """The steps that produced the recursion of ``target`` (rule, before, after, reference)."""
         if target not in self.recursions:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .contractions import check_order
 from .errors import DeriveError
-from .evaluate import TARGETS, iterate_mlp
+from .evaluate import TARGETS, _DiagonalVertex, iterate_mlp
 from .spec import MLP
 
 __all__ = ["predict", "Prediction", "ExpansionWarning"]
@@ -87,7 +87,20 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
             print(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)",
                   file=sys.stderr, flush=True)
 
-    r = iterate_mlp(spec, X, order, targets=targets, progress=report)
+    if set(targets) <= {"K", "Theta"}:
+        # the generated evaluator (derive.emit_numpy) covers K, Θ and V's diagonal
+        from .emit_numpy import load_generated
+
+        try:
+            g = load_generated(spec, ("K", "Theta")).evaluate(X, order=0)
+        except (ValueError, ArithmeticError) as err:
+            raise DeriveError(str(err)) from None
+        r = {"K": g["K"], "Theta": g["Theta"],
+             "V": {l: _DiagonalVertex(v) for l, v in g["V"].items()}}
+        if report is not None:
+            report(spec.depth, spec.depth)
+    else:
+        r = iterate_mlp(spec, X, order, targets=targets, progress=report)
     expansion = {}
     for l in range(1, spec.depth + 1):
         d = np.diagonal(r["K"][l])

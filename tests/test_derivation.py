@@ -154,10 +154,11 @@ def test_targets_and_diagonal_vertex():
     light = derive.predict(spec, X, order=0, targets=("K", "Theta"), warn_threshold=1.0)
     assert light.V == {} and set(light.Theta) == {1, 2, 3, 4}
     for l in range(1, 5):
-        assert np.array_equal(light.K[l], full.K[l])
-        assert np.array_equal(light.Theta[l], full.Theta[l])
+        # K and Θ alone come from the generated evaluator: an independent evaluation
+        assert np.allclose(light.K[l], full.K[l], rtol=0, atol=1e-11)
+        assert np.allclose(light.Theta[l], full.Theta[l], rtol=0, atol=1e-11)
         # the expansion estimate needs only the diagonal of V, computed on its own
-        assert light.expansion[l] == pytest.approx(full.expansion[l] ** 0.5, rel=1e-12)
+        assert light.expansion[l] == pytest.approx(full.expansion[l] ** 0.5, rel=1e-9)
     with pytest.raises(DeriveError, match="unknown target"):
         derive.predict(spec, X, targets=("K", "H1"))
     with pytest.raises(DeriveError, match="order 2"):
