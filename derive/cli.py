@@ -1,6 +1,8 @@
 """The ``derive`` command line.
 
-    derive demo                       the built-in default example
+    derive demo [--out DIR]           the main job on the built-in default example
+    derive derive SPEC.toml           the main job on your spec (documents, evaluator, numbers)
+    derive predict SPEC.toml [--json] the numbers only
     derive wick EXPR [--trace]        E[EXPR] for a product of Gaussian fields z[i,alpha]
     derive expect F --K MATRIX        ⟨F⟩_K for F in z1 … zm (closed form or quadrature)
 
@@ -16,61 +18,71 @@ import time
 __all__ = ["main"]
 
 
+def _write_report(written: dict) -> None:
+    print("wrote:")
+    for name, path in written.items():
+        print(f"  {path}")
+
+
 def _demo(args) -> int:
     import numpy as np
-    import sympy as sp
 
-    from . import (activation, gaussian_expectation, gaussian_field, neuron_indices,
-                   nearly_gaussian_expectation, nearly_gaussian_field, sample_indices, weight,
-                   bias, NeuronSum, wick)
-    from .trace import Trace
+    from .jobs import run_job
+    from .specfile import DEMO, spec_from_mapping
 
-    t0 = time.perf_counter()
-    print("derive demo — the Gaussian/Wick engine and Gaussian expectations of activations")
-    print("(conventions: THEORY.md; the full MLP derivation arrives with the recursion issue)\n")
+    spec, X, targets, order = spec_from_mapping(DEMO, "the demo spec")
+    print(f"derive demo: a {spec.depth}-layer tanh MLP at criticality (C_b = 0, C_W = 1), width "
+          f"{spec.widths[0]}, two inputs; conventions: THEORY.md")
+    written = run_job(spec, np.asarray(X), targets, order, args.out)
+    _write_report(written)
+    return 0
 
-    i1, i2, i3, i4, j = neuron_indices("i1 i2 i3 i4 j")
-    a1, a2, a3, a4 = sample_indices("alpha1:5")
-    z = gaussian_field("z", "K")
-    print("1. Four-point function of a Gaussian field, E[z_{i1;a1} z_{i2;a2} z_{i3;a3} z_{i4;a4}]:")
-    print("   " + sp.sstr(wick(z[i1, a1] * z[i2, a2] * z[i3, a3] * z[i4, a4])) + "\n")
 
-    print("2. One layer, conditional on the previous one (THEORY §6 step 1):")
-    W, b = weight("W", "C_W", "n0"), bias("b", "C_b")
-    s = gaussian_field("sigma", "S")  # stands for σ(z) of the previous layer, held fixed
-    n0 = sp.Symbol("n0", positive=True)
+def _derive_cmd(args) -> int:
+    from .jobs import run_job
+    from .specfile import load_spec
 
-    def pre(i, a):
-        return b[i] + NeuronSum(W[i, j] * s[j, a], (j, n0))
+    spec, X, targets, order = load_spec(args.spec)
+    if args.targets:
+        targets = tuple(args.targets)
+    if args.order is not None:
+        order = args.order
+    written = run_job(spec, X, targets, order, args.out)
+    _write_report(written)
+    return 0
 
-    trace = Trace()
-    metric = wick(pre(i1, a1) * pre(i2, a2), over=[W, b], trace=trace)
-    print("   E[z_{i1;a1} z_{i2;a2} | layer] = " + sp.sstr(metric))
-    print("   steps:")
-    for k, step in enumerate(trace, 1):
-        print(f"     {k}. {step.rule:24s} {step.info.title} ({step.reference})")
-    print()
 
-    print("3. Nearly-Gaussian field (metric K + G1/n, vertex V/n), E[z^4] to O(1/n):")
-    zn = nearly_gaussian_field("z", "K", "G1", "V", "n")
-    print("   " + repr(nearly_gaussian_expectation(zn[i1, a1] ** 4)) + "\n")
+def _predict_cmd(args) -> int:
+    import json
+    import warnings
 
-    print("4. Gaussian expectations <f>_K of activations, K = [[1, 0.5], [0.5, 1]]:")
-    K = np.array([[1.0, 0.5], [0.5, 1.0]])
-    z1, z2 = sp.symbols("z1 z2")
-    rows = []
-    for name in args.activations:
-        act = activation(name)
-        for label, f in ((f"<{name}(z1) {name}(z2)>", act(z1) * act(z2)),
-                         (f"<{name}'(z1) {name}'(z2)>",
-                          act.derivative(1).subs(act.z, z1) * act.derivative(1).subs(act.z, z2))):
-            v = gaussian_expectation(f, K)
-            rows.append((label, float(v), float(v.error), v.method))
-    w = max(len(r[0]) for r in rows)
-    print(f"   {'expectation':{w}s}  {'value':>19s}  {'error':>8s}  method")
-    for label, v, e, m in rows:
-        print(f"   {label:{w}s}  {v:19.15f}  {e:8.1e}  {m}")
-    print(f"\ndone in {time.perf_counter() - t0:.1f} s")
+    import numpy as np
+
+    from .jobs import predictions_json
+    from .prediction import predict
+    from .specfile import load_spec
+
+    spec, X, targets, order = load_spec(args.spec)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = predict(spec, X, order=order, targets=targets, progress=not args.json)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(predictions_json(p), indent=1))
+        return 0
+    np.set_printoptions(precision=6, suppress=False, linewidth=100)
+    for l in range(1, spec.depth + 1):
+        print(f"layer {l} (fan-in n = {p.fan_in(l)})")
+        print("  K =", np.array2string(p.K[l], prefix="  K = "))
+        if l in p.G1:
+            print("  metric K + G1/n =", np.array2string(p.metric(l), prefix="  metric K + G1/n = "))
+        if l in p.Theta:
+            print("  Theta =", np.array2string(p.Theta[l], prefix="  Theta = "))
+        if l in p.V:
+            N = p.X.shape[0]
+            diag = [p.V[l][a, a, a, a] for a in range(N)]
+            print("  V_(aa)(aa) =", np.array2string(np.array(diag)))
     return 0
 
 
@@ -125,10 +137,30 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="derive", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    d = sub.add_parser("demo", help="run the built-in default example")
-    d.add_argument("--activations", nargs="+", default=["relu", "erf", "tanh"],
-                   help="activations for the expectation table (default: relu erf tanh)")
+    d = sub.add_parser("demo", help="the main job on the built-in default example",
+                       description="Derive K, V, G1, Theta for a tanh MLP at criticality (depth "
+                                   "10, width 64, two inputs) and write derivation.tex, "
+                                   "derivation.md, evaluator.py, predictions.json and plot.png.")
+    d.add_argument("--out", default="derive-demo", help="output directory (default ./derive-demo)")
     d.set_defaults(func=_demo)
+    r = sub.add_parser("derive", help="the main job on your spec (TOML)",
+                       description="Derive the recursions of the network in SPEC.toml and write "
+                                   "the same outputs as 'derive demo'. Spec keys: activation, "
+                                   "depth, widths, C_b, C_W, lambda_b, lambda_W, inputs (or "
+                                   "input_gram), targets, order.")
+    r.add_argument("spec", help="path of the spec file (TOML)")
+    r.add_argument("--targets", nargs="+", choices=["K", "V", "G1", "Theta"],
+                   help="quantities to derive (default: the spec's, else all)")
+    r.add_argument("--order", type=int, choices=[0, 1], help="order in 1/n (default: the spec's)")
+    r.add_argument("--out", default="derive-out", help="output directory (default ./derive-out)")
+    r.set_defaults(func=_derive_cmd)
+    q = sub.add_parser("predict", help="the numbers only, for your spec (TOML)",
+                       description="Evaluate the derived recursions for the network and inputs of "
+                                   "SPEC.toml and print K, the NLO metric, Theta and V's diagonal "
+                                   "per layer.")
+    q.add_argument("spec", help="path of the spec file (TOML)")
+    q.add_argument("--json", action="store_true", help="print JSON (all arrays) instead")
+    q.set_defaults(func=_predict_cmd)
     w = sub.add_parser("wick", help="symbolic Gaussian expectation of a product of fields",
                        description="E[EXPR] where EXPR is a polynomial in z[i,alpha] "
                                    "(E[z_{i;a} z_{j;b}] = δ_ij K_ab). Example: "

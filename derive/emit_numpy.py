@@ -102,6 +102,17 @@ class _Emitter:
         return self.printer.doprint(expr)
 
 
+def _hoist(lines: list[str], name: str, call: str) -> str:
+    """Append ``name = call`` unless the same call was made already (common subexpressions are
+    computed once); returns the variable holding it."""
+    for line in lines:
+        var, _, rhs = line.partition(" = ")
+        if rhs == call:
+            return var
+    lines.append(f"{name} = {call}")
+    return name
+
+
 def _factor_by_slot(h: sp.Expr, slots: list) -> list[sp.Expr]:
     """h = Π_k g_k(slot_k) as [g_k(z)]; an error if a factor couples two slots."""
     per = [sp.S.One for _ in slots]
@@ -151,8 +162,8 @@ def _pair_step(em: _Emitter, expr: sp.Expr, alphas: tuple) -> tuple[list[str], s
             lines.append(f"{name} = {coeff!r} * ({em.code(formula)})")
         else:
             helper = "_pair_average_kinked" if em.act.kinks else "_pair_average"
-            lines.append(f"{name} = {helper}({em.function(f, 'first factor')}, "
-                         f"{em.function(g, 'second factor')}, K)")
+            call = f"{helper}({em.function(f, 'first factor')}, {em.function(g, 'second factor')}, K)"
+            name = _hoist(lines, name, call)
         reps[atom] = sp.Symbol(name)
     return lines, em.code(expr.xreplace(reps))
 
@@ -183,8 +194,8 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool) -> tupl
             continue
         if isinstance(atom, GaussianAverage):
             f = one_variable(atom.function)
-            lines.append(f"{name} = _diag_average({em.function(f, 'under the average')}, Kd)")
-            reps[atom] = sp.Symbol(name)
+            call = f"_diag_average({em.function(f, 'under the average')}, Kd)"
+            reps[atom] = sp.Symbol(_hoist(lines, name, call))
             continue
         label = str(atom.tensor.base)
         factors = []
@@ -193,12 +204,11 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool) -> tupl
             r = len(grp)
             sub = f"{name}_{j}"
             if kinked:
-                lines.append(f"{sub} = _diag_average({em.function(F1, 'integrated by parts')}, "
-                             f"Kd, hermite={r})")
+                call = f"_diag_average({em.function(F1, 'integrated by parts')}, Kd, hermite={r})"
             else:
-                lines.append(f"{sub} = _diag_average("
-                             f"{em.function(sp.diff(F1, _Z, r), f'derivative {r} of {F1}')}, Kd)")
-            factors.append(sp.Symbol(sub))
+                call = (f"_diag_average({em.function(sp.diff(F1, _Z, r), f'derivative {r} of {F1}')}"
+                        ", Kd)")
+            factors.append(sp.Symbol(_hoist(lines, sub, call)))
         reps[atom] = sp.Symbol(label) * sp.Mul(*factors)
     return lines, em.code(expr.xreplace(reps))
 
@@ -233,13 +243,17 @@ def numpy_module_source(d, tol: float = 1e-11) -> str:
             lines, result = _diag_step(em, specialise(step.contracted[q], act), al, kinked)
             sig = diag_sig
             calls.append(f"{q}[l + 1] = {fname}(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])")
-        steps.append({"name": fname, "args": sig, "doc": doc,
-                      "latex": book_latex(getattr(step, q)), "lines": lines, "result": result})
+        # the docstring states the form the code implements (the contracted one on the diagonal)
+        shown = getattr(step, q) if kind == "pair" else step.contracted[q]
+        steps.append({"name": fname, "args": sig, "doc": doc + " Implements, at α1 = α2 = … :"
+                      if kind == "diag" else doc + " Implements:",
+                      "latex": book_latex(shown), "lines": lines, "result": result})
     if "V" not in d.recursions:  # the expansion estimate needs V's diagonal all the same
         lines, result = _diag_step(em, specialise(step.contracted["V"], act), al, kinked)
         steps.append({"name": "vertex_step", "args": diag_sig, "lines": lines, "result": result,
-                      "doc": "The four-point vertex V^{(l+1)}_{(aa)(aa)} of each input.",
-                      "latex": book_latex(step.V)})
+                      "doc": "The four-point vertex V^{(l+1)}_{(aa)(aa)} of each input. "
+                             "Implements, at α1 = α2 = … :",
+                      "latex": book_latex(step.contracted["V"])})
         calls.append("V[l + 1] = vertex_step(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])")
     if "Theta" not in d.recursions:
         lines, result = _pair_step(em, specialise(step.Theta, act), al)

@@ -2,12 +2,6 @@
 from derive.cli import main
 
 
-def test_demo(capsys):
-    assert main(["demo", "--activations", "relu", "tanh"]) == 0
-    out = capsys.readouterr().out
-    assert "wick.isserlis" in out and "closed form: arccos.sigma_sigma" in out and "quadrature" in out
-
-
 def test_wick_and_expect(capsys):
     assert main(["wick", "z[i,a]*z[j,b]", "--trace"]) == 0
     out = capsys.readouterr().out
