@@ -242,7 +242,7 @@ def numpy_module_source(d, tol: float = 1e-11) -> str:
         else:
             lines, result = _diag_step(em, specialise(step.contracted[q], act), al, kinked)
             sig = diag_sig
-            calls.append(f"{q}[l + 1] = {fname}(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])")
+            calls.append(f"if diagonal: {q}[l + 1] = {fname}(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])")
         # the docstring states the form the code implements (the contracted one on the diagonal)
         shown = getattr(step, q) if kind == "pair" else step.contracted[q]
         steps.append({"name": fname, "args": sig, "doc": doc + " Implements, at α1 = α2 = … :"
@@ -254,14 +254,14 @@ def numpy_module_source(d, tol: float = 1e-11) -> str:
                       "doc": "The four-point vertex V^{(l+1)}_{(aa)(aa)} of each input. "
                              "Implements, at α1 = α2 = … :",
                       "latex": book_latex(step.contracted["V"])})
-        calls.append("V[l + 1] = vertex_step(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])")
+        calls.append("if diagonal: V[l + 1] = vertex_step(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])")
     if "Theta" not in d.recursions:
         lines, result = _pair_step(em, specialise(step.Theta, act), al)
         steps.append({"name": "ntk_step", "args": pair_sig, "lines": lines, "result": result,
                       "doc": "The leading-order NTK mean.", "latex": book_latex(step.Theta)})
         calls.append("Theta[l + 1] = ntk_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])")
     if "G1" not in d.recursions:
-        calls.append("G1[l + 1] = numpy.zeros(N)")
+        calls.append("if diagonal: G1[l + 1] = numpy.zeros(N)")
     em.functions.insert(0, {"name": "sigma", "doc": f"the activation {act.name}",
                             "body": em.printer.doprint(act.expr.xreplace({act.z: _Z}))})
     rules2 = [(q, *map(_array_text, _rule(q))) for q in (8, 12, 16, 24)]

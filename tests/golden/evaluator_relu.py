@@ -600,12 +600,13 @@ def vertex_step(Kd, G1, V, C_W, n_l, n_lm1):
 
 
 def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lambda_W=None,
-             order=1):
+             order=1, diagonal=True):
     """K, Theta (N × N per layer) and the diagonal G1, V (N per layer), layers 1 … depth.
 
     Hyperparameters default to DEFAULTS (the spec this module was generated for); C_b, C_W,
     lambda_b, lambda_W are a number or one value per layer, widths one number or the
-    depth − 1 hidden widths.  order=0 leaves out G1 (zeros)."""
+    depth − 1 hidden widths.  order=0 leaves out G1 (zeros); diagonal=False skips G1 and V
+    (their mappings then hold layer 1 only)."""
     X = numpy.asarray(X, dtype=float)
     if X.ndim != 2 or not numpy.all(numpy.isfinite(X)):
         raise ValueError(f"X must be a finite array of shape (N, n_0), got shape {X.shape}")
@@ -635,8 +636,8 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
             raise ValueError(f"the kernel is singular at layer {l}: diag K = {Kd}")
         K[l + 1] = kernel_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
         Theta[l + 1] = ntk_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
-        G1[l + 1] = metric_correction_step(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])
-        V[l + 1] = vertex_step(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])
-        if order < 1:
+        if diagonal: G1[l + 1] = metric_correction_step(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])
+        if diagonal: V[l + 1] = vertex_step(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])
+        if order < 1 and diagonal:
             G1[l + 1] = numpy.zeros(N)
     return {"K": K, "Theta": Theta, "G1": G1, "V": V}
