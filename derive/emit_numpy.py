@@ -70,6 +70,12 @@ def _rule(points: int) -> tuple[np.ndarray, np.ndarray]:
     return t, wt
 
 
+def _hermite_rule(points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Hermite nodes for t ~ N(0, 1), weights normalised to sum 1."""
+    t, w = np.polynomial.hermite_e.hermegauss(points)
+    return t, w / w.sum()
+
+
 def _array_text(a: np.ndarray) -> str:
     items = [repr(float(x)) for x in a]
     lines = ["    " + ", ".join(items[k:k + 4]) for k in range(0, len(items), 4)]
@@ -213,7 +219,7 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool) -> tupl
     return lines, em.code(expr.xreplace(reps))
 
 
-def numpy_module_source(d, tol: float = 1e-11) -> str:
+def numpy_module_source(d, tol: float = 3e-13) -> str:
     """Source of the standalone evaluator of a :class:`~derive.Derivation` (see module doc)."""
     from .codegen import _version, render
 
@@ -264,7 +270,10 @@ def numpy_module_source(d, tol: float = 1e-11) -> str:
         calls.append("if diagonal: G1[l + 1] = numpy.zeros(N)")
     em.functions.insert(0, {"name": "sigma", "doc": f"the activation {act.name}",
                             "body": em.printer.doprint(act.expr.xreplace({act.z: _Z}))})
-    rules2 = [(q, *map(_array_text, _rule(q))) for q in (8, 12, 16, 24)]
+    ladder = [(f"hermite{q}", _hermite_rule(q)) for q in (12, 16, 20, 24, 32)]
+    ladder += [(f"panels{q}", _rule(q)) for q in (6, 8, 12, 16, 24)]
+    ladder.sort(key=lambda r: len(r[1][0]))
+    rules2 = [(name, _array_text(t), _array_text(w)) for name, (t, w) in ladder]
     t1, w1 = _rule(32)
     defaults = {"depth": spec.depth, "widths": list(spec.widths),
                 "C_b": [spec.C_b(l) for l in range(1, spec.depth + 1)],
@@ -272,7 +281,7 @@ def numpy_module_source(d, tol: float = 1e-11) -> str:
                 "lambda_b": [spec.lambda_b(l) for l in range(1, spec.depth + 1)],
                 "lambda_W": [spec.lambda_W(l) for l in range(1, spec.depth + 1)]}
     note = ("closed forms of rules/kernels where they apply, else composite Gauss–Legendre "
-            f"(pairs: 64 to 192 nodes per dimension chosen to reach {tol:g}; {len(t1)} nodes for "
+            f"(pairs: Gauss–Hermite or panel rules, 12 to 192 nodes per dimension, chosen to reach {tol:g}; {len(t1)} nodes for "
             "single inputs)")
     return render("evaluator.py.j2", activation_name=act.name, version=_version(),
                   activation_repr=repr(sp.sstr(act.expr)), defaults_repr=repr(defaults),

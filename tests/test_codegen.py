@@ -229,3 +229,17 @@ def test_demo_in_a_fresh_venv(tmp_path):
     assert r.returncode == 0, r.stderr
     for name in ("derivation.tex", "derivation.md", "evaluator.py", "predictions.json"):
         assert (tmp_path / "d" / name).is_file()
+
+
+def test_generated_tanh_deep_reaches_1e_10():
+    # the rule ladder's error control holds through 20 layers (K and Θ), against the adaptive
+    # quadrature route of derive.evaluate
+    from derive.evaluate import iterate_mlp
+
+    spec = MLP(20, 64, "tanh", 0.0, 1.0)
+    X = np.random.default_rng(0).normal(size=(6, 8))
+    got = _load(derive.derive(spec, targets=["K", "Theta"], order=0).numpy_module()).evaluate(X, order=0)
+    ref = iterate_mlp(spec, X, order=0, targets=("K", "Theta"))
+    for l in range(1, 21):
+        assert np.abs(got["K"][l] - ref["K"][l]).max() < 1e-10, l
+        assert np.abs(got["Theta"][l] - ref["Theta"][l]).max() < 1e-10, l
