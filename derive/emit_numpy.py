@@ -87,6 +87,7 @@ class _Emitter:
         self.act = act
         self.printer = NumpyPrinter()
         self.functions: list[dict] = []
+        self.closed: list[dict] = []
         self._by_expr: dict = {}
 
     def function(self, expr: sp.Expr, what: str) -> str:
@@ -103,6 +104,15 @@ class _Emitter:
             self.functions.append({"name": name, "doc": f"z -> {sp.sstr(expr)} ({what})",
                                    "body": body})
         return self._by_expr[key]
+
+    def closed_form(self, body: str, doc: str) -> str:
+        """The name of a generated function K ↦ a closed-form average on all pairs."""
+        for c in self.closed:
+            if c["body"] == body:
+                return c["name"]
+        name = f"_c{len(self.closed)}"
+        self.closed.append({"name": name, "doc": doc, "body": body})
+        return name
 
     def code(self, expr: sp.Expr) -> str:
         return self.printer.doprint(expr)
@@ -161,11 +171,10 @@ def _pair_step(em: _Emitter, expr: sp.Expr, alphas: tuple) -> tuple[list[str], s
         if plan is not None and (plan[2] == (0, 1) or f == g):
             cf, coeff, _, params = plan
             formula = cf.formula.xreplace({sp.Symbol(p): sp.Float(v) for p, v in params})
-            if "K11 = numpy.diagonal(K)[:, None]" not in lines:
-                lines[:0] = ["K11 = numpy.diagonal(K)[:, None]", "K22 = numpy.diagonal(K)[None, :]",
-                             "K12 = K", "theta = _angle(K12, K11, K22)"]
-            lines.append(f"# <{sp.sstr(f)} | {sp.sstr(g)}> by the closed form {cf.id}")
-            lines.append(f"{name} = {coeff!r} * ({em.code(formula)})")
+            fn = em.closed_form(f"{coeff!r} * ({em.code(formula)})",
+                                f"<{sp.sstr(f)} | {sp.sstr(g)}> by the closed form {cf.id} "
+                                f"({cf.source})")
+            name = _hoist(lines, name, f"_closed({fn}, K)")
         else:
             helper = "_pair_average_kinked" if em.act.kinks else "_pair_average"
             call = f"{helper}({em.function(f, 'first factor')}, {em.function(g, 'second factor')}, K)"
@@ -289,7 +298,7 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                   panels=_array_text(_PANELS), xq=_array_text(_gauss_legendre(16)[0]),
                   wq=_array_text(_gauss_legendre(16)[1]),
                   kinks="[" + ", ".join(repr(float(c)) for c in act.kinks) + "]",
-                  chunk=400, functions=em.functions, steps=steps, calls=calls,
+                  chunk=400, functions=em.functions, closed=em.closed, steps=steps, calls=calls,
                   average_note=note)
 
 

@@ -542,11 +542,41 @@ def _f1(z):
     return numpy.maximum(0, z)**4
 
 
-def _angle(K12, K11, K22):
-    """θ = arccos(K12 / sqrt(K11 K22)) (clipped into [0, π])."""
-    denom = numpy.sqrt(K11 * K22)
-    cos = numpy.divide(K12, denom, out=numpy.ones_like(denom * K12), where=denom > 0)
-    return numpy.arccos(numpy.clip(cos, -1.0, 1.0))
+def _angle_of(K):
+    """θ_pq = arccos(K_pq / sqrt(K_pp K_qq)) (clipped into [0, π]), once per layer."""
+    key = ("angle", id(K))
+    if key not in _CACHE:
+        d = numpy.sqrt(numpy.diagonal(K))
+        denom = d[:, None] * d[None, :]
+        cos = numpy.divide(K, denom, out=numpy.ones_like(K), where=denom > 0)
+        _CACHE[key] = numpy.arccos(numpy.clip(cos, -1.0, 1.0))
+    return _CACHE[key]
+
+
+def _closed(fn, K):
+    """fn(K), computed once per layer (the recursions of K and Θ share averages)."""
+    key = (fn.__name__, id(K))
+    if key not in _CACHE:
+        _CACHE[key] = fn(K)
+    return _CACHE[key]
+
+
+def _c0(K):
+    """<Max(0, z) | Max(0, z)> by the closed form arccos.sigma_sigma (Cho & Saul (2009); PDLT §5.2; THEORY §6 step 6)"""
+    K11 = numpy.diagonal(K)[:, None]
+    K22 = numpy.diagonal(K)[None, :]
+    K12 = K
+    theta = _angle_of(K)
+    return 1.0 * ((1/2)*numpy.sqrt(K11*K22)*(1.0*(numpy.pi - theta)*numpy.cos(theta) + 1.0*numpy.sin(theta))/numpy.pi)
+
+
+def _c1(K):
+    """<Heaviside(z) | Heaviside(z)> by the closed form arccos.dsigma_dsigma (Cho & Saul (2009); PDLT §5.2; THEORY §6 step 6)"""
+    K11 = numpy.diagonal(K)[:, None]
+    K22 = numpy.diagonal(K)[None, :]
+    K12 = K
+    theta = _angle_of(K)
+    return 1.0 * ((1/2)*(-1.0*theta + 1.0*numpy.pi)/numpy.pi)
 
 
 def _pair_rule(f, g, K, p, q, T2, W2):
@@ -654,12 +684,7 @@ def kernel_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
 
     .. math:: C_W^{(\ell+1)} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} + C_b^{(\ell+1)}
     """
-    K11 = numpy.diagonal(K)[:, None]
-    K22 = numpy.diagonal(K)[None, :]
-    K12 = K
-    theta = _angle(K12, K11, K22)
-    # <Max(0, z) | Max(0, z)> by the closed form arccos.sigma_sigma
-    avg0 = 1.0 * ((1/2)*numpy.sqrt(K11*K22)*(1.0*(numpy.pi - theta)*numpy.cos(theta) + 1.0*numpy.sin(theta))/numpy.pi)
+    avg0 = _closed(_c0, K)
     return C_W*avg0 + C_b
 
 
@@ -668,14 +693,8 @@ def ntk_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
 
     .. math:: C_W^{(\ell+1)} \left\langle \sigma'_{\alpha_{1}} \sigma'_{\alpha_{2}} \right\rangle_{K^{(\ell)}} \Theta^{(\ell)}_{\alpha_{1}\alpha_{2}} + \lambda_W^{(\ell+1)} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} + \lambda_b^{(\ell+1)}
     """
-    K11 = numpy.diagonal(K)[:, None]
-    K22 = numpy.diagonal(K)[None, :]
-    K12 = K
-    theta = _angle(K12, K11, K22)
-    # <Heaviside(z) | Heaviside(z)> by the closed form arccos.dsigma_dsigma
-    avg0 = 1.0 * ((1/2)*(-1.0*theta + 1.0*numpy.pi)/numpy.pi)
-    # <Max(0, z) | Max(0, z)> by the closed form arccos.sigma_sigma
-    avg1 = 1.0 * ((1/2)*numpy.sqrt(K11*K22)*(1.0*(numpy.pi - theta)*numpy.cos(theta) + 1.0*numpy.sin(theta))/numpy.pi)
+    avg0 = _closed(_c1, K)
+    avg1 = _closed(_c0, K)
     return C_W*Theta*avg0 + avg1*lambda_W + lambda_b
 
 

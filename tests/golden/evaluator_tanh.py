@@ -562,11 +562,23 @@ def _f5(z):
     return numpy.tanh(z)**4
 
 
-def _angle(K12, K11, K22):
-    """θ = arccos(K12 / sqrt(K11 K22)) (clipped into [0, π])."""
-    denom = numpy.sqrt(K11 * K22)
-    cos = numpy.divide(K12, denom, out=numpy.ones_like(denom * K12), where=denom > 0)
-    return numpy.arccos(numpy.clip(cos, -1.0, 1.0))
+def _angle_of(K):
+    """θ_pq = arccos(K_pq / sqrt(K_pp K_qq)) (clipped into [0, π]), once per layer."""
+    key = ("angle", id(K))
+    if key not in _CACHE:
+        d = numpy.sqrt(numpy.diagonal(K))
+        denom = d[:, None] * d[None, :]
+        cos = numpy.divide(K, denom, out=numpy.ones_like(K), where=denom > 0)
+        _CACHE[key] = numpy.arccos(numpy.clip(cos, -1.0, 1.0))
+    return _CACHE[key]
+
+
+def _closed(fn, K):
+    """fn(K), computed once per layer (the recursions of K and Θ share averages)."""
+    key = (fn.__name__, id(K))
+    if key not in _CACHE:
+        _CACHE[key] = fn(K)
+    return _CACHE[key]
 
 
 def _pair_rule(f, g, K, p, q, T2, W2):
