@@ -42,6 +42,7 @@ from .activations import Activation
 from .errors import CovarianceError, DeriveError
 from .gaussian import gaussian_expectation
 from .layerstep import SIGMA, WIDTH, WIDTH_PREV, LayerStep, derive_layer_step
+from .nearly_gaussian import _average
 from .spec import MLP
 from .symbols import DerivativeContraction, GaussianAverage, RandomVar
 
@@ -57,12 +58,6 @@ _Z = sp.symbols("z1:9")
 def cached_layer_step() -> LayerStep:
     """The generic layer step, derived once per process."""
     return derive_layer_step()
-
-
-def _average(h: sp.Expr, K: str) -> sp.Expr:
-    rand = [x for x in sp.Mul.make_args(h) if x.has(RandomVar)]
-    const = [x for x in sp.Mul.make_args(h) if not x.has(RandomVar)]
-    return sp.Mul(*const) * (GaussianAverage(sp.Mul(*rand), K) if rand else sp.S.One)
 
 
 def specialise(expr: sp.Expr, act: Activation) -> sp.Expr:
