@@ -27,13 +27,15 @@ from sympy.printing.numpy import SciPyPrinter
 
 from .errors import DeriveError
 from .evaluate import cached_layer_step, specialise
-from .gaussian import _closed_form_plan, _gauss_legendre
+from .gaussian import _PANELS as _GAUSS_PANELS
+from .gaussian import _closed_form_plan, _gauss_legendre, one_variable_factors, panel_rule
 from .printing import book_latex
 from .symbols import DerivativeContraction, GaussianAverage, RandomVar
 
 __all__ = ["numpy_module_source", "NumpyPrinter", "load_generated"]
 
-_PANELS = np.array([-10.0, -6.0, -3.0, -1.5, 0.0, 1.5, 3.0, 6.0, 10.0])
+#: the panels of the two-dimensional rules of derive.gaussian (a boundary at 0 for kinks)
+_PANELS = _GAUSS_PANELS[2]
 _Z = sp.Symbol("z")
 
 
@@ -63,11 +65,7 @@ class NumpyPrinter(SciPyPrinter):
 
 
 def _rule(points: int) -> tuple[np.ndarray, np.ndarray]:
-    x, w = _gauss_legendre(points)
-    lo, hi = _PANELS[:-1, None], _PANELS[1:, None]
-    t = (0.5 * (lo + hi) + 0.5 * (hi - lo) * x).ravel()
-    wt = (0.5 * (hi - lo) * w).ravel() * np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi)
-    return t, wt
+    return panel_rule(points, _PANELS)
 
 
 def _hermite_rule(points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,17 +129,9 @@ def _hoist(lines: list[str], name: str, call: str) -> str:
 
 def _factor_by_slot(h: sp.Expr, slots: list) -> list[sp.Expr]:
     """h = Π_k g_k(slot_k) as [g_k(z)]; an error if a factor couples two slots."""
-    per = [sp.S.One for _ in slots]
-    const = sp.S.One
-    for part in sp.Mul.make_args(h):
-        vs = [k for k, s in enumerate(slots) if part.has(s)]
-        if not vs:
-            const *= part
-        elif len(vs) == 1:
-            per[vs[0]] *= part
-        else:
-            raise DeriveError(f"the average of {h} does not factor over its samples")
-    per[0] *= const
+    per = one_variable_factors(h, slots)
+    if per is None:
+        raise DeriveError(f"the average of {h} does not factor over its samples")
     return [g.xreplace({slots[k]: _Z}) for k, g in enumerate(per)]
 
 

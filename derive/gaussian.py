@@ -326,15 +326,20 @@ def _nested_rule(fn, L: np.ndarray, kinks: list[tuple[float, ...]], rung: int,
     return np.einsum("bn,bn->b", W, vals)
 
 
-@lru_cache(maxsize=32)
-def _panel_rule_1d(deff: int, rung: int) -> tuple[np.ndarray, np.ndarray]:
-    """Composite Gauss–Legendre nodes and Gaussian-weighted weights on the fixed panels."""
-    panels = _PANELS[deff]
-    x, w = _gauss_legendre(_NODE_LADDER[deff][rung])
+def panel_rule(points: int, panels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Composite Gauss–Legendre rule for t ~ N(0, 1): ``points`` nodes on each panel between
+    successive ``panels`` boundaries, the standard normal density folded into the weights."""
+    x, w = _gauss_legendre(points)
     lo, hi = panels[:-1, None], panels[1:, None]
     t = (0.5 * (lo + hi) + 0.5 * (hi - lo) * x).ravel()
     wt = (0.5 * (hi - lo) * w).ravel() * np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi)
     return t, wt
+
+
+@lru_cache(maxsize=32)
+def _panel_rule_1d(deff: int, rung: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed rule of effective dimension ``deff`` at refinement ``rung``."""
+    return panel_rule(_NODE_LADDER[deff][rung], _PANELS[deff])
 
 
 @lru_cache(maxsize=64)
@@ -368,19 +373,24 @@ def _fixed_grid_rule(fn, L: np.ndarray, rung: int, deff: int) -> np.ndarray:
     return out
 
 
-def _separable_factors(f: sp.Expr, syms: list) -> list | None:
-    """f as a product of one-variable factors [(g_1(z_1)), …] (None where a variable has no
-    factor), or None when some factor couples several variables."""
-    per = {s: sp.S.One for s in syms}
+def one_variable_factors(f: sp.Expr, variables: list) -> list | None:
+    """f = Π_k g_k(variables[k]) as [g_1, …] (constant factors go into g_1; a variable without
+    a factor gets 1), or None when some factor depends on several of the variables."""
+    per = [sp.S.One for _ in variables]
     for part in sp.Mul.make_args(sp.expand_power_exp(f)):
-        free = part.free_symbols
-        if not free:
-            per[syms[0]] *= part
-        elif len(free) == 1:
-            per[next(iter(free))] *= part
-        else:
+        hit = [k for k, v in enumerate(variables) if part.has(v)]
+        if len(hit) > 1:
             return None
-    return [numpy_function(per[s], (s,)) if per[s] != 1 else None for s in syms]
+        per[hit[0] if hit else 0] *= part
+    return per
+
+
+def _separable_factors(f: sp.Expr, syms: list) -> list | None:
+    """numpy functions of the one-variable factors of f (None for a factor 1), or None."""
+    per = one_variable_factors(f, syms)
+    if per is None:
+        return None
+    return [numpy_function(g, (s,)) if g != 1 else None for s, g in zip(syms, per)]
 
 
 def _separable_rule(fns: list, L: np.ndarray, rung: int, deff: int) -> np.ndarray:
