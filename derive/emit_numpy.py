@@ -237,8 +237,11 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
              "The NLO metric correction G1^{(l+1)}_{aa} of each input (diagonal)."),
             ("vertex_step", "V", "diag",
              "The four-point vertex V^{(l+1)}_{(aa)(aa)} of each input (diagonal).")]
+    # K and Θ on pairs always (Θ is cheap and shares K's averages), V's diagonal always (the
+    # expansion estimate needs it), G1's diagonal when it was derived
     for fname, q, kind, doc in plan:
-        if q not in d.recursions and q not in ("K",):
+        if q == "G1" and q not in d.recursions:
+            calls.append("if diagonal: G1[l + 1] = numpy.zeros(N)")
             continue
         if kind == "pair":
             lines, result = _pair_step(em, specialise(getattr(step, q), act), al)
@@ -253,20 +256,6 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
         steps.append({"name": fname, "args": sig, "doc": doc + " Implements, at α1 = α2 = … :"
                       if kind == "diag" else doc + " Implements:",
                       "latex": book_latex(shown), "lines": lines, "result": result})
-    if "V" not in d.recursions:  # the expansion estimate needs V's diagonal all the same
-        lines, result = _diag_step(em, specialise(step.contracted["V"], act), al, kinked)
-        steps.append({"name": "vertex_step", "args": diag_sig, "lines": lines, "result": result,
-                      "doc": "The four-point vertex V^{(l+1)}_{(aa)(aa)} of each input. "
-                             "Implements, at α1 = α2 = … :",
-                      "latex": book_latex(step.contracted["V"])})
-        calls.append("if diagonal: V[l + 1] = vertex_step(Kd, G1[l], V[l], CW[l], n[l], n[l - 1])")
-    if "Theta" not in d.recursions:
-        lines, result = _pair_step(em, specialise(step.Theta, act), al)
-        steps.append({"name": "ntk_step", "args": pair_sig, "lines": lines, "result": result,
-                      "doc": "The leading-order NTK mean.", "latex": book_latex(step.Theta)})
-        calls.append("Theta[l + 1] = ntk_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])")
-    if "G1" not in d.recursions:
-        calls.append("if diagonal: G1[l + 1] = numpy.zeros(N)")
     em.functions.insert(0, {"name": "sigma", "doc": f"the activation {act.name}",
                             "body": em.printer.doprint(act.expr.xreplace({act.z: _Z}))})
     ladder = [(f"hermite{q}", _hermite_rule(q)) for q in (12, 16, 20, 24, 32)]
