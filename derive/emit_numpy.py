@@ -166,8 +166,9 @@ def _pair_step(em: _Emitter, expr: sp.Expr, alphas: tuple) -> tuple[list[str], s
                                 f"({cf.source})")
             name = _hoist(lines, name, f"_closed({fn}, K)")
         else:
-            helper = "_pair_average_kinked" if em.act.kinks else "_pair_average"
-            call = f"{helper}({em.function(f, 'first factor')}, {em.function(g, 'second factor')}, K)"
+            kinked = ", kinked=True" if em.act.kinks else ""
+            call = (f"_pair_average({em.function(f, 'first factor')}, "
+                    f"{em.function(g, 'second factor')}, K{kinked})")
             name = _hoist(lines, name, call)
         reps[atom] = sp.Symbol(name)
     return lines, em.code(expr.xreplace(reps))

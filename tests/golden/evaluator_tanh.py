@@ -581,10 +581,17 @@ def _closed(fn, K):
     return _CACHE[key]
 
 
-def _pair_rule(f, g, K, p, q, T2, W2):
+def _frame(K, p, q):
+    """z1 = s t1, z2 = a t1 + b t2 (t standard normal) for the pairs (p, q)."""
     s = numpy.sqrt(K[p, p])
     a = numpy.divide(K[p, q], s, out=numpy.zeros_like(s), where=s > 0)
     b = numpy.sqrt(numpy.maximum(K[q, q] - a * a, 0.0))
+    return s, a, b
+
+
+def _pair_rule(f, g, K, p, q, T2, W2):
+    """<f(z1) g(z2)> for the pairs (p, q) with one fixed rule; the inner sum over t2 first."""
+    s, a, b = _frame(K, p, q)
     val = numpy.empty(len(p))
     for lo in range(0, len(p), _CHUNK):
         sl = slice(lo, lo + _CHUNK)
@@ -595,34 +602,17 @@ def _pair_rule(f, g, K, p, q, T2, W2):
     return val
 
 
-def _pair_average(f, g, K):
-    """<f(z1) g(z2)> over N(0, [[K_pp, K_pq], [K_pq, K_qq]]) for every pair (p, q): (N, N).
-
-    z1 = s t1, z2 = a t1 + b t2 with t standard normal; the inner sum over t2 is done first.
-    The rule is chosen from RULES2 by comparing successive rules on the pairs of largest
-    variance (the hardest ones); an error above TOL with the finest rule raises."""
-    key = (f.__name__, g.__name__, id(K))
-    if key in _CACHE:  # the same average in another recursion of this layer (K and Θ)
-        return _CACHE[key]
-    N = K.shape[0]
-    p, q = numpy.triu_indices(N)
+def _ladder_rule(f, g, K, p, q):
+    """The first rule of RULES2 whose difference from the next is below TOL on the pairs of
+    largest variance (the hardest ones); an error above TOL with the finest rule raises."""
     hard = numpy.argsort(-numpy.maximum(K[p, p], K[q, q]), kind="stable")[:12]
-    chosen = None
     for lo, hi in zip(RULES2, RULES2[1:]):
         e = numpy.abs(_pair_rule(f, g, K, p[hard], q[hard], *lo[1:])
                       - _pair_rule(f, g, K, p[hard], q[hard], *hi[1:])).max()
         if e < TOL:
-            chosen = lo[1:]
-            break
-    if chosen is None:
-        raise ArithmeticError(f"pair quadrature did not reach {TOL:g} (estimated error {e:.2g}); "
-                              "the kernel's variances are too large for the precomputed rules")
-    val = _pair_rule(f, g, K, p, q, *chosen)
-    out = numpy.empty((N, N))
-    out[p, q] = val
-    out[q, p] = val
-    _CACHE[key] = out
-    return out
+            return _pair_rule(f, g, K, p, q, *lo[1:])
+    raise ArithmeticError(f"pair quadrature did not reach {TOL:g} (estimated error {e:.2g}); "
+                          "the kernel's variances are too large for the precomputed rules")
 
 
 def _split_rule(cuts):
@@ -638,14 +628,10 @@ def _split_rule(cuts):
     return t, w
 
 
-def _pair_average_kinked(f, g, K):
-    """As _pair_average, for f, g with kinks at KINKS: the outer and the inner (conditional)
+def _kinked_rule(f, g, K, p, q):
+    """<f(z1) g(z2)> for f, g with kinks at KINKS: the outer and the inner (conditional)
     integrals are split where z1 or z2 crosses a kink, so the rule converges geometrically."""
-    N = K.shape[0]
-    p, q = numpy.triu_indices(N)
-    s = numpy.sqrt(K[p, p])
-    a = numpy.divide(K[p, q], s, out=numpy.zeros_like(s), where=s > 0)
-    b = numpy.sqrt(numpy.maximum(K[q, q] - a * a, 0.0))
+    s, a, b = _frame(K, p, q)
     val = numpy.empty(len(p))
     for lo in range(0, len(p), max(1, _CHUNK // 4)):
         sl = slice(lo, lo + max(1, _CHUNK // 4))
@@ -658,10 +644,23 @@ def _pair_average_kinked(f, g, K):
         z2 = a[sl, None, None] * t1[:, :, None] + bb * t2
         inner = numpy.einsum("pij,pij->pi", g(z2), w2)
         val[sl] = numpy.einsum("pi,pi->p", f(s[sl, None] * t1) * inner, w1)
-    out = numpy.empty((N, N))
-    out[p, q] = val
-    out[q, p] = val
-    return out
+    return val
+
+
+def _pair_average(f, g, K, kinked=False):
+    """<f(z1) g(z2)> over N(0, [[K_pp, K_pq], [K_pq, K_qq]]) for every pair (p, q): (N, N),
+    by the rule ladder, or (``kinked``) by the rule split at the kinks; computed once per
+    layer (K and Θ share averages)."""
+    key = (f.__name__, g.__name__, id(K))
+    if key not in _CACHE:
+        N = K.shape[0]
+        p, q = numpy.triu_indices(N)
+        val = (_kinked_rule if kinked else _ladder_rule)(f, g, K, p, q)
+        out = numpy.empty((N, N))
+        out[p, q] = val
+        out[q, p] = val
+        _CACHE[key] = out
+    return _CACHE[key]
 
 
 def _diag_average(f, Kd, hermite=0):
