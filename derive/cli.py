@@ -53,20 +53,14 @@ def _derive_cmd(args) -> int:
 
 def _predict_cmd(args) -> int:
     import json
-    import warnings
 
     import numpy as np
 
-    from .jobs import predictions_json
-    from .prediction import predict
+    from .jobs import predict_reporting_warnings, predictions_json
     from .specfile import load_spec
 
     spec, X, targets, order = load_spec(args.spec)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        p = predict(spec, X, order=order, targets=targets, progress=not args.json)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    p = predict_reporting_warnings(spec, X, order, targets, progress=not args.json)
     if args.json:
         print(json.dumps(predictions_json(p), indent=1))
         return 0

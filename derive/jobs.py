@@ -17,12 +17,27 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_job", "predictions_json"]
+__all__ = ["run_job", "predictions_json", "predict_reporting_warnings"]
 
 
 def _say(msg: str, start: float, quiet: bool) -> None:
     if not quiet:
         print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
+
+
+def predict_reporting_warnings(spec, X, order, targets, progress: bool = False):
+    """:func:`derive.predict`, its warnings (e.g. a large expansion parameter) printed as one
+    line each on stderr instead of Python's warning format."""
+    import warnings
+
+    from .prediction import predict
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = predict(spec, X, order=order, targets=targets, progress=progress)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return p
 
 
 def predictions_json(p) -> dict:
@@ -88,7 +103,6 @@ def run_job(spec, X, targets=("K", "V", "G1", "Theta"), order: int = 1, out=".",
             quiet: bool = False) -> dict:
     """Derive, write the documents and the evaluator, predict and plot; returns {name: path}."""
     from .derivation import derive
-    from .prediction import predict
 
     start = time.perf_counter()
     out = Path(out)
@@ -107,13 +121,7 @@ def run_job(spec, X, targets=("K", "V", "G1", "Theta"), order: int = 1, out=".",
     written["evaluator.py"] = path
     _say(f"evaluating the recursions for {X.shape[0]} input(s) through {spec.depth} layers …",
          start, quiet)
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        p = predict(spec, X, order=order, targets=targets)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    p = predict_reporting_warnings(spec, X, order, targets)
     path = out / "predictions.json"
     path.write_text(json.dumps(predictions_json(p), indent=1) + "\n")
     written["predictions.json"] = path
