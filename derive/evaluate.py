@@ -136,52 +136,52 @@ class _Evaluator:
 
     # -- plain averages -------------------------------------------------------------------
 
-    def gaussian_average(self, node: GaussianAverage, alphas: tuple, C: np.ndarray) -> np.ndarray:
-        slots = _slots_of(node.function, alphas)
-        slot_vars = [next(r for r in node.function.atoms(RandomVar) if r.indices[0] == alphas[p])
+    def tensor(self, label: str) -> np.ndarray:
+        """The previous layer's values of the tensor ``label``."""
+        if label not in self.tensors:
+            raise DeriveError(f"no values for tensor {label} (have {sorted(self.tensors)})")
+        return self.tensors[label]
+
+    @staticmethod
+    def _by_pattern(fs, alphas: tuple, C: np.ndarray, symmetric: bool = False):
+        """Group the components by which of their samples coincide: yields (rows, the functions
+        with coinciding slots merged into z1 … zm, the m distinct samples of those rows).
+        With ``symmetric`` (fs[0] invariant under permuting its slots) the samples are sorted
+        first, so an average is computed once per multiset of samples."""
+        slots = sorted({p for f in fs for p in _slots_of(f, alphas)})
+        slot_vars = [next(r for f in fs for r in f.atoms(RandomVar) if r.indices[0] == alphas[p])
                      for p in slots]
         Cs = C[:, slots]
-        if _symmetric(node.function, slot_vars):
+        if symmetric and _symmetric(fs[0], slot_vars):
             Cs = np.sort(Cs, axis=1)
         labels = _patterns(Cs)
-        out = np.empty(C.shape[0])
         for pat in np.unique(labels, axis=0):
             rows = np.all(labels == pat, axis=1)
-            (h,), distinct = _merged([node.function], slot_vars, tuple(pat))
-            out[rows] = self.average(h, Cs[rows][:, distinct])
+            merged, distinct = _merged(fs, slot_vars, tuple(pat))
+            yield rows, merged, Cs[rows][:, distinct]
+
+    # -- plain averages -------------------------------------------------------------------
+
+    def gaussian_average(self, node: GaussianAverage, alphas: tuple, C: np.ndarray) -> np.ndarray:
+        out = np.empty(C.shape[0])
+        for rows, (h,), S in self._by_pattern([node.function], alphas, C, symmetric=True):
+            out[rows] = self.average(h, S)
         return out
 
     # -- contractions -----------------------------------------------------------------------
 
     def contraction(self, node: DerivativeContraction, alphas: tuple, C: np.ndarray) -> np.ndarray:
-        fs = node.functions
-        slots = sorted({p for f in fs for p in _slots_of(f, alphas)})
-        slot_vars = []
-        for p in slots:
-            slot_vars.append(next(r for f in fs for r in f.atoms(RandomVar)
-                                  if r.indices[0] == alphas[p]))
-        Cs = C[:, slots]
-        labels = _patterns(Cs)
-        label = str(node.tensor.base)
-        if label not in self.tensors:
-            raise DeriveError(f"no values for tensor {label} (have {sorted(self.tensors)})")
-        T = self.tensors[label]
+        T = self.tensor(str(node.tensor.base))
         dummies = [b for g in node.groups for b in g]
         letters = "ijklmnop"
+        r = len(node.tensor.indices)
         out = np.empty(C.shape[0])
-        for pat in np.unique(labels, axis=0):
-            rows = np.all(labels == pat, axis=1)
-            merged, distinct = _merged(fs, slot_vars, tuple(pat))
-            S = Cs[rows][:, distinct]
-            m = len(distinct)
+        for rows, merged, S in self._by_pattern(node.functions, alphas, C):
+            m = S.shape[1]
             # T restricted to the distinct samples: T_S[b, j1 … jr] = T[S_b j1, …]
-            r = len(node.tensor.indices)
-            gather = []
-            for t in range(r):
-                gather.append(S.reshape(S.shape[0], *([1] * t), m, *([1] * (r - t - 1))))
-            TS = T[tuple(gather)]
+            gather = [S.reshape(S.shape[0], *([1] * t), m, *([1] * (r - t - 1))) for t in range(r)]
             subs = ["b" + "".join(letters[dummies.index(d)] for d in node.tensor.indices)]
-            ops = [TS]
+            ops = [T[tuple(gather)]]
             for F, grp in zip(merged, node.groups):
                 ops.append(self._derivatives(F, len(grp), S, m))
                 subs.append("b" + "".join(letters[dummies.index(d)] for d in grp))
@@ -294,11 +294,8 @@ class CompiledForm:
             elif isinstance(atom, DerivativeContraction):
                 args.append(ev.contraction(atom, self.alphas, C))
             else:
-                label = str(atom.base)
-                if label not in ev.tensors:
-                    raise DeriveError(f"no values for tensor {label} (have {sorted(ev.tensors)})")
                 pos = [self.alphas.index(x) for x in atom.indices]
-                args.append(ev.tensors[label][tuple(C[:, p] for p in pos)])
+                args.append(ev.tensor(str(atom.base))[tuple(C[:, p] for p in pos)])
         out = self.fn(*scalar_values, *args)
         return np.broadcast_to(np.asarray(out, dtype=float), (C.shape[0],)).copy()
 
