@@ -20,15 +20,10 @@ import jinja2
 import sympy as sp
 
 from .errors import DeriveError
-from .printing import book_latex, latex_terms, tex_text
+from .printing import book_latex, latex_terms, notation, tex_text
 from .symbols import tensor
 
 __all__ = ["templates_dir", "render", "recursions_latex", "derivation_document"]
-
-#: code name → (LaTeX-free title, symmetry of its tensor, number of sample indices)
-_QUANTITIES = {"K": ("Kernel", "sym", 2), "G1": ("NLO metric correction", "sym", 2),
-               "V": ("Four-point vertex", "pairs", 4), "Theta": ("NTK mean (leading order)", "sym", 2)}
-
 
 def templates_dir() -> Path:
     """``templates/`` of a checkout, or ``derive/_templates`` of an installed wheel."""
@@ -56,8 +51,16 @@ def render(name: str, **context) -> str:
     return _environment(name.endswith(".tex.j2")).get_template(name).render(**context)
 
 
+def _quantity(name: str) -> tuple[str, str, int]:
+    """(title, tensor symmetry, rank) of a quantity, from the notation table."""
+    entry = notation()["tensor"][name]
+    title = entry["title"]
+    pairs = bool(entry.get("pairs"))
+    return title[0].upper() + title[1:], "pairs" if pairs else "sym", 4 if pairs else 2
+
+
 def _lhs(name: str, alphas) -> str:
-    _, sym, rank = _QUANTITIES[name]
+    _, sym, rank = _quantity(name)
     return book_latex(tensor(name, rank, sym)[tuple(alphas[:rank])], layer=r"\ell+1")
 
 
@@ -86,7 +89,7 @@ def _context(d, text) -> dict:
     rows = [(text(k), v) for k, v in rows]
     recs = []
     for name in d.recursions:
-        title = _QUANTITIES[name][0]
+        title = _quantity(name)[0]
         steps = []
         for s in d.steps_for(name):
             info = s.info
