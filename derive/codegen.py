@@ -25,6 +25,7 @@ from .symbols import tensor
 
 __all__ = ["templates_dir", "render", "recursions_latex", "derivation_document"]
 
+
 def templates_dir() -> Path:
     """``templates/`` of a checkout, or ``derive/_templates`` of an installed wheel."""
     here = Path(__file__).resolve().parent
