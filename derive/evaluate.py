@@ -39,6 +39,7 @@ from sympy.core.function import AppliedUndef
 from sympy.core.sorting import default_sort_key
 
 from .activations import Activation
+from .derivation import TARGETS as _PLANNED
 from .errors import CovarianceError, DeriveError
 from .gaussian import gaussian_expectation
 from .layerstep import SIGMA, WIDTH, WIDTH_PREV, LayerStep, derive_layer_step
@@ -48,8 +49,8 @@ from .symbols import DerivativeContraction, GaussianAverage, RandomVar
 
 __all__ = ["specialise", "CompiledForm", "iterate_mlp", "cached_layer_step", "TARGETS"]
 
-#: the quantities a layer step derives, in evaluation order
-TARGETS = ("K", "Theta", "G1", "V")
+#: the quantities a layer step derives, in evaluation order (the planner's table)
+TARGETS = tuple(_PLANNED)
 #: the merged variables of an average after coinciding samples are identified
 _Z = sp.symbols("z1:9")
 
