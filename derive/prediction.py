@@ -3,11 +3,15 @@ r"""``derive.predict``: numbers from the derived recursions (THEORY §4 quantiti
 ``predict(spec, X, order=1)`` returns a :class:`Prediction` with mappings ``.K``, ``.G1``,
 ``.V``, ``.Theta`` keyed by layer ℓ = 1 … L (float64 arrays of shapes (N, N), (N, N),
 (N, N, N, N), (N, N)) and ``.metric(ℓ)`` = K + G1/n_{ℓ−1}.  ``targets`` limits the work to
-some of them (e.g. ``targets=("K", "Theta")`` for many inputs: V costs N⁴ memory; the
-mappings of quantities not asked for are empty).  Kinked activations (ReLU, leaky ReLU,
-user strings with Max/Abs/Heaviside) are evaluated with the derivative-free forms.  The numbers come from the
-derived expressions (:mod:`derive.layerstep` → :mod:`derive.evaluate`), never from a second,
-hand-written recursion.  ``.expansion[ℓ]`` estimates the relative size of the first neglected
+some of them (e.g. ``targets=("K", "Theta", "G1")`` for many inputs: the full V costs N⁴
+memory; the mappings of quantities not asked for are empty).  Kinked activations (ReLU,
+leaky ReLU, user strings with Max/Abs/Heaviside) are evaluated with the derivative-free forms.
+
+The numbers come from the derived expressions, never from a second, hand-written recursion:
+K, Θ, G1 (and V for N ≤ 2) through the module generated from the derivation
+(:mod:`derive.emit_numpy`, cached per spec), in which G1 is fed by the components of V with at
+most two distinct samples (they close on themselves); the full V of N ≥ 3 inputs through the
+batched evaluator of the same derived forms (:mod:`derive.evaluate`).  ``.expansion[ℓ]`` estimates the relative size of the first neglected
 term, (V/(n_{ℓ−1} K²))^{order+1} on the diagonal; a warning names the first layer where it
 exceeds ``warn_threshold`` (at criticality it grows like ℓ/n, THEORY §5).
 """
@@ -54,6 +58,25 @@ class Prediction:
         return self.K[layer] + self.G1[layer] / self.fan_in(layer)
 
 
+def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool) -> dict:
+    """K, Θ (and G1, V) from the generated module of ``spec`` (cached per spec)."""
+    from .emit_numpy import load_generated
+
+    mod = load_generated(spec, ("K", "Theta", "G1") if nlo and order >= 1 else ("K", "Theta"))
+    try:
+        g = mod.evaluate(X, order=order, nlo="pairs" if nlo else "diagonal")
+    except (ValueError, ArithmeticError) as err:
+        raise DeriveError(str(err)) from None
+    r = {"K": g["K"], "Theta": g["Theta"], "G1": g["G1"]}
+    if dense_v:  # N ≤ 2: every component has at most two distinct samples
+        N = X.shape[0]
+        r["V"] = {l: (mod._pair_tensors(g["G1"][l], v, g["V_pairs"][l])[1][..., 0, N - 1]
+                      if N == 2 else v.reshape(1, 1, 1, 1)) for l, v in g["V"].items()}
+    else:
+        r["V"] = {l: _DiagonalVertex(v) for l, v in g["V"].items()}
+    return r
+
+
 def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=None,
             progress: bool = False) -> Prediction:
     """Evaluate the derived recursions of ``spec`` on inputs ``X`` (N × n_0); see the module.
@@ -87,16 +110,12 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
             print(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)",
                   file=sys.stderr, flush=True)
 
-    if set(targets) <= {"K", "Theta"}:
-        # the generated evaluator (derive.emit_numpy) covers K, Θ and V's diagonal
-        from .emit_numpy import load_generated
-
-        try:
-            g = load_generated(spec, ("K", "Theta")).evaluate(X, order=0)
-        except (ValueError, ArithmeticError) as err:
-            raise DeriveError(str(err)) from None
-        r = {"K": g["K"], "Theta": g["Theta"],
-             "V": {l: _DiagonalVertex(v) for l, v in g["V"].items()}}
+    N = X.shape[0]
+    nlo_wanted = bool({"G1", "V"} & set(targets))
+    if set(targets) <= {"K", "Theta", "G1"} or N <= 2:
+        # the generated evaluator (derive.emit_numpy): K, Θ and G1 on all pairs, V on the
+        # components with at most two distinct samples (all of V for N ≤ 2)
+        r = _generated(spec, X, order, nlo_wanted, "V" in targets)
         if report is not None:
             report(spec.depth, spec.depth)
     else:

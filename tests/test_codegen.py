@@ -138,17 +138,91 @@ def test_generated_module_imports_only_numpy_and_scipy():
 
 @pytest.mark.parametrize("act, C_b, C_W", [("tanh", 0.1, 1.2), ("relu", 0.1, 1.8), ("erf", 0.0, 0.9),
                                           ("3*Max(0, z) - Max(0, -z) + 0.2*sin(z)", 0.05, 0.25)])
-def test_generated_module_matches_predict(act, C_b, C_W):
+def test_generated_module_matches_batched_evaluator(act, C_b, C_W):
+    # the generated module against the other evaluator of the same derived forms
+    # (derive.evaluate: lambdified component forms, batched adaptive quadrature), three inputs:
+    # G1 on all pairs, V on every component with at most two distinct samples
+    from derive.evaluate import iterate_mlp
+
     spec = MLP(5, [30, 20, 40, 25], act, C_b, C_W)
     mod = _load(derive.derive(spec).numpy_module())
-    X = np.array([[1.0, 0.2, 0.0], [0.3, 1.0, 0.5]])
+    X = np.array([[1.0, 0.2, 0.0], [0.3, 1.0, 0.5], [-0.4, 0.1, 0.8]])
     got = mod.evaluate(X)
-    ref = derive.predict(spec, X, warn_threshold=10)
+    ref = iterate_mlp(spec, X, order=1)
+    comps = [c for c in np.ndindex(3, 3, 3, 3) if len(set(c)) <= 2]
+    for l in range(1, 6):  # 1e-10, relative to the size of the quantity where that exceeds 1
+        for q in ("K", "Theta", "G1"):
+            scale = max(1.0, np.abs(ref[q][l]).max())
+            assert np.abs(got[q][l] - ref[q][l]).max() < 1e-10 * scale, (q, l)
+        V = [mod.vertex_component(got["V"][l], got["V_pairs"][l], *c) for c in comps]
+        scale = max(1.0, np.abs(ref["V"][l]).max())
+        assert np.abs(np.array(V) - [ref["V"][l][c] for c in comps]).max() < 1e-10 * scale, l
+    diag = mod.evaluate(X, nlo="diagonal")
     for l in range(1, 6):
-        assert np.allclose(got["K"][l], ref.K[l], rtol=0, atol=1e-10)
-        assert np.allclose(got["Theta"][l], ref.Theta[l], rtol=0, atol=1e-10)
-        assert np.allclose(got["G1"][l], np.diagonal(ref.G1[l]), rtol=0, atol=1e-10)
-        assert np.allclose(got["V"][l], [ref.V[l][a, a, a, a] for a in range(2)], rtol=0, atol=1e-10)
+        assert np.abs(diag["G1"][l] - np.diagonal(got["G1"][l])).max() < 1e-14
+        assert np.array_equal(diag["V"][l], got["V"][l])
+
+
+def test_predict_uses_generated_module_for_g1():
+    # predict's K, Θ, G1 come from the generated module (same numbers, no N⁴ array)
+    spec = MLP(4, 16, "tanh", 0.1, 1.1)
+    X = np.random.default_rng(3).normal(size=(5, 3))
+    p = derive.predict(spec, X, targets=("K", "Theta", "G1"), warn_threshold=10)
+    g = _load(derive.derive(spec).numpy_module()).evaluate(X)
+    assert p.V == {} and p.G1[4].shape == (5, 5)
+    assert np.array_equal(p.G1[4], g["G1"][4]) and np.array_equal(p.K[4], g["K"][4])
+
+
+def _gauss_2d(C, points=120):
+    """Nodes z (M × 2) and weights (M) of N(0, C) by a product Gauss–Hermite rule (test-only)."""
+    t, w = np.polynomial.hermite_e.hermegauss(points)
+    w = w / w.sum()
+    T = np.stack(np.meshgrid(t, t, indexing="ij"), axis=-1).reshape(-1, 2)
+    return T @ np.linalg.cholesky(C).T, np.outer(w, w).reshape(-1)
+
+
+def test_generated_pairs_against_independent_derivative_free_forms():
+    # two tanh inputs through layers 1 → 2 → 3, written here from THEORY §4 / §6 step 4 in the
+    # derivative-free form (Hermite weights with P = K⁻¹), independently of derive:
+    #   V3 = C_W² [<σσσσ> − <σσ><σσ>] + (C_W²/4)(n2/n1) Σ_β V2_β <σσ H_β1β2> <σσ H_β3β4>
+    #   G1_3 = C_W (n2/n1) [½ Σ G1_2 <σσ H2> + ⅛ Σ_β V2_β <σσ H_β1β2β3β4>],  G1_2 = 0
+    Cb, CW, n1, n2 = 0.1, 1.3, 12, 20
+    spec = MLP(3, [n1, n2], "tanh", Cb, CW)
+    X = np.array([[1.0, -0.5], [0.4, 0.9]])
+    K1 = Cb + CW * X @ X.T / 2
+
+    def moments(K):
+        z, w = _gauss_2d(K)
+        s = np.tanh(z)                                    # (M, 2)
+        P = np.linalg.inv(K)
+        y = z @ P
+        ss = np.einsum("m,ma,mb->ab", w, s, s)
+        s4 = np.einsum("m,ma,mb,mc,md->abcd", w, s, s, s, s)
+        H2 = np.einsum("mi,mj->mij", y, y) - P
+        yy = np.einsum("mi,mj->mij", y, y)
+        H4 = (np.einsum("mi,mj,mk,ml->mijkl", y, y, y, y)
+              - sum(np.einsum(f"{a},m{b}->mijkl", P, yy) for a, b in
+                    (("ij", "kl"), ("ik", "jl"), ("il", "jk"), ("jk", "il"), ("jl", "ik"), ("kl", "ij")))
+              + sum(np.einsum(f"{a},{b}->ijkl", P, P) for a, b in (("ij", "kl"), ("ik", "jl"), ("il", "jk")))[None])
+        D2 = np.einsum("m,ma,mb,mij->abij", w, s, s, H2)  # <σ_a σ_b H_ij>
+        D4 = np.einsum("m,ma,mb,mijkl->abijkl", w, s, s, H4)
+        return ss, s4, D2, D4
+
+    ss1, s41, _, _ = moments(K1)
+    K2 = Cb + CW * ss1
+    V2 = CW ** 2 * (s41 - np.einsum("ab,cd->abcd", ss1, ss1))
+    ss2, s42, D2, D4 = moments(K2)
+    K3 = Cb + CW * ss2
+    V3 = CW ** 2 * (s42 - np.einsum("ab,cd->abcd", ss2, ss2)) \
+        + CW ** 2 / 4 * n2 / n1 * np.einsum("ijkl,abij,cdkl->abcd", V2, D2, D2)
+    G13 = CW * n2 / n1 / 8 * np.einsum("ijkl,abijkl->ab", V2, D4)
+    mod = _load(derive.derive(spec).numpy_module())
+    got = mod.evaluate(X)
+    assert np.abs(got["K"][3] - K3).max() < 1e-10
+    assert np.abs(got["G1"][3] - G13).max() < 1e-10
+    assert np.abs(G13).max() > 1e-3  # not a comparison of zeros
+    for c in np.ndindex(2, 2, 2, 2):
+        assert mod.vertex_component(got["V"][3], got["V_pairs"][3], *c) == pytest.approx(V3[c], abs=1e-10)
 
 
 def test_generated_module_against_independent_quadrature():
