@@ -3,7 +3,8 @@ the generated module (``Derivation.numpy_module()``) against the lambdified recu
 ``derive.evaluate`` (the same derived forms, SymPy lambdify + batched gaussian_expectation).
 Reference points on this machine (the issue): neural-tangents ReLU NNGP+NTK, N = 100, L = 20:
 about 4 ms per call after compilation; tanh about 2.3 s at only 1e-5 (Gauss–Hermite 25).
-Targets: ReLU/erf no slower than that; tanh at 1e-10 faster than 2.3 s."""
+Targets: ReLU/erf no slower than that; tanh at 1e-10 faster than 2.3 s.  Also K + Θ + G1 with
+G1 on all pairs (no target; the lambdify route needs the full N⁴ vertex for it)."""
 from __future__ import annotations
 
 import time
@@ -39,7 +40,7 @@ def run(quick: bool = False):
                      "target": "-", "ok": None})
         for N in Ns:
             X = rng.normal(size=(N, 8))
-            t_gen = _time(lambda: mod.evaluate(X, order=0, diagonal=False), repeat=3 if N <= 100 else 1)
+            t_gen = _time(lambda: mod.evaluate(X, order=0, nlo="none"), repeat=3 if N <= 100 else 1)
             target = f"< {ref:g} s" if N == 100 else "-"
             rows.append({"what": f"{act}: generated evaluator, K + Theta, N={N}, L=20",
                          "seconds": t_gen, "target": target,
@@ -47,5 +48,17 @@ def run(quick: bool = False):
             if N <= 100:
                 t_lam = _time(lambda: iterate_mlp(spec, X, order=0, targets=("K", "Theta")))
                 rows.append({"what": f"{act}: lambdify route (derive.evaluate), same job, N={N}",
+                             "seconds": t_lam, "target": "-", "ok": None})
+        # NLO: G1 on all pairs with V on the components of at most two distinct samples
+        # (what G1 needs); the lambdify route needs the full V (N⁴) for the same G1
+        nlo = load_generated(spec, ("K", "Theta", "G1"))
+        for N in ((10,) if quick else (10, 100)):
+            X = rng.normal(size=(N, 8))
+            t_gen = _time(lambda: nlo.evaluate(X, order=1, nlo="pairs"))
+            rows.append({"what": f"{act}: generated evaluator, K + Theta + G1 (pairs), N={N}, L=20",
+                         "seconds": t_gen, "target": "-", "ok": None})
+            if N <= 10 and act != "relu":  # ReLU: 4-D kinked averages of the full V fail at tol
+                t_lam = _time(lambda: iterate_mlp(spec, X, order=1, targets=("K", "Theta", "G1")))
+                rows.append({"what": f"{act}: lambdify route, same job (full V), N={N}",
                              "seconds": t_lam, "target": "-", "ok": None})
     return "Generated evaluators vs lambdify (K + Theta, L = 20)", rows
