@@ -64,6 +64,8 @@ _FACADE = {
     "derive": "derivation",
     "Derivation": "derivation",
     "predict": "prediction",
+    "criticality": "critical",
+    "Criticality": "critical",
     "Prediction": "prediction",
 }
 
