@@ -66,6 +66,8 @@ _FACADE = {
     "predict": "prediction",
     "criticality": "critical",
     "Criticality": "critical",
+    "check": "reality",
+    "Check": "reality",
     "Prediction": "prediction",
 }
 
