@@ -6,8 +6,11 @@ This is the numeric back end of the layer step (:mod:`derive.layerstep`), THEORY
    carried out; inside a :class:`~derive.DerivativeContraction` they are kept for step 3).
 2. :class:`CompiledForm` replaces every *atom* of a specialised recursion — an average
    ⟨h⟩_K, a tensor component such as G1[α1, α1], a contraction Σ_β T_β ⟨∂_β f⟩ — by a
-   symbol and lambdifies the rest once (the codegen issue replaces lambdify by generated
-   modules).
+   symbol and lambdifies the rest once.  ``predict`` uses the generated modules of
+   :mod:`derive.emit_numpy` instead, except for the full V of N ≥ 3 inputs (components with
+   three or four distinct samples), which only this evaluator computes; it is also the
+   second evaluator (same derived forms, other numerics) the generated modules are tested
+   against.
 3. :meth:`CompiledForm.evaluate` computes each atom as an array over a list of components
    (rows of sample numbers for the slots α1, α2, …) and calls the compiled function:
 
