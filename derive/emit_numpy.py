@@ -474,9 +474,14 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                 "C_W": [spec.C_W(l) for l in range(1, spec.depth + 1)],
                 "lambda_b": [spec.lambda_b(l) for l in range(1, spec.depth + 1)],
                 "lambda_W": [spec.lambda_W(l) for l in range(1, spec.depth + 1)]}
-    note = ("closed forms of rules/kernels where they apply, else composite Gauss–Legendre "
-            f"(pairs: Gauss–Hermite or panel rules, 12 to 256 nodes per dimension, chosen to reach {tol:g}; {len(t1)} nodes for "
-            "single inputs)")
+    if kinked:
+        note = ("closed forms of rules/kernels where they apply, else Gauss–Legendre on panels "
+                "split at the kinks (pairs: 4 to 24 nodes per piece, chosen to reach "
+                f"{30 * tol:g}; single inputs: 16 per piece)")
+    else:
+        note = ("closed forms of rules/kernels where they apply, else quadrature (pairs: "
+                "Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, "
+                f"chosen to reach {tol:g}; single inputs: {len(t1)} panel nodes)")
     return render("evaluator.py.j2", activation_name=act.name, version=_version(),
                   activation_repr=repr(sp.sstr(act.expr)), defaults_repr=repr(defaults),
                   rules2=rules2, tol=repr(tol), t1=_array_text(t1), w1=_array_text(w1),

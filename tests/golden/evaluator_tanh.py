@@ -10,7 +10,7 @@ scipy.  Conventions: THEORY.md (PDLT).  ``evaluate(X)`` iterates, for inputs X (
   sample sums of their recursions run only over the samples of the averaged functions),
 
 layer by layer from K^{(1)} = C_b + C_W G^{(0)}, Θ^{(1)} = λ_b + λ_W G^{(0)}, G1^{(1)} = V^{(1)} = 0.
-Gaussian averages: closed forms of rules/kernels where they apply, else composite Gauss–Legendre (pairs: Gauss–Hermite or panel rules, 12 to 256 nodes per dimension, chosen to reach 3e-13; 256 nodes for single inputs)
+Gaussian averages: closed forms of rules/kernels where they apply, else quadrature (pairs: Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, chosen to reach 3e-13; single inputs: 256 panel nodes)
 """
 import numpy
 import scipy.special
