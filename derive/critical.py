@@ -53,11 +53,17 @@ def _act(a) -> Activation:
     return a if isinstance(a, Activation) else activation(a)
 
 
+def _tol(K: np.ndarray) -> float:
+    """The quadrature tolerance for averages at variances K: _TOL relative to K² (the size of
+    ⟨σ² z²⟩ for σ of linear growth), at least _TOL."""
+    return _TOL * max(1.0, float(np.max(K)) ** 2)
+
+
 def _avg(f: sp.Expr, K) -> np.ndarray:
     """⟨f(z)⟩ over N(0, K) for an array of variances K (> 0)."""
     K = np.atleast_1d(np.asarray(K, dtype=float))
     return np.asarray(gaussian_expectation(f.xreplace({z: sp.Symbol("z1")}), K[:, None, None],
-                                           tol=_TOL).value, dtype=float)
+                                           tol=_tol(K)).value, dtype=float)
 
 
 def kernel_map(act, K, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
@@ -75,7 +81,7 @@ def chi_parallel(act, K, C_W: float = 1.0) -> np.ndarray:
                           "C_W (σ'(0)² + σ(0)σ''(0)))")
     z1 = sp.Symbol("z1")
     s2 = (a.expr ** 2).xreplace({z: z1})
-    num = np.asarray(gaussian_expectation(s2 * z1 ** 2, K[:, None, None], tol=_TOL).value,
+    num = np.asarray(gaussian_expectation(s2 * z1 ** 2, K[:, None, None], tol=_tol(K)).value,
                      dtype=float)
     return C_W * (num - K * _avg(a.expr ** 2, K)) / (2 * K ** 2)
 
@@ -118,7 +124,16 @@ def fixed_points(act, C_b: float, C_W: float, K_max: float = 1e2) -> list[float]
                                 method="bounded", options={"xatol": 1e-12 * grid[k]})
             if abs(g(r.x)) < 1e-9 * max(1.0, r.x):
                 out.append(float(r.x))
-    return out
+    # a touching-point probe next to a crossing finds the crossing again: keep one root per
+    # cluster (the one with the smaller residual)
+    merged: list[float] = []
+    for K in sorted(out):
+        if merged and abs(K - merged[-1]) <= 1e-6 * max(1.0, K):
+            if merged[-1] > 0 and abs(g(K)) < abs(g(merged[-1])):
+                merged[-1] = K
+            continue
+        merged.append(K)
+    return merged
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
     bad = [l for l, e in expansion.items() if e > warn_threshold]
     if bad:
         warnings.warn(f"the first neglected term of the 1/n expansion is estimated at "
-                      f"{expansion[bad[0]]:.2g} of the kept ones from layer {bad[0]} on (threshold "
+                      f"{expansion[bad[0]]:.3g} of the kept ones from layer {bad[0]} on (threshold "
                       f"{warn_threshold}); widen the network or expect large corrections",
                       ExpansionWarning, stacklevel=2)
 

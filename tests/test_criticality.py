@@ -108,3 +108,14 @@ def test_fixed_points():
     (K,) = fixed_points("tanh", 0.3, 1.5)
     assert 0.3 + 1.5 * _gh(lambda x: np.tanh(x) ** 2, K) == pytest.approx(K, abs=1e-10)
     assert fixed_points("tanh", 0.0, 0.5) == [0.0]      # only K* = 0 (χ_∥ < 1: it attracts)
+
+
+def test_fixed_points_no_duplicates_and_large_variances():
+    # a crossing next to a touching-point probe was listed twice; χ at large K kept a fixed
+    # absolute quadrature tolerance (the integrand grows like K²) and failed
+    roots = fixed_points("tanh", 0.0, 2.0)
+    assert roots[0] == 0.0 and len(roots) == 2
+    assert 2.0 * _gh(lambda x: np.tanh(x) ** 2, roots[1]) == pytest.approx(roots[1], abs=1e-10)
+    assert chi_parallel("relu", 100.0, 2.0)[0] == pytest.approx(1.0, rel=1e-10)
+    assert chi_perp("relu", 100.0, 2.0)[0] == pytest.approx(1.0, rel=1e-10)
+    assert np.isfinite(chi_parallel("swish", 100.0)[0])
