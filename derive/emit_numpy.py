@@ -157,8 +157,14 @@ def _emit_pair_average(em: _Emitter, lines: list[str], name: str, f: sp.Expr, g:
     plan = _closed_form_plan(f.xreplace({_Z: z1}) * g.xreplace({_Z: z2}), ((z1, 0), (z2, 1)))
     if plan is not None and (plan[2] == (0, 1) or f == g):
         cf, coeff, _, params = plan
-        formula = cf.formula.xreplace({sp.Symbol(p): sp.Float(v) for p, v in params})
-        fn = em.closed_form(f"{coeff!r} * ({em.code(formula)})",
+        formula = cf.formula.xreplace({sp.Symbol(p): sp.Integer(int(v)) if float(v).is_integer()
+                                       else sp.Float(v) for p, v in params})
+        # θ = acos(ρ): cos θ → ρ and sin θ → sqrt(1 − ρ²) (SymPy does it on construction);
+        # numpy's cos/sin cost several times an arccos or a sqrt
+        theta, rho = sp.Symbol("theta"), sp.Symbol("rho")
+        formula = formula.xreplace({theta: sp.acos(rho)}).xreplace({sp.acos(rho): theta})
+        body = em.code(formula) if coeff == 1 else f"{coeff!r} * ({em.code(formula)})"
+        fn = em.closed_form(body,
                             f"<{sp.sstr(f)} | {sp.sstr(g)}> by the closed form {cf.id} "
                             f"({cf.source})")
         return _hoist(lines, name, f"_closed({fn}, K)")

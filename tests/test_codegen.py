@@ -253,6 +253,10 @@ def test_generated_module_bad_input():
         mod.evaluate(np.ones(3))
     with pytest.raises(ValueError, match="one value per layer"):
         mod.evaluate(np.ones((1, 2)), C_W=[1.0, 1.0])
+    with pytest.raises(ValueError, match="nlo"):
+        mod.evaluate(np.ones((1, 2)), nlo="full")
+    # hyperparameters equal in every layer of the spec fit any depth
+    assert sorted(mod.evaluate(np.ones((1, 2)), depth=5)["K"]) == [1, 2, 3, 4, 5]
 
 
 # -- command line -------------------------------------------------------------------------------

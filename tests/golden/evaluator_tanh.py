@@ -718,8 +718,8 @@ _BLOCK = 65536
 # of V's index symmetries and the exchange p ↔ q (the other patterns are these or their
 # transposes, see _pair_tensors)
 VERTEX_ORBITS = ['0001', '0011', '0101']
-# pair averages of the current call of evaluate(), keyed by (f, g, id(K)); K[l] stays alive
-# during the call, so its id identifies the layer
+# averages of the current layer of evaluate(), keyed by (f, g, id(K)) (K[l] stays alive, so
+# its id identifies the layer; the cache is emptied at every layer)
 _CACHE = {}
 
 
@@ -818,14 +818,22 @@ def _f17(z):
     return numpy.tanh(z)**3
 
 
-def _angle_of(K):
-    """θ_pq = arccos(K_pq / sqrt(K_pp K_qq)) (clipped into [0, π]), once per layer."""
-    key = ("angle", id(K))
+def _cosine_of(K):
+    """ρ_pq = K_pq / sqrt(K_pp K_qq), clipped into [−1, 1], once per layer."""
+    key = ("cosine", id(K))
     if key not in _CACHE:
         d = numpy.sqrt(numpy.diagonal(K))
         denom = d[:, None] * d[None, :]
         cos = numpy.divide(K, denom, out=numpy.ones_like(K), where=denom > 0)
-        _CACHE[key] = numpy.arccos(numpy.clip(cos, -1.0, 1.0))
+        _CACHE[key] = numpy.clip(cos, -1.0, 1.0, out=cos)
+    return _CACHE[key]
+
+
+def _angle_of(K):
+    """θ_pq = arccos(ρ_pq) in [0, π], once per layer."""
+    key = ("angle", id(K))
+    if key not in _CACHE:
+        _CACHE[key] = numpy.arccos(_cosine_of(K))
     return _CACHE[key]
 
 
@@ -1158,8 +1166,12 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
         raise ValueError(f"nlo must be 'pairs', 'diagonal' or 'none', got {nlo!r}")
     depth = DEFAULTS["depth"] if depth is None else int(depth)
 
+    def default(name):  # the spec's value; one that is equal in every layer fits any depth
+        value = DEFAULTS[name]
+        return value[0] if len(value) and len(set(value)) == 1 else value
+
     def per_layer(value, name):
-        value = DEFAULTS[name] if value is None else value
+        value = default(name) if value is None else value
         value = [float(v) for v in value] if numpy.ndim(value) else [float(value)] * depth
         if len(value) != depth:
             raise ValueError(f"{name} needs one value per layer ({depth}), got {len(value)}")
@@ -1168,7 +1180,7 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
     _CACHE.clear()
     Cb, CW = per_layer(C_b, "C_b"), per_layer(C_W, "C_W")
     lb, lW = per_layer(lambda_b, "lambda_b"), per_layer(lambda_W, "lambda_W")
-    widths = DEFAULTS["widths"] if widths is None else widths
+    widths = default("widths") if widths is None else widths
     widths = [int(w) for w in widths] if numpy.ndim(widths) else [int(widths)] * (depth - 1)
     n = [X.shape[1]] + widths
     G0 = X @ X.T / X.shape[1]
@@ -1179,6 +1191,9 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
     V = {1: numpy.zeros(N)}
     V_pairs = {1: {o: numpy.zeros((N, N)) for o in VERTEX_ORBITS}} if nlo == "pairs" else {}
     for l in range(1, depth):
+        # the averages of a layer serve only that layer's steps: dropping the previous ones
+        # lets their memory be reused (fresh pages for every temporary cost more than the math)
+        _CACHE.clear()
         Kd = numpy.diagonal(K[l]).copy()
         if numpy.any(~numpy.isfinite(K[l])) or numpy.any(Kd <= 0):
             raise ValueError(f"the kernel is singular at layer {l}: diag K = {Kd}")
