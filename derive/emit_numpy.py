@@ -253,7 +253,10 @@ class _PairFrame:
             call += "[:, None]" if k == 0 else "[None, :]"
             out = sp.Symbol(_hoist(self.lines, self._name("a"), call))
         else:
-            f, g = (x.xreplace({v: _Z}) for x, v in zip(one_variable_factors(h, list(_PZ)), _PZ))
+            per = one_variable_factors(h, list(_PZ))
+            if per is None:
+                raise DeriveError(f"the average of {h} does not factor over the two samples")
+            f, g = (x.xreplace({v: _Z}) for x, v in zip(per, _PZ))
             out = sp.Symbol(_emit_pair_average(self.em, self.lines, self._name("a"), f, g,
                                                self.kinked))
         self.memo[key] = out

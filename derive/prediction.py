@@ -11,9 +11,11 @@ The numbers come from the derived expressions, never from a second, hand-written
 K, Θ, G1 (and V for N ≤ 2) through the module generated from the derivation
 (:mod:`derive.emit_numpy`, cached per spec), in which G1 is fed by the components of V with at
 most two distinct samples (they close on themselves); the full V of N ≥ 3 inputs through the
-batched evaluator of the same derived forms (:mod:`derive.evaluate`).  ``.expansion[ℓ]`` estimates the relative size of the first neglected
-term, (V/(n_{ℓ−1} K²))^{order+1} on the diagonal; a warning names the first layer where it
-exceeds ``warn_threshold`` (at criticality it grows like ℓ/n, THEORY §5).
+batched evaluator of the same derived forms (:mod:`derive.evaluate`).
+
+``.expansion[ℓ]`` estimates the relative size of the first neglected term,
+(V/(n_{ℓ−1} K²))^{order+1} on the diagonal; a warning names the first layer where it exceeds
+``warn_threshold`` (at criticality it grows like ℓ/n, THEORY §5).
 """
 from __future__ import annotations
 
