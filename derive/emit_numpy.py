@@ -163,6 +163,8 @@ def _emit_pair_average(em: _Emitter, lines: list[str], name: str, f: sp.Expr, g:
         # numpy's cos/sin cost several times an arccos or a sqrt
         theta, rho = sp.Symbol("theta"), sp.Symbol("rho")
         formula = formula.xreplace({theta: sp.acos(rho)}).xreplace({sp.acos(rho): theta})
+        K11, K22 = sp.Symbol("K11"), sp.Symbol("K22")
+        formula = formula.xreplace({sp.sqrt(K11 * K22): sp.Symbol("scale")})  # shared per layer
         body = em.code(formula) if coeff == 1 else f"{coeff!r} * ({em.code(formula)})"
         fn = em.closed_form(body,
                             f"<{sp.sstr(f)} | {sp.sstr(g)}> by the closed form {cf.id} "

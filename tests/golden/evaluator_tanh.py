@@ -818,13 +818,21 @@ def _f17(z):
     return numpy.tanh(z)**3
 
 
-def _cosine_of(K):
-    """ρ_pq = K_pq / sqrt(K_pp K_qq), clipped into [−1, 1], once per layer."""
-    key = ("cosine", id(K))
+def _scale_of(K):
+    """sqrt(K_pp K_qq) of every pair, once per layer."""
+    key = ("scale", id(K))
     if key not in _CACHE:
         d = numpy.sqrt(numpy.diagonal(K))
-        denom = d[:, None] * d[None, :]
-        cos = numpy.divide(K, denom, out=numpy.ones_like(K), where=denom > 0)
+        _CACHE[key] = d[:, None] * d[None, :]
+    return _CACHE[key]
+
+
+def _cosine_of(K):
+    """ρ_pq = K_pq / sqrt(K_pp K_qq), clipped into [−1, 1], once per layer (evaluate() has
+    checked that every K_pp > 0)."""
+    key = ("cosine", id(K))
+    if key not in _CACHE:
+        cos = K / _scale_of(K)
         _CACHE[key] = numpy.clip(cos, -1.0, 1.0, out=cos)
     return _CACHE[key]
 
