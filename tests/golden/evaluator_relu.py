@@ -21,8 +21,8 @@ DEFAULTS = {'depth': 3, 'widths': [16, 16], 'C_b': [0.0, 0.0, 0.0], 'C_W': [2.0,
 # composite Gauss–Legendre rules on fixed panels of t ~ N(0, 1), the Gaussian weight folded
 # into the weights (panel ends at 0: kinks of σ at z = 0 are integrated exactly piecewise)
 # for pairs, a ladder of rules (name, nodes, weights), smallest first: Gauss–Hermite (fast
-# for small variances) and panel Gauss–Legendre; _pair_average picks the first rule whose
-# difference from the next is below TOL on the hardest pairs
+# for small variances) and panel Gauss–Legendre; _pair_average takes the first rule whose
+# difference from the next is below TOL on the hardest pairs (_first_converged)
 RULES2 = [
     ("hermite12", numpy.array([
     -5.500901704467748, -4.2718258479322815, -3.2237098287700974, -2.259464451000799,
@@ -845,18 +845,19 @@ def _pair_rule(f, g, K, p, q, T2, W2):
     return val
 
 
-def _ladder_rule(f, g, K, p, q):
-    """The first rule of RULES2 whose difference from the next is below TOL (relative to the
-    size of the average, at least 1) on the pairs of largest variance (the hardest ones); an
-    error above that with the finest rule raises."""
+def _first_converged(rule, rungs, tol, f, g, K, p, q):
+    """rule(f, g, K, p, q, *rung) with the first of ``rungs`` (smallest first) whose result
+    differs from the next rung's by less than ``tol`` (relative to the size of the average, at
+    least 1) on the pairs of largest variance (the hardest ones); an error above that with the
+    finest rungs raises."""
     hard = numpy.argsort(-numpy.maximum(K[p, p], K[q, q]), kind="stable")[:12]
-    for lo, hi in zip(RULES2, RULES2[1:]):
-        fine = _pair_rule(f, g, K, p[hard], q[hard], *hi[1:])
-        e = numpy.abs(_pair_rule(f, g, K, p[hard], q[hard], *lo[1:]) - fine).max()
+    for lo, hi in zip(rungs, rungs[1:]):
+        fine = rule(f, g, K, p[hard], q[hard], *hi)
+        e = numpy.abs(rule(f, g, K, p[hard], q[hard], *lo) - fine).max()
         e /= max(1.0, numpy.abs(fine).max())
-        if e < TOL:
-            return _pair_rule(f, g, K, p, q, *lo[1:])
-    raise ArithmeticError(f"pair quadrature did not reach {TOL:g} (estimated error {e:.2g}) at "
+        if e < tol:
+            return rule(f, g, K, p, q, *lo)
+    raise ArithmeticError(f"pair quadrature did not reach {tol:g} (estimated error {e:.2g}) at "
                           f"variances up to {numpy.diagonal(K).max():.3g}; the kernel's variances "
                           "are too large for the precomputed rules (is the network far from "
                           "criticality?)")
@@ -896,36 +897,24 @@ def _kinked_rule(f, g, K, p, q, xq, wq):
     return val
 
 
-def _kinked_ladder(f, g, K, p, q):
-    """The kink-split rule with the first of KINKED_RULES that agrees with the next one to
-    30 TOL (relative to the size of the average, at least 1) on the pairs of largest variance
-    (the Hermite-weighted averages of kinked σ sum terms far larger than their result: their
-    rounding error alone is near TOL)."""
-    hard = numpy.argsort(-numpy.maximum(K[p, p], K[q, q]), kind="stable")[:12]
-    for lo, hi in zip(KINKED_RULES, KINKED_RULES[1:]):
-        fine = _kinked_rule(f, g, K, p[hard], q[hard], *hi)
-        e = numpy.abs(_kinked_rule(f, g, K, p[hard], q[hard], *lo) - fine).max()
-        e /= max(1.0, numpy.abs(fine).max())
-        if e < 30 * TOL:
-            return _kinked_rule(f, g, K, p, q, *lo)
-    raise ArithmeticError(f"kink-split pair quadrature did not reach {30 * TOL:g} (estimated error "
-                          f"{e:.2g}) at variances up to {numpy.diagonal(K).max():.3g}; a kernel "
-                          "this large usually means the network is far from criticality")
-
-
 def _pair_average(f, g, K, kinked=False):
     """<f(z_p) g(z_q)> over N(0, [[K_pp, K_pq], [K_pq, K_qq]]) for every pair (p, q): (N, N),
-    by the rule ladder, or (``kinked``) by the rule split at the kinks; computed once per
-    layer (the recursions share averages; <g f> is the transpose of <f g>)."""
+    by the first converged of the rules RULES2 to TOL, or (``kinked``) of the rules split at
+    the kinks, KINKED_RULES, to 30 TOL (the Hermite-weighted averages of kinked σ sum terms far
+    larger than their result: their rounding error alone is near TOL); computed once per layer
+    (the recursions share averages; <g f> is the transpose of <f g>)."""
     key = (f.__name__, g.__name__, id(K))
     if key not in _CACHE:
-        rule = _kinked_ladder if kinked else _ladder_rule
+        if kinked:
+            how = (_kinked_rule, KINKED_RULES, 30 * TOL)
+        else:
+            how = (_pair_rule, [r[1:] for r in RULES2], TOL)
         N = K.shape[0]
         p, q = numpy.triu_indices(N)
         out = numpy.empty((N, N))
-        out[p, q] = rule(f, g, K, p, q)
+        out[p, q] = _first_converged(*how, f, g, K, p, q)
         # below the diagonal: <f(z_p) g(z_q)> = <g(z_q) f(z_p)>, the swapped average above it
-        out[q, p] = out[p, q] if f is g else rule(g, f, K, p, q)
+        out[q, p] = out[p, q] if f is g else _first_converged(*how, g, f, K, p, q)
         _CACHE[key] = out
         _CACHE[(g.__name__, f.__name__, id(K))] = out.T
     return _CACHE[key]
