@@ -805,9 +805,6 @@ def _closed(fn, K):
 
 def _c0(K):
     """<Max(0, z) | Max(0, z)> by the closed form arccos.sigma_sigma (Cho & Saul (2009); PDLT §5.2; THEORY §6 step 6)"""
-    K11 = numpy.diagonal(K)[:, None]
-    K22 = numpy.diagonal(K)[None, :]
-    K12 = K
     scale = _scale_of(K)
     rho = _cosine_of(K)
     theta = _angle_of(K)
@@ -816,9 +813,6 @@ def _c0(K):
 
 def _c1(K):
     """<Heaviside(z) | Heaviside(z)> by the closed form arccos.dsigma_dsigma (Cho & Saul (2009); PDLT §5.2; THEORY §6 step 6)"""
-    K11 = numpy.diagonal(K)[:, None]
-    K22 = numpy.diagonal(K)[None, :]
-    K12 = K
     theta = _angle_of(K)
     return (1/2)*(numpy.pi - theta)/numpy.pi
 
@@ -926,10 +920,10 @@ def _pair_inverse(K):
     recursions.  Parallel or duplicated inputs p ≠ q raise (the derivative-free forms of an
     activation with kinks need linearly independent inputs)."""
     Kd = numpy.diagonal(K)
-    scale = Kd[:, None] * Kd[None, :]
-    det = scale - K * K
+    KppKqq = Kd[:, None] * Kd[None, :]
+    det = KppKqq - K * K
     off = ~numpy.eye(len(Kd), dtype=bool)
-    bad = off & (det <= 1e-12 * scale)
+    bad = off & (det <= 1e-12 * KppKqq)
     if numpy.any(bad):
         p, q = (int(i) for i in numpy.argwhere(bad)[0])
         raise ValueError(f"inputs {p} and {q} are parallel or duplicated (their kernel is "

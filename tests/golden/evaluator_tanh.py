@@ -956,10 +956,10 @@ def _pair_inverse(K):
     recursions.  Parallel or duplicated inputs p ≠ q raise (the derivative-free forms of an
     activation with kinks need linearly independent inputs)."""
     Kd = numpy.diagonal(K)
-    scale = Kd[:, None] * Kd[None, :]
-    det = scale - K * K
+    KppKqq = Kd[:, None] * Kd[None, :]
+    det = KppKqq - K * K
     off = ~numpy.eye(len(Kd), dtype=bool)
-    bad = off & (det <= 1e-12 * scale)
+    bad = off & (det <= 1e-12 * KppKqq)
     if numpy.any(bad):
         p, q = (int(i) for i in numpy.argwhere(bad)[0])
         raise ValueError(f"inputs {p} and {q} are parallel or duplicated (their kernel is "
