@@ -115,12 +115,11 @@ class Check:
             coef, cerr, chi2 = _fit(inv_n, y, e, deg)
             lo = rs[0]["lo"]
             z_lo = (coef[0] - lo) / cerr[0] if cerr[0] > 0 else float("nan")
-            # the predicted slope: n (NLO − LO) at equal widths (n_{ℓ−1} = n for ℓ ≥ 2)
+            # the predicted slope: n (NLO − LO) at equal widths (n_{ℓ−1} = n for ℓ ≥ 2; at
+            # layer 1 G1 = 0, so NLO = LO and the slope is 0: the metric is exact there)
             nlo = np.array([r["nlo"] for r in rs])
             slope_nlo = float(np.mean((nlo - lo) * np.array([r["width"] for r in rs]))) \
-                if np.all(np.isfinite(nlo)) and layer >= 2 else float("nan")
-            if layer == 1 and q == "metric":
-                slope_nlo = 0.0
+                if np.all(np.isfinite(nlo)) else float("nan")
             z_slope = (coef[1] - slope_nlo) / cerr[1] if np.isfinite(slope_nlo) and cerr[1] > 0 \
                 else float("nan")
             self.fits.append({
