@@ -5,8 +5,15 @@ r"""The main job: derive, emit every output, evaluate, plot (``derive demo``, ``
 * ``derivation.tex`` — the step-by-step derivation, a complete LaTeX document;
 * ``derivation.md`` — the same in Markdown;
 * ``evaluator.py`` — the standalone numpy/scipy evaluator (:meth:`Derivation.numpy_module`);
-* ``predictions.json`` — the numbers of :func:`derive.predict` per layer;
-* ``plot.png`` — K, V/K² and Θ against depth (needs matplotlib; skipped with a note otherwise).
+* ``predictions.json`` — the numbers of :func:`derive.predict` per layer, with the spec and the
+  derive version;
+* ``plot.png`` — K, V/K² and Θ against depth (needs matplotlib; skipped with a note otherwise);
+* ``derive-manifest.json`` — derive version, command, spec and the sha256 of every file.
+
+The files are staged next to ``out`` and moved into place together once all are written
+(:mod:`derive.outputs`): ``out`` is checked before the derivation starts, a run killed part-way
+leaves the previous complete set, and files a user edited or derive did not write are not
+replaced unless ``force=True``.  The same run twice writes byte-identical files.
 """
 from __future__ import annotations
 
@@ -17,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_job", "predictions_json", "predict_reporting_warnings"]
+__all__ = ["run_job", "predictions_json", "predict_reporting_warnings", "spec_json", "JOB_FILES"]
+
+#: the files :func:`run_job` writes (besides the manifest)
+JOB_FILES = ("derivation.tex", "derivation.md", "evaluator.py", "predictions.json", "plot.png")
 
 
 def _say(msg: str, start: float, quiet: bool) -> None:
@@ -25,23 +35,45 @@ def _say(msg: str, start: float, quiet: bool) -> None:
         print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
 
 
-def predict_reporting_warnings(spec, X, order, targets, progress: bool = False):
+def predict_reporting_warnings(spec, X, order, targets, progress: bool = False, tol=None):
     """:func:`derive.predict`, its warnings (e.g. a large expansion parameter) printed as one
-    line each on stderr instead of Python's warning format."""
+    line each on stderr instead of Python's warning format.  ``tol`` (absolute quadrature
+    tolerance) is passed on only when given."""
     import warnings
 
     from .prediction import predict
 
+    kw = {} if tol is None else {"tol": tol}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        p = predict(spec, X, order=order, targets=targets, progress=progress)
+        p = predict(spec, X, order=order, targets=targets, progress=progress, **kw)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     return p
 
 
+def spec_json(spec, X=None, targets=None, order=None) -> dict:
+    """The spec as JSON-ready data: activation, depth, widths, per-layer C_b, C_W, lambda_b,
+    lambda_W, and (when given) inputs, targets and order."""
+    layers = range(1, spec.depth + 1)
+    data = {"activation": spec.activation.name, "depth": spec.depth, "widths": list(spec.widths),
+            "C_b": [spec.C_b(l) for l in layers], "C_W": [spec.C_W(l) for l in layers],
+            "lambda_b": [spec.lambda_b(l) for l in layers],
+            "lambda_W": [spec.lambda_W(l) for l in layers]}
+    if X is not None:
+        data["inputs"] = np.asarray(X, dtype=float).tolist()
+    if targets is not None:
+        data["targets"] = list(targets)
+    if order is not None:
+        data["order"] = int(order)
+    return data
+
+
 def predictions_json(p) -> dict:
-    """A JSON-ready mapping of a :class:`~derive.Prediction` (spec, inputs, per-layer arrays)."""
+    """A JSON-ready mapping of a :class:`~derive.Prediction` (derive version, spec, inputs,
+    per-layer arrays)."""
+    from . import __version__
+
     spec = p.spec
     layers = []
     for l in range(1, spec.depth + 1):
@@ -55,13 +87,8 @@ def predictions_json(p) -> dict:
             row["Theta"] = p.Theta[l].tolist()
         row["expansion_estimate"] = p.expansion[l]
         layers.append(row)
-    return {"spec": {"activation": spec.activation.name, "depth": spec.depth,
-                     "widths": list(spec.widths),
-                     "C_b": [spec.C_b(l) for l in range(1, spec.depth + 1)],
-                     "C_W": [spec.C_W(l) for l in range(1, spec.depth + 1)],
-                     "lambda_b": [spec.lambda_b(l) for l in range(1, spec.depth + 1)],
-                     "lambda_W": [spec.lambda_W(l) for l in range(1, spec.depth + 1)]},
-            "order": p.order, "inputs": p.X.tolist(), "layers": layers}
+    return {"derive_version": __version__, "spec": spec_json(spec), "order": p.order,
+            "inputs": p.X.tolist(), "layers": layers}
 
 
 def _plot(p, path: Path) -> bool:
@@ -99,36 +126,33 @@ def _plot(p, path: Path) -> bool:
     return True
 
 
-def run_job(spec, X, targets=("K", "V", "G1", "Theta"), order: int = 1, out=".",
-            quiet: bool = False) -> dict:
-    """Derive, write the documents and the evaluator, predict and plot; returns {name: path}."""
+def run_job(spec, X, targets=("K", "V", "G1", "Theta"), order: int = 1, out="derive-out",
+            quiet: bool = False, force: bool = False, command=None) -> dict:
+    """Derive, write the documents and the evaluator, predict and plot into ``out`` (staged,
+    then moved into place together: see the module docstring); returns {name: path}.
+    ``out`` is checked before anything is computed; ``force`` replaces files of ``out`` that a
+    user edited or derive did not write; ``command`` (argv) is recorded in the manifest."""
     from .derivation import derive
+    from .outputs import OutputDir
 
     start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _say(f"deriving {', '.join(targets)} to order {order} in 1/n (THEORY §6) …", start, quiet)
-    d = derive(spec, targets=targets, order=order)
-    written = {}
-    _say("writing derivation.tex, derivation.md …", start, quiet)
-    for fmt in ("tex", "md"):
-        path = out / f"derivation.{fmt}"
-        path.write_text(d.document(fmt))
-        written[f"derivation.{fmt}"] = path
-    _say("generating evaluator.py …", start, quiet)
-    path = out / "evaluator.py"
-    path.write_text(d.numpy_module())
-    written["evaluator.py"] = path
-    _say(f"evaluating the recursions for {X.shape[0]} input(s) through {spec.depth} layers …",
-         start, quiet)
-    p = predict_reporting_warnings(spec, X, order, targets)
-    path = out / "predictions.json"
-    path.write_text(json.dumps(predictions_json(p), indent=1) + "\n")
-    written["predictions.json"] = path
-    path = out / "plot.png"
-    if _plot(p, path):
-        written["plot.png"] = path
-    elif not quiet:
-        print("note: matplotlib is not installed, no plot.png (pip install 'derive[plot]')")
+    X = np.asarray(X, dtype=float)
+    outdir = OutputDir(out, force=force, command=command, planned=JOB_FILES,
+                       spec=spec_json(spec, X, targets, order))
+    with outdir:
+        _say(f"deriving {', '.join(targets)} to order {order} in 1/n (THEORY §6) …", start, quiet)
+        d = derive(spec, targets=targets, order=order)
+        _say("writing derivation.tex, derivation.md …", start, quiet)
+        for fmt in ("tex", "md"):
+            outdir.write_text(f"derivation.{fmt}", d.document(fmt))
+        _say("generating evaluator.py …", start, quiet)
+        outdir.write_text("evaluator.py", d.numpy_module())
+        _say(f"evaluating the recursions for {X.shape[0]} input(s) through {spec.depth} layers …",
+             start, quiet)
+        p = predict_reporting_warnings(spec, X, order, targets)
+        outdir.write_text("predictions.json", json.dumps(predictions_json(p), indent=1) + "\n")
+        if not _plot(p, outdir.file("plot.png")) and not quiet:
+            print("note: matplotlib is not installed, no plot.png (pip install 'derive[plot]')")
+        written = outdir.commit()
     _say("done", start, quiet)
     return written
