@@ -1,4 +1,4 @@
-"""The ``derive`` command line.
+"""The derive command line.
 
     derive demo [--out DIR] [--force]        the main job on the built-in default example
     derive derive SPEC.toml [--out DIR]      the main job on your spec (documents, evaluator,
@@ -7,22 +7,22 @@
     derive check SPEC.toml [--out DIR]       Monte Carlo of actual networks vs the predictions,
                                              1/n fits
     derive wick EXPR [--trace]               E[EXPR] for a product of Gaussian fields z[i,alpha]
-    derive expect F --K MATRIX               ⟨F⟩_K for F in z1 … zm (closed form or quadrature)
+    derive expect F --K MATRIX               <F>_K for F in z1 ... zm (closed form or quadrature)
 
-Every sub-command has ``--help``; ``derive --version`` prints the version.
+Every command has --help; derive --version prints the version.
 
 Failures end with exit status 2 and one line on stderr, never a traceback:
-``derive COMMAND: error: …`` for bad input (it says what to change) and for files that cannot
-be read or written (which path, and why), ``derive COMMAND: internal error: …`` for a bug
-(``derive --debug COMMAND …`` shows its traceback).  Ctrl-C prints ``derive COMMAND:
-interrupted`` (exit 130); a closed output pipe (``derive wick … | head -1``) ends quietly.
-Argument syntax errors keep argparse's usage message (exit 2).
+"derive COMMAND: error: ..." for bad input (it says what to change) and for files that cannot
+be read or written (which path, and why); "derive COMMAND: internal error: ..." for a bug
+(derive --debug COMMAND ... shows its traceback).  Ctrl-C prints "derive COMMAND: interrupted"
+(exit 130); a closed output pipe (derive wick ... | head -1) ends quietly (exit 141).
+Mistakes in the argument syntax get argparse's usage message (exit 2).
 
-Outputs (``demo``, ``derive``, ``check``) are written safely (:mod:`derive.outputs`): ``--out``
-is checked before the computation starts, every file is staged next to it and the complete
-set replaces the old one at once, ``derive-manifest.json`` records the version, the command,
-the spec and the sha256 of every file, and files a user edited or derive did not write are
-only replaced with ``--force``.
+Outputs of demo, derive and check are written safely (module derive.outputs): --out is checked
+before the computation starts; every file is staged next to it and the complete set replaces
+the old one at once (a run killed part-way leaves the old set); derive-manifest.json records
+the derive version, the command, the spec and the sha256 of every file; files in --out that a
+user edited or derive did not write are replaced only with --force.
 """
 from __future__ import annotations
 

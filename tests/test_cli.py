@@ -95,7 +95,8 @@ def test_errors_are_one_line(capsys):
     assert main(["wick", "z[a,i]"]) == 2
     assert "neuron slot" in _one_error_line(capsys.readouterr().err, "wick")
     assert main(["expect", "tanh(z1)*foo(z2)", "--K", "1"]) == 2
-    assert "unknown function(s) foo" in _one_error_line(capsys.readouterr().err, "expect")
+    line = _one_error_line(capsys.readouterr().err, "expect")
+    assert "unknown function" in line and "foo" in line
     assert main(["expect", "tanh(z1)", "--K", "-1"]) == 2
     assert "negative variance" in _one_error_line(capsys.readouterr().err, "expect")
     assert main(["expect", "tanh(z1)", "--K", "1", "--tol", "0"]) == 2
@@ -445,3 +446,27 @@ def test_killed_runs_leave_the_old_or_the_new_set(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(_complete(out)[MANIFEST])["spec"]["activation"] == "relu"
     assert not [q.name for q in tmp_path.iterdir() if q.name.startswith(".D.")]
+
+
+def test_check_failing_part_way_writes_the_partial_set(tmp_path, capsys, monkeypatch):
+    import derive.reality as reality
+    from derive.montecarlo import MonteCarloError
+
+    real, calls = reality.sample, []
+
+    def failing(spec, *a, **k):
+        calls.append(spec.widths[0])
+        if len(calls) == 2:
+            raise MonteCarloError("layer 3: preactivations overflowed (NaN/inf)")
+        return real(spec, *a, **k)
+
+    monkeypatch.setattr(reality, "sample", failing)
+    spec = _toml(tmp_path, 'activation = "tanh"\ndepth = 3\nwidths = 4\ninputs = [[1.0, 0.5]]\n')
+    assert main(["check", spec, "--widths", "4,8", "--samples", "400",
+                 "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("derive check: error: width 8: layer 3: preactivations overflowed")
+    assert err[-1].endswith("(partial results written above)") and "Traceback" not in "".join(err)
+    files = _complete(tmp_path / "c")
+    assert "stopped early: width 8" in json.loads(files[MANIFEST])["partial"]
+    assert b",4," in files["check.csv"] and b",8," not in files["check.csv"]
