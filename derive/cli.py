@@ -14,7 +14,8 @@ Every command has --help; derive --version prints the version.
 Failures end with exit status 2 and one line on stderr, never a traceback:
 "derive COMMAND: error: ..." for bad input (it says what to change) and for files that cannot
 be read or written (which path, and why); "derive COMMAND: internal error: ..." for a bug
-(derive --debug COMMAND ... shows its traceback).  Ctrl-C prints "derive COMMAND: interrupted"
+(derive --debug COMMAND ... shows its traceback), also when an API boundary of derive has
+already wrapped it (an error carrying its cause).  Ctrl-C prints "derive COMMAND: interrupted"
 (exit 130); a closed output pipe (derive wick ... | head -1) ends quietly (exit 141).
 Mistakes in the argument syntax get argparse's usage message (exit 2).
 
@@ -427,9 +428,16 @@ def main(argv=None) -> int:
         _report(f"{name}: interrupted")
         return EXIT_INTERRUPTED
     except DeriveError as exc:
+        cause = getattr(exc, "cause", None)  # an InternalError: a bug caught at an API boundary
         if args.debug:
+            if isinstance(cause, BaseException):
+                raise cause
             raise
-        _report(f"{name}: error: {_one_line(exc)}")
+        if isinstance(cause, BaseException):
+            _report(f"{name}: internal error: {_one_line(exc)} (rerun with --debug for the "
+                    f"traceback)")
+        else:
+            _report(f"{name}: error: {_one_line(exc)}")
         return EXIT_ERROR
     except OSError as exc:
         if args.debug:

@@ -129,6 +129,24 @@ def test_internal_errors_and_os_errors_are_one_line(capsys, monkeypatch):
     with pytest.raises(RuntimeError):
         main(["wick", "z[i,a]*z[j,b]", "--debug"])
 
+    class Wrapped(derive.DeriveError):  # what an API boundary makes of a bug
+        def __init__(self, message, cause):
+            super().__init__(message)
+            self.cause = cause
+
+    def wrapped(*a, **k):
+        try:
+            {}["missing"]
+        except KeyError as exc:
+            raise Wrapped("wick failed unexpectedly (KeyError: 'missing')", exc) from None
+
+    monkeypatch.setattr(derive, "wick", wrapped)
+    assert main(["wick", "z[i,a]*z[j,b]"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "wick", "internal error")
+    assert "KeyError: 'missing'" in line and line.endswith("--debug for the traceback)")
+    with pytest.raises(KeyError):  # --debug shows the cause's traceback
+        main(["--debug", "wick", "z[i,a]*z[j,b]"])
+
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied", "/some/file")
 
