@@ -7,7 +7,8 @@ r"""The main job: derive, emit every output, evaluate, plot (``derive demo``, ``
 * ``evaluator.py`` — the standalone numpy/scipy evaluator (:meth:`Derivation.numpy_module`);
 * ``predictions.json`` — the numbers of :func:`derive.predict` per layer, with the spec and the
   derive version;
-* ``plot.png`` — K, V/K² and Θ against depth (needs matplotlib; skipped with a note otherwise);
+* ``plot.png`` — K, V/K² and Θ against depth (needs matplotlib; skipped with a note otherwise;
+  its PNG text fields hold the derive version and the spec);
 * ``derive-manifest.json`` — derive version, command, spec and the sha256 of every file.
 
 The files are staged next to ``out`` and moved into place together once all are written
@@ -121,7 +122,13 @@ def _plot(p, path: Path) -> bool:
             a.legend(fontsize=7)
     fig.suptitle(f"{p.spec.activation.name} MLP, widths {p.spec.widths[0] if p.spec.widths else '-'}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    from . import __version__
+
+    # no matplotlib version or time stamp (the same run writes the same bytes); the derive
+    # version and the spec instead, so that a stale plot is recognisable on its own
+    spec = json.dumps(spec_json(p.spec, p.X, order=p.order), separators=(",", ":"))
+    fig.savefig(path, dpi=110, metadata={"Software": f"derive {__version__}",
+                                         "Description": f"spec {spec}"})
     plt.close(fig)
     return True
 

@@ -352,6 +352,8 @@ def test_refuse_to_overwrite_edited_outputs(tmp_path, capsys):
     assert man["spec"]["order"] == 0 and man["spec"]["inputs"] == [[1.0, 0.5]]
     assert sorted(man["files"]) == ["derivation.md", "derivation.tex", "evaluator.py",
                                     "plot.png", "predictions.json"]
+    assert f"derive {derive.__version__}".encode() in first["plot.png"]  # PNG text fields
+    assert b'"activation":"relu"' in first["plot.png"]
     # the same run again: replaced without asking, byte for byte the same
     assert main(argv) == 0
     assert _complete(out) == first
