@@ -201,11 +201,6 @@ class OutputDir:
         else:  # pragma: no cover
             raise self._fail(f"cannot create a temporary directory in {parent}")
         self.staging = path
-        if target.is_dir():
-            try:
-                os.chmod(path, stat.S_IMODE(os.stat(target).st_mode))
-            except OSError:
-                pass
         return self
 
     __enter__ = open
@@ -332,9 +327,17 @@ class OutputDir:
         return data
 
     def commit(self) -> dict:
-        """Write the manifest and move the complete set into place; {name: path as shown}."""
+        """Write the manifest and move the complete set into place; {name: path as shown}.
+        On any failure nothing reaches ``--out`` and the staging directory is removed."""
         if self.staging is None:
             raise RuntimeError("OutputDir.commit() before open()")
+        try:
+            return self._commit()
+        except BaseException:
+            self.discard()
+            raise
+
+    def _commit(self) -> dict:
         staging = self.staging
         names = sorted(os.listdir(staging))
         files = {}
@@ -353,6 +356,10 @@ class OutputDir:
         target = self.target
         if target.is_dir():
             self._judge({name: rec["sha256"] for name, rec in files.items()})
+            try:  # the new directory keeps the old one's permissions
+                os.chmod(staging, stat.S_IMODE(os.stat(target).st_mode))
+            except OSError:
+                pass
         try:
             self._move_into_place()
         except OSError as err:

@@ -257,3 +257,17 @@ def test_file_names_stay_inside(tmp_path):
             with pytest.raises(ValueError):
                 od.file(bad)
         od.discard()
+
+
+def test_replacement_keeps_permissions_and_a_refused_commit_cleans_up(tmp_path):
+    out = tmp_path / "out"
+    _run(out, {"x.txt": "old"})
+    out.chmod(0o750)
+    _run(out, {"x.txt": "new"})
+    assert (out.stat().st_mode & 0o777) == 0o750
+    (out / "x.txt").write_text("edited")
+    od = OutputDir(out, planned=("x.txt",)).open()  # without `with`
+    od.write_text("x.txt", "newer")
+    with pytest.raises(OutputError, match="changed since derive wrote it"):
+        od.commit()
+    assert _leftovers(tmp_path, "out") == [] and (out / "x.txt").read_text() == "edited"
