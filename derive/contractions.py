@@ -41,8 +41,9 @@ from typing import Iterable
 import sympy as sp
 from sympy.core.sorting import default_sort_key
 
-from .errors import DeriveError, IndexStructureError, OrderError
+from .errors import DeriveError, IndexStructureError, OrderError, boundary
 from .pairings import block_partitions, perfect_matchings, typed_pairings
+from .parsing import as_expr
 from .symbols import (ORDER_WEIGHT, Family, GaussianAverage, NeuronIndex, NeuronSum, RandomVar,
                       SampleIndex)
 from .trace import Trace
@@ -126,7 +127,7 @@ class _Expander:
     def expand(self, e) -> list[tuple[_Term, object]]:
         """List of (term, multiplicity)."""
         if not isinstance(e, sp.Basic):
-            e = sp.sympify(e)
+            e = as_expr(e)
         if isinstance(e, (E, GaussianAverage)) or not self.structured(e):
             return [(_Term(coeff=e), 1)]
         if isinstance(e, sp.Add):
@@ -493,7 +494,7 @@ def _count_pass(acc: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def _term_body(term: _Term, mult) -> sp.Expr:
-    parts = [sp.sympify(mult), term.coeff]
+    parts = [as_expr(mult), term.coeff]
     parts += [sp.KroneckerDelta(*sorted(d, key=_name_key)) for d in term.deltas]
     parts += [f ** p for f, p in term.factors]
     if term.randoms:
@@ -584,7 +585,7 @@ def _fast_add(acc: dict):
     for term, mult in acc.values():
         if term.coeff != 1 or term.sums or term.randoms or term.excl:
             return None
-        mult = sp.Integer(mult) if isinstance(mult, int) else sp.sympify(mult)
+        mult = sp.Integer(mult) if isinstance(mult, int) else as_expr(mult)
         if not mult.is_Number:
             return None
         parts = [delta(d) for d in term.deltas]
@@ -759,7 +760,7 @@ def check_order(order) -> int:
 def expectation_parts(expr, over=None, trace: Trace | None = None, order=None):
     """E[expr] split by order: ``({k: coefficient of n^-k}, widths)`` where ``widths`` is
     the set of expansion widths of the nearly-Gaussian families involved."""
-    expr = sp.sympify(expr)
+    expr = as_expr(expr)
     integrate = _integrator(over)
     families = {r.family for r in expr.atoms(RandomVar) if integrate(r.family)}
     widths = {f.n for f in families if not f.is_gaussian}
@@ -806,6 +807,7 @@ def expectation_parts(expr, over=None, trace: Trace | None = None, order=None):
     return _finish(acc_w, trace, taken, state, next(iter(widths)) if widths else sp.S.One), widths
 
 
+@boundary
 def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None,
          order: int | None = None) -> sp.Expr:
     r"""E[expr] for a polynomial in zero-mean (nearly-)Gaussian variables.
@@ -831,6 +833,7 @@ def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None,
     return _weighted_sum(parts, n)
 
 
+@boundary
 def simplify_sums(expr, trace: Trace | None = None) -> sp.Expr:
     """Contract δ's against neuron sums, count sums, rename dummies canonically (no expectation).
 
@@ -840,11 +843,12 @@ def simplify_sums(expr, trace: Trace | None = None) -> sp.Expr:
     >>> simplify_sums(NeuronSum(sp.KroneckerDelta(j, j), (j, n)))
     n
     """
-    expr = sp.sympify(expr)
+    expr = as_expr(expr)
     acc = _expand(expr, lambda fam: False)
     return _finish(acc, trace, _free_names(expr), expr).get(0, sp.S.Zero)
 
 
+@boundary
 def split_sum(expr, trace: Trace | None = None) -> sp.Expr:
     r"""Split sums over several neuron indices of one range into coinciding / distinct parts.
 
@@ -859,7 +863,7 @@ def split_sum(expr, trace: Trace | None = None) -> sp.Expr:
     """
     from sympy.utilities.iterables import multiset_partitions
 
-    expr = sp.sympify(expr)
+    expr = as_expr(expr)
     acc = _expand(expr, lambda fam: False)
     out: dict = {}
     fired = False
@@ -919,7 +923,7 @@ class E(sp.Expr):
     is_commutative = True
 
     def __new__(cls, expr, over=None):
-        expr = sp.sympify(expr)
+        expr = as_expr(expr)
         if over is None:
             return super().__new__(cls, expr)
         over = tuple(over)

@@ -20,7 +20,8 @@ import sympy as sp
 from sympy.utilities.iterables import multiset_partitions
 
 from .contractions import E
-from .errors import DeriveError
+from .errors import DeriveError, boundary
+from .parsing import as_expr
 from .trace import Trace
 
 __all__ = ["cumulant", "moment_from_cumulants", "set_partitions"]
@@ -34,12 +35,13 @@ def set_partitions(m: int):
 
 
 def _items(items) -> list[sp.Expr]:
-    items = [sp.sympify(x) for x in items]
+    items = [as_expr(x) for x in items]
     if not items:
         raise DeriveError("a correlator needs at least one variable")
     return items
 
 
+@boundary
 def cumulant(items: Sequence, moment: Callable | None = None, trace: Trace | None = None) -> sp.Expr:
     r"""The connected correlator E[x_1 … x_m]|_conn by Möbius inversion over set partitions.
 
@@ -66,6 +68,7 @@ def cumulant(items: Sequence, moment: Callable | None = None, trace: Trace | Non
     return out
 
 
+@boundary
 def moment_from_cumulants(items: Sequence, connected: Callable | None = None,
                           trace: Trace | None = None) -> sp.Expr:
     r"""E[x_1 … x_m] as the sum over set partitions of products of connected correlators.

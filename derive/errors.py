@@ -43,3 +43,45 @@ class QuadratureError(DeriveError):
 
 class OrderError(DeriveError):
     """An impossible or unsupported order of the 1/n expansion."""
+
+
+class InternalError(DeriveError):
+    """An unexpected failure inside derive (a bug): the input looked valid but something broke.
+    ``cause`` holds the original exception (``derive --debug`` prints its traceback)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)
+        self.cause = cause
+
+
+def boundary(fn):
+    """Make ``fn`` a public entry point: every failure leaves it as a :class:`DeriveError`.
+
+    Errors raised on purpose pass through; running out of memory or recursion depth becomes a
+    DeriveError saying to make the input smaller; anything else (a bug, or a library refusing
+    an input nobody checked) becomes an :class:`InternalError` naming the function and the
+    cause, with the original exception kept as ``.cause`` instead of a library traceback.
+    """
+    import functools
+
+    name = fn.__qualname__
+
+    @functools.wraps(fn)
+    def public(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DeriveError:
+            raise
+        except MemoryError:
+            raise DeriveError(f"{name}: out of memory; make the input smaller (fewer inputs, "
+                              "lower depth, fewer targets)") from None
+        except RecursionError:
+            raise DeriveError(f"{name}: the input is nested too deeply; simplify it") from None
+        except Exception as exc:  # noqa: BLE001 - the boundary: nothing else may escape
+            err = InternalError(f"{name} failed unexpectedly ({type(exc).__name__}: "
+                                f"{str(exc)[:300]}); if the input is valid this is a bug in "
+                                "derive, please report it with the call that caused it", exc)
+        raise err
+
+    public.__wrapped_by_boundary__ = True
+    return public

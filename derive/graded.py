@@ -12,6 +12,7 @@ from typing import Mapping
 import sympy as sp
 
 from .errors import OrderError
+from .parsing import as_expr
 
 __all__ = ["Graded"]
 
@@ -26,7 +27,7 @@ class Graded:
     __slots__ = ("_coeffs", "n", "order")
 
     def __init__(self, coeffs: Mapping[int, sp.Expr], n, order: int):
-        self.n = sp.sympify(n)
+        self.n = as_expr(n)
         self.order = int(order)
         bad = [k for k in coeffs if int(k) != k or k < 0]
         if bad:
@@ -34,7 +35,7 @@ class Graded:
         if any(k > order for k in coeffs):
             raise OrderError(f"coefficient of order {max(coeffs)} given for an expansion "
                              f"computed to order {order}")
-        self._coeffs = {int(k): sp.sympify(v) for k, v in sorted(coeffs.items()) if v != 0}
+        self._coeffs = {int(k): as_expr(v) for k, v in sorted(coeffs.items()) if v != 0}
 
     def __getitem__(self, k: int) -> sp.Expr:
         if k > self.order:

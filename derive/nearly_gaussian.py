@@ -36,9 +36,9 @@ import sympy as sp
 from sympy.core.sorting import default_sort_key
 
 from .contractions import check_order, expectation_parts, wick
-from .errors import DeriveError
+from .parsing import as_expr
+from .errors import DeriveError, IndexStructureError, boundary
 from .graded import Graded
-from .errors import IndexStructureError
 from .symbols import (SAMPLE, DerivativeContraction, Family, GaussianAverage, RandomVar,
                       SampleTensor, gaussian_field, summation_dummies)
 from .trace import Trace
@@ -47,6 +47,7 @@ __all__ = ["nearly_gaussian_expectation", "perturbative_expectation", "evaluate_
            "integrate_by_parts", "collapse_contractions"]
 
 
+@boundary
 def nearly_gaussian_expectation(expr, order: int = 1, over=None, trace: Trace | None = None) -> Graded:
     r"""E[expr] to ``order`` in 1/n for a polynomial in nearly-Gaussian variables.
 
@@ -164,6 +165,7 @@ def _collapse_one(node: DerivativeContraction) -> sp.Expr:
     return out
 
 
+@boundary
 def collapse_contractions(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
     r"""Carry out the sample sums of every :class:`DerivativeContraction` in ``expr``:
     Σ_β T_β ⟨∂_β f⟩ with f a function of ζ_{α1} … becomes Σ_k T_{αk} ⟨∂_k f⟩ by the product
@@ -186,6 +188,7 @@ def collapse_contractions(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
     return out
 
 
+@boundary
 def perturbative_expectation(f, field: Family | None = None, order: int = 1, other=None,
                              trace: Trace | None = None, collapse: bool = True) -> Graded:
     r"""E[f] to ``order`` in 1/n for a general function of one neuron's nearly-Gaussian vector.
@@ -204,8 +207,8 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
     <sigma(z[alpha])>_K
     """
     order = check_order(order)
-    f = sp.sympify(f)
-    fam = _single_neuron_family(f if other is None else f + sp.sympify(other), field)
+    f = as_expr(f)
+    fam = _single_neuron_family(f if other is None else f + as_expr(other), field)
     K = fam.tensor.label  # an exactly Gaussian family (no G1, no V) has no 1/n corrections
 
     n = fam.n
@@ -213,7 +216,7 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
         lo = _average(f, K)
         first = _first_order_self(f, fam, K) if order >= 1 else sp.S.Zero
     else:
-        g = sp.sympify(other)
+        g = as_expr(other)
         lo = _average(f, K) * _average(g, K)
         first = sp.S.Zero
         if order >= 1:
@@ -227,11 +230,12 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
     if trace is not None:
         from .contractions import E
 
-        trace.record("nearly_gaussian.operator", E(f if other is None else f * sp.sympify(other)),
+        trace.record("nearly_gaussian.operator", E(f if other is None else f * as_expr(other)),
                      result.as_expr())
     return result
 
 
+@boundary
 def evaluate_averages(expr: sp.Expr) -> sp.Expr:
     """Evaluate every ⟨polynomial⟩_K in ``expr`` by Wick's theorem (exact).
 
@@ -253,6 +257,7 @@ def evaluate_averages(expr: sp.Expr) -> sp.Expr:
     return expr.replace(lambda x: isinstance(x, GaussianAverage), ev)
 
 
+@boundary
 def integrate_by_parts(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
     r"""Gaussian integration by parts on every ⟨z_β g⟩_K in ``expr`` (THEORY §6 step 4):
 

@@ -196,9 +196,10 @@ def gaussian_monomial_moment(exponents: Sequence[int], K) -> np.ndarray:
     if K.shape[-2:] != (len(exps), len(exps)):
         raise ValueError(f"K must end in shape ({len(exps)}, {len(exps)}), got {K.shape}")
     out = np.zeros(K.shape[:-2])
-    for pair_counts, mult in _typed_pairing_table(exps):
-        term = np.full(K.shape[:-2], float(mult))
-        for (a, b), mab in pair_counts:
-            term = term * K[..., a, b] ** mab
-        out = out + term
+    with np.errstate(over="ignore", invalid="ignore"):  # callers check for overflow
+        for pair_counts, mult in _typed_pairing_table(exps):
+            term = np.full(K.shape[:-2], float(mult))
+            for (a, b), mab in pair_counts:
+                term = term * K[..., a, b] ** mab
+            out = out + term
     return out

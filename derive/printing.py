@@ -21,6 +21,7 @@ from functools import lru_cache
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
+from .parsing import as_expr
 from .rules import load_rule_file
 
 __all__ = ["notation", "BookLatexPrinter", "book_latex", "latex_terms", "tex_text"]
@@ -152,14 +153,14 @@ class BookLatexPrinter(LatexPrinter):
 
 def book_latex(expr, layer: str = r"\ell", next: str = r"\ell+1") -> str:
     """``expr`` in the book's notation (see the module docstring)."""
-    return BookLatexPrinter(layer, next).doprint(sp.sympify(expr))
+    return BookLatexPrinter(layer, next).doprint(as_expr(expr))
 
 
 def latex_terms(expr, layer: str = r"\ell", next: str = r"\ell+1") -> list[tuple[str, str]]:
     """The terms of a sum as (sign, LaTeX of the term without its sign), in the printer's
     order — for templates that break long recursions over several lines."""
     p = BookLatexPrinter(layer, next)
-    expr = sp.sympify(expr)
+    expr = as_expr(expr)
     terms = p._as_ordered_terms(expr, order=None) if isinstance(expr, sp.Add) else [expr]
     out = []
     for t in terms:

@@ -37,7 +37,8 @@ import sympy as sp
 from sympy.core.symbol import Str
 from sympy.core.sorting import default_sort_key
 
-from .errors import DeriveError, IndexStructureError
+from .errors import DeriveError, IndexStructureError, boundary
+from .parsing import as_expr
 
 __all__ = [
     "SymmetricBase",
@@ -74,12 +75,14 @@ class SampleIndex(sp.Symbol):
     """A sample index (α, β …) labelling an input of the data set."""
 
 
+@boundary
 def neuron_indices(names: str) -> tuple[NeuronIndex, ...]:
     """``neuron_indices('i j k')`` → three :class:`NeuronIndex` symbols."""
     out = sp.symbols(names, cls=NeuronIndex, seq=True)
     return tuple(out)
 
 
+@boundary
 def sample_indices(names: str) -> tuple[SampleIndex, ...]:
     r"""``sample_indices('alpha beta')`` → :class:`SampleIndex` symbols (printed α, β)."""
     return tuple(sp.symbols(names, cls=SampleIndex, seq=True))
@@ -91,7 +94,7 @@ def _sympify_label(x, what: str) -> sp.Expr:
             raise DeriveError(f"{what} {x!r} is not a valid name; use letters, digits and _")
         return sp.Symbol(x, positive=True) if what == "width" else sp.Symbol(x)
     try:
-        return sp.sympify(x, strict=True)
+        return as_expr(x)
     except (sp.SympifyError, TypeError):
         raise DeriveError(f"{what} must be a name or a SymPy expression, got {x!r}") from None
 
@@ -140,7 +143,7 @@ class SymmetricIndexed(sp.Indexed):
         if isinstance(base, SymmetricBase):
             if base.symmetry == "pairs" and len(args) != 4:
                 raise IndexStructureError(f"{base} has four sample indices, got {len(args)}")
-            args = _canonical_indices(base.symmetry, tuple(sp.sympify(x) for x in args))
+            args = _canonical_indices(base.symmetry, tuple(as_expr(x) for x in args))
         return super().__new__(cls, base, *args, **kw_args)
 
 
@@ -191,7 +194,7 @@ class SampleTensor:
     def __getitem__(self, idx) -> sp.Indexed:
         if not isinstance(idx, tuple):
             idx = (idx,)
-        idx = tuple(sp.sympify(x) for x in idx)
+        idx = tuple(as_expr(x) for x in idx)
         if len(idx) != self.rank:
             raise IndexStructureError(
                 f"tensor {self.label} has {self.rank} sample indices, got {len(idx)}: {idx}")
@@ -203,6 +206,7 @@ class SampleTensor:
         return self.base[idx]
 
 
+@boundary
 def tensor(label: str, rank: int = 2, symmetry: str = "sym") -> SampleTensor:
     """Declare a sample tensor; see :class:`SampleTensor`."""
     return SampleTensor(label, rank, symmetry)
@@ -244,11 +248,11 @@ class Family(sp.Basic):
         if (str(G1) or str(V)) and slots.count(SAMPLE) != 1:
             raise DeriveError(f"family {name}: G1 and V are sample tensors; the family needs a "
                               "sample slot")
-        scale = sp.sympify(scale)
+        scale = as_expr(scale)
         if scale.is_negative:
             raise DeriveError(f"the variance scale of family {name} is negative ({scale}); "
                               "variances must be ≥ 0")
-        n = sp.sympify(n)
+        n = as_expr(n)
         if (str(G1) or str(V)) and (n == 1 or n.is_positive is False):
             raise DeriveError(f"family {name} has 1/n corrections and needs a positive width "
                               f"symbol n, got {n}")
@@ -359,7 +363,7 @@ class RandomVar(sp.Expr):
     def __new__(cls, family: Family, *indices):
         if not isinstance(family, Family):
             raise DeriveError(f"RandomVar needs a Family, got {family!r}")
-        indices = tuple(sp.sympify(x) for x in indices)
+        indices = tuple(as_expr(x) for x in indices)
         if len(indices) != len(family.slots):
             raise IndexStructureError(
                 f"{family.name} takes {len(family.slots)} indices {family.slots}, "
@@ -405,6 +409,7 @@ class RandomVar(sp.Expr):
         return f"{self.family.name}_{{{sub}}}"
 
 
+@boundary
 def gaussian_field(name: str = "z", K: str = "K", neuron: bool = True) -> Family:
     r"""A Gaussian field with E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} K_{α1α2} (THEORY §3).
 
@@ -419,6 +424,7 @@ def gaussian_field(name: str = "z", K: str = "K", neuron: bool = True) -> Family
     return Family(name, slots, sp.S.One, K)
 
 
+@boundary
 def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str = "V",
                           n="n", neuron: bool = True) -> Family:
     r"""A nearly-Gaussian field to first order in 1/n (THEORY §3):
@@ -432,11 +438,13 @@ def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str 
     return Family(name, slots, sp.S.One, K, G1, V, _sympify_label(n, "width"))
 
 
+@boundary
 def bias(name: str = "b", C="C_b") -> Family:
     r"""Biases with E[b_{i1} b_{i2}] = δ_{i1i2} C_b (THEORY §2)."""
     return Family(name, (NEURON,), _sympify_label(C, "variance"))
 
 
+@boundary
 def weight(name: str = "W", C="C_W", fan_in="n") -> Family:
     r"""Weights with E[W_{i1j1} W_{i2j2}] = δ_{i1i2} δ_{j1j2} C_W / n (THEORY §2).
 
@@ -465,7 +473,7 @@ class NeuronSum(sp.Expr):
     is_commutative = True
 
     def __new__(cls, expr, *limits, distinct=False, exclude=()):
-        expr = sp.sympify(expr)
+        expr = as_expr(expr)
         if (len(limits) == 2 and isinstance(limits[0], sp.Tuple) and len(limits[0]) > 0
                 and all(isinstance(x, sp.Tuple) and len(x) == 2 for x in limits[0])
                 and isinstance(limits[1], sp.Tuple)
@@ -479,7 +487,7 @@ class NeuronSum(sp.Expr):
                 idx, rng = lim
             except (TypeError, ValueError):
                 raise DeriveError(f"a neuron-sum limit is (index, range), got {lim!r}") from None
-            idx, rng = sp.sympify(idx), sp.sympify(rng)
+            idx, rng = as_expr(idx), as_expr(rng)
             if not isinstance(idx, NeuronIndex):
                 raise IndexStructureError(
                     f"sums run over NeuronIndex symbols; {idx!r} is a {type(idx).__name__}")
@@ -495,7 +503,7 @@ class NeuronSum(sp.Expr):
         if distinct:
             pairs |= {frozenset((a, b)) for a in names for b in names if a != b}
         for pair in exclude:
-            a, b = (sp.sympify(x) for x in pair)
+            a, b = (as_expr(x) for x in pair)
             if a == b or not (isinstance(a, NeuronIndex) and isinstance(b, NeuronIndex)):
                 raise IndexStructureError(f"an excluded pair is two different neuron indices, got {pair}")
             if a not in names and b not in names:
@@ -585,7 +593,7 @@ class GaussianAverage(sp.Expr):
     is_commutative = True
 
     def __new__(cls, f, K="K"):
-        return super().__new__(cls, sp.sympify(f), Str(str(K)))
+        return super().__new__(cls, as_expr(f), Str(str(K)))
 
     @property
     def function(self) -> sp.Expr:
@@ -637,8 +645,8 @@ class DerivativeContraction(sp.Expr):
     is_commutative = True
 
     def __new__(cls, T, functions, groups, K="K"):
-        functions = tuple(sp.sympify(f) for f in functions)
-        groups = tuple(tuple(sp.sympify(b) for b in g) for g in groups)
+        functions = tuple(as_expr(f) for f in functions)
+        groups = tuple(tuple(as_expr(b) for b in g) for g in groups)
         if len(functions) != len(groups) or not functions:
             raise IndexStructureError("a DerivativeContraction needs one group of summed "
                                       "indices per function")
