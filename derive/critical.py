@@ -33,7 +33,7 @@ import numpy as np
 import sympy as sp
 
 from .activations import Activation, activation, probe_scale_invariant, z
-from .errors import DeriveError, QuadratureError
+from .errors import DeriveError, QuadratureError, boundary
 from .gaussian import gaussian_expectation
 
 __all__ = ["criticality", "Criticality", "NoCriticalPoint", "chi_parallel", "chi_perp",
@@ -85,10 +85,8 @@ def chi_parallel(act, K, C_W: float = 1.0) -> np.ndarray:
 def chi_perp(act, K, C_W: float = 1.0) -> np.ndarray:
     """χ_⊥(K) = C_W ⟨σ'σ'⟩_K for variances K > 0."""
     a = _act(act)
-    d = a.derivative(1)
-    if d.has(sp.DiracDelta):
-        raise DeriveError(f"σ' of {a.name} holds a Dirac delta; χ_⊥ needs an integrable σ'")
-    return C_W * _avg(d ** 2, K)
+    a.require_ntk("χ_⊥ = C_W ⟨σ'σ'⟩")
+    return C_W * _avg(a.derivative(1) ** 2, K)
 
 
 def fixed_points(act, C_b: float, C_W: float, K_max: float = 1e2) -> list[float]:
@@ -161,11 +159,15 @@ class Criticality:
                 f"χ_⊥ = {self.chi_perp:.6g}")
 
 
+@boundary
 def criticality(act) -> Criticality:
     """The critical (C_b, C_W) of ``act`` (a name, a SymPy string in z or an Activation), its
     fixed point, χ_∥ and χ_⊥ there and its universality class; :class:`NoCriticalPoint` when
     there is none."""
     a = _act(act)
+    if a.ntk_obstacle:
+        raise NoCriticalPoint(f"{a.name} has no critical initialisation: χ_⊥ = C_W ⟨σ'σ'⟩ is "
+                              f"infinite ({a.ntk_obstacle})")
     si = probe_scale_invariant(a.expr, z, order=0)
     if si is not None:
         a_plus, a_minus = (sp.nsimplify(v) for v in si)

@@ -172,6 +172,8 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
                               f"widths are {widths[1:]}")
     N = X.shape[0]
     sigma = spec.activation.numpy(0)
+    if ntk:
+        spec.activation.require_ntk("the NTK of the sampled networks")
     dsigma = spec.activation.numpy(1) if ntk else None
     G0 = X @ X.T / X.shape[1]
     per_net = sum(w * w0 for w, w0 in zip(widths[1:], widths[:-1])) + \

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DeriveError
+from .errors import DeriveError, boundary
 from .montecarlo import BLOCKS, MonteCarloError, sample
 from .prediction import ExpansionWarning, predict
 from .spec import MLP
@@ -227,6 +227,7 @@ class Check:
         plt.close(fig)
 
 
+@boundary
 def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, seed: int = 0,
           progress: bool | None = None) -> Check:
     """Monte Carlo of ``spec`` at every hidden width in ``widths`` against the derived LO and

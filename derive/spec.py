@@ -23,7 +23,12 @@ from numbers import Integral, Real
 from .activations import Activation, activation
 from .errors import DeriveError
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "MAX_DEPTH", "MAX_WIDTH"]
+
+#: deepest network accepted (the expansion parameter is depth/width; deeper specs are typos)
+MAX_DEPTH = 10_000
+#: widest layer accepted (widths enter as exact floats: below 2**53)
+MAX_WIDTH = 2 ** 53
 
 
 def _per_layer(value, depth: int, name: str, nonneg: bool) -> tuple[float, ...]:
@@ -37,10 +42,13 @@ def _per_layer(value, depth: int, name: str, nonneg: bool) -> tuple[float, ...]:
     out = []
     for k, v in enumerate(vals, 1):
         if isinstance(v, bool) or not isinstance(v, Real):
-            raise DeriveError(f"{name} of layer {k} must be a number, got {v!r}")
-        v = float(v)
+            raise DeriveError(f"{name} of layer {k} must be a number, got {v!r:.60}")
+        try:
+            v = float(v)
+        except (OverflowError, ValueError):
+            v = float("inf")
         if v != v or v in (float("inf"), float("-inf")):
-            raise DeriveError(f"{name} of layer {k} must be finite, got {v}")
+            raise DeriveError(f"{name} of layer {k} must be a finite number, got {vals[k - 1]!r:.60}")
         if nonneg and v < 0:
             raise DeriveError(f"{name} of layer {k} is a variance and must be ≥ 0, got {v}")
         out.append(v)
@@ -53,7 +61,7 @@ class MLP:
 
     depth: int
     widths: tuple[int, ...]
-    activation_name: str
+    activation: Activation
     C_b_: tuple[float, ...]
     C_W_: tuple[float, ...]
     lambda_b_: tuple[float, ...]
@@ -61,7 +69,11 @@ class MLP:
 
     def __init__(self, depth, widths, activation, C_b, C_W, lambda_b=1.0, lambda_W=1.0):
         if isinstance(depth, bool) or not isinstance(depth, Integral) or depth < 1:
-            raise DeriveError(f"depth must be a whole number ≥ 1 (the number of layers L), got {depth!r}")
+            raise DeriveError(f"depth must be a whole number ≥ 1 (the number of layers L), got "
+                              f"{depth!r:.40}")
+        if depth > MAX_DEPTH:
+            raise DeriveError(f"depth {depth} is more than {MAX_DEPTH} layers; the 1/n expansion "
+                              "needs depth ≪ width anyway (THEORY §5): give a smaller depth")
         depth = int(depth)
         if isinstance(widths, (list, tuple)):
             if len(widths) != depth - 1:
@@ -71,16 +83,18 @@ class MLP:
         else:
             ws = [widths] * (depth - 1)
         for k, w in enumerate(ws, 1):
-            if isinstance(w, bool) or not isinstance(w, Integral) or w < 1:
-                raise DeriveError(f"width n_{k} must be a whole number ≥ 1, got {w!r}")
-        act = activation if isinstance(activation, Activation) else None
-        name = activation.name if act else activation
-        if not isinstance(name, str):
-            raise DeriveError(f"activation must be a name or a SymPy string in z, got {activation!r}")
-        act = act or _activation(name)  # validates (unknown names list the known ones)
+            if isinstance(w, bool) or not isinstance(w, Integral) or not 1 <= w <= MAX_WIDTH:
+                raise DeriveError(f"width n_{k} must be a whole number from 1 to {MAX_WIDTH}, "
+                                  f"got {w!r:.40}")
+        if not isinstance(activation, (str, Activation)):
+            raise DeriveError(f"activation must be a name, a string in z or a derive.activation(...)"
+                              f", got {type(activation).__name__}")
+        # validates (unknown names list the known ones); the object is kept, so the parameters
+        # of a named activation (leaky_relu's a_minus, …) travel with the spec
+        act = activation if isinstance(activation, Activation) else _activation(activation)
         object.__setattr__(self, "depth", depth)
         object.__setattr__(self, "widths", tuple(int(w) for w in ws))
-        object.__setattr__(self, "activation_name", act.name)
+        object.__setattr__(self, "activation", act)
         object.__setattr__(self, "C_b_", _per_layer(C_b, depth, "C_b", True))
         object.__setattr__(self, "C_W_", _per_layer(C_W, depth, "C_W", True))
         object.__setattr__(self, "lambda_b_", _per_layer(lambda_b, depth, "lambda_b", True))
@@ -113,12 +127,12 @@ class MLP:
         return self.lambda_W_[self._check_layer(layer) - 1]
 
     @property
-    def activation(self) -> Activation:
-        return _activation(self.activation_name)
+    def activation_name(self) -> str:
+        return self.activation.name
 
     def with_widths(self, widths) -> "MLP":
         """The same network at other hidden widths (for 1/n fits)."""
-        return MLP(self.depth, widths, self.activation_name, list(self.C_b_), list(self.C_W_),
+        return MLP(self.depth, widths, self.activation, list(self.C_b_), list(self.C_W_),
                    list(self.lambda_b_), list(self.lambda_W_))
 
     def __repr__(self) -> str:
