@@ -38,16 +38,23 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
-from .activations import (kernel_rules, kinks_of, numpy_function, parse_function,
-                          probe_scale_invariant, z as _z)
-from .errors import CovarianceError, DeriveError, QuadratureError
+from .activations import (check_nodes, kernel_rules, kinks_of, numpy_function, parse_function,
+                          probe_scale_invariant, real_line_problems, risky_nodes, z as _z)
+from .errors import CovarianceError, DeriveError, QuadratureError, boundary
 from .pairings import gaussian_monomial_moment
+from .parsing import as_expr
 
 __all__ = ["gaussian_expectation", "GaussianValue", "GaussianBatch", "DEFAULT_TOL",
-           "check_covariance"]
+           "DEFAULT_TOL_KINKED",
+           "check_covariance", "one_variable_factors", "separable_terms", "panel_rule"]
 
-#: default absolute tolerance by number of integrated dimensions
+#: default tolerance by number of integrated dimensions (relative to max(1, |value|))
 DEFAULT_TOL = {1: 1e-12, 2: 1e-12, 3: 1e-9, 4: 1e-6}
+#: the same for integrands with kinks: in 3 and 4 dimensions the kinks of variables that are
+#: (nearly) determined by the others — more inputs than input dimensions make K singular —
+#: cross inside the inner integrals, which then bend where no panel ends, and the nested
+#: rules reach about 1e-7 (3-D) and 1e-6 (4-D) at their finest (the error is reported)
+DEFAULT_TOL_KINKED = {1: 1e-12, 2: 1e-12, 3: 1e-6, 4: 1e-5}
 #: Gauss–Legendre points per panel, successive refinements, by dimension
 _NODE_LADDER = {1: (12, 16, 24, 32, 48, 64, 128), 2: (10, 14, 20, 28, 40, 56, 96),
                 3: (6, 9, 12, 16), 4: (3, 4, 6, 7)}
@@ -143,7 +150,7 @@ def _prepare(f, m: int) -> tuple[sp.Expr, dict]:
     if isinstance(f, str):
         f = parse_function(f, names, "integrand")
     try:
-        f = sp.sympify(f)
+        f = as_expr(f)
     except (sp.SympifyError, TypeError):
         raise DeriveError(f"the integrand must be a SymPy expression in z1 … z{m}, got {f!r}") from None
     pos = {}
@@ -303,11 +310,24 @@ def _nested_rule(fn, L: np.ndarray, kinks: list[tuple[float, ...]], rung: int,
             T = np.concatenate([T, np.zeros((B, N, 1))], axis=2)
             continue
         splits = [np.broadcast_to(panels, (B, N, len(panels)))]
-        if kinks[k]:
-            mu = np.einsum("bnj,bj->bn", T, L[:, k, :k])[:, :, None]
-            c = np.asarray(kinks[k])[None, None, :]
+        # split where a kink is crossed: of z_k itself, and of each later z_m whose conditional
+        # spread is small against its dependence on t_k (at the point where z_m's mean given
+        # t_1 … t_k crosses the kink).  With no spread (rank-deficient K) that kink is a point
+        # on this axis; with little, the inner integral over t_m turns it into a bend narrower
+        # than a panel.  Either converges only algebraically unless split.
+        for m in range(k, d):
+            if not kinks[m]:
+                continue
+            coef = L[:, m, k]
+            if m > k:
+                coef = np.where(L[:, m, m] < 2.0 * np.abs(coef), coef, 0.0)
+                if not np.any(coef):
+                    continue
+            coef = coef[:, None, None]
+            mu = np.einsum("bnj,bj->bn", T, L[:, m, :k])[:, :, None]
+            c = np.asarray(kinks[m])[None, None, :]
             with np.errstate(divide="ignore", invalid="ignore"):
-                tk = np.where(s > 0, (c - mu) / np.where(s > 0, s, 1.0), -np.inf)
+                tk = np.where(coef != 0, (c - mu) / np.where(coef != 0, coef, 1.0), -np.inf)
             splits.append(np.clip(tk, panels[0], panels[-1]))
         S = np.sort(np.concatenate(splits, axis=2), axis=2)
         lo, hi = S[..., :-1], S[..., 1:]
@@ -385,6 +405,67 @@ def one_variable_factors(f: sp.Expr, variables: list) -> list | None:
     return per
 
 
+def _distribute(f: sp.Expr, variables: set, budget: list | None = None) -> list | None:
+    """f as a list of terms, multiplying out only the sums (and whole powers of sums) that
+    depend on several of the variables; None if something else couples them or the
+    expansion grows past 256 terms."""
+    budget = [256] if budget is None else budget
+    if len(f.free_symbols & variables) <= 1:
+        return [f]
+    if isinstance(f, sp.Add):
+        out = []
+        for a in f.args:
+            part = _distribute(a, variables, budget)
+            if part is None:
+                return None
+            out += part
+        return out
+    if isinstance(f, sp.Pow) and f.exp.is_Integer and f.exp > 1 and isinstance(f.base, sp.Add):
+        return _distribute(sp.Mul(*([f.base] * int(f.exp)), evaluate=False), variables, budget)
+    if isinstance(f, sp.Mul):
+        out = [sp.S.One]
+        for factor in sp.Mul.make_args(sp.expand_power_exp(f)):
+            part = _distribute(factor, variables, budget)
+            if part is None:
+                return None
+            out = [a * b for a in out for b in part]
+            budget[0] -= len(out)
+            if budget[0] < 0:
+                return None
+        return out
+    return None
+
+
+def separable_terms(f: sp.Expr, variables: list) -> list[list] | None:
+    """f = Σ_k Π_j g_kj(variables[j]) as [[g_k1, g_k2, …], …]: one term when f factors (see
+    :func:`one_variable_factors`), else the terms of f expanded (products of sums, exponentials
+    of sums), those with equal factors but one merged; None when some term does not factor.
+    (SymPy distributes numbers over sums, so σ'(z1)σ'(z2) of GELU arrives as a sum.)"""
+    per = one_variable_factors(f, variables)
+    if per is not None:
+        return [per]
+    terms = _distribute(f, set(variables))
+    if terms is None:
+        return None
+    rows = []
+    for term in terms:
+        per = one_variable_factors(term, variables)
+        if per is None:
+            return None
+        rows.append(per)
+    # merge terms that differ in one factor only: Σ f ⊗ g_k = f ⊗ Σ g_k (fewer averages)
+    for j in range(len(variables)):
+        merged: dict = {}
+        for row in rows:
+            key = tuple(sp.srepr(g) for k, g in enumerate(row) if k != j)
+            if key in merged:
+                merged[key][j] += row[j]
+            else:
+                merged[key] = list(row)
+        rows = list(merged.values())
+    return rows
+
+
 def _separable_factors(f: sp.Expr, syms: list) -> list | None:
     """numpy functions of the one-variable factors of f (None for a factor 1), or None."""
     per = one_variable_factors(f, syms)
@@ -449,14 +530,19 @@ def _quadrature(f, pos, K, tol):
     L = _tolerant_cholesky(sub)
     active = [bool(np.any(L[:, k, k] > 0)) for k in range(d)]
     deff = max(1, sum(active))
-    tol = DEFAULT_TOL[deff] if tol is None else float(tol)
+    relative = tol is None  # the default tolerance is relative to max(1, |value|)
+    if tol is None:
+        tol = (DEFAULT_TOL_KINKED if any(kinks) else DEFAULT_TOL)[deff]
     rungs = len(_NODE_LADDER[deff])
+    _tail_check(f, syms, L, tol)
 
     def nodes_per_matrix(rung):
+        # an axis is split at the kinks of its variable and (at most) of every later one
         n = 1
-        for kk, act in zip(kinks, active):
+        for k, act in enumerate(active):
             if act:
-                n *= (len(_PANELS[deff]) - 1 + len(kk)) * _NODE_LADDER[deff][rung]
+                pieces = len(_PANELS[deff]) - 1 + sum(len(kk) for kk in kinks[k:])
+                n *= pieces * _NODE_LADDER[deff][rung]
         return n
 
     B = K.shape[0]
@@ -469,7 +555,8 @@ def _quadrature(f, pos, K, tol):
         error[todo] = np.abs(cur - value[todo])
         value[todo] = cur
         used = rung
-        todo = todo[error[todo] > tol]  # only what has not converged is refined further
+        limit = tol * np.maximum(1.0, np.abs(value[todo])) if relative else tol
+        todo = todo[error[todo] > limit]  # only what has not converged is refined further
         if todo.size == 0:
             break
     if not np.all(np.isfinite(value)):
@@ -477,11 +564,14 @@ def _quadrature(f, pos, K, tol):
                               "(overflow?); check the activation and the covariance scale")
     # the difference of two rules cannot resolve below roundoff of the weighted sum
     error = np.maximum(error, 1e-16 * np.maximum(np.abs(value), 1.0) * d)
-    worst = float(error.max())
-    if worst > tol:
+    excess = error / (tol * np.maximum(1.0, np.abs(value)) if relative else tol)
+    if excess.max() > 1:
+        k = int(np.argmax(excess))
+        worst = float(error[k])
+        scale = f" × max(1, |value| = {abs(value[k]):.3g})" if relative else ""
         raise QuadratureError(
             f"quadrature of <{f}> in {deff} dimension(s) reached an estimated error of {worst:.2e}, "
-            f"above the tolerance {tol:.0e} (finest rule: {nodes_per_matrix(rungs - 1)} nodes). "
+            f"above the tolerance {tol:.0e}{scale} (finest rule: {nodes_per_matrix(rungs - 1)} nodes). "
             "Pass a larger tol=... if that accuracy suffices; kinks that are not of the form "
             "z_k = const (e.g. Max(z1, z2)) converge only algebraically.")
     kinked = any(kinks)
@@ -489,24 +579,112 @@ def _quadrature(f, pos, K, tol):
                           + (", split at kinks" if kinked else ""))
 
 
+def _tail_check(f: sp.Expr, syms: list, L: np.ndarray, tol: float) -> None:
+    """Refuse integrands that do not decay against the Gaussian.  The rules integrate t ∈
+    [−10, 10] (z = L t); along each axis of t and the diagonal, |f(L t)| φ(|t|) is compared at
+    |t| = 10 and 14: growing means ⟨f⟩ diverges (f grows like exp(c z²) with c K ≥ 1/2), and a
+    value above the tolerance at 10 means the cut-off domain loses more than it may."""
+    B, d, _ = L.shape
+    fn = numpy_function(f, tuple(syms))
+    dirs = [np.eye(d)[k] for k in range(d)] + [np.ones(d) / np.sqrt(d)]
+    for u in dirs:
+        for sgn in (1.0, -1.0):
+            w = []
+            for r in (10.0, 14.0):
+                zz = np.einsum("bij,j->bi", L, sgn * r * u)
+                with np.errstate(all="ignore"):
+                    v = np.abs(np.asarray(fn(*(zz[:, i] for i in range(d))), dtype=float))
+                w.append(v * np.exp(-0.5 * r * r) / np.sqrt(2 * np.pi))
+            lo, hi = w
+            bad = ~np.isfinite(hi) | ~np.isfinite(lo) | (hi > lo * (1 + 1e-9)) & (hi > 1e-300)
+            # the mass beyond |t| = 10: the weight there over its decay rate per unit of |t|
+            with np.errstate(all="ignore"):
+                rate = np.maximum(np.log(np.maximum(lo, 1e-300) / np.maximum(hi, 1e-300)) / 4, 1.0)
+            lo = np.where(bad, lo, lo / rate)
+            if np.any(bad):
+                raise DeriveError(f"⟨{sp.sstr(f)[:80]}⟩ diverges: the integrand does not decay "
+                                  "against the Gaussian (it grows like exp(c z²) with c at least "
+                                  "1/(2 K), or overflows); no finite value exists")
+            if np.any(lo > tol):
+                raise QuadratureError(f"⟨{sp.sstr(f)[:80]}⟩: the integrand decays too slowly "
+                                      "against the Gaussian to be integrated to the tolerance "
+                                      f"{tol:.0e} (its weight at 10 standard deviations is "
+                                      f"{float(lo.max()):.1e})")
+
+
+@lru_cache(maxsize=1024)
+def _integrand_problems(f: sp.Expr, syms: tuple) -> str:
+    """Why ⟨f⟩ cannot be a finite number whatever K is ('' if no reason is seen): functions
+    outside the safe table, floor/ceiling, poles, logs or roots of negative numbers."""
+    check_nodes(f, f"the integrand {sp.sstr(f)[:80]}")
+    if f.has(sp.floor, sp.ceiling):
+        return ("floor and ceiling jump at every integer, and the quadrature would need a split "
+                "at each of them; write the few steps you need with Heaviside or Piecewise")
+    if f.has(sp.I, sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity):
+        return "it holds an infinite, undefined or imaginary number"
+    for node in risky_nodes(f):
+        free = [s for s in syms if s in node.free_symbols]
+        if len(free) == 1:
+            why = real_line_problems(node, free[0])
+        else:  # several variables: probe on normal samples (seeded: deterministic)
+            rng = np.random.default_rng(0)
+            pts = rng.standard_normal((4000, len(free))) * np.repeat([1.0, 4.0], 2000)[:, None]
+            with np.errstate(all="ignore"):
+                vals = np.asarray(numpy_function(node, tuple(free))(*pts.T), dtype=float)
+                base = node.base if isinstance(node, sp.Pow) else node.args[0]
+                bv = np.asarray(numpy_function(base, tuple(free))(*pts.T), dtype=float) \
+                    if base.free_symbols else np.ones(1)
+            why = ""
+            if not np.all(np.isfinite(vals)):
+                why = f"{sp.sstr(node)} is not finite and real everywhere"
+            elif isinstance(node, (sp.Pow, sp.log)) and np.any(bv > 0) and np.any(bv < 0):
+                why = (f"{sp.sstr(base)} takes both signs, so {sp.sstr(node)} has a pole or is "
+                       "not real where it crosses 0")
+        if why:
+            return why
+    return ""
+
+
+def _check_tol(tol) -> float | None:
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(tol) or not 0 < tol < 1:
+        raise DeriveError(f"tol must be a number between 0 and 1 (an absolute tolerance such as "
+                          f"1e-8), got {tol!r:.60}")
+    return float(tol)
+
+
 # ---------------------------------------------------------------------------------------------
 # public entry point
 # ---------------------------------------------------------------------------------------------
 
+@boundary
 def gaussian_expectation(f, K, *, tol: float | None = None, method: str = "auto"):
     r"""⟨f⟩_K for ``f`` in ``z1 … zm`` and an m×m covariance ``K`` (or a B×m×m batch).
 
-    ``tol`` is the absolute tolerance of the quadrature tier (default 1e-12 in one and two
-    dimensions, 1e-9 in three, 1e-6 in four; dimensions are counted by the rank of K).  ``method`` forces a tier: ``"auto"`` (exact
-    when possible), ``"quadrature"`` (used by the tests to cross-check closed forms).
+    ``tol`` is the absolute tolerance of the quadrature tier; by default it is 1e-12 in one and
+    two dimensions, 1e-9 in three, 1e-6 in four (1e-6 and 1e-5 for integrands with kinks;
+    dimensions counted by the rank of K), relative to max(1, |value|).  The estimated error
+    is returned with the value.  ``method`` forces a tier: ``"auto"`` (exact when possible),
+    ``"quadrature"`` (used by the tests to cross-check closed forms).
+
+    Integrands for which no finite value exists are refused with a
+    :class:`~derive.errors.DeriveError`: poles, logarithms or roots of negative numbers on the
+    real line (``1/z1``, ``tan(z1)``), growth like exp(c z²) that the Gaussian does not tame,
+    floor/ceiling; so is a value that overflows double precision.
 
     Returns a :class:`GaussianValue` (float with ``.error`` and ``.method``), or a
     :class:`GaussianBatch` for a batch.  Odd moments of polynomials come out as 0.0.
     """
     if method not in ("auto", "quadrature"):
-        raise DeriveError(f"method must be 'auto' or 'quadrature', got {method!r}")
+        raise DeriveError(f"method must be 'auto' or 'quadrature', got {method!r:.60}")
+    tol = _check_tol(tol)
     Kb, batched = check_covariance(K)
     f, pos = _prepare(f, Kb.shape[1])
+    why = _integrand_problems(f, tuple(sorted(pos, key=pos.get)))
+    if why:
+        raise DeriveError(f"⟨{sp.sstr(f)[:80]}⟩ cannot be computed: {why}")
     out = None
     if method == "auto":
         out = _polynomial(f, pos, Kb) or _closed_form(f, pos, Kb)
@@ -518,6 +696,11 @@ def gaussian_expectation(f, K, *, tol: float | None = None, method: str = "auto"
         else:
             out = _quadrature(f, pos, Kb, tol)
     value, error, how = out
+    if not np.all(np.isfinite(value)):
+        k = int(np.nonzero(~np.isfinite(value))[0][0])
+        raise DeriveError(f"⟨{sp.sstr(f)[:80]}⟩ is not representable in double precision"
+                          f"{_where([k], batched)} (it overflows: {value[k]}); rescale the "
+                          "covariance or the integrand")
     if batched:
         return GaussianBatch(np.asarray(value, float), np.asarray(error, float), how)
     return GaussianValue(float(value[0]), float(error[0]), how)
