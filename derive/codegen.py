@@ -23,7 +23,7 @@ from .errors import DeriveError
 from .printing import book_latex, latex_terms, notation, tex_text
 from .symbols import tensor
 
-__all__ = ["templates_dir", "render", "recursions_latex", "derivation_document"]
+__all__ = ["templates_dir", "render", "recursions_latex", "derivation_document", "docstring_text"]
 
 
 def templates_dir() -> Path:
@@ -44,7 +44,17 @@ def _environment(latex: bool) -> jinja2.Environment:
                     variable_start_string="(((", variable_end_string=")))",
                     comment_start_string="((=", comment_end_string="=))",
                     trim_blocks=True)
-    return jinja2.Environment(**opts)
+    env = jinja2.Environment(**opts)
+    env.filters["doc"] = docstring_text
+    return env
+
+
+def docstring_text(text) -> str:
+    """``text`` made safe inside a generated (raw, triple-quoted) docstring: no quote character
+    that could end it, no NUL, no trailing backslash.  Generated modules are imported and run,
+    so nothing printed into them may be able to leave its string."""
+    text = str(text).replace("\x00", "").replace('"', "'")
+    return text + " " if text.endswith("\\") else text
 
 
 def render(name: str, **context) -> str:

@@ -34,7 +34,8 @@ from sympy.printing.numpy import SciPyPrinter
 from .errors import DeriveError
 from .evaluate import cached_layer_step, specialise
 from .gaussian import _PANELS as _GAUSS_PANELS
-from .gaussian import _closed_form_plan, _gauss_legendre, one_variable_factors, panel_rule
+from .gaussian import _closed_form_plan, separable_terms
+from .parsing import as_expr
 from .printing import book_latex
 from .symbols import DerivativeContraction, GaussianAverage, RandomVar
 
@@ -78,16 +79,6 @@ class NumpyPrinter(SciPyPrinter):
         return super()._print_Pow(expr, rational=rational)
 
 
-def _rule(points: int) -> tuple[np.ndarray, np.ndarray]:
-    return panel_rule(points, _PANELS)
-
-
-def _hermite_rule(points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss–Hermite nodes for t ~ N(0, 1), weights normalised to sum 1."""
-    t, w = np.polynomial.hermite_e.hermegauss(points)
-    return t, w / w.sum()
-
-
 def _array_text(a: np.ndarray) -> str:
     items = [repr(float(x)) for x in a]
     lines = ["    " + ", ".join(items[k:k + 4]) for k in range(0, len(items), 4)]
@@ -104,7 +95,7 @@ class _Emitter:
 
     def function(self, expr: sp.Expr, what: str) -> str:
         """The name of a generated one-variable function z ↦ expr (deduplicated)."""
-        expr = sp.sympify(expr)
+        expr = as_expr(expr)
         if expr.has(sp.DiracDelta):
             raise DeriveError(f"{expr} holds a Dirac delta; use the derivative-free form")
         key = sp.srepr(expr)
@@ -141,12 +132,26 @@ def _hoist(lines: list[str], name: str, call: str) -> str:
     return name
 
 
-def _factor_by_slot(h: sp.Expr, slots: list) -> list[sp.Expr]:
-    """h = Π_k g_k(slot_k) as [g_k(z)]; an error if a factor couples two slots."""
-    per = one_variable_factors(h, slots)
-    if per is None:
-        raise DeriveError(f"the average of {h} does not factor over its samples")
-    return [g.xreplace({slots[k]: _Z}) for k, g in enumerate(per)]
+def _terms_by_slot(h: sp.Expr, slots: list) -> list[list[sp.Expr]]:
+    """h = Σ_k Π_j g_kj(slot_j) as [[g_kj(z)]] (:func:`derive.gaussian.separable_terms`); an
+    error if a term couples two slots."""
+    rows = separable_terms(h, slots)
+    if rows is None:
+        raise DeriveError(f"the average of {h} does not split into products of functions of one "
+                          "sample each; the generated evaluator cannot compute it")
+    return [[g.xreplace({slots[k]: _Z}) for k, g in enumerate(per)] for per in rows]
+
+
+def _emit_separable_average(em: "_Emitter", lines: list[str], name: str, h: sp.Expr, slots: list,
+                            kinked: bool) -> str:
+    """Hoist ⟨h(z_p, z_q)⟩ on all pairs as the sum of the pair averages of its separable
+    terms; returns the variable holding it."""
+    terms = _terms_by_slot(h, slots)
+    if len(terms) == 1:
+        return _emit_pair_average(em, lines, name, *terms[0], kinked)
+    parts = [_emit_pair_average(em, lines, f"{name}_{k}", f, g, kinked)
+             for k, (f, g) in enumerate(terms)]
+    return _hoist(lines, name, " + ".join(parts))
 
 
 def _emit_pair_average(em: _Emitter, lines: list[str], name: str, f: sp.Expr, g: sp.Expr,
@@ -194,9 +199,8 @@ def _pair_step(em: _Emitter, expr: sp.Expr, alphas: tuple) -> tuple[list[str], s
         slots = sorted({r for r in atom.function.atoms(RandomVar)}, key=default_sort_key)
         if [r.indices[0] for r in slots] != list(alphas[:2]):
             raise DeriveError(f"{atom} is not an average over the pair (α1, α2)")
-        f, g = _factor_by_slot(atom.function, slots)
-        reps[atom] = sp.Symbol(_emit_pair_average(em, lines, f"avg{k}", f, g,
-                                                  bool(em.act.kinks)))
+        reps[atom] = sp.Symbol(_emit_separable_average(em, lines, f"avg{k}", atom.function,
+                                                       slots, bool(em.act.kinks)))
     return lines, em.code(expr.xreplace(reps))
 
 
@@ -255,12 +259,8 @@ class _PairFrame:
             call += "[:, None]" if k == 0 else "[None, :]"
             out = sp.Symbol(_hoist(self.lines, self._name("a"), call))
         else:
-            per = one_variable_factors(h, list(_PZ))
-            if per is None:
-                raise DeriveError(f"the average of {h} does not factor over the two samples")
-            f, g = (x.xreplace({v: _Z}) for x, v in zip(per, _PZ))
-            out = sp.Symbol(_emit_pair_average(self.em, self.lines, self._name("a"), f, g,
-                                               self.kinked))
+            out = sp.Symbol(_emit_separable_average(self.em, self.lines, self._name("a"), h,
+                                                    list(_PZ), self.kinked))
         self.memo[key] = out
         return out
 
@@ -428,11 +428,13 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
              "The NLO metric correction G1^{(l+1)}_{aa} of each input (diagonal)."),
             ("vertex_step", "V", "diag",
              "The four-point vertex V^{(l+1)}_{(aa)(aa)} of each input (diagonal).")]
-    # K and Θ on pairs always (Θ is cheap and shares K's averages), V's diagonal always (the
-    # expansion estimate needs it), G1's diagonal when it was derived
+    # K and Θ on pairs always (Θ is cheap and shares K's averages; left out only when it is
+    # infinite: σ jumps), V's diagonal always (the expansion estimate needs it), G1's diagonal
+    # when it was derived
     has_g1 = "G1" in d.recursions
+    has_theta = not act.ntk_obstacle
     for fname, q, kind, doc in plan:
-        if q == "G1" and not has_g1:
+        if (q == "G1" and not has_g1) or (q == "Theta" and not has_theta):
             continue
         if kind == "pair":
             lines, result = _pair_step(em, specialise(getattr(step, q), act), al)
@@ -475,11 +477,14 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
         assembly.append(f"VP[{', '.join(map(str, pat))}] = {ref}")
     em.functions.insert(0, {"name": "sigma", "doc": f"the activation {act.name}",
                             "body": em.printer.doprint(act.expr.xreplace({act.z: _Z}))})
-    ladder = [(f"hermite{q}", _hermite_rule(q)) for q in (12, 16, 20, 24, 32)]
-    ladder += [(f"panels{q}", _rule(q)) for q in (6, 8, 12, 16, 24, 32)]
-    ladder.sort(key=lambda r: len(r[1][0]))
-    rules2 = [(name, _array_text(t), _array_text(w)) for name, (t, w) in ladder]
-    t1, w1 = _rule(32)
+    # the quadrature rules are computed when the module is imported (numpy's Gauss rules, the
+    # same calls as derive.gaussian.panel_rule): only their sizes are printed here
+    ladder = [(f"hermite{q}", "_hermite_rule", q, q) for q in (12, 16, 20, 24, 32)]
+    ladder += [(f"panels{q}", "_panel_rule", q, q * (len(_PANELS) - 1))
+               for q in (6, 8, 12, 16, 24, 32)]
+    ladder.sort(key=lambda r: r[3])
+    rules2 = [r[:3] for r in ladder]
+    t1_points = 32
     defaults = {"depth": spec.depth, "widths": list(spec.widths),
                 "C_b": [spec.C_b(l) for l in range(1, spec.depth + 1)],
                 "C_W": [spec.C_W(l) for l in range(1, spec.depth + 1)],
@@ -492,17 +497,17 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
     else:
         note = ("closed forms of rules/kernels where they apply, else quadrature (pairs: "
                 "Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, "
-                f"chosen to reach {tol:g}; single inputs: {len(t1)} panel nodes)")
+                f"chosen to reach {tol:g}; single inputs: {t1_points * (len(_PANELS) - 1)} panel nodes)")
     return render("evaluator.py.j2", activation_name=act.name, version=_version(),
                   activation_repr=repr(sp.sstr(act.expr)), defaults_repr=repr(defaults),
-                  rules2=rules2, tol=repr(tol), t1=_array_text(t1), w1=_array_text(w1),
-                  panels=_array_text(_PANELS), xq=_array_text(_gauss_legendre(16)[0]),
-                  wq=_array_text(_gauss_legendre(16)[1]),
-                  kinked_rules=[tuple(_array_text(a) for a in _gauss_legendre(q))
-                                for q in (4, 6, 8, 12, 16, 24)],
+                  rules2=rules2, tol=repr(tol), t1_points=t1_points,
+                  panels=_array_text(_PANELS), xq_points=16,
+                  kinked_points=repr([4, 6, 8, 12, 16, 24]),
                   kinks="[" + ", ".join(repr(float(c)) for c in act.kinks) + "]",
                   block=1 << 16, functions=em.functions, closed=em.closed, steps=steps,
-                  average_note=note, has_g1=has_g1, pair_assembly=assembly,
+                  average_note=note, has_g1=has_g1, has_theta=has_theta,
+                  theta_note=act.ntk_obstacle,
+                  pair_assembly=assembly,
                   vertex_orbits=repr(orbits))
 
 
