@@ -23,7 +23,7 @@ import networkx as nx
 import sympy as sp
 
 from .contractions import check_order
-from .errors import DeriveError, UnknownNameError
+from .errors import DeriveError, UnknownNameError, boundary
 from .layerstep import WIDTH, WIDTH_PREV, LayerStep
 from .spec import MLP
 from .symbols import GaussianAverage
@@ -127,19 +127,25 @@ def _reads(expr: sp.Expr) -> dict[str, set]:
 def _check_targets(targets) -> tuple[str, ...]:
     if isinstance(targets, str):
         targets = [targets]
-    targets = tuple(targets)
+    try:
+        targets = tuple(targets)
+    except TypeError:
+        raise DeriveError(f"targets must be a list of names from {sorted(TARGETS)}, got "
+                          f"{targets!r:.60}") from None
     if not targets:
         raise DeriveError(f"give at least one target; known targets are {sorted(TARGETS)}")
     for t in targets:
-        if t not in TARGETS:
-            raise UnknownNameError("target", t, TARGETS)
-    return targets
+        if not isinstance(t, str) or t not in TARGETS:
+            raise UnknownNameError("target", str(t)[:40], TARGETS)
+    return tuple(dict.fromkeys(targets))
 
 
-def derive(spec: MLP, targets=("K", "V", "G1", "Theta"), order: int = 1) -> Derivation:
+@boundary
+def derive(spec: MLP, targets=None, order: int = 1) -> Derivation:
     r"""Derive the layer recursions of ``spec`` for ``targets`` to ``order`` in 1/n (THEORY §6).
 
     ``order=0`` gives the leading order (K, Θ); ``order=1`` adds the O(1/n) data (G1, V).
+    ``targets`` defaults to all of them at ``order`` (without Θ when σ jumps: it is infinite).
     The recursions are derived once per process (the generic layer step does not depend on
     the spec; the spec fixes depth, widths and hyperparameters used by the plan and by
     :func:`derive.predict`).
@@ -149,7 +155,12 @@ def derive(spec: MLP, targets=("K", "V", "G1", "Theta"), order: int = 1) -> Deri
     if not isinstance(spec, MLP):
         raise DeriveError(f"spec must be a derive.MLP, got {type(spec).__name__}")
     order = check_order(order)
+    if targets is None:
+        targets = tuple(t for t in ("K", "V", "G1", "Theta") if TARGETS[t][0] <= order
+                        and not (t == "Theta" and spec.activation.ntk_obstacle))
     targets = _check_targets(targets)
+    if "Theta" in targets:
+        spec.activation.require_ntk()
     too_high = [t for t in targets if TARGETS[t][0] > order]
     if too_high:
         raise DeriveError(f"targets {too_high} are O(1/n) quantities; ask for order=1 to get them")
@@ -159,22 +170,30 @@ def derive(spec: MLP, targets=("K", "V", "G1", "Theta"), order: int = 1) -> Deri
     deps = {name: _reads(expr) for name, expr in recursions.items()}
     plan = nx.DiGraph(targets=targets, order=order, depth=spec.depth)
 
-    def add(q: str, layer: int):
+    def add(q: str, layer: int) -> tuple:
         node = (q, layer, TARGETS[q][0])
-        if node in plan:
-            return node
         plan.add_node(node, latex=TARGETS[q][1].replace(r"\ell", str(layer)),
                       kind="initial" if layer == 1 else "recursion")
-        if layer > 1:
+        return node
+
+    # layer by layer from the top (a loop, not a recursion: depth may be thousands of layers)
+    current = []
+    for t in targets:
+        add(t, spec.depth)
+        current.append(t)
+    for layer in range(spec.depth, 1, -1):
+        below = []
+        for q in current:
             for dep, via in sorted(deps[q].items()):
                 if dep not in recursions:
                     raise DeriveError(f"the recursion for {q} reads {dep}, which is not derived at "
                                       f"order {order}")
-                plan.add_edge(add(dep, layer - 1), node, via=tuple(sorted(via)))
-        return node
-
-    for t in targets:
-        add(t, spec.depth)
+                if (dep, layer - 1, TARGETS[dep][0]) not in plan:
+                    add(dep, layer - 1)
+                    below.append(dep)
+                plan.add_edge((dep, layer - 1, TARGETS[dep][0]), (q, layer, TARGETS[q][0]),
+                              via=tuple(sorted(via)))
+        current = below
     return Derivation(spec, targets, order, recursions, plan, step.trace,
                       {name: step.steps[name] for name in recursions},
                       {name: step.contracted[name] for name in recursions})

@@ -117,11 +117,14 @@ class _Evaluator:
     """Evaluates averages and contractions over batches of components, with a cache shared
     by the recursions of one layer (K and Θ both need ⟨σσ⟩, …)."""
 
-    def __init__(self, K: np.ndarray, tensors: dict, kinked: bool):
+    def __init__(self, K: np.ndarray, tensors: dict, kinked: bool, tol: float | None = None):
         self.K = K
         self.tensors = tensors
         self.kinked = kinked
+        self.tol = tol
         self.cache: dict = {}
+        #: the largest estimated error of an average, relative to max(1, |average|)
+        self.error = 0.0
 
     def average(self, h: sp.Expr, S: np.ndarray) -> np.ndarray:
         """⟨h(z1…zm)⟩ over the covariances K[S_b, S_b] of the rows of ``S`` (M × m)."""
@@ -132,7 +135,11 @@ class _Evaluator:
         if key not in self.cache:
             Kb = _kernel_batch(self.K, uniq)
             try:
-                self.cache[key] = np.asarray(gaussian_expectation(h, Kb).value)
+                res = gaussian_expectation(h, Kb, tol=self.tol)
+                self.cache[key] = np.asarray(res.value)
+                if len(res.value):
+                    rel = res.error / np.maximum(1.0, np.abs(res.value))
+                    self.error = max(self.error, float(rel.max()))
             except CovarianceError as err:
                 raise DeriveError(f"the kernel restricted to samples {uniq[0].tolist()} … is not "
                                   f"a covariance: {err}") from None
@@ -346,12 +353,14 @@ def _fill_vertex(N: int, C: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
-                derivative_free: bool | None = None) -> dict:
+                derivative_free: bool | None = None, tol: float | None = None) -> dict:
     """K, Θ, G1 and V of every layer of ``spec`` on inputs ``X`` (N × n_0) from the derived
     layer step.  Returns ``{"K": {ℓ: (N,N)}, "Theta": …, "G1": …, "V": {ℓ: (N,N,N,N)}}``;
     quantities not needed for ``targets`` at ``order`` are left out.  ``progress(ℓ, L)`` is
     called after each layer.  ``derivative_free`` (default: when σ has kinks) evaluates the
-    sample sums by Gaussian integration by parts instead of derivatives of σ."""
+    sample sums by Gaussian integration by parts instead of derivatives of σ; ``tol`` is passed
+    to :func:`derive.gaussian_expectation` (default: by dimension).  ``res["error"]`` is the
+    largest estimated error of an average, relative to max(1, |average|)."""
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or not np.all(np.isfinite(X)):
         raise DeriveError(f"X must be a finite array of shape (N, n_0), got shape {X.shape}")
@@ -384,11 +393,12 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
         C4 = _vertex_orbits(N)
         fill_v = lambda C, v: _fill_vertex(N, C, v)  # noqa: E731
     C2 = _pairs(N)
+    error = 0.0
     for l in range(1, spec.depth):
         scalars = (spec.C_b(l + 1), spec.C_W(l + 1), spec.lambda_b(l + 1), spec.lambda_W(l + 1),
                    widths[l], widths[l - 1])
         tensors = {name: res[name][l] for name in res}
-        ev = _Evaluator(res["K"][l], tensors, kinked=bool(derivative_free))
+        ev = _Evaluator(res["K"][l], tensors, kinked=bool(derivative_free), tol=tol)
         for name in ("K", "Theta", "G1"):
             if name not in res:
                 continue
@@ -398,8 +408,10 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
             res[name][l + 1] = _fill_sym2(N, C2, forms[name].evaluate(C2, scalars, ev))
         res["V"][l + 1] = fill_v(C4, forms["V"].evaluate(C4, scalars, ev))
         _check_kernel(res["K"][l + 1], l + 1)
+        error = max(error, ev.error)
         if progress is not None:
             progress(l + 1, spec.depth)
+    res["error"] = error
     return res
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .contractions import check_order
-from .errors import DeriveError
+from .errors import DeriveError, boundary
 from .evaluate import TARGETS, _DiagonalVertex, iterate_mlp
 from .spec import MLP
 
@@ -46,6 +46,10 @@ class Prediction:
     V: dict = field(repr=False)
     Theta: dict = field(repr=False)
     expansion: dict = field(repr=False)
+    #: "generated" (the module of derive.emit_numpy) or "batched" (derive.evaluate)
+    route: str = "generated"
+    #: the largest estimated error of a Gaussian average, relative to max(1, |average|)
+    quadrature_error: float = 0.0
 
     def fan_in(self, layer: int) -> int:
         """n_{ℓ−1} (n_0 is the input dimension)."""
@@ -64,12 +68,17 @@ def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool) -
     """K, Θ (and G1, V) from the generated module of ``spec`` (cached per spec)."""
     from .emit_numpy import load_generated
 
-    mod = load_generated(spec, ("K", "Theta", "G1") if nlo and order >= 1 else ("K", "Theta"))
+    wanted = ("K", "Theta", "G1") if nlo and order >= 1 else ("K", "Theta")
+    mod = load_generated(spec, tuple(t for t in wanted if not (t == "Theta" and
+                                                              spec.activation.ntk_obstacle)))
     try:
-        g = mod.evaluate(X, order=order, nlo="pairs" if nlo else "diagonal")
+        with np.errstate(all="ignore"):
+            g = mod.evaluate(X, order=order, nlo="pairs" if nlo else "diagonal")
     except (ValueError, ArithmeticError) as err:
         raise DeriveError(str(err)) from None
-    r = {"K": g["K"], "Theta": g["Theta"], "G1": g["G1"]}
+    kinked = bool(spec.activation.kinks)
+    r = {"K": g["K"], "Theta": g.get("Theta", {}), "G1": g["G1"],
+         "error": float(mod.TOL * (30 if kinked else 1))}
     if dense_v:  # N ≤ 2: every component has at most two distinct samples
         N = X.shape[0]
         r["V"] = {l: (mod._pair_tensors(g["G1"][l], v, g["V_pairs"][l])[1][..., 0, N - 1]
@@ -79,49 +88,183 @@ def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool) -
     return r
 
 
+#: most inputs accepted (the arrays are N × N per layer and quantity)
+MAX_INPUTS = 20_000
+#: most memory the arrays of a prediction may take, in bytes
+MAX_BYTES = 8 * 2 ** 30
+#: rough seconds per vertex component and layer on the batched route, by the number of
+#: distinct samples of the component (3 or 4) and whether σ has kinks (measured on 2 cores)
+_SECONDS = {(3, False): 2e-3, (4, False): 1e-2, (3, True): 5e-2, (4, True): 0.3}
+#: a batched-route estimate above this is refused (with the cheaper routes as advice)
+MAX_SECONDS = 6 * 3600
+
+
+def _inputs(X) -> np.ndarray:
+    """X as a finite float array of shape (N, n_0), or a DeriveError saying what is wrong."""
+    if isinstance(X, (str, bytes)) or X is None:
+        raise DeriveError(f"X must be an array of inputs of shape (N, n_0), got {type(X).__name__}")
+    try:
+        arr = np.asarray(X)
+    except ValueError:
+        arr = None
+    if arr is None or arr.dtype == object:
+        raise DeriveError("X must be a rectangular array of numbers, shape (N inputs, n_0 "
+                          "features); rows of different lengths or non-numbers were given")
+    if arr.dtype.kind not in "biuf":
+        raise DeriveError(f"X must hold real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(float)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise DeriveError(f"X must have shape (N inputs, n_0 features), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise DeriveError("X contains NaN or infinite entries")
+    if arr.shape[0] > MAX_INPUTS:
+        raise DeriveError(f"{arr.shape[0]} inputs are more than {MAX_INPUTS}: the kernels are "
+                          "N × N per layer; predict on a subset")
+    return arr
+
+
+def _targets(targets, act) -> tuple:
+    if targets is None:  # everything that is finite for this activation
+        return tuple(t for t in TARGETS if not (t == "Theta" and act.ntk_obstacle))
+    if isinstance(targets, str):
+        targets = (targets,)
+    try:
+        targets = tuple(targets)
+    except TypeError:
+        raise DeriveError(f"targets must be a list of names from {list(TARGETS)}, got "
+                          f"{targets!r:.60}") from None
+    bad = [t for t in targets if not isinstance(t, str) or t not in TARGETS]
+    if bad or not targets:
+        raise DeriveError(f"unknown target(s) {bad!r:.80}; predict computes {list(TARGETS)}"
+                          if bad else f"give at least one target from {list(TARGETS)}")
+    if "Theta" in targets:
+        act.require_ntk()
+    return tuple(dict.fromkeys(targets))
+
+
+def _route(N: int, targets: tuple) -> str:
+    """The one route decision: the generated evaluator (K, Θ, G1 on all pairs, V on the
+    components with at most two distinct samples) unless V is wanted for N ≥ 3 inputs, whose
+    components with three and four distinct samples only the batched evaluator computes."""
+    return "batched" if "V" in targets and N >= 3 else "generated"
+
+
+def _vertex_work(N: int) -> dict:
+    """Vertex components per layer by number of distinct samples (one per symmetry orbit)."""
+    from .evaluate import _vertex_orbits
+
+    C = np.sort(_vertex_orbits(N), axis=1)
+    distinct = 1 + np.count_nonzero(np.diff(C, axis=1), axis=1)
+    return {k: int(np.sum(distinct == k)) for k in (1, 2, 3, 4)}
+
+
+def _plan_work(spec: MLP, N: int, targets: tuple, route: str, say) -> None:
+    """Say what the run will do; refuse what cannot finish (memory, or days of quadrature)."""
+    L = spec.depth
+    arrays = sum(1 for t in targets if t != "V") + 1
+    mem = L * N * N * 8 * arrays + (L * N ** 4 * 8 if "V" in targets else 0)
+    if mem > MAX_BYTES:
+        raise DeriveError(f"the requested arrays take about {mem / 2 ** 30:.0f} GiB ({N} inputs, "
+                          f"{L} layers{', V is N⁴' if 'V' in targets else ''}); ask for fewer "
+                          "inputs or targets (K, Θ, G1 need only N² per layer)")
+    if route == "generated":
+        say(f"predict: {N} input(s), {L} layers, targets {', '.join(targets)}: generated "
+            "evaluator (closed forms or fixed quadrature on all pairs)")
+        return
+    work = _vertex_work(N)
+    kinked = bool(spec.activation.kinks)
+    seconds = (L - 1) * (work[3] * _SECONDS[3, kinked] + work[4] * _SECONDS[4, kinked])
+    say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator for "
+        f"the full V — per layer {sum(work.values())} vertex components, {work[3]} of them with "
+        f"3 distinct samples (3-D averages) and {work[4]} with 4 (4-D averages)"
+        f"{', σ with kinks' if kinked else ''}; roughly {_duration(seconds)} on 2 cores")
+    if seconds > MAX_SECONDS:
+        raise DeriveError(
+            f"the full four-point vertex V of {N} inputs through {L} layers needs "
+            f"{work[3] + work[4]} three- and four-dimensional averages per layer, roughly "
+            f"{_duration(seconds)}; this is not practical.  Leave V out (K, Θ and G1 on all "
+            "pairs take seconds), or predict V for at most 2 inputs at a time (pairs are exact "
+            "through the generated evaluator), or for fewer inputs")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@boundary
 def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=None,
-            progress: bool = False) -> Prediction:
-    """Evaluate the derived recursions of ``spec`` on inputs ``X`` (N × n_0); see the module.
-    ``progress=True`` prints one line per layer to stderr."""
+            progress: bool = False, tol: float | None = None) -> Prediction:
+    r"""Evaluate the derived recursions of ``spec`` on inputs ``X`` (N × n_0).
+
+    Parameters
+    ----------
+    spec : :class:`derive.MLP`
+    X : array (N, n_0) of finite numbers, the inputs x_α.
+    order : 0 (leading order) or 1 (with G1 and V, the first correction in 1/n).
+    warn_threshold : an :class:`ExpansionWarning` names the first layer where the estimated
+        first neglected term exceeds this (default 0.1).
+    targets : names from ``("K", "Theta", "G1", "V")`` (default: all, without Θ when σ jumps,
+        where Θ is infinite).  V for N ≥ 3 inputs is the expensive part (N⁴ components, 3-D
+        and 4-D averages); without it everything runs through the generated evaluator.
+    progress : print what the run will do and one line per layer to stderr.
+    tol : absolute tolerance of each quadrature of the batched route (V for N ≥ 3; default:
+        by dimension, relative to the size of each average, see
+        :func:`derive.gaussian_expectation`).  The generated evaluator works to 3e-13.
+
+    Returns
+    -------
+    :class:`Prediction` with ``.K``, ``.G1``, ``.V``, ``.Theta`` (layer → array),
+    ``.metric(ℓ)``, ``.expansion`` (layer → estimate), ``.route`` and ``.quadrature_error``
+    (the largest estimated error of an average, relative to max(1, |average|)).
+
+    Raises
+    ------
+    DeriveError
+        for bad input (with what to change), a kernel that becomes singular, a run that
+        cannot fit in memory or would take more than hours (with the cheaper alternatives).
+
+    >>> import numpy as np, derive
+    >>> p = derive.predict(derive.MLP(3, 64, "relu", 0.0, 2.0), np.array([[1.0, 0.0]]))
+    >>> round(float(p.K[3][0, 0]), 12), p.route
+    (1.0, 'generated')
+    """
+    import sys
+    import time
+
     if not isinstance(spec, MLP):
         raise DeriveError(f"spec must be a derive.MLP, got {type(spec).__name__}")
     order = check_order(order)
-    if order > 1:
-        raise DeriveError(f"order {order} is not implemented: predict evaluates the recursions "
-                          "to order 0 (leading) or 1 (first correction in 1/n)")
-    X = np.asarray(X, dtype=float)
-    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
-        raise DeriveError(f"X must have shape (N inputs, n_0 features), got {X.shape}")
-    if not np.all(np.isfinite(X)):
-        raise DeriveError("X contains NaN or infinite entries")
-    if targets is None:
-        targets = TARGETS
-    elif isinstance(targets, str):
-        targets = (targets,)
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        raise DeriveError(f"unknown target(s) {unknown}; predict computes {list(TARGETS)}")
-    report = None
-    if progress:
-        import sys
-        import time
+    if isinstance(warn_threshold, bool) or not isinstance(warn_threshold, (int, float)) \
+            or not np.isfinite(warn_threshold) or warn_threshold < 0:
+        raise DeriveError(f"warn_threshold must be a finite number ≥ 0, got {warn_threshold!r:.40}")
+    from .gaussian import _check_tol
 
-        start = time.perf_counter()
-
-        def report(l, L):
-            print(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)",
-                  file=sys.stderr, flush=True)
-
+    tol = _check_tol(tol)
+    X = _inputs(X)
+    targets = _targets(targets, spec.activation)
     N = X.shape[0]
+    route = _route(N, targets)
+    start = time.perf_counter()
+
+    def say(msg):
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    _plan_work(spec, N, targets, route, say)
+
+    def report(l, L):
+        say(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)")
+
     nlo_wanted = bool({"G1", "V"} & set(targets))
-    if set(targets) <= {"K", "Theta", "G1"} or N <= 2:
-        # the generated evaluator (derive.emit_numpy): K, Θ and G1 on all pairs, V on the
-        # components with at most two distinct samples (all of V for N ≤ 2)
+    if route == "generated":
         r = _generated(spec, X, order, nlo_wanted, "V" in targets)
-        if report is not None:
-            report(spec.depth, spec.depth)
+        report(spec.depth, spec.depth)
     else:
-        r = iterate_mlp(spec, X, order, targets=targets, progress=report)
+        r = iterate_mlp(spec, X, order, targets=targets, progress=report, tol=tol)
     expansion = {}
     for l in range(1, spec.depth + 1):
         d = np.diagonal(r["K"][l])
@@ -135,7 +278,7 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
         warnings.warn(f"the first neglected term of the 1/n expansion is estimated at "
                       f"{expansion[bad[0]]:.3g} of the kept ones from layer {bad[0]} on (threshold "
                       f"{warn_threshold}); widen the network or expect large corrections",
-                      ExpansionWarning, stacklevel=2)
+                      ExpansionWarning, stacklevel=3)  # the caller of the boundary wrapper
 
     def kept(name):
         return dict(r[name]) if name in targets and name in r else {}
@@ -143,4 +286,10 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
     G1 = kept("G1")
     if "G1" in targets and not G1:
         G1 = {l: np.zeros_like(r["K"][l]) for l in r["K"]}
-    return Prediction(spec, X, order, dict(r["K"]), G1, kept("V"), kept("Theta"), expansion)
+    for name in ("K", "Theta", "G1"):
+        for l, a in (r.get(name) or {}).items():
+            if not np.all(np.isfinite(a)):
+                raise DeriveError(f"{name} at layer {l} is not finite (the recursion overflowed); "
+                                  "check C_b, C_W and the scale of the inputs")
+    return Prediction(spec, X, order, dict(r["K"]), G1, kept("V"), kept("Theta"), expansion,
+                      route, float(r["error"]))
