@@ -123,6 +123,8 @@ class _Evaluator:
         self.kinked = kinked
         self.tol = tol
         self.cache: dict = {}
+        #: detail(message) before each batch of averages (progress), or None
+        self.detail = None
         #: the largest estimated error of an average, relative to max(1, |average|)
         self.error = 0.0
 
@@ -134,6 +136,8 @@ class _Evaluator:
         key = (h, uniq.tobytes(), uniq.shape)
         if key not in self.cache:
             Kb = _kernel_batch(self.K, uniq)
+            if self.detail is not None:
+                self.detail(f"{uniq.shape[1]}-D averages over {len(uniq)} kernels")
             try:
                 res = gaussian_expectation(h, Kb, tol=self.tol)
                 self.cache[key] = np.asarray(res.value)
@@ -296,10 +300,14 @@ class CompiledForm:
             raise DeriveError(f"the recursion {expr} has unbound symbols {sorted(map(str, leftover))}")
         self.fn = sp.lambdify(self.scalars + self.symbols, body, modules="numpy")
 
-    def evaluate(self, C: np.ndarray, scalar_values: tuple, ev: _Evaluator) -> np.ndarray:
-        """Values at the components ``C`` (M × number of slots, 0-based sample numbers)."""
+    def evaluate(self, C: np.ndarray, scalar_values: tuple, ev: _Evaluator,
+                 tick=None) -> np.ndarray:
+        """Values at the components ``C`` (M × number of slots, 0-based sample numbers);
+        ``tick(k, n)`` is called before the k-th of the n atoms."""
         args = []
-        for atom in self.atoms:
+        for k, atom in enumerate(self.atoms):
+            if tick is not None:
+                tick(k + 1, len(self.atoms))
             if isinstance(atom, GaussianAverage):
                 args.append(ev.gaussian_average(atom, self.alphas, C))
             elif isinstance(atom, DerivativeContraction):
@@ -353,11 +361,13 @@ def _fill_vertex(N: int, C: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
-                derivative_free: bool | None = None, tol: float | None = None) -> dict:
+                derivative_free: bool | None = None, tol: float | None = None,
+                detail=None) -> dict:
     """K, Θ, G1 and V of every layer of ``spec`` on inputs ``X`` (N × n_0) from the derived
     layer step.  Returns ``{"K": {ℓ: (N,N)}, "Theta": …, "G1": …, "V": {ℓ: (N,N,N,N)}}``;
     quantities not needed for ``targets`` at ``order`` are left out.  ``progress(ℓ, L)`` is
-    called after each layer.  ``derivative_free`` (default: when σ has kinks) evaluates the
+    called after each layer, ``detail(message)`` before each average of V's step (minutes per
+    layer for many inputs).  ``derivative_free`` (default: when σ has kinks) evaluates the
     sample sums by Gaussian integration by parts instead of derivatives of σ; ``tol`` is passed
     to :func:`derive.gaussian_expectation` (default: by dimension).  ``res["error"]`` is the
     largest estimated error of an average, relative to max(1, |average|)."""
@@ -406,7 +416,12 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                 res[name][l + 1] = np.zeros((N, N))
                 continue
             res[name][l + 1] = _fill_sym2(N, C2, forms[name].evaluate(C2, scalars, ev))
-        res["V"][l + 1] = fill_v(C4, forms["V"].evaluate(C4, scalars, ev))
+        tick = None
+        if detail is not None:
+            def tick(k, n, l=l):
+                ev.detail = lambda msg: detail(f"layer {l + 1}/{spec.depth}: V on {len(C4)} "
+                                               f"components, term {k}/{n}: {msg}")
+        res["V"][l + 1] = fill_v(C4, forms["V"].evaluate(C4, scalars, ev, tick))
         _check_kernel(res["K"][l + 1], l + 1)
         error = max(error, ev.error)
         if progress is not None:

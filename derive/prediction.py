@@ -259,12 +259,25 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
     def report(l, L):
         say(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)")
 
+    last = [start]
+
+    def detail(msg):  # at most one line every 5 s
+        now = time.perf_counter()
+        if now - last[0] >= 5.0:
+            last[0] = now
+            say(f"predict: {msg} ({now - start:.0f} s)")
+
     nlo_wanted = bool({"G1", "V"} & set(targets))
     if route == "generated":
+        say("predict: deriving the recursions and generating the evaluator for σ = "
+            f"{spec.activation.name} (cached for the rest of the session) …")
         r = _generated(spec, X, order, nlo_wanted, "V" in targets)
         report(spec.depth, spec.depth)
     else:
-        r = iterate_mlp(spec, X, order, targets=targets, progress=report, tol=tol)
+        say("predict: deriving the recursions and specialising them to σ = "
+            f"{spec.activation.name} …")
+        r = iterate_mlp(spec, X, order, targets=targets, progress=report, tol=tol,
+                        detail=detail if progress else None)
     expansion = {}
     for l in range(1, spec.depth + 1):
         d = np.diagonal(r["K"][l])
