@@ -156,7 +156,7 @@ def run_job(spec, X, targets=("K", "V", "G1", "Theta"), order: int = 1, out="der
         outdir.write_text("evaluator.py", d.numpy_module())
         _say(f"evaluating the recursions for {X.shape[0]} input(s) through {spec.depth} layers …",
              start, quiet)
-        p = predict_reporting_warnings(spec, X, order, targets)
+        p = predict_reporting_warnings(spec, X, order, targets, progress=not quiet)
         outdir.write_text("predictions.json", json.dumps(predictions_json(p), indent=1) + "\n")
         if not _plot(p, outdir.file("plot.png")) and not quiet:
             print("note: matplotlib is not installed, no plot.png (pip install 'derive[plot]')")

@@ -244,8 +244,11 @@ def spec_from_mapping(data: dict, where: str = "spec", targets=None,
         raise DeriveError(f"{where}: inputs must be a finite N × n_0 array, got shape {X.shape}")
     if targets is not None:
         targets = check_targets(targets, "--targets")
-    else:
-        targets = check_targets(data.get("targets", KNOWN_TARGETS), f"{where}: targets")
+    elif "targets" in data:
+        targets = check_targets(data["targets"], f"{where}: targets")
+    else:  # everything that is finite for this σ (Θ is infinite when σ jumps)
+        targets = tuple(t for t in KNOWN_TARGETS
+                        if not (t == "Theta" and spec.activation.ntk_obstacle))
     if order is not None:
         order = _check_order(order, "--order")
     elif "order" in data:

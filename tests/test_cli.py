@@ -21,7 +21,8 @@ ENV = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
 
 
 def _one_error_line(err: str, command: str, kind: str = "error") -> str:
-    lines = err.strip().splitlines()
+    # progress lines of predict may come first; the failure itself is one line, the last
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("predict: ")]
     assert len(lines) == 1, err
     assert lines[0].startswith(f"derive {command}: {kind}: "), err
     assert "Traceback" not in err
