@@ -16,6 +16,9 @@ Symbolic Gaussian engine
     :func:`evaluate_averages`, :class:`Graded`, :class:`Trace`
 Activations and their Gaussian expectations
     :func:`activation`, :func:`known_activations`, :func:`gaussian_expectation`
+User strings
+    :func:`parse` (an ``ast`` whitelist: nothing is evaluated), :class:`DeriveError` (the only
+    exception a public function raises)
 """
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ import importlib
 __version__ = "0.1.0"
 
 _FACADE = {
-    # errors
+    # errors and the parser of user strings
     "DeriveError": "errors",
+    "parse": "parsing",
     # symbolic engine
     "NeuronIndex": "symbols",
     "SampleIndex": "symbols",
