@@ -88,10 +88,12 @@ def _compile_closed_form(cf: ClosedForm) -> Callable:
     syms = [sp.Symbol(v) for v in cf.variables]
     theta = sp.Symbol("theta")
     # sqrt(a b) → sqrt(a) sqrt(b): the product of two large variances overflows long before
-    # the average does (⟨|z1||z2|⟩ at K = 1e300 is 6e299)
-    # (the factors are variances or 1 + 2 K: non-negative, so the split is exact)
+    # the average does (⟨|z1||z2|⟩ at K = 1e300 is 6e299); exact only when every factor is
+    # non-negative whatever the variances K11, K22 ≥ 0 are (K11, 1 + 2 K22, π, …)
+    nonneg = {sp.Symbol(v): sp.Dummy(v, nonnegative=True) for v in ("K11", "K22")}
     expr = cf.formula.replace(
-        lambda e: isinstance(e, sp.Pow) and abs(e.exp) == sp.S.Half and isinstance(e.base, sp.Mul),
+        lambda e: (isinstance(e, sp.Pow) and abs(e.exp) == sp.S.Half and isinstance(e.base, sp.Mul)
+                   and all(a.xreplace(nonneg).is_nonnegative for a in e.base.args)),
         lambda e: sp.Mul(*(sp.Pow(a, e.exp) for a in e.base.args)))
     if theta in expr.free_symbols:
         fn = sp.lambdify(syms + [theta], expr, modules="numpy")

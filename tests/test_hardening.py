@@ -134,8 +134,13 @@ def test_divergent_integrals_are_errors_not_numbers():
         derive.gaussian_expectation("exp(z1**2)", np.eye(1))
     with pytest.raises(DeriveError, match="diverges"):
         derive.gaussian_expectation("exp(z1**2/4)", 3 * np.eye(1))  # c K = 3/4 ≥ 1/2
-    v = derive.gaussian_expectation("exp(z1**2/4)", np.eye(1))  # c K = 1/4: finite, √2
-    assert float(v) == pytest.approx(np.sqrt(2), rel=1e-11)
+    v = derive.gaussian_expectation("exp(z1**2/8)", np.eye(1))  # c K = 1/8: 1/sqrt(1 − 2c)
+    assert float(v) == pytest.approx(1 / np.sqrt(0.75), rel=1e-12)
+    # c K = 1/4: finite (√2), but 2e-12 of it lies beyond the rules' 10 standard deviations
+    with pytest.raises(derive.errors.QuadratureError, match="decays too slowly"):
+        derive.gaussian_expectation("exp(z1**2/4)", np.eye(1))
+    v = derive.gaussian_expectation("exp(z1**2/4)", np.eye(1), tol=1e-10)
+    assert abs(float(v) - np.sqrt(2)) < 1e-10 and v.error >= abs(float(v) - np.sqrt(2))
     with pytest.raises(DeriveError, match="double precision"):
         derive.gaussian_expectation("z1**4", np.array([[1e300]]))
 
