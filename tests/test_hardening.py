@@ -11,6 +11,9 @@ import derive
 from derive.errors import DeriveError, InternalError, boundary
 from derive.prediction import ExpansionWarning
 
+# narrow networks on purpose (fast): the expansion warning is expected
+pytestmark = pytest.mark.filterwarnings("ignore::derive.prediction.ExpansionWarning")
+
 X2 = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
 TANH = derive.MLP(3, 8, "tanh", 0.0, 1.0)
 
