@@ -19,9 +19,10 @@ whitelist; nothing is ever passed to ``eval``, ``exec``, ``sympy.parse_expr`` or
 Everything else — attribute access, lambdas, comprehensions, strings, keyword arguments,
 starred arguments, names not in the tables, calls of anything but a listed function name — is
 refused with a :class:`~derive.errors.ParseError` that quotes the offending part.  Limits on
-the length (:data:`MAX_LENGTH`), the nesting depth (:data:`MAX_DEPTH`), the size of whole
-numbers and of exponents (:data:`MAX_EXPONENT`; numeric powers must stay within float range)
-keep SymPy from being asked to build something that takes minutes or all the memory.
+the length (:data:`MAX_LENGTH`), the number of syntax nodes (:data:`MAX_NODES`) and of
+arguments of a call (:data:`MAX_ARGS`), the nesting depth (:data:`MAX_DEPTH`), the size of
+whole numbers and of exponents (:data:`MAX_EXPONENT`; numeric powers must stay within float
+range) keep SymPy from being asked to build something that takes minutes or all the memory.
 
 >>> import sympy as sp
 >>> z = sp.Symbol("z")
@@ -43,7 +44,7 @@ import sympy as sp
 from .errors import DeriveError, ParseError, boundary
 
 __all__ = ["parse", "as_expr", "FUNCTIONS", "CONSTANTS", "MAX_LENGTH", "MAX_DEPTH",
-           "MAX_INT_DIGITS", "MAX_EXPONENT"]
+           "MAX_NODES", "MAX_ARGS", "MAX_INT_DIGITS", "MAX_EXPONENT"]
 
 #: functions a user expression may call (name → SymPy class); one table for every parser use
 FUNCTIONS = {name: getattr(sp, name) for name in (
@@ -56,6 +57,11 @@ CONSTANTS = {"pi": sp.pi, "E": sp.E}
 MAX_LENGTH = 2000
 #: deepest accepted nesting of the syntax tree
 MAX_DEPTH = 60
+#: most nodes of the syntax tree (SymPy's work grows faster than the text: Max of 300
+#: arguments takes seconds to build and minutes to analyse)
+MAX_NODES = 200
+#: most arguments of one function call (Piecewise: pieces)
+MAX_ARGS = 12
 #: most digits of a whole number
 MAX_INT_DIGITS = 30
 #: largest |exponent| of a power of a non-number (z**100 is fine, z**10**10 is not)
@@ -255,6 +261,10 @@ class _Builder:
                 self.fail(a, "a starred argument")
         if not node.args:
             self.fail(node, f"{fname} with no arguments")
+        if len(node.args) > MAX_ARGS:
+            raise ParseError(f"the {self.what} {_quote(self.text)} calls {fname} with "
+                             f"{len(node.args)} arguments, more than {MAX_ARGS}; nest the calls "
+                             "or simplify")
         if fname == "Piecewise":
             pieces = []
             for a in node.args:
@@ -332,6 +342,10 @@ def parse(text: str, variables: Mapping | None = None, *, what: str = "expressio
     except (ValueError, RecursionError, MemoryError) as err:
         raise ParseError(f"the {what} {_quote(src)} could not be read: "
                          f"{err.__class__.__name__}") from None
+    nodes = sum(1 for _ in ast.walk(tree))
+    if nodes > MAX_NODES:
+        raise ParseError(f"the {what} {_quote(src)} has {nodes} syntax nodes, more than the limit "
+                         f"of {MAX_NODES}; simplify it")
     builder = _Builder(src, what, variables, fields, functions)
     try:
         out = builder.build(tree)

@@ -21,8 +21,8 @@ import sympy as sp
 import derive
 from derive.cli import main
 from derive.errors import DeriveError, ParseError
-from derive.parsing import (FUNCTIONS, MAX_DEPTH, MAX_EXPONENT, MAX_INT_DIGITS, MAX_LENGTH,
-                            as_expr, parse)
+from derive.parsing import (FUNCTIONS, MAX_ARGS, MAX_DEPTH, MAX_EXPONENT, MAX_INT_DIGITS,
+                            MAX_LENGTH, MAX_NODES, as_expr, parse)
 
 ROOT = Path(__file__).resolve().parents[1]
 z = sp.Symbol("z")
@@ -172,6 +172,12 @@ def test_limits():
         parse("z + 0**-1", {"z": z})
     with pytest.raises(ParseError, match="divides by zero"):
         parse("z/0", {"z": z})
+    # SymPy's work grows faster than the text: Max of 300 arguments took 12 s to build and
+    # its analysis did not finish in 5 minutes
+    with pytest.raises(ParseError, match=f"more than {MAX_ARGS}"):
+        parse("Max(" + ", ".join(f"{k}*z" for k in range(2, 2 + MAX_ARGS + 1)) + ")", {"z": z})
+    with pytest.raises(ParseError, match="syntax nodes"):
+        parse("+".join(f"Max(z - {k}, 0)" for k in range(MAX_NODES // 5)), {"z": z})
     # the limits are generous for real activations
     assert parse(f"z**{MAX_EXPONENT}", {"z": z}) == z ** MAX_EXPONENT
 
