@@ -115,13 +115,6 @@ def _predict_cmd(args) -> int:
 
     tol = None if args.tol is None else _positive_float(args.tol, "--tol", "1e-10")
     spec, X, targets, order = load_spec(args.spec, targets=args.targets, order=args.order)
-    if tol is not None:
-        import inspect
-
-        from .prediction import predict
-
-        if "tol" not in inspect.signature(predict).parameters:
-            raise _fail("--tol: this version of derive.predict takes no tolerance; leave --tol out")
     p = predict_reporting_warnings(spec, X, order, targets, progress=not args.json, tol=tol)
     if args.json:
         print(json.dumps(predictions_json(p), indent=1))
@@ -227,13 +220,9 @@ def _wick(args) -> int:
         if tok.strip():
             names[tok.strip()] = sample_indices(tok.strip())[0]
 
-    class _Z:
-        def __getitem__(self, idx):
-            return z[idx]
+    from .parsing import parse
 
-    from .activations import parse_function
-
-    expr = parse_function(args.expr, {**names, "z": _Z()}, "expression")
+    expr = parse(args.expr, names, fields={"z": z})
     trace = Trace() if args.trace else None
     result = wick(expr, trace=trace)
     if trace is not None:

@@ -38,16 +38,14 @@ def _say(msg: str, start: float, quiet: bool) -> None:
 
 def predict_reporting_warnings(spec, X, order, targets, progress: bool = False, tol=None):
     """:func:`derive.predict`, its warnings (e.g. a large expansion parameter) printed as one
-    line each on stderr instead of Python's warning format.  ``tol`` (absolute quadrature
-    tolerance) is passed on only when given."""
+    line each on stderr instead of Python's warning format."""
     import warnings
 
     from .prediction import predict
 
-    kw = {} if tol is None else {"tol": tol}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        p = predict(spec, X, order=order, targets=targets, progress=progress, **kw)
+        p = predict(spec, X, order=order, targets=targets, progress=progress, tol=tol)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     return p
