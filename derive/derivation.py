@@ -29,7 +29,7 @@ from .spec import MLP
 from .symbols import GaussianAverage
 from .trace import Trace
 
-__all__ = ["derive", "Derivation", "TARGETS"]
+__all__ = ["derive", "Derivation", "TARGETS", "check_targets", "finite_targets"]
 
 #: quantity → (order at which it enters, LaTeX)
 TARGETS = {
@@ -124,7 +124,16 @@ def _reads(expr: sp.Expr) -> dict[str, set]:
     return out
 
 
-def _check_targets(targets) -> tuple[str, ...]:
+def finite_targets(act, order: int = 1) -> tuple[str, ...]:
+    """The default targets: every quantity that enters at ``order`` or below and is finite for
+    the activation ``act`` (Θ is infinite when σ jumps)."""
+    return tuple(t for t in ("K", "V", "G1", "Theta") if TARGETS[t][0] <= order
+                 and not (t == "Theta" and act.ntk_obstacle))
+
+
+def check_targets(targets, act=None) -> tuple[str, ...]:
+    """``targets`` (a name or a list of names of :data:`TARGETS`) as a tuple without repeats,
+    or a DeriveError; with ``act``, Θ is refused when it is infinite for that activation."""
     if isinstance(targets, str):
         targets = [targets]
     try:
@@ -137,6 +146,8 @@ def _check_targets(targets) -> tuple[str, ...]:
     for t in targets:
         if not isinstance(t, str) or t not in TARGETS:
             raise UnknownNameError("target", str(t)[:40], TARGETS)
+    if act is not None and "Theta" in targets:
+        act.require_ntk()
     return tuple(dict.fromkeys(targets))
 
 
@@ -155,12 +166,8 @@ def derive(spec: MLP, targets=None, order: int = 1) -> Derivation:
     if not isinstance(spec, MLP):
         raise DeriveError(f"spec must be a derive.MLP, got {type(spec).__name__}")
     order = check_order(order)
-    if targets is None:
-        targets = tuple(t for t in ("K", "V", "G1", "Theta") if TARGETS[t][0] <= order
-                        and not (t == "Theta" and spec.activation.ntk_obstacle))
-    targets = _check_targets(targets)
-    if "Theta" in targets:
-        spec.activation.require_ntk()
+    targets = finite_targets(spec.activation, order) if targets is None else \
+        check_targets(targets, spec.activation)
     too_high = [t for t in targets if TARGETS[t][0] > order]
     if too_high:
         raise DeriveError(f"targets {too_high} are O(1/n) quantities; ask for order=1 to get them")

@@ -416,12 +416,12 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                 res[name][l + 1] = np.zeros((N, N))
                 continue
             res[name][l + 1] = _fill_sym2(N, C2, forms[name].evaluate(C2, scalars, ev))
-        tick = None
-        if detail is not None:
-            def tick(k, n, l=l):
-                ev.detail = lambda msg: detail(f"layer {l + 1}/{spec.depth}: V on {len(C4)} "
-                                               f"components, term {k}/{n}: {msg}")
-        res["V"][l + 1] = fill_v(C4, forms["V"].evaluate(C4, scalars, ev, tick))
+        def tick(k, n, l=l):  # before V's k-th term: name it in the progress messages
+            ev.detail = lambda msg: detail(f"layer {l + 1}/{spec.depth}: V on {len(C4)} "
+                                           f"components, term {k}/{n}: {msg}")
+
+        res["V"][l + 1] = fill_v(C4, forms["V"].evaluate(C4, scalars, ev,
+                                                         tick if detail is not None else None))
         _check_kernel(res["K"][l + 1], l + 1)
         error = max(error, ev.error)
         if progress is not None:

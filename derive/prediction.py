@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .contractions import check_order
+from .derivation import check_targets, finite_targets
 from .errors import DeriveError, boundary
-from .evaluate import TARGETS, _DiagonalVertex, iterate_mlp
+from .evaluate import _DiagonalVertex, iterate_mlp
 from .spec import MLP
 
 __all__ = ["predict", "Prediction", "ExpansionWarning"]
@@ -123,25 +124,6 @@ def _inputs(X) -> np.ndarray:
         raise DeriveError(f"{arr.shape[0]} inputs are more than {MAX_INPUTS}: the kernels are "
                           "N × N per layer; predict on a subset")
     return arr
-
-
-def _targets(targets, act) -> tuple:
-    if targets is None:  # everything that is finite for this activation
-        return tuple(t for t in TARGETS if not (t == "Theta" and act.ntk_obstacle))
-    if isinstance(targets, str):
-        targets = (targets,)
-    try:
-        targets = tuple(targets)
-    except TypeError:
-        raise DeriveError(f"targets must be a list of names from {list(TARGETS)}, got "
-                          f"{targets!r:.60}") from None
-    bad = [t for t in targets if not isinstance(t, str) or t not in TARGETS]
-    if bad or not targets:
-        raise DeriveError(f"unknown target(s) {bad!r:.80}; predict computes {list(TARGETS)}"
-                          if bad else f"give at least one target from {list(TARGETS)}")
-    if "Theta" in targets:
-        act.require_ntk()
-    return tuple(dict.fromkeys(targets))
 
 
 def _route(N: int, targets: tuple) -> str:
@@ -247,7 +229,9 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
 
     tol = _check_tol(tol)
     X = _inputs(X)
-    targets = _targets(targets, spec.activation)
+    # by default everything finite for σ, G1 and V included at order 0 (G1 then is zero)
+    targets = finite_targets(spec.activation) if targets is None else \
+        check_targets(targets, spec.activation)
     N = X.shape[0]
     route = _route(N, targets)
     start = time.perf_counter()

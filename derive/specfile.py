@@ -247,8 +247,9 @@ def spec_from_mapping(data: dict, where: str = "spec", targets=None,
     elif "targets" in data:
         targets = check_targets(data["targets"], f"{where}: targets")
     else:  # everything that is finite for this σ (Θ is infinite when σ jumps)
-        targets = tuple(t for t in KNOWN_TARGETS
-                        if not (t == "Theta" and spec.activation.ntk_obstacle))
+        from .derivation import finite_targets
+
+        targets = finite_targets(spec.activation)
     if order is not None:
         order = _check_order(order, "--order")
     elif "order" in data:
