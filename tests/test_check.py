@@ -6,7 +6,6 @@ import pytest
 
 import derive
 from derive.cli import main
-from derive.montecarlo import MonteCarloError
 from derive.reality import CheckError
 
 X1 = np.array([[1.0, -0.4, 0.7]])
@@ -87,19 +86,7 @@ def test_check_bad_input(tmp_path, capsys):
     assert "≥ 2" in capsys.readouterr().err
 
 
-def test_check_keeps_partial_results(monkeypatch):
-    import derive.reality as reality
-
-    real = reality.sample
-    calls = []
-
-    def failing(spec, *a, **k):
-        calls.append(spec.widths[0])
-        if len(calls) == 2:
-            raise MonteCarloError("layer 3: preactivations overflowed (NaN/inf)")
-        return real(spec, *a, **k)
-
-    monkeypatch.setattr(reality, "sample", failing)
+def test_check_keeps_partial_results(fail_at_second_width):
     with pytest.raises(CheckError, match="width 8.*overflowed.*kept for widths \\[4\\]") as info:
         derive.check(derive.MLP(3, 4, "tanh", 0.0, 1.0), X1, widths=(4, 8), samples=400)
     part = info.value.partial
