@@ -30,7 +30,7 @@ from .errors import DeriveError, boundary
 from .evaluate import _DiagonalVertex, iterate_mlp
 from .spec import MLP
 
-__all__ = ["predict", "Prediction", "ExpansionWarning"]
+__all__ = ["predict", "Prediction", "ExpansionWarning", "plan_work", "vertex_work"]
 
 
 class ExpansionWarning(UserWarning):
@@ -133,17 +133,20 @@ def _route(N: int, targets: tuple) -> str:
     return "batched" if "V" in targets and N >= 3 else "generated"
 
 
-def _vertex_work(N: int) -> dict:
-    """Vertex components per layer by number of distinct samples (one per symmetry orbit)."""
-    from .evaluate import _vertex_orbits
+def vertex_work(N: int) -> dict:
+    """Vertex components per layer (one per orbit of V's pair symmetries, as the batched
+    evaluator computes them) by their number of distinct samples: N with one, 4 C(N, 2) with
+    two ((xx)(yy), (xy)(xy), (xx)(xy), (yy)(xy)), 6 C(N, 3) with three (a doubled sample beside
+    a distinct pair, or two pairs sharing one sample: 3 ways each), 3 C(N, 4) with four."""
+    from math import comb
 
-    C = np.sort(_vertex_orbits(N), axis=1)
-    distinct = 1 + np.count_nonzero(np.diff(C, axis=1), axis=1)
-    return {k: int(np.sum(distinct == k)) for k in (1, 2, 3, 4)}
+    return {1: N, 2: 4 * comb(N, 2), 3: 6 * comb(N, 3), 4: 3 * comb(N, 4)}
 
 
-def _plan_work(spec: MLP, N: int, targets: tuple, route: str, say) -> None:
-    """Say what the run will do; refuse what cannot finish (memory, or days of quadrature)."""
+def plan_work(spec: MLP, N: int, targets: tuple, say=None) -> str:
+    """The route for ``N`` inputs and ``targets``, after refusing what cannot finish (more than
+    :data:`MAX_BYTES` of arrays, or more than :data:`MAX_SECONDS` of vertex averages, with the
+    cheaper alternatives); ``say(message)`` is told what the run will do."""
     L = spec.depth
     arrays = sum(1 for t in targets if t != "V") + 1
     mem = L * N * N * 8 * arrays + (L * N ** 4 * 8 if "V" in targets else 0)
@@ -151,11 +154,13 @@ def _plan_work(spec: MLP, N: int, targets: tuple, route: str, say) -> None:
         raise DeriveError(f"the requested arrays take about {mem / 2 ** 30:.0f} GiB ({N} inputs, "
                           f"{L} layers{', V is N⁴' if 'V' in targets else ''}); ask for fewer "
                           "inputs or targets (K, Θ, G1 need only N² per layer)")
+    say = say or (lambda msg: None)
+    route = _route(N, targets)
     if route == "generated":
         say(f"predict: {N} input(s), {L} layers, targets {', '.join(targets)}: generated "
             "evaluator (closed forms or fixed quadrature on all pairs)")
-        return
-    work = _vertex_work(N)
+        return route
+    work = vertex_work(N)
     kinked = bool(spec.activation.kinks)
     seconds = (L - 1) * (work[3] * _SECONDS[3, kinked] + work[4] * _SECONDS[4, kinked])
     say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator for "
@@ -169,6 +174,7 @@ def _plan_work(spec: MLP, N: int, targets: tuple, route: str, say) -> None:
             f"{_duration(seconds)}; this is not practical.  Leave V out (K, Θ and G1 on all "
             "pairs take seconds), or predict V for at most 2 inputs at a time (pairs are exact "
             "through the generated evaluator), or for fewer inputs")
+    return route
 
 
 def _duration(seconds: float) -> str:
@@ -233,14 +239,13 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
     targets = finite_targets(spec.activation) if targets is None else \
         check_targets(targets, spec.activation)
     N = X.shape[0]
-    route = _route(N, targets)
     start = time.perf_counter()
 
     def say(msg):
         if progress:
             print(msg, file=sys.stderr, flush=True)
 
-    _plan_work(spec, N, targets, route, say)
+    route = plan_work(spec, N, targets, say)
 
     def report(l, L):
         say(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)")

@@ -38,7 +38,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["KNOWN_KEYS", "KNOWN_TARGETS", "MAX_DEPTH", "MAX_V_BYTES", "load_spec",
+__all__ = ["KNOWN_KEYS", "KNOWN_TARGETS", "MAX_DEPTH", "load_spec",
            "spec_from_mapping", "check_targets", "default_order", "DEMO"]
 
 KNOWN_KEYS = ("activation", "depth", "widths", "C_b", "C_W", "lambda_b", "lambda_W", "inputs",
@@ -53,9 +53,6 @@ KNOWN_TARGETS = ("K", "V", "G1", "Theta")
 #: beyond any width one can sample, and a typo like ``depth = 1000000000`` must not run for
 #: days.
 MAX_DEPTH = 10_000
-
-#: the memory the full four-point vertex V of all layers may take (N⁴ floats per layer)
-MAX_V_BYTES = 8 * 2 ** 30
 
 #: the built-in default example: tanh at criticality, depth 10, width 64, two inputs
 DEMO = {"activation": "tanh", "depth": 10, "widths": 64, "C_b": 0.0, "C_W": 1.0,
@@ -256,14 +253,14 @@ def spec_from_mapping(data: dict, where: str = "spec", targets=None,
         order = _check_order(data["order"], where)
     else:
         order = default_order(targets)
-    if "V" in targets:
-        v_bytes = 8 * X.shape[0] ** 4 * depth
-        if X.shape[0] > 2 and v_bytes > MAX_V_BYTES:
-            raise DeriveError(f"{where}: the four-point vertex V of {X.shape[0]} inputs through "
-                              f"{depth} layers takes {v_bytes / 2 ** 30:.0f} GiB (N⁴ numbers per "
-                              f"layer, at most {MAX_V_BYTES // 2 ** 30} GiB); leave V out of the "
-                              f"targets (e.g. targets = [\"K\", \"G1\", \"Theta\"]) or use fewer "
-                              f"inputs")
+    # what predict would refuse (memory, hours of vertex averages) is refused now, before
+    # the derivation and the documents
+    from .prediction import plan_work
+
+    try:
+        plan_work(spec, X.shape[0], targets)
+    except DeriveError as err:
+        raise DeriveError(f"{where}: {err}") from None
     return spec, X, targets, order
 
 

@@ -190,6 +190,27 @@ def test_hopeless_runs_are_refused_up_front_and_long_ones_announced(capsys):
     assert p.route == "generated" and "generated evaluator" in err
 
 
+def test_vertex_work_counts_the_orbits_the_batched_evaluator_computes():
+    from derive.evaluate import _vertex_orbits
+    from derive.prediction import vertex_work
+
+    for N in (1, 2, 3, 5, 10):
+        C = np.sort(_vertex_orbits(N), axis=1)
+        distinct = 1 + np.count_nonzero(np.diff(C, axis=1), axis=1)
+        assert vertex_work(N) == {k: int(np.sum(distinct == k)) for k in (1, 2, 3, 4)}
+
+
+def test_spec_files_are_refused_before_the_derivation_when_predict_would_refuse(tmp_path):
+    from derive.specfile import load_spec
+
+    rows = ", ".join(f"[{k}.0, {k % 3}.5, 1.0]" for k in range(60))
+    path = tmp_path / "big.toml"
+    path.write_text(f'activation = "relu"\ndepth = 8\nwidths = 100\nC_W = 2.0\n'
+                    f'inputs = [{rows}]\ntargets = ["K", "V"]\n')
+    with pytest.raises(DeriveError, match="big.toml.*not practical"):
+        load_spec(path)
+
+
 def test_expansion_warning_threshold_is_validated_and_used():
     with pytest.warns(ExpansionWarning):
         derive.predict(derive.MLP(30, 4, "tanh", 0, 1), X2, warn_threshold=0.01)
