@@ -25,7 +25,10 @@ from .errors import DeriveError
 
 __all__ = ["MLP", "MAX_DEPTH", "MAX_WIDTH"]
 
-#: deepest network accepted (the expansion parameter is depth/width; deeper specs are typos)
+#: the deepest network accepted.  The recursions are evaluated layer by layer (milliseconds
+#: to tens of milliseconds per layer), and the 1/n expansion they come from needs depth ≪ width
+#: (its parameter grows like depth/width, THEORY §5): 10000 layers is far beyond any width one
+#: can sample, and a typo like ``depth = 1000000000`` must not run for days.
 MAX_DEPTH = 10_000
 #: widest layer accepted (widths enter as exact floats: below 2**53)
 MAX_WIDTH = 2 ** 53

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DeriveError
-from .spec import MLP
+from .spec import MAX_DEPTH, MLP
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,13 +46,6 @@ KNOWN_KEYS = ("activation", "depth", "widths", "C_b", "C_W", "lambda_b", "lambda
 
 #: the quantities derive can derive and evaluate (the ``targets`` key, ``--targets``)
 KNOWN_TARGETS = ("K", "V", "G1", "Theta")
-
-#: the deepest network a spec may describe.  The recursions are evaluated layer by layer
-#: (milliseconds to tens of milliseconds per layer), and the 1/n expansion they come from
-#: needs depth ≪ width (its parameter grows like depth/width, THEORY §5): 10000 layers is far
-#: beyond any width one can sample, and a typo like ``depth = 1000000000`` must not run for
-#: days.
-MAX_DEPTH = 10_000
 
 #: the built-in default example: tanh at criticality, depth 10, width 64, two inputs
 DEMO = {"activation": "tanh", "depth": 10, "widths": 64, "C_b": 0.0, "C_W": 1.0,
