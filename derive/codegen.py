@@ -20,6 +20,7 @@ import jinja2
 import sympy as sp
 
 from .errors import DeriveError
+from .layerstep import cached_layer_step
 from .printing import book_latex, latex_terms, notation, tex_text
 from .symbols import tensor
 
@@ -85,8 +86,6 @@ def _version() -> str:
 
 
 def _context(d, text) -> dict:
-    from .evaluate import cached_layer_step
-
     step = cached_layer_step()
     spec = d.spec
     act = spec.activation

@@ -24,7 +24,7 @@ import sympy as sp
 
 from .contractions import check_order
 from .errors import DeriveError, UnknownNameError, boundary
-from .layerstep import WIDTH, WIDTH_PREV, LayerStep
+from .layerstep import WIDTH, WIDTH_PREV, LayerStep, cached_layer_step
 from .spec import MLP
 from .symbols import GaussianAverage
 from .trace import Trace
@@ -161,8 +161,6 @@ def derive(spec: MLP, targets=None, order: int = 1) -> Derivation:
     the spec; the spec fixes depth, widths and hyperparameters used by the plan and by
     :func:`derive.predict`).
     """
-    from .evaluate import cached_layer_step
-
     if not isinstance(spec, MLP):
         raise DeriveError(f"spec must be a derive.MLP, got {type(spec).__name__}")
     order = check_order(order)

@@ -4,7 +4,7 @@ The emitted module (template ``templates/evaluator.py.j2``) imports only numpy a
 What it contains is printed from the derivation, not written by hand:
 
 * the recursions of K and Θ on all pairs of inputs, from the derived component forms
-  specialised to the activation (:func:`derive.evaluate.specialise`);
+  specialised to the activation (:func:`derive.specialise.specialise`);
 * the diagonal recursions of G1 and V (single input, V_{(αα)(αα)}), from the derived
   *contracted* forms Σ_β T_β ⟨∂_β f⟩ with every sample index set equal: each contraction is
   T_αα… Π_k ⟨∂^{r_k} F_k⟩, printed as a derivative of F (smooth σ) or, for σ with kinks, as
@@ -32,11 +32,12 @@ from sympy.core.sorting import default_sort_key
 from sympy.printing.numpy import SciPyPrinter
 
 from .errors import DeriveError
-from .evaluate import cached_layer_step, specialise
 from .gaussian import _PANELS as _GAUSS_PANELS
 from .gaussian import _closed_form_plan, separable_terms
+from .layerstep import cached_layer_step
 from .parsing import as_expr
 from .printing import book_latex
+from .specialise import specialise
 from .symbols import DerivativeContraction, GaussianAverage, RandomVar
 
 __all__ = ["numpy_module_source", "NumpyPrinter", "load_generated"]

@@ -38,44 +38,23 @@ from itertools import combinations_with_replacement, permutations
 
 import numpy as np
 import sympy as sp
-from sympy.core.function import AppliedUndef
 from sympy.core.sorting import default_sort_key
 
 from .activations import Activation
 from .derivation import TARGETS as _PLANNED
 from .errors import CovarianceError, DeriveError
 from .gaussian import gaussian_expectation
-from .layerstep import SIGMA, WIDTH, WIDTH_PREV, LayerStep, derive_layer_step
-from .nearly_gaussian import _average
+from .layerstep import WIDTH, WIDTH_PREV, cached_layer_step
 from .spec import MLP
+from .specialise import specialise
 from .symbols import DerivativeContraction, GaussianAverage, RandomVar
 
-__all__ = ["specialise", "CompiledForm", "iterate_mlp", "cached_layer_step", "TARGETS"]
+__all__ = ["CompiledForm", "iterate_mlp", "TARGETS"]
 
 #: the quantities a layer step derives, in evaluation order (the planner's table)
 TARGETS = tuple(_PLANNED)
 #: the merged variables of an average after coinciding samples are identified
 _Z = sp.symbols("z1:9")
-
-
-@lru_cache(maxsize=1)
-def cached_layer_step() -> LayerStep:
-    """The generic layer step, derived once per process."""
-    return derive_layer_step()
-
-
-def specialise(expr: sp.Expr, act: Activation) -> sp.Expr:
-    """σ → the activation in every average and contraction (THEORY §6 step 6); derivatives
-    inside plain averages are carried out, those of a contraction are kept for evaluation."""
-    def put(f):
-        return f.replace(lambda x: isinstance(x, AppliedUndef) and x.func == SIGMA,
-                         lambda x: act(x.args[0]))
-
-    expr = expr.replace(lambda x: isinstance(x, DerivativeContraction),
-                        lambda x: DerivativeContraction(x.tensor, [put(f) for f in x.functions],
-                                                        x.groups, x.kernel))
-    return expr.replace(lambda x: isinstance(x, GaussianAverage),
-                        lambda x: _average(put(x.function).doit(), x.kernel))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ by the product rule (rule ``derivative.collapse``) into the component forms ``K`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import sympy as sp
 
@@ -44,7 +45,7 @@ from .symbols import (Family, NeuronIndex, NeuronSum, RandomVar, bias, nearly_ga
                       neuron_indices, sample_indices, weight)
 from .trace import Trace
 
-__all__ = ["LayerStep", "derive_layer_step", "expect_neuron_sums", "ntk_mean_lo", "SIGMA", "NTK",
+__all__ = ["LayerStep", "derive_layer_step", "cached_layer_step", "expect_neuron_sums", "ntk_mean_lo", "SIGMA", "NTK",
            "WIDTH", "WIDTH_PREV"]
 
 #: the abstract activation
@@ -253,3 +254,9 @@ def derive_layer_step(order: int = 1, trace: Trace | None = None) -> LayerStep:
                  sp.Tuple(collapsed["G1"], collapsed["V"]))
     return LayerStep(collapsed["K"], collapsed["G1"], collapsed["V"], collapsed["Theta"], a, zeta,
                      C_b, C_W, lam_b, lam_W, trace, contracted, per_target)
+
+
+@lru_cache(maxsize=1)
+def cached_layer_step() -> LayerStep:
+    """The generic layer step, derived once per process."""
+    return derive_layer_step()
