@@ -1,6 +1,6 @@
 """Generated numpy evaluators (issue: codegen).  K + Θ through L = 20 layers for N inputs:
 the generated module (``Derivation.numpy_module()``) against the lambdified recursions of
-``derive.evaluate`` (the same derived forms, SymPy lambdify + batched gaussian_expectation).
+``derive.numeric.evaluate`` (the same derived forms, SymPy lambdify + batched gaussian_expectation).
 Reference points on this machine (the issue): neural-tangents ReLU NNGP+NTK, N = 100, L = 20:
 about 4 ms per call after compilation; tanh about 2.3 s at only 1e-5 (Gauss–Hermite 25).
 Targets: ReLU/erf no slower than that; tanh at 1e-10 faster than 2.3 s.  Also K + Θ + G1 with
@@ -23,8 +23,8 @@ def _time(fn, repeat=1):
 
 def run(quick: bool = False):
     import derive
-    from derive.emit_numpy import load_generated
-    from derive.evaluate import iterate_mlp
+    from derive.emit.numpy_module import load_generated
+    from derive.numeric.evaluate import iterate_mlp
 
     rows = []
     rng = np.random.default_rng(0)
@@ -47,7 +47,7 @@ def run(quick: bool = False):
                          "ok": (t_gen < ref) if N == 100 else None})
             if N <= 100:
                 t_lam = _time(lambda: iterate_mlp(spec, X, order=0, targets=("K", "Theta")))
-                rows.append({"what": f"{act}: lambdify route (derive.evaluate), same job, N={N}",
+                rows.append({"what": f"{act}: lambdify route (derive.numeric.evaluate), same job, N={N}",
                              "seconds": t_lam, "target": "-", "ok": None})
         # NLO: G1 on all pairs with V on the components of at most two distinct samples
         # (what G1 needs); the lambdify route needs the full V (N⁴) for the same G1

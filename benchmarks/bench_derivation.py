@@ -19,14 +19,14 @@ def _fresh_process_seconds(body: str) -> float:
 
 
 COLD_DERIVATION = """
-from derive.layerstep import derive_layer_step
+from derive.derivation.layerstep import derive_layer_step
 derive_layer_step()
 """
 
 LAYER2_VERTEX = """
 import sympy as sp
 from derive import NeuronSum, bias, nearly_gaussian_field, neuron_indices, sample_indices, split_sum, weight, wick
-from derive.layerstep import SIGMA, WIDTH, expect_neuron_sums
+from derive.derivation.layerstep import SIGMA, WIDTH, expect_neuron_sums
 n0 = sp.Symbol("n0", positive=True)
 C_b, C_W = sp.symbols("C_b C_W")
 i1, i2, i3, i4, j = neuron_indices("i1 i2 i3 i4 j")

@@ -1,5 +1,5 @@
 """Monte Carlo throughput (issue: reality checks): network-layers per second of
-``derive.montecarlo.sample`` (batched over networks, metric + four-point estimators, no NTK) at
+``derive.reality.montecarlo.sample`` (batched over networks, metric + four-point estimators, no NTK) at
 widths 64, 256, 1024, against a plain per-network numpy loop doing only the forward pass
 (one matmul per layer and network, no estimators); and the notebooks' total run time
 (executed as scripts in a subprocess, without the Jupyter kernel start-up)."""
@@ -44,7 +44,7 @@ def _notebook_seconds(path: Path) -> float:
 
 def run(quick: bool = False):
     import derive
-    from derive.montecarlo import sample
+    from derive.reality.montecarlo import sample
 
     rows = []
     X = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
@@ -59,7 +59,7 @@ def run(quick: bool = False):
         t0 = time.perf_counter()
         _plain_loop(spec, X, S_loop, np.random.default_rng(0))
         t_loop = time.perf_counter() - t0
-        rows.append({"what": f"width {n}, depth {depth}, N=2: derive.montecarlo.sample",
+        rows.append({"what": f"width {n}, depth {depth}, N=2: derive.reality.montecarlo.sample",
                      "networks": S, "layers/s": S * depth / t_mc, "seconds": t_mc})
         rows.append({"what": f"width {n}: plain per-network numpy loop (forward only)",
                      "networks": S_loop, "layers/s": S_loop * depth / t_loop, "seconds": t_loop})

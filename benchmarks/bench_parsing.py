@@ -1,4 +1,4 @@
-"""The safe parser (derive.parsing.parse): time per string (issue: hardening, target: the parser
+"""The safe parser (derive.base.parsing.parse): time per string (issue: hardening, target: the parser
 adds less than 1 ms per activation string), beside the time SymPy itself takes to build the same
 expression by direct calls (which any parser pays: Min/Max compare their arguments when built)
 and the SymPy parser it replaced (parse_expr, which ends in eval and is timed here only as a
@@ -14,7 +14,7 @@ import time
 import sympy as sp
 from sympy.parsing.sympy_parser import convert_xor, parse_expr, standard_transformations
 
-from derive.parsing import FUNCTIONS, parse
+from derive.base.parsing import FUNCTIONS, parse
 
 _z = sp.Symbol("z")
 #: each string with the same expression built directly by SymPy calls (what any parser pays)
@@ -44,7 +44,7 @@ def _per_call(fn, reps: int) -> float:
 
 
 def run(quick: bool = False):
-    from derive.activations import _from_string
+    from derive.activations.catalogue import _from_string
 
     z = _z
     reps = 20 if quick else 200

@@ -17,7 +17,7 @@ import time
 import sympy as sp
 
 from derive import NeuronSum, gaussian_field, neuron_indices, sample_indices, wick
-from derive.pairings import double_factorial
+from derive.algebra.pairings import double_factorial
 
 TARGETS = {12: 1.5, 14: 10.0}
 

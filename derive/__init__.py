@@ -4,8 +4,18 @@ The conventions (parametrisation, normalisations, index placement) are those of
 *The Principles of Deep Learning Theory* (Roberts, Yaida, Hanin) as fixed in THEORY.md.
 
 The facade below is short on purpose; everything else lives in modules named by what they
-do (``derive.contractions``, ``derive.pairings``, ``derive.gaussian``, ...).  Names are imported
-lazily so that ``import derive`` stays fast.
+do, in one sub-package per stage of the pipeline, each importing only from its own stage and
+the ones before it (tests/test_layout.py):
+
+    base → algebra → activations → architectures → derivation → emit → numeric → reality → cli
+
+``derive.base`` (errors, the parser of user strings, rule files), ``derive.algebra`` (the
+symbolic Gaussian engine: ``derive.algebra.contractions``, ``derive.algebra.pairings``, ...),
+``derive.activations`` (the catalogue, Gaussian expectations, criticality),
+``derive.architectures`` (``MLP``), ``derive.derivation`` (the layer step and ``derive``),
+``derive.emit`` (LaTeX, documents, numpy modules), ``derive.numeric`` (``predict``),
+``derive.reality`` (Monte Carlo, ``check``) and ``derive.cli`` (the ``derive`` command).
+Names are imported lazily so that ``import derive`` stays fast.
 
 Symbolic Gaussian engine
     :func:`wick`, :class:`E`, :func:`neuron_indices`, :func:`sample_indices`,
@@ -28,51 +38,51 @@ __version__ = "0.1.0"
 
 _FACADE = {
     # errors and the parser of user strings
-    "DeriveError": "errors",
-    "parse": "parsing",
+    "DeriveError": "base.errors",
+    "parse": "base.parsing",
     # symbolic engine
-    "NeuronIndex": "symbols",
-    "SampleIndex": "symbols",
-    "neuron_indices": "symbols",
-    "sample_indices": "symbols",
-    "Family": "symbols",
-    "gaussian_field": "symbols",
-    "nearly_gaussian_field": "symbols",
-    "bias": "symbols",
-    "weight": "symbols",
-    "tensor": "symbols",
-    "NeuronSum": "symbols",
-    "GaussianAverage": "symbols",
-    "DerivativeContraction": "symbols",
-    "simplify_sums": "contractions",
-    "wick": "contractions",
-    "E": "contractions",
-    "Trace": "trace",
-    "split_sum": "contractions",
-    "cumulant": "cumulants",
-    "moment_from_cumulants": "cumulants",
-    "nearly_gaussian_expectation": "nearly_gaussian",
-    "perturbative_expectation": "nearly_gaussian",
-    "evaluate_averages": "nearly_gaussian",
-    "integrate_by_parts": "nearly_gaussian",
-    "collapse_contractions": "nearly_gaussian",
-    "Graded": "graded",
+    "NeuronIndex": "algebra.symbols",
+    "SampleIndex": "algebra.symbols",
+    "neuron_indices": "algebra.symbols",
+    "sample_indices": "algebra.symbols",
+    "Family": "algebra.symbols",
+    "gaussian_field": "algebra.symbols",
+    "nearly_gaussian_field": "algebra.symbols",
+    "bias": "algebra.symbols",
+    "weight": "algebra.symbols",
+    "tensor": "algebra.symbols",
+    "NeuronSum": "algebra.symbols",
+    "GaussianAverage": "algebra.symbols",
+    "DerivativeContraction": "algebra.symbols",
+    "simplify_sums": "algebra.contractions",
+    "wick": "algebra.contractions",
+    "E": "algebra.contractions",
+    "Trace": "algebra.trace",
+    "split_sum": "algebra.contractions",
+    "cumulant": "algebra.cumulants",
+    "moment_from_cumulants": "algebra.cumulants",
+    "nearly_gaussian_expectation": "algebra.nearly_gaussian",
+    "perturbative_expectation": "algebra.nearly_gaussian",
+    "evaluate_averages": "algebra.nearly_gaussian",
+    "integrate_by_parts": "algebra.nearly_gaussian",
+    "collapse_contractions": "algebra.nearly_gaussian",
+    "Graded": "algebra.graded",
     # activations and numeric Gaussian expectations
-    "Activation": "activations",
-    "activation": "activations",
-    "known_activations": "activations",
-    "gaussian_expectation": "gaussian",
-    "GaussianValue": "gaussian",
+    "Activation": "activations.catalogue",
+    "activation": "activations.catalogue",
+    "known_activations": "activations.catalogue",
+    "gaussian_expectation": "activations.gaussian",
+    "GaussianValue": "activations.gaussian",
     # networks
-    "MLP": "spec",
-    "derive": "derivation",
-    "Derivation": "derivation",
-    "predict": "prediction",
-    "criticality": "critical",
-    "Criticality": "critical",
-    "check": "reality",
-    "Check": "reality",
-    "Prediction": "prediction",
+    "MLP": "architectures.mlp",
+    "derive": "derivation.derivation",
+    "Derivation": "derivation.derivation",
+    "predict": "numeric.prediction",
+    "criticality": "activations.criticality",
+    "Criticality": "activations.criticality",
+    "check": "reality.check",
+    "Check": "reality.check",
+    "Prediction": "numeric.prediction",
 }
 
 __all__ = sorted(_FACADE) + ["__version__"]

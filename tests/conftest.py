@@ -6,8 +6,8 @@ import pytest
 def fail_at_second_width(monkeypatch) -> list:
     """derive.check's sampler fails at the second width it is asked for (as a diverging
     ensemble would); the fixture's value is the list of widths it was called with."""
-    import derive.reality as reality
-    from derive.montecarlo import MonteCarloError
+    import derive.reality.check as reality
+    from derive.reality.montecarlo import MonteCarloError
 
     real, calls = reality.sample, []
 

@@ -1,6 +1,6 @@
 """Every activation works everywhere: each named activation of rules/ and a list of kinked and
 jumping user strings, through predict's two evaluators (the generated module and the batched
-evaluator of derive.evaluate) for N = 1, 2, 3 inputs and every target, against each other and
+evaluator of derive.numeric.evaluate) for N = 1, 2, 3 inputs and every target, against each other and
 against an independent quadrature written here (scipy.integrate.quad, split at the kinks).
 
 σ that jump (Heaviside, sign, a Piecewise step) have an infinite NTK: Θ must be refused, and
@@ -14,10 +14,10 @@ import sympy as sp
 from scipy import integrate
 
 import derive
-from derive.activations import known_activations
-from derive.emit_numpy import load_generated
-from derive.evaluate import iterate_mlp
-from derive.prediction import _generated
+from derive.activations.catalogue import known_activations
+from derive.emit.numpy_module import load_generated
+from derive.numeric.evaluate import iterate_mlp
+from derive.numeric.prediction import _generated
 
 USER_STRINGS = [
     "Abs(z)",                              # kink, scale-invariant

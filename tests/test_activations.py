@@ -4,8 +4,8 @@ import pytest
 import sympy as sp
 
 from derive import activation, known_activations
-from derive.activations import z
-from derive.errors import DeriveError, ParseError, UnknownNameError
+from derive.activations.catalogue import z
+from derive.base.errors import DeriveError, ParseError, UnknownNameError
 
 REQUIRED = {"linear", "relu", "leaky_relu", "tanh", "erf", "sigmoid", "softplus", "gelu", "swish", "sin"}
 

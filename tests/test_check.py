@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import derive
-from derive.cli import main
-from derive.reality import CheckError
+from derive.cli.main import main
+from derive.reality.check import CheckError
 
 X1 = np.array([[1.0, -0.4, 0.7]])
 

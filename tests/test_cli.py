@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import derive
-from derive.cli import main
-from derive.outputs import MANIFEST, read_manifest, sha256_file
+from derive.cli.main import main
+from derive.cli.outputs import MANIFEST, read_manifest, sha256_file
 
-CLI = [sys.executable, "-m", "derive.cli"]
+CLI = [sys.executable, "-m", "derive.cli.main"]
 ENV = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
 
 
@@ -56,7 +56,7 @@ def test_version(capsys):
 
 
 def test_predict_targets_and_tol(tmp_path, capsys, monkeypatch):
-    import derive.prediction as prediction
+    import derive.numeric.prediction as prediction
 
     spec = _toml(tmp_path, 'activation = "erf"\ndepth = 2\nwidths = 5\n'
                            'inputs = [[1.0, 0.5], [0.2, -1.0]]\n')
@@ -289,7 +289,7 @@ def test_spec_file_problems(tmp_path, capsys):
     (["--out", "/dev/null/x"], "--out /dev/null/x: cannot create the directory"),
 ])
 def test_check_options_are_validated(tmp_path, capsys, monkeypatch, args, expected):
-    import derive.reality as reality
+    import derive.reality.check as reality
 
     def never(*a, **k):  # pragma: no cover - the point is that it is not reached
         raise AssertionError("the Monte Carlo started")
@@ -308,7 +308,7 @@ def test_check_options_are_validated(tmp_path, capsys, monkeypatch, args, expect
     ("/proc/derive-x", "--out /proc/derive-x: cannot create the directory"),
 ])
 def test_bad_out_is_refused_before_the_derivation(tmp_path, capsys, monkeypatch, out, expected):
-    import derive.derivation as derivation
+    import derive.derivation.derivation as derivation
 
     def never(*a, **k):  # pragma: no cover
         raise AssertionError("the derivation started")

@@ -15,9 +15,9 @@ import sympy as sp
 
 import derive
 from derive import MLP, DerivativeContraction, GaussianAverage, sample_indices, tensor
-from derive.cli import main
-from derive.errors import DeriveError
-from derive.printing import book_latex, latex_terms, tex_text
+from derive.cli.main import main
+from derive.base.errors import DeriveError
+from derive.emit.printing import book_latex, latex_terms, tex_text
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("DERIVE_UPDATE_GOLDEN") == "1"  # regenerate deliberately, then review
@@ -140,9 +140,9 @@ def test_generated_module_imports_only_numpy_and_scipy():
                                           ("3*Max(0, z) - Max(0, -z) + 0.2*sin(z)", 0.05, 0.25)])
 def test_generated_module_matches_batched_evaluator(act, C_b, C_W):
     # the generated module against the other evaluator of the same derived forms
-    # (derive.evaluate: lambdified component forms, batched adaptive quadrature), three inputs:
+    # (derive.numeric.evaluate: lambdified component forms, batched adaptive quadrature), three inputs:
     # G1 on all pairs, V on every component with at most two distinct samples
-    from derive.evaluate import iterate_mlp
+    from derive.numeric.evaluate import iterate_mlp
 
     spec = MLP(5, [30, 20, 40, 25], act, C_b, C_W)
     mod = _load(derive.derive(spec).numpy_module())
@@ -312,8 +312,8 @@ def test_demo_in_a_fresh_venv(tmp_path):
 
 def test_generated_tanh_deep_reaches_1e_10():
     # the rule ladder's error control holds through 20 layers (K and Θ), against the adaptive
-    # quadrature route of derive.evaluate
-    from derive.evaluate import iterate_mlp
+    # quadrature route of derive.numeric.evaluate
+    from derive.numeric.evaluate import iterate_mlp
 
     spec = MLP(20, 64, "tanh", 0.0, 1.0)
     X = np.random.default_rng(0).normal(size=(6, 8))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import derive
-from derive.activations import load_rule_file
-from derive.critical import NoCriticalPoint, chi_parallel, chi_perp, fixed_points
+from derive.activations.catalogue import load_rule_file
+from derive.activations.criticality import NoCriticalPoint, chi_parallel, chi_perp, fixed_points
 
 
 def _gh(f, K, points=None):

@@ -10,10 +10,10 @@ import sympy as sp
 import pytest
 
 import derive
-from derive.evaluate import iterate_mlp
+from derive.numeric.evaluate import iterate_mlp
 from derive import MLP
-from derive.errors import DeriveError, OrderError, UnknownNameError
-from derive.prediction import ExpansionWarning
+from derive.base.errors import DeriveError, OrderError, UnknownNameError
+from derive.numeric.prediction import ExpansionWarning
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_parallel_inputs_with_kinked_activation_are_refused():
 def test_derivation_deterministic_across_hash_seeds():
     code = textwrap.dedent("""
         import sympy as sp
-        from derive.layerstep import derive_layer_step
+        from derive.derivation.layerstep import derive_layer_step
         s = derive_layer_step()
         print(sp.srepr(s.K), sp.srepr(s.G1), sp.srepr(s.V), sp.srepr(s.Theta), s.trace.rules())
     """)

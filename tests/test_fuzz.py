@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import derive
-from derive.cli import main
-from derive.errors import DeriveError
-from derive.parsing import FUNCTIONS
+from derive.cli.main import main
+from derive.base.errors import DeriveError
+from derive.base.parsing import FUNCTIONS
 
 pytestmark = [pytest.mark.slow,
               # hypothesis warns that the repr of a large drawn example is expensive: harmless

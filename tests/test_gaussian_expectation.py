@@ -9,8 +9,8 @@ import pytest
 import sympy as sp
 
 from derive import activation, gaussian_expectation, known_activations
-from derive.activations import kernel_rules, z
-from derive.errors import CovarianceError, DeriveError, QuadratureError
+from derive.activations.catalogue import kernel_rules, z
+from derive.base.errors import CovarianceError, DeriveError, QuadratureError
 
 z1, z2, z3, z4 = sp.symbols("z1:5")
 COVS = [np.array([[1.0, 0.5], [0.5, 1.0]]),
@@ -242,7 +242,7 @@ def test_unreachable_tolerance_is_reported():
 def test_separable_products_match_the_full_grid(monkeypatch):
     # products of one-variable factors are summed from the inside out; the plain tensor grid
     # (forced by disabling the factorisation) is an independent evaluation of the same rule
-    import derive.gaussian as G
+    import derive.activations.gaussian as G
 
     z1, z2, z3 = sp.symbols("z1:4")
     rng = np.random.default_rng(3)

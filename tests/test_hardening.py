@@ -8,11 +8,11 @@ import pytest
 import sympy as sp
 
 import derive
-from derive.errors import DeriveError, InternalError, boundary
-from derive.prediction import ExpansionWarning
+from derive.base.errors import DeriveError, InternalError, boundary
+from derive.numeric.prediction import ExpansionWarning
 
 # narrow networks on purpose (fast): the expansion warning is expected
-pytestmark = pytest.mark.filterwarnings("ignore::derive.prediction.ExpansionWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::derive.numeric.prediction.ExpansionWarning")
 
 X2 = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
 TANH = derive.MLP(3, 8, "tanh", 0.0, 1.0)
@@ -93,10 +93,10 @@ def test_abs_sign_and_jumps():
             derive.predict(spec, X2, targets=["K", "Theta"])
         with pytest.raises(DeriveError, match="infinite"):
             derive.derive(spec, ["K", "Theta"], 0)
-        with pytest.raises(derive.critical.NoCriticalPoint, match="infinite"):
+        with pytest.raises(derive.activations.criticality.NoCriticalPoint, match="infinite"):
             derive.criticality(text)
         with pytest.raises(DeriveError, match="infinite"):
-            derive.montecarlo.sample(spec, X2, 200, ntk=True)
+            derive.reality.montecarlo.sample(spec, X2, 200, ntk=True)
         p = derive.predict(spec, X2)  # the default targets leave Θ out
         assert p.Theta == {} and np.all(np.isfinite(p.G1[3]))
         assert "Theta" not in derive.derive(spec).targets
@@ -140,7 +140,7 @@ def test_divergent_integrals_are_errors_not_numbers():
     v = derive.gaussian_expectation("exp(z1**2/8)", np.eye(1))  # c K = 1/8: 1/sqrt(1 − 2c)
     assert float(v) == pytest.approx(1 / np.sqrt(0.75), rel=1e-12)
     # c K = 1/4: finite (√2), but 2e-12 of it lies beyond the rules' 10 standard deviations
-    with pytest.raises(derive.errors.QuadratureError, match="decays too slowly"):
+    with pytest.raises(derive.base.errors.QuadratureError, match="decays too slowly"):
         derive.gaussian_expectation("exp(z1**2/4)", np.eye(1))
     v = derive.gaussian_expectation("exp(z1**2/4)", np.eye(1), tol=1e-10)
     assert abs(float(v) - np.sqrt(2)) < 1e-10 and v.error >= abs(float(v) - np.sqrt(2))
@@ -191,8 +191,8 @@ def test_hopeless_runs_are_refused_up_front_and_long_ones_announced(capsys):
 
 
 def test_vertex_work_counts_the_orbits_the_batched_evaluator_computes():
-    from derive.evaluate import _vertex_orbits
-    from derive.prediction import vertex_work
+    from derive.numeric.evaluate import _vertex_orbits
+    from derive.numeric.prediction import vertex_work
 
     for N in (1, 2, 3, 5, 10):
         C = np.sort(_vertex_orbits(N), axis=1)
@@ -201,7 +201,7 @@ def test_vertex_work_counts_the_orbits_the_batched_evaluator_computes():
 
 
 def test_spec_files_are_refused_before_the_derivation_when_predict_would_refuse(tmp_path):
-    from derive.specfile import load_spec
+    from derive.cli.specfile import load_spec
 
     rows = ", ".join(f"[{k}.0, {k % 3}.5, 1.0]" for k in range(60))
     path = tmp_path / "big.toml"

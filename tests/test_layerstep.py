@@ -6,7 +6,7 @@ import pytest
 import sympy as sp
 
 from derive import GaussianAverage, tensor
-from derive.layerstep import SIGMA, WIDTH, WIDTH_PREV, derive_layer_step
+from derive.derivation.layerstep import SIGMA, WIDTH, WIDTH_PREV, derive_layer_step
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from derive import MLP
-from derive.montecarlo import MonteCarloError, sample
+from derive.reality.montecarlo import MonteCarloError, sample
 
 
 def z_score(est, err, exact):

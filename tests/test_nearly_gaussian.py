@@ -7,10 +7,10 @@ import sympy as sp
 
 from derive import (E, GaussianAverage, nearly_gaussian_expectation, neuron_indices,
                     perturbative_expectation, sample_indices, tensor, wick)
-from derive.errors import DeriveError, OrderError
-from derive.nearly_gaussian import evaluate_averages
-from derive.symbols import nearly_gaussian_field
-from derive.trace import Trace
+from derive.base.errors import DeriveError, OrderError
+from derive.algebra.nearly_gaussian import evaluate_averages
+from derive.algebra.symbols import nearly_gaussian_field
+from derive.algebra.trace import Trace
 
 eps, a, lam = sp.symbols("epsilon a lambda", positive=True)
 x = sp.Symbol("x", real=True)

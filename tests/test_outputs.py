@@ -1,4 +1,4 @@
-"""derive.outputs: output directories staged next to --out and moved into place all at once,
+"""derive.cli.outputs: output directories staged next to --out and moved into place all at once,
 with a manifest, refusing to overwrite files a user edited or derive did not write."""
 import json
 import os
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from derive import outputs
-from derive.errors import DeriveError
-from derive.outputs import MANIFEST, OutputDir, OutputError, read_manifest, sha256_file
+from derive.cli import outputs
+from derive.base.errors import DeriveError
+from derive.cli.outputs import MANIFEST, OutputDir, OutputError, read_manifest, sha256_file
 
 
 def _run(out, files, **kw):
@@ -203,7 +203,7 @@ def test_fallback_without_exchange(tmp_path, monkeypatch):
 
 _KILLED = textwrap.dedent("""
     import os, signal, sys
-    from derive import outputs
+    from derive.cli import outputs
     out, where = sys.argv[1], sys.argv[2]
 
     def die(*a, **k):

@@ -1,4 +1,4 @@
-"""Integer pairing enumerations (derive.pairings) against brute force."""
+"""Integer pairing enumerations (derive.algebra.pairings) against brute force."""
 import itertools
 from collections import Counter
 from math import factorial
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from derive.pairings import (block_partitions, double_factorial, gaussian_monomial_moment,
+from derive.algebra.pairings import (block_partitions, double_factorial, gaussian_monomial_moment,
                              perfect_matchings, typed_pairings)
 
 

@@ -1,4 +1,4 @@
-"""User strings never run code: the one parser (derive.parsing) walks a whitelist of the syntax
+"""User strings never run code: the one parser (derive.base.parsing) walks a whitelist of the syntax
 tree, and generated modules never carry user text.
 
 The payload of the hardening issue — a call through a parenthesised attribute chain that
@@ -19,9 +19,9 @@ import pytest
 import sympy as sp
 
 import derive
-from derive.cli import main
-from derive.errors import DeriveError, ParseError
-from derive.parsing import (FUNCTIONS, MAX_ARGS, MAX_DEPTH, MAX_EXPONENT, MAX_INT_DIGITS,
+from derive.cli.main import main
+from derive.base.errors import DeriveError, ParseError
+from derive.base.parsing import (FUNCTIONS, MAX_ARGS, MAX_DEPTH, MAX_EXPONENT, MAX_INT_DIGITS,
                             MAX_LENGTH, MAX_NODES, as_expr, parse)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_payloads_in_a_spec_file_run_by_the_cli(tmp_path):
         spec = tmp_path / f"evil{k}.toml"
         spec.write_text(f"activation = {json.dumps(text)}\ndepth = 2\ninputs = [[1.0, 0.5]]\n")
         for cmd in (["predict", str(spec)], ["derive", str(spec), "--out", str(tmp_path / f"o{k}")]):
-            r = subprocess.run([sys.executable, "-m", "derive.cli", *cmd], capture_output=True,
+            r = subprocess.run([sys.executable, "-m", "derive.cli.main", *cmd], capture_output=True,
                                text=True, timeout=120, cwd=tmp_path)
             assert r.returncode == 2, (cmd, r.stderr)
             assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
@@ -121,7 +121,7 @@ def test_no_eval_of_text_anywhere_in_the_package():
         assert "parse_expr" not in text or path.name == "parsing.py", path.name
         assert not re.search(r"(?<![\w.])eval\(", text), path.name
         for m in re.finditer(r"sympify\(", text):
-            assert path.name == "parsing.py", f"{path.name}: sympify outside derive.parsing"
+            assert path.name == "parsing.py", f"{path.name}: sympify outside derive.base.parsing"
         for m in re.finditer(r"(?<![\w.])exec\(", text):
             assert path.name == "emit_numpy.py", f"{path.name}: exec"
     with pytest.raises(ParseError, match="string"):

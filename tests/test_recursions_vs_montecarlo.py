@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from derive import MLP
-from derive.evaluate import iterate_mlp
-from derive.montecarlo import sample
+from derive.numeric.evaluate import iterate_mlp
+from derive.reality.montecarlo import sample
 
 pytestmark = pytest.mark.slow
 

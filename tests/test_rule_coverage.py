@@ -5,8 +5,8 @@ from derive import (E, GaussianAverage, NeuronSum, cumulant, gaussian_field,
                     integrate_by_parts, moment_from_cumulants, nearly_gaussian_expectation,
                     nearly_gaussian_field, neuron_indices, perturbative_expectation,
                     sample_indices, split_sum, weight, bias, wick)
-from derive.rules import engine_rules
-from derive.trace import Trace
+from derive.base.rules import engine_rules
+from derive.algebra.trace import Trace
 
 
 def test_every_engine_rule_fires():
@@ -30,7 +30,7 @@ def test_every_engine_rule_fires():
     moment_from_cumulants(x, trace=t)
     zg = gaussian_field("zeta", "K", neuron=False)
     integrate_by_parts(GaussianAverage(zg[a1] * sp.Function("sigma")(zg[a2]), "K"), trace=t)
-    from derive.layerstep import NTK, ntk_mean_lo
+    from derive.derivation.layerstep import NTK, ntk_mean_lo
     ntk_mean_lo(NeuronSum(NTK(j, j, a1, a2) * s[j, a1], (j, n0)), trace=t)  # NTK mean, LO
     fired = set(t.rules())
     missing = set(engine_rules()) - fired

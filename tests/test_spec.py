@@ -2,7 +2,7 @@
 import pytest
 
 from derive import MLP
-from derive.errors import DeriveError, UnknownNameError
+from derive.base.errors import DeriveError, UnknownNameError
 
 
 def test_accessors_and_hash():

@@ -1,4 +1,4 @@
-"""The symbolic Wick engine (derive.contractions) with neuron and sample indices."""
+"""The symbolic Wick engine (derive.algebra.contractions) with neuron and sample indices."""
 import importlib
 import os
 import subprocess
@@ -13,11 +13,11 @@ from hypothesis import given, settings, strategies as st
 import derive
 from derive import (E, NeuronSum, bias, gaussian_field, neuron_indices, sample_indices,
                     simplify_sums, split_sum, tensor, weight, wick)
-from derive.errors import DeriveError, IndexStructureError
-from derive.pairings import double_factorial
-from derive.trace import Trace
+from derive.base.errors import DeriveError, IndexStructureError
+from derive.algebra.pairings import double_factorial
+from derive.algebra.trace import Trace
 
-C = importlib.import_module("derive.contractions")
+C = importlib.import_module("derive.algebra.contractions")
 
 z = gaussian_field("z", "K")
 K = tensor("K")

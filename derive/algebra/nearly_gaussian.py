@@ -1,0 +1,304 @@
+r"""First-order nearly-Gaussian perturbation theory (THEORY §3, §6 step 4; PDLT §4.3).
+
+Two entry points, for the two kinds of integrand:
+
+:func:`nearly_gaussian_expectation`
+    E[f] for a *polynomial* f in the variables of a nearly-Gaussian family
+    (:func:`derive.nearly_gaussian_field`): the cumulant expansion into two-point blocks
+    (K + G1/n) and at most one connected four-point block (V/n), truncated at first order.
+    Neuron indices, δ's and neuron sums are handled by the contraction engine.
+
+:func:`perturbative_expectation`
+    E[f] for a *general* function f of one neuron's vector (σ(z_α) σ(z_β), ...), in the
+    operator form
+
+    .. math::
+        \mathbb{E}[f] = \langle f\rangle_K + \frac1n\Big[\tfrac12\sum G^{\{1\}}_{\beta_1\beta_2}
+        \langle\partial_{\beta_1}\partial_{\beta_2} f\rangle_K + \tfrac18\sum
+        V_{(\beta_1\beta_2)(\beta_3\beta_4)}\langle\partial_{\beta_1}\cdots\partial_{\beta_4} f\rangle_K\Big],
+
+    and, given a second function g of a *different* neuron, E[f(z_j) g(z_k)] including the
+    connected part (1/(4n)) Σ V ⟨∂∂f⟩_K ⟨∂∂g⟩_K.  Averages stay inert
+    (:class:`derive.GaussianAverage`) until evaluated numerically or, for polynomials, by
+    :func:`evaluate_averages`.
+
+The sums over sample indices β collapse onto the samples at which f is evaluated: ∂/∂z_β
+of a function of z_{α1}, z_{α2} is δ_{βα1}∂_1 + δ_{βα2}∂_2, so Σ_β T_β ∂_β f is a sum over
+the distinct sample indices in f (exact also when two of them take the same value).
+"""
+from __future__ import annotations
+
+from itertools import combinations_with_replacement
+from math import factorial
+from collections import Counter
+
+import sympy as sp
+from sympy.core.sorting import default_sort_key
+
+from ..base.errors import DeriveError, IndexStructureError, boundary
+from ..base.parsing import as_expr
+from .contractions import check_order, expectation_parts, wick
+from .graded import Graded
+from .symbols import (SAMPLE, DerivativeContraction, Family, GaussianAverage, RandomVar,
+                      SampleTensor, gaussian_field, summation_dummies)
+from .trace import Trace
+
+__all__ = ["nearly_gaussian_expectation", "perturbative_expectation", "evaluate_averages",
+           "integrate_by_parts", "collapse_contractions"]
+
+
+@boundary
+def nearly_gaussian_expectation(expr, order: int = 1, over=None, trace: Trace | None = None) -> Graded:
+    r"""E[expr] to ``order`` in 1/n for a polynomial in nearly-Gaussian variables.
+
+    >>> from derive import nearly_gaussian_field, neuron_indices, sample_indices
+    >>> z = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n')
+    >>> (i,), (a,) = neuron_indices('i'), sample_indices('alpha')
+    >>> r = nearly_gaussian_expectation(z[i, a] ** 4)
+    >>> r[0], r[1]
+    (3*K[alpha, alpha]**2, 6*G1[alpha, alpha]*K[alpha, alpha] + 3*V[alpha, alpha, alpha, alpha])
+    """
+    order = check_order(order)
+    parts, widths = expectation_parts(expr, over=over, trace=trace, order=order)
+    n = next(iter(widths)) if widths else sp.Symbol("n", positive=True)
+    return Graded(parts, n, order)
+
+
+# ---------------------------------------------------------------------------------------------
+# operator form for general functions
+# ---------------------------------------------------------------------------------------------
+
+def _single_neuron_family(f: sp.Expr, field: Family | None) -> Family:
+    fams = {r.family for r in f.atoms(RandomVar)}
+    if field is not None:
+        fams |= {field}
+    if len(fams) != 1:
+        raise DeriveError(
+            "perturbative_expectation needs a function of the components z[alpha] of one "
+            "nearly-Gaussian family with only a sample index (nearly_gaussian_field(..., "
+            f"neuron=False)); found families {sorted(f.name for f in fams) or 'none'}")
+    fam = fams.pop()
+    if fam.slots != (SAMPLE,):
+        raise DeriveError(
+            f"family {fam.name} has slots {fam.slots}; the operator form acts on one neuron's "
+            "vector z_alpha: declare it with neuron=False and write f in z[alpha]")
+    return fam
+
+
+def _components(f: sp.Expr, fam: Family) -> list[RandomVar]:
+    return sorted((r for r in f.atoms(RandomVar) if r.family == fam), key=default_sort_key)
+
+
+def _contracted_derivatives(f: sp.Expr, comps: list[RandomVar], rank: int):
+    """Σ_{β1…βk} T_{β1…βk} ∂_{β1}…∂_{βk} f as [(multiplicity, (c1…ck), ∂^k f)] over sorted
+    index tuples of the components of f (a symmetric T is contracted outside)."""
+    out = []
+    for tup in combinations_with_replacement(range(len(comps)), rank):
+        counts = Counter(tup)
+        mult = factorial(rank)
+        for c in counts.values():
+            mult //= factorial(c)
+        d = f
+        for c in tup:
+            d = sp.diff(d, comps[c])
+        if d != 0:
+            out.append((mult, tuple(comps[c] for c in tup), d))
+    return out
+
+
+def _first_order_self(f: sp.Expr, fam: Family, K: str) -> sp.Expr:
+    """½ Σ G1 ⟨∂∂f⟩ + ⅛ Σ V ⟨∂⁴f⟩ (the 1/n coefficient of E[f] for one neuron), as inert
+    :class:`DerivativeContraction` sample sums."""
+    b = summation_dummies(4, f.free_symbols)
+    out = sp.S.Zero
+    if not _components(f, fam):
+        return out
+    if fam.G1 is not None:
+        out += sp.Rational(1, 2) * DerivativeContraction(fam.G1[b[0], b[1]], (f,), (b[:2],), K)
+    if fam.V is not None:
+        out += sp.Rational(1, 8) * DerivativeContraction(fam.V[b], (f,), (b,), K)
+    return out
+
+
+def _vertex_pair(f, g, fam: Family, K: str) -> sp.Expr:
+    """Σ V_{(β1β2)(β3β4)} ⟨∂β1∂β2 f⟩⟨∂β3∂β4 g⟩ (f, g of two different neurons)."""
+    if not (_components(f, fam) and _components(g, fam)):
+        return sp.S.Zero
+    b = summation_dummies(4, f.free_symbols | g.free_symbols)
+    return DerivativeContraction(fam.V[b], (f, g), (b[:2], b[2:]), K)
+
+
+def _average(h: sp.Expr, K: str) -> sp.Expr:
+    """⟨h⟩_K with the constant factors taken out (⟨c f⟩_K = c ⟨f⟩_K, ⟨c⟩_K = c)."""
+    rand = [x for x in sp.Mul.make_args(h) if x.has(RandomVar)]
+    const = [x for x in sp.Mul.make_args(h) if not x.has(RandomVar)]
+    return sp.Mul(*const) * (GaussianAverage(sp.Mul(*rand), K) if rand else sp.S.One)
+
+
+def _collapse_one(node: DerivativeContraction) -> sp.Expr:
+    """The sample sums of one contraction carried out: ∂_β of a function of ζ_{α1}, ζ_{α2}, …
+    is Σ_k δ_{βαk} ∂_k, so each β runs over the sample slots of its function (sorted pairs of
+    slots with their multiplicity; T is symmetric within each pair of its indices)."""
+    fam_of = {}
+    for f in node.functions:
+        for r in f.atoms(RandomVar):
+            fam_of.setdefault(r.family, r)
+    (fam,) = fam_of or (None,)
+    terms = [(sp.S.One, {}, [])]  # (coefficient, dummy → sample index, averages so far)
+    for f, grp in zip(node.functions, node.groups):
+        if len(grp) % 2:
+            raise IndexStructureError(f"derivatives come in pairs of one tensor; got {grp}")
+        comps = _components(f, fam)
+        partial = [(sp.S.One, {}, f)]
+        for k in range(0, len(grp), 2):
+            nxt = []
+            for c, bind, h in partial:
+                for mult, cs, d in _contracted_derivatives(h, comps, 2):
+                    nxt.append((c * mult, {**bind, grp[k]: cs[0].indices[0],
+                                           grp[k + 1]: cs[1].indices[0]}, d))
+            partial = nxt
+        terms = [(c0 * c1, {**b0, **b1}, avgs + [h]) for c0, b0, avgs in terms
+                 for c1, b1, h in partial]
+    out = sp.S.Zero
+    for c, bind, avgs in terms:
+        out += c * node.tensor.xreplace(bind) * sp.Mul(*(_average(h, node.kernel) for h in avgs))
+    return out
+
+
+@boundary
+def collapse_contractions(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
+    r"""Carry out the sample sums of every :class:`DerivativeContraction` in ``expr``:
+    Σ_β T_β ⟨∂_β f⟩ with f a function of ζ_{α1} … becomes Σ_k T_{αk} ⟨∂_k f⟩ by the product
+    rule (rule ``derivative.collapse``).  The result holds ordinary averages of derivatives
+    of σ, exact for smooth σ (for a kinked σ the numeric evaluator uses the uncollapsed form).
+
+    >>> import sympy as sp
+    >>> from derive import nearly_gaussian_field, sample_indices
+    >>> z = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n', neuron=False)
+    >>> (a,) = sample_indices('alpha'); s = sp.Function('sigma')
+    >>> r = perturbative_expectation(s(z[a]), collapse=False)[1]
+    >>> r
+    Sum_(beta1,beta2) G1[beta1, beta2]*<d(beta1,beta2) sigma(z[alpha])>_K/2 + Sum_(beta1,beta2,beta3,beta4) V[beta1, beta2, beta3, beta4]*<d(beta1,beta2,beta3,beta4) sigma(z[alpha])>_K/8
+    >>> collapse_contractions(r)
+    <Derivative(sigma(z[alpha]), (z[alpha], 2))>_K*G1[alpha, alpha]/2 + <Derivative(sigma(z[alpha]), (z[alpha], 4))>_K*V[alpha, alpha, alpha, alpha]/8
+    """
+    out = expr.replace(lambda x: isinstance(x, DerivativeContraction), _collapse_one)
+    if trace is not None and out != expr:
+        trace.record("derivative.collapse", expr, out)
+    return out
+
+
+@boundary
+def perturbative_expectation(f, field: Family | None = None, order: int = 1, other=None,
+                             trace: Trace | None = None, collapse: bool = True) -> Graded:
+    r"""E[f] to ``order`` in 1/n for a general function of one neuron's nearly-Gaussian vector.
+
+    ``f`` is a SymPy expression in components ``z[alpha]`` of a family made with
+    ``nearly_gaussian_field(..., neuron=False)``; activations may be undefined functions
+    (``sympy.Function('sigma')``) or concrete ones.  With ``other=g`` the result is
+    E[f(z_j) g(z_k)] for two *different* neurons j ≠ k (THEORY §6 step 4).
+
+    >>> import sympy as sp
+    >>> from derive import nearly_gaussian_field, sample_indices
+    >>> z = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n', neuron=False)
+    >>> (a,) = sample_indices('alpha'); s = sp.Function('sigma')
+    >>> r = perturbative_expectation(s(z[a]))
+    >>> r[0]
+    <sigma(z[alpha])>_K
+    """
+    order = check_order(order)
+    f = as_expr(f)
+    fam = _single_neuron_family(f if other is None else f + as_expr(other), field)
+    K = fam.tensor.label  # an exactly Gaussian family (no G1, no V) has no 1/n corrections
+
+    n = fam.n
+    if other is None:
+        lo = _average(f, K)
+        first = _first_order_self(f, fam, K) if order >= 1 else sp.S.Zero
+    else:
+        g = as_expr(other)
+        lo = _average(f, K) * _average(g, K)
+        first = sp.S.Zero
+        if order >= 1:
+            first = (_first_order_self(f, fam, K) * _average(g, K)
+                     + _average(f, K) * _first_order_self(g, fam, K))
+            if fam.V is not None:
+                first += sp.Rational(1, 4) * _vertex_pair(f, g, fam, K)
+    if collapse:
+        first = collapse_contractions(first, trace=trace)
+    result = Graded({0: lo, 1: first} if order >= 1 else {0: lo}, n, order)
+    if trace is not None:
+        from .contractions import E
+
+        trace.record("nearly_gaussian.operator", E(f if other is None else f * as_expr(other)),
+                     result.as_expr())
+    return result
+
+
+@boundary
+def evaluate_averages(expr: sp.Expr) -> sp.Expr:
+    """Evaluate every ⟨polynomial⟩_K in ``expr`` by Wick's theorem (exact).
+
+    Averages of non-polynomial functions are left as they are (they are evaluated
+    numerically by :func:`derive.gaussian_expectation`).
+    """
+    def ev(node: GaussianAverage):
+        h = node.function
+        fams = {r.family for r in h.atoms(RandomVar)}
+        if not h.is_polynomial(*h.atoms(RandomVar)):
+            return node
+        # ⟨·⟩_K: the components are exactly Gaussian with covariance K
+        rep = {}
+        for fam in fams:
+            gauss = gaussian_field(fam.name, node.kernel, neuron=len(fam.slots) == 2)
+            rep.update({r: gauss[r.indices] for r in h.atoms(RandomVar) if r.family == fam})
+        return wick(h.xreplace(rep))
+
+    return expr.replace(lambda x: isinstance(x, GaussianAverage), ev)
+
+
+@boundary
+def integrate_by_parts(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
+    r"""Gaussian integration by parts on every ⟨z_β g⟩_K in ``expr`` (THEORY §6 step 4):
+
+    .. math:: \langle z_\beta\, g\rangle_K = \sum_\gamma K_{\beta\gamma}\langle\partial_\gamma g\rangle_K .
+
+    In each average one explicit factor ``z[beta]`` (the first in canonical order) is traded
+    for a derivative of the rest; the sum over γ runs over the components ``g`` depends on.
+    Averages without a polynomial factor are left alone.
+
+    >>> import sympy as sp
+    >>> from derive import gaussian_field, sample_indices, GaussianAverage
+    >>> z = gaussian_field('z', 'K', neuron=False); a, b = sample_indices('alpha beta')
+    >>> s = sp.Function('sigma')
+    >>> integrate_by_parts(GaussianAverage(z[a] * s(z[b]), 'K'))
+    <Derivative(sigma(z[beta]), z[beta])>_K*K[alpha, beta]
+    """
+    def ibp(node: GaussianAverage):
+        h = node.function
+        factors = sp.Mul.make_args(h)
+        lone = sorted((f for f in factors
+                       if isinstance(f, RandomVar) or (isinstance(f, sp.Pow) and isinstance(f.base, RandomVar)
+                                                        and f.exp.is_Integer and f.exp > 0)),
+                      key=default_sort_key)
+        if not lone:
+            return node
+        pick = lone[0]
+        zb = pick if isinstance(pick, RandomVar) else pick.base
+        rest = h / zb
+        fam = zb.family
+        if fam.slots != (SAMPLE,):
+            raise DeriveError(f"integration by parts acts on one neuron's vector; {zb} has slots {fam.slots}")
+        Kt = SampleTensor(node.kernel, 2, "sym")
+        out = sp.S.Zero
+        for zg in _components(rest, fam):
+            d = sp.diff(rest, zg)
+            if d != 0:
+                out += Kt[zb.indices[0], zg.indices[0]] * (GaussianAverage(d, node.kernel)
+                                                           if d.has(RandomVar) else d)
+        return out
+
+    result = expr.replace(lambda x: isinstance(x, GaussianAverage), ibp)
+    if trace is not None and result != expr:
+        trace.record("gaussian.ibp", expr, result)
+    return result

@@ -1,0 +1,724 @@
+r"""The objects the symbolic engine works with: indices, random families, sums, averages.
+
+Index kinds (THEORY §1)
+    :class:`NeuronIndex` (i, j, k …) and :class:`SampleIndex` (α, β …) are SymPy symbols of
+    two distinct classes, so ``i`` the neuron index and ``i`` a sample index never compare
+    equal.  Neuron indices never carry an implicit sum; every neuron sum is a
+    :class:`NeuronSum` with an explicit range (``Σ_j 1 = n``).
+
+Random families
+    A :class:`Family` declares a set of jointly Gaussian, zero-mean variables
+    ``F[idx…]`` and their covariance, built from the δ structures of THEORY §2:
+
+    ==========================  ===========================  ================================
+    constructor                 variable                     covariance
+    ==========================  ===========================  ================================
+    ``gaussian_field('z','K')``  z_{i;α}                      δ_{i1 i2} K_{α1 α2}
+    ``bias('b', 'C_b')``         b_i                          δ_{i1 i2} C_b
+    ``weight('W','C_W','n')``    W_{ij}                       δ_{i1 i2} δ_{j1 j2} C_W / n
+    ==========================  ===========================  ================================
+
+    Variables of different families are independent.  ``F[i, alpha]`` returns an inert
+    :class:`RandomVar`; nothing is evaluated until :func:`derive.wick` (or ``E(...).doit()``).
+
+Sample tensors
+    :class:`SampleTensor` gives symmetric tensors with sample indices whose components are
+    stored with canonically ordered indices (K_{βα} is K_{αβ}; V_{(γδ)(αβ)} is V_{(αβ)(γδ)}),
+    so equal components hash equal and like terms merge.
+
+All classes here are inert SymPy expressions: constructors validate and canonicalise, but
+never expand or evaluate.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import sympy as sp
+from sympy.core.symbol import Str
+from sympy.core.sorting import default_sort_key
+
+from ..base.errors import DeriveError, IndexStructureError, boundary
+from ..base.parsing import as_expr
+
+__all__ = [
+    "SymmetricBase",
+    "PairSymmetricBase",
+    "SymmetricIndexed",
+    "NeuronIndex",
+    "SampleIndex",
+    "neuron_indices",
+    "sample_indices",
+    "SampleTensor",
+    "tensor",
+    "Family",
+    "RandomVar",
+    "gaussian_field",
+    "nearly_gaussian_field",
+    "ORDER_WEIGHT",
+    "bias",
+    "weight",
+    "NeuronSum",
+    "GaussianAverage",
+    "neuron_indices_in",
+    "random_vars_in",
+]
+
+NEURON = "neuron"
+SAMPLE = "sample"
+
+
+class NeuronIndex(sp.Symbol):
+    """A neuron index (i, j, k …).  Never summed implicitly."""
+
+
+class SampleIndex(sp.Symbol):
+    """A sample index (α, β …) labelling an input of the data set."""
+
+
+@boundary
+def neuron_indices(names: str) -> tuple[NeuronIndex, ...]:
+    """``neuron_indices('i j k')`` → three :class:`NeuronIndex` symbols."""
+    out = sp.symbols(names, cls=NeuronIndex, seq=True)
+    return tuple(out)
+
+
+@boundary
+def sample_indices(names: str) -> tuple[SampleIndex, ...]:
+    r"""``sample_indices('alpha beta')`` → :class:`SampleIndex` symbols (printed α, β)."""
+    return tuple(sp.symbols(names, cls=SampleIndex, seq=True))
+
+
+def _sympify_label(x, what: str) -> sp.Expr:
+    if isinstance(x, str):
+        if not x.isidentifier():
+            raise DeriveError(f"{what} {x!r} is not a valid name; use letters, digits and _")
+        return sp.Symbol(x, positive=True) if what == "width" else sp.Symbol(x)
+    try:
+        return as_expr(x)
+    except (sp.SympifyError, TypeError):
+        raise DeriveError(f"{what} must be a name or a SymPy expression, got {x!r}") from None
+
+
+def _is_index_like(x, kind) -> bool:
+    return isinstance(x, kind) or (isinstance(x, sp.Integer) and x >= 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample tensors
+# ---------------------------------------------------------------------------------------------
+
+def _canonical_indices(symmetry: str, idx: tuple) -> tuple:
+    if symmetry == "sym":
+        return tuple(sorted(idx, key=default_sort_key))
+    if symmetry == "pairs":
+        p = tuple(sorted(idx[:2], key=default_sort_key))
+        q = tuple(sorted(idx[2:], key=default_sort_key))
+        return min(p + q, q + p, key=lambda t: [default_sort_key(x) for x in t])
+    return idx
+
+
+class SymmetricBase(sp.IndexedBase):
+    """An ``IndexedBase`` whose components are fully symmetric in their indices."""
+
+    symmetry = "sym"
+
+    def __getitem__(self, indices, **kw_args):
+        if not isinstance(indices, tuple):
+            indices = (indices,)
+        return SymmetricIndexed(self, *indices, **kw_args)
+
+
+class PairSymmetricBase(SymmetricBase):
+    """Components V[a, b, c, d] symmetric within (a b), within (c d) and under exchanging
+    the two pairs."""
+
+    symmetry = "pairs"
+
+
+class SymmetricIndexed(sp.Indexed):
+    """A component of a symmetric tensor; its indices are put in canonical order every time
+    it is built, also when SymPy rebuilds it after a substitution (K[b, a] is K[a, b])."""
+
+    def __new__(cls, base, *args, **kw_args):
+        if isinstance(base, SymmetricBase):
+            if base.symmetry == "pairs" and len(args) != 4:
+                raise IndexStructureError(f"{base} has four sample indices, got {len(args)}")
+            args = _canonical_indices(base.symmetry, tuple(as_expr(x) for x in args))
+        return super().__new__(cls, base, *args, **kw_args)
+
+
+class SampleTensor:
+    r"""A tensor with sample indices and a declared symmetry.
+
+    ``symmetry`` is one of
+
+    * ``"sym"`` – fully symmetric in all indices (K_{αβ}, G^{\{1\}}_{αβ});
+    * ``"pairs"`` – four indices, symmetric within each pair and under exchange of the pairs
+      (V_{(α1α2)(α3α4)});
+    * ``"none"``.
+
+    ``T[a, b]`` returns a SymPy ``Indexed`` whose indices are in canonical order, and stay
+    so under substitution.
+
+    >>> a, b = sample_indices('alpha beta')
+    >>> K = tensor('K')
+    >>> K[b, a] == K[a, b]
+    True
+    >>> K[a, b].xreplace({a: b, b: a}) == K[a, b]
+    True
+    """
+
+    _SYMMETRIES = ("sym", "pairs", "none")
+
+    def __init__(self, label: str, rank: int = 2, symmetry: str = "sym"):
+        if symmetry not in self._SYMMETRIES:
+            raise DeriveError(f"unknown tensor symmetry {symmetry!r}; use one of {self._SYMMETRIES}")
+        if symmetry == "pairs" and rank != 4:
+            raise DeriveError("symmetry 'pairs' needs a rank-4 tensor (V_{(a1 a2)(a3 a4)})")
+        self.label = label
+        self.rank = rank
+        self.symmetry = symmetry
+        self.base = {"sym": SymmetricBase, "pairs": PairSymmetricBase,
+                     "none": sp.IndexedBase}[symmetry](label)
+
+    def __repr__(self) -> str:
+        return f"tensor({self.label!r}, rank={self.rank}, symmetry={self.symmetry!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, SampleTensor) and (self.label, self.rank, self.symmetry) == (
+            other.label, other.rank, other.symmetry)
+
+    def __hash__(self) -> int:
+        return hash((SampleTensor, self.label, self.rank, self.symmetry))
+
+    def __getitem__(self, idx) -> sp.Indexed:
+        if not isinstance(idx, tuple):
+            idx = (idx,)
+        idx = tuple(as_expr(x) for x in idx)
+        if len(idx) != self.rank:
+            raise IndexStructureError(
+                f"tensor {self.label} has {self.rank} sample indices, got {len(idx)}: {idx}")
+        for x in idx:
+            if not _is_index_like(x, SampleIndex):
+                raise IndexStructureError(
+                    f"tensor {self.label} takes sample indices (SampleIndex or integer ≥ 1), "
+                    f"got {x!r}; make it with derive.sample_indices(...)")
+        return self.base[idx]
+
+
+@boundary
+def tensor(label: str, rank: int = 2, symmetry: str = "sym") -> SampleTensor:
+    """Declare a sample tensor; see :class:`SampleTensor`."""
+    return SampleTensor(label, rank, symmetry)
+
+
+# ---------------------------------------------------------------------------------------------
+# random families
+# ---------------------------------------------------------------------------------------------
+
+#: weight symbol counting 1/n insertions (G1 or V) in nearly-Gaussian expansions; it is
+#: replaced by 1/n only when a graded result is turned into an expression (STYLE lesson 4)
+ORDER_WEIGHT = sp.Symbol("varepsilon_1/n")
+
+
+class Family(sp.Basic):
+    r"""A family of zero-mean, jointly (nearly-)Gaussian variables ``F[idx…]``.
+
+    ``args = (name, slots, scale, K, G1, V, n)``: ``slots`` is a tuple of ``"neuron"`` /
+    ``"sample"`` strings giving the kind of each index.  The two-point function of ``F[a…]``
+    and ``F[b…]`` is ``scale · Π_{neuron slots} δ(a_s, b_s) · (K + G1/n)[a_sample, b_sample]``
+    with ``K`` (and ``G1``) symmetric sample tensors.  With a vertex label ``V`` the connected
+    four-point function is, as in THEORY §3,
+    ``(1/n)[δ_{12}δ_{34} V_{(12)(34)} + δ_{13}δ_{24} V_{(13)(24)} + δ_{14}δ_{23} V_{(14)(23)}]``;
+    higher cumulants are O(1/n²) and are not represented.  Without ``G1`` and ``V`` the family
+    is exactly Gaussian.  Use :func:`gaussian_field`, :func:`nearly_gaussian_field`,
+    :func:`bias`, :func:`weight` to build one.
+    """
+
+    def __new__(cls, name, slots, scale=sp.S.One, tensor_label="", G1="", V="", n=sp.S.One):
+        name = Str(str(name))
+        slots = tuple(str(s) for s in slots)
+        for s in slots:
+            if s not in (NEURON, SAMPLE):
+                raise DeriveError(f"family slot kinds are 'neuron' or 'sample', got {s!r}")
+        if slots.count(SAMPLE) > 1:
+            raise DeriveError("a family has at most one sample slot")
+        if slots.count(SAMPLE) == 1 and not str(tensor_label):
+            raise DeriveError(f"family {name} has a sample slot and needs a covariance tensor")
+        if (str(G1) or str(V)) and slots.count(SAMPLE) != 1:
+            raise DeriveError(f"family {name}: G1 and V are sample tensors; the family needs a "
+                              "sample slot")
+        scale = as_expr(scale)
+        if scale.is_negative:
+            raise DeriveError(f"the variance scale of family {name} is negative ({scale}); "
+                              "variances must be ≥ 0")
+        n = as_expr(n)
+        if (str(G1) or str(V)) and (n == 1 or n.is_positive is False):
+            raise DeriveError(f"family {name} has 1/n corrections and needs a positive width "
+                              f"symbol n, got {n}")
+        return super().__new__(cls, name, sp.Tuple(*(Str(s) for s in slots)), scale,
+                               Str(str(tensor_label)), Str(str(G1)), Str(str(V)), n)
+
+    @property
+    def name(self) -> str:
+        return self.args[0].name
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.args[1])
+
+    @property
+    def scale(self) -> sp.Expr:
+        return self.args[2]
+
+    @property
+    def tensor(self) -> SampleTensor | None:
+        lab = self.args[3].name
+        return SampleTensor(lab, 2, "sym") if lab else None
+
+    @property
+    def G1(self) -> SampleTensor | None:
+        lab = self.args[4].name
+        return SampleTensor(lab, 2, "sym") if lab else None
+
+    @property
+    def V(self) -> SampleTensor | None:
+        lab = self.args[5].name
+        return SampleTensor(lab, 4, "pairs") if lab else None
+
+    @property
+    def n(self) -> sp.Expr:
+        """The width whose inverse counts the corrections (n_{ℓ-1} for layer ℓ)."""
+        return self.args[6]
+
+    @property
+    def is_gaussian(self) -> bool:
+        return not (self.args[4].name or self.args[5].name)
+
+    def __getitem__(self, idx) -> "RandomVar":
+        if not isinstance(idx, tuple):
+            idx = (idx,)
+        return RandomVar(self, *idx)
+
+    def _pair_parts(self, a: tuple, b: tuple, tensor: SampleTensor | None):
+        """(neuron δ edges as (x, y) tuples, sample factor or None) of a pair."""
+        edges, factor = [], None
+        for kind, x, y in zip(self.slots, a, b):
+            if kind == NEURON:
+                edges.append((x, y))
+            else:
+                factor = tensor[x, y]
+        return edges, factor
+
+    def two_point(self, a: tuple, b: tuple) -> list[tuple[list, list, int]]:
+        """Monomials of E[F[a] F[b]]: a list of (δ edges, factors, order) where ``order``
+        counts the powers of 1/n."""
+        edges, fk = self._pair_parts(a, b, self.tensor)
+        scale = [self.scale] if self.scale != 1 else []
+        out = [(edges, scale + ([fk] if fk is not None else []), 0)]
+        if self.G1 is not None:
+            _, fg = self._pair_parts(a, b, self.G1)
+            out.append((edges, scale + [fg], 1))
+        return out
+
+    def four_point(self, a, b, c, d) -> list[tuple[list, list, int]]:
+        """Monomials of the connected E[F[a]F[b]F[c]F[d]] (THEORY §3): three δδV terms at order 1."""
+        if self.V is None:
+            return []
+        kinds = self.slots
+        sample = kinds.index(SAMPLE)
+
+        def deltas(x, y):
+            return [(u, v) for kind, u, v in zip(kinds, x, y) if kind == NEURON]
+
+        out = []
+        for (p, q), (r, t) in (((a, b), (c, d)), ((a, c), (b, d)), ((a, d), (b, c))):
+            vf = self.V[p[sample], q[sample], r[sample], t[sample]]
+            out.append((deltas(p, q) + deltas(r, t), [vf], 1))
+        return out
+
+    def covariance(self, a: tuple, b: tuple) -> sp.Expr:
+        """E[F[a] F[b]] as a SymPy expression (δ's and sample tensors; G1 enters as G1/n)."""
+        total = sp.S.Zero
+        for edges, factors, order in self.two_point(a, b):
+            term = sp.Mul(*(sp.KroneckerDelta(x, y) for x, y in edges), *factors)
+            total += term / self.n ** order
+        return total
+
+    def _sympystr(self, printer) -> str:
+        return self.name
+
+
+class RandomVar(sp.Expr):
+    r"""One random variable ``F[idx…]`` of a :class:`Family` (inert).
+
+    Printed ``z[i, alpha]`` as text and ``z_{i;\alpha}`` in LaTeX (neuron indices, then a
+    semicolon, then the sample index, as in the book).
+    """
+
+    is_commutative = True
+    #: components of one neuron's vector can be differentiated (THEORY §6 step 4)
+    _diff_wrt = True
+
+    def __new__(cls, family: Family, *indices):
+        if not isinstance(family, Family):
+            raise DeriveError(f"RandomVar needs a Family, got {family!r}")
+        indices = tuple(as_expr(x) for x in indices)
+        if len(indices) != len(family.slots):
+            raise IndexStructureError(
+                f"{family.name} takes {len(family.slots)} indices {family.slots}, "
+                f"got {len(indices)}: {indices}")
+        for kind, x in zip(family.slots, indices):
+            want = NeuronIndex if kind == NEURON else SampleIndex
+            if not _is_index_like(x, want):
+                raise IndexStructureError(
+                    f"index {x!r} of {family.name} sits in a {kind} slot and must be a "
+                    f"{want.__name__} (make it with derive.{kind}_indices(...)) or an integer ≥ 1")
+        return super().__new__(cls, family, *indices)
+
+    @property
+    def family(self) -> Family:
+        return self.args[0]
+
+    @property
+    def indices(self) -> tuple:
+        return self.args[1:]
+
+    def _eval_derivative(self, s):
+        # ∂z_α/∂z_β for two components: 1 for the same component, else 0 (independent slots)
+        return sp.S.One if s == self else sp.S.Zero
+
+    @property
+    def free_symbols(self):
+        return set().union(*(x.free_symbols for x in self.indices)) if self.indices else set()
+
+    def _split(self):
+        neu = [x for k, x in zip(self.family.slots, self.indices) if k == NEURON]
+        sam = [x for k, x in zip(self.family.slots, self.indices) if k == SAMPLE]
+        return neu, sam
+
+    def _sympystr(self, printer) -> str:
+        return f"{self.family.name}[{', '.join(printer._print(x) for x in self.indices)}]"
+
+    def _latex(self, printer) -> str:
+        neu, sam = self._split()
+        parts = ["".join(printer._print(x) for x in neu)] if neu else []
+        if sam:
+            parts.append("".join(printer._print(x) for x in sam))
+        sub = ";".join(parts)
+        return f"{self.family.name}_{{{sub}}}"
+
+
+@boundary
+def gaussian_field(name: str = "z", K: str = "K", neuron: bool = True) -> Family:
+    r"""A Gaussian field with E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} K_{α1α2} (THEORY §3).
+
+    With ``neuron=False`` the field has only a sample index (one neuron's vector z_α).
+
+    >>> z = gaussian_field('z', 'K')
+    >>> i, j = neuron_indices('i j'); a, b = sample_indices('alpha beta')
+    >>> z.covariance((i, a), (j, b))
+    KroneckerDelta(i, j)*K[alpha, beta]
+    """
+    slots = (NEURON, SAMPLE) if neuron else (SAMPLE,)
+    return Family(name, slots, sp.S.One, K)
+
+
+@boundary
+def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str = "V",
+                          n="n", neuron: bool = True) -> Family:
+    r"""A nearly-Gaussian field to first order in 1/n (THEORY §3):
+
+    E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G^{\{1\}}/n)_{α1α2}, connected four-point function
+    (1/n)[δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + 2 permutations], higher cumulants O(1/n²).
+    Pass ``G1=""`` or ``V=""`` to leave out either correction.  A width name ``n`` becomes
+    ``Symbol(n, positive=True)`` (or pass the symbol itself).
+    """
+    slots = (NEURON, SAMPLE) if neuron else (SAMPLE,)
+    return Family(name, slots, sp.S.One, K, G1, V, _sympify_label(n, "width"))
+
+
+@boundary
+def bias(name: str = "b", C="C_b") -> Family:
+    r"""Biases with E[b_{i1} b_{i2}] = δ_{i1i2} C_b (THEORY §2)."""
+    return Family(name, (NEURON,), _sympify_label(C, "variance"))
+
+
+@boundary
+def weight(name: str = "W", C="C_W", fan_in="n") -> Family:
+    r"""Weights with E[W_{i1j1} W_{i2j2}] = δ_{i1i2} δ_{j1j2} C_W / n (THEORY §2).
+
+    ``fan_in`` is the width of the layer the weights read from (n_{ℓ-1} for layer ℓ).  A name
+    becomes ``Symbol(name, positive=True)``: use the same positive symbol as the range of the
+    neuron sums it meets (or pass the symbol itself).
+    """
+    return Family(name, (NEURON, NEURON),
+                  _sympify_label(C, "variance") / _sympify_label(fan_in, "width"))
+
+
+# ---------------------------------------------------------------------------------------------
+# neuron sums
+# ---------------------------------------------------------------------------------------------
+
+class NeuronSum(sp.Expr):
+    r"""Inert sum over neuron indices: ``NeuronSum(f, (j, n), (k, n), distinct=False, exclude=())``.
+
+    ``distinct=True`` makes the summed indices pairwise different (Σ_{j≠k}); ``exclude`` adds
+    further pairs ``(x, y)`` that must differ, where ``y`` may also be a free index
+    (Σ_{k≠i}).  Nothing is contracted or counted in the constructor: that is the job of
+    :func:`derive.simplify_sums` (δ contraction, Σ_j 1 = n) and :func:`derive.split_sum`
+    (Σ_{j,k} = Σ_{j=k} + Σ_{j≠k}).
+    """
+
+    is_commutative = True
+
+    def __new__(cls, expr, *limits, distinct=False, exclude=()):
+        expr = as_expr(expr)
+        if (len(limits) == 2 and isinstance(limits[0], sp.Tuple) and len(limits[0]) > 0
+                and all(isinstance(x, sp.Tuple) and len(x) == 2 for x in limits[0])
+                and isinstance(limits[1], sp.Tuple)
+                and all(isinstance(x, sp.Tuple) for x in limits[1])):
+            # SymPy rebuilding an existing sum (subs, xreplace): func(*args)
+            exclude = tuple(tuple(p) for p in limits[1]) + tuple(exclude)
+            limits = tuple(tuple(x) for x in limits[0])
+        lims = []
+        for lim in limits:
+            try:
+                idx, rng = lim
+            except (TypeError, ValueError):
+                raise DeriveError(f"a neuron-sum limit is (index, range), got {lim!r}") from None
+            idx, rng = as_expr(idx), as_expr(rng)
+            if not isinstance(idx, NeuronIndex):
+                raise IndexStructureError(
+                    f"sums run over NeuronIndex symbols; {idx!r} is a {type(idx).__name__}")
+            if rng.is_positive is False:
+                raise DeriveError(f"the range of a neuron sum must be a positive width, got {rng}")
+            lims.append(sp.Tuple(idx, rng))
+        if not lims:
+            raise DeriveError("NeuronSum needs at least one (index, range) limit")
+        names = [lim[0] for lim in lims]
+        if len(set(names)) != len(names):
+            raise IndexStructureError(f"a summed index appears twice in one sum: {names}")
+        pairs = set()
+        if distinct:
+            pairs |= {frozenset((a, b)) for a in names for b in names if a != b}
+        for pair in exclude:
+            a, b = (as_expr(x) for x in pair)
+            if a == b or not (isinstance(a, NeuronIndex) and isinstance(b, NeuronIndex)):
+                raise IndexStructureError(f"an excluded pair is two different neuron indices, got {pair}")
+            if a not in names and b not in names:
+                raise IndexStructureError(f"excluded pair {pair} names no summed index")
+            pairs.add(frozenset((a, b)))
+        ranges = {str(lim[0]): lim[1] for lim in lims}
+        for pr in pairs:
+            a, b = sorted(pr, key=default_sort_key)
+            if str(a) in ranges and str(b) in ranges and ranges[str(a)] != ranges[str(b)]:
+                raise IndexStructureError(
+                    f"indices {a} and {b} run over different ranges and cannot be required to differ")
+        excl = sp.Tuple(*sorted((sp.Tuple(*sorted(pr, key=default_sort_key)) for pr in pairs),
+                                key=default_sort_key))
+        return super().__new__(cls, expr, sp.Tuple(*lims), excl)
+
+    @property
+    def function(self) -> sp.Expr:
+        return self.args[0]
+
+    @property
+    def limits(self) -> tuple:
+        return tuple(tuple(lim) for lim in self.args[1])
+
+    @property
+    def variables(self) -> tuple:
+        return tuple(lim[0] for lim in self.args[1])
+
+    @property
+    def exclude(self) -> tuple:
+        """Pairs of indices that must differ (each a 2-tuple)."""
+        return tuple(tuple(p) for p in self.args[2])
+
+    @property
+    def distinct(self) -> bool:
+        """True when every pair of summed indices is required to differ."""
+        vs = self.variables
+        ex = {frozenset(p) for p in self.exclude}
+        return len(vs) > 1 and all(frozenset((a, b)) in ex for a in vs for b in vs if a != b)
+
+    @property
+    def free_symbols(self):
+        inner = self.function.free_symbols - set(self.variables)
+        extra = {x for p in self.exclude for x in p} - set(self.variables)
+        return inner.union(extra, *(lim[1].free_symbols for lim in self.args[1]))
+
+    def _sympystr(self, printer) -> str:
+        lims = ", ".join(f"({printer._print(i)}, {printer._print(r)})" for i, r in self.limits)
+        ex = ""
+        if self.exclude:
+            ex = ", exclude=[" + ", ".join(
+                f"({printer._print(a)}, {printer._print(b)})" for a, b in self.exclude) + "]"
+        return f"NeuronSum({printer._print(self.function)}, {lims}{ex})"
+
+    def _latex(self, printer) -> str:
+        vs = self.variables
+        if not self.exclude:
+            head = "".join(
+                rf"\sum_{{{printer._print(i)}=1}}^{{{printer._print(r)}}}" for i, r in self.limits)
+        else:
+            conds = []
+            rest = list(self.exclude)
+            if self.distinct:
+                conds.append(r" \neq ".join(printer._print(v) for v in vs) if len(vs) == 2 else
+                             ",".join(printer._print(v) for v in vs) + r"\ \mathrm{distinct}")
+                rest = [p for p in rest if not set(p) <= set(vs)]
+            for x, y in rest:
+                if x not in vs:  # the summed index first: k \neq i
+                    x, y = y, x
+                conds.append(rf"{printer._print(x)} \neq {printer._print(y)}")
+            head = rf"\sum_{{{', '.join(conds)}}}"
+        body = printer.parenthesize(self.function, sp.printing.precedence.PRECEDENCE["Mul"] - 1)
+        return rf"{head} {body}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian averages ⟨f⟩_K
+# ---------------------------------------------------------------------------------------------
+
+class GaussianAverage(sp.Expr):
+    r"""Inert ⟨f⟩_K: the expectation of ``f`` over one neuron's Gaussian vector with covariance K.
+
+    ``f`` is a SymPy expression in the components ``zeta[alpha]`` of a sample-only family
+    (``gaussian_field('zeta', 'K', neuron=False)``).  ``GaussianAverage(f, 'K')``; the label
+    names the covariance tensor.  Numbers come from :func:`derive.gaussian_expectation`.
+    """
+
+    is_commutative = True
+
+    def __new__(cls, f, K="K"):
+        return super().__new__(cls, as_expr(f), Str(str(K)))
+
+    @property
+    def function(self) -> sp.Expr:
+        return self.args[0]
+
+    @property
+    def kernel(self) -> str:
+        return self.args[1].name
+
+    @property
+    def free_symbols(self):
+        return self.function.free_symbols
+
+    def _sympystr(self, printer) -> str:
+        return f"<{printer._print(self.function)}>_{self.kernel}"
+
+    def _latex(self, printer) -> str:
+        return rf"\left\langle {printer._print(self.function)} \right\rangle_{{{self.kernel}}}"
+
+
+
+def summation_dummies(r: int, avoid=()) -> tuple:
+    """r summed sample indices β1 … βr (γ1 …, δ1 … if those names are taken in ``avoid``)."""
+    names = {str(x) for x in avoid}
+    for base in ("beta", "gamma", "delta", "eta", "kappa"):
+        cand = [f"{base}{m + 1}" for m in range(r)]
+        if not names & set(cand):
+            return tuple(SampleIndex(c) for c in cand)
+    raise IndexStructureError(f"no free names for {r} summed sample indices (avoid {sorted(names)})")
+
+
+class DerivativeContraction(sp.Expr):
+    r"""Inert sample sum of the nearly-Gaussian operator form (THEORY §6 step 4),
+
+    .. math:: \sum_{\beta_1\ldots\beta_r} T_{\beta_1\ldots\beta_r}
+              \prod_k \big\langle \partial_{\beta\in B_k} f_k \big\rangle_K ,
+
+    e.g. Σ G1_{β1β2} ⟨∂_{β1}∂_{β2} f⟩ or Σ V_{(β1β2)(β3β4)} ⟨∂_{β1}∂_{β2} f⟩⟨∂_{β3}∂_{β4} g⟩.
+    The β run over *all* samples and ∂_β is the derivative by the sample variable ζ_β, so the
+    sum is exact whatever values the samples of the f_k take (also coinciding ones).
+
+    ``DerivativeContraction(T, functions, groups, K)``: ``T`` a tensor component whose
+    indices are the summed dummies (sample indices), ``functions`` the f_k, ``groups`` one
+    tuple of dummies per f_k (the derivatives acting on it), ``K`` the kernel label.
+    :func:`derive.collapse_contractions` carries out the sums (product rule, δ_{βα});
+    the numeric evaluator keeps the form and, for a kinked σ, integrates by parts instead.
+    """
+
+    is_commutative = True
+
+    def __new__(cls, T, functions, groups, K="K"):
+        functions = tuple(as_expr(f) for f in functions)
+        groups = tuple(tuple(as_expr(b) for b in g) for g in groups)
+        if len(functions) != len(groups) or not functions:
+            raise IndexStructureError("a DerivativeContraction needs one group of summed "
+                                      "indices per function")
+        dummies = [b for g in groups for b in g]
+        if len(set(dummies)) != len(dummies) or set(dummies) != set(T.indices):
+            raise IndexStructureError(f"the summed indices {dummies} must be exactly the indices "
+                                      f"of {T}, each used once")
+        # canonical form: factors in sorted order, dummies renamed in order of appearance
+        # (T's own symmetry then puts its indices in canonical order)
+        order = sorted(range(len(functions)), key=lambda k: default_sort_key(
+            (functions[k], len(groups[k]))))
+        functions = tuple(functions[k] for k in order)
+        groups = tuple(groups[k] for k in order)
+        used = set().union(*(f.free_symbols for f in functions))
+        if used & set(dummies):
+            raise IndexStructureError(f"the summed indices {dummies} of a DerivativeContraction "
+                                      "also appear free in its functions; rename them")
+        fresh = dict(zip((b for g in groups for b in g), summation_dummies(len(dummies), used)))
+        groups = tuple(tuple(fresh[b] for b in g) for g in groups)
+        T = T.xreplace(fresh)
+        return super().__new__(cls, T, sp.Tuple(*functions),
+                               sp.Tuple(*(sp.Tuple(*g) for g in groups)), Str(str(K)))
+
+    @property
+    def tensor(self) -> sp.Indexed:
+        return self.args[0]
+
+    @property
+    def functions(self) -> tuple:
+        return tuple(self.args[1])
+
+    @property
+    def groups(self) -> tuple:
+        return tuple(tuple(g) for g in self.args[2])
+
+    @property
+    def kernel(self) -> str:
+        return self.args[3].name
+
+    @property
+    def free_symbols(self):
+        dummies = set(self.tensor.indices)
+        out = set()
+        for f in self.functions:
+            out |= f.free_symbols
+        return (out | self.tensor.free_symbols) - dummies
+
+    def _sympystr(self, printer) -> str:
+        bs = ",".join(printer._print(b) for g in self.groups for b in g)
+        avgs = "*".join(
+            f"<d({','.join(printer._print(b) for b in g)}) {printer._print(f)}>_{self.kernel}"
+            for f, g in zip(self.functions, self.groups))
+        return f"Sum_({bs}) {printer._print(self.tensor)}*{avgs}"
+
+    def _latex(self, printer) -> str:
+        bs = "".join(printer._print(b) for g in self.groups for b in g)
+        avgs = "".join(
+            r"\left\langle " + "".join(rf"\partial_{{{printer._print(b)}}}" for b in g)
+            + rf"\left({printer._print(f)}\right) \right\rangle_{{{self.kernel}}}"
+            for f, g in zip(self.functions, self.groups))
+        return rf"\sum_{{{bs}}} {printer._print(self.tensor)} {avgs}"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def random_vars_in(expr: sp.Basic) -> set[RandomVar]:
+    """All :class:`RandomVar` atoms in ``expr``."""
+    return set(expr.atoms(RandomVar))
+
+
+def neuron_indices_in(expr: sp.Basic) -> set[NeuronIndex]:
+    """Free neuron indices of ``expr`` (summed ones excluded)."""
+    return {s for s in expr.free_symbols if isinstance(s, NeuronIndex)}

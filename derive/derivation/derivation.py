@@ -1,0 +1,204 @@
+r"""``derive.derive``: derived recursions for a spec, with their plan and steps.
+
+The plan is a ``networkx.DiGraph``.  Schema (one place, as STYLE lesson 6 asks):
+
+* **nodes** are tuples ``(quantity, layer, order)`` — ``quantity`` one of ``"K"``, ``"G1"``,
+  ``"V"``, ``"Theta"``; ``layer`` 1 … L; ``order`` the power of 1/n at which the quantity
+  enters (K, Θ: 0; G1, V: 1).  Node attributes: ``latex`` (the book's symbol), ``kind``
+  (``"initial"`` at layer 1, where the values are exact, else ``"recursion"``).
+* **edges** ``u → v`` mean "the recursion for v reads u"; they are read off the derived
+  expressions (which tensors and which averages over which kernel each one contains), not
+  stored.  Edge attribute ``via``: the symbols through which v reads u.
+* ``plan.graph`` holds ``targets``, ``order`` and ``depth``.
+
+:meth:`Derivation.needed` is the backward closure ("what must be computed for X at layer ℓ"),
+:meth:`Derivation.evaluation_order` a stable topological order, and :meth:`Derivation.signature`
+a compact text form for tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import sympy as sp
+
+from ..algebra.contractions import check_order
+from ..algebra.symbols import GaussianAverage
+from ..algebra.trace import Trace
+from ..architectures.mlp import MLP
+from ..base.errors import DeriveError, UnknownNameError, boundary
+from .layerstep import WIDTH, WIDTH_PREV, LayerStep, cached_layer_step
+
+__all__ = ["derive", "Derivation", "TARGETS", "check_targets", "finite_targets"]
+
+#: quantity → (order at which it enters, LaTeX)
+TARGETS = {
+    "K": (0, r"K^{(\ell)}"),
+    "Theta": (0, r"\Theta^{(\ell)}"),
+    "G1": (1, r"G^{\{1\}(\ell)}"),
+    "V": (1, r"V^{(\ell)}"),
+}
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """Recursions (layer ℓ → ℓ+1, σ abstract, widths ``n_l``, ``n_lm1`` symbolic), the plan, and
+    the steps that produced them."""
+
+    spec: MLP
+    targets: tuple[str, ...]
+    order: int
+    recursions: dict = field(repr=False)
+    plan: nx.DiGraph = field(repr=False)
+    steps: Trace = field(repr=False)
+    #: target → the steps that produced its recursion
+    target_steps: dict = field(repr=False, default_factory=dict)
+    #: the recursions with their sample sums Σ_β T_β ⟨∂_β f⟩ kept (the book's compact form)
+    contracted: dict = field(repr=False, default_factory=dict)
+
+    def latex(self) -> str:
+        """The recursions in the book's notation, one ``align`` environment."""
+        from ..emit.documents import recursions_latex
+
+        return recursions_latex(self)
+
+    def document(self, format: str = "tex") -> str:
+        """The step-by-step derivation: a complete LaTeX document (``"tex"``) or Markdown."""
+        from ..emit.documents import derivation_document
+
+        return derivation_document(self, format)
+
+    def numpy_module(self) -> str:
+        """Source of a standalone numpy/scipy evaluator of these recursions (see
+        :mod:`derive.emit.numpy_module`)."""
+        from ..emit.numpy_module import numpy_module_source
+
+        return numpy_module_source(self)
+
+    def steps_for(self, target: str) -> Trace:
+        """The steps that produced the recursion of ``target`` (rule, before, after, reference)."""
+        if target not in self.recursions:
+            raise UnknownNameError("target", target, self.recursions)
+        return self.target_steps[target]
+
+    def needed(self, quantity: str, layer: int) -> list[tuple]:
+        """Every node the value of ``quantity`` at ``layer`` depends on (itself included)."""
+        node = self._node(quantity, layer)
+        return sorted(nx.ancestors(self.plan, node) | {node}, key=_node_key)
+
+    def evaluation_order(self) -> list[tuple]:
+        return list(nx.lexicographical_topological_sort(self.plan, key=_node_key))
+
+    def signature(self) -> str:
+        """Compact text form: ``K1 K2<K1 …`` (each node with its sorted parents)."""
+        parts = []
+        for node in self.evaluation_order():
+            preds = sorted(self.plan.predecessors(node), key=_node_key)
+            label = f"{node[0]}{node[1]}"
+            parts.append(label + ("<" + ",".join(f"{p[0]}{p[1]}" for p in preds) if preds else ""))
+        return " ".join(parts)
+
+    def _node(self, quantity: str, layer: int) -> tuple:
+        if quantity not in TARGETS:
+            raise UnknownNameError("target", quantity, TARGETS)
+        node = (quantity, int(layer), TARGETS[quantity][0])
+        if node not in self.plan:
+            raise DeriveError(f"{quantity} at layer {layer} is not in this plan (targets "
+                              f"{list(self.targets)}, order {self.order}, depth {self.spec.depth})")
+        return node
+
+
+def _node_key(node: tuple) -> str:
+    return f"{node[1]:04d}-{list(TARGETS).index(node[0])}"
+
+
+def _reads(expr: sp.Expr) -> dict[str, set]:
+    """Which layer-ℓ quantities a recursion reads, and through which symbols."""
+    out: dict[str, set] = {}
+    for t in expr.atoms(sp.Indexed):
+        label = str(t.base)
+        if label in TARGETS:
+            out.setdefault(label, set()).add(label)
+    for avg in expr.atoms(GaussianAverage):
+        out.setdefault(avg.kernel, set()).add(f"<·>_{avg.kernel}")
+    return out
+
+
+def finite_targets(act, order: int = 1) -> tuple[str, ...]:
+    """The default targets: every quantity that enters at ``order`` or below and is finite for
+    the activation ``act`` (Θ is infinite when σ jumps)."""
+    return tuple(t for t in ("K", "V", "G1", "Theta") if TARGETS[t][0] <= order
+                 and not (t == "Theta" and act.ntk_obstacle))
+
+
+def check_targets(targets, act=None) -> tuple[str, ...]:
+    """``targets`` (a name or a list of names of :data:`TARGETS`) as a tuple without repeats,
+    or a DeriveError; with ``act``, Θ is refused when it is infinite for that activation."""
+    if isinstance(targets, str):
+        targets = [targets]
+    try:
+        targets = tuple(targets)
+    except TypeError:
+        raise DeriveError(f"targets must be a list of names from {sorted(TARGETS)}, got "
+                          f"{targets!r:.60}") from None
+    if not targets:
+        raise DeriveError(f"give at least one target; known targets are {sorted(TARGETS)}")
+    for t in targets:
+        if not isinstance(t, str) or t not in TARGETS:
+            raise UnknownNameError("target", str(t)[:40], TARGETS)
+    if act is not None and "Theta" in targets:
+        act.require_ntk()
+    return tuple(dict.fromkeys(targets))
+
+
+@boundary
+def derive(spec: MLP, targets=None, order: int = 1) -> Derivation:
+    r"""Derive the layer recursions of ``spec`` for ``targets`` to ``order`` in 1/n (THEORY §6).
+
+    ``order=0`` gives the leading order (K, Θ); ``order=1`` adds the O(1/n) data (G1, V).
+    ``targets`` defaults to all of them at ``order`` (without Θ when σ jumps: it is infinite).
+    The recursions are derived once per process (the generic layer step does not depend on
+    the spec; the spec fixes depth, widths and hyperparameters used by the plan and by
+    :func:`derive.predict`).
+    """
+    if not isinstance(spec, MLP):
+        raise DeriveError(f"spec must be a derive.MLP, got {type(spec).__name__}")
+    order = check_order(order)
+    targets = finite_targets(spec.activation, order) if targets is None else \
+        check_targets(targets, spec.activation)
+    too_high = [t for t in targets if TARGETS[t][0] > order]
+    if too_high:
+        raise DeriveError(f"targets {too_high} are O(1/n) quantities; ask for order=1 to get them")
+    step: LayerStep = cached_layer_step()
+    recursions = {name: getattr(step, name) for name in TARGETS if TARGETS[name][0] <= order}
+    # plan: backward closure of the requested targets through the derived dependencies
+    deps = {name: _reads(expr) for name, expr in recursions.items()}
+    plan = nx.DiGraph(targets=targets, order=order, depth=spec.depth)
+
+    def add(q: str, layer: int) -> tuple:
+        node = (q, layer, TARGETS[q][0])
+        plan.add_node(node, latex=TARGETS[q][1].replace(r"\ell", str(layer)),
+                      kind="initial" if layer == 1 else "recursion")
+        return node
+
+    # layer by layer from the top (a loop, not a recursion: depth may be thousands of layers)
+    current = []
+    for t in targets:
+        add(t, spec.depth)
+        current.append(t)
+    for layer in range(spec.depth, 1, -1):
+        below = []
+        for q in current:
+            for dep, via in sorted(deps[q].items()):
+                if dep not in recursions:
+                    raise DeriveError(f"the recursion for {q} reads {dep}, which is not derived at "
+                                      f"order {order}")
+                if (dep, layer - 1, TARGETS[dep][0]) not in plan:
+                    add(dep, layer - 1)
+                    below.append(dep)
+                plan.add_edge((dep, layer - 1, TARGETS[dep][0]), (q, layer, TARGETS[q][0]),
+                              via=tuple(sorted(via)))
+        current = below
+    return Derivation(spec, targets, order, recursions, plan, step.trace,
+                      {name: step.steps[name] for name in recursions},
+                      {name: step.contracted[name] for name in recursions})

@@ -1,0 +1,31 @@
+r"""σ → the activation in the derived recursions (THEORY §6 step 6).
+
+The layer step (:mod:`derive.derivation.layerstep`) keeps σ abstract; :func:`specialise` puts a concrete
+activation in.  Both numeric back ends start from its output: the batched evaluator
+(:mod:`derive.numeric.evaluate`) and the generated numpy modules (:mod:`derive.emit.numpy_module`).
+"""
+from __future__ import annotations
+
+import sympy as sp
+from sympy.core.function import AppliedUndef
+
+from ..activations.catalogue import Activation
+from ..algebra.nearly_gaussian import _average
+from ..algebra.symbols import DerivativeContraction, GaussianAverage
+from .layerstep import SIGMA
+
+__all__ = ["specialise"]
+
+
+def specialise(expr: sp.Expr, act: Activation) -> sp.Expr:
+    """σ → the activation in every average and contraction (THEORY §6 step 6); derivatives
+    inside plain averages are carried out, those of a contraction are kept for evaluation."""
+    def put(f):
+        return f.replace(lambda x: isinstance(x, AppliedUndef) and x.func == SIGMA,
+                         lambda x: act(x.args[0]))
+
+    expr = expr.replace(lambda x: isinstance(x, DerivativeContraction),
+                        lambda x: DerivativeContraction(x.tensor, [put(f) for f in x.functions],
+                                                        x.groups, x.kernel))
+    return expr.replace(lambda x: isinstance(x, GaussianAverage),
+                        lambda x: _average(put(x.function).doit(), x.kernel))

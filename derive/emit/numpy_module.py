@@ -1,0 +1,527 @@
+r"""Generated numpy evaluators of derived recursions (``Derivation.numpy_module()``).
+
+The emitted module (template ``templates/evaluator.py.j2``) imports only numpy and scipy.
+What it contains is printed from the derivation, not written by hand:
+
+* the recursions of K and Θ on all pairs of inputs, from the derived component forms
+  specialised to the activation (:func:`derive.derivation.specialise.specialise`);
+* the diagonal recursions of G1 and V (single input, V_{(αα)(αα)}), from the derived
+  *contracted* forms Σ_β T_β ⟨∂_β f⟩ with every sample index set equal: each contraction is
+  T_αα… Π_k ⟨∂^{r_k} F_k⟩, printed as a derivative of F (smooth σ) or, for σ with kinks, as
+  the derivative-free Hermite weight ⟨F He_r(z/√K)⟩/K^{r/2} (THEORY §4);
+* G1 on all pairs and V on the components whose samples take at most two values p, q
+  (V_{(pp)(pq)}, V_{(pp)(qq)}, V_{(pq)(pq)}; :class:`_PairFrame`): the contracted forms at
+  each component pattern, the sample sums run over β ∈ {p, q} only (the derivatives vanish
+  on samples the averaged functions do not depend on, so these components close on
+  themselves), each ⟨∂_β F⟩ a derivative average (smooth σ) or, for σ with kinks, ⟨F H_β⟩
+  with the Hermite weight H in y = P z, P the inverse of the pair's kernel;
+* every average ⟨f(z1) g(z2)⟩ as a closed form of ``rules/kernels`` where one applies
+  (printed inline), else a call of the fixed separable quadrature with precomputed nodes;
+* σ and the functions under the averages as numpy code (:class:`NumpyPrinter`).
+
+V's components with three or four distinct samples are not emitted (predict evaluates the
+full V of N ≥ 3 inputs with :mod:`derive.numeric.evaluate`).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import sympy as sp
+from sympy.core.sorting import default_sort_key
+from sympy.printing.numpy import SciPyPrinter
+
+from ..activations.gaussian import _PANELS as _GAUSS_PANELS
+from ..activations.gaussian import _closed_form_plan, separable_terms
+from ..algebra.symbols import DerivativeContraction, GaussianAverage, RandomVar
+from ..base.errors import DeriveError
+from ..base.parsing import as_expr
+from ..derivation.layerstep import cached_layer_step
+from ..derivation.specialise import specialise
+from .printing import book_latex
+
+__all__ = ["numpy_module_source", "NumpyPrinter", "load_generated"]
+
+#: the panels of the two-dimensional rules of derive.activations.gaussian (a boundary at 0 for kinks)
+_PANELS = _GAUSS_PANELS[2]
+_Z = sp.Symbol("z")
+
+
+class NumpyPrinter(SciPyPrinter):
+    """SciPy/numpy code with elementwise Max/Min/Heaviside (arrays of any shape)."""
+
+    def __init__(self, settings=None):
+        super().__init__({"fully_qualified_modules": True, **(settings or {})})
+
+    def _nested(self, fn: str, args) -> str:
+        out = self._print(args[0])
+        for a in args[1:]:
+            out = f"numpy.{fn}({out}, {self._print(a)})"
+        return out
+
+    def _print_Max(self, expr) -> str:
+        return self._nested("maximum", expr.args)
+
+    def _print_Min(self, expr) -> str:
+        return self._nested("minimum", expr.args)
+
+    def _print_Heaviside(self, expr) -> str:
+        return f"numpy.heaviside({self._print(expr.args[0])}, 0.5)"
+
+    def _print_Pi(self, expr) -> str:
+        return "numpy.pi"
+
+    def _print_Pow(self, expr, rational=False) -> str:
+        # small integer powers of a variable as products: numpy's ** 3, ** 4 go through pow(),
+        # several times slower on large arrays (** 2 has its own fast path)
+        if expr.base.is_Symbol and expr.exp.is_Integer and 3 <= int(expr.exp) <= 4:
+            base = self._print(expr.base)
+            return "(" + "*".join([base] * int(expr.exp)) + ")"
+        return super()._print_Pow(expr, rational=rational)
+
+
+def _array_text(a: np.ndarray) -> str:
+    items = [repr(float(x)) for x in a]
+    lines = ["    " + ", ".join(items[k:k + 4]) for k in range(0, len(items), 4)]
+    return "[\n" + ",\n".join(lines) + ",\n]"
+
+
+class _Emitter:
+    def __init__(self, act):
+        self.act = act
+        self.printer = NumpyPrinter()
+        self.functions: list[dict] = []
+        self.closed: list[dict] = []
+        self._by_expr: dict = {}
+
+    def function(self, expr: sp.Expr, what: str) -> str:
+        """The name of a generated one-variable function z ↦ expr (deduplicated)."""
+        expr = as_expr(expr)
+        if expr.has(sp.DiracDelta):
+            raise DeriveError(f"{expr} holds a Dirac delta; use the derivative-free form")
+        key = sp.srepr(expr)
+        if key not in self._by_expr:
+            name = f"_f{len(self.functions)}"
+            self._by_expr[key] = name
+            body = self.printer.doprint(expr) if expr.free_symbols else \
+                f"numpy.full(numpy.shape(z), {float(expr)!r})"
+            self.functions.append({"name": name, "doc": f"z -> {sp.sstr(expr)} ({what})",
+                                   "body": body})
+        return self._by_expr[key]
+
+    def closed_form(self, body: str, doc: str) -> str:
+        """The name of a generated function K ↦ a closed-form average on all pairs."""
+        for c in self.closed:
+            if c["body"] == body:
+                return c["name"]
+        name = f"_c{len(self.closed)}"
+        self.closed.append({"name": name, "doc": doc, "body": body})
+        return name
+
+    def code(self, expr: sp.Expr) -> str:
+        return self.printer.doprint(expr)
+
+
+def _hoist(lines: list[str], name: str, call: str) -> str:
+    """Append ``name = call`` unless the same call was made already (common subexpressions are
+    computed once); returns the variable holding it."""
+    for line in lines:
+        var, _, rhs = line.partition(" = ")
+        if rhs == call:
+            return var
+    lines.append(f"{name} = {call}")
+    return name
+
+
+def _terms_by_slot(h: sp.Expr, slots: list) -> list[list[sp.Expr]]:
+    """h = Σ_k Π_j g_kj(slot_j) as [[g_kj(z)]] (:func:`derive.activations.gaussian.separable_terms`); an
+    error if a term couples two slots."""
+    rows = separable_terms(h, slots)
+    if rows is None:
+        raise DeriveError(f"the average of {h} does not split into products of functions of one "
+                          "sample each; the generated evaluator cannot compute it")
+    return [[g.xreplace({slots[k]: _Z}) for k, g in enumerate(per)] for per in rows]
+
+
+def _emit_separable_average(em: "_Emitter", lines: list[str], name: str, h: sp.Expr, slots: list,
+                            kinked: bool) -> str:
+    """Hoist ⟨h(z_p, z_q)⟩ on all pairs as the sum of the pair averages of its separable
+    terms; returns the variable holding it."""
+    terms = _terms_by_slot(h, slots)
+    if len(terms) == 1:
+        return _emit_pair_average(em, lines, name, *terms[0], kinked)
+    parts = [_emit_pair_average(em, lines, f"{name}_{k}", f, g, kinked)
+             for k, (f, g) in enumerate(terms)]
+    return _hoist(lines, name, " + ".join(parts))
+
+
+def _emit_pair_average(em: _Emitter, lines: list[str], name: str, f: sp.Expr, g: sp.Expr,
+                       kinked: bool) -> str:
+    """Hoist ⟨f(z_p) g(z_q)⟩ on all pairs (N, N): a closed form of rules/kernels where one
+    applies, else the pair quadrature; returns the variable holding it."""
+    z1, z2 = sp.symbols("z1 z2")
+    plan = _closed_form_plan(f.xreplace({_Z: z1}) * g.xreplace({_Z: z2}), ((z1, 0), (z2, 1)))
+    if plan is not None and (plan[2] == (0, 1) or f == g):
+        cf, coeff, _, params = plan
+        formula = cf.formula.xreplace({sp.Symbol(p): sp.Integer(int(v)) if float(v).is_integer()
+                                       else sp.Float(v) for p, v in params})
+        # θ = acos(ρ): cos θ → ρ and sin θ → sqrt(1 − ρ²) (SymPy does it on construction);
+        # numpy's cos/sin cost several times an arccos or a sqrt
+        theta, rho = sp.Symbol("theta"), sp.Symbol("rho")
+        formula = formula.xreplace({theta: sp.acos(rho)}).xreplace({sp.acos(rho): theta})
+        K11, K22 = sp.Symbol("K11"), sp.Symbol("K22")
+        formula = formula.xreplace({sp.sqrt(K11 * K22): sp.Symbol("scale")})  # shared per layer
+        body = em.code(formula) if coeff == 1 else f"{coeff!r} * ({em.code(formula)})"
+        fn = em.closed_form(body,
+                            f"<{sp.sstr(f)} | {sp.sstr(g)}> by the closed form {cf.id} "
+                            f"({cf.source})")
+        return _hoist(lines, name, f"_closed({fn}, K)")
+    flag = ", kinked=True" if kinked else ""
+    return _hoist(lines, name, f"_pair_average({em.function(f, 'first factor')}, "
+                               f"{em.function(g, 'second factor')}, K{flag})")
+
+
+def _pair_step(em: _Emitter, expr: sp.Expr, alphas: tuple) -> tuple[list[str], str]:
+    """Code lines and result for a recursion on all pairs (α1, α2)."""
+    lines, reps = [], {}
+    atoms = set()
+    walk = sp.preorder_traversal(expr)
+    for node in walk:
+        if isinstance(node, (GaussianAverage, sp.Indexed)):
+            atoms.add(node)
+            walk.skip()
+    for k, atom in enumerate(sorted(atoms, key=default_sort_key)):
+        if isinstance(atom, sp.Indexed):
+            label = str(atom.base)
+            if label not in ("K", "Theta") or set(atom.indices) != set(alphas[:2]):
+                raise DeriveError(f"{atom} cannot be read on pairs of inputs")
+            reps[atom] = sp.Symbol(label)
+            continue
+        slots = sorted({r for r in atom.function.atoms(RandomVar)}, key=default_sort_key)
+        if [r.indices[0] for r in slots] != list(alphas[:2]):
+            raise DeriveError(f"{atom} is not an average over the pair (α1, α2)")
+        reps[atom] = sp.Symbol(_emit_separable_average(em, lines, f"avg{k}", atom.function,
+                                                       slots, bool(em.act.kinks)))
+    return lines, em.code(expr.xreplace(reps))
+
+
+# ---------------------------------------------------------------------------------------------
+# G1 and V on pairs of inputs: the components whose samples take at most two values p, q
+# ---------------------------------------------------------------------------------------------
+
+#: the two sample variables of a pair frame: z0 = z_p (array axis 0), z1 = z_q (axis 1)
+_PZ = sp.symbols("z0 z1")
+#: entries of the inverse of the pair's kernel [[K_pp, K_pq], [K_pq, K_qq]] (kinked σ)
+_P = {(0, 0): sp.Symbol("P00"), (0, 1): sp.Symbol("P01"), (1, 0): sp.Symbol("P01"),
+      (1, 1): sp.Symbol("P11")}
+
+
+def _hermite_weight(idx: tuple) -> sp.Expr:
+    """The weight H with ⟨∂_{i1}…∂_{ir} F⟩ = ⟨F H⟩ over N(0, P⁻¹) (Gaussian integration by
+    parts, THEORY §4): y_i y_j − P_ij for r = 2, its fourth-order analogue for r = 4; y = P z."""
+    y = [sum(_P[i, c] * _PZ[c] for c in (0, 1)) for i in (0, 1)]
+    if len(idx) == 2:
+        i, j = idx
+        return y[i] * y[j] - _P[i, j]
+    if len(idx) == 4:
+        i, j, k, l = idx
+        pairs = (((i, j), (k, l)), ((i, k), (j, l)), ((i, l), (j, k)))
+        yy = sum(_P[a] * y[b[0]] * y[b[1]] + _P[b] * y[a[0]] * y[a[1]] for a, b in pairs)
+        pp = sum(_P[a] * _P[b] for a, b in pairs)
+        return y[i] * y[j] * y[k] * y[l] - yy + pp
+    raise DeriveError(f"integration by parts is implemented for 2 and 4 derivatives, got {len(idx)}")
+
+
+class _PairFrame:
+    """Emits the code of one component pattern of a recursion on pairs: sample slots mapped
+    to p (0) or q (1), averages as (N, N) arrays (one-variable ones broadcast from the
+    diagonal), sample sums run over β ∈ {p, q} (the derivatives vanish elsewhere)."""
+
+    def __init__(self, em: _Emitter, kinked: bool):
+        self.em, self.kinked = em, kinked
+        self.lines: list[str] = []
+        self.memo: dict = {}
+
+    def _name(self, stem: str) -> str:
+        return f"{stem}{len(self.lines)}"
+
+    def average(self, h: sp.Expr, hermite: int = 0) -> sp.Symbol:
+        """⟨h(z0, z1)⟩ (with ``hermite`` r: of h He_r, h depending on one variable only)."""
+        key = (sp.srepr(h), hermite)
+        if key in self.memo:
+            return self.memo[key]
+        dep = [k for k, v in enumerate(_PZ) if h.has(v)]
+        if not dep:
+            out = sp.Float(float(h)) if not hermite else sp.S.Zero
+        elif len(dep) == 1:
+            (k,) = dep
+            fn = self.em.function(h.xreplace({_PZ[k]: _Z}), "under the average")
+            call = f"_diag_average({fn}, Kd{f', hermite={hermite}' if hermite else ''})"
+            call += "[:, None]" if k == 0 else "[None, :]"
+            out = sp.Symbol(_hoist(self.lines, self._name("a"), call))
+        else:
+            out = sp.Symbol(_emit_separable_average(self.em, self.lines, self._name("a"), h,
+                                                    list(_PZ), self.kinked))
+        self.memo[key] = out
+        return out
+
+    def derivative(self, F: sp.Expr, idx: tuple) -> sp.Expr:
+        """⟨∂_{idx} F(z0, z1)⟩ (idx: 0 for ∂/∂z_p, 1 for ∂/∂z_q)."""
+        idx = tuple(sorted(idx))
+        if any(not F.has(_PZ[i]) for i in idx):
+            return sp.S.Zero
+        key = (sp.srepr(F), idx)
+        if key in self.memo:
+            return self.memo[key]
+        dep = [k for k, v in enumerate(_PZ) if F.has(v)]
+        if not self.kinked:
+            out = self.average(sp.diff(F, *(_PZ[i] for i in idx)))
+        elif len(dep) == 1:
+            out = self.average(F, hermite=len(idx))
+        else:
+            H = sp.Poly(sp.expand(_hermite_weight(idx)), *_PZ)
+            terms = [c * self.average(F * _PZ[0] ** i * _PZ[1] ** j)
+                     for (i, j), c in sorted(H.terms())]
+            out = sp.Symbol(_hoist(self.lines, self._name("d"), self.em.code(sp.Add(*terms))))
+        self.memo[key] = out
+        return out
+
+    def contraction(self, node: DerivativeContraction, slot: dict) -> sp.Expr:
+        """Σ_{β ∈ {p, q}^r} T_β Π_k ⟨∂_{β ∈ B_k} F_k⟩ as a sum over the 2^r assignments."""
+        from itertools import product
+
+        label = str(node.tensor.base)
+        dummies = node.tensor.indices
+        fs = [F.xreplace({r: _PZ[slot[r.indices[0]]] for r in F.atoms(RandomVar)})
+              for F in node.functions]
+        total = sp.S.Zero
+        for assign in product((0, 1), repeat=len(dummies)):
+            val = dict(zip(dummies, assign))
+            term = sp.S.One
+            for F, grp in zip(fs, node.groups):
+                term *= self.derivative(F, tuple(val[b] for b in grp))
+                if term == 0:
+                    break
+            if term != 0:
+                comp = sp.Symbol(_hoist(self.lines, f"{label}_{''.join(map(str, assign))}",
+                                        f"{label}P[{', '.join(map(str, assign))}]"))
+                total += comp * term
+        return total
+
+    def step(self, expr: sp.Expr, alphas: tuple, pattern: tuple) -> str:
+        """The code of ``expr`` at the component α_i ↦ (p, q)[pattern[i]]; returns the result."""
+        slot = {a: pattern[k] for k, a in enumerate(alphas[:len(pattern)])}
+        reps = {}
+        walk = sp.preorder_traversal(expr)
+        for node in walk:
+            if isinstance(node, GaussianAverage):
+                h = node.function.xreplace({r: _PZ[slot[r.indices[0]]]
+                                            for r in node.function.atoms(RandomVar)})
+                reps[node] = self.average(h)
+                walk.skip()
+            elif isinstance(node, DerivativeContraction):
+                reps[node] = self.contraction(node, slot)
+                walk.skip()
+            elif isinstance(node, sp.Indexed):
+                raise DeriveError(f"{node} is not read on pairs of inputs")
+        return self.em.code(expr.xreplace(reps))
+
+
+def _pair_patterns(rank: int) -> list[tuple]:
+    """Representatives of the component patterns in {0, 1}^rank with both samples present,
+    up to V's (or G1's) index symmetries and the exchange p ↔ q (a transpose)."""
+    return sorted({rep for rep, _ in _orbit_table(rank).values()})
+
+
+def _pattern_text(pat: tuple) -> str:
+    x = ["p" if v == 0 else "q" for v in pat]
+    return f"({x[0]}{x[1]})({x[2]}{x[3]})"
+
+
+def _symmetry_images(pat: tuple) -> list[tuple]:
+    """Images of a pattern under the index symmetries of G1 (rank 2) or V (rank 4)."""
+    if len(pat) == 2:
+        return [pat, pat[::-1]]
+    a, b, c, d = pat
+    out = []
+    for w, x, y, u in ((a, b, c, d), (c, d, a, b)):
+        out += [(w, x, y, u), (x, w, y, u), (w, x, u, y), (x, w, u, y)]
+    return out
+
+
+def _orbit_table(rank: int) -> dict:
+    """pattern → (representative, transposed) for every pattern of {0, 1}^rank with both
+    0 and 1 in it: the component equals the representative's array (transposed if flagged)."""
+    from itertools import product
+
+    table = {}
+    for pat in product((0, 1), repeat=rank):
+        if len(set(pat)) < 2:
+            continue
+        cands = [(img, False) for img in _symmetry_images(pat)]
+        cands += [(tuple(1 - v for v in img), True) for img in _symmetry_images(pat)]
+        rep, transposed = min(cands)
+        table[pat] = (rep, transposed)
+    return table
+
+
+def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool) -> tuple[list[str], str]:
+    """Code lines and result for a recursion on the diagonal (all sample indices equal)."""
+    a = alphas[0]
+    expr = expr.xreplace({x: a for x in alphas})
+    lines, reps = [], {}
+    atoms = set()
+    walk = sp.preorder_traversal(expr)
+    for node in walk:
+        if isinstance(node, (GaussianAverage, DerivativeContraction, sp.Indexed)):
+            atoms.add(node)
+            walk.skip()
+
+    def one_variable(f):
+        (r,) = {x for x in f.atoms(RandomVar)} or (None,)
+        return f.xreplace({r: _Z}) if r is not None else f
+
+    for k, atom in enumerate(sorted(atoms, key=default_sort_key)):
+        name = f"avg{k}"
+        if isinstance(atom, sp.Indexed):
+            label = str(atom.base)
+            if label not in ("G1", "V"):
+                raise DeriveError(f"{atom} is not read on the diagonal")
+            reps[atom] = sp.Symbol(label)
+            continue
+        if isinstance(atom, GaussianAverage):
+            f = one_variable(atom.function)
+            call = f"_diag_average({em.function(f, 'under the average')}, Kd)"
+            reps[atom] = sp.Symbol(_hoist(lines, name, call))
+            continue
+        label = str(atom.tensor.base)
+        factors = []
+        for j, (F, grp) in enumerate(zip(atom.functions, atom.groups)):
+            F1 = one_variable(F)
+            r = len(grp)
+            sub = f"{name}_{j}"
+            if kinked:
+                call = f"_diag_average({em.function(F1, 'integrated by parts')}, Kd, hermite={r})"
+            else:
+                call = (f"_diag_average({em.function(sp.diff(F1, _Z, r), f'derivative {r} of {F1}')}"
+                        ", Kd)")
+            factors.append(sp.Symbol(_hoist(lines, sub, call)))
+        reps[atom] = sp.Symbol(label) * sp.Mul(*factors)
+    return lines, em.code(expr.xreplace(reps))
+
+
+def numpy_module_source(d, tol: float = 3e-13) -> str:
+    """Source of the standalone evaluator of a :class:`~derive.Derivation` (see module doc)."""
+    from .documents import _version, render
+
+    spec = d.spec
+    act = spec.activation
+    kinked = bool(act.kinks)
+    step = cached_layer_step()
+    em = _Emitter(act)
+    al = step.alphas
+    steps = []
+    pair_sig = "K, Theta, C_b, C_W, lambda_b, lambda_W"
+    diag_sig = "Kd, G1, V, C_W, n_l, n_lm1"
+    plan = [("kernel_step", "K", "pair", "The kernel K^{(l+1)} of every pair of inputs."),
+            ("ntk_step", "Theta", "pair", "The leading-order NTK mean Theta^{(l+1)} of every pair."),
+            ("metric_correction_step", "G1", "diag",
+             "The NLO metric correction G1^{(l+1)}_{aa} of each input (diagonal)."),
+            ("vertex_step", "V", "diag",
+             "The four-point vertex V^{(l+1)}_{(aa)(aa)} of each input (diagonal).")]
+    # K and Θ on pairs always (Θ is cheap and shares K's averages; left out only when it is
+    # infinite: σ jumps), V's diagonal always (the expansion estimate needs it), G1's diagonal
+    # when it was derived
+    has_g1 = "G1" in d.recursions
+    has_theta = not act.ntk_obstacle
+    for fname, q, kind, doc in plan:
+        if (q == "G1" and not has_g1) or (q == "Theta" and not has_theta):
+            continue
+        if kind == "pair":
+            lines, result = _pair_step(em, specialise(getattr(step, q), act), al)
+            sig = pair_sig
+        else:
+            lines, result = _diag_step(em, specialise(step.contracted[q], act), al, kinked)
+            sig = diag_sig
+        # the docstring states the form the code implements (the contracted one on the diagonal)
+        shown = getattr(step, q) if kind == "pair" else step.contracted[q]
+        steps.append({"name": fname, "args": sig, "doc": doc + " Implements, at α1 = α2 = … :"
+                      if kind == "diag" else doc + " Implements:",
+                      "latex": book_latex(shown), "lines": lines, "result": result})
+    # G1 and V on pairs: the components whose samples take at most two values p, q
+    pairs = [("metric_correction_pairs", "G1", "The NLO metric correction G1^{(l+1)}_{pq} of "
+              "every pair."),
+             ("vertex_pairs", "V", "The four-point vertex V^{(l+1)} at the components "
+              + ", ".join(_pattern_text(p) for p in _pair_patterns(4)) + " of every pair.")]
+    for fname, q, doc in pairs:
+        if q == "G1" and not has_g1:
+            continue
+        frame = _PairFrame(em, kinked)
+        expr = specialise(step.contracted[q], act)
+        results = []
+        for pat in _pair_patterns(2 if q == "G1" else 4):
+            var = f"{q}_{''.join(map(str, pat))}_next"
+            frame.lines.append(f"{var} = {frame.step(expr, al, pat)}")
+            results.append(var)
+        head = ["Kd = numpy.diagonal(K)"] + (["P00, P01, P11 = _pair_inverse(K)"] if kinked else [])
+        steps.append({"name": fname, "args": "K, G1P, VP, C_W, n_l, n_lm1",
+                      "doc": doc + " G1P[a, b], VP[a, b, c, d] hold the previous layer's "
+                      "components with samples (p, q)[a], … (see _pair_tensors); the sample sums "
+                      "run over β ∈ {p, q}" + (", by Gaussian integration by parts (P = the "
+                      "pair's inverse kernel)" if kinked else "") + ". Implements:",
+                      "latex": book_latex(step.contracted[q]), "lines": head + frame.lines,
+                      "result": ", ".join(results)})
+    orbits = ["".join(map(str, p)) for p in _pair_patterns(4)]
+    assembly = []
+    for pat, (rep, transposed) in sorted(_orbit_table(4).items()):
+        ref = f'Vpairs["{"".join(map(str, rep))}"]' + (".T" if transposed else "")
+        assembly.append(f"VP[{', '.join(map(str, pat))}] = {ref}")
+    em.functions.insert(0, {"name": "sigma", "doc": f"the activation {act.name}",
+                            "body": em.printer.doprint(act.expr.xreplace({act.z: _Z}))})
+    # the quadrature rules are computed when the module is imported (numpy's Gauss rules, the
+    # same calls as derive.activations.gaussian.panel_rule): only their sizes are printed here
+    ladder = [(f"hermite{q}", "_hermite_rule", q, q) for q in (12, 16, 20, 24, 32)]
+    ladder += [(f"panels{q}", "_panel_rule", q, q * (len(_PANELS) - 1))
+               for q in (6, 8, 12, 16, 24, 32)]
+    ladder.sort(key=lambda r: r[3])
+    rules2 = [r[:3] for r in ladder]
+    t1_points = 32
+    defaults = {"depth": spec.depth, "widths": list(spec.widths),
+                "C_b": [spec.C_b(l) for l in range(1, spec.depth + 1)],
+                "C_W": [spec.C_W(l) for l in range(1, spec.depth + 1)],
+                "lambda_b": [spec.lambda_b(l) for l in range(1, spec.depth + 1)],
+                "lambda_W": [spec.lambda_W(l) for l in range(1, spec.depth + 1)]}
+    if kinked:
+        note = ("closed forms of rules/kernels where they apply, else Gauss–Legendre on panels "
+                "split at the kinks (pairs: 4 to 24 nodes per piece, chosen to reach "
+                f"{30 * tol:g}; single inputs: 16 per piece)")
+    else:
+        note = ("closed forms of rules/kernels where they apply, else quadrature (pairs: "
+                "Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, "
+                f"chosen to reach {tol:g}; single inputs: {t1_points * (len(_PANELS) - 1)} panel nodes)")
+    return render("evaluator.py.j2", activation_name=act.name, version=_version(),
+                  activation_repr=repr(sp.sstr(act.expr)), defaults_repr=repr(defaults),
+                  rules2=rules2, tol=repr(tol), t1_points=t1_points,
+                  panels=_array_text(_PANELS), xq_points=16,
+                  kinked_points=repr([4, 6, 8, 12, 16, 24]),
+                  kinks="[" + ", ".join(repr(float(c)) for c in act.kinks) + "]",
+                  block=1 << 16, functions=em.functions, closed=em.closed, steps=steps,
+                  average_note=note, has_g1=has_g1, has_theta=has_theta,
+                  theta_note=act.ntk_obstacle,
+                  pair_assembly=assembly,
+                  vertex_orbits=repr(orbits))
+
+
+@lru_cache(maxsize=16)
+def load_generated(spec, targets: tuple = ("K", "Theta")):
+    """The generated evaluator of ``spec`` as a module object (cached per spec and targets)."""
+    import types
+
+    from ..derivation.derivation import derive
+
+    order = 1 if any(t in ("G1", "V") for t in targets) else 0
+    src = derive(spec, targets=targets, order=order).numpy_module()
+    mod = types.ModuleType(f"derive_generated_{abs(hash((spec, targets)))}")
+    exec(compile(src, mod.__name__, "exec"), mod.__dict__)  # noqa: S102 - our own generated code
+    mod.SOURCE = src
+    return mod

@@ -1,0 +1,429 @@
+r"""Numbers from derived recursions: specialise σ, compile once, evaluate vectorised.
+
+This is the numeric back end of the layer step (:mod:`derive.derivation.layerstep`), THEORY §6 step 6.
+
+1. :func:`specialise` puts the activation in for σ (derivatives inside plain averages are
+   carried out; inside a :class:`~derive.DerivativeContraction` they are kept for step 3).
+2. :class:`CompiledForm` replaces every *atom* of a specialised recursion — an average
+   ⟨h⟩_K, a tensor component such as G1[α1, α1], a contraction Σ_β T_β ⟨∂_β f⟩ — by a
+   symbol and lambdifies the rest once.  ``predict`` uses the generated modules of
+   :mod:`derive.emit.numpy_module` instead, except for the full V of N ≥ 3 inputs (components with
+   three or four distinct samples), which only this evaluator computes; it is also the
+   second evaluator (same derived forms, other numerics) the generated modules are tested
+   against.
+3. :meth:`CompiledForm.evaluate` computes each atom as an array over a list of components
+   (rows of sample numbers for the slots α1, α2, …) and calls the compiled function:
+
+   * averages are evaluated per *coincidence pattern* of their samples (α1 = α2 merges two
+     slots into one variable), in batches through :func:`derive.gaussian_expectation`
+     (closed form, else kink-aware quadrature with an error bound); averages symmetric in
+     their slots are evaluated once per multiset of samples;
+   * a contraction Σ_β T_β Π_k ⟨∂_{β∈B_k} f_k⟩ runs β over the *distinct* samples of the
+     f_k (the derivatives vanish elsewhere, THEORY §6 step 4) with ∂_β the derivative by the
+     sample variable ζ_β.  For smooth σ the derivatives are taken symbolically.  For a σ
+     with kinks (ReLU: σ'' is a Dirac delta) the derivative-free form is used instead,
+     Gaussian integration by parts on the marginal of those samples,
+     ⟨∂_{b1}∂_{b2}F⟩ = ⟨F (y_{b1} y_{b2} − P_{b1b2})⟩ and the fourth-order Hermite analogue,
+     with P = K_S⁻¹ and y = P z (THEORY §4: "the derivative-free form is the one to
+     evaluate for non-smooth σ").
+
+:func:`iterate_mlp` runs the recursions through a network: K, Θ (and G1, V at order 1) of
+every layer, K/G1/Θ on the N(N+1)/2 unique pairs, V on one component per orbit of its pair
+symmetries.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from itertools import combinations_with_replacement, permutations
+
+import numpy as np
+import sympy as sp
+from sympy.core.sorting import default_sort_key
+
+from ..activations.catalogue import Activation
+from ..activations.gaussian import gaussian_expectation
+from ..algebra.symbols import DerivativeContraction, GaussianAverage, RandomVar
+from ..architectures.mlp import MLP
+from ..base.errors import CovarianceError, DeriveError
+from ..derivation.derivation import TARGETS as _PLANNED
+from ..derivation.layerstep import WIDTH, WIDTH_PREV, cached_layer_step
+from ..derivation.specialise import specialise
+
+__all__ = ["CompiledForm", "iterate_mlp", "TARGETS"]
+
+#: the quantities a layer step derives, in evaluation order (the planner's table)
+TARGETS = tuple(_PLANNED)
+#: the merged variables of an average after coinciding samples are identified
+_Z = sp.symbols("z1:9")
+
+
+# ---------------------------------------------------------------------------------------------
+# component bookkeeping
+# ---------------------------------------------------------------------------------------------
+
+def _slots_of(f: sp.Expr, alphas: tuple) -> list[int]:
+    """Positions (in ``alphas``) of the sample slots of the layer variables in ``f``."""
+    found = {r.indices[0] for r in f.atoms(RandomVar)}
+    bad = [x for x in found if x not in alphas]
+    if bad:
+        raise DeriveError(f"{f} uses sample indices {bad} that are not slots {alphas}")
+    return sorted(alphas.index(x) for x in found)
+
+
+def _patterns(C: np.ndarray) -> np.ndarray:
+    """For each row, the label of each column = the first column holding the same sample."""
+    M, s = C.shape
+    lab = np.tile(np.arange(s), (M, 1))
+    for i in range(s):
+        for j in range(i):
+            hit = (C[:, i] == C[:, j]) & (lab[:, i] == i)
+            lab[hit, i] = lab[hit, j]
+    return lab
+
+
+def _merged(fs, slot_vars: dict, pattern: tuple) -> tuple[list, list[int]]:
+    """The functions with coinciding slots identified: slot variable → z_{rank of its label}."""
+    distinct = sorted(set(pattern))
+    rep = {v: _Z[distinct.index(pattern[k])] for k, v in enumerate(slot_vars)}
+    return [f.xreplace(rep) for f in fs], distinct
+
+
+def _kernel_batch(K: np.ndarray, S: np.ndarray) -> np.ndarray:
+    return K[S[:, :, None], S[:, None, :]]
+
+
+class _Evaluator:
+    """Evaluates averages and contractions over batches of components, with a cache shared
+    by the recursions of one layer (K and Θ both need ⟨σσ⟩, …)."""
+
+    def __init__(self, K: np.ndarray, tensors: dict, kinked: bool, tol: float | None = None):
+        self.K = K
+        self.tensors = tensors
+        self.kinked = kinked
+        self.tol = tol
+        self.cache: dict = {}
+        #: detail(message) before each batch of averages (progress), or None
+        self.detail = None
+        #: the largest estimated error of an average, relative to max(1, |average|)
+        self.error = 0.0
+
+    def average(self, h: sp.Expr, S: np.ndarray) -> np.ndarray:
+        """⟨h(z1…zm)⟩ over the covariances K[S_b, S_b] of the rows of ``S`` (M × m)."""
+        if S.shape[0] == 0:
+            return np.zeros(0)
+        uniq, inv = np.unique(S, axis=0, return_inverse=True)
+        key = (h, uniq.tobytes(), uniq.shape)
+        if key not in self.cache:
+            Kb = _kernel_batch(self.K, uniq)
+            if self.detail is not None:
+                self.detail(f"{uniq.shape[1]}-D averages over {len(uniq)} kernels")
+            try:
+                res = gaussian_expectation(h, Kb, tol=self.tol)
+                self.cache[key] = np.asarray(res.value)
+                if len(res.value):
+                    rel = res.error / np.maximum(1.0, np.abs(res.value))
+                    self.error = max(self.error, float(rel.max()))
+            except CovarianceError as err:
+                raise DeriveError(f"the kernel restricted to samples {uniq[0].tolist()} … is not "
+                                  f"a covariance: {err}") from None
+        return self.cache[key][inv.reshape(-1)]
+
+    # -- plain averages -------------------------------------------------------------------
+
+    def tensor(self, label: str) -> np.ndarray:
+        """The previous layer's values of the tensor ``label``."""
+        if label not in self.tensors:
+            raise DeriveError(f"no values for tensor {label} (have {sorted(self.tensors)})")
+        return self.tensors[label]
+
+    @staticmethod
+    def _by_pattern(fs, alphas: tuple, C: np.ndarray, symmetric: bool = False):
+        """Group the components by which of their samples coincide: yields (rows, the functions
+        with coinciding slots merged into z1 … zm, the m distinct samples of those rows).
+        With ``symmetric`` (fs[0] invariant under permuting its slots) the samples are sorted
+        first, so an average is computed once per multiset of samples."""
+        slots = sorted({p for f in fs for p in _slots_of(f, alphas)})
+        slot_vars = [next(r for f in fs for r in f.atoms(RandomVar) if r.indices[0] == alphas[p])
+                     for p in slots]
+        Cs = C[:, slots]
+        if symmetric and _symmetric(fs[0], slot_vars):
+            Cs = np.sort(Cs, axis=1)
+        labels = _patterns(Cs)
+        for pat in np.unique(labels, axis=0):
+            rows = np.all(labels == pat, axis=1)
+            merged, distinct = _merged(fs, slot_vars, tuple(pat))
+            yield rows, merged, Cs[rows][:, distinct]
+
+    # -- plain averages -------------------------------------------------------------------
+
+    def gaussian_average(self, node: GaussianAverage, alphas: tuple, C: np.ndarray) -> np.ndarray:
+        out = np.empty(C.shape[0])
+        for rows, (h,), S in self._by_pattern([node.function], alphas, C, symmetric=True):
+            out[rows] = self.average(h, S)
+        return out
+
+    # -- contractions -----------------------------------------------------------------------
+
+    def contraction(self, node: DerivativeContraction, alphas: tuple, C: np.ndarray) -> np.ndarray:
+        T = self.tensor(str(node.tensor.base))
+        dummies = [b for g in node.groups for b in g]
+        letters = "ijklmnop"
+        r = len(node.tensor.indices)
+        out = np.empty(C.shape[0])
+        for rows, merged, S in self._by_pattern(node.functions, alphas, C):
+            m = S.shape[1]
+            # T restricted to the distinct samples: T_S[b, j1 … jr] = T[S_b j1, …]
+            gather = [S.reshape(S.shape[0], *([1] * t), m, *([1] * (r - t - 1))) for t in range(r)]
+            subs = ["b" + "".join(letters[dummies.index(d)] for d in node.tensor.indices)]
+            ops = [T[tuple(gather)]]
+            for F, grp in zip(merged, node.groups):
+                ops.append(self._derivatives(F, len(grp), S, m))
+                subs.append("b" + "".join(letters[dummies.index(d)] for d in grp))
+            out[rows] = np.einsum(",".join(subs) + "->b", *ops)
+        return out
+
+    def _derivatives(self, F: sp.Expr, r: int, S: np.ndarray, m: int) -> np.ndarray:
+        """D[b, i1 … ir] = ⟨∂_{i1} … ∂_{ir} F⟩ over K[S_b, S_b] (zero where F does not depend on
+        z_i), by differentiation for smooth σ, by integration by parts for kinked σ."""
+        D = np.zeros((S.shape[0],) + (m,) * r)
+        vars_ = sorted((k for k in range(m) if _Z[k] in F.free_symbols))
+        if not vars_:
+            return D
+        if self.kinked:
+            block = self._hermite(F, r, S, vars_)
+            D[np.ix_(np.arange(S.shape[0]), *([vars_] * r))] = block
+            return D
+        for mi in combinations_with_replacement(vars_, r):
+            d = sp.diff(F, *(_Z[i] for i in mi))
+            if d == 0:
+                continue
+            val = self.average(d, S) if d.free_symbols else np.full(S.shape[0], float(d))
+            for perm in set(permutations(mi)):
+                D[(slice(None),) + perm] = val
+        return D
+
+    def _moments(self, F: sp.Expr, d: int, S: np.ndarray, vars_: list[int]) -> np.ndarray:
+        """M[b, c1 … cd] = ⟨F z_{c1} … z_{cd}⟩ over the variables ``vars_`` (local numbering)."""
+        v = len(vars_)
+        M = np.zeros((S.shape[0],) + (v,) * d)
+        for mi in combinations_with_replacement(range(v), d):
+            val = self.average(F * sp.Mul(*(_Z[vars_[i]] for i in mi)), S)
+            for perm in set(permutations(mi)):
+                M[(slice(None),) + perm] = val
+        return M
+
+    def _hermite(self, F: sp.Expr, r: int, S: np.ndarray, vars_: list[int]) -> np.ndarray:
+        Ks = _kernel_batch(self.K, S[:, vars_])
+        sign, logdet = np.linalg.slogdet(Ks)
+        scale = np.prod(np.diagonal(Ks, axis1=1, axis2=2), axis=1)
+        if np.any(sign <= 0) or np.any(np.exp(logdet) <= 1e-12 * scale):
+            b = int(np.nonzero((sign <= 0) | (np.exp(logdet) <= 1e-12 * scale))[0][0])
+            raise DeriveError(
+                f"the kernel of samples {S[b, vars_].tolist()} is singular; the derivative-free "
+                "form used for an activation with kinks needs distinct, linearly independent "
+                "inputs (remove duplicated or parallel inputs)")
+        P = np.linalg.inv(Ks)
+        M0 = self._moments(F, 0, S, vars_)
+        M2 = self._moments(F, 2, S, vars_)
+        Y2 = np.einsum("bia,bjc,bac->bij", P, P, M2)
+        if r == 2:
+            return Y2 - P * M0[:, None, None]
+        if r == 4:
+            M4 = self._moments(F, 4, S, vars_)
+            Y4 = np.einsum("bia,bjc,bke,blg,baceg->bijkl", P, P, P, P, M4)
+            PY = (np.einsum("bij,bkl->bijkl", P, Y2) + np.einsum("bik,bjl->bijkl", P, Y2)
+                  + np.einsum("bil,bjk->bijkl", P, Y2) + np.einsum("bjk,bil->bijkl", P, Y2)
+                  + np.einsum("bjl,bik->bijkl", P, Y2) + np.einsum("bkl,bij->bijkl", P, Y2))
+            PP = (np.einsum("bij,bkl->bijkl", P, P) + np.einsum("bik,bjl->bijkl", P, P)
+                  + np.einsum("bil,bjk->bijkl", P, P))
+            return Y4 - PY + PP * M0[:, None, None, None, None]
+        raise DeriveError(f"integration by parts is implemented for 2 and 4 derivatives, got {r}")
+
+
+def _symmetric(f: sp.Expr, slot_vars: list) -> bool:
+    """Whether f is invariant under every permutation of its slot variables."""
+    if len(slot_vars) < 2:
+        return True
+    for perm in permutations(slot_vars):
+        if f.xreplace(dict(zip(slot_vars, perm))) != f:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# compiled recursions
+# ---------------------------------------------------------------------------------------------
+
+class CompiledForm:
+    """A specialised recursion with its atoms (averages, tensor components, contractions)
+    replaced by symbols and the remainder lambdified once; see the module docstring."""
+
+    def __init__(self, expr: sp.Expr, alphas: tuple, scalars: tuple):
+        self.expr = expr
+        self.alphas = tuple(alphas)
+        self.scalars = tuple(scalars)
+        atoms = set()
+        walk = sp.preorder_traversal(expr)
+        for node in walk:
+            if isinstance(node, (GaussianAverage, DerivativeContraction)):
+                atoms.add(node)
+                walk.skip()
+            elif isinstance(node, sp.Indexed):
+                atoms.add(node)
+                walk.skip()
+        self.atoms = sorted(atoms, key=default_sort_key)
+        self.symbols = sp.symbols(f"atom0:{len(self.atoms)}")
+        body = expr.xreplace(dict(zip(self.atoms, self.symbols)))
+        leftover = body.free_symbols - set(self.symbols) - set(self.scalars)
+        if leftover:
+            raise DeriveError(f"the recursion {expr} has unbound symbols {sorted(map(str, leftover))}")
+        self.fn = sp.lambdify(self.scalars + self.symbols, body, modules="numpy")
+
+    def evaluate(self, C: np.ndarray, scalar_values: tuple, ev: _Evaluator,
+                 tick=None) -> np.ndarray:
+        """Values at the components ``C`` (M × number of slots, 0-based sample numbers);
+        ``tick(k, n)`` is called before the k-th of the n atoms."""
+        args = []
+        for k, atom in enumerate(self.atoms):
+            if tick is not None:
+                tick(k + 1, len(self.atoms))
+            if isinstance(atom, GaussianAverage):
+                args.append(ev.gaussian_average(atom, self.alphas, C))
+            elif isinstance(atom, DerivativeContraction):
+                args.append(ev.contraction(atom, self.alphas, C))
+            else:
+                pos = [self.alphas.index(x) for x in atom.indices]
+                args.append(ev.tensor(str(atom.base))[tuple(C[:, p] for p in pos)])
+        out = self.fn(*scalar_values, *args)
+        return np.broadcast_to(np.asarray(out, dtype=float), (C.shape[0],)).copy()
+
+
+@lru_cache(maxsize=32)
+def compiled_forms(act: Activation, contracted: bool) -> dict:
+    """The layer step's recursions specialised to ``act`` and compiled (cached): the collapsed
+    component forms, or (``contracted``) the forms with the sample sums kept."""
+    step = cached_layer_step()
+    scalars = (step.C_b, step.C_W, step.lambda_b, step.lambda_W, WIDTH, WIDTH_PREV)
+    source = step.contracted if contracted else {n: getattr(step, n) for n in TARGETS}
+    return {name: CompiledForm(specialise(source[name], act), step.alphas, scalars)
+            for name in TARGETS}
+
+
+def _pairs(N: int) -> np.ndarray:
+    p, q = np.triu_indices(N)
+    return np.stack([p, q], axis=1)
+
+
+def _vertex_orbits(N: int) -> np.ndarray:
+    """One component (α1 ≤ α2, α3 ≤ α4, (α1α2) ≤ (α3α4)) per orbit of V's pair symmetries."""
+    P = _pairs(N)
+    i, j = np.triu_indices(len(P))
+    return np.concatenate([P[i], P[j]], axis=1)
+
+
+def _fill_sym2(N: int, C: np.ndarray, v: np.ndarray) -> np.ndarray:
+    A = np.empty((N, N))
+    A[C[:, 0], C[:, 1]] = v
+    A[C[:, 1], C[:, 0]] = v
+    return A
+
+
+def _fill_vertex(N: int, C: np.ndarray, v: np.ndarray) -> np.ndarray:
+    A = np.empty((N, N, N, N))
+    a, b, c, d = C.T
+    for (w, x), (y, u) in (((a, b), (c, d)), ((c, d), (a, b))):
+        A[w, x, y, u] = v
+        A[x, w, y, u] = v
+        A[w, x, u, y] = v
+        A[x, w, u, y] = v
+    return A
+
+
+def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
+                derivative_free: bool | None = None, tol: float | None = None,
+                detail=None) -> dict:
+    """K, Θ, G1 and V of every layer of ``spec`` on inputs ``X`` (N × n_0) from the derived
+    layer step.  Returns ``{"K": {ℓ: (N,N)}, "Theta": …, "G1": …, "V": {ℓ: (N,N,N,N)}}``;
+    quantities not needed for ``targets`` at ``order`` are left out.  ``progress(ℓ, L)`` is
+    called after each layer, ``detail(message)`` before each average of V's step (minutes per
+    layer for many inputs).  ``derivative_free`` (default: when σ has kinks) evaluates the
+    sample sums by Gaussian integration by parts instead of derivatives of σ; ``tol`` is passed
+    to :func:`derive.gaussian_expectation` (default: by dimension).  ``res["error"]`` is the
+    largest estimated error of an average, relative to max(1, |average|)."""
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or not np.all(np.isfinite(X)):
+        raise DeriveError(f"X must be a finite array of shape (N, n_0), got shape {X.shape}")
+    targets = TARGETS if targets is None else tuple(targets)
+    need = set(targets)
+    if order >= 1 and "G1" in need:
+        need.add("V")  # G1's recursion consumes V
+    N, n0 = X.shape
+    act = spec.activation
+    if derivative_free is None:
+        derivative_free = bool(act.kinks)
+    forms = compiled_forms(act, bool(derivative_free))
+    G0 = X @ X.T / n0
+    res = {"K": {1: spec.C_b(1) + spec.C_W(1) * G0}}
+    if "Theta" in need:
+        res["Theta"] = {1: spec.lambda_b(1) + spec.lambda_W(1) * G0}
+    if "G1" in need:
+        res["G1"] = {1: np.zeros((N, N))}
+    if "V" in need:
+        res["V"] = {1: np.zeros((N, N, N, N))}
+    _check_kernel(res["K"][1], 1)
+    widths = [n0, *spec.widths]
+    if "V" not in res:
+        # the diagonal V_{(αα)(αα)} closes on itself: kept (N numbers per layer) for the
+        # estimate of the expansion parameter, without the N⁴ array
+        res["V"] = {1: _DiagonalVertex(np.zeros(N))}
+        C4 = np.repeat(np.arange(N)[:, None], 4, axis=1)
+        fill_v = lambda C, v: _DiagonalVertex(v)  # noqa: E731
+    else:
+        C4 = _vertex_orbits(N)
+        fill_v = lambda C, v: _fill_vertex(N, C, v)  # noqa: E731
+    C2 = _pairs(N)
+    error = 0.0
+    for l in range(1, spec.depth):
+        scalars = (spec.C_b(l + 1), spec.C_W(l + 1), spec.lambda_b(l + 1), spec.lambda_W(l + 1),
+                   widths[l], widths[l - 1])
+        tensors = {name: res[name][l] for name in res}
+        ev = _Evaluator(res["K"][l], tensors, kinked=bool(derivative_free), tol=tol)
+        for name in ("K", "Theta", "G1"):
+            if name not in res:
+                continue
+            if name == "G1" and order < 1:
+                res[name][l + 1] = np.zeros((N, N))
+                continue
+            res[name][l + 1] = _fill_sym2(N, C2, forms[name].evaluate(C2, scalars, ev))
+        def tick(k, n, l=l):  # before V's k-th term: name it in the progress messages
+            ev.detail = lambda msg: detail(f"layer {l + 1}/{spec.depth}: V on {len(C4)} "
+                                           f"components, term {k}/{n}: {msg}")
+
+        res["V"][l + 1] = fill_v(C4, forms["V"].evaluate(C4, scalars, ev,
+                                                         tick if detail is not None else None))
+        _check_kernel(res["K"][l + 1], l + 1)
+        error = max(error, ev.error)
+        if progress is not None:
+            progress(l + 1, spec.depth)
+    res["error"] = error
+    return res
+
+
+class _DiagonalVertex:
+    """The components V_{(αα)(αα)} only (indexing anything else is an error)."""
+
+    def __init__(self, diag: np.ndarray):
+        self.diag = np.asarray(diag, dtype=float)
+
+    def __getitem__(self, idx):
+        idx = np.broadcast_arrays(*idx)
+        if any(np.any(i != idx[0]) for i in idx[1:]):
+            raise DeriveError("only the diagonal of V was computed; ask for target 'V'")
+        return self.diag[idx[0]]
+
+
+def _check_kernel(K: np.ndarray, layer: int) -> None:
+    d = np.diagonal(K)
+    if not np.all(np.isfinite(K)) or np.any(d <= 0):
+        raise DeriveError(f"the kernel becomes singular at layer {layer} (a variance ≤ 0 or not "
+                          f"finite: diag K = {d}); check C_b, C_W and the inputs")

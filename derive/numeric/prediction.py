@@ -1,0 +1,299 @@
+r"""``derive.predict``: numbers from the derived recursions (THEORY §4 quantities, any spec).
+
+``predict(spec, X, order=1)`` returns a :class:`Prediction` with mappings ``.K``, ``.G1``,
+``.V``, ``.Theta`` keyed by layer ℓ = 1 … L (float64 arrays of shapes (N, N), (N, N),
+(N, N, N, N), (N, N)) and ``.metric(ℓ)`` = K + G1/n_{ℓ−1}.  ``targets`` limits the work to
+some of them (e.g. ``targets=("K", "Theta", "G1")`` for many inputs: the full V costs N⁴
+memory; the mappings of quantities not asked for are empty).  Kinked activations (ReLU,
+leaky ReLU, user strings with Max/Abs/Heaviside) are evaluated with the derivative-free forms.
+
+The numbers come from the derived expressions, never from a second, hand-written recursion:
+K, Θ, G1 (and V for N ≤ 2) through the module generated from the derivation
+(:mod:`derive.emit.numpy_module`, cached per spec), in which G1 is fed by the components of V with at
+most two distinct samples (they close on themselves); the full V of N ≥ 3 inputs through the
+batched evaluator of the same derived forms (:mod:`derive.numeric.evaluate`).
+
+``.expansion[ℓ]`` estimates the relative size of the first neglected term,
+(V/(n_{ℓ−1} K²))^{order+1} on the diagonal; a warning names the first layer where it exceeds
+``warn_threshold`` (at criticality it grows like ℓ/n, THEORY §5).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..algebra.contractions import check_order
+from ..architectures.mlp import MLP
+from ..base.errors import DeriveError, boundary
+from ..derivation.derivation import check_targets, finite_targets
+from .evaluate import _DiagonalVertex, iterate_mlp
+
+__all__ = ["predict", "Prediction", "ExpansionWarning", "plan_work", "vertex_work"]
+
+
+class ExpansionWarning(UserWarning):
+    """The 1/n expansion is no longer small at some layer."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    spec: MLP
+    X: np.ndarray
+    order: int
+    K: dict = field(repr=False)
+    G1: dict = field(repr=False)
+    V: dict = field(repr=False)
+    Theta: dict = field(repr=False)
+    expansion: dict = field(repr=False)
+    #: "generated" (the module of derive.emit.numpy_module) or "batched" (derive.numeric.evaluate)
+    route: str = "generated"
+    #: the largest estimated error of a Gaussian average, relative to max(1, |average|)
+    quadrature_error: float = 0.0
+
+    def fan_in(self, layer: int) -> int:
+        """n_{ℓ−1} (n_0 is the input dimension)."""
+        return [self.X.shape[1], *self.spec.widths][layer - 1]
+
+    def metric(self, layer: int) -> np.ndarray:
+        """K + G1/n_{ℓ−1} (with G1 = 0 at order 0)."""
+        if layer not in self.K:
+            raise DeriveError(f"layer must be 1 … {self.spec.depth}, got {layer!r}")
+        if layer not in self.G1:
+            raise DeriveError("the metric needs G1: call predict with 'G1' among the targets")
+        return self.K[layer] + self.G1[layer] / self.fan_in(layer)
+
+
+def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool) -> dict:
+    """K, Θ (and G1, V) from the generated module of ``spec`` (cached per spec)."""
+    from ..emit.numpy_module import load_generated
+
+    wanted = ("K", "Theta", "G1") if nlo and order >= 1 else ("K", "Theta")
+    mod = load_generated(spec, tuple(t for t in wanted if not (t == "Theta" and
+                                                              spec.activation.ntk_obstacle)))
+    try:
+        with np.errstate(all="ignore"):
+            g = mod.evaluate(X, order=order, nlo="pairs" if nlo else "diagonal")
+    except (ValueError, ArithmeticError) as err:
+        raise DeriveError(str(err)) from None
+    kinked = bool(spec.activation.kinks)
+    r = {"K": g["K"], "Theta": g.get("Theta", {}), "G1": g["G1"],
+         "error": float(mod.TOL * (30 if kinked else 1))}
+    if dense_v:  # N ≤ 2: every component has at most two distinct samples
+        N = X.shape[0]
+        r["V"] = {l: (mod._pair_tensors(g["G1"][l], v, g["V_pairs"][l])[1][..., 0, N - 1]
+                      if N == 2 else v.reshape(1, 1, 1, 1)) for l, v in g["V"].items()}
+    else:
+        r["V"] = {l: _DiagonalVertex(v) for l, v in g["V"].items()}
+    return r
+
+
+#: most inputs accepted (the arrays are N × N per layer and quantity)
+MAX_INPUTS = 20_000
+#: most memory the arrays of a prediction may take, in bytes
+MAX_BYTES = 8 * 2 ** 30
+#: rough seconds per vertex component and layer on the batched route, by the number of
+#: distinct samples of the component (3 or 4) and whether σ has kinks (measured on 2 cores;
+#: ReLU, 10 inputs: 170 s for layer 2, 600–700 s for deep layers, whose nearly parallel
+#: kernels need the finer rules; 69 min for depth 8)
+_SECONDS = {(3, False): 2e-3, (4, False): 1e-2, (3, True): 0.1, (4, True): 0.9}
+#: a batched-route estimate above this is refused (with the cheaper routes as advice)
+MAX_SECONDS = 6 * 3600
+
+
+def _inputs(X) -> np.ndarray:
+    """X as a finite float array of shape (N, n_0), or a DeriveError saying what is wrong."""
+    if isinstance(X, (str, bytes)) or X is None:
+        raise DeriveError(f"X must be an array of inputs of shape (N, n_0), got {type(X).__name__}")
+    try:
+        arr = np.asarray(X)
+    except ValueError:
+        arr = None
+    if arr is None or arr.dtype == object:
+        raise DeriveError("X must be a rectangular array of numbers, shape (N inputs, n_0 "
+                          "features); rows of different lengths or non-numbers were given")
+    if arr.dtype.kind not in "biuf":
+        raise DeriveError(f"X must hold real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(float)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise DeriveError(f"X must have shape (N inputs, n_0 features), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise DeriveError("X contains NaN or infinite entries")
+    if arr.shape[0] > MAX_INPUTS:
+        raise DeriveError(f"{arr.shape[0]} inputs are more than {MAX_INPUTS}: the kernels are "
+                          "N × N per layer; predict on a subset")
+    return arr
+
+
+def _route(N: int, targets: tuple) -> str:
+    """The one route decision: the generated evaluator (K, Θ, G1 on all pairs, V on the
+    components with at most two distinct samples) unless V is wanted for N ≥ 3 inputs, whose
+    components with three and four distinct samples only the batched evaluator computes."""
+    return "batched" if "V" in targets and N >= 3 else "generated"
+
+
+def vertex_work(N: int) -> dict:
+    """Vertex components per layer (one per orbit of V's pair symmetries, as the batched
+    evaluator computes them) by their number of distinct samples: N with one, 4 C(N, 2) with
+    two ((xx)(yy), (xy)(xy), (xx)(xy), (yy)(xy)), 6 C(N, 3) with three (a doubled sample beside
+    a distinct pair, or two pairs sharing one sample: 3 ways each), 3 C(N, 4) with four."""
+    from math import comb
+
+    return {1: N, 2: 4 * comb(N, 2), 3: 6 * comb(N, 3), 4: 3 * comb(N, 4)}
+
+
+def plan_work(spec: MLP, N: int, targets: tuple, say=None) -> str:
+    """The route for ``N`` inputs and ``targets``, after refusing what cannot finish (more than
+    :data:`MAX_BYTES` of arrays, or more than :data:`MAX_SECONDS` of vertex averages, with the
+    cheaper alternatives); ``say(message)`` is told what the run will do."""
+    L = spec.depth
+    arrays = sum(1 for t in targets if t != "V") + 1
+    mem = L * N * N * 8 * arrays + (L * N ** 4 * 8 if "V" in targets else 0)
+    if mem > MAX_BYTES:
+        raise DeriveError(f"the requested arrays take about {mem / 2 ** 30:.0f} GiB ({N} inputs, "
+                          f"{L} layers{', V is N⁴' if 'V' in targets else ''}); ask for fewer "
+                          "inputs or targets (K, Θ, G1 need only N² per layer)")
+    say = say or (lambda msg: None)
+    route = _route(N, targets)
+    if route == "generated":
+        say(f"predict: {N} input(s), {L} layers, targets {', '.join(targets)}: generated "
+            "evaluator (closed forms or fixed quadrature on all pairs)")
+        return route
+    work = vertex_work(N)
+    kinked = bool(spec.activation.kinks)
+    seconds = (L - 1) * (work[3] * _SECONDS[3, kinked] + work[4] * _SECONDS[4, kinked])
+    say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator for "
+        f"the full V — per layer {sum(work.values())} vertex components, {work[3]} of them with "
+        f"3 distinct samples (3-D averages) and {work[4]} with 4 (4-D averages)"
+        f"{', σ with kinks' if kinked else ''}; roughly {_duration(seconds)} on 2 cores")
+    if seconds > MAX_SECONDS:
+        raise DeriveError(
+            f"the full four-point vertex V of {N} inputs through {L} layers needs "
+            f"{work[3] + work[4]} three- and four-dimensional averages per layer, roughly "
+            f"{_duration(seconds)}; this is not practical.  Leave V out (K, Θ and G1 on all "
+            "pairs take seconds), or predict V for at most 2 inputs at a time (pairs are exact "
+            "through the generated evaluator), or for fewer inputs")
+    return route
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@boundary
+def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=None,
+            progress: bool = False, tol: float | None = None) -> Prediction:
+    r"""Evaluate the derived recursions of ``spec`` on inputs ``X`` (N × n_0).
+
+    Parameters
+    ----------
+    spec : :class:`derive.MLP`
+    X : array (N, n_0) of finite numbers, the inputs x_α.
+    order : 0 (leading order) or 1 (with G1 and V, the first correction in 1/n).
+    warn_threshold : an :class:`ExpansionWarning` names the first layer where the estimated
+        first neglected term exceeds this (default 0.1).
+    targets : names from ``("K", "Theta", "G1", "V")`` (default: all, without Θ when σ jumps,
+        where Θ is infinite).  V for N ≥ 3 inputs is the expensive part (N⁴ components, 3-D
+        and 4-D averages); without it everything runs through the generated evaluator.
+    progress : print what the run will do and one line per layer to stderr.
+    tol : absolute tolerance of each quadrature of the batched route (V for N ≥ 3; default:
+        by dimension, relative to the size of each average, see
+        :func:`derive.gaussian_expectation`).  The generated evaluator works to 3e-13.
+
+    Returns
+    -------
+    :class:`Prediction` with ``.K``, ``.G1``, ``.V``, ``.Theta`` (layer → array),
+    ``.metric(ℓ)``, ``.expansion`` (layer → estimate), ``.route`` and ``.quadrature_error``
+    (the largest estimated error of an average, relative to max(1, |average|)).
+
+    Raises
+    ------
+    DeriveError
+        for bad input (with what to change), a kernel that becomes singular, a run that
+        cannot fit in memory or would take more than hours (with the cheaper alternatives).
+
+    >>> import numpy as np, derive
+    >>> p = derive.predict(derive.MLP(3, 64, "relu", 0.0, 2.0), np.array([[1.0, 0.0]]))
+    >>> round(float(p.K[3][0, 0]), 12), p.route
+    (1.0, 'generated')
+    """
+    import sys
+    import time
+
+    if not isinstance(spec, MLP):
+        raise DeriveError(f"spec must be a derive.MLP, got {type(spec).__name__}")
+    order = check_order(order)
+    if isinstance(warn_threshold, bool) or not isinstance(warn_threshold, (int, float)) \
+            or not np.isfinite(warn_threshold) or warn_threshold < 0:
+        raise DeriveError(f"warn_threshold must be a finite number ≥ 0, got {warn_threshold!r:.40}")
+    from ..activations.gaussian import _check_tol
+
+    tol = _check_tol(tol)
+    X = _inputs(X)
+    # by default everything finite for σ, G1 and V included at order 0 (G1 then is zero)
+    targets = finite_targets(spec.activation) if targets is None else \
+        check_targets(targets, spec.activation)
+    N = X.shape[0]
+    start = time.perf_counter()
+
+    def say(msg):
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    route = plan_work(spec, N, targets, say)
+
+    def report(l, L):
+        say(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)")
+
+    last = [start]
+
+    def detail(msg):  # at most one line every 5 s
+        now = time.perf_counter()
+        if now - last[0] >= 5.0:
+            last[0] = now
+            say(f"predict: {msg} ({now - start:.0f} s)")
+
+    nlo_wanted = bool({"G1", "V"} & set(targets))
+    if route == "generated":
+        say("predict: deriving the recursions and generating the evaluator for σ = "
+            f"{spec.activation.name} (cached for the rest of the session) …")
+        r = _generated(spec, X, order, nlo_wanted, "V" in targets)
+        report(spec.depth, spec.depth)
+    else:
+        say("predict: deriving the recursions and specialising them to σ = "
+            f"{spec.activation.name} …")
+        r = iterate_mlp(spec, X, order, targets=targets, progress=report, tol=tol,
+                        detail=detail if progress else None)
+    expansion = {}
+    for l in range(1, spec.depth + 1):
+        d = np.diagonal(r["K"][l])
+        n_in = [X.shape[1], *spec.widths][l - 1]
+        V = r["V"][l]
+        idx = np.arange(len(d))
+        v = np.asarray(V[idx, idx, idx, idx])
+        expansion[l] = float(np.max(np.abs(v) / (n_in * d ** 2)) ** (order + 1))
+    bad = [l for l, e in expansion.items() if e > warn_threshold]
+    if bad:
+        warnings.warn(f"the first neglected term of the 1/n expansion is estimated at "
+                      f"{expansion[bad[0]]:.3g} of the kept ones from layer {bad[0]} on (threshold "
+                      f"{warn_threshold}); widen the network or expect large corrections",
+                      ExpansionWarning, stacklevel=3)  # the caller of the boundary wrapper
+
+    def kept(name):
+        return dict(r[name]) if name in targets and name in r else {}
+
+    G1 = kept("G1")
+    if "G1" in targets and not G1:
+        G1 = {l: np.zeros_like(r["K"][l]) for l in r["K"]}
+    for name in ("K", "Theta", "G1"):
+        for l, a in (r.get(name) or {}).items():
+            if not np.all(np.isfinite(a)):
+                raise DeriveError(f"{name} at layer {l} is not finite (the recursion overflowed); "
+                                  "check C_b, C_W and the scale of the inputs")
+    return Prediction(spec, X, order, dict(r["K"]), G1, kept("V"), kept("Theta"), expansion,
+                      route, float(r["error"]))

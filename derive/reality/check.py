@@ -1,0 +1,289 @@
+r"""``derive.check``: the derived predictions against ensembles of actual networks (THEORY §7).
+
+``check(spec, X, widths, samples, seed=0)`` samples ``samples`` random networks of ``spec``
+with every hidden width set to n, for each n in ``widths`` (:mod:`derive.reality.montecarlo`), and
+compares per layer ℓ, quantity and component
+
+* ``metric``: E[z_{i;α} z_{i;β}] with the leading order K and the NLO metric K + G1/n_{ℓ−1};
+* ``V``: n_{ℓ−1} × the connected four-point function of two different neurons with the
+  leading-order vertex V (its own 1/n correction is not derived: ``nlo`` is NaN).
+
+Across widths each (quantity, component, layer) is fitted by weighted least squares to
+A + B/n (and A + B/n + C/n² when there are at least four widths), giving the n → ∞ intercept A
+with its z-score against LO, and the slope B against the one the NLO term predicts
+(G1 for the metric at equal widths, n_{ℓ−1} = n; nothing at layer 1, whose metric is exact).
+
+The result (:class:`Check`) has ``.rows`` (one dict per layer, quantity, component and width),
+``.fits`` (one dict per layer, quantity and component), ``.table()``, ``.to_csv(path)`` and
+``.plot(path)``.  Bad input stops with :class:`CheckError` naming the cause; if an ensemble
+fails part-way (NaN/inf: a diverging spec), the error carries the widths done so far as
+``.partial`` (a :class:`Check`).
+"""
+from __future__ import annotations
+
+import csv
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..architectures.mlp import MLP
+from ..base.errors import DeriveError, boundary
+from ..numeric.prediction import ExpansionWarning, predict
+from .montecarlo import BLOCKS, MonteCarloError, sample
+
+__all__ = ["check", "Check", "CheckError", "DEFAULT_WIDTHS", "DEFAULT_SAMPLES", "PRECISE_SAMPLES"]
+
+DEFAULT_WIDTHS = (32, 64, 128)
+#: networks per width of the default run (the demo spec finishes in about a minute on 2 cores)
+DEFAULT_SAMPLES = 20_000
+#: networks per width of ``--precise``
+PRECISE_SAMPLES = 200_000
+#: a z-score above this counts as disagreement
+Z_MAX = 4.0
+
+_ROW_KEYS = ("quantity", "component", "layer", "width", "mc_mean", "mc_stderr", "lo", "nlo")
+_FIT_KEYS = ("quantity", "component", "layer", "widths", "intercept", "intercept_err", "lo",
+             "z_lo", "slope", "slope_err", "slope_nlo", "z_slope", "slope_agrees", "curvature",
+             "curvature_err", "chi2_dof")
+
+
+class CheckError(DeriveError):
+    """A check that cannot run or could not finish; ``partial`` holds what was done."""
+
+    def __init__(self, message: str, partial: "Check | None" = None):
+        super().__init__(message)
+        self.partial = partial
+
+
+def _components(N: int):
+    """The metric's pairs (α ≤ β) and one V component per orbit of its pair symmetries."""
+    pairs = [(a, b) for a in range(N) for b in range(a, N)]
+    quads = [p + q for i, p in enumerate(pairs) for q in pairs[i:]]
+    return pairs, quads
+
+
+def _label(c) -> str:
+    return "".join(map(str, c)) if len(c) == 2 else f"({c[0]}{c[1]})({c[2]}{c[3]})"
+
+
+def _fit(inv_n: np.ndarray, y: np.ndarray, err: np.ndarray, degree: int):
+    """Weighted least squares of y = Σ_k c_k (1/n)^k, k ≤ degree: (coefficients, their
+    standard errors, χ²/dof or NaN)."""
+    A = np.vander(inv_n, degree + 1, increasing=True)
+    w = 1.0 / np.maximum(err, 1e-300)
+    Aw, yw = A * w[:, None], y * w
+    cov = np.linalg.pinv(Aw.T @ Aw)
+    coef = cov @ Aw.T @ yw
+    dof = len(y) - degree - 1
+    chi2 = float(np.sum((Aw @ coef - yw) ** 2) / dof) if dof > 0 else float("nan")
+    return coef, np.sqrt(np.diagonal(cov)), chi2
+
+
+@dataclass
+class Check:
+    """The result of :func:`check` (see the module docstring)."""
+
+    spec: MLP
+    X: np.ndarray
+    widths: tuple
+    samples: int
+    seed: int
+    rows: list = field(default_factory=list)
+    fits: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    # -- fits ---------------------------------------------------------------------------------
+
+    def _refit(self) -> None:
+        self.fits = []
+        groups: dict = {}
+        for r in self.rows:
+            groups.setdefault((r["quantity"], r["component"], r["layer"]), []).append(r)
+        for (q, comp, layer), rs in groups.items():
+            rs = sorted(rs, key=lambda r: r["width"])
+            if len(rs) < 2:
+                continue
+            inv_n = np.array([1.0 / r["width"] for r in rs])
+            y = np.array([r["mc_mean"] for r in rs])
+            e = np.array([r["mc_stderr"] for r in rs])
+            if np.all(e == 0):  # exact (layer 1 V): nothing to fit
+                continue
+            deg = 2 if len(rs) >= 4 else 1
+            coef, cerr, chi2 = _fit(inv_n, y, e, deg)
+            lo = rs[0]["lo"]
+            z_lo = (coef[0] - lo) / cerr[0] if cerr[0] > 0 else float("nan")
+            # the predicted slope: n (NLO − LO) at equal widths (n_{ℓ−1} = n for ℓ ≥ 2; at
+            # layer 1 G1 = 0, so NLO = LO and the slope is 0: the metric is exact there)
+            nlo = np.array([r["nlo"] for r in rs])
+            slope_nlo = float(np.mean((nlo - lo) * np.array([r["width"] for r in rs]))) \
+                if np.all(np.isfinite(nlo)) else float("nan")
+            z_slope = (coef[1] - slope_nlo) / cerr[1] if np.isfinite(slope_nlo) and cerr[1] > 0 \
+                else float("nan")
+            self.fits.append({
+                "quantity": q, "component": comp, "layer": layer,
+                "widths": ",".join(str(r["width"]) for r in rs),
+                "intercept": float(coef[0]), "intercept_err": float(cerr[0]), "lo": lo,
+                "z_lo": float(z_lo), "slope": float(coef[1]), "slope_err": float(cerr[1]),
+                "slope_nlo": slope_nlo, "z_slope": float(z_slope),
+                "slope_agrees": (bool(abs(z_slope) < Z_MAX) if np.isfinite(z_slope) else None),
+                "curvature": float(coef[2]) if deg == 2 else float("nan"),
+                "curvature_err": float(cerr[2]) if deg == 2 else float("nan"),
+                "chi2_dof": chi2})
+
+    # -- output -------------------------------------------------------------------------------
+
+    def table(self) -> str:
+        """The fits as a text table (one line per quantity, component and layer)."""
+        head = (f"{'quantity':8s} {'comp':8s} {'l':>3s} {'n→∞ intercept':>24s} {'LO':>12s} "
+                f"{'z(LO)':>7s} {'1/n slope':>24s} {'NLO slope':>11s} {'agree':>5s}")
+        lines = [head, "-" * len(head)]
+        for f in self.fits:
+            agree = {True: "yes", False: "NO", None: "-"}[f["slope_agrees"]]
+            lines.append(
+                f"{f['quantity']:8s} {f['component']:8s} {f['layer']:3d} "
+                f"{f['intercept']:12.6g} ± {f['intercept_err']:9.2g} {f['lo']:12.6g} "
+                f"{f['z_lo']:7.2f} {f['slope']:12.5g} ± {f['slope_err']:9.2g} "
+                f"{f['slope_nlo']:11.5g} {agree:>5s}")
+        bad = [f for f in self.fits if abs(f["z_lo"]) > Z_MAX]
+        lines.append(f"{len(self.fits)} fits over widths {list(self.widths)}, {self.samples} networks "
+                     f"per width; intercepts more than {Z_MAX:g}σ from LO: {len(bad)}")
+        return "\n".join(lines)
+
+    def to_csv(self, path) -> None:
+        """Write the rows (``path``) and the fits (same name with ``_fits``)."""
+        from pathlib import Path
+
+        path = Path(path)
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=_ROW_KEYS)
+            w.writeheader()
+            w.writerows(self.rows)
+        with open(path.with_name(path.stem + "_fits" + path.suffix), "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=_FIT_KEYS)
+            w.writeheader()
+            w.writerows(self.fits)
+
+    def plot(self, path) -> None:
+        """PNG: per quantity (diagonal component of input 0), the LO/NLO curves vs depth with
+        the Monte Carlo points of every width; and the residual MC − LO vs 1/n at the last
+        layer with the fitted line and the NLO slope."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        L = self.spec.depth
+        for ax, (q, comp) in zip(axes[:2], (("metric", "00"), ("V", "(00)(00)"))):
+            rows = [r for r in self.rows if r["quantity"] == q and r["component"] == comp]
+            for k, n in enumerate(self.widths):
+                rs = sorted((r for r in rows if r["width"] == n), key=lambda r: r["layer"])
+                if not rs:
+                    continue
+                ls = [r["layer"] for r in rs]
+                ax.errorbar(ls, [r["mc_mean"] for r in rs], yerr=[r["mc_stderr"] for r in rs],
+                            fmt="o", ms=4, capsize=2, color=colors[k % len(colors)],
+                            label=f"Monte Carlo n={n}")
+                if q == "metric":
+                    ax.plot(ls, [r["nlo"] for r in rs], "--", color=colors[k % len(colors)], lw=1,
+                            label=f"NLO n={n}")
+            lo = sorted({(r["layer"], r["lo"]) for r in rows})
+            ax.plot([x for x, _ in lo], [y for _, y in lo], "k-", lw=1.5, label="leading order")
+            ax.set_xlabel("layer ℓ")
+            ax.set_title({"metric": "metric G_{00}", "V": "n·connected 4-pt vs V_{(00)(00)}"}[q])
+            ax.legend(fontsize=7)
+        ax = axes[2]
+        for k, (q, comp) in enumerate((("metric", "00"), ("V", "(00)(00)"))):
+            rs = sorted((r for r in self.rows if r["quantity"] == q and r["component"] == comp
+                         and r["layer"] == L), key=lambda r: r["width"])
+            if not rs:
+                continue
+            x = np.array([1 / r["width"] for r in rs])
+            scale = abs(rs[0]["lo"]) or 1.0
+            ax.errorbar(x, [(r["mc_mean"] - r["lo"]) / scale for r in rs],
+                        yerr=[r["mc_stderr"] / scale for r in rs], fmt="o", capsize=2,
+                        color=colors[k], label=f"{q} {comp}, ℓ={L}: (MC − LO)/|LO|")
+            fit = next((f for f in self.fits if f["quantity"] == q and f["component"] == comp
+                        and f["layer"] == L), None)
+            if fit is not None:
+                xx = np.linspace(0, x.max() * 1.1, 50)
+                yy = fit["intercept"] + fit["slope"] * xx + (0 if np.isnan(fit["curvature"])
+                                                           else fit["curvature"] * xx ** 2)
+                ax.plot(xx, (yy - fit["lo"]) / scale, "-", color=colors[k], lw=1, label="fit")
+                if np.isfinite(fit["slope_nlo"]):
+                    ax.plot(xx, fit["slope_nlo"] * xx / scale, ":", color=colors[k], lw=1.5,
+                            label="NLO slope")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("1/n")
+        ax.set_title("residual vs 1/n (last layer)")
+        ax.legend(fontsize=7)
+        fig.suptitle(f"derive check: {self.spec!r}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+@boundary
+def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, seed: int = 0,
+          progress: bool | None = None) -> Check:
+    """Monte Carlo of ``spec`` at every hidden width in ``widths`` against the derived LO and
+    NLO predictions, with 1/n fits (see the module docstring).  ``progress`` (default: when
+    stderr is a terminal) prints a bar with ETA per width and a line per width."""
+    if not isinstance(spec, MLP):
+        raise CheckError(f"spec must be a derive.MLP, got {type(spec).__name__}")
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[0] < 1 or not np.all(np.isfinite(X)):
+        raise CheckError(f"X must be a finite array of shape (N inputs, n_0 features), got {X.shape}")
+    try:
+        widths = tuple(sorted({int(n) for n in widths}))
+    except (TypeError, ValueError):
+        raise CheckError(f"widths must be whole numbers, got {widths!r}") from None
+    if not widths or min(widths) < 2:
+        raise CheckError(f"every width must be ≥ 2 (two different neurons are needed for the "
+                         f"four-point function), got {list(widths)}")
+    if spec.depth < 2:
+        raise CheckError("a depth-1 network has no hidden width to vary; use depth ≥ 2")
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 10 * BLOCKS:
+        raise CheckError(f"samples must be a whole number ≥ {10 * BLOCKS} networks per width, so that "
+                         f"each of the {BLOCKS} jackknife blocks behind an error bar holds ≥ 10; "
+                         f"got {samples!r}")
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    pairs, quads = _components(X.shape[0])
+    res = Check(spec, X, widths, int(samples), int(seed))
+    t0 = time.perf_counter()
+    cost = {n: spec.depth * n * n + 1 for n in widths}  # work per network ∝ Σ_ℓ n_ℓ n_{ℓ−1}
+    for k, n in enumerate(widths):
+        net = spec.with_widths(n)
+        try:
+            ens = sample(net, X, int(samples), seed=seed + k, ntk=False, progress=show)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExpansionWarning)
+                pred = predict(net, X, order=1, targets=("K", "G1", "V"))
+        except (MonteCarloError, DeriveError) as err:
+            res._refit()
+            res.seconds = time.perf_counter() - t0
+            raise CheckError(f"width {n}: {err} (results kept for widths {list(widths[:k])})",
+                             partial=res) from None
+        for l in range(1, spec.depth + 1):
+            est = ens.layers[l]
+            for c in pairs:
+                res.rows.append({"quantity": "metric", "component": _label(c), "layer": l,
+                                 "width": n, "mc_mean": float(est.G[c]),
+                                 "mc_stderr": float(est.G_err[c]), "lo": float(pred.K[l][c]),
+                                 "nlo": float(pred.metric(l)[c])})
+            for c in quads:
+                res.rows.append({"quantity": "V", "component": _label(c), "layer": l, "width": n,
+                                 "mc_mean": float(est.V[c]), "mc_stderr": float(est.V_err[c]),
+                                 "lo": float(pred.V[l][c]), "nlo": float("nan")})
+        if show:
+            el = time.perf_counter() - t0
+            left = sum(cost[w] for w in widths[k + 1:]) / sum(cost[w] for w in widths[:k + 1]) * el
+            print(f"check: width {n} done ({k + 1}/{len(widths)}), {el:.1f} s, ETA {left:.0f} s",
+                  file=sys.stderr, flush=True)
+    res._refit()
+    res.seconds = time.perf_counter() - t0
+    return res
