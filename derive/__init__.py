@@ -75,6 +75,7 @@ _FACADE = {
     "GaussianValue": "activations.gaussian",
     # networks
     "MLP": "architectures.mlp",
+    "ResMLP": "architectures.residual",
     "derive": "derivation.derivation",
     "Derivation": "derivation.derivation",
     "predict": "numeric.prediction",

@@ -22,6 +22,7 @@ from numbers import Integral, Real
 
 from ..activations.catalogue import Activation, activation
 from ..base.errors import DeriveError
+from .forward import mlp_equation
 
 __all__ = ["MLP", "MAX_DEPTH", "MAX_WIDTH"]
 
@@ -128,6 +129,23 @@ class MLP:
 
     def lambda_W(self, layer: int) -> float:
         return self.lambda_W_[self._check_layer(layer) - 1]
+
+    # the forward equation (architectures as data) -----------------------------------------
+
+    @property
+    def equation(self):
+        """The forward equation of layers 2 … L (:mod:`derive.architectures.forward`)."""
+        return mlp_equation()
+
+    def scalar_values(self, layer: int) -> tuple:
+        """The values at ``layer`` of the equation's scalars besides C_b, C_W (none here)."""
+        return ()
+
+    @property
+    def max_order(self) -> int:
+        """The highest order in 1/n the engine derives for this architecture: 1, or 0 when
+        the forward equation has a skip term (its O(1/n) closure is not derived)."""
+        return 0 if self.equation.has_skip() else 1
 
     @property
     def activation_name(self) -> str:

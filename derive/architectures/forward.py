@@ -1,0 +1,334 @@
+r"""Forward equations as data (THEORY §2, §8): what a layer does, written once, as SymPy.
+
+An architecture is the forward equation of the preactivations of layer ℓ+1 in terms of
+layer ℓ, an expression over the engine's inert objects:
+
+* ``Z[j, ALPHA]`` — the preactivation z^{(ℓ)}_{j;α} of layer ℓ (a nearly-Gaussian field);
+* ``W[i, j]``, ``B[i]`` — the weights and biases of layer ℓ+1 (zero-mean Gaussians,
+  Var W = C_W/n_ℓ, Var b = C_b, THEORY §2);
+* ``SIGMA`` — the abstract activation σ; :class:`~derive.NeuronSum` over the neurons of layer ℓ;
+* scalar hyperparameters of the layer (the residual ξ, γ; a user's own names).
+
+The first layer is the MLP's, z^{(1)} = b + W x, for every architecture here.  The equation for
+neuron ``I`` on sample ``ALPHA`` is :attr:`ForwardEquation.expr`; :meth:`ForwardEquation.at`
+renames it.  The class of equations the engine accepts (checked when one is made):
+
+    z^{(ℓ+1)}_{i;α} = ξ z^{(ℓ)}_{i;α} + c b_i + Σ_j W_{ij} g(z^{(ℓ)}_{j;α})
+
+with ξ, c scalars (ξ may be 0) and g any function of σ and z_j: conditional on layer ℓ,
+z^{(ℓ+1)} is then Gaussian with mean ξ z^{(ℓ)} and covariance δ (c² C_b + (C_W/n_ℓ) Σ_j g g),
+the structure the layer step relies on (THEORY §6 step 1).
+
+The NTK forward equation is *derived* from it (:meth:`ForwardEquation.ntk`) by the chain rule
+with the learning-rate tensor of THEORY §3 (λ_b per bias, λ_W/n_ℓ per weight of layer ℓ+1):
+
+    Ĥ^{(ℓ+1)}_{i1i2;α1α2} = Σ_{k1,k2} J_{i1k1;α1} J_{i2k2;α2} Ĥ^{(ℓ)}_{k1k2;α1α2}
+                           + Σ_{θ of layer ℓ+1} λ_θ (∂z_{i1;α1}/∂θ)(∂z_{i2;α2}/∂θ),
+    J_{ik;α} = ∂z^{(ℓ+1)}_{i;α}/∂z^{(ℓ)}_{k;α},
+
+each derivative taken symbolically through the neuron sums (∂z_j/∂z_k = δ_jk, then the δ's
+contracted by :func:`derive.simplify_sums`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import sympy as sp
+from sympy.core.sorting import default_sort_key
+
+from ..algebra.contractions import simplify_sums
+from ..algebra.symbols import (NeuronIndex, NeuronSum, RandomVar, SampleIndex, bias,
+                               nearly_gaussian_field, neuron_indices, weight)
+from ..algebra.trace import Trace
+from ..base.errors import DeriveError, ParseError
+
+__all__ = ["ForwardEquation", "SIGMA", "NTK", "WIDTH", "WIDTH_PREV", "WIDTH_NEXT", "C_B", "C_W",
+           "LAMBDA_B", "LAMBDA_W", "Z", "W", "B", "I", "J", "ALPHA", "XI", "GAMMA", "U", "mlp_equation",
+           "residual_equation", "parse_forward_equation", "BASE_SCALARS"]
+
+#: the abstract activation σ
+SIGMA = sp.Function("sigma")
+#: the NTK of layer ℓ, Ĥ^{(ℓ)}_{j1 j2; α1 α2}, as a function of its indices
+NTK = sp.Function("Hhat")
+#: n_ℓ (the width of layer ℓ, the fan-in of layer ℓ+1), n_{ℓ−1}, and n_{ℓ+1}
+WIDTH = sp.Symbol("n_l", positive=True)
+WIDTH_PREV = sp.Symbol("n_lm1", positive=True)
+WIDTH_NEXT = sp.Symbol("n_lp1", positive=True)
+#: the hyperparameters of layer ℓ+1 every architecture has (THEORY §2, §3)
+C_B, C_W = sp.symbols("C_b C_W")
+LAMBDA_B, LAMBDA_W = sp.symbols("lambda_b lambda_W")
+BASE_SCALARS = (C_B, C_W, LAMBDA_B, LAMBDA_W)
+#: the residual network's scalars (THEORY §8)
+XI, GAMMA = sp.symbols("xi gamma")
+#: layer ℓ's preactivations (nearly Gaussian: metric K + G1/n_{ℓ−1}, vertex V/n_{ℓ−1})
+Z = nearly_gaussian_field("z", "K", "G1", "V", WIDTH_PREV)
+#: layer ℓ+1's parameters
+W = weight("W", C_W, WIDTH)
+B = bias("b", C_B)
+#: the neuron of layer ℓ+1 the equation is written for, the summed neuron of layer ℓ, the sample
+I, J = neuron_indices("i j")
+ALPHA = SampleIndex("alpha")
+#: a plain variable standing for z_j in :meth:`ForwardEquation.parts`
+U = sp.Symbol("u")
+#: parameters of layer ℓ+1 with their learning rates (THEORY §3: λ_b per bias, λ_W/n_ℓ per weight)
+_LEARNING_RATES = ((B, LAMBDA_B), (W, LAMBDA_W / WIDTH))
+
+
+def _derivative(e: sp.Expr, x: RandomVar) -> sp.Expr:
+    """∂e/∂x for one component x of a family: through sums (∂z_j/∂z_k = δ_jk per index), by
+    the product rule, and by the chain rule through σ (SymPy differentiates a function of a
+    component directly: a component is a differentiable symbol)."""
+    if not e.has(x.family):
+        return sp.S.Zero
+    if isinstance(e, RandomVar):
+        return _delta(e, x)
+    if not e.has(NeuronSum):
+        out = sp.S.Zero
+        for r in sorted((r for r in e.atoms(RandomVar) if r.family == x.family),
+                        key=default_sort_key):
+            d = _delta(r, x)
+            if d != 0:
+                out += e.diff(r) * d
+        return out
+    if isinstance(e, NeuronSum):
+        inner = _derivative(e.function, x)
+        if inner == 0:
+            return sp.S.Zero
+        return NeuronSum(inner, *e.limits, distinct=e.distinct, exclude=e.exclude)
+    if e.is_Add:
+        return sp.Add(*(_derivative(a, x) for a in e.args))
+    if e.is_Mul:
+        out = sp.S.Zero
+        for k, a in enumerate(e.args):
+            da = _derivative(a, x)
+            if da != 0:
+                out += sp.Mul(*e.args[:k], da, *e.args[k + 1:])
+        return out
+    if e.is_Pow and e.exp.is_Integer:
+        return e.exp * e.base ** (e.exp - 1) * _derivative(e.base, x)
+    raise DeriveError(f"cannot differentiate {e} by {x}: a neuron sum inside a function")
+
+
+def _delta(r: RandomVar, x: RandomVar) -> sp.Expr:
+    """∂r/∂x for two components of one family: a product of δ's of their indices."""
+    if r.family != x.family:
+        return sp.S.Zero
+    return sp.Mul(*(sp.KroneckerDelta(a, b) for a, b in zip(r.indices, x.indices)))
+
+
+@dataclass(frozen=True)
+class ForwardEquation:
+    """The forward equation z^{(ℓ+1)}_{I;ALPHA} = ``expr`` of one architecture (see the module).
+
+    ``scalars`` are the per-layer hyperparameters it holds besides C_b, C_W (and λ_b, λ_W of
+    the NTK), in the order the evaluators take them; ``description`` says in words what it is.
+    """
+
+    name: str
+    expr: sp.Expr
+    scalars: tuple = ()
+    description: str = ""
+    _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __post_init__(self):
+        _check_equation(self.expr, self.scalars)
+
+    # -- the equation and its parts ----------------------------------------------------------
+
+    def at(self, i: NeuronIndex, alpha: SampleIndex) -> sp.Expr:
+        """z^{(ℓ+1)}_{i;α}: the equation for neuron ``i`` on sample ``alpha``."""
+        return self.expr.xreplace({I: i, ALPHA: alpha})
+
+    @property
+    def skip(self) -> sp.Expr:
+        """The coefficient ξ of the parameter-free term ξ z^{(ℓ)}_{i;α} (0 for the MLP)."""
+        return sp.expand(self.expr).coeff(Z[I, ALPHA]) if self.expr.has(Z[I, ALPHA]) else sp.S.Zero
+
+    def has_skip(self) -> bool:
+        return self.skip != 0
+
+    def without(self, zero) -> "ForwardEquation":
+        """The same equation with the scalars in ``zero`` set to 0 (a residual layer with ξ = 0
+        at every layer is an MLP layer; dropping the term lets the engine see that)."""
+        zero = tuple(s for s in self.scalars if s in set(zero))
+        if not zero:
+            return self
+        if ("without", zero) in self._cache:
+            return self._cache["without", zero]
+        expr = sp.expand(self.expr.xreplace({s: 0 for s in zero}))
+        expr = simplify_sums(expr) if expr.has(NeuronSum) else expr
+        out = ForwardEquation(self.name, expr, tuple(s for s in self.scalars if s not in zero),
+                              self.description)
+        self._cache["without", zero] = out
+        return out
+
+    def parts(self) -> tuple:
+        """``(xi, c, g)`` with z^{(ℓ+1)}_i = xi z_i + c b_i + Σ_j W_ij g(z_j) (the class every
+        equation here belongs to): ``xi`` and ``c`` in the scalars, ``g`` an expression in the
+        plain symbol :data:`U` (standing for z_j), ``SIGMA(U)`` and the scalars.  Samplers of
+        actual networks (:mod:`derive.reality.montecarlo`) are written from these."""
+        expr = sp.expand(self.expr)
+        xi = expr.coeff(Z[I, ALPHA]) if expr.has(Z[I, ALPHA]) else sp.S.Zero
+        c = expr.coeff(B[I]) if expr.has(B[I]) else sp.S.Zero
+        g = sp.S.Zero
+        for t in sp.Add.make_args(expr):
+            for f in sp.Mul.make_args(t):
+                if isinstance(f, NeuronSum):
+                    (j, _), = f.limits
+                    inner = sp.expand(f.function * t / f).xreplace({W[I, j]: 1, Z[j, ALPHA]: U})
+                    g += inner
+        return sp.expand(xi), sp.expand(c), sp.expand(g)
+
+    def jacobian(self, i: NeuronIndex, k: NeuronIndex, alpha: SampleIndex) -> sp.Expr:
+        """J_{ik;α} = ∂z^{(ℓ+1)}_{i;α}/∂z^{(ℓ)}_{k;α} (δ's contracted)."""
+        return simplify_sums(_derivative(self.at(i, alpha), Z[k, alpha]))
+
+    def ntk(self, i1: NeuronIndex, i2: NeuronIndex, a1: SampleIndex, a2: SampleIndex,
+            trace: Trace | None = None) -> sp.Expr:
+        """Ĥ^{(ℓ+1)}_{i1i2;α1α2} derived by the chain rule (see the module docstring); the
+        derivation is recorded in ``trace`` (rule ``ntk.chain_rule``)."""
+        key = (i1, i2, a1, a2)
+        if key not in self._cache:
+            k1, k2, m, p = neuron_indices("k1 k2 m p")
+            carried = NeuronSum(self.jacobian(i1, k1, a1) * self.jacobian(i2, k2, a2)
+                                * NTK(k1, k2, a1, a2), (k1, WIDTH), (k2, WIDTH))
+            own = sp.S.Zero
+            for fam, lam in _LEARNING_RATES:
+                idx = (m,) if len(fam.slots) == 1 else (m, p)
+                rng = ((m, WIDTH_NEXT),) if len(idx) == 1 else ((m, WIDTH_NEXT), (p, WIDTH))
+                own += NeuronSum(lam * _derivative(self.at(i1, a1), fam[idx])
+                                 * _derivative(self.at(i2, a2), fam[idx]), *rng)
+            self._cache[key] = (carried, own, simplify_sums(carried + own))
+        carried, own, out = self._cache[key]
+        if trace is not None:
+            trace.record("ntk.chain_rule", sp.Tuple(self.at(i1, a1), self.at(i2, a2)), out,
+                         note="Ĥ' = Σ J Ĥ Jᵀ + Σ_θ λ_θ ∂z'∂z' over layer ℓ+1's parameters, "
+                         "δ's contracted")
+        return out
+
+
+def _terms(expr: sp.Expr) -> list[sp.Expr]:
+    return list(sp.Add.make_args(sp.expand(expr)))
+
+
+def _check_equation(expr: sp.Expr, scalars: tuple) -> None:
+    """Refuse an equation outside the class the engine handles (see the module docstring),
+    saying what to change."""
+    if not isinstance(expr, sp.Expr):
+        raise DeriveError(f"a forward equation must be an expression, got {type(expr).__name__}")
+    allowed = set(scalars) | set(BASE_SCALARS) | {WIDTH}
+    free = {s for s in expr.free_symbols if not isinstance(s, (NeuronIndex, SampleIndex))}
+    if free - allowed:
+        raise DeriveError(f"the forward equation holds {sorted(map(str, free - allowed))}, which "
+                          "are not declared scalar hyperparameters")
+    has_weight = False
+    for t in _terms(expr):
+        rvs = t.atoms(RandomVar)
+        fams = {r.family for r in rvs}
+        sums = [f for f in sp.Mul.make_args(t) if isinstance(f, NeuronSum)]
+        if sums:
+            if len(sums) > 1 or len(sums[0].limits) != 1 or sums[0].exclude or sums[0].distinct:
+                raise DeriveError(f"the term {t} of the forward equation must be one sum "
+                                  "Σ_j W[i,j] g(z[j]) over the neurons j of layer ℓ")
+            s = sums[0]
+            j, rng = s.limits[0]
+            if rng != WIDTH:
+                raise DeriveError(f"the sum in {t} must run over the n_ℓ neurons of layer ℓ")
+            coeff = sp.Mul(*[f for f in sp.Mul.make_args(t) if f is not s])
+            if coeff.atoms(RandomVar):
+                raise DeriveError(f"the term {t}: only scalars may multiply the weight sum")
+            for u in _terms(s.function):
+                ws = [f for f in sp.Mul.make_args(u) if isinstance(f, RandomVar) and f.family == W]
+                rest = sp.Mul(*[f for f in sp.Mul.make_args(u) if f not in ws])
+                if len(ws) != 1 or ws[0].indices != (I, j):
+                    raise DeriveError(f"inside the sum, every term must hold the weight W[i,j] "
+                                      f"exactly once (linear in the weights); got {u}")
+                for r in rest.atoms(RandomVar):
+                    if r.family != Z or r.indices[0] != j:
+                        raise DeriveError(f"inside the sum, the weight W[i,j] may multiply only "
+                                          f"functions of z[j]; got {u}")
+            has_weight = True
+        elif B in fams:
+            if t.atoms(RandomVar) != {B[I]} or t.as_independent(B[I])[1] != B[I]:
+                raise DeriveError(f"the bias may enter only as a scalar times b[i]; got {t}")
+        elif W in fams:
+            raise DeriveError(f"the weights may enter only inside the sum over j; got {t}")
+        elif rvs:
+            if rvs != {Z[I, ALPHA]} or t.as_independent(Z[I, ALPHA])[1] != Z[I, ALPHA]:
+                raise DeriveError(
+                    f"the term {t} is not allowed: the part without parameters must be a scalar "
+                    "times z[i] (a skip connection ξ z^{(ℓ)}_i); anything else gives z^{(ℓ+1)} a "
+                    "nonzero mean or a non-Gaussian conditional law")
+        elif t != 0:
+            raise DeriveError(f"the constant term {t} gives the preactivations a nonzero mean; "
+                              "the engine assumes zero-mean preactivations (THEORY §2)")
+    if not has_weight:
+        raise DeriveError("the forward equation has no weight sum Σ_j W[i,j] g(z[j]); "
+                          "layer ℓ+1 would not depend on the other neurons of layer ℓ")
+
+
+def _sum_term() -> sp.Expr:
+    return NeuronSum(W[I, J] * SIGMA(Z[J, ALPHA]), (J, WIDTH))
+
+
+@lru_cache(maxsize=None)
+def mlp_equation() -> ForwardEquation:
+    """z^{(ℓ+1)}_{i;α} = b_i + Σ_j W_{ij} σ(z^{(ℓ)}_{j;α}) (THEORY §2)."""
+    return ForwardEquation("mlp", B[I] + _sum_term(),
+                           description="multilayer perceptron: z' = b + W σ(z)")
+
+
+@lru_cache(maxsize=None)
+def residual_equation() -> ForwardEquation:
+    """z^{(ℓ+1)}_{i;α} = ξ z^{(ℓ)}_{i;α} + γ [b_i + Σ_j W_{ij} σ(z^{(ℓ)}_{j;α})] (THEORY §8)."""
+    return ForwardEquation("residual", XI * Z[I, ALPHA] + GAMMA * (B[I] + _sum_term()), (XI, GAMMA),
+                           description="residual network: z' = ξ z + γ (b + W σ(z))")
+
+
+class _OneNeuron:
+    """``z[i]``, ``z[j]`` in a user's equation: the field with the sample index implied."""
+
+    def __init__(self, family, indices: dict):
+        self.family, self.indices = family, indices
+
+    def __getitem__(self, idx):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        want = len(self.family.slots) - (1 if self.family is Z else 0)
+        if len(idx) != want:
+            raise DeriveError(f"{self.family.name} takes {want} neuron "
+                              f"ind{'ex' if want == 1 else 'ices'} here (i or j), got {len(idx)}")
+        return self.family[idx + ((ALPHA,) if self.family is Z else ())]
+
+
+def parse_forward_equation(text: str, scalars=()) -> ForwardEquation:
+    """A user's forward equation from text, through the safe parser (:func:`derive.parse`).
+
+    Write it for neuron ``i`` of layer ℓ+1 with ``z[i]``, ``z[j]`` (layer ℓ), ``W[i,j]``, ``b[i]``,
+    ``sigma(...)`` and ``sum_j(...)`` (the sum over the n_ℓ neurons j of layer ℓ); the sample
+    index is implied.  ``scalars`` names the per-layer hyperparameters it uses (their values come
+    from the spec).  Example: ``"xi*z[i] + gamma*(b[i] + sum_j(W[i,j]*sigma(z[j])))"``.
+    """
+    from ..base.parsing import parse
+
+    names = [str(s) for s in scalars]
+    reserved = {"z", "W", "b", "i", "j", "sigma", "sum_j", "C_b", "C_W", "lambda_b", "lambda_W",
+                "pi", "E"}
+    for s in names:
+        if not isinstance(s, str) or not s.isidentifier() or s in reserved:
+            raise DeriveError(f"{s!r} cannot name a scalar of a forward equation: use an "
+                              f"identifier other than {sorted(reserved)}")
+    syms = tuple(sp.Symbol(s) for s in names)
+
+    def neuron_sum(body):
+        return NeuronSum(body, (J, WIDTH))
+
+    try:
+        expr = parse(text, {**{s: sp.Symbol(s) for s in names}, "i": I, "j": J},
+                     what="forward equation",
+                     fields={"z": _OneNeuron(Z, {}), "W": _OneNeuron(W, {}), "b": _OneNeuron(B, {})},
+                     functions={"sigma": SIGMA, "sum_j": neuron_sum})
+    except ParseError as err:
+        raise ParseError(f"{err} — write the equation with z[i], z[j], W[i,j], b[i], sigma(…), "
+                         f"sum_j(…) and the scalars {names}") from None
+    return ForwardEquation("user", expr, syms, description=f"user equation: z' = {text.strip()}")
