@@ -27,18 +27,10 @@ from ..algebra.symbols import GaussianAverage
 from ..algebra.trace import Trace
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, UnknownNameError, boundary
-from .layerstep import WIDTH, WIDTH_PREV, LayerStep, cached_layer_step
+from .layerstep import LayerStep, cached_layer_step, closure_error
+from .quantities import TARGETS
 
-__all__ = ["derive", "Derivation", "TARGETS", "check_targets", "finite_targets"]
-
-#: quantity → (order at which it enters, LaTeX)
-TARGETS = {
-    "K": (0, r"K^{(\ell)}"),
-    "Theta": (0, r"\Theta^{(\ell)}"),
-    "G1": (1, r"G^{\{1\}(\ell)}"),
-    "V": (1, r"V^{(\ell)}"),
-}
-
+__all__ = ["derive", "Derivation", "TARGETS", "check_targets", "finite_targets", "order_for"]
 
 @dataclass(frozen=True)
 class Derivation:
@@ -55,6 +47,8 @@ class Derivation:
     target_steps: dict = field(repr=False, default_factory=dict)
     #: the recursions with their sample sums Σ_β T_β ⟨∂_β f⟩ kept (the book's compact form)
     contracted: dict = field(repr=False, default_factory=dict)
+    #: the layer step the recursions come from (its forward equation, scalars, all its forms)
+    layer_step: LayerStep | None = field(repr=False, default=None, compare=False)
 
     def latex(self) -> str:
         """The recursions in the book's notation, one ``align`` environment."""
@@ -131,9 +125,21 @@ def finite_targets(act, order: int = 1) -> tuple[str, ...]:
                  and not (t == "Theta" and act.ntk_obstacle))
 
 
-def check_targets(targets, act=None) -> tuple[str, ...]:
+def order_for(spec, order) -> int:
+    """``order`` checked (0 or 1) against what the architecture closes at; None → the highest
+    (``spec.max_order``).  Beyond it: the layer step's error, which says why."""
+    if order is None:
+        return spec.max_order
+    order = check_order(order)
+    if order > spec.max_order:
+        raise closure_error(spec.equation)
+    return order
+
+
+def check_targets(targets, act=None, spec=None) -> tuple[str, ...]:
     """``targets`` (a name or a list of names of :data:`TARGETS`) as a tuple without repeats,
-    or a DeriveError; with ``act``, Θ is refused when it is infinite for that activation."""
+    or a DeriveError; with ``act``, Θ is refused when it is infinite for that activation; with
+    ``spec``, quantities beyond the order its architecture closes at are refused."""
     if isinstance(targets, str):
         targets = [targets]
     try:
@@ -148,14 +154,19 @@ def check_targets(targets, act=None) -> tuple[str, ...]:
             raise UnknownNameError("target", str(t)[:40], TARGETS)
     if act is not None and "Theta" in targets:
         act.require_ntk()
+    if spec is not None and any(TARGETS[t][0] > spec.max_order for t in targets):
+        raise closure_error(spec.equation)
     return tuple(dict.fromkeys(targets))
 
 
 @boundary
-def derive(spec: MLP, targets=None, order: int = 1) -> Derivation:
+def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
     r"""Derive the layer recursions of ``spec`` for ``targets`` to ``order`` in 1/n (THEORY §6).
 
     ``order=0`` gives the leading order (K, Θ); ``order=1`` adds the O(1/n) data (G1, V).
+    The default is the highest order derived for the architecture (``spec.max_order``: 1, or
+    0 for a forward equation with a skip term, whose O(1/n) closure is not derived — asking
+    for it is an error that says why).
     ``targets`` defaults to all of them at ``order`` (without Θ when σ jumps: it is infinite).
     The recursions are derived once per process (the generic layer step does not depend on
     the spec; the spec fixes depth, widths and hyperparameters used by the plan and by
@@ -163,14 +174,16 @@ def derive(spec: MLP, targets=None, order: int = 1) -> Derivation:
     """
     if not isinstance(spec, MLP):
         raise DeriveError(f"spec must be a derive.MLP, got {type(spec).__name__}")
-    order = check_order(order)
+    order = order_for(spec, order)
     targets = finite_targets(spec.activation, order) if targets is None else \
-        check_targets(targets, spec.activation)
+        check_targets(targets, spec.activation, spec)
     too_high = [t for t in targets if TARGETS[t][0] > order]
     if too_high:
         raise DeriveError(f"targets {too_high} are O(1/n) quantities; ask for order=1 to get them")
-    step: LayerStep = cached_layer_step()
-    recursions = {name: getattr(step, name) for name in TARGETS if TARGETS[name][0] <= order}
+    # the step at the highest order the architecture closes at (the leading-order recursions
+    # are its ε⁰ parts); asking for more is refused by the layer step with the reason
+    step: LayerStep = cached_layer_step(spec.equation, max(order, spec.max_order))
+    recursions = {name: e for name, e in step.recursions.items() if TARGETS[name][0] <= order}
     # plan: backward closure of the requested targets through the derived dependencies
     deps = {name: _reads(expr) for name, expr in recursions.items()}
     plan = nx.DiGraph(targets=targets, order=order, depth=spec.depth)
@@ -201,4 +214,4 @@ def derive(spec: MLP, targets=None, order: int = 1) -> Derivation:
         current = below
     return Derivation(spec, targets, order, recursions, plan, step.trace,
                       {name: step.steps[name] for name in recursions},
-                      {name: step.contracted[name] for name in recursions})
+                      {name: step.contracted[name] for name in recursions}, step)

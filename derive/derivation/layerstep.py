@@ -1,35 +1,38 @@
-r"""One layer of an MLP, derived from its forward equation (THEORY §6, steps 1–6).
+r"""One layer step, derived from an architecture's forward equation (THEORY §6, steps 1–6).
 
 :func:`derive_layer_step` takes layer ℓ to be nearly Gaussian (metric K + G1/n_{ℓ−1}, vertex
-V/n_{ℓ−1}, THEORY §3) and derives the statistics of layer ℓ+1,
+V/n_{ℓ−1}, THEORY §3; the NTK Ĥ with mean δΘ at leading order) and derives every declared
+quantity of layer ℓ+1 (:mod:`derive.derivation.quantities`) for the forward equation of the
+architecture (:class:`derive.architectures.forward.ForwardEquation`; the MLP's by default),
+σ abstract and every index general.  For each declared correlator:
 
-    z^{(ℓ+1)}_{i;α} = b_i + Σ_{j=1}^{n_ℓ} W_{ij} σ(z^{(ℓ)}_{j;α}),   Var b = C_b,  Var W = C_W / n_ℓ,
-
-with σ an abstract function and every index general.  The steps, each recorded in the
-returned trace:
-
-1. Wick over the parameters of layer ℓ+1, conditional on layer ℓ (``wick(..., over=[W, b])``):
-   the two- and four-point functions of z^{(ℓ+1)} as polynomials in the stochastic metric,
-   i.e. in neuron sums of σ's;
-2. the neuron-sum split Σ_{j,k} = Σ_{j=k} + Σ_{j≠k} (``split_sum``);
-3. the nearly-Gaussian expectation over layer ℓ of every neuron sum: Σ_j f(z_j) → n_ℓ E[f(z)],
+1. the fields of layer ℓ+1 are written from the forward equation — z from the equation itself,
+   Ĥ from the NTK forward equation *derived* from it by the chain rule (rule ``ntk.chain_rule``);
+2. Wick over the parameters of layer ℓ+1, conditional on layer ℓ (``wick(..., over=[W, b])``):
+   polynomials in the stochastic metric, i.e. in neuron sums of σ's, and in the layer-ℓ fields
+   that enter directly (a skip connection);
+3. the neuron-sum split Σ_{j,k} = Σ_{j=k} + Σ_{j≠k} (``split_sum``);
+4. the nearly-Gaussian expectation over layer ℓ: fields whose connected statistics are
+   O(1/n) and not needed at this order are replaced by their means (the NTK at leading order:
+   rule ``nearly_gaussian.leading_order``); a neuron sum Σ_j f(z_j) → n_ℓ E[f(z)],
    Σ_{j≠k} f(z_j) g(z_k) → n_ℓ(n_ℓ−1) E[f(z_j) g(z_k)], each E by the operator form
-   (:func:`derive.perturbative_expectation`);
-4. truncation at first order in 1/n, with n_ℓ and n_{ℓ−1} of the same order (their ratio is
-   kept): every width is scaled as n → n/ε and the ε⁰, ε¹ coefficients are taken (no ``O()``);
-5. collection: K^{(ℓ+1)} is the ε⁰ metric, G1^{(ℓ+1)} = n_ℓ × its ε¹ part, and V^{(ℓ+1)} is
-   n_ℓ × the δ_{i1i2}δ_{i3i4} coefficient of the connected four-point function.
-
-The NTK mean Θ^{(ℓ+1)} comes the same way from the NTK forward equation of THEORY §3 at
-leading order: Wick over W, δ contraction, then ``ntk.decouple_lo`` (Ĥ_{j1j2} → δ_{j1j2}Θ, its
-fluctuations and correlations with z being O(1/n)) and the expectation of the neuron sums.
+   (:func:`derive.perturbative_expectation`); fields of the free neurons outside sums
+   (a skip connection) by Wick over the nearly-Gaussian field;
+5. truncation in 1/n, with n_ℓ and n_{ℓ−1} of the same order (their ratio is kept): every
+   width is scaled as n → n/ε and the ε^k coefficients are taken (no ``O()``);
+6. each quantity is the coefficient of its δ-structure (connected correlators: the products
+   of the lower ones subtracted first) at its order, times n_ℓ^order.
 
 Gaussian averages stay inert (:class:`derive.GaussianAverage` over the layer-ℓ vector ζ).
 The 1/n terms are first obtained with their sample sums kept (Σ_β T_β ⟨∂_β f⟩, inert
-:class:`derive.DerivativeContraction`, stored in ``LayerStep.contracted``) and then collapsed
-by the product rule (rule ``derivative.collapse``) into the component forms ``K``, ``G1``,
-``V``, ``Theta``; ``LayerStep.steps`` holds the steps per target.  Numbers:
-:mod:`derive.numeric.evaluate`.
+:class:`derive.DerivativeContraction`, in ``LayerStep.contracted``) and then collapsed by the
+product rule (rule ``derivative.collapse``) into component forms; ``LayerStep.steps`` holds
+the steps per quantity.  Numbers: :mod:`derive.numeric.evaluate`.
+
+With a skip connection (ξ ≠ 0) neuron i of layer ℓ enters z^{(ℓ+1)}_i twice, directly and
+inside the stochastic metric; a description of layer ℓ by K, G1 and V alone then misses the
+coupling along one neuron's trajectory across layers (THEORY §8), so the O(1/n) quantities of
+such an equation are refused (:class:`SkipClosureError`) rather than derived wrongly.
 """
 from __future__ import annotations
 
@@ -37,51 +40,59 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import sympy as sp
+from sympy.utilities.iterables import multiset_partitions
 
 from ..algebra.contractions import split_sum, wick
 from ..algebra.nearly_gaussian import collapse_contractions, perturbative_expectation
-from ..algebra.symbols import (Family, NeuronIndex, NeuronSum, RandomVar, bias,
-                               nearly_gaussian_field, neuron_indices, sample_indices, weight)
+from ..algebra.symbols import (Family, NeuronIndex, NeuronSum, RandomVar, SampleTensor,
+                               nearly_gaussian_field, neuron_indices, sample_indices)
 from ..algebra.trace import Trace
+from ..architectures.forward import (BASE_SCALARS, NTK, SIGMA, WIDTH, WIDTH_PREV, B, ForwardEquation,
+                                     W, Z, mlp_equation)
 from ..base.errors import DeriveError
+from .quantities import FIELDS, QUANTITIES, Correlator, Quantity
 
-__all__ = ["LayerStep", "derive_layer_step", "cached_layer_step", "expect_neuron_sums", "ntk_mean_lo", "SIGMA", "NTK",
-           "WIDTH", "WIDTH_PREV"]
+__all__ = ["LayerStep", "derive_layer_step", "cached_layer_step", "expect_neuron_sums",
+           "SkipClosureError", "closure_error", "SIGMA", "NTK", "WIDTH", "WIDTH_PREV"]
 
-#: the abstract activation
-SIGMA = sp.Function("sigma")
-#: the NTK of layer ℓ, Ĥ^{(ℓ)}_{j1 j2; α1 α2}, as a function of its indices
-NTK = sp.Function("Hhat")
-#: n_ℓ (width of layer ℓ, the fan-in of layer ℓ+1) and n_{ℓ−1}
-WIDTH = sp.Symbol("n_l", positive=True)
-WIDTH_PREV = sp.Symbol("n_lm1", positive=True)
 _EPS = sp.Symbol("epsilon_width", positive=True)
+
+
+class SkipClosureError(DeriveError):
+    """O(1/n) statistics were asked of a forward equation with a skip connection."""
 
 
 @dataclass(frozen=True)
 class LayerStep:
     """The derived recursions of one layer step (layer ℓ → ℓ+1), σ abstract.
 
-    ``K``, ``G1`` are expressions in the sample indices ``alphas[:2]``; ``V`` in all four.
-    Averages ⟨·⟩ are over ``zeta`` (layer ℓ's single-neuron vector, covariance ``K``).
+    ``recursions[name]`` is the component form of each derived quantity, in the sample indices
+    ``alphas`` (the first two for K, G1, Θ; all four for V); the quantities are also
+    attributes (``step.K``).  Averages ⟨·⟩ are over ``zeta`` (layer ℓ's single-neuron vector,
+    covariance ``K``).  ``scalars`` are the symbols an evaluator binds per layer, in order.
     """
 
-    K: sp.Expr
-    G1: sp.Expr
-    V: sp.Expr
-    Theta: sp.Expr
+    equation: ForwardEquation
+    order: int
+    recursions: dict
     alphas: tuple
     zeta: Family
-    C_b: sp.Symbol
-    C_W: sp.Symbol
-    lambda_b: sp.Symbol
-    lambda_W: sp.Symbol
+    scalars: tuple
     trace: Trace
     #: the same recursions before the sample sums are carried out (inert
     #: :class:`derive.DerivativeContraction`); the numeric evaluator of kinked σ uses these
     contracted: dict = field(default_factory=dict, compare=False)
-    #: target → the steps that produced its recursion (the shared ones repeated)
+    #: quantity → the steps that produced its recursion (the shared ones repeated)
     steps: dict = field(default_factory=dict, compare=False)
+
+    def __getattr__(self, name):
+        recs = self.__dict__.get("recursions", {})
+        if name in recs:
+            return recs[name]
+        raise AttributeError(name)
+
+    # the base hyperparameters, by name
+    C_b, C_W, lambda_b, lambda_W = BASE_SCALARS
 
 
 def _neuron_of(factor: sp.Expr, summed: set) -> NeuronIndex | None:
@@ -93,31 +104,28 @@ def _neuron_of(factor: sp.Expr, summed: set) -> NeuronIndex | None:
     return next(iter(idx)) if idx else None
 
 
-def ntk_mean_lo(expr: sp.Expr, Theta: str = "Theta", trace: Trace | None = None) -> sp.Expr:
-    """Replace Ĥ_{j1j2;α1α2} by its leading-order mean δ_{j1j2} Θ_{α1α2} (rule ntk.decouple_lo)."""
-    from ..algebra.symbols import SampleTensor
-
+def _leading_order_fields(expr: sp.Expr, Theta: str = "Theta") -> sp.Expr:
+    """Ĥ_{j1j2;α1α2} → δ_{j1j2} Θ_{α1α2}: the NTK field by its mean, its connected statistics
+    (with itself and with the preactivations) being O(1/n) (rule nearly_gaussian.leading_order)."""
     T = SampleTensor(Theta, 2, "sym")
     out = expr.replace(lambda x: isinstance(x, sp.core.function.AppliedUndef) and x.func == NTK,
                        lambda x: sp.KroneckerDelta(x.args[0], x.args[1]) * T[x.args[2], x.args[3]])
-    out = out.replace(lambda x: isinstance(x, NeuronSum),
-                      lambda x: NeuronSum(x.function.replace(
-                          lambda y: isinstance(y, sp.KroneckerDelta) and y.args[0] == y.args[1],
-                          lambda y: sp.S.One), *x.limits, exclude=x.exclude))
-    if trace is not None and out != expr:
-        trace.record("ntk.decouple_lo", expr, out)
-    return out
+    return out.replace(lambda x: isinstance(x, NeuronSum),
+                       lambda x: NeuronSum(x.function.replace(
+                           lambda y: isinstance(y, sp.KroneckerDelta) and y.args[0] == y.args[1],
+                           lambda y: sp.S.One), *x.limits, exclude=x.exclude))
 
 
 def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 1,
                        collapse: bool = True) -> sp.Expr:
     r"""Replace every neuron sum of functions of layer-ℓ preactivations by its nearly-Gaussian
-    expectation (THEORY §6 step 4): Σ_j f(z_j) → n E[f], Σ_{j≠k} f(z_j) g(z_k) → n(n−1) E[f g].
+    expectation (THEORY §6 step 4): Σ_j f(z_j) → n E[f], Σ_{j≠k} f(z_j) g(z_k) → n(n−1) E[f g];
+    a term with layer variables of free neurons and no sum (a skip connection) by Wick over
+    the nearly-Gaussian ``layer`` field.
 
     ``layer`` is the family z_{j;α} of layer ℓ, ``zeta`` the matching single-neuron family whose
-    averages the result is written in.  Terms without neuron sums must not hold ``layer``.
-    With ``collapse=False`` the sample sums of the 1/n terms stay inert
-    (:class:`derive.DerivativeContraction`).
+    averages the result is written in.  With ``collapse=False`` the sample sums of the 1/n
+    terms stay inert (:class:`derive.DerivativeContraction`).
     """
     out = sp.S.Zero
     for term in sp.Add.make_args(sp.expand(expr)):
@@ -125,11 +133,15 @@ def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 
         rest = sp.Mul(*[f for f in sp.Mul.make_args(term) if not isinstance(f, NeuronSum)])
         if not sums:
             if any(r.family == layer for r in term.atoms(RandomVar)):
-                raise DeriveError(f"term {term} holds layer variables outside a neuron sum")
-            out += term
+                out += wick(term, over=[layer], order=order)
+            else:
+                out += term
             continue
         if len(sums) > 1:
             raise DeriveError(f"term {term} holds several neuron sums; split them first")
+        if any(r.family == layer for r in rest.atoms(RandomVar)):
+            raise DeriveError(f"term {term} couples a free neuron of layer ℓ with a neuron sum; "
+                              "not handled")
         s = sums[0]
         vs = list(s.variables)
         summed = set(vs)
@@ -181,82 +193,169 @@ def _series(expr: sp.Expr, widths: tuple, order: int) -> list[sp.Expr]:
     return [sp.expand(c.xreplace(restore)) for c in out]
 
 
-def derive_layer_step(order: int = 1, trace: Trace | None = None) -> LayerStep:
-    """Derive K, G1 and V of layer ℓ+1 from those of layer ℓ (see the module docstring)."""
+class _Correlators:
+    """E[Π fields of layer ℓ+1] over layer ℓ and its parameters, at given neuron and sample
+    indices, for one forward equation (each moment derived once, then renamed)."""
+
+    def __init__(self, eq: ForwardEquation, zeta: Family):
+        self.eq, self.zeta = eq, zeta
+        self.cache: dict = {}
+
+    def field(self, name: str, neurons: tuple, samples: tuple, trace: Trace) -> sp.Expr:
+        if name == "z":
+            return self.eq.at(neurons[0], samples[0])
+        if name == "Hhat":
+            return self.eq.ntk(neurons[0], neurons[1], samples[0], samples[1], trace)
+        raise DeriveError(f"no forward equation for the field {name!r}")
+
+    def moment(self, fields: tuple, neurons: tuple, samples: tuple, order: int,
+               trace: Trace | None = None):
+        """E[Π fields] to ``order`` in 1/n (``trace``: its steps)."""
+        key = (fields, order)
+        if key not in self.cache:
+            t = Trace()
+            nn = [FIELDS[f] for f in fields]
+            ni = neuron_indices(" ".join(f"i{k}" for k in range(1, sum(a for a, _ in nn) + 1)))
+            si = sample_indices(" ".join(f"alpha{k}" for k in range(1, sum(b for _, b in nn) + 1)))
+            ni = ni if isinstance(ni, tuple) else (ni,)
+            si = si if isinstance(si, tuple) else (si,)
+            prod, p, q = sp.S.One, 0, 0
+            for (a, b), f in zip(nn, fields):
+                prod *= self.field(f, ni[p:p + a], si[q:q + b], t)
+                p, q = p + a, q + b
+            e = wick(prod, over=[W, B], trace=t)
+            if any(len(s.variables) > 1 for s in e.atoms(NeuronSum)):
+                e = split_sum(e, trace=t)
+            if e.has(NTK):
+                if order >= 1:
+                    raise DeriveError("the O(1/n) statistics of the NTK (H1, A, B, D, F) are not "
+                                      "declared yet; the NTK mean is derived at leading order")
+                lo = _leading_order_fields(e)
+                t.record("nearly_gaussian.leading_order", e, lo)
+                e = lo
+            E = expect_neuron_sums(e, Z, self.zeta, order, collapse=False)
+            t.record("nearly_gaussian.operator", e, E,
+                     note="expectation of the neuron sums over layer ℓ")
+            self.cache[key] = (ni, si, E, t)
+        ni, si, E, t = self.cache[key]
+        if trace is not None:
+            trace.steps.extend(t.steps)
+        return E.xreplace(dict(zip(ni + si, tuple(neurons) + tuple(samples))))
+
+    def cumulant(self, corr: Correlator, neurons, samples, order: int, trace: Trace) -> sp.Expr:
+        """The correlator at the given indices; connected: minus the products of the lower
+        moments over every partition of the fields (cumulants from moments)."""
+        M = self.moment(corr.fields, neurons, samples, order, trace)
+        if not corr.connected:
+            return M
+        slots, p, q = [], 0, 0
+        for f in corr.fields:
+            a, b = FIELDS[f]
+            slots.append((tuple(neurons[p:p + a]), tuple(samples[q:q + b])))
+            p, q = p + a, q + b
+        out = sp.S.Zero
+        for part in multiset_partitions(list(range(len(corr.fields)))):
+            if len(part) == 1:
+                continue
+            k = len(part)
+            blocks = []
+            for block in part:
+                fs = tuple(corr.fields[x] for x in block)
+                ns = tuple(i for x in block for i in slots[x][0])
+                ss = tuple(a for x in block for a in slots[x][1])
+                blocks.append(self.moment(fs, ns, ss, order))
+            out += (-1) ** (k - 1) * sp.factorial(k - 1) * sp.Mul(*blocks)
+        return M + out
+
+
+def _read_structure(expr: sp.Expr, neurons: tuple, structure: tuple) -> sp.Expr:
+    """The coefficient of the δ-structure: the neurons of a pair set equal, those of different
+    pairs different (their δ's → 0)."""
+    rep = {neurons[b]: neurons[a] for a, b in structure}
+    return expr.xreplace(rep).replace(
+        lambda x: isinstance(x, sp.KroneckerDelta),
+        lambda x: sp.S.One if x.args[0] == x.args[1] else sp.S.Zero)
+
+
+def _truncation_note(corr: Correlator, qs: list[Quantity]) -> str:
+    parts = [f"{q.name} = ε⁰ part" if q.order == 0 else
+             f"{q.name} = n_ℓ × ε{'¹²³'[q.order - 1]} part" for q in qs]
+    if corr.connected:
+        pairs = "".join(f"δ_{{i{a + 1}i{b + 1}}}" for a, b in qs[0].structure)
+        return f"{corr.what}, {pairs} part: " + ", ".join(parts)
+    if qs[0].order == 0 and len(qs) == 1:
+        return f"leading order (ε⁰) of the {corr.what}"
+    return f"{corr.what}: ε-expansion with n_ℓ, n_{{ℓ-1}} ∝ 1/ε; " + ", ".join(parts)
+
+
+def closure_error(eq: ForwardEquation) -> SkipClosureError:
+    """Why the O(1/n) statistics of ``eq`` (with a skip term) are not derived."""
+    return SkipClosureError(
+        f"the O(1/n) statistics (G1, V) of the {eq.description} are not derived: with the skip "
+        f"term {sp.sstr(eq.skip)}·z_i, neuron i of layer ℓ enters z_i of layer ℓ+1 twice "
+        "(directly and inside the stochastic metric), and a nearly-Gaussian description of "
+        "layer ℓ by K, G1 and V misses the coupling along one neuron's trajectory across "
+        "layers (THEORY §8); ask for the leading order (order=0: K, Θ), or set ξ = 0")
+
+
+def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
+                      trace: Trace | None = None) -> LayerStep:
+    """Derive every declared quantity of layer ℓ+1 that enters at ``order`` or below from those
+    of layer ℓ, for ``equation`` (the MLP's by default); see the module docstring."""
+    eq = mlp_equation() if equation is None else equation
     trace = trace if trace is not None else Trace()
-    t2, t4, tH = Trace(), Trace(), Trace()  # the two-point, four-point and NTK chains
-    C_b, C_W = sp.symbols("C_b C_W")
-    z = nearly_gaussian_field("z", "K", "G1", "V", WIDTH_PREV)
+    if order >= 1 and eq.has_skip():
+        raise closure_error(eq)
     zeta = nearly_gaussian_field("zeta", "K", "G1", "V", WIDTH_PREV, neuron=False)
-    W, b = weight("W", C_W, WIDTH), bias("b", C_b)
-    i1, i2, i3, i4, j = neuron_indices("i1 i2 i3 i4 j")
-    a = sample_indices("alpha1:5")
-
-    def pre(i, al):
-        return b[i] + NeuronSum(W[i, j] * SIGMA(z[j, al]), (j, WIDTH))
-
-    two = wick(pre(i1, a[0]) * pre(i2, a[1]), over=[W, b], trace=t2)
-    four = wick(sp.Mul(*(pre(i, al) for i, al in zip((i1, i2, i3, i4), a))), over=[W, b], trace=t4)
-    four = split_sum(four, trace=t4)
-    E2 = expect_neuron_sums(two, z, zeta, order, collapse=False)
-    E4 = expect_neuron_sums(four, z, zeta, order, collapse=False)
-    t2.record("nearly_gaussian.operator", two, E2, note="expectation of the neuron sums over layer ℓ")
-    t4.record("nearly_gaussian.operator", four, E4, note="expectation of the neuron sums over layer ℓ")
-
-    def metric(ia, ib, aa, ab):
-        return E2.xreplace({i1: ia, i2: ib, a[0]: aa, a[1]: ab})
-
+    corrs = _Correlators(eq, zeta)
     widths = (WIDTH, WIDTH_PREV)
-    M = E2.xreplace({i2: i1})  # δ_{i1 i2} → 1
-    K0, K1 = _series(M, widths, 1)
-    G1 = sp.expand(K1 * WIDTH)
-    connected = E4 - (metric(i1, i2, a[0], a[1]) * metric(i3, i4, a[2], a[3])
-                      + metric(i1, i3, a[0], a[2]) * metric(i2, i4, a[1], a[3])
-                      + metric(i1, i4, a[0], a[3]) * metric(i2, i3, a[1], a[2]))
-    # the δ_{i1i2}δ_{i3i4} structure: i2 = i1, i4 = i3, and i1 ≠ i3
-    c12 = connected.xreplace({i2: i1, i4: i3}).replace(
-        lambda x: isinstance(x, sp.KroneckerDelta), lambda x: sp.S.One if x.args[0] == x.args[1] else sp.S.Zero)
-    V0, V1 = _series(c12, widths, 1)
-    if V0 != 0:
-        raise DeriveError(f"the connected four-point function has an O(1) part {V0}; the layer is "
-                          "not nearly Gaussian (internal error)")
-    V = sp.expand(V1 * WIDTH)
-    t2.record("truncate", M, sp.Tuple(K0, G1), note="metric: ε-expansion with n_ℓ, n_{ℓ-1} ∝ 1/ε; "
-              "K = ε⁰ part, G1 = n_ℓ × ε¹ part")
-    t4.record("truncate", connected, V, note="connected four-point function (the metric products "
-              "subtracted), δ_{i1i2}δ_{i3i4} part: V = n_ℓ × ε¹ part")
-
-    # the NTK forward equation (THEORY §3), leading order
-    lam_b, lam_W = sp.symbols("lambda_b lambda_W")
-    (k,) = neuron_indices("k")
-
-    def dsig(i, al):
-        return sp.diff(SIGMA(z[i, al]), z[i, al])
-
-    ntk = (sp.KroneckerDelta(i1, i2) * (lam_b + lam_W / WIDTH * NeuronSum(
-        SIGMA(z[j, a[0]]) * SIGMA(z[j, a[1]]), (j, WIDTH)))
-        + NeuronSum(W[i1, j] * W[i2, k] * dsig(j, a[0]) * dsig(k, a[1]) * NTK(j, k, a[0], a[1]),
-                    (j, WIDTH), (k, WIDTH)))
-    EH = wick(ntk, over=[W], trace=tH)
-    EH = expect_neuron_sums(ntk_mean_lo(EH, trace=tH), z, zeta, 0)
-    Theta0, = _series(EH.xreplace({i2: i1}), widths, 0)
-    tH.record("truncate", EH, Theta0, note="leading order (ε⁰) of the NTK mean")
-    contracted = {"K": sp.expand(K0), "G1": G1, "V": V, "Theta": sp.expand(Theta0)}
+    wanted = [q for q in QUANTITIES if q.order <= order]
+    contracted, per_corr = {}, {}
+    by_corr: dict = {}
+    for q in wanted:
+        by_corr.setdefault(q.correlator, []).append(q)
+    # the preactivations' correlators first, then those holding the NTK (it reads them)
+    by_corr = dict(sorted(by_corr.items(), key=lambda kv: kv[0].fields.count("Hhat")))
+    alphas = sample_indices("alpha1:5")
+    for corr, qs in by_corr.items():
+        t = Trace()
+        ni = neuron_indices(" ".join(f"i{k}" for k in range(1, corr.neurons + 1)))
+        ni = ni if isinstance(ni, tuple) else (ni,)
+        full = corrs.cumulant(corr, ni, alphas[:corr.samples], max(q.order for q in qs), t)
+        values = []
+        for q in qs:
+            read = _read_structure(full, ni, q.structure)
+            series = _series(read, widths, q.order)
+            if corr.connected and any(c != 0 for c in series[:q.order]):
+                raise DeriveError(f"the {corr.what} has a part of order below {q.order} in 1/n "
+                                  f"({series[0]}); layer ℓ+1 is not nearly Gaussian (internal "
+                                  "error)")
+            values.append(sp.expand(series[q.order] * WIDTH ** q.order))
+            contracted[q.name] = values[-1]
+        # shown: a connected function whole (its δ-structures are many), else the one read
+        shown = full if corr.connected else _read_structure(full, ni, qs[0].structure)
+        t.record("truncate", shown, sp.Tuple(*values) if len(values) > 1 else values[0],
+                 note=_truncation_note(corr, qs))
+        per_corr[corr] = t
     # carry out the sample sums Σ_β T_β ⟨∂_β f⟩ (product rule): the book's component form
+    contracted = {q.name: contracted[q.name] for q in wanted}  # in the declarations' order
     collapsed = {name: sp.expand(collapse_contractions(e)) for name, e in contracted.items()}
-    per_target = {"K": Trace(list(t2.steps)), "G1": Trace(list(t2.steps)),
-                  "V": Trace(list(t4.steps)), "Theta": Trace(list(tH.steps))}
-    for name in ("G1", "V"):
-        per_target[name].record("derivative.collapse", contracted[name], collapsed[name])
-    for t in (t2, t4, tH):
+    per_target = {}
+    for q in wanted:
+        per_target[q.name] = Trace(list(per_corr[q.correlator].steps))
+        if collapsed[q.name] != contracted[q.name]:
+            per_target[q.name].record("derivative.collapse", contracted[q.name], collapsed[q.name])
+    for t in per_corr.values():
         trace.steps.extend(t.steps)
-    trace.record("derivative.collapse", sp.Tuple(contracted["G1"], contracted["V"]),
-                 sp.Tuple(collapsed["G1"], collapsed["V"]))
-    return LayerStep(collapsed["K"], collapsed["G1"], collapsed["V"], collapsed["Theta"], a, zeta,
-                     C_b, C_W, lam_b, lam_W, trace, contracted, per_target)
+    nlo = [q.name for q in wanted if collapsed[q.name] != contracted[q.name]]
+    if nlo:
+        trace.record("derivative.collapse", sp.Tuple(*(contracted[n] for n in nlo)),
+                     sp.Tuple(*(collapsed[n] for n in nlo)))
+    scalars = BASE_SCALARS + tuple(eq.scalars) + (WIDTH, WIDTH_PREV)
+    return LayerStep(eq, order, collapsed, alphas, zeta, scalars, trace, contracted, per_target)
 
 
-@lru_cache(maxsize=1)
-def cached_layer_step() -> LayerStep:
-    """The generic layer step, derived once per process."""
-    return derive_layer_step()
+@lru_cache(maxsize=16)
+def cached_layer_step(equation: ForwardEquation | None = None, order: int = 1) -> LayerStep:
+    """The layer step of ``equation`` (the MLP's by default), derived once per process."""
+    return derive_layer_step(equation, order)

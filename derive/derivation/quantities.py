@@ -1,0 +1,93 @@
+r"""Statistics as declarations: what each named quantity of a layer *is* (THEORY §3).
+
+A :class:`Quantity` says which correlator of which fields of layer ℓ+1 it is read from, which
+δ-structure of the neuron indices it is the coefficient of, and at which order in 1/n it
+enters (with the normalisation of THEORY §3: a quantity entering at order k is n_ℓ^k times
+the ε^k part, n_ℓ being layer ℓ+1's fan-in).  The layer step
+(:func:`derive.derivation.layerstep.derive_layer_step`) computes every declared quantity the
+same way: conditional Wick over the layer's parameters → neuron-sum split → joint
+nearly-Gaussian expectation over layer ℓ's fields → explicit truncation → the coefficient of
+the declared δ-structure.  Nothing below is specific to one quantity.
+
+Fields (the factors of a correlator):
+
+* ``"z"`` — z^{(ℓ+1)}_{i;α}: one neuron index, one sample index;
+* ``"Hhat"`` — the NTK Ĥ^{(ℓ+1)}_{i1i2;α1α2}: two neuron indices, two sample indices.
+
+The next quantities are declared the same way: the NTK's O(1/n) statistics (H1 on ``Hhat``
+at order 1; A, B as the connected ``(Hhat, Hhat)`` correlator with structures
+δ_{i1i2}δ_{i3i4} and δ_{i1i3}δ_{i2i4}; D, F as ``(Hhat, z, z)``), the dNTK's, and O(1/n²)
+ones (G2: ``(z, z)`` at order 2; U: the connected six-point function with δδδ).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FIELDS", "Correlator", "Quantity", "QUANTITIES", "TARGETS", "quantity"]
+
+#: field → (neuron indices, sample indices) of one factor
+FIELDS = {"z": (1, 1), "Hhat": (2, 2)}
+
+
+@dataclass(frozen=True)
+class Correlator:
+    """E[Π fields] of layer ℓ+1 (``connected``: its cumulant, the products of the lower
+    correlators over every partition subtracted); ``what`` names it in the steps."""
+
+    fields: tuple
+    connected: bool
+    what: str
+
+    @property
+    def neurons(self) -> int:
+        return sum(FIELDS[f][0] for f in self.fields)
+
+    @property
+    def samples(self) -> int:
+        return sum(FIELDS[f][1] for f in self.fields)
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A named statistic: the coefficient of the δ-structure ``structure`` (pairs of neuron
+    slots, 0-based over the correlator's neuron indices; slots in different pairs are
+    different neurons) of ``correlator``, at order ``order`` in 1/n, times n_ℓ^order."""
+
+    name: str
+    correlator: Correlator
+    structure: tuple
+    order: int
+    latex: str
+    #: the symmetry of its sample indices ("sym": symmetric pair; "pair": V's (α1α2)(α3α4))
+    symmetry: str
+    title: str
+    definition: str
+
+
+METRIC = Correlator(("z", "z"), False, "metric")
+FOUR_POINT = Correlator(("z", "z", "z", "z"), True,
+                        "connected four-point function (the metric products subtracted)")
+NTK_MEAN = Correlator(("Hhat",), False, "NTK mean")
+
+#: every quantity the layer step derives, in the planner's order
+QUANTITIES = (
+    Quantity("K", METRIC, ((0, 1),), 0, r"K^{(\ell)}", "sym", "Kernel",
+             r"E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G1/n_{ℓ−1} + …)_{α1α2}: the ε⁰ part"),
+    Quantity("Theta", NTK_MEAN, ((0, 1),), 0, r"\Theta^{(\ell)}", "sym",
+             "NTK mean (leading order)",
+             r"E[Ĥ_{i1i2;α1α2}] = δ_{i1i2} (Θ + O(1/n))_{α1α2}"),
+    Quantity("G1", METRIC, ((0, 1),), 1, r"G^{\{1\}(\ell)}", "sym", "NLO metric correction",
+             r"E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G1/n_{ℓ−1} + …)_{α1α2}: n_{ℓ−1} × the ε¹ part"),
+    Quantity("V", FOUR_POINT, ((0, 1), (2, 3)), 1, r"V^{(\ell)}", "pair", "Four-point vertex",
+             r"connected E[z z z z] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + 2 perms]"),
+)
+
+#: quantity → (order at which it enters, LaTeX): the planner's table
+TARGETS = {q.name: (q.order, q.latex) for q in QUANTITIES}
+
+
+def quantity(name: str) -> Quantity:
+    for q in QUANTITIES:
+        if q.name == name:
+            return q
+    raise KeyError(name)
