@@ -21,7 +21,6 @@ import sympy as sp
 
 from ..algebra.symbols import tensor
 from ..base.errors import DeriveError
-from ..derivation.layerstep import cached_layer_step
 from .printing import book_latex, latex_terms, notation, tex_text
 
 __all__ = ["templates_dir", "render", "recursions_latex", "derivation_document", "docstring_text"]
@@ -86,9 +85,10 @@ def _version() -> str:
 
 
 def _context(d, text) -> dict:
-    step = cached_layer_step()
+    step = d.layer_step
     spec = d.spec
     act = spec.activation
+    eq = spec.equation
     rows = [("activation", text(f"{act.name}: sigma(z) = {sp.sstr(act.expr)}")),
             ("depth L", str(spec.depth)),
             ("hidden widths n_1 ... n_{L-1}", text(", ".join(map(str, spec.widths)) or "(none)")),
@@ -96,6 +96,12 @@ def _context(d, text) -> dict:
             ("C_W per layer", text(", ".join(f"{spec.C_W(l):g}" for l in range(1, spec.depth + 1)))),
             ("lambda_b, lambda_W (layer 1)", text(f"{spec.lambda_b(1):g}, {spec.lambda_W(1):g}")),
             ("order in 1/n", str(d.order)), ("targets", text(", ".join(d.targets)))]
+    if eq.name != "mlp":  # the layer equation and its scalars (layers 2 … L)
+        extra = [("layers 2 ... L", text(eq.description))]
+        for k, sym in enumerate(eq.scalars):
+            vals = [spec.scalar_values(l)[k] for l in range(2, spec.depth + 1)]
+            extra.append((f"{sym} per layer (2 ... L)", text(", ".join(f"{v:g}" for v in vals))))
+        rows[4:4] = extra
     rows = [(text(k), v) for k, v in rows]
     recs = []
     for name in d.recursions:
@@ -115,7 +121,9 @@ def _context(d, text) -> dict:
                      "contracted": latex_terms(contracted) if contracted is not None
                      and contracted != d.recursions[name] else [],
                      "steps": steps})
-    return {"title": text(f"Layer recursions of a {spec.depth}-layer {act.name} MLP"),
+    kind = "MLP" if eq.name == "mlp" else ("residual network" if eq.name == "residual"
+                                           else "network")
+    return {"title": text(f"Layer recursions of a {spec.depth}-layer {act.name} {kind}"),
             "version": text(_version()), "spec_rows": rows, "recursions": recs,
             "recursion_note": text("(sigma abstract; sample indices general; widths n_l, "
                                    "n_{l-1} symbolic; C_b, C_W, lambda of layer l+1)"),

@@ -36,7 +36,6 @@ from ..activations.gaussian import _closed_form_plan, separable_terms
 from ..algebra.symbols import DerivativeContraction, GaussianAverage, RandomVar
 from ..base.errors import DeriveError
 from ..base.parsing import as_expr
-from ..derivation.layerstep import cached_layer_step
 from ..derivation.specialise import specialise
 from .printing import book_latex
 
@@ -417,12 +416,21 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
     spec = d.spec
     act = spec.activation
     kinked = bool(act.kinks)
-    step = cached_layer_step()
+    step = d.layer_step
     em = _Emitter(act)
     al = step.alphas
     steps = []
-    pair_sig = "K, Theta, C_b, C_W, lambda_b, lambda_W"
-    diag_sig = "Kd, G1, V, C_W, n_l, n_lm1"
+    # the forward equation's own scalars (ξ, γ, a user's) are positional arguments s0, s1, …
+    # of the generated code: their names may be a user's text, which generated code never holds
+    extra = [f"s{k}" for k in range(len(spec.equation.scalars))]
+    rename = {sym: sp.Symbol(e) for sym, e in zip(spec.equation.scalars, extra)}
+    tail = "".join(f", {e}" for e in extra)
+
+    def local(expr):  # a derived form with the scalars renamed and σ specialised
+        return specialise(expr, act).xreplace(rename)
+
+    pair_sig = "K, Theta, C_b, C_W, lambda_b, lambda_W" + tail
+    diag_sig = "Kd, G1, V, C_W, n_l, n_lm1" + tail
     plan = [("kernel_step", "K", "pair", "The kernel K^{(l+1)} of every pair of inputs."),
             ("ntk_step", "Theta", "pair", "The leading-order NTK mean Theta^{(l+1)} of every pair."),
             ("metric_correction_step", "G1", "diag",
@@ -432,19 +440,22 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
     # K and Θ on pairs always (Θ is cheap and shares K's averages; left out only when it is
     # infinite: σ jumps), V's diagonal always (the expansion estimate needs it), G1's diagonal
     # when it was derived
+    # (V is not derived for a forward equation with a skip term: then K and Θ only)
     has_g1 = "G1" in d.recursions
+    has_vertex = "V" in step.recursions
     has_theta = not act.ntk_obstacle
     for fname, q, kind, doc in plan:
-        if (q == "G1" and not has_g1) or (q == "Theta" and not has_theta):
+        if (q == "G1" and not has_g1) or (q == "Theta" and not has_theta) or \
+                (q == "V" and not has_vertex):
             continue
         if kind == "pair":
-            lines, result = _pair_step(em, specialise(getattr(step, q), act), al)
+            lines, result = _pair_step(em, local(step.recursions[q]), al)
             sig = pair_sig
         else:
-            lines, result = _diag_step(em, specialise(step.contracted[q], act), al, kinked)
+            lines, result = _diag_step(em, local(step.contracted[q]), al, kinked)
             sig = diag_sig
         # the docstring states the form the code implements (the contracted one on the diagonal)
-        shown = getattr(step, q) if kind == "pair" else step.contracted[q]
+        shown = (step.recursions[q] if kind == "pair" else step.contracted[q]).xreplace(rename)
         steps.append({"name": fname, "args": sig, "doc": doc + " Implements, at α1 = α2 = … :"
                       if kind == "diag" else doc + " Implements:",
                       "latex": book_latex(shown), "lines": lines, "result": result})
@@ -454,22 +465,23 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
              ("vertex_pairs", "V", "The four-point vertex V^{(l+1)} at the components "
               + ", ".join(_pattern_text(p) for p in _pair_patterns(4)) + " of every pair.")]
     for fname, q, doc in pairs:
-        if q == "G1" and not has_g1:
+        if (q == "G1" and not has_g1) or not has_vertex:
             continue
         frame = _PairFrame(em, kinked)
-        expr = specialise(step.contracted[q], act)
+        expr = local(step.contracted[q])
         results = []
         for pat in _pair_patterns(2 if q == "G1" else 4):
             var = f"{q}_{''.join(map(str, pat))}_next"
             frame.lines.append(f"{var} = {frame.step(expr, al, pat)}")
             results.append(var)
         head = ["Kd = numpy.diagonal(K)"] + (["P00, P01, P11 = _pair_inverse(K)"] if kinked else [])
-        steps.append({"name": fname, "args": "K, G1P, VP, C_W, n_l, n_lm1",
+        steps.append({"name": fname, "args": "K, G1P, VP, C_W, n_l, n_lm1" + tail,
                       "doc": doc + " G1P[a, b], VP[a, b, c, d] hold the previous layer's "
                       "components with samples (p, q)[a], … (see _pair_tensors); the sample sums "
                       "run over β ∈ {p, q}" + (", by Gaussian integration by parts (P = the "
                       "pair's inverse kernel)" if kinked else "") + ". Implements:",
-                      "latex": book_latex(step.contracted[q]), "lines": head + frame.lines,
+                      "latex": book_latex(step.contracted[q].xreplace(rename)),
+                      "lines": head + frame.lines,
                       "result": ", ".join(results)})
     orbits = ["".join(map(str, p)) for p in _pair_patterns(4)]
     assembly = []
@@ -491,6 +503,8 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                 "C_W": [spec.C_W(l) for l in range(1, spec.depth + 1)],
                 "lambda_b": [spec.lambda_b(l) for l in range(1, spec.depth + 1)],
                 "lambda_W": [spec.lambda_W(l) for l in range(1, spec.depth + 1)]}
+    for k, e in enumerate(extra):  # layer 1 is the MLP's for every architecture: 0 there, unused
+        defaults[e] = [0.0] + [spec.scalar_values(l)[k] for l in range(2, spec.depth + 1)]
     if kinked:
         note = ("closed forms of rules/kernels where they apply, else Gauss–Legendre on panels "
                 "split at the kinks (pairs: 4 to 24 nodes per piece, chosen to reach "
@@ -509,7 +523,10 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                   average_note=note, has_g1=has_g1, has_theta=has_theta,
                   theta_note=act.ntk_obstacle,
                   pair_assembly=assembly,
-                  vertex_orbits=repr(orbits))
+                  vertex_orbits=repr(orbits), has_vertex=has_vertex, extra=extra,
+                  extra_call="".join(f", {e}[l]" for e in extra),
+                  equation=spec.equation.description if spec.equation.name != "mlp" else "",
+                  kind="MLP" if spec.equation.name == "mlp" else "network")
 
 
 @lru_cache(maxsize=16)

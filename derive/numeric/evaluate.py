@@ -46,7 +46,7 @@ from ..algebra.symbols import DerivativeContraction, GaussianAverage, RandomVar
 from ..architectures.mlp import MLP
 from ..base.errors import CovarianceError, DeriveError
 from ..derivation.derivation import TARGETS as _PLANNED
-from ..derivation.layerstep import WIDTH, WIDTH_PREV, cached_layer_step
+from ..derivation.layerstep import cached_layer_step
 from ..derivation.specialise import specialise
 
 __all__ = ["CompiledForm", "iterate_mlp", "TARGETS"]
@@ -299,14 +299,15 @@ class CompiledForm:
 
 
 @lru_cache(maxsize=32)
-def compiled_forms(act: Activation, contracted: bool) -> dict:
-    """The layer step's recursions specialised to ``act`` and compiled (cached): the collapsed
-    component forms, or (``contracted``) the forms with the sample sums kept."""
-    step = cached_layer_step()
-    scalars = (step.C_b, step.C_W, step.lambda_b, step.lambda_W, WIDTH, WIDTH_PREV)
-    source = step.contracted if contracted else {n: getattr(step, n) for n in TARGETS}
-    return {name: CompiledForm(specialise(source[name], act), step.alphas, scalars)
-            for name in TARGETS}
+def compiled_forms(act: Activation, contracted: bool, equation=None, order: int = 1) -> dict:
+    """The recursions of the layer step of ``equation`` (the MLP's by default) at ``order``,
+    specialised to ``act`` and compiled (cached): the collapsed component forms, or
+    (``contracted``) the forms with the sample sums kept.  Each takes ``step.scalars``
+    (C_b, C_W, λ_b, λ_W, the equation's own scalars, n_ℓ, n_{ℓ−1}) then its atoms."""
+    step = cached_layer_step(equation, order)
+    source = step.contracted if contracted else step.recursions
+    return {name: CompiledForm(specialise(source[name], act), step.alphas, step.scalars)
+            for name in source}
 
 
 def _pairs(N: int) -> np.ndarray:
@@ -361,7 +362,13 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     act = spec.activation
     if derivative_free is None:
         derivative_free = bool(act.kinks)
-    forms = compiled_forms(act, bool(derivative_free))
+    # the layer step at the highest order the architecture closes at; without its O(1/n)
+    # closure (a skip term) there is no V, and no expansion estimate from it
+    top = spec.max_order
+    if order > top:
+        from ..derivation.layerstep import derive_layer_step
+        derive_layer_step(spec.equation, order)  # raises, saying why
+    forms = compiled_forms(act, bool(derivative_free), spec.equation, top)
     G0 = X @ X.T / n0
     res = {"K": {1: spec.C_b(1) + spec.C_W(1) * G0}}
     if "Theta" in need:
@@ -372,7 +379,10 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
         res["V"] = {1: np.zeros((N, N, N, N))}
     _check_kernel(res["K"][1], 1)
     widths = [n0, *spec.widths]
-    if "V" not in res:
+    if "V" not in forms:
+        res.pop("V", None)
+        C4 = fill_v = None
+    elif "V" not in res:
         # the diagonal V_{(αα)(αα)} closes on itself: kept (N numbers per layer) for the
         # estimate of the expansion parameter, without the N⁴ array
         res["V"] = {1: _DiagonalVertex(np.zeros(N))}
@@ -385,6 +395,7 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     error = 0.0
     for l in range(1, spec.depth):
         scalars = (spec.C_b(l + 1), spec.C_W(l + 1), spec.lambda_b(l + 1), spec.lambda_W(l + 1),
+                   *spec.scalar_values(l + 1),
                    widths[l], widths[l - 1])
         tensors = {name: res[name][l] for name in res}
         ev = _Evaluator(res["K"][l], tensors, kinked=bool(derivative_free), tol=tol)
@@ -399,8 +410,9 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
             ev.detail = lambda msg: detail(f"layer {l + 1}/{spec.depth}: V on {len(C4)} "
                                            f"components, term {k}/{n}: {msg}")
 
-        res["V"][l + 1] = fill_v(C4, forms["V"].evaluate(C4, scalars, ev,
-                                                         tick if detail is not None else None))
+        if fill_v is not None:
+            res["V"][l + 1] = fill_v(C4, forms["V"].evaluate(
+                C4, scalars, ev, tick if detail is not None else None))
         _check_kernel(res["K"][l + 1], l + 1)
         error = max(error, ev.error)
         if progress is not None:

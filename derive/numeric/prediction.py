@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..algebra.contractions import check_order
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
-from ..derivation.derivation import check_targets, finite_targets
+from ..derivation.derivation import check_targets, finite_targets, order_for
 from .evaluate import _DiagonalVertex, iterate_mlp
 
 __all__ = ["predict", "Prediction", "ExpansionWarning", "plan_work", "vertex_work"]
@@ -72,15 +71,19 @@ def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool) -
     wanted = ("K", "Theta", "G1") if nlo and order >= 1 else ("K", "Theta")
     mod = load_generated(spec, tuple(t for t in wanted if not (t == "Theta" and
                                                               spec.activation.ntk_obstacle)))
+    closes = spec.max_order >= 1  # else no V: K and Θ only
     try:
         with np.errstate(all="ignore"):
-            g = mod.evaluate(X, order=order, nlo="pairs" if nlo else "diagonal")
+            g = mod.evaluate(X, order=order, nlo=("pairs" if nlo else "diagonal") if closes
+                             else "none")
     except (ValueError, ArithmeticError) as err:
         raise DeriveError(str(err)) from None
     kinked = bool(spec.activation.kinks)
-    r = {"K": g["K"], "Theta": g.get("Theta", {}), "G1": g["G1"],
+    r = {"K": g["K"], "Theta": g.get("Theta", {}), "G1": g["G1"], "V": g["V"],
          "error": float(mod.TOL * (30 if kinked else 1))}
-    if dense_v:  # N ≤ 2: every component has at most two distinct samples
+    if not closes:
+        r.pop("V")
+    elif dense_v:  # N ≤ 2: every component has at most two distinct samples
         N = X.shape[0]
         r["V"] = {l: (mod._pair_tensors(g["G1"][l], v, g["V_pairs"][l])[1][..., 0, N - 1]
                       if N == 2 else v.reshape(1, 1, 1, 1)) for l, v in g["V"].items()}
@@ -186,15 +189,18 @@ def _duration(seconds: float) -> str:
 
 
 @boundary
-def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=None,
+def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1, targets=None,
             progress: bool = False, tol: float | None = None) -> Prediction:
     r"""Evaluate the derived recursions of ``spec`` on inputs ``X`` (N × n_0).
 
     Parameters
     ----------
-    spec : :class:`derive.MLP`
     X : array (N, n_0) of finite numbers, the inputs x_α.
-    order : 0 (leading order) or 1 (with G1 and V, the first correction in 1/n).
+    spec : :class:`derive.MLP`, :class:`derive.ResMLP` or another architecture.
+    order : 0 (leading order) or 1 (with G1 and V, the first correction in 1/n).  Default:
+        the highest order derived for the architecture (``spec.max_order``; 0 for a residual
+        network with a skip term, whose O(1/n) closure is not derived — order=1 is then an
+        error that says why).
     warn_threshold : an :class:`ExpansionWarning` names the first layer where the estimated
         first neglected term exceeds this (default 0.1).
     targets : names from ``("K", "Theta", "G1", "V")`` (default: all, without Θ when σ jumps,
@@ -227,7 +233,7 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
 
     if not isinstance(spec, MLP):
         raise DeriveError(f"spec must be a derive.MLP, got {type(spec).__name__}")
-    order = check_order(order)
+    order = order_for(spec, order)
     if isinstance(warn_threshold, bool) or not isinstance(warn_threshold, (int, float)) \
             or not np.isfinite(warn_threshold) or warn_threshold < 0:
         raise DeriveError(f"warn_threshold must be a finite number ≥ 0, got {warn_threshold!r:.40}")
@@ -236,8 +242,8 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
     tol = _check_tol(tol)
     X = _inputs(X)
     # by default everything finite for σ, G1 and V included at order 0 (G1 then is zero)
-    targets = finite_targets(spec.activation) if targets is None else \
-        check_targets(targets, spec.activation)
+    targets = finite_targets(spec.activation, spec.max_order) if targets is None else \
+        check_targets(targets, spec.activation, spec)
     N = X.shape[0]
     start = time.perf_counter()
 
@@ -269,8 +275,8 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
             f"{spec.activation.name} …")
         r = iterate_mlp(spec, X, order, targets=targets, progress=report, tol=tol,
                         detail=detail if progress else None)
-    expansion = {}
-    for l in range(1, spec.depth + 1):
+    expansion = {}  # empty without a derived V (a skip term): no estimate is given then
+    for l in range(1, spec.depth + 1 if "V" in r else 1):
         d = np.diagonal(r["K"][l])
         n_in = [X.shape[1], *spec.widths][l - 1]
         V = r["V"][l]
@@ -288,12 +294,12 @@ def predict(spec: MLP, X, order: int = 1, warn_threshold: float = 0.1, targets=N
         return dict(r[name]) if name in targets and name in r else {}
 
     G1 = kept("G1")
-    if "G1" in targets and not G1:
-        G1 = {l: np.zeros_like(r["K"][l]) for l in r["K"]}
     for name in ("K", "Theta", "G1"):
         for l, a in (r.get(name) or {}).items():
             if not np.all(np.isfinite(a)):
                 raise DeriveError(f"{name} at layer {l} is not finite (the recursion overflowed); "
                                   "check C_b, C_W and the scale of the inputs")
+    if "G1" in targets and not G1:
+        G1 = {l: np.zeros_like(r["K"][l]) for l in r["K"]}
     return Prediction(spec, X, order, dict(r["K"]), G1, kept("V"), kept("Theta"), expansion,
                       route, float(r["error"]))
