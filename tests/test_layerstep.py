@@ -60,7 +60,7 @@ def test_layer_step_matches_reference_forms(step):
 def test_layer_step_records_the_method(step):
     rules = step.trace.rules()
     for r in ("wick.isserlis", "delta.contract", "sum.split", "nearly_gaussian.operator", "truncate",
-              "ntk.decouple_lo"):
+              "ntk.chain_rule", "nearly_gaussian.leading_order"):
         assert r in rules
     v = step.steps["V"].rules()  # the four-point chain, in the order of THEORY §6
     assert v.index("wick.isserlis") < v.index("sum.split") < v.index("nearly_gaussian.operator") \

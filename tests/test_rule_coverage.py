@@ -30,8 +30,10 @@ def test_every_engine_rule_fires():
     moment_from_cumulants(x, trace=t)
     zg = gaussian_field("zeta", "K", neuron=False)
     integrate_by_parts(GaussianAverage(zg[a1] * sp.Function("sigma")(zg[a2]), "K"), trace=t)
-    from derive.derivation.layerstep import NTK, ntk_mean_lo
-    ntk_mean_lo(NeuronSum(NTK(j, j, a1, a2) * s[j, a1], (j, n0)), trace=t)  # NTK mean, LO
+    from derive.architectures.forward import mlp_equation
+    from derive.derivation.layerstep import derive_layer_step
+    mlp_equation().ntk(i1, i2, a1, a2, trace=t)                          # NTK chain rule
+    t.steps.extend(derive_layer_step(order=0).steps["Theta"].steps)      # NTK mean, LO
     fired = set(t.rules())
     missing = set(engine_rules()) - fired
     assert not missing, f"engine rules never exercised: {sorted(missing)}"
