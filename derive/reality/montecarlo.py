@@ -1,8 +1,9 @@
 r"""Ensembles of actual random networks, sampled with the conventions of THEORY §2.
 
 ``sample(spec, X, n_networks, seed=0)`` draws ``n_networks`` independent initialisations of
-the MLP ``spec`` (any widths, per-layer hyperparameters, any activation), pushes the inputs
-``X`` (shape N × n_0) through them, and estimates for every layer ℓ = 1 … L:
+the network ``spec`` (an MLP or any architecture with a forward equation — a residual network,
+…; any widths, per-layer hyperparameters, any activation), pushes the inputs ``X`` (shape
+N × n_0) through them, and estimates for every layer ℓ = 1 … L:
 
 ``G[ℓ]``
     the metric E[z_{i;α} z_{i;β}] (N × N);
@@ -18,6 +19,20 @@ U-statistics across *different* networks (no O(1/S) bias from mean(a·b) − mea
 THEORY §7), and errors come from a 20-block jackknife over networks.  Everything is float64,
 vectorised over networks (batched matmuls; set OPENBLAS_NUM_THREADS=1 for best throughput),
 seeded, and reports progress on long runs.
+
+Every architecture goes through one forward pass written from its forward equation's parts
+(:meth:`~derive.architectures.forward.ForwardEquation.parts`): layer 1 is z = b + W x, and for
+ℓ ≥ 1, with the layer's scalars (ξ, γ, …) bound to their values,
+
+    z^{(ℓ+1)} = ξ z^{(ℓ)} + c b + W g(z^{(ℓ)}),
+    Ĥ^{(ℓ+1)}_{αβ} = J_α Ĥ^{(ℓ)}_{αβ} J_βᵀ + δ [c² λ_b + (λ_W/n_ℓ) Σ_j g_{j;α} g_{j;β}],
+    J_α = ξ 1 + W diag(g'(z^{(ℓ)}_α))
+
+(the chain rule of the equation with λ_b per bias and λ_W/n_ℓ per weight, THEORY §3).  The MLP
+is ξ = 0, c = 1, g = σ; the residual network ξ, c = γ, g = γ σ, which gives
+Ĥ' = J Ĥ Jᵀ + γ² δ [λ_b + (λ_W/n_ℓ) Σ σσ] with J = ξ 1 + γ W σ'.  A layer with ξ ≠ 0 adds
+neuron i of layer ℓ to neuron i of layer ℓ+1, so both have the same width (the output layer's
+too).
 """
 from __future__ import annotations
 
@@ -26,7 +41,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import sympy as sp
 
+from ..activations.catalogue import Activation, numpy_function
+from ..architectures.forward import (C_B, C_W, LAMBDA_B, LAMBDA_W, SIGMA, U, WIDTH,
+                                     ForwardEquation)
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError
 
@@ -134,6 +153,78 @@ class _Accumulator:
         return LayerEstimate(G, err(0), V, err(1), Th, None if Th is None else err(2))
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """A forward equation's parts for one activation: ``xi``, ``c`` as SymPy expressions in
+    the layer's scalars, and numpy functions ``g(z, *g_args values)``, ``dg(z, *dg_args
+    values)`` (``dg`` None when g' has no pointwise values)."""
+
+    xi: sp.Expr
+    c: sp.Expr
+    g: object
+    dg: object
+    g_args: tuple
+    dg_args: tuple
+
+
+_COMPILED: dict = {}
+
+
+def _compile(activation: Activation, equation: ForwardEquation) -> _Compiled:
+    """``equation.parts()`` with σ replaced by ``activation`` (in the activation's own variable,
+    so an MLP's g and g' are σ and σ' exactly), g' taken symbolically, both lambdified; cached
+    per (activation, equation)."""
+    key = (activation, equation)
+    if key in _COMPILED:
+        return _COMPILED[key]
+    xi, c, g = equation.parts()
+    zs = activation.z
+    names = tuple(equation.scalars) + (C_B, C_W, LAMBDA_B, LAMBDA_W, WIDTH)
+    ge = g.xreplace({U: zs}).replace(SIGMA, lambda arg: activation.expr.xreplace({zs: arg}))
+    stray = (ge.free_symbols | xi.free_symbols | c.free_symbols) - set(names) - {zs}
+    if stray or ge.has(SIGMA):
+        raise MonteCarloError(f"the forward equation {equation.name!r} has parts {(xi, c, g)} "
+                              f"the sampler cannot evaluate (unbound: {sorted(map(str, stray))})")
+    g_args = tuple(s for s in names if s in ge.free_symbols)
+    dge = sp.diff(ge, zs)
+    dg_args = tuple(s for s in names if s in dge.free_symbols)
+    try:
+        dg = numpy_function(dge, (zs,) + dg_args)
+    except DeriveError:    # g' holds a Dirac delta (σ jumps): the NTK is refused before use
+        dg = None
+    out = _Compiled(xi, c, numpy_function(ge, (zs,) + g_args), dg, g_args, dg_args)
+    _COMPILED[key] = out
+    return out
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Layer ℓ+1's equation with its values bound: z' = xi z + c b + W g(z)."""
+
+    xi: float
+    c: float
+    g: object
+    dg: object
+
+
+def _steps(spec: MLP, widths: list) -> dict:
+    """The bound equation of every layer ℓ = 2 … L (keyed by ℓ)."""
+    eq = spec.equation
+    comp = _compile(spec.activation, eq)
+    steps = {}
+    for l in range(2, spec.depth + 1):
+        env = dict(zip(eq.scalars, spec.scalar_values(l)))
+        env.update({C_B: spec.C_b(l), C_W: spec.C_W(l), LAMBDA_B: spec.lambda_b(l),
+                    LAMBDA_W: spec.lambda_W(l), WIDTH: widths[l - 1]})
+        xi, c = (float(e.xreplace(env)) for e in (comp.xi, comp.c))
+        ga = tuple(env[s] for s in comp.g_args)
+        da = tuple(env[s] for s in comp.dg_args)
+        g = comp.g if not ga else (lambda z, f=comp.g, a=ga: f(z, *a))
+        dg = comp.dg if comp.dg is None or not da else (lambda z, f=comp.dg, a=da: f(z, *a))
+        steps[l] = _Step(xi, c, g, dg)
+    return steps
+
+
 def _progress(enabled: bool, done: int, total: int, t0: float):
     if not enabled:
         return
@@ -151,7 +242,8 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
     r"""Sample ``n_networks`` random networks of ``spec`` on inputs ``X`` (N × n_0).
 
     ``output_width`` is the width of layer L (not part of the spec; default: the last hidden
-    width, or 8 for a one-layer network).  ``ntk=False`` skips the NTK (faster).
+    width, or 8 for a one-layer network; an output layer with a skip term must keep the hidden
+    width).  ``ntk=False`` skips the NTK (faster).
     ``progress`` (default: when stderr is a terminal and the run is long) prints a bar with ETA.
     """
     if not isinstance(spec, MLP):
@@ -170,14 +262,28 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
     if min(widths[1:]) < 2:
         raise MonteCarloError(f"every layer needs ≥ 2 neurons to estimate cross-neuron correlators; "
                               f"widths are {widths[1:]}")
+    steps = _steps(spec, widths)
+    for l, st in steps.items():
+        if st.xi != 0 and widths[l] != widths[l - 1]:
+            why = (f"layer {l} has the skip term ξ z^({l - 1})_i (ξ = {st.xi:g}), which adds neuron i "
+                   f"of layer {l - 1} to neuron i of layer {l}, so both need the same width")
+            if l == L:
+                raise MonteCarloError(
+                    f"output_width={n_out} is refused: {why}, n_{l - 1} = {widths[l - 1]}; leave "
+                    f"output_width out (it defaults to the hidden width) or give {widths[l - 1]}")
+            raise MonteCarloError(f"{why}, but n_{l - 1} = {widths[l - 1]} and n_{l} = {widths[l]}")
+    skip = any(st.xi != 0 for st in steps.values())
     N = X.shape[0]
-    sigma = spec.activation.numpy(0)
     if ntk:
         spec.activation.require_ntk("the NTK of the sampled networks")
-    dsigma = spec.activation.numpy(1) if ntk else None
+        if any(st.dg is None for st in steps.values()):
+            raise MonteCarloError("the NTK of the sampled networks needs g'(z) of the forward "
+                                  "equation, which has no pointwise values (a Dirac delta)")
     G0 = X @ X.T / X.shape[1]
+    # floats per network: weights, the NTK (Ĥ and its products: 3 arrays of n² N², 4 with a
+    # skip term) and the four-point products
     per_net = sum(w * w0 for w, w0 in zip(widths[1:], widths[:-1])) + \
-        (max(widths[1:]) ** 2 * N * N * 3 if ntk else 0) + max(widths) * N * N * N * N
+        (max(widths[1:]) ** 2 * N * N * (4 if skip else 3) if ntk else 0) + max(widths) * N * N * N * N
     chunk = int(max(BLOCKS, min(n_networks, _CHUNK_FLOATS // max(per_net, 1))))
     rng = np.random.default_rng(seed)
     acc = {l: _Accumulator(N, ntk) for l in range(1, L + 1)}
@@ -194,14 +300,19 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
             n_in, n_outl = widths[l - 1], widths[l]
             W = rng.standard_normal((c, n_outl, n_in)) * np.sqrt(spec.C_W(l) / n_in)
             b = rng.standard_normal((c, n_outl)) * np.sqrt(spec.C_b(l))
+            st = steps.get(l)
             if l > 1:
                 with np.errstate(over="ignore", invalid="ignore"):
-                    s = sigma(z)
-                if ntk:
-                    ds = dsigma(z)
+                    s = st.g(z)
+                    if ntk:
+                        ds = st.dg(z)
                 prev = s
+                if st.c != 1:
+                    b = st.c * b
             with np.errstate(over="ignore", invalid="ignore"):
                 z_new = np.matmul(W, prev) + b[:, :, None]
+                if l > 1 and st.xi != 0:
+                    z_new = st.xi * z + z_new
             if not np.all(np.isfinite(z_new)):
                 raise MonteCarloError(f"layer {l}: preactivations overflowed (NaN/inf); the "
                                       "initialisation diverges for this spec")
@@ -211,10 +322,9 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
                     base = spec.lambda_b(1) + spec.lambda_W(1) * G0
                     H = np.einsum("ij,ab->ijab", eye, base)[None].repeat(c, axis=0)
                 else:
-                    base = spec.lambda_b(l) + spec.lambda_W(l) * np.einsum("cja,cjb->cab", prev, prev) / n_in
-                    M = np.einsum("cja,ckb,cjkab->cabjk", ds, ds, H)            # (c, N, N, n, n)
-                    WMW = np.matmul(np.matmul(W[:, None, None], M), np.swapaxes(W, 1, 2)[:, None, None])
-                    H = np.einsum("ij,cab->cijab", eye, base) + np.moveaxis(WMW, (1, 2), (3, 4))
+                    lam_b = spec.lambda_b(l) if st.c == 1 else st.c * st.c * spec.lambda_b(l)
+                    base = lam_b + spec.lambda_W(l) * np.einsum("cja,cjb->cab", prev, prev) / n_in
+                    H = np.einsum("ij,cab->cijab", eye, base) + _carried(H, W, ds, st.xi)
             z = z_new
             Hd = np.einsum("ciiab->ciab", H) if ntk else None
             acc[l].add(blocks, z, Hd)
@@ -224,3 +334,21 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
         _progress(bool(show), done, n_networks, t0)
     layers = {l: acc[l].finish(widths[l - 1]) for l in range(1, L + 1)}
     return Ensemble(spec, X, int(n_networks), int(seed), layers)
+
+
+def _carried(H: np.ndarray, W: np.ndarray, dg: np.ndarray, xi: float) -> np.ndarray:
+    """Σ_{kl} J_{ik;α} J_{jl;β} Ĥ_{kl;αβ} with J_α = ξ 1 + W diag(g'(z_α)): ``H`` (c, n, n, N, N),
+    ``W`` (c, n', n), ``dg`` (c, n, N); returns (c, n', n', N, N)."""
+    Wt = np.swapaxes(W, 1, 2)[:, None, None]
+    if xi == 0:
+        M = np.einsum("cja,ckb,cjkab->cabjk", dg, dg, H)            # (c, N, N, n, n)
+        WMW = np.matmul(np.matmul(W[:, None, None], M), Wt)
+    else:
+        # (ξ 1 + W D_α) Ĥ_αβ (ξ 1 + D_β Wᵀ) = ξ T + (T D_β) Wᵀ with T = ξ Ĥ_αβ + W D_α Ĥ_αβ
+        Hs = np.moveaxis(H, (3, 4), (1, 2))                         # (c, N, N, n, n) view
+        dgT = np.swapaxes(dg, 1, 2)                                 # (c, N, n)
+        T = np.matmul(W[:, None, None], dgT[:, :, None, :, None] * Hs)
+        T += xi * Hs
+        WMW = np.matmul(T * dgT[:, None, :, None, :], Wt)
+        WMW += xi * T
+    return np.moveaxis(WMW, (1, 2), (3, 4))
