@@ -81,6 +81,7 @@ _FACADE = {
     "predict": "numeric.prediction",
     "criticality": "activations.criticality",
     "Criticality": "activations.criticality",
+    "critical_gamma": "activations.criticality",
     "check": "reality.check",
     "Check": "reality.check",
     "Prediction": "numeric.prediction",

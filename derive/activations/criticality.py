@@ -22,12 +22,22 @@ it for any σ:
   (bracketed on a grid, then Brent), C_W = 1/⟨σ'σ'⟩_{K*}, C_b = K* − C_W⟨σ²⟩_{K*}, accepted only
   where C_b ≥ 0 (a variance).  Without such a point :class:`NoCriticalPoint` says why.
 
+**Residual networks** (THEORY §8): the layer map z' = ξ z + γ [b + W σ(z)] has the kernel map
+K ↦ ξ² K + γ² (C_b + C_W ⟨σ²⟩_K), so χ_∥ = ξ² + γ² χ̂_∥ and χ_⊥ = ξ² + γ² χ̂_⊥ with χ̂ the MLP
+susceptibilities at (C_b, C_W).  χ_∥ = χ_⊥ = 1 needs χ̂_∥ = χ̂_⊥ = (1 − ξ²)/γ²: the fixed point K*
+and the class are the MLP's, and the critical (C_b, C_W) are the MLP's times (1 − ξ²)/γ²
+(C_b from K* = ξ² K* + γ²(C_b + C_W⟨σ²⟩_{K*})).  ``criticality(σ, xi=…, gamma=…)`` returns them;
+ξ² ≥ 1 has no critical C_W > 0 (refused).  :func:`critical_gamma` is the converse: γ for given ξ
+and C_W.  In the K*=0 class the residual kernel flows like K' = K + (1 − ξ²) a1 K² + …, i.e.
+K ≈ 1/(−(1 − ξ²) a1 ℓ): a strong skip slows the power law.
+
 All Gaussian averages go through :func:`derive.gaussian_expectation` (closed form where one
 exists, else quadrature with an error bound).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import sympy as sp
@@ -36,8 +46,8 @@ from ..base.errors import DeriveError, QuadratureError, boundary
 from .catalogue import Activation, activation, probe_scale_invariant, z
 from .gaussian import gaussian_expectation
 
-__all__ = ["criticality", "Criticality", "NoCriticalPoint", "chi_parallel", "chi_perp",
-           "kernel_map", "fixed_points"]
+__all__ = ["criticality", "critical_gamma", "Criticality", "NoCriticalPoint", "chi_parallel",
+           "chi_perp", "kernel_map", "fixed_points"]
 
 #: the K grid on which χ_∥/χ_⊥ − 1 is bracketed for the K*>0 class
 _K_GRID = np.geomspace(1e-3, 1e2, 201)
@@ -66,31 +76,50 @@ def _avg(f: sp.Expr, K) -> np.ndarray:
                                            tol=_tol(K)).value, dtype=float)
 
 
-def kernel_map(act, K, C_b: float = 0.0, C_W: float = 1.0) -> np.ndarray:
-    """K^{(ℓ+1)} = C_b + C_W ⟨σ²⟩_K for variances K (the derived single-input recursion)."""
-    a = _act(act)
-    return C_b + C_W * _avg(a.expr ** 2, K)
+def _residual(xi, gamma) -> tuple[float, float]:
+    """(ξ², γ²) as floats, with γ ≠ 0 (γ = 0 has no trainable layer)."""
+    xi2, g2 = float(xi) ** 2, float(gamma) ** 2
+    if not (np.isfinite(xi2) and np.isfinite(g2)) or g2 == 0:
+        raise DeriveError(f"ξ and γ must be finite and γ ≠ 0, got ξ = {xi}, γ = {gamma}")
+    return xi2, g2
 
 
-def chi_parallel(act, K, C_W: float = 1.0) -> np.ndarray:
-    """χ_∥(K) = (C_W/(2K²)) ⟨σ²(z² − K)⟩_K (derivative-free; any σ), for variances K > 0."""
+def kernel_map(act, K, C_b: float = 0.0, C_W: float = 1.0, xi: float = 0.0,
+               gamma: float = 1.0) -> np.ndarray:
+    """K^{(ℓ+1)} = ξ² K + γ² (C_b + C_W ⟨σ²⟩_K) for variances K (the derived single-input
+    recursion; ξ = 0, γ = 1 is the MLP's)."""
     a = _act(act)
+    xi2, g2 = _residual(xi, gamma)
+    K = np.atleast_1d(np.asarray(K, dtype=float))
+    return xi2 * K + g2 * (C_b + C_W * _avg(a.expr ** 2, K))
+
+
+def chi_parallel(act, K, C_W: float = 1.0, xi: float = 0.0, gamma: float = 1.0) -> np.ndarray:
+    """χ_∥(K) = ξ² + γ² (C_W/(2K²)) ⟨σ²(z² − K)⟩_K (derivative-free; any σ), for variances
+    K > 0 (ξ = 0, γ = 1: the MLP)."""
+    a = _act(act)
+    xi2, g2 = _residual(xi, gamma)
     K = np.atleast_1d(np.asarray(K, dtype=float))
     if np.any(K <= 0):
         raise DeriveError("χ_∥ is evaluated at variances K > 0 (the K → 0 limit of a smooth σ is "
                           "C_W (σ'(0)² + σ(0)σ''(0)))")
-    return C_W * (_avg(a.expr ** 2 * z ** 2, K) - K * _avg(a.expr ** 2, K)) / (2 * K ** 2)
+    mlp = C_W * (_avg(a.expr ** 2 * z ** 2, K) - K * _avg(a.expr ** 2, K)) / (2 * K ** 2)
+    return mlp if (xi2, g2) == (0.0, 1.0) else xi2 + g2 * mlp
 
 
-def chi_perp(act, K, C_W: float = 1.0) -> np.ndarray:
-    """χ_⊥(K) = C_W ⟨σ'σ'⟩_K for variances K > 0."""
+def chi_perp(act, K, C_W: float = 1.0, xi: float = 0.0, gamma: float = 1.0) -> np.ndarray:
+    """χ_⊥(K) = ξ² + γ² C_W ⟨σ'σ'⟩_K for variances K > 0 (ξ = 0, γ = 1: the MLP)."""
     a = _act(act)
+    xi2, g2 = _residual(xi, gamma)
     a.require_ntk("χ_⊥ = C_W ⟨σ'σ'⟩")
-    return C_W * _avg(a.derivative(1) ** 2, K)
+    mlp = C_W * _avg(a.derivative(1) ** 2, K)
+    return mlp if (xi2, g2) == (0.0, 1.0) else xi2 + g2 * mlp
 
 
-def fixed_points(act, C_b: float, C_W: float, K_max: float = 1e2) -> list[float]:
-    """Fixed points K* > 0 of K ↦ C_b + C_W⟨σ²⟩_K on [1e-3, K_max]: sign changes of the map
+def fixed_points(act, C_b: float, C_W: float, K_max: float = 1e2, xi: float = 0.0,
+                 gamma: float = 1.0) -> list[float]:
+    """Fixed points K* > 0 of K ↦ ξ²K + γ²(C_b + C_W⟨σ²⟩_K) on [1e-3, K_max] (ξ = 0, γ = 1: the
+    MLP's; for ξ² < 1 they are the MLP's fixed points at (C_b, C_W) γ²/(1 − ξ²)): sign changes of the map
     minus K (Brent), and touching points (at criticality χ_∥ = 1, so the map is tangent to the
     identity there and does not cross it: local minima of |map − K| on the grid that reach
     zero; a touching point in the same grid cell as a crossing is not resolved — the critical
@@ -104,9 +133,9 @@ def fixed_points(act, C_b: float, C_W: float, K_max: float = 1e2) -> list[float]
     grid = _K_GRID[_K_GRID <= K_max]
 
     def g(K):
-        return float(kernel_map(a, K, C_b, C_W)[0] - K)
+        return float(kernel_map(a, K, C_b, C_W, xi, gamma)[0] - K)
 
-    vals = kernel_map(a, grid, C_b, C_W) - grid
+    vals = kernel_map(a, grid, C_b, C_W, xi, gamma) - grid
     out = [0.0] if C_b == 0 and a.expr.subs(z, 0) == 0 else []
     for k in range(len(grid) - 1):
         if vals[k] == 0:
@@ -137,8 +166,11 @@ class Criticality:
     ``C_b``, ``C_W``: floats; ``chi_par``, ``chi_perp``: χ_∥, χ_⊥ there; ``K_star``: the
     fixed point (None for scale-invariant σ: every K is one); ``universality_class``:
     "scale-invariant", "K*=0" or "K*>0"; ``exact``: SymPy values of (C_b, C_W) where known in
-    closed form, else None; ``method``: how it was found; ``a1`` (K*=0 class): the coefficient
-    of K^{(ℓ+1)} = K + a1 K² + …, so that K^{(ℓ)} ≈ 1/(−a1 ℓ) at large depth."""
+    closed form, else None (for a residual layer with float ξ, γ the factor (1 − ξ²)/γ² is a
+    SymPy Float); ``method``: how it was found; ``a1`` (K*=0 class): the coefficient
+    of K^{(ℓ+1)} = K + a1 K² + …, so that K^{(ℓ)} ≈ 1/(−a1 ℓ) at large depth (for a residual
+    layer (1 − ξ²) times the MLP's); ``xi``, ``gamma``: the residual layer's ξ, γ (0 and 1:
+    the MLP)."""
 
     activation: Activation = field(repr=False)
     C_b: float
@@ -150,21 +182,89 @@ class Criticality:
     exact: tuple | None = None
     method: str = ""
     a1: float | None = None
+    xi: float = 0.0
+    gamma: float = 1.0
 
     def __str__(self) -> str:
-        exact = f" (exactly C_b = {self.exact[0]}, C_W = {self.exact[1]})" if self.exact else ""
+        exact = f" (exactly C_b = {self.exact[0]}, C_W = {self.exact[1]})" \
+            if self.exact and not any(sp.sympify(v).has(sp.Float) for v in self.exact) else ""
         k = "every K" if self.K_star is None else f"K* = {self.K_star:.6g}"
-        return (f"{self.activation.name}: {self.universality_class}, critical at C_b = {self.C_b:.6g}, "
-                f"C_W = {self.C_W:.6g}{exact}; {k}; χ_∥ = {self.chi_par:.6g}, "
+        res = "" if (self.xi, self.gamma) == (0.0, 1.0) else \
+            f" (residual, ξ = {self.xi:.6g}, γ = {self.gamma:.6g})"
+        return (f"{self.activation.name}{res}: {self.universality_class}, critical at C_b = "
+                f"{self.C_b:.6g}, C_W = {self.C_W:.6g}{exact}; {k}; χ_∥ = {self.chi_par:.6g}, "
                 f"χ_⊥ = {self.chi_perp:.6g}")
 
 
+def _is_exact(v) -> bool:
+    return isinstance(v, (int, Fraction)) or (isinstance(v, sp.Basic) and v.is_number
+                                              and not v.has(sp.Float))
+
+
+def _residual_factor(xi, gamma):
+    """(1 − ξ²)/γ² — SymPy-exact for exact ξ, γ (ints, Fractions, SymPy numbers), exactly 1
+    for the MLP (ξ = 0, γ = 1), a SymPy Float otherwise; NoCriticalPoint for ξ² ≥ 1."""
+    xi2, _ = _residual(xi, gamma)
+    if xi2 >= 1:
+        raise NoCriticalPoint(
+            f"a residual layer with ξ² = {xi2:.6g} ≥ 1 has no critical initialisation: χ_∥ and "
+            f"χ_⊥ are ξ² + γ² C_W χ̂ with χ̂ > 0, so χ = 1 would need C_W ≤ 0 (a variance; "
+            f"at ξ = 1 the skip alone is marginal, χ = 1 + γ² C_W χ̂, and a small γ²C_W keeps "
+            f"the kernel nearly marginal, but no C_W > 0 makes it critical)")
+    if float(xi) == 0 and float(gamma) ** 2 == 1:
+        return sp.S.One
+    if _is_exact(xi) and _is_exact(gamma):
+        return sp.nsimplify((1 - sp.sympify(xi) ** 2) / sp.sympify(gamma) ** 2)
+    return sp.Float((1 - float(xi) ** 2) / float(gamma) ** 2)
+
+
 @boundary
-def criticality(act) -> Criticality:
+def criticality(act, xi=0.0, gamma=1.0) -> Criticality:
     """The critical (C_b, C_W) of ``act`` (a name, a SymPy string in z or an Activation), its
     fixed point, χ_∥ and χ_⊥ there and its universality class; :class:`NoCriticalPoint` when
-    there is none."""
-    a = _act(act)
+    there is none.
+
+    ``xi``, ``gamma``: a residual layer z' = ξ z + γ [b + W σ(z)] (THEORY §8; the defaults are
+    the MLP).  Its χ's are ξ² + γ² × the MLP's, so the class and K* are the MLP's and the
+    critical (C_b, C_W) are the MLP's times (1 − ξ²)/γ²; ξ² ≥ 1 is refused (no C_W > 0)."""
+    factor = _residual_factor(xi, gamma)
+    c = _criticality_mlp(_act(act))
+    if factor == 1 and float(xi) == 0:
+        return c
+    xi_f, g_f = float(xi), float(gamma)
+    f = float(factor)
+    C_b, C_W = c.C_b * f, c.C_W * f
+    exact = None if c.exact is None else tuple(sp.sympify(v) * factor for v in c.exact)
+    a, K_eval = c.activation, (1.0 if c.K_star is None else c.K_star)
+    if c.universality_class == "K*=0":
+        # at K* = 0 the MLP's χ's at C_W are C_W σ'(0)² (…): scale them as the layer map does
+        chi_par = xi_f ** 2 + g_f ** 2 * f * c.chi_par
+        chi_p = xi_f ** 2 + g_f ** 2 * f * c.chi_perp
+    else:
+        chi_par = float(chi_parallel(a, K_eval, C_W, xi_f, g_f)[0])
+        chi_p = float(chi_perp(a, K_eval, C_W, xi_f, g_f)[0]) \
+            if not a.derivative(1).has(sp.DiracDelta) else chi_par
+    a1 = None if c.a1 is None else (1 - xi_f ** 2) * c.a1
+    return Criticality(a, C_b, C_W, chi_par, chi_p, c.K_star, c.universality_class, exact,
+                       f"residual (ξ = {xi}, γ = {gamma}): the MLP's critical (C_b, C_W) times "
+                       f"(1 − ξ²)/γ² = {factor}; MLP: {c.method}", a1, xi_f, g_f)
+
+
+@boundary
+def critical_gamma(act, xi, C_W=None) -> float:
+    """γ of a critical residual layer z' = ξ z + γ [b + W σ(z)] at given ξ and C_W (default:
+    the MLP's critical C_W): γ² = (1 − ξ²)/(C_W χ̂), χ̂ the MLP's χ at C_W = 1 at its fixed
+    point, i.e. γ² = (1 − ξ²) C_W^{MLP}/C_W.  For the K*>0 class C_b must be
+    ``criticality(act, xi, gamma).C_b`` too.  ξ² ≥ 1 and C_W ≤ 0 are refused."""
+    _residual_factor(xi, 1.0)                       # refuses ξ² ≥ 1
+    c = _criticality_mlp(_act(act))
+    C_W = c.C_W if C_W is None else float(C_W)
+    if not (np.isfinite(C_W) and C_W > 0):
+        raise DeriveError(f"C_W must be a finite variance > 0, got {C_W}")
+    return float(np.sqrt((1 - float(xi) ** 2) * c.C_W / C_W))
+
+
+def _criticality_mlp(a: Activation) -> Criticality:
     if a.ntk_obstacle:
         raise NoCriticalPoint(f"{a.name} has no critical initialisation: χ_⊥ = C_W ⟨σ'σ'⟩ is "
                               f"infinite ({a.ntk_obstacle})")
