@@ -76,6 +76,7 @@ _FACADE = {
     # networks
     "MLP": "architectures.mlp",
     "ResMLP": "architectures.residual",
+    "Network": "architectures.network",
     "derive": "derivation.derivation",
     "Derivation": "derivation.derivation",
     "predict": "numeric.prediction",

@@ -162,3 +162,29 @@ def test_resmlp_validation():
     assert net.xi(3) == 0.5 and net.gamma(2) == 0.2
     assert net.with_widths(8).xi(3) == 0.5 and net.with_widths(8).widths == (8, 8)
     assert "ResMLP(" in repr(net)
+
+
+def test_spec_file_forward_equation_and_residual_architecture():
+    from derive.cli.specfile import spec_from_mapping
+
+    base = {"activation": "tanh", "depth": 4, "widths": 16, "C_W": 1.0,
+            "inputs": [[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]]}
+    user, X, targets, order = spec_from_mapping(
+        {**base, "forward": "b[i] + sum_j(W[i,j]*sigma(z[j]))"})
+    preset, *_ = spec_from_mapping(base)
+    du, dp = derive.derive(user, targets, order), derive.derive(preset, targets, order)
+    assert du.recursions == dp.recursions and order == 1
+    pu, pp = derive.predict(user, X), derive.predict(preset, X)
+    for q in ("K", "G1", "V", "Theta"):
+        np.testing.assert_array_equal(getattr(pu, q)[4], getattr(pp, q)[4])
+    res, _, targets, order = spec_from_mapping({**base, "architecture": "residual", "xi": 1.0,
+                                                "gamma": [0.5, 0.4, 0.3]})
+    assert isinstance(res, derive.ResMLP) and targets == ("K", "Theta") and order == 0
+    with pytest.raises(DeriveError, match="trajectory"):
+        spec_from_mapping({**base, "architecture": "residual", "targets": ["V"]})
+    with pytest.raises(DeriveError, match="attribute access"):
+        spec_from_mapping({**base, "forward": "b[i] + sum_j(W[i,j]*sigma(z[j])).conjugate"})
+    with pytest.raises(DeriveError, match="unknown name .a."):
+        spec_from_mapping({**base, "forward": "a*z[i] + b[i] + sum_j(W[i,j]*sigma(z[j]))"})
+    with pytest.raises(DeriveError, match="architecture must be"):
+        spec_from_mapping({**base, "architecture": "transformer"})

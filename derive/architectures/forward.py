@@ -330,5 +330,7 @@ def parse_forward_equation(text: str, scalars=()) -> ForwardEquation:
                      functions={"sigma": SIGMA, "sum_j": neuron_sum})
     except ParseError as err:
         raise ParseError(f"{err} — write the equation with z[i], z[j], W[i,j], b[i], sigma(…), "
-                         f"sum_j(…) and the scalars {names}") from None
-    return ForwardEquation("user", expr, syms, description=f"user equation: z' = {text.strip()}")
+                         f"sum_j(…) and the scalars {names} (a spec file declares its scalars under "
+                         "'scalars')") from None
+    # the description is printed from the parsed expression, never the user's text
+    return ForwardEquation("user", expr, syms, description=f"user equation: z' = {sp.sstr(expr)}")

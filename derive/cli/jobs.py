@@ -59,6 +59,11 @@ def spec_json(spec, X=None, targets=None, order=None) -> dict:
             "C_b": [spec.C_b(l) for l in layers], "C_W": [spec.C_W(l) for l in layers],
             "lambda_b": [spec.lambda_b(l) for l in layers],
             "lambda_W": [spec.lambda_W(l) for l in layers]}
+    eq = spec.equation
+    if eq.name != "mlp":  # the layer equation of layers 2 … L and its scalars there
+        data["layer_equation"] = eq.description
+        data["scalars"] = {str(sym): [spec.scalar_values(l)[k] for l in layers if l >= 2]
+                           for k, sym in enumerate(eq.scalars)}
     if X is not None:
         data["inputs"] = np.asarray(X, dtype=float).tolist()
     if targets is not None:
@@ -84,7 +89,8 @@ def predictions_json(p) -> dict:
             row["V"] = p.V[l].tolist()
         if l in p.Theta:
             row["Theta"] = p.Theta[l].tolist()
-        row["expansion_estimate"] = p.expansion[l]
+        if l in p.expansion:  # no estimate without a derived V (a skip term)
+            row["expansion_estimate"] = p.expansion[l]
         layers.append(row)
     return {"derive_version": __version__, "spec": spec_json(spec), "order": p.order,
             "inputs": p.X.tolist(), "layers": layers}

@@ -14,6 +14,16 @@ Keys (all optional except ``activation`` and ``depth``)::
     # input_gram = [[1.0, 0.3], [0.3, 0.8]]
     targets = ["K", "V", "G1", "Theta"]
     order = 1                    # 0 or 1; default 1 if G1 or V is a target, else 0
+    # the architecture (default "mlp"):
+    # architecture = "residual"  # z' = xi z + gamma (b + W sigma(z)), THEORY §8
+    # xi = 1.0                   # residual only: a number or one value per layer 2 … L
+    # gamma = 0.5
+    # or a forward equation of one's own (read by the safe parser), with its scalars:
+    # forward = "a*z[i] + c*(b[i] + sum_j(W[i,j]*sigma(z[j])))"
+    # scalars = { a = 1.0, c = [0.5, 0.4] }
+
+With a skip term (xi ≠ 0, or a*z[i] in a forward equation) only the leading order (K, Θ) is
+derived: the default targets are then K and Θ, and G1, V or order 1 are refused with the reason.
 
 A spec file is user input: every value is checked before anything is computed, and a bad
 one stops with a :class:`~derive.base.errors.DeriveError` that names the key and says what to write
@@ -42,7 +52,9 @@ __all__ = ["KNOWN_KEYS", "KNOWN_TARGETS", "MAX_DEPTH", "load_spec",
            "spec_from_mapping", "check_targets", "default_order", "DEMO"]
 
 KNOWN_KEYS = ("activation", "depth", "widths", "C_b", "C_W", "lambda_b", "lambda_W", "inputs",
-              "input_gram", "targets", "order")
+              "input_gram", "targets", "order", "architecture", "xi", "gamma", "forward", "scalars")
+#: the ``architecture`` key's values
+ARCHITECTURES = ("mlp", "residual")
 
 #: the quantities derive can derive and evaluate (the ``targets`` key, ``--targets``)
 KNOWN_TARGETS = ("K", "V", "G1", "Theta")
@@ -184,6 +196,39 @@ def _check_widths(widths, depth: int, where: str):
     return int(widths)
 
 
+def _network(data: dict, depth: int, widths, act, kw: dict, where: str):
+    """The spec object of the ``architecture`` / ``forward`` keys (default: the MLP)."""
+    arch = data.get("architecture", "mlp")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise DeriveError(f"architecture must be one of {list(ARCHITECTURES)} (or give a forward "
+                          f"equation with 'forward'), got {_kind(arch)} {_short(arch)}")
+    C_b, C_W = kw.pop("C_b", 0.0), kw.pop("C_W", 1.0)
+    if "forward" in data:
+        if "architecture" in data or "xi" in data or "gamma" in data:
+            raise DeriveError("give either 'forward' (with 'scalars') or 'architecture' (with "
+                              "'xi', 'gamma' for a residual network), not both")
+        scalars = data.get("scalars", {})
+        if not isinstance(scalars, dict):
+            raise DeriveError(f"scalars must be a table, e.g. scalars = {{ a = 1.0 }}, got "
+                              f"{_kind(scalars)} {_short(scalars)}")
+        if not isinstance(data["forward"], str):
+            raise DeriveError(f"forward must be a string such as \"b[i] + sum_j(W[i,j]*sigma(z[j]))"
+                              f"\", got {_kind(data['forward'])} {_short(data['forward'])}")
+        from ..architectures.network import Network
+
+        return Network(depth, widths, act, C_b, C_W, data["forward"], scalars, **kw)
+    if "scalars" in data:
+        raise DeriveError("'scalars' belong to a 'forward' equation")
+    if arch == "residual":
+        from ..architectures.residual import ResMLP
+
+        return ResMLP(depth, widths, act, C_b, C_W, data.get("xi", 1.0), data.get("gamma", 1.0),
+                      **kw)
+    if "xi" in data or "gamma" in data:
+        raise DeriveError("'xi' and 'gamma' belong to architecture = \"residual\"")
+    return MLP(depth, widths, act, C_b, C_W, **kw)
+
+
 def spec_from_mapping(data: dict, where: str = "spec", targets=None,
                       order=None) -> tuple[MLP, np.ndarray, tuple, int]:
     """(MLP, inputs X, targets, order) from a mapping with the keys above; ``targets`` and
@@ -204,7 +249,7 @@ def spec_from_mapping(data: dict, where: str = "spec", targets=None,
     widths = _check_widths(data.get("widths", 64), depth, where)
     kw = {k: data[k] for k in ("C_b", "C_W", "lambda_b", "lambda_W") if k in data}
     try:
-        spec = MLP(depth, widths, act, kw.pop("C_b", 0.0), kw.pop("C_W", 1.0), **kw)
+        spec = _network(data, depth, widths, act, kw, where)
     except DeriveError as err:
         raise DeriveError(f"{where}: {err}") from None
     if "inputs" in data and "input_gram" in data:
@@ -239,18 +284,21 @@ def spec_from_mapping(data: dict, where: str = "spec", targets=None,
     else:  # everything that is finite for this σ (Θ is infinite when σ jumps)
         from ..derivation.derivation import finite_targets
 
-        targets = finite_targets(spec.activation)
+        targets = finite_targets(spec.activation, spec.max_order)
     if order is not None:
         order = _check_order(order, "--order")
     elif "order" in data:
         order = _check_order(data["order"], where)
     else:
         order = default_order(targets)
-    # what predict would refuse (memory, hours of vertex averages) is refused now, before
-    # the derivation and the documents
+    # what predict would refuse (memory, hours of vertex averages, O(1/n) of a skip
+    # connection) is refused now, before the derivation and the documents
+    from ..derivation.derivation import check_targets as _closes, order_for
     from ..numeric.prediction import plan_work
 
     try:
+        _closes(targets, None, spec)
+        order_for(spec, order)
         plan_work(spec, X.shape[0], targets)
     except DeriveError as err:
         raise DeriveError(f"{where}: {err}") from None

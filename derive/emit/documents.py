@@ -101,7 +101,7 @@ def _context(d, text) -> dict:
         for k, sym in enumerate(eq.scalars):
             vals = [spec.scalar_values(l)[k] for l in range(2, spec.depth + 1)]
             extra.append((f"{sym} per layer (2 ... L)", text(", ".join(f"{v:g}" for v in vals))))
-        rows[4:4] = extra
+        rows[5:5] = extra
     rows = [(text(k), v) for k, v in rows]
     recs = []
     for name in d.recursions:

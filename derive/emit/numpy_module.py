@@ -525,7 +525,8 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                   pair_assembly=assembly,
                   vertex_orbits=repr(orbits), has_vertex=has_vertex, extra=extra,
                   extra_call="".join(f", {e}[l]" for e in extra),
-                  equation=spec.equation.description if spec.equation.name != "mlp" else "",
+                  equation=(f"z' = {sp.sstr(spec.equation.expr.xreplace(rename))}"
+                            if spec.equation.name != "mlp" else ""),
                   kind="MLP" if spec.equation.name == "mlp" else "network")
 
 
