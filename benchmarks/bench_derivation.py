@@ -23,6 +23,13 @@ from derive.derivation.layerstep import derive_layer_step
 derive_layer_step()
 """
 
+COLD_RESIDUAL = """
+from derive.architectures.forward import XI, residual_equation
+from derive.derivation.layerstep import derive_layer_step
+derive_layer_step(residual_equation(), order=0)          # K, Θ with the skip
+derive_layer_step(residual_equation().without([XI]), order=1)  # ξ = 0: K, V, G1, Θ
+"""
+
 LAYER2_VERTEX = """
 import sympy as sp
 from derive import NeuronSum, bias, nearly_gaussian_field, neuron_indices, sample_indices, split_sum, weight, wick
@@ -48,6 +55,9 @@ def run(quick: bool = False):
     cold = _fresh_process_seconds(COLD_DERIVATION)
     rows.append({"what": "cold derivation K, V, G1, Theta (fresh process)", "seconds": cold,
                  "target": "< 5 s", "ok": cold < 5.0})
+    res = _fresh_process_seconds(COLD_RESIDUAL)
+    rows.append({"what": "cold derivation ResMLP: K, Θ (ξ ≠ 0) and K, V, G1, Θ (ξ = 0)",
+                 "seconds": res, "target": "< 5 s", "ok": res < 5.0})
     spec = MLP(20, 64, "tanh", 0.0, 1.0)
     derive.derive(spec)
     t0 = time.perf_counter()
