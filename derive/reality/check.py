@@ -8,6 +8,13 @@ compares per layer ℓ, quantity and component
 * ``V``: n_{ℓ−1} × the connected four-point function of two different neurons with the
   leading-order vertex V (its own 1/n correction is not derived: ``nlo`` is NaN).
 
+The predictions go to the highest order derived for the architecture (``spec.max_order``).
+Where that is the leading order only (a residual network with a skip term, THEORY §8: its
+O(1/n) statistics G1 and V are not derived), the metric's intercept is still compared with K,
+but its slope has no NLO prediction and V none at all: ``lo``/``nlo``/``slope_nlo`` are NaN,
+nothing is compared, and every row, fit, the table and the plot say so in words (``note``).
+Nothing is ever substituted for a prediction that does not exist.
+
 Across widths each (quantity, component, layer) is fitted by weighted least squares to
 A + B/n (and A + B/n + C/n² when there are at least four widths), giving the n → ∞ intercept A
 with its z-score against LO, and the slope B against the one the NLO term predicts
@@ -44,10 +51,11 @@ PRECISE_SAMPLES = 200_000
 #: a z-score above this counts as disagreement
 Z_MAX = 4.0
 
-_ROW_KEYS = ("quantity", "component", "layer", "width", "mc_mean", "mc_stderr", "lo", "nlo")
+_ROW_KEYS = ("quantity", "component", "layer", "width", "mc_mean", "mc_stderr", "lo", "nlo",
+             "note")
 _FIT_KEYS = ("quantity", "component", "layer", "widths", "intercept", "intercept_err", "lo",
              "z_lo", "slope", "slope_err", "slope_nlo", "z_slope", "slope_agrees", "curvature",
-             "curvature_err", "chi2_dof")
+             "curvature_err", "chi2_dof", "note")
 
 
 class CheckError(DeriveError):
@@ -67,6 +75,26 @@ def _components(N: int):
 
 def _label(c) -> str:
     return "".join(map(str, c)) if len(c) == 2 else f"({c[0]}{c[1]})({c[2]}{c[3]})"
+
+
+def _not_derived(spec: MLP) -> str:
+    """Why a spec's predictions stop at the leading order, in words."""
+    return ("not derived for skip connections" if spec.equation.has_skip()
+            else "not derived for this architecture")
+
+
+def _notes(spec: MLP, order: int) -> dict:
+    """The note of each quantity's rows and fits: what is not predicted, and why."""
+    if order >= 1:
+        return {"metric": "", "V": "no NLO prediction: V's own 1/n correction is not derived"}
+    why = _not_derived(spec)
+    return {"metric": f"no NLO prediction: {why}",
+            "V": f"no prediction: V is O(1/n), {why}"}
+
+
+def _num(x: float, width: int, fmt: str) -> str:
+    """A table cell: the number, or a dash where there is none (no prediction)."""
+    return f"{x:{width}{fmt}}" if np.isfinite(x) else f"{'—':>{width}s}"
 
 
 def _fit(inv_n: np.ndarray, y: np.ndarray, err: np.ndarray, degree: int):
@@ -94,6 +122,8 @@ class Check:
     rows: list = field(default_factory=list)
     fits: list = field(default_factory=list)
     seconds: float = 0.0
+    #: the order in 1/n of the predictions compared (``spec.max_order``)
+    order: int = 1
 
     # -- fits ---------------------------------------------------------------------------------
 
@@ -114,7 +144,7 @@ class Check:
             deg = 2 if len(rs) >= 4 else 1
             coef, cerr, chi2 = _fit(inv_n, y, e, deg)
             lo = rs[0]["lo"]
-            z_lo = (coef[0] - lo) / cerr[0] if cerr[0] > 0 else float("nan")
+            z_lo = (coef[0] - lo) / cerr[0] if cerr[0] > 0 and np.isfinite(lo) else float("nan")
             # the predicted slope: n (NLO − LO) at equal widths (n_{ℓ−1} = n for ℓ ≥ 2; at
             # layer 1 G1 = 0, so NLO = LO and the slope is 0: the metric is exact there)
             nlo = np.array([r["nlo"] for r in rs])
@@ -131,25 +161,32 @@ class Check:
                 "slope_agrees": (bool(abs(z_slope) < Z_MAX) if np.isfinite(z_slope) else None),
                 "curvature": float(coef[2]) if deg == 2 else float("nan"),
                 "curvature_err": float(cerr[2]) if deg == 2 else float("nan"),
-                "chi2_dof": chi2})
+                "chi2_dof": chi2, "note": rs[0].get("note", "")})
 
     # -- output -------------------------------------------------------------------------------
 
     def table(self) -> str:
         """The fits as a text table (one line per quantity, component and layer)."""
         head = (f"{'quantity':8s} {'comp':8s} {'l':>3s} {'n→∞ intercept':>24s} {'LO':>12s} "
-                f"{'z(LO)':>7s} {'1/n slope':>24s} {'NLO slope':>11s} {'agree':>5s}")
+                f"{'z(LO)':>7s} {'1/n slope':>24s} {'NLO slope':>11s} {'agree':>5s}  note")
         lines = [head, "-" * len(head)]
+        notes: dict = {}
         for f in self.fits:
             agree = {True: "yes", False: "NO", None: "-"}[f["slope_agrees"]]
+            note = f.get("note", "")
+            if note:
+                notes.setdefault(note, set()).add(f["quantity"])
             lines.append(
                 f"{f['quantity']:8s} {f['component']:8s} {f['layer']:3d} "
-                f"{f['intercept']:12.6g} ± {f['intercept_err']:9.2g} {f['lo']:12.6g} "
-                f"{f['z_lo']:7.2f} {f['slope']:12.5g} ± {f['slope_err']:9.2g} "
-                f"{f['slope_nlo']:11.5g} {agree:>5s}")
+                f"{f['intercept']:12.6g} ± {f['intercept_err']:9.2g} {_num(f['lo'], 12, '.6g')} "
+                f"{_num(f['z_lo'], 7, '.2f')} {f['slope']:12.5g} ± {f['slope_err']:9.2g} "
+                f"{_num(f['slope_nlo'], 11, '.5g')} {agree:>5s}  {note}".rstrip())
         bad = [f for f in self.fits if abs(f["z_lo"]) > Z_MAX]
         lines.append(f"{len(self.fits)} fits over widths {list(self.widths)}, {self.samples} networks "
                      f"per width; intercepts more than {Z_MAX:g}σ from LO: {len(bad)}")
+        if self.order < 1:
+            lines.append(f"predictions to leading order only ({_not_derived(self.spec)}, THEORY §8): "
+                         "the 1/n slopes are measured, not compared")
         return "\n".join(lines)
 
     def to_csv(self, path) -> None:
@@ -180,6 +217,7 @@ class Check:
         L = self.spec.depth
         for ax, (q, comp) in zip(axes[:2], (("metric", "00"), ("V", "(00)(00)"))):
             rows = [r for r in self.rows if r["quantity"] == q and r["component"] == comp]
+            note = next((r.get("note", "") for r in rows), "")
             for k, n in enumerate(self.widths):
                 rs = sorted((r for r in rows if r["width"] == n), key=lambda r: r["layer"])
                 if not rs:
@@ -188,19 +226,25 @@ class Check:
                 ax.errorbar(ls, [r["mc_mean"] for r in rs], yerr=[r["mc_stderr"] for r in rs],
                             fmt="o", ms=4, capsize=2, color=colors[k % len(colors)],
                             label=f"Monte Carlo n={n}")
-                if q == "metric":
+                if q == "metric" and all(np.isfinite(r["nlo"]) for r in rs):
                     ax.plot(ls, [r["nlo"] for r in rs], "--", color=colors[k % len(colors)], lw=1,
                             label=f"NLO n={n}")
-            lo = sorted({(r["layer"], r["lo"]) for r in rows})
-            ax.plot([x for x, _ in lo], [y for _, y in lo], "k-", lw=1.5, label="leading order")
+            lo = sorted({(r["layer"], r["lo"]) for r in rows if np.isfinite(r["lo"])})
+            if lo:
+                ax.plot([x for x, _ in lo], [y for _, y in lo], "k-", lw=1.5, label="leading order")
+            if note and self.order < 1:
+                ax.text(0.02, 0.98, note, transform=ax.transAxes, va="top", fontsize=7,
+                        color="0.3", wrap=True)
             ax.set_xlabel("layer ℓ")
-            ax.set_title({"metric": "metric G_{00}", "V": "n·connected 4-pt vs V_{(00)(00)}"}[q])
+            ax.set_title({"metric": "metric G_{00}",
+                          "V": "n·connected 4-pt vs V_{(00)(00)}" if self.order >= 1
+                          else "n·connected 4-pt (00)(00), measured only"}[q])
             ax.legend(fontsize=7)
         ax = axes[2]
         for k, (q, comp) in enumerate((("metric", "00"), ("V", "(00)(00)"))):
             rs = sorted((r for r in self.rows if r["quantity"] == q and r["component"] == comp
                          and r["layer"] == L), key=lambda r: r["width"])
-            if not rs:
+            if not rs or not np.isfinite(rs[0]["lo"]):
                 continue
             x = np.array([1 / r["width"] for r in rs])
             scale = abs(rs[0]["lo"]) or 1.0
@@ -218,6 +262,9 @@ class Check:
                     ax.plot(xx, fit["slope_nlo"] * xx / scale, ":", color=colors[k], lw=1.5,
                             label="NLO slope")
         ax.axhline(0, color="k", lw=0.8)
+        if self.order < 1:
+            ax.text(0.02, 0.02, f"no NLO slope: {_not_derived(self.spec)}", transform=ax.transAxes,
+                    va="bottom", fontsize=7, color="0.3")
         ax.set_xlabel("1/n")
         ax.set_title("residual vs 1/n (last layer)")
         ax.legend(fontsize=7)
@@ -253,7 +300,10 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
                          f"got {samples!r}")
     show = sys.stderr.isatty() if progress is None else bool(progress)
     pairs, quads = _components(X.shape[0])
-    res = Check(spec, X, widths, int(samples), int(seed))
+    order = spec.max_order
+    targets = ("K", "G1", "V") if order >= 1 else ("K",)
+    notes = _notes(spec, order)
+    res = Check(spec, X, widths, int(samples), int(seed), order=order)
     t0 = time.perf_counter()
     cost = {n: spec.depth * n * n + 1 for n in widths}  # work per network ∝ Σ_ℓ n_ℓ n_{ℓ−1}
     for k, n in enumerate(widths):
@@ -262,7 +312,7 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
             ens = sample(net, X, int(samples), seed=seed + k, ntk=False, progress=show)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExpansionWarning)
-                pred = predict(net, X, order=1, targets=("K", "G1", "V"))
+                pred = predict(net, X, order=order, targets=targets)
         except (MonteCarloError, DeriveError) as err:
             res._refit()
             res.seconds = time.perf_counter() - t0
@@ -274,11 +324,13 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
                 res.rows.append({"quantity": "metric", "component": _label(c), "layer": l,
                                  "width": n, "mc_mean": float(est.G[c]),
                                  "mc_stderr": float(est.G_err[c]), "lo": float(pred.K[l][c]),
-                                 "nlo": float(pred.metric(l)[c])})
+                                 "nlo": float(pred.metric(l)[c]) if order >= 1 else float("nan"),
+                                 "note": notes["metric"]})
             for c in quads:
                 res.rows.append({"quantity": "V", "component": _label(c), "layer": l, "width": n,
                                  "mc_mean": float(est.V[c]), "mc_stderr": float(est.V_err[c]),
-                                 "lo": float(pred.V[l][c]), "nlo": float("nan")})
+                                 "lo": float(pred.V[l][c]) if order >= 1 else float("nan"),
+                                 "nlo": float("nan"), "note": notes["V"]})
         if show:
             el = time.perf_counter() - t0
             left = sum(cost[w] for w in widths[k + 1:]) / sum(cost[w] for w in widths[:k + 1]) * el
