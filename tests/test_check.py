@@ -91,3 +91,56 @@ def test_check_keeps_partial_results(fail_at_second_width):
         derive.check(derive.MLP(3, 4, "tanh", 0.0, 1.0), X1, widths=(4, 8), samples=400)
     part = info.value.partial
     assert part.rows and {r["width"] for r in part.rows} == {4}
+
+
+def test_check_residual_network_leading_order_only(tmp_path, capsys, monkeypatch):
+    """A residual network with a skip term: predictions to leading order only (spec.max_order =
+    0). The metric's intercept is compared with K; its slope and V have no prediction, and the
+    rows, fits, table, CSV, plot and CLI say so — nothing is invented in their place."""
+    import derive.reality.check as reality
+
+    orders, real = [], reality.predict
+
+    def spy(spec, X, order=None, **kw):
+        orders.append((order, kw.get("targets")))
+        return real(spec, X, order=order, **kw)
+
+    monkeypatch.setattr(reality, "predict", spy)
+    spec = derive.ResMLP(3, 8, "tanh", 0.05, 1.0, xi=1.0, gamma=0.5)
+    assert spec.max_order == 0
+    res = derive.check(spec, X1, widths=(4, 8), samples=800, seed=3)
+    assert orders == [(0, ("K",)), (0, ("K",))] and res.order == 0
+    why = "not derived for skip connections"
+    K = real(spec, X1, order=0, targets=("K",)).K
+    for r in _rows(res, "metric", "00"):
+        assert r["lo"] == K[r["layer"]][0, 0] and np.isnan(r["nlo"]) and why in r["note"]
+    for r in _rows(res, "V", "(00)(00)"):
+        assert np.isnan(r["lo"]) and np.isnan(r["nlo"]) and why in r["note"]
+    for f in res.fits:
+        assert np.isnan(f["slope_nlo"]) and np.isnan(f["z_slope"]) and f["slope_agrees"] is None
+        assert why in f["note"]
+        if f["quantity"] == "metric":
+            assert abs(f["z_lo"]) < 4, f
+        else:
+            assert np.isnan(f["lo"]) and np.isnan(f["z_lo"])
+    table = res.table()
+    assert "no NLO prediction: " + why in table and "no prediction: V is O(1/n)" in table
+    assert "leading order only" in table and "nan" not in table
+    res.to_csv(tmp_path / "r.csv")
+    with open(tmp_path / "r_fits.csv") as fh:
+        assert all(why in row["note"] for row in csv.DictReader(fh))
+    res.plot(tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    # ξ = 0 at every layer: no skip, the MLP's O(1/n) closure, slopes compared again
+    flat = derive.check(derive.ResMLP(3, 8, "tanh", 0.05, 1.0, xi=0.0, gamma=0.5), X1,
+                        widths=(4, 8), samples=400, seed=3)
+    assert flat.order == 1 and orders[-1] == (1, ("K", "G1", "V"))
+    assert all(np.isfinite(f["slope_nlo"]) for f in flat.fits if f["quantity"] == "metric")
+    # the command line, from a spec file
+    spec_file = tmp_path / "res.toml"
+    spec_file.write_text('architecture = "residual"\nactivation = "tanh"\ndepth = 3\nwidths = 4\n'
+                         'C_W = 1.0\nxi = 1.0\ngamma = 0.5\ninputs = [[1.0, 0.5]]\n')
+    capsys.readouterr()
+    assert main(["check", str(spec_file), "--widths", "4,8", "--samples", "400",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert "no NLO prediction: " + why in capsys.readouterr().out
