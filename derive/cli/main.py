@@ -293,7 +293,9 @@ def _parser() -> argparse.ArgumentParser:
     r = add("derive", help="the main job on your spec (TOML)",
             description="Derive the recursions of the network in SPEC.toml and write the same "
                         "outputs as 'derive demo'. Spec keys: activation, depth (≤ 10000), widths, "
-                        "C_b, C_W, lambda_b, lambda_W, inputs (or input_gram), targets, order."
+                        "C_b, C_W, lambda_b, lambda_W, inputs (or input_gram), targets, order; "
+                        "architecture = \"residual\" with xi, gamma, or a forward equation of "
+                        "your own with forward, scalars."
                         + safe)
     r.add_argument("spec", help="path of the spec file (TOML)")
     targets_arg(r, "derive")
