@@ -180,6 +180,13 @@ def test_residual_refuses_no_critical_point():
         derive.criticality("tanh", xi=0.5, gamma=0.0)
     with pytest.raises(derive.DeriveError, match="C_W must be"):
         derive.critical_gamma("tanh", 0.5, C_W=-1.0)
+    for bad in (None, "a", 1j, [0.5]):
+        with pytest.raises(derive.DeriveError, match="must be a real number"):
+            derive.criticality("tanh", xi=bad)
+        with pytest.raises(derive.DeriveError, match="must be a real number"):
+            derive.critical_gamma("tanh", bad)
+    with pytest.raises(derive.DeriveError, match="C_W must be"):
+        derive.critical_gamma("tanh", 0.5, C_W="x")
 
 
 def test_residual_nonzero_fixed_point_class():

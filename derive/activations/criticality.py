@@ -78,7 +78,15 @@ def _avg(f: sp.Expr, K) -> np.ndarray:
 
 def _residual(xi, gamma) -> tuple[float, float]:
     """(ξ², γ²) as floats, with γ ≠ 0 (γ = 0 has no trainable layer)."""
-    xi2, g2 = float(xi) ** 2, float(gamma) ** 2
+    vals = []
+    for name, v in (("ξ (xi)", xi), ("γ (gamma)", gamma)):
+        if isinstance(v, (str, bool)) or v is None:
+            raise DeriveError(f"{name} must be a real number, got {v!r}")
+        try:
+            vals.append(float(v))
+        except (TypeError, ValueError):
+            raise DeriveError(f"{name} must be a real number, got {v!r}") from None
+    xi2, g2 = vals[0] ** 2, vals[1] ** 2
     if not (np.isfinite(xi2) and np.isfinite(g2)) or g2 == 0:
         raise DeriveError(f"ξ and γ must be finite and γ ≠ 0, got ξ = {xi}, γ = {gamma}")
     return xi2, g2
@@ -258,7 +266,14 @@ def critical_gamma(act, xi, C_W=None) -> float:
     ``criticality(act, xi, gamma).C_b`` too.  ξ² ≥ 1 and C_W ≤ 0 are refused."""
     _residual_factor(xi, 1.0)                       # refuses ξ² ≥ 1
     c = _criticality_mlp(_act(act))
-    C_W = c.C_W if C_W is None else float(C_W)
+    if C_W is not None:
+        if isinstance(C_W, (str, bool)):
+            raise DeriveError(f"C_W must be a finite variance > 0, got {C_W!r}")
+        try:
+            C_W = float(C_W)
+        except (TypeError, ValueError):
+            raise DeriveError(f"C_W must be a finite variance > 0, got {C_W!r}") from None
+    C_W = c.C_W if C_W is None else C_W
     if not (np.isfinite(C_W) and C_W > 0):
         raise DeriveError(f"C_W must be a finite variance > 0, got {C_W}")
     return float(np.sqrt((1 - float(xi) ** 2) * c.C_W / C_W))
