@@ -289,8 +289,8 @@ def residual_equation() -> ForwardEquation:
 class _OneNeuron:
     """``z[i]``, ``z[j]`` in a user's equation: the field with the sample index implied."""
 
-    def __init__(self, family, indices: dict):
-        self.family, self.indices = family, indices
+    def __init__(self, family):
+        self.family = family
 
     def __getitem__(self, idx):
         idx = idx if isinstance(idx, tuple) else (idx,)
@@ -326,7 +326,7 @@ def parse_forward_equation(text: str, scalars=()) -> ForwardEquation:
     try:
         expr = parse(text, {**{s: sp.Symbol(s) for s in names}, "i": I, "j": J},
                      what="forward equation",
-                     fields={"z": _OneNeuron(Z, {}), "W": _OneNeuron(W, {}), "b": _OneNeuron(B, {})},
+                     fields={"z": _OneNeuron(Z), "W": _OneNeuron(W), "b": _OneNeuron(B)},
                      functions={"sigma": SIGMA, "sum_j": neuron_sum})
     except ParseError as err:
         raise ParseError(f"{err} — write the equation with z[i], z[j], W[i,j], b[i], sigma(…), "

@@ -32,6 +32,7 @@ from .quantities import TARGETS
 
 __all__ = ["derive", "Derivation", "TARGETS", "check_targets", "finite_targets", "order_for"]
 
+
 @dataclass(frozen=True)
 class Derivation:
     """Recursions (layer ℓ → ℓ+1, σ abstract, widths ``n_l``, ``n_lm1`` symbolic), the plan, and

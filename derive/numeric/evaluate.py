@@ -46,6 +46,7 @@ from ..algebra.symbols import DerivativeContraction, GaussianAverage, RandomVar
 from ..architectures.mlp import MLP
 from ..base.errors import CovarianceError, DeriveError
 from ..derivation.derivation import TARGETS as _PLANNED
+from ..derivation.derivation import order_for
 from ..derivation.layerstep import cached_layer_step
 from ..derivation.specialise import specialise
 
@@ -364,11 +365,8 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
         derivative_free = bool(act.kinks)
     # the layer step at the highest order the architecture closes at; without its O(1/n)
     # closure (a skip term) there is no V, and no expansion estimate from it
-    top = spec.max_order
-    if order > top:
-        from ..derivation.layerstep import derive_layer_step
-        derive_layer_step(spec.equation, order)  # raises, saying why
-    forms = compiled_forms(act, bool(derivative_free), spec.equation, top)
+    order_for(spec, order)  # beyond what the architecture closes at: refused, saying why
+    forms = compiled_forms(act, bool(derivative_free), spec.equation, spec.max_order)
     G0 = X @ X.T / n0
     res = {"K": {1: spec.C_b(1) + spec.C_W(1) * G0}}
     if "Theta" in need:

@@ -195,8 +195,8 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
 
     Parameters
     ----------
-    X : array (N, n_0) of finite numbers, the inputs x_α.
     spec : :class:`derive.MLP`, :class:`derive.ResMLP` or another architecture.
+    X : array (N, n_0) of finite numbers, the inputs x_α.
     order : 0 (leading order) or 1 (with G1 and V, the first correction in 1/n).  Default:
         the highest order derived for the architecture (``spec.max_order``; 0 for a residual
         network with a skip term, whose O(1/n) closure is not derived — order=1 is then an
