@@ -59,3 +59,42 @@ class Trace:
 
     def __str__(self) -> str:
         return "\n".join(f"{k + 1}. {s}" for k, s in enumerate(self.steps))
+
+    # -- rich display (Jupyter) -----------------------------------------------------------------
+    # SymPy's own LaTeX printer only: the book's printer belongs to a later stage (derive.emit)
+
+    #: results whose LaTeX is longer than this are not shown in the Markdown form
+    MAX_LATEX = 800
+
+    def _repr_markdown_(self) -> str:
+        """A numbered list: rule id, title, reference, note, and the result (SymPy's LaTeX)."""
+        if not self.steps:
+            return "*(no steps)*"
+        lines = []
+        for k, s in enumerate(self.steps):
+            note = f" — {s.note}" if s.note else ""
+            lines.append(f"{k + 1}. `{s.rule}` — {s.info.title} ({s.reference}){note}")
+            tex = _latex(s.after)
+            if tex and len(tex) <= self.MAX_LATEX:
+                lines.append(f"   $${tex}$$")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """A table of the steps: number, rule id, title, reference, note."""
+        from html import escape
+
+        rows = "".join(
+            f"<tr><td>{k + 1}</td><td><code>{escape(s.rule)}</code></td>"
+            f"<td>{escape(s.info.title)}</td><td>{escape(s.reference)}</td>"
+            f"<td>{escape(s.note)}</td></tr>" for k, s in enumerate(self.steps))
+        return (f"<div><table><caption style=\"text-align:left\">{len(self.steps)} derivation "
+                "steps</caption><thead><tr><th>#</th><th>rule</th><th>title</th><th>reference</th>"
+                f"<th>note</th></tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def _latex(expr) -> str:
+    """SymPy's LaTeX of ``expr``, or "" where it cannot be printed."""
+    try:
+        return sp.latex(expr)
+    except Exception:  # a display must not fail on an exotic expression
+        return ""

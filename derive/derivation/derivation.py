@@ -70,6 +70,42 @@ class Derivation:
 
         return numpy_module_source(self)
 
+    # -- rich display (Jupyter) ------------------------------------------------------------
+
+    def _summary(self) -> list[tuple[str, str]]:
+        """(label, value) pairs of the short summary shown by ``_repr_html_``."""
+        spec = self.spec
+        widths = list(spec.widths)
+        ws = (str(widths[0]) if widths and len(set(widths)) == 1 else str(widths)) if widths \
+            else "—"
+        return [("architecture", type(spec).__name__),
+                ("equation", spec.equation.description or "—"),
+                ("activation", spec.activation_name),
+                ("depth", str(spec.depth)),
+                ("hidden widths", ws),
+                ("targets", ", ".join(self.targets)),
+                ("order", f"{self.order} (" + ("with the 1/n correction" if self.order >= 1
+                                               else "leading order") + ")")]
+
+    def _repr_latex_(self) -> str | None:
+        """The recursions in the book's notation (what :meth:`latex` returns: one ``align``
+        environment, which MathJax and amsmath take as it is); None when they cannot be
+        printed, so that the front end falls back to the text form."""
+        try:
+            return self.latex()
+        except DeriveError:
+            return None
+
+    def _repr_html_(self) -> str:
+        """A short summary: architecture, equation, activation, depth, widths, targets, order."""
+        from html import escape
+
+        rows = "".join(f"<tr><th style=\"text-align:left\">{escape(k)}</th>"
+                       f"<td style=\"text-align:left\">{escape(v)}</td></tr>"
+                       for k, v in self._summary())
+        return (f"<div><b>Derivation</b> ({len(self.recursions)} recursions, layer ℓ → ℓ+1; "
+                f"<code>.latex()</code> for the formulas)<table>{rows}</table></div>")
+
     def steps_for(self, target: str) -> Trace:
         """The steps that produced the recursion of ``target`` (rule, before, after, reference)."""
         if target not in self.recursions:

@@ -63,6 +63,69 @@ class Prediction:
             raise DeriveError("the metric needs G1: call predict with 'G1' among the targets")
         return self.K[layer] + self.G1[layer] / self.fan_in(layer)
 
+    # -- display --------------------------------------------------------------------------------
+
+    #: most inputs whose diagonal entries the HTML table shows
+    DISPLAY_INPUTS = 4
+
+    def _diagonal(self, name: str, layer: int):
+        """The diagonal of quantity ``name`` at ``layer`` (V: V_{(αα)(αα)}), or None."""
+        a = getattr(self, name).get(layer)
+        if a is None:
+            return None
+        idx = np.arange(self.X.shape[0])
+        if name == "V":
+            return np.asarray(a[idx, idx, idx, idx], dtype=float)
+        return np.asarray(a, dtype=float)[idx, idx]
+
+    def _columns(self) -> list[tuple[str, str]]:
+        """(attribute, HTML header) of the quantities this prediction holds, in table order."""
+        heads = {"K": "K<sub>αα</sub>", "Theta": "Θ<sub>αα</sub>",
+                 "G1": "G<sup>{1}</sup><sub>αα</sub>", "V": "V<sub>(αα)(αα)</sub>"}
+        return [(q, h) for q, h in heads.items() if getattr(self, q)]
+
+    def __repr__(self) -> str:
+        N, n0 = self.X.shape
+        held = [q for q in ("K", "Theta", "G1", "V") if getattr(self, q)]
+        worst = (f", largest expansion estimate {max(self.expansion.values()):.3g}"
+                 if self.expansion else "")
+        return (f"Prediction({type(self.spec).__name__} {self.spec.activation_name}, depth "
+                f"{self.spec.depth}, {N} input(s) of dimension {n0}, order {self.order}, "
+                f"quantities {', '.join(held) or 'none'}, route {self.route!r}{worst})")
+
+    def _repr_html_(self) -> str:
+        """Per layer: fan-in n_{ℓ−1}, the diagonals of K, Θ, G1 and V (the first
+        :attr:`DISPLAY_INPUTS` inputs) and the expansion estimate."""
+        from html import escape
+
+        N = self.X.shape[0]
+        shown = min(N, self.DISPLAY_INPUTS)
+        cols = self._columns()
+
+        def cell(v) -> str:
+            if v is None:
+                return "<td>—</td>"
+            return "<td>" + "<br>".join(f"{x:.6g}" for x in v[:shown]) + "</td>"
+
+        head = ("<tr><th>ℓ</th><th>n<sub>ℓ−1</sub></th>"
+                + "".join(f"<th>{h}</th>" for _, h in cols)
+                + ("<th>expansion</th>" if self.expansion else "") + "</tr>")
+        body = []
+        for l in range(1, self.spec.depth + 1):
+            row = f"<tr><td>{l}</td><td>{self.fan_in(l)}</td>"
+            row += "".join(cell(self._diagonal(q, l)) for q, _ in cols)
+            if self.expansion:
+                e = self.expansion.get(l)
+                row += f"<td>{e:.3g}</td>" if e is not None else "<td>—</td>"
+            body.append(row + "</tr>")
+        more = (f"; diagonal entries of the first {shown} inputs, {N - shown} more not shown"
+                if N > shown else "; diagonal entries, one line per input")
+        caption = escape(f"Prediction: {type(self.spec).__name__}, σ = "
+                         f"{self.spec.activation_name}, depth {self.spec.depth}, {N} input(s), "
+                         f"order {self.order}, route {self.route}{more}")
+        return (f"<div><table><caption style=\"text-align:left\">{caption}</caption>"
+                f"<thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>")
+
 
 def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool) -> dict:
     """K, Θ (and G1, V) from the generated module of ``spec`` (cached per spec)."""

@@ -189,6 +189,41 @@ class Check:
                          "the 1/n slopes are measured, not compared")
         return "\n".join(lines)
 
+    def __repr__(self) -> str:
+        return (f"Check({self.spec!r}, {len(self.X)} input(s), widths {list(self.widths)}, "
+                f"{self.samples} networks per width, {len(self.rows)} rows, "
+                f"{len(self.fits)} fits, order {self.order}, {self.seconds:.1f} s)")
+
+    def _repr_html_(self) -> str:
+        """The fits of :meth:`table` as an HTML table, with its closing lines below."""
+        from html import escape
+
+        def num(x, fmt: str) -> str:
+            return format(x, fmt) if np.isfinite(x) else "—"
+
+        head = ("<tr><th>quantity</th><th>component</th><th>ℓ</th><th>n→∞ intercept</th>"
+                "<th>LO</th><th>z(LO)</th><th>1/n slope</th><th>NLO slope</th><th>agree</th>"
+                "<th>note</th></tr>")
+        body = []
+        for f in self.fits:
+            agree = {True: "yes", False: "<b>NO</b>", None: "—"}[f["slope_agrees"]]
+            z = num(f["z_lo"], ".2f")
+            if np.isfinite(f["z_lo"]) and abs(f["z_lo"]) > Z_MAX:
+                z = f"<b>{z}</b>"
+            body.append(
+                f"<tr><td>{escape(f['quantity'])}</td><td>{escape(f['component'])}</td>"
+                f"<td>{f['layer']}</td>"
+                f"<td>{f['intercept']:.6g} ± {f['intercept_err']:.2g}</td>"
+                f"<td>{num(f['lo'], '.6g')}</td><td>{z}</td>"
+                f"<td>{f['slope']:.5g} ± {f['slope_err']:.2g}</td>"
+                f"<td>{num(f['slope_nlo'], '.5g')}</td><td>{agree}</td>"
+                f"<td>{escape(f.get('note', ''))}</td></tr>")
+        tail = self.table().split("\n")[2 + len(self.fits):]
+        caption = escape(f"derive check: {self.spec!r}")
+        foot = "".join(f"<p>{escape(t)}</p>" for t in tail)
+        return (f"<div><table><caption style=\"text-align:left\">{caption}</caption>"
+                f"<thead>{head}</thead><tbody>{''.join(body)}</tbody></table>{foot}</div>")
+
     def to_csv(self, path) -> None:
         """Write the rows (``path``) and the fits (same name with ``_fits``)."""
         from pathlib import Path
