@@ -406,7 +406,10 @@ class RandomVar(sp.Expr):
         if sam:
             parts.append("".join(printer._print(x) for x in sam))
         sub = ";".join(parts)
-        return f"{self.family.name}_{{{sub}}}"
+        name = self.family.name
+        if getattr(printer, "printmethod", None) == "_latex":  # SymPy's printer: ζ, not "zeta"
+            name = printer._print(sp.Symbol(name))
+        return f"{name}_{{{sub}}}"
 
 
 @boundary
