@@ -672,7 +672,7 @@ def gaussian_expectation(f, K, *, tol: float | None = None, method: str = "auto"
 
     ``tol`` is the absolute tolerance of the quadrature tier; by default it is 1e-12 in one and
     two dimensions, 1e-9 in three, 1e-6 in four (1e-6 and 1e-5 for integrands with kinks;
-    dimensions counted by the rank of K), relative to max(1, |value|).  The estimated error
+    dimensions counted by the rank of K), relative to ``max(1, |value|)``.  The estimated error
     is returned with the value.  ``method`` forces a tier: ``"auto"`` (exact when possible),
     ``"quadrature"`` (used by the tests to cross-check closed forms).
 
