@@ -1,7 +1,7 @@
 r"""derive — a symbolic derivation assistant for the 1/width expansion of deep networks.
 
 The conventions (parametrisation, normalisations, index placement) are those of
-*The Principles of Deep Learning Theory* (Roberts, Yaida, Hanin) as fixed in THEORY.md.
+*The Principles of Deep Learning Theory* (Roberts, Yaida, Hanin) as fixed in docs/conventions.md.
 
 The facade below is short on purpose; everything else lives in modules named by what they
 do, in one sub-package per stage of the pipeline, each importing only from its own stage and

@@ -93,7 +93,7 @@ def _jump_points(act):
 @pytest.mark.parametrize("act_name", CASES)
 def test_layer_two_against_independent_quadrature(act_name):
     """K, Θ at layer 2 for three inputs, and G1, V at layer 3 for one input, from predict
-    against the THEORY §4 forms evaluated here by adaptive quadrature."""
+    against the docs/conventions.md §4 forms evaluated here by adaptive quadrature."""
     act = derive.activation(act_name)
     spec = _spec(act)
     z = act.z

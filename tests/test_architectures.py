@@ -1,6 +1,6 @@
 """Forward equations as data: the derived NTK equation, residual networks, user equations.
 
-The expected forms here are written independently from THEORY §3 and §8 (not taken from
+The expected forms here are written independently from docs/conventions.md §3 and §8 (not taken from
 derive/), and the linear residual network is checked against its exact finite-width recursion
 (a linear residual net is a product of (ξ + γW) matrices).
 """
@@ -28,7 +28,7 @@ def ds(j, a):
 
 
 def theory_mlp_ntk():
-    """THEORY §3: Ĥ' = δ[λ_b + (λ_W/n) Σ_j σσ] + Σ_{j1j2} W W σ' σ' Ĥ."""
+    """docs/conventions.md §3: Ĥ' = δ[λ_b + (λ_W/n) Σ_j σσ] + Σ_{j1j2} W W σ' σ' Ĥ."""
     return (sp.KroneckerDelta(i1, i2) * (LAMBDA_B + LAMBDA_W / WIDTH
                                          * NeuronSum(s(j1, a1) * s(j1, a2), (j1, WIDTH)))
             + NeuronSum(W[i1, j1] * W[i2, j2] * ds(j1, a1) * ds(j2, a2) * NTK(j1, j2, a1, a2),
@@ -41,7 +41,7 @@ def test_mlp_ntk_equation_is_theory_s_form():
 
 
 def test_residual_ntk_equation_is_J_H_J_plus_own_parameters():
-    """THEORY §8: Ĥ' = J Ĥ Jᵀ + γ² δ [λ_b + (λ_W/n) Σ σσ], J_ij = ξ δ_ij + γ W_ij σ'(z_j)."""
+    """docs/conventions.md §8: Ĥ' = J Ĥ Jᵀ + γ² δ [λ_b + (λ_W/n) Σ σσ], J_ij = ξ δ_ij + γ W_ij σ'(z_j)."""
     def J(i, j, a):
         return XI * sp.KroneckerDelta(i, j) + GAMMA * W[i, j] * ds(j, a)
 
@@ -57,7 +57,7 @@ def test_residual_with_xi_0_gamma_1_is_the_mlp_symbolically():
     res = derive_layer_step(residual_equation(), order=0)
     for q in ("K", "Theta"):
         assert sp.expand(res.recursions[q].subs({XI: 0, GAMMA: 1}) - mlp.recursions[q]) == 0
-    # at leading order with the skip: K' = ξ²K + γ²(C_b + C_W⟨σσ⟩), Θ' = ξ²Θ + γ²(…) (THEORY §8)
+    # at leading order with the skip: K' = ξ²K + γ²(C_b + C_W⟨σσ⟩), Θ' = ξ²Θ + γ²(…) (docs/conventions.md §8)
     K = derive.tensor("K")
     assert sp.expand(res.K - GAMMA ** 2 * mlp.K - XI ** 2 * K[a1, a2]) == 0
     Th = derive.tensor("Theta")

@@ -18,7 +18,7 @@ def _rows(res, quantity, component):
 @pytest.mark.slow
 @pytest.mark.parametrize("act, C_W, growth", [("relu", 2.0, 5.0), ("linear", 1.0, 2.0)])
 def test_check_recovers_exact_finite_width_oracles(act, C_W, growth):
-    # THEORY §4 (single input, C_b = 0, equal hidden widths n): the metric is K exactly (no 1/n
+    # docs/conventions.md §4 (single input, C_b = 0, equal hidden widths n): the metric is K exactly (no 1/n
     # correction), and n·Cov(z_i², z_j²) = n K² [(1 + g/n)^{ℓ−1} − 1] exactly (g = 5 ReLU, 2 linear)
     spec = derive.MLP(4, 8, act, 0.0, C_W)
     res = derive.check(spec, X1, widths=(6, 12, 24), samples=30_000, seed=1)

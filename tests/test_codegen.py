@@ -182,7 +182,7 @@ def _gauss_2d(C, points=120):
 
 
 def test_generated_pairs_against_independent_derivative_free_forms():
-    # two tanh inputs through layers 1 → 2 → 3, written here from THEORY §4 / §6 step 4 in the
+    # two tanh inputs through layers 1 → 2 → 3, written here from docs/conventions.md §4 / §6 step 4 in the
     # derivative-free form (Hermite weights with P = K⁻¹), independently of derive:
     #   V3 = C_W² [<σσσσ> − <σσ><σσ>] + (C_W²/4)(n2/n1) Σ_β V2_β <σσ H_β1β2> <σσ H_β3β4>
     #   G1_3 = C_W (n2/n1) [½ Σ G1_2 <σσ H2> + ⅛ Σ_β V2_β <σσ H_β1β2β3β4>],  G1_2 = 0

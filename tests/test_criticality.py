@@ -1,4 +1,4 @@
-"""Criticality: critical (C_b, C_W), χ_∥ and χ_⊥, universality classes (THEORY §4, §5)."""
+"""Criticality: critical (C_b, C_W), χ_∥ and χ_⊥, universality classes (docs/conventions.md §4, §5)."""
 import math
 import warnings
 
@@ -49,7 +49,7 @@ def test_class_agrees_with_the_rules_table(name):
 
 
 def test_chis_against_theory_values_and_independent_quadrature():
-    # THEORY §4: tanh at K = 1: χ_∥ ≈ 0.182, χ_⊥ ≈ 0.464
+    # docs/conventions.md §4: tanh at K = 1: χ_∥ ≈ 0.182, χ_⊥ ≈ 0.464
     assert chi_parallel("tanh", 1.0)[0] == pytest.approx(0.182, abs=5e-4)
     assert chi_perp("tanh", 1.0)[0] == pytest.approx(0.464, abs=5e-4)
     for K in (0.3, 1.0, 2.5):
@@ -121,7 +121,7 @@ def test_fixed_points_no_duplicates_and_large_variances():
     assert np.isfinite(chi_parallel("swish", 100.0)[0])
 
 
-# --- residual layers z' = ξ z + γ [b + W σ(z)] (THEORY §8) -----------------------------------
+# --- residual layers z' = ξ z + γ [b + W σ(z)] (docs/conventions.md §8) -----------------------------------
 
 def _res_map(f, K, C_b, C_W, xi, gamma):
     """The residual single-input kernel map ξ²K + γ²(C_b + C_W⟨σ²⟩_K), by scipy quadrature."""

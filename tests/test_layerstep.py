@@ -1,4 +1,4 @@
-"""The derived layer step equals independently written reference forms (THEORY §4, multi-input,
+"""The derived layer step equals independently written reference forms (docs/conventions.md §4, multi-input,
 unequal widths n_ℓ ≠ n_{ℓ−1})."""
 from itertools import product
 
@@ -43,7 +43,7 @@ def references(step):
     V += sp.Rational(1, 4) * C_W ** 2 * ratio * sum(
         Vt[b1, b2, b3, b4] * avg(d(s(a1) * s(a2), b1, b2)) * avg(d(s(a3) * s(a4), b3, b4))
         for b1, b2 in product((a1, a2), repeat=2) for b3, b4 in product((a3, a4), repeat=2))
-    # Θ^{(l+1)} = λ_b + λ_W <σσ> + C_W <σ'σ'> Θ   (leading order, THEORY §4)
+    # Θ^{(l+1)} = λ_b + λ_W <σσ> + C_W <σ'σ'> Θ   (leading order, docs/conventions.md §4)
     ds = lambda a: sp.diff(s(a), zeta[a])  # noqa: E731
     Theta = step.lambda_b + step.lambda_W * avg(s(a1) * s(a2)) + C_W * avg(ds(a1) * ds(a2)) * tensor("Theta")[a1, a2]
     return K, G1, V, Theta
@@ -62,6 +62,6 @@ def test_layer_step_records_the_method(step):
     for r in ("wick.isserlis", "delta.contract", "sum.split", "nearly_gaussian.operator", "truncate",
               "ntk.chain_rule", "nearly_gaussian.leading_order"):
         assert r in rules
-    v = step.steps["V"].rules()  # the four-point chain, in the order of THEORY §6
+    v = step.steps["V"].rules()  # the four-point chain, in the order of docs/conventions.md §6
     assert v.index("wick.isserlis") < v.index("sum.split") < v.index("nearly_gaussian.operator") \
         < v.index("truncate") < v.index("derivative.collapse")

@@ -1,4 +1,4 @@
-"""Monte Carlo ensembles of actual networks against exact finite-width oracles (THEORY §4)."""
+"""Monte Carlo ensembles of actual networks against exact finite-width oracles (docs/conventions.md §4)."""
 import numpy as np
 import pytest
 

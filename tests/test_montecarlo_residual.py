@@ -1,4 +1,4 @@
-"""Monte Carlo of residual networks (THEORY §8) against oracles written here, independent of derive.
+"""Monte Carlo of residual networks (docs/conventions.md §8) against oracles written here, independent of derive.
 
     z^{(ℓ+1)} = ξ z^{(ℓ)} + γ (b + W σ(z^{(ℓ)})),   Ĥ^{(ℓ+1)} = J Ĥ Jᵀ + γ² δ [λ_b + (λ_W/n) Σ σσ],
     J = ξ 1 + γ W σ'(z^{(ℓ)}).

@@ -47,7 +47,7 @@ def fit_parameters(quartic, dim):
     e4 = action_expectation((4,) + (0,) * (dim - 1), quartic)
     K = e2.coeff(eps, 0)
     G1 = e2.coeff(eps, 1)
-    V = sp.expand(e4 - 3 * e2 ** 2).coeff(eps, 1) / 3  # E[z⁴] − 3E[z²]² = 3V/n (THEORY §3)
+    V = sp.expand(e4 - 3 * e2 ** 2).coeff(eps, 1) / 3  # E[z⁴] − 3E[z²]² = 3V/n (docs/conventions.md §3)
     return K, G1, V
 
 
@@ -72,7 +72,7 @@ def test_single_variable_quartic_action():
 
 def test_two_neuron_symmetric_quartic_action():
     """O(2)-symmetric coupling (z1² + z2²)²: the connected four-point function has the δδ
-    structure of THEORY §3, so mixed moments test the neuron bookkeeping."""
+    structure of docs/conventions.md §3, so mixed moments test the neuron bookkeeping."""
     quartic = {(4, 0): lam / 8, (0, 4): lam / 8, (2, 2): lam / 4}
     K, G1, V = fit_parameters(quartic, 2)
     z = nearly_gaussian_field("z", "K", "G1", "V", "n")
@@ -81,7 +81,7 @@ def test_two_neuron_symmetric_quartic_action():
         brute = action_expectation((p, q), quartic)
         got = engine_value(z[one, al] ** p * z[two, al] ** q, K, G1, V)
         assert sp.simplify(got - brute) == 0, (p, q)
-    # Cov(z_1², z_2²) = V/n for different neurons (THEORY §3 consequence)
+    # Cov(z_1², z_2²) = V/n for different neurons (docs/conventions.md §3 consequence)
     cov = sp.expand(action_expectation((2, 2), quartic) - action_expectation((2, 0), quartic) ** 2)
     assert sp.simplify(cov.coeff(eps, 1) - V) == 0
 

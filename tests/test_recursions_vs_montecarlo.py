@@ -1,5 +1,5 @@
 """The derived layer-step recursions, evaluated numerically, against ensembles of actual
-networks (THEORY §7): the NLO metric agrees within error bars, the LO metric's error shrinks
+networks (docs/conventions.md §7): the NLO metric agrees within error bars, the LO metric's error shrinks
 like 1/n, V agrees within error bars plus 2 % (the measured n·Cov carries V's own O(1/n)
 correction, which the leading-order V omits); Θ (leading order only) is off by O(1/n)."""
 import numpy as np
@@ -56,7 +56,7 @@ def _fit_inverse_widths(ns, y, s):
 
 
 def test_tanh_error_rates_lo_one_over_n_nlo_one_over_n_squared():
-    # THEORY §7: compare across widths.  The Monte Carlo metric minus LO must have a 1/n term
+    # docs/conventions.md §7: compare across widths.  The Monte Carlo metric minus LO must have a 1/n term
     # equal to the derived G1; minus NLO, no 1/n term is left (what remains is O(1/n²)).
     X = np.array([[1.0, -0.6, 0.8]])
     ns = [3, 4, 6, 8]

@@ -85,7 +85,7 @@ def test_split_sum():
 
 
 def test_stochastic_metric_from_parameters():
-    """Conditional on layer ℓ, Wick over W, b gives δ(C_b + C_W/n Σ_j σσ) (THEORY §6 step 1)."""
+    """Conditional on layer ℓ, Wick over W, b gives δ(C_b + C_W/n Σ_j σσ) (docs/conventions.md §6 step 1)."""
     W, b = weight("W", "C_W", "n0"), bias("b", "C_b")
     s = gaussian_field("s", "S")  # stands for σ of the previous layer (held fixed)
     Cb, Cw = sp.symbols("C_b C_W")

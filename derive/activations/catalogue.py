@@ -1,7 +1,7 @@
 r"""Activations as data (``rules/activations/*.toml``) and what the engine needs of them.
 
 Each rule file records an activation's SymPy definition in the symbol ``z``, its parameters,
-smoothness and kink locations, its universality class where THEORY §5 states one, and — when
+smoothness and kink locations, its universality class where docs/conventions.md §5 states one, and — when
 its Gaussian expectations have a closed form — the *kernel family* that provides them
 (``rules/kernels/*.toml``: arc-cosine for the scale-invariant family, arcsine for erf, trig for
 sin).  The closed forms are written once per family; activations point at them with their
@@ -564,7 +564,7 @@ def numpy_function(expr: sp.Expr, variables: tuple) -> Callable:
     if expr.has(sp.DiracDelta):
         raise DeriveError(
             f"{expr} contains a Dirac delta (a derivative of a kink), which has no pointwise "
-            "values; use the derivative-free forms of THEORY §4 (Gaussian integration by parts, "
+            "values; use the derivative-free forms of docs/conventions.md §4 (Gaussian integration by parts, "
             "derive.integrate_by_parts) for non-smooth activations")
     return _numpy_function(expr, tuple(variables))
 

@@ -1,6 +1,6 @@
-r"""Criticality (PDLT ch. 5, THEORY §5): fixed points, χ_∥ and χ_⊥, the critical (C_b, C_W).
+r"""Criticality (PDLT ch. 5, docs/conventions.md §5): fixed points, χ_∥ and χ_⊥, the critical (C_b, C_W).
 
-The single-input kernel recursion derived by the layer step (THEORY §4),
+The single-input kernel recursion derived by the layer step (docs/conventions.md §4),
 K^{(ℓ+1)} = C_b + C_W ⟨σ²⟩_{K^{(ℓ)}}, has the two susceptibilities
 
 * χ_∥(K) = ∂K^{(ℓ+1)}/∂K^{(ℓ)} = C_W d⟨σ²⟩_K/dK = (C_W/(2K²)) ⟨σ² (z² − K)⟩_K
@@ -22,7 +22,7 @@ it for any σ:
   (bracketed on a grid, then Brent), C_W = 1/⟨σ'σ'⟩_{K*}, C_b = K* − C_W⟨σ²⟩_{K*}, accepted only
   where C_b ≥ 0 (a variance).  Without such a point :class:`NoCriticalPoint` says why.
 
-**Residual networks** (THEORY §8): the layer map z' = ξ z + γ [b + W σ(z)] has the kernel map
+**Residual networks** (docs/conventions.md §8): the layer map z' = ξ z + γ [b + W σ(z)] has the kernel map
 K ↦ ξ² K + γ² (C_b + C_W ⟨σ²⟩_K), so χ_∥ = ξ² + γ² χ̂_∥ and χ_⊥ = ξ² + γ² χ̂_⊥ with χ̂ the MLP
 susceptibilities at (C_b, C_W).  χ_∥ = χ_⊥ = 1 needs χ̂_∥ = χ̂_⊥ = (1 − ξ²)/γ²: the fixed point K*
 and the class are the MLP's, and the critical (C_b, C_W) are the MLP's times (1 − ξ²)/γ²
@@ -232,7 +232,7 @@ def criticality(act, xi=0.0, gamma=1.0) -> Criticality:
     fixed point, χ_∥ and χ_⊥ there and its universality class; :class:`NoCriticalPoint` when
     there is none.
 
-    ``xi``, ``gamma``: a residual layer z' = ξ z + γ [b + W σ(z)] (THEORY §8; the defaults are
+    ``xi``, ``gamma``: a residual layer z' = ξ z + γ [b + W σ(z)] (docs/conventions.md §8; the defaults are
     the MLP).  Its χ's are ξ² + γ² × the MLP's, so the class and K* are the MLP's and the
     critical (C_b, C_W) are the MLP's times (1 − ξ²)/γ²; ξ² ≥ 1 is refused (no C_W > 0)."""
     factor = _residual_factor(xi, gamma)

@@ -1,4 +1,4 @@
-r"""Numeric Gaussian expectations ⟨f⟩_K, closed form where one exists (THEORY §6 step 6).
+r"""Numeric Gaussian expectations ⟨f⟩_K, closed form where one exists (docs/conventions.md §6 step 6).
 
 ``gaussian_expectation(f, K)`` evaluates ⟨f⟩_K = ∫ dz f(z) N(z; 0, K) for a SymPy expression
 ``f`` in the symbols ``z1 … zm`` and an m×m covariance ``K`` (or a batch of shape (B, m, m)).

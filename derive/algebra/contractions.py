@@ -1,4 +1,4 @@
-r"""Symbolic Gaussian expectations with neuron and sample indices (THEORY §6 steps 1–3).
+r"""Symbolic Gaussian expectations with neuron and sample indices (docs/conventions.md §6 steps 1–3).
 
 Entry points
     :func:`wick` (``wick(expr, over=None, trace=None)``) returns E[expr] as a SymPy expression;
@@ -732,7 +732,7 @@ def _weighted_sum(parts: dict[int, sp.Expr], n) -> sp.Expr:
 
 
 def _truncate_pass(acc: dict, order: int) -> tuple[dict, int]:
-    """Drop monomials with more than ``order`` nearly-Gaussian insertions (THEORY §6 step 5)."""
+    """Drop monomials with more than ``order`` nearly-Gaussian insertions (docs/conventions.md §6 step 5)."""
     out, dropped = {}, 0
     for key, (term, mult) in acc.items():
         if dict(term.factors).get(ORDER_WEIGHT, 0) > order:
@@ -852,7 +852,7 @@ def simplify_sums(expr, trace: Trace | None = None) -> sp.Expr:
 def split_sum(expr, trace: Trace | None = None) -> sp.Expr:
     r"""Split sums over several neuron indices of one range into coinciding / distinct parts.
 
-    Σ_{j,k} f(j,k) = Σ_j f(j,j) + Σ_{j≠k} f(j,k) (THEORY §6 step 3); with three indices, the
+    Σ_{j,k} f(j,k) = Σ_j f(j,j) + Σ_{j≠k} f(j,k) (docs/conventions.md §6 step 3); with three indices, the
     five set partitions.  Pairs already required to differ are never merged.
 
     >>> from derive import NeuronSum, neuron_indices

@@ -47,7 +47,7 @@ class Graded:
         return [(k, self[k]) for k in range(self.order + 1)]
 
     def truncate(self, order: int) -> "Graded":
-        """Keep orders ≤ ``order`` (THEORY §6 step 5)."""
+        """Keep orders ≤ ``order`` (docs/conventions.md §6 step 5)."""
         if order < 0:
             raise OrderError(f"cannot truncate at a negative order ({order})")
         return Graded({k: v for k, v in self._coeffs.items() if k <= order}, self.n,

@@ -1,4 +1,4 @@
-r"""First-order nearly-Gaussian perturbation theory (THEORY §3, §6 step 4; PDLT §4.3).
+r"""First-order nearly-Gaussian perturbation theory (docs/conventions.md §3, §6 step 4; PDLT §4.3).
 
 Two entry points, for the two kinds of integrand:
 
@@ -196,7 +196,7 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
     ``f`` is a SymPy expression in components ``z[alpha]`` of a family made with
     ``nearly_gaussian_field(..., neuron=False)``; activations may be undefined functions
     (``sympy.Function('sigma')``) or concrete ones.  With ``other=g`` the result is
-    E[f(z_j) g(z_k)] for two *different* neurons j ≠ k (THEORY §6 step 4).
+    E[f(z_j) g(z_k)] for two *different* neurons j ≠ k (docs/conventions.md §6 step 4).
 
     >>> import sympy as sp
     >>> from derive import nearly_gaussian_field, sample_indices
@@ -259,7 +259,7 @@ def evaluate_averages(expr: sp.Expr) -> sp.Expr:
 
 @boundary
 def integrate_by_parts(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
-    r"""Gaussian integration by parts on every ⟨z_β g⟩_K in ``expr`` (THEORY §6 step 4):
+    r"""Gaussian integration by parts on every ⟨z_β g⟩_K in ``expr`` (docs/conventions.md §6 step 4):
 
     .. math:: \langle z_\beta\, g\rangle_K = \sum_\gamma K_{\beta\gamma}\langle\partial_\gamma g\rangle_K .
 

@@ -1,11 +1,11 @@
-r"""Forward equations as data (THEORY §2, §8): what a layer does, written once, as SymPy.
+r"""Forward equations as data (docs/conventions.md §2, §8): what a layer does, written once, as SymPy.
 
 An architecture is the forward equation of the preactivations of layer ℓ+1 in terms of
 layer ℓ, an expression over the engine's inert objects:
 
 * ``Z[j, ALPHA]`` — the preactivation z^{(ℓ)}_{j;α} of layer ℓ (a nearly-Gaussian field);
 * ``W[i, j]``, ``B[i]`` — the weights and biases of layer ℓ+1 (zero-mean Gaussians,
-  Var W = C_W/n_ℓ, Var b = C_b, THEORY §2);
+  Var W = C_W/n_ℓ, Var b = C_b, docs/conventions.md §2);
 * ``SIGMA`` — the abstract activation σ; :class:`~derive.NeuronSum` over the neurons of layer ℓ;
 * scalar hyperparameters of the layer (the residual ξ, γ; a user's own names).
 
@@ -17,10 +17,10 @@ renames it.  The class of equations the engine accepts (checked when one is made
 
 with ξ, c scalars (ξ may be 0) and g any function of σ and z_j: conditional on layer ℓ,
 z^{(ℓ+1)} is then Gaussian with mean ξ z^{(ℓ)} and covariance δ (c² C_b + (C_W/n_ℓ) Σ_j g g),
-the structure the layer step relies on (THEORY §6 step 1).
+the structure the layer step relies on (docs/conventions.md §6 step 1).
 
 The NTK forward equation is *derived* from it (:meth:`ForwardEquation.ntk`) by the chain rule
-with the learning-rate tensor of THEORY §3 (λ_b per bias, λ_W/n_ℓ per weight of layer ℓ+1):
+with the learning-rate tensor of docs/conventions.md §3 (λ_b per bias, λ_W/n_ℓ per weight of layer ℓ+1):
 
     Ĥ^{(ℓ+1)}_{i1i2;α1α2} = Σ_{k1,k2} J_{i1k1;α1} J_{i2k2;α2} Ĥ^{(ℓ)}_{k1k2;α1α2}
                            + Σ_{θ of layer ℓ+1} λ_θ (∂z_{i1;α1}/∂θ)(∂z_{i2;α2}/∂θ),
@@ -55,11 +55,11 @@ NTK = sp.Function("Hhat")
 WIDTH = sp.Symbol("n_l", positive=True)
 WIDTH_PREV = sp.Symbol("n_lm1", positive=True)
 WIDTH_NEXT = sp.Symbol("n_lp1", positive=True)
-#: the hyperparameters of layer ℓ+1 every architecture has (THEORY §2, §3)
+#: the hyperparameters of layer ℓ+1 every architecture has (docs/conventions.md §2, §3)
 C_B, C_W = sp.symbols("C_b C_W")
 LAMBDA_B, LAMBDA_W = sp.symbols("lambda_b lambda_W")
 BASE_SCALARS = (C_B, C_W, LAMBDA_B, LAMBDA_W)
-#: the residual network's scalars (THEORY §8)
+#: the residual network's scalars (docs/conventions.md §8)
 XI, GAMMA = sp.symbols("xi gamma")
 #: layer ℓ's preactivations (nearly Gaussian: metric K + G1/n_{ℓ−1}, vertex V/n_{ℓ−1})
 Z = nearly_gaussian_field("z", "K", "G1", "V", WIDTH_PREV)
@@ -71,7 +71,7 @@ I, J = neuron_indices("i j")
 ALPHA = SampleIndex("alpha")
 #: a plain variable standing for z_j in :meth:`ForwardEquation.parts`
 U = sp.Symbol("u")
-#: parameters of layer ℓ+1 with their learning rates (THEORY §3: λ_b per bias, λ_W/n_ℓ per weight)
+#: parameters of layer ℓ+1 with their learning rates (docs/conventions.md §3: λ_b per bias, λ_W/n_ℓ per weight)
 _LEARNING_RATES = ((B, LAMBDA_B), (W, LAMBDA_W / WIDTH))
 
 
@@ -262,7 +262,7 @@ def _check_equation(expr: sp.Expr, scalars: tuple) -> None:
                     "nonzero mean or a non-Gaussian conditional law")
         elif t != 0:
             raise DeriveError(f"the constant term {t} gives the preactivations a nonzero mean; "
-                              "the engine assumes zero-mean preactivations (THEORY §2)")
+                              "the engine assumes zero-mean preactivations (docs/conventions.md §2)")
     if not has_weight:
         raise DeriveError("the forward equation has no weight sum Σ_j W[i,j] g(z[j]); "
                           "layer ℓ+1 would not depend on the other neurons of layer ℓ")
@@ -274,14 +274,14 @@ def _sum_term() -> sp.Expr:
 
 @lru_cache(maxsize=None)
 def mlp_equation() -> ForwardEquation:
-    """z^{(ℓ+1)}_{i;α} = b_i + Σ_j W_{ij} σ(z^{(ℓ)}_{j;α}) (THEORY §2)."""
+    """z^{(ℓ+1)}_{i;α} = b_i + Σ_j W_{ij} σ(z^{(ℓ)}_{j;α}) (docs/conventions.md §2)."""
     return ForwardEquation("mlp", B[I] + _sum_term(),
                            description="multilayer perceptron: z' = b + W σ(z)")
 
 
 @lru_cache(maxsize=None)
 def residual_equation() -> ForwardEquation:
-    """z^{(ℓ+1)}_{i;α} = ξ z^{(ℓ)}_{i;α} + γ [b_i + Σ_j W_{ij} σ(z^{(ℓ)}_{j;α})] (THEORY §8)."""
+    """z^{(ℓ+1)}_{i;α} = ξ z^{(ℓ)}_{i;α} + γ [b_i + Σ_j W_{ij} σ(z^{(ℓ)}_{j;α})] (docs/conventions.md §8)."""
     return ForwardEquation("residual", XI * Z[I, ALPHA] + GAMMA * (B[I] + _sum_term()), (XI, GAMMA),
                            description="residual network: z' = ξ z + γ (b + W σ(z))")
 

@@ -1,4 +1,4 @@
-r"""Network specifications as plain, frozen, validated data (THEORY §2).
+r"""Network specifications as plain, frozen, validated data (docs/conventions.md §2).
 
 ``MLP(depth, widths, activation, C_b, C_W, lambda_b=1, lambda_W=1)`` describes
 
@@ -28,7 +28,7 @@ __all__ = ["MLP", "MAX_DEPTH", "MAX_WIDTH"]
 
 #: the deepest network accepted.  The recursions are evaluated layer by layer (milliseconds
 #: to tens of milliseconds per layer), and the 1/n expansion they come from needs depth ≪ width
-#: (its parameter grows like depth/width, THEORY §5): 10000 layers is far beyond any width one
+#: (its parameter grows like depth/width, docs/conventions.md §5): 10000 layers is far beyond any width one
 #: can sample, and a typo like ``depth = 1000000000`` must not run for days.
 MAX_DEPTH = 10_000
 #: widest layer accepted (widths enter as exact floats: below 2**53)
@@ -77,7 +77,7 @@ class MLP:
                               f"{depth!r:.40}")
         if depth > MAX_DEPTH:
             raise DeriveError(f"depth {depth} is more than {MAX_DEPTH} layers; the 1/n expansion "
-                              "needs depth ≪ width anyway (THEORY §5): give a smaller depth")
+                              "needs depth ≪ width anyway (docs/conventions.md §5): give a smaller depth")
         depth = int(depth)
         if isinstance(widths, (list, tuple)):
             if len(widths) != depth - 1:

@@ -1,4 +1,4 @@
-r"""Residual networks (THEORY §8): ``ResMLP(depth, widths, activation, C_b, C_W, xi, gamma, …)``.
+r"""Residual networks (docs/conventions.md §8): ``ResMLP(depth, widths, activation, C_b, C_W, xi, gamma, …)``.
 
     z^{(1)}_{i;α}   = b^{(1)}_i + Σ_j W^{(1)}_{ij} x_{j;α}                               (as the MLP)
     z^{(ℓ+1)}_{i;α} = ξ^{(ℓ+1)} z^{(ℓ)}_{i;α} + γ^{(ℓ+1)} [ b^{(ℓ+1)}_i + Σ_j W^{(ℓ+1)}_{ij} σ(z^{(ℓ)}_{j;α}) ]

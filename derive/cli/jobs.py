@@ -151,7 +151,7 @@ def run_job(spec, X, targets=("K", "V", "G1", "Theta"), order: int = 1, out="der
     outdir = OutputDir(out, force=force, command=command, planned=JOB_FILES,
                        spec=spec_json(spec, X, targets, order))
     with outdir:
-        _say(f"deriving {', '.join(targets)} to order {order} in 1/n (THEORY §6) …", start, quiet)
+        _say(f"deriving {', '.join(targets)} to order {order} in 1/n (docs/conventions.md §6) …", start, quiet)
         d = derive(spec, targets=targets, order=order)
         _say("writing derivation.tex, derivation.md …", start, quiet)
         for fmt in ("tex", "md"):

@@ -87,7 +87,7 @@ def _demo(args) -> int:
 
     spec, X, targets, order = spec_from_mapping(DEMO, "the demo spec")
     print(f"derive demo: a {spec.depth}-layer tanh MLP at criticality (C_b = 0, C_W = 1), width "
-          f"{spec.widths[0]}, two inputs; conventions: THEORY.md", flush=True)
+          f"{spec.widths[0]}, two inputs; conventions: docs/conventions.md", flush=True)
     written = run_job(spec, X, targets, order, args.out, force=args.force,
                       command=_command(args))
     _write_report(written)

@@ -15,7 +15,7 @@ Keys (all optional except ``activation`` and ``depth``)::
     targets = ["K", "V", "G1", "Theta"]
     order = 1                    # 0 or 1; default 1 if G1 or V is a target, else 0
     # the architecture (default "mlp"):
-    # architecture = "residual"  # z' = xi z + gamma (b + W sigma(z)), THEORY §8
+    # architecture = "residual"  # z' = xi z + gamma (b + W sigma(z)), docs/conventions.md §8
     # xi = 1.0                   # residual only: a number or one value per layer 2 … L
     # gamma = 0.5
     # or a forward equation of one's own (read by the safe parser), with its scalars:

@@ -1,7 +1,7 @@
-r"""One layer step, derived from an architecture's forward equation (THEORY §6, steps 1–6).
+r"""One layer step, derived from an architecture's forward equation (docs/conventions.md §6, steps 1–6).
 
 :func:`derive_layer_step` takes layer ℓ to be nearly Gaussian (metric K + G1/n_{ℓ−1}, vertex
-V/n_{ℓ−1}, THEORY §3; the NTK Ĥ with mean δΘ at leading order) and derives every declared
+V/n_{ℓ−1}, docs/conventions.md §3; the NTK Ĥ with mean δΘ at leading order) and derives every declared
 quantity of layer ℓ+1 (:mod:`derive.derivation.quantities`) for the forward equation of the
 architecture (:class:`derive.architectures.forward.ForwardEquation`; the MLP's by default),
 σ abstract and every index general.  For each declared correlator:
@@ -31,7 +31,7 @@ the steps per quantity.  Numbers: :mod:`derive.numeric.evaluate`.
 
 With a skip connection (ξ ≠ 0) neuron i of layer ℓ enters z^{(ℓ+1)}_i twice, directly and
 inside the stochastic metric; a description of layer ℓ by K, G1 and V alone then misses the
-coupling along one neuron's trajectory across layers (THEORY §8), so the O(1/n) quantities of
+coupling along one neuron's trajectory across layers (docs/conventions.md §8), so the O(1/n) quantities of
 such an equation are refused (:class:`SkipClosureError`) rather than derived wrongly.
 """
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _leading_order_fields(expr: sp.Expr, Theta: str = "Theta") -> sp.Expr:
 def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 1,
                        collapse: bool = True) -> sp.Expr:
     r"""Replace every neuron sum of functions of layer-ℓ preactivations by its nearly-Gaussian
-    expectation (THEORY §6 step 4): Σ_j f(z_j) → n E[f], Σ_{j≠k} f(z_j) g(z_k) → n(n−1) E[f g];
+    expectation (docs/conventions.md §6 step 4): Σ_j f(z_j) → n E[f], Σ_{j≠k} f(z_j) g(z_k) → n(n−1) E[f g];
     a term with layer variables of free neurons and no sum (a skip connection) by Wick over
     the nearly-Gaussian ``layer`` field.
 
@@ -174,7 +174,7 @@ def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 
 
 
 def _series(expr: sp.Expr, widths: tuple, order: int) -> list[sp.Expr]:
-    """Coefficients ε⁰ … ε^order of ``expr`` with every width n scaled to n/ε (THEORY §6
+    """Coefficients ε⁰ … ε^order of ``expr`` with every width n scaled to n/ε (docs/conventions.md §6
     step 5: an explicit truncation, no O()).  After expansion every term is a monomial in ε
     because the widths enter only through powers of n (sum counts) and 1/n (variances,
     nearly-Gaussian corrections); a negative power of ε means a growing term and is an error."""
@@ -295,7 +295,7 @@ def closure_error(eq: ForwardEquation) -> SkipClosureError:
         f"term {sp.sstr(eq.skip)}·z_i, neuron i of layer ℓ enters z_i of layer ℓ+1 twice "
         "(directly and inside the stochastic metric), and a nearly-Gaussian description of "
         "layer ℓ by K, G1 and V misses the coupling along one neuron's trajectory across "
-        "layers (THEORY §8); ask for the leading order (order=0: K, Θ), or set ξ = 0")
+        "layers (docs/conventions.md §8); ask for the leading order (order=0: K, Θ), or set ξ = 0")
 
 
 def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,

@@ -1,8 +1,8 @@
-r"""Statistics as declarations: what each named quantity of a layer *is* (THEORY §3).
+r"""Statistics as declarations: what each named quantity of a layer *is* (docs/conventions.md §3).
 
 A :class:`Quantity` says which correlator of which fields of layer ℓ+1 it is read from, which
 δ-structure of the neuron indices it is the coefficient of, and at which order in 1/n it
-enters (with the normalisation of THEORY §3: a quantity entering at order k is n_ℓ^k times
+enters (with the normalisation of docs/conventions.md §3: a quantity entering at order k is n_ℓ^k times
 the ε^k part, n_ℓ being layer ℓ+1's fan-in).  The layer step
 (:func:`derive.derivation.layerstep.derive_layer_step`) computes every declared quantity the
 same way: conditional Wick over the layer's parameters → neuron-sum split → joint

@@ -1,4 +1,4 @@
-r"""σ → the activation in the derived recursions (THEORY §6 step 6).
+r"""σ → the activation in the derived recursions (docs/conventions.md §6 step 6).
 
 The layer step (:mod:`derive.derivation.layerstep`) keeps σ abstract; :func:`specialise` puts a concrete
 activation in.  Both numeric back ends start from its output: the batched evaluator
@@ -18,7 +18,7 @@ __all__ = ["specialise"]
 
 
 def specialise(expr: sp.Expr, act: Activation) -> sp.Expr:
-    """σ → the activation in every average and contraction (THEORY §6 step 6); derivatives
+    """σ → the activation in every average and contraction (docs/conventions.md §6 step 6); derivatives
     inside plain averages are carried out, those of a contraction are kept for evaluation."""
     def put(f):
         return f.replace(lambda x: isinstance(x, AppliedUndef) and x.func == SIGMA,

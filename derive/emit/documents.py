@@ -9,7 +9,7 @@ byte-identical text on every run and every ``PYTHONHASHSEED``.
 * :func:`recursions_latex` — ``Derivation.latex()``: the recursions in one ``align``;
 * :func:`derivation_document` — ``Derivation.document("tex" | "md")``: a complete LaTeX
   document (compiles with pdflatex) or Markdown, with for every step the rule applied, its
-  statement, the expression after it and its THEORY/book reference, then the recursions.
+  statement, the expression after it and its conventions/book reference, then the recursions.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ What it contains is printed from the derivation, not written by hand:
 * the diagonal recursions of G1 and V (single input, V_{(αα)(αα)}), from the derived
   *contracted* forms Σ_β T_β ⟨∂_β f⟩ with every sample index set equal: each contraction is
   T_αα… Π_k ⟨∂^{r_k} F_k⟩, printed as a derivative of F (smooth σ) or, for σ with kinks, as
-  the derivative-free Hermite weight ⟨F He_r(z/√K)⟩/K^{r/2} (THEORY §4);
+  the derivative-free Hermite weight ⟨F He_r(z/√K)⟩/K^{r/2} (docs/conventions.md §4);
 * G1 on all pairs and V on the components whose samples take at most two values p, q
   (V_{(pp)(pq)}, V_{(pp)(qq)}, V_{(pq)(pq)}; :class:`_PairFrame`): the contracted forms at
   each component pattern, the sample sums run over β ∈ {p, q} only (the derivatives vanish
@@ -217,7 +217,7 @@ _P = {(0, 0): sp.Symbol("P00"), (0, 1): sp.Symbol("P01"), (1, 0): sp.Symbol("P01
 
 def _hermite_weight(idx: tuple) -> sp.Expr:
     """The weight H with ⟨∂_{i1}…∂_{ir} F⟩ = ⟨F H⟩ over N(0, P⁻¹) (Gaussian integration by
-    parts, THEORY §4): y_i y_j − P_ij for r = 2, its fourth-order analogue for r = 4; y = P z."""
+    parts, docs/conventions.md §4): y_i y_j − P_ij for r = 2, its fourth-order analogue for r = 4; y = P z."""
     y = [sum(_P[i, c] * _PZ[c] for c in (0, 1)) for i in (0, 1)]
     if len(idx) == 2:
         i, j = idx

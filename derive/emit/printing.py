@@ -1,4 +1,4 @@
-r"""LaTeX in the book's notation (PDLT; THEORY §1, §3).
+r"""LaTeX in the book's notation (PDLT; docs/conventions.md §1, §3).
 
 :class:`BookLatexPrinter` is a SymPy ``LatexPrinter`` with ``_print_<Class>`` methods for the
 engine's inert classes; every symbol it prints comes from one table, ``rules/notation.toml``

@@ -1,6 +1,6 @@
 r"""Numbers from derived recursions: specialise σ, compile once, evaluate vectorised.
 
-This is the numeric back end of the layer step (:mod:`derive.derivation.layerstep`), THEORY §6 step 6.
+This is the numeric back end of the layer step (:mod:`derive.derivation.layerstep`), docs/conventions.md §6 step 6.
 
 1. :func:`specialise` puts the activation in for σ (derivatives inside plain averages are
    carried out; inside a :class:`~derive.DerivativeContraction` they are kept for step 3).
@@ -19,12 +19,12 @@ This is the numeric back end of the layer step (:mod:`derive.derivation.layerste
      (closed form, else kink-aware quadrature with an error bound); averages symmetric in
      their slots are evaluated once per multiset of samples;
    * a contraction Σ_β T_β Π_k ⟨∂_{β∈B_k} f_k⟩ runs β over the *distinct* samples of the
-     f_k (the derivatives vanish elsewhere, THEORY §6 step 4) with ∂_β the derivative by the
+     f_k (the derivatives vanish elsewhere, docs/conventions.md §6 step 4) with ∂_β the derivative by the
      sample variable ζ_β.  For smooth σ the derivatives are taken symbolically.  For a σ
      with kinks (ReLU: σ'' is a Dirac delta) the derivative-free form is used instead,
      Gaussian integration by parts on the marginal of those samples,
      ⟨∂_{b1}∂_{b2}F⟩ = ⟨F (y_{b1} y_{b2} − P_{b1b2})⟩ and the fourth-order Hermite analogue,
-     with P = K_S⁻¹ and y = P z (THEORY §4: "the derivative-free form is the one to
+     with P = K_S⁻¹ and y = P z (docs/conventions.md §4: "the derivative-free form is the one to
      evaluate for non-smooth σ").
 
 :func:`iterate_mlp` runs the recursions through a network: K, Θ (and G1, V at order 1) of

@@ -1,4 +1,4 @@
-r"""Ensembles of actual random networks, sampled with the conventions of THEORY §2.
+r"""Ensembles of actual random networks, sampled with the conventions of docs/conventions.md §2.
 
 ``sample(spec, X, n_networks, seed=0)`` draws ``n_networks`` independent initialisations of
 the network ``spec`` (an MLP or any architecture with a forward equation — a residual network,
@@ -10,13 +10,13 @@ N × n_0) through them, and estimates for every layer ℓ = 1 … L:
 ``V[ℓ]``
     n_{ℓ−1} times the connected four-point function across two *different* neurons,
     n_{ℓ−1} (E[z_{i;α1} z_{i;α2} z_{j;α3} z_{j;α4}] − E[z_{i;α1} z_{i;α2}] E[z_{j;α3} z_{j;α4}]), i ≠ j
-    (N × N × N × N), which tends to V_{(α1α2)(α3α4)} as n → ∞ (THEORY §3);
+    (N × N × N × N), which tends to V_{(α1α2)(α3α4)} as n → ∞ (docs/conventions.md §3);
 ``Theta[ℓ]``
-    the NTK mean E[Ĥ_{ii;αβ}] from the NTK forward equation of THEORY §3 (N × N);
+    the NTK mean E[Ĥ_{ii;αβ}] from the NTK forward equation of docs/conventions.md §3 (N × N);
 
 each with a standard error (``G_err`` …).  Estimators are unbiased: products of means are
 U-statistics across *different* networks (no O(1/S) bias from mean(a·b) − mean(a)·mean(b),
-THEORY §7), and errors come from a 20-block jackknife over networks.  Everything is float64,
+docs/conventions.md §7), and errors come from a 20-block jackknife over networks.  Everything is float64,
 vectorised over networks (batched matmuls; set OPENBLAS_NUM_THREADS=1 for best throughput),
 seeded, and reports progress on long runs.
 
@@ -28,7 +28,7 @@ Every architecture goes through one forward pass written from its forward equati
     Ĥ^{(ℓ+1)}_{αβ} = J_α Ĥ^{(ℓ)}_{αβ} J_βᵀ + δ [c² λ_b + (λ_W/n_ℓ) Σ_j g_{j;α} g_{j;β}],
     J_α = ξ 1 + W diag(g'(z^{(ℓ)}_α))
 
-(the chain rule of the equation with λ_b per bias and λ_W/n_ℓ per weight, THEORY §3).  The MLP
+(the chain rule of the equation with λ_b per bias and λ_W/n_ℓ per weight, docs/conventions.md §3).  The MLP
 is ξ = 0, c = 1, g = σ; the residual network ξ, c = γ, g = γ σ, which gives
 Ĥ' = J Ĥ Jᵀ + γ² δ [λ_b + (λ_W/n_ℓ) Σ σσ] with J = ξ 1 + γ W σ'.  A layer with ξ ≠ 0 adds
 neuron i of layer ℓ to neuron i of layer ℓ+1, so both have the same width (the output layer's
