@@ -1,6 +1,6 @@
 r"""The objects the symbolic engine works with: indices, random families, sums, averages.
 
-Index kinds (THEORY §1)
+Index kinds (docs/conventions.md §1)
     :class:`NeuronIndex` (i, j, k …) and :class:`SampleIndex` (α, β …) are SymPy symbols of
     two distinct classes, so ``i`` the neuron index and ``i`` a sample index never compare
     equal.  Neuron indices never carry an implicit sum; every neuron sum is a
@@ -8,7 +8,7 @@ Index kinds (THEORY §1)
 
 Random families
     A :class:`Family` declares a set of jointly Gaussian, zero-mean variables
-    ``F[idx…]`` and their covariance, built from the δ structures of THEORY §2:
+    ``F[idx…]`` and their covariance, built from the δ structures of docs/conventions.md §2:
 
     ==========================  ===========================  ================================
     constructor                 variable                     covariance
@@ -228,7 +228,7 @@ class Family(sp.Basic):
     ``"sample"`` strings giving the kind of each index.  The two-point function of ``F[a…]``
     and ``F[b…]`` is ``scale · Π_{neuron slots} δ(a_s, b_s) · (K + G1/n)[a_sample, b_sample]``
     with ``K`` (and ``G1``) symmetric sample tensors.  With a vertex label ``V`` the connected
-    four-point function is, as in THEORY §3,
+    four-point function is, as in docs/conventions.md §3,
     ``(1/n)[δ_{12}δ_{34} V_{(12)(34)} + δ_{13}δ_{24} V_{(13)(24)} + δ_{14}δ_{23} V_{(14)(23)}]``;
     higher cumulants are O(1/n²) and are not represented.  Without ``G1`` and ``V`` the family
     is exactly Gaussian.  Use :func:`gaussian_field`, :func:`nearly_gaussian_field`,
@@ -322,7 +322,7 @@ class Family(sp.Basic):
         return out
 
     def four_point(self, a, b, c, d) -> list[tuple[list, list, int]]:
-        """Monomials of the connected E[F[a]F[b]F[c]F[d]] (THEORY §3): three δδV terms at order 1."""
+        """Monomials of the connected E[F[a]F[b]F[c]F[d]] (docs/conventions.md §3): three δδV terms at order 1."""
         if self.V is None:
             return []
         kinds = self.slots
@@ -357,7 +357,7 @@ class RandomVar(sp.Expr):
     """
 
     is_commutative = True
-    #: components of one neuron's vector can be differentiated (THEORY §6 step 4)
+    #: components of one neuron's vector can be differentiated (docs/conventions.md §6 step 4)
     _diff_wrt = True
 
     def __new__(cls, family: Family, *indices):
@@ -414,7 +414,7 @@ class RandomVar(sp.Expr):
 
 @boundary
 def gaussian_field(name: str = "z", K: str = "K", neuron: bool = True) -> Family:
-    r"""A Gaussian field with E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} K_{α1α2} (THEORY §3).
+    r"""A Gaussian field with E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} K_{α1α2} (docs/conventions.md §3).
 
     With ``neuron=False`` the field has only a sample index (one neuron's vector z_α).
 
@@ -430,7 +430,7 @@ def gaussian_field(name: str = "z", K: str = "K", neuron: bool = True) -> Family
 @boundary
 def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str = "V",
                           n="n", neuron: bool = True) -> Family:
-    r"""A nearly-Gaussian field to first order in 1/n (THEORY §3):
+    r"""A nearly-Gaussian field to first order in 1/n (docs/conventions.md §3):
 
     E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G^{\{1\}}/n)_{α1α2}, connected four-point function
     (1/n)[δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + 2 permutations], higher cumulants O(1/n²).
@@ -443,13 +443,13 @@ def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str 
 
 @boundary
 def bias(name: str = "b", C="C_b") -> Family:
-    r"""Biases with E[b_{i1} b_{i2}] = δ_{i1i2} C_b (THEORY §2)."""
+    r"""Biases with E[b_{i1} b_{i2}] = δ_{i1i2} C_b (docs/conventions.md §2)."""
     return Family(name, (NEURON,), _sympify_label(C, "variance"))
 
 
 @boundary
 def weight(name: str = "W", C="C_W", fan_in="n") -> Family:
-    r"""Weights with E[W_{i1j1} W_{i2j2}] = δ_{i1i2} δ_{j1j2} C_W / n (THEORY §2).
+    r"""Weights with E[W_{i1j1} W_{i2j2}] = δ_{i1i2} δ_{j1j2} C_W / n (docs/conventions.md §2).
 
     ``fan_in`` is the width of the layer the weights read from (n_{ℓ-1} for layer ℓ).  A name
     becomes ``Symbol(name, positive=True)``: use the same positive symbol as the range of the
@@ -629,7 +629,7 @@ def summation_dummies(r: int, avoid=()) -> tuple:
 
 
 class DerivativeContraction(sp.Expr):
-    r"""Inert sample sum of the nearly-Gaussian operator form (THEORY §6 step 4),
+    r"""Inert sample sum of the nearly-Gaussian operator form (docs/conventions.md §6 step 4),
 
     .. math:: \sum_{\beta_1\ldots\beta_r} T_{\beta_1\ldots\beta_r}
               \prod_k \big\langle \partial_{\beta\in B_k} f_k \big\rangle_K ,
