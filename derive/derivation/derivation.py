@@ -1,6 +1,6 @@
 r"""``derive.derive``: derived recursions for a spec, with their plan and steps.
 
-The plan is a ``networkx.DiGraph``.  Schema (one place, as STYLE lesson 6 asks):
+The plan is a ``networkx.DiGraph``.  Schema (written down in one place):
 
 * **nodes** are tuples ``(quantity, layer, order)`` — ``quantity`` one of ``"K"``, ``"G1"``,
   ``"V"``, ``"Theta"``; ``layer`` 1 … L; ``order`` the power of 1/n at which the quantity
@@ -198,7 +198,7 @@ def check_targets(targets, act=None, spec=None) -> tuple[str, ...]:
 
 @boundary
 def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
-    r"""Derive the layer recursions of ``spec`` for ``targets`` to ``order`` in 1/n (THEORY §6).
+    r"""Derive the layer recursions of ``spec`` for ``targets`` to ``order`` in 1/n (docs/conventions.md §6).
 
     ``order=0`` gives the leading order (K, Θ); ``order=1`` adds the O(1/n) data (G1, V).
     The default is the highest order derived for the architecture (``spec.max_order``: 1, or

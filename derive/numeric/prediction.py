@@ -1,4 +1,4 @@
-r"""``derive.predict``: numbers from the derived recursions (THEORY §4 quantities, any spec).
+r"""``derive.predict``: numbers from the derived recursions (docs/conventions.md §3 quantities, any spec).
 
 ``predict(spec, X, order=1)`` returns a :class:`Prediction` with mappings ``.K``, ``.G1``,
 ``.V``, ``.Theta`` keyed by layer ℓ = 1 … L (float64 arrays of shapes (N, N), (N, N),
@@ -15,7 +15,7 @@ batched evaluator of the same derived forms (:mod:`derive.numeric.evaluate`).
 
 ``.expansion[ℓ]`` estimates the relative size of the first neglected term,
 (V/(n_{ℓ−1} K²))^{order+1} on the diagonal; a warning names the first layer where it exceeds
-``warn_threshold`` (at criticality it grows like ℓ/n, THEORY §5).
+``warn_threshold`` (at criticality it grows like ℓ/n, docs/conventions.md §5).
 """
 from __future__ import annotations
 

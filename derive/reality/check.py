@@ -1,4 +1,4 @@
-r"""``derive.check``: the derived predictions against ensembles of actual networks (THEORY §7).
+r"""``derive.check``: the derived predictions against ensembles of actual networks (docs/conventions.md §7).
 
 ``check(spec, X, widths, samples, seed=0)`` samples ``samples`` random networks of ``spec``
 with every hidden width set to n, for each n in ``widths`` (:mod:`derive.reality.montecarlo`), and
@@ -9,7 +9,7 @@ compares per layer ℓ, quantity and component
   leading-order vertex V (its own 1/n correction is not derived: ``nlo`` is NaN).
 
 The predictions go to the highest order derived for the architecture (``spec.max_order``).
-Where that is the leading order only (a residual network with a skip term, THEORY §8: its
+Where that is the leading order only (a residual network with a skip term, docs/conventions.md §8: its
 O(1/n) statistics G1 and V are not derived), the metric's intercept is still compared with K,
 but its slope has no NLO prediction and V none at all: ``lo``/``nlo``/``slope_nlo`` are NaN,
 nothing is compared, and every row, fit, the table and the plot say so in words (``note``).
@@ -185,7 +185,7 @@ class Check:
         lines.append(f"{len(self.fits)} fits over widths {list(self.widths)}, {self.samples} networks "
                      f"per width; intercepts more than {Z_MAX:g}σ from LO: {len(bad)}")
         if self.order < 1:
-            lines.append(f"predictions to leading order only ({_not_derived(self.spec)}, THEORY §8): "
+            lines.append(f"predictions to leading order only ({_not_derived(self.spec)}, docs/conventions.md §8): "
                          "the 1/n slopes are measured, not compared")
         return "\n".join(lines)
 
