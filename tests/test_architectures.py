@@ -188,3 +188,25 @@ def test_spec_file_forward_equation_and_residual_architecture():
         spec_from_mapping({**base, "forward": "a*z[i] + b[i] + sum_j(W[i,j]*sigma(z[j]))"})
     with pytest.raises(DeriveError, match="architecture must be"):
         spec_from_mapping({**base, "architecture": "transformer"})
+
+
+def test_generated_evaluator_runs_as_a_script(tmp_path):
+    """``python evaluator.py --inputs X.npy`` prints the numbers predict gives (MLP and a
+    residual network, whose module offers the leading order only)."""
+    import subprocess
+    import sys
+
+    X = np.array([[1.0, 0.3], [0.2, -1.0]])
+    np.save(tmp_path / "X.npy", X)
+    for spec, order in ((derive.MLP(3, 16, "tanh", 0.0, 1.0), "1"),
+                        (derive.ResMLP(3, 16, "relu", 0.0, 1.0, xi=1.0, gamma=0.5), "0")):
+        path = tmp_path / "evaluator.py"
+        path.write_text(derive.derive(spec).numpy_module())
+        r = subprocess.run([sys.executable, str(path), "--inputs", str(tmp_path / "X.npy"),
+                            "--order", order], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        k3 = derive.predict(spec, X).K[3]
+        assert f"{k3[0, 0]:.6f}" in r.stdout and "layer 3" in r.stdout
+    r = subprocess.run([sys.executable, str(path), "--inputs", str(tmp_path / "X.npy"),
+                        "--order", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not derived" in r.stderr
