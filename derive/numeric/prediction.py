@@ -258,27 +258,35 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
 
     Parameters
     ----------
-    spec : :class:`derive.MLP`, :class:`derive.ResMLP` or another architecture.
-    X : array (N, n_0) of finite numbers, the inputs x_α.
-    order : 0 (leading order) or 1 (with G1 and V, the first correction in 1/n).  Default:
-        the highest order derived for the architecture (``spec.max_order``; 0 for a residual
+    spec : derive.MLP, derive.ResMLP or derive.Network
+        The network (any architecture with a forward equation).
+    X : array of shape (N, n_0)
+        Finite numbers: the inputs x_α.
+    order : {0, 1}, optional
+        0 is the leading order, 1 adds G1 and V (the first correction in 1/n).  Default: the
+        highest order derived for the architecture (``spec.max_order``; 0 for a residual
         network with a skip term, whose O(1/n) closure is not derived — order=1 is then an
         error that says why).
-    warn_threshold : an :class:`ExpansionWarning` names the first layer where the estimated
-        first neglected term exceeds this (default 0.1).
-    targets : names from ``("K", "Theta", "G1", "V")`` (default: all, without Θ when σ jumps,
-        where Θ is infinite).  V for N ≥ 3 inputs is the expensive part (N⁴ components, 3-D
-        and 4-D averages); without it everything runs through the generated evaluator.
-    progress : print what the run will do and one line per layer to stderr.
-    tol : absolute tolerance of each quadrature of the batched route (V for N ≥ 3; default:
-        by dimension, relative to the size of each average, see
+    warn_threshold : float, optional
+        An :class:`ExpansionWarning` names the first layer where the estimated first neglected
+        term exceeds this (default 0.1).
+    targets : list of str, optional
+        Names from ``("K", "Theta", "G1", "V")`` (default: all, without Θ when σ jumps, where
+        Θ is infinite).  V for N ≥ 3 inputs is the expensive part (N⁴ components, 3-D and 4-D
+        averages); without it everything runs through the generated evaluator.
+    progress : bool, optional
+        Print what the run will do and one line per layer to stderr.
+    tol : float, optional
+        Absolute tolerance of each quadrature of the batched route (V for N ≥ 3; default: by
+        dimension, relative to the size of each average, see
         :func:`derive.gaussian_expectation`).  The generated evaluator works to 3e-13.
 
     Returns
     -------
-    :class:`Prediction` with ``.K``, ``.G1``, ``.V``, ``.Theta`` (layer → array),
-    ``.metric(ℓ)``, ``.expansion`` (layer → estimate), ``.route`` and ``.quadrature_error``
-    (the largest estimated error of an average, relative to max(1, |average|)).
+    Prediction
+        With ``.K``, ``.G1``, ``.V``, ``.Theta`` (layer → array), ``.metric(ℓ)``,
+        ``.expansion`` (layer → estimate), ``.route`` and ``.quadrature_error`` (the largest
+        estimated error of an average, relative to ``max(1, |average|)``).
 
     Raises
     ------
