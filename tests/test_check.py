@@ -27,9 +27,9 @@ def test_check_recovers_exact_finite_width_oracles(act, C_W, growth):
     def K(l):  # linear: C_W^ℓ G0; ReLU at C_W = 2: 2 G0 at every layer
         return C_W ** l * G0 if act == "linear" else C_W * G0
 
-    for r in _rows(res, "metric", "00"):
+    for r in _rows(res, "metric", "11"):
         assert abs(r["mc_mean"] - K(r["layer"])) < 4 * r["mc_stderr"], r
-    for r in _rows(res, "V", "(00)(00)"):
+    for r in _rows(res, "V", "(11)(11)"):
         n, l = r["width"], r["layer"]
         exact = n * K(l) ** 2 * ((1 + growth / n) ** (l - 1) - 1)
         assert abs(r["mc_mean"] - exact) <= 4 * r["mc_stderr"] + 1e-12, r
@@ -47,7 +47,7 @@ def test_check_tanh_intercepts_match_leading_order():
     metric = [f for f in res.fits if f["quantity"] == "metric" and f["layer"] >= 2]
     assert all(f["slope_agrees"] for f in metric)
     # the NLO metric is closer to Monte Carlo than LO at the smallest width, last layer
-    r = next(r for r in _rows(res, "metric", "00") if r["layer"] == 5 and r["width"] == 16)
+    r = next(r for r in _rows(res, "metric", "11") if r["layer"] == 5 and r["width"] == 16)
     assert abs(r["mc_mean"] - r["nlo"]) < abs(r["mc_mean"] - r["lo"])
 
 
@@ -112,9 +112,9 @@ def test_check_residual_network_leading_order_only(tmp_path, capsys, monkeypatch
     assert orders == [(0, ("K",)), (0, ("K",))] and res.order == 0
     why = "not derived for skip connections"
     K = real(spec, X1, order=0, targets=("K",)).K
-    for r in _rows(res, "metric", "00"):
+    for r in _rows(res, "metric", "11"):
         assert r["lo"] == K[r["layer"]][0, 0] and np.isnan(r["nlo"]) and why in r["note"]
-    for r in _rows(res, "V", "(00)(00)"):
+    for r in _rows(res, "V", "(11)(11)"):
         assert np.isnan(r["lo"]) and np.isnan(r["nlo"]) and why in r["note"]
     for f in res.fits:
         assert np.isnan(f["slope_nlo"]) and np.isnan(f["z_slope"]) and f["slope_agrees"] is None

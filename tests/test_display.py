@@ -180,7 +180,7 @@ def test_check_html_table():
     for f in c.fits:
         assert f"{f['intercept']:.6g}" in t and f"{f['slope']:.5g}" in t
     assert "intercepts more than" in t  # the table's closing line
-    assert "(00)(00)" in t and "metric" in t
+    assert "(11)(11)" in t and "metric" in t
     r = repr(c)
     assert len(r) < 400 and "fits" in r
 

@@ -7,8 +7,10 @@ r"""The main job: derive, emit every output, evaluate, plot (``derive demo``, ``
 * ``evaluator.py`` — the standalone numpy/scipy evaluator (:meth:`Derivation.numpy_module`);
 * ``predictions.json`` — the numbers of :func:`derive.predict` per layer, with the spec and the
   derive version;
-* ``plot.png`` — K, V/K² and Θ against depth (needs matplotlib; skipped with a note otherwise;
-  its PNG text fields hold the derive version and the spec);
+* ``plot.png`` — K, V/(n_{ℓ−1}K²), G1/(n_{ℓ−1}K) and Θ against depth, with the asymptotic
+  reference curves at criticality (:func:`derive.reality.plots.prediction_figure`; needs
+  matplotlib; skipped with a note otherwise; its PNG text fields hold the derive version and
+  the spec);
 * ``derive-manifest.json`` — derive version, command, spec and the sha256 of every file.
 
 The files are staged next to ``out`` and moved into place together once all are written
@@ -97,43 +99,19 @@ def predictions_json(p) -> dict:
 
 
 def _plot(p, path: Path) -> bool:
+    """plot.png: :func:`derive.reality.plots.prediction_figure`; False without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         return False
-    L = p.spec.depth
-    ls = np.arange(1, L + 1)
-    N = p.X.shape[0]
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
-    for a in range(N):
-        for b in range(a, N):
-            ax[0].plot(ls, [p.K[l][a, b] for l in ls], "o-", ms=3, label=f"K[{a + 1},{b + 1}]")
-            if p.Theta:
-                ax[2].plot(ls, [p.Theta[l][a, b] for l in ls], "o-", ms=3,
-                           label=f"Theta[{a + 1},{b + 1}]")
-        if p.V:
-            ax[1].plot(ls, [p.V[l][a, a, a, a] / p.K[l][a, a] ** 2 for l in ls], "o-", ms=3,
-                       label=f"V[({a + 1}{a + 1})({a + 1}{a + 1})] / K[{a + 1},{a + 1}]^2")
-    ax[0].set_title("kernel K")
-    ax[1].set_title("four-point vertex V / K^2")
-    ax[2].set_title("NTK mean Theta (leading order)")
-    for a in ax:
-        a.set_xlabel("layer")
-        if a.has_data():
-            a.legend(fontsize=7)
-    fig.suptitle(f"{p.spec.activation.name} MLP, widths {p.spec.widths[0] if p.spec.widths else '-'}")
-    fig.tight_layout()
     from .. import __version__
+    from ..reality.plots import prediction_figure, save
 
+    fig = prediction_figure(p)
     # no matplotlib version or time stamp (the same run writes the same bytes); the derive
     # version and the spec instead, so that a stale plot is recognisable on its own
     spec = json.dumps(spec_json(p.spec, p.X, order=p.order), separators=(",", ":"))
-    fig.savefig(path, dpi=110, metadata={"Software": f"derive {__version__}",
-                                         "Description": f"spec {spec}"})
-    plt.close(fig)
+    save(fig, path, metadata={"Software": f"derive {__version__}", "Description": f"spec {spec}"})
     return True
 
 

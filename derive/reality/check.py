@@ -74,7 +74,10 @@ def _components(N: int):
 
 
 def _label(c) -> str:
-    return "".join(map(str, c)) if len(c) == 2 else f"({c[0]}{c[1]})({c[2]}{c[3]})"
+    """A component with 1-based sample indices (α = 1 … N): (0, 1) → "12", (0, 0, 0, 0) →
+    "(11)(11)" (the convention of every output, :mod:`derive.reality.plots`)."""
+    s = [str(i + 1) for i in c]
+    return "".join(s) if len(s) == 2 else f"({s[0]}{s[1]})({s[2]}{s[3]})"
 
 
 def _not_derived(spec: MLP) -> str:
@@ -239,74 +242,13 @@ class Check:
             w.writerows(self.fits)
 
     def plot(self, path) -> None:
-        """PNG: per quantity (diagonal component of input 0), the LO/NLO curves vs depth with
-        the Monte Carlo points of every width; and the residual MC − LO vs 1/n at the last
-        layer with the fitted line and the NLO slope."""
-        import matplotlib
+        """PNG: per quantity (diagonal component (11)/(11)(11) of sample α = 1), the LO/NLO
+        curves vs depth with the Monte Carlo points of every width; and the residual MC − LO
+        vs 1/n at the last layer with the fitted line and the NLO slope
+        (:func:`derive.reality.plots.check_figure`)."""
+        from .plots import check_figure, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        L = self.spec.depth
-        for ax, (q, comp) in zip(axes[:2], (("metric", "00"), ("V", "(00)(00)"))):
-            rows = [r for r in self.rows if r["quantity"] == q and r["component"] == comp]
-            note = next((r.get("note", "") for r in rows), "")
-            for k, n in enumerate(self.widths):
-                rs = sorted((r for r in rows if r["width"] == n), key=lambda r: r["layer"])
-                if not rs:
-                    continue
-                ls = [r["layer"] for r in rs]
-                ax.errorbar(ls, [r["mc_mean"] for r in rs], yerr=[r["mc_stderr"] for r in rs],
-                            fmt="o", ms=4, capsize=2, color=colors[k % len(colors)],
-                            label=f"Monte Carlo n={n}")
-                if q == "metric" and all(np.isfinite(r["nlo"]) for r in rs):
-                    ax.plot(ls, [r["nlo"] for r in rs], "--", color=colors[k % len(colors)], lw=1,
-                            label=f"NLO n={n}")
-            lo = sorted({(r["layer"], r["lo"]) for r in rows if np.isfinite(r["lo"])})
-            if lo:
-                ax.plot([x for x, _ in lo], [y for _, y in lo], "k-", lw=1.5, label="leading order")
-            if note and self.order < 1:
-                ax.text(0.02, 0.98, note, transform=ax.transAxes, va="top", fontsize=7,
-                        color="0.3", wrap=True)
-            ax.set_xlabel("layer ℓ")
-            ax.set_title({"metric": "metric G_{00}",
-                          "V": "n·connected 4-pt vs V_{(00)(00)}" if self.order >= 1
-                          else "n·connected 4-pt (00)(00), measured only"}[q])
-            ax.legend(fontsize=7)
-        ax = axes[2]
-        for k, (q, comp) in enumerate((("metric", "00"), ("V", "(00)(00)"))):
-            rs = sorted((r for r in self.rows if r["quantity"] == q and r["component"] == comp
-                         and r["layer"] == L), key=lambda r: r["width"])
-            if not rs or not np.isfinite(rs[0]["lo"]):
-                continue
-            x = np.array([1 / r["width"] for r in rs])
-            scale = abs(rs[0]["lo"]) or 1.0
-            ax.errorbar(x, [(r["mc_mean"] - r["lo"]) / scale for r in rs],
-                        yerr=[r["mc_stderr"] / scale for r in rs], fmt="o", capsize=2,
-                        color=colors[k], label=f"{q} {comp}, ℓ={L}: (MC − LO)/|LO|")
-            fit = next((f for f in self.fits if f["quantity"] == q and f["component"] == comp
-                        and f["layer"] == L), None)
-            if fit is not None:
-                xx = np.linspace(0, x.max() * 1.1, 50)
-                yy = fit["intercept"] + fit["slope"] * xx + (0 if np.isnan(fit["curvature"])
-                                                           else fit["curvature"] * xx ** 2)
-                ax.plot(xx, (yy - fit["lo"]) / scale, "-", color=colors[k], lw=1, label="fit")
-                if np.isfinite(fit["slope_nlo"]):
-                    ax.plot(xx, fit["slope_nlo"] * xx / scale, ":", color=colors[k], lw=1.5,
-                            label="NLO slope")
-        ax.axhline(0, color="k", lw=0.8)
-        if self.order < 1:
-            ax.text(0.02, 0.02, f"no NLO slope: {_not_derived(self.spec)}", transform=ax.transAxes,
-                    va="bottom", fontsize=7, color="0.3")
-        ax.set_xlabel("1/n")
-        ax.set_title("residual vs 1/n (last layer)")
-        ax.legend(fontsize=7)
-        fig.suptitle(f"derive check: {self.spec!r}", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(check_figure(self), path)
 
 
 @boundary
