@@ -147,7 +147,7 @@ def test_check_plot_labels(tmp_path):
     assert any("1/(2\\ell)" in lab for lab in _labels(ax_m))
     assert "G^{(\\ell)}_{11}" in ax_m.get_title() and r"\alpha=1" in ax_m.get_title()
     assert "(11)(11)" in ax_v.get_title() and "{00}" not in ax_v.get_title()
-    assert "widths 8 (all 3 hidden layers)" in fig._suptitle.get_text()
+    assert "every hidden layer of width n = 4, 8" in fig._suptitle.get_text()
     assert ax_r.get_xlabel() == "$1/n$"
     res.plot(tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 1000

@@ -196,11 +196,11 @@ def _auto_yscale(ax, values) -> None:
         ax.set_yscale("log")
 
 
-def _title(spec, what: str) -> str:
+def _title(spec, what: str, widths: str | None = None) -> str:
     ref = reference(spec)
     crit = f"at criticality ({ref.universality_class} class)" if ref else "not at criticality"
     return f"{what}: {spec.activation.name} {_arch(spec)}, depth {spec.depth}, " \
-           f"{widths_text(spec.widths)} — {crit}"
+           f"{widths or widths_text(spec.widths)} — {crit}"
 
 
 # -- the prediction plot ---------------------------------------------------------------------
@@ -396,7 +396,9 @@ def check_figure(res):
         ax.set_xlabel(r"$1/n$")
         ax.set_title(rf"residual vs $1/n$ (last layer, $\ell={L}$)")
         ax.legend()
-        fig.suptitle(_title(spec, "derive check") + f"; {res.samples} networks per width",
+        ws = ", ".join(str(n) for n in res.widths)
+        fig.suptitle(_title(spec, "derive check", f"every hidden layer of width n = {ws}")
+                     + f"; {res.samples} networks per width",
                      fontsize=9)
         fig.tight_layout()
     return fig
