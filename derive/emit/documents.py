@@ -84,50 +84,151 @@ def _version() -> str:
         return "(checkout)"
 
 
+def _num(v) -> str:
+    return f"{v:g}"
+
+
+def _per_layer(values) -> str:
+    """``0 (every layer)`` when all equal, else the list, as math."""
+    values = list(values)
+    if len(set(values)) == 1:
+        return rf"${_num(values[0])}$ (every layer)"
+    return "$" + ",\\ ".join(_num(v) for v in values) + "$"
+
+
+def _network_rows(d) -> list[tuple[str, str]]:
+    """The network as (label, value) rows, both in LaTeX text mode with ``$…$`` math (valid in
+    the .tex and in the Markdown's math)."""
+    spec, eq, act = d.spec, d.spec.equation, d.spec.activation
+    L = spec.depth
+    layers = range(1, L + 1)
+    rows = [("activation", rf"{tex_text(act.name)}: $\sigma(z) = {book_latex(act.expr)}$"),
+            ("depth $L$", f"${L}$"),
+            (r"hidden widths $n_1,\dots,n_{L-1}$",
+             ("$" + ",\\ ".join(map(str, spec.widths)) + "$") if spec.widths else "(none)"),
+            (r"$C_b^{(\ell)}$, $\ell = 1,\dots,L$", _per_layer(spec.C_b(l) for l in layers)),
+            (r"$C_W^{(\ell)}$, $\ell = 1,\dots,L$", _per_layer(spec.C_W(l) for l in layers)),
+            (r"$\lambda_b^{(\ell)}$, $\ell = 1,\dots,L$", _per_layer(spec.lambda_b(l) for l in layers)),
+            (r"$\lambda_W^{(\ell)}$, $\ell = 1,\dots,L$", _per_layer(spec.lambda_W(l) for l in layers))]
+    if eq.name != "mlp":
+        for k, sym in enumerate(eq.scalars):
+            vals = [spec.scalar_values(l)[k] for l in range(2, L + 1)]
+            rows.append((rf"${book_latex(sym)}$, $\ell+1 = 2,\dots,L$", _per_layer(vals)))
+    rows.append(("order in $1/n$", f"${d.order}$"))
+    rows.append(("targets", "$" + ",\\ ".join(_symbol(t, r"\ell") for t in d.targets) + "$"))
+    return rows
+
+
+def _symbol(name: str, layer) -> str:
+    r"""The book's symbol of a quantity at ``layer`` (``G^{\{1\}(2)}``, never ``G12``)."""
+    from ..derivation.quantities import quantity
+
+    return quantity(name).latex.replace(r"\ell", str(layer))
+
+
+def _correlator(q) -> tuple[str, str]:
+    """E[fields] of layer ℓ+1 that ``q`` is read from, with its δ-structure, as math."""
+    c = q.correlator
+    fields, i, a = [], 1, 1
+    for f in c.fields:
+        if f == "z":
+            fields.append(rf"z^{{(\ell+1)}}_{{i_{{{i}}};\alpha_{{{a}}}}}")
+            i, a = i + 1, a + 1
+        else:
+            fields.append(rf"\widehat{{H}}^{{(\ell+1)}}_{{i_{{{i}}}i_{{{i + 1}}};"
+                          rf"\alpha_{{{a}}}\alpha_{{{a + 1}}}}}")
+            i, a = i + 2, a + 2
+    e = r"\mathbb{E}\left[" + " ".join(fields) + r"\right]"
+    if c.connected:
+        e += r"\big|_{\mathrm{connected}}"
+    delta = "".join(rf"\delta_{{i_{{{x + 1}}}i_{{{y + 1}}}}}" for x, y in q.structure)
+    return e, delta
+
+
+def _starting_point(d) -> dict:
+    from ..derivation.quantities import quantity
+
+    eq = d.spec.equation
+    lhs = r"z^{(\ell+1)}_{i;\alpha}"
+    first = r"z^{(1)}_{i;\alpha} = \sum_{j=1}^{n_0} W^{(1)}_{ij} x_{j;\alpha} + b^{(1)}_{i}"
+    quantities = []
+    for name in d.recursions:
+        q = quantity(name)
+        corr, delta = _correlator(q)
+        scale = "" if q.order == 0 else (r"n_{\ell}" if q.order == 1 else rf"n_{{\ell}}^{{{q.order}}}")
+        quantities.append({"symbol": _symbol(name, r"\ell+1"), "title": q.title,
+                           "correlator": corr, "delta": delta, "order": q.order,
+                           "scale": scale,
+                           "power": "1/n" if q.order == 1 else rf"1/n^{{{q.order}}}"})
+    return {"equation": f"{lhs} = {book_latex(eq.expr)}", "first": first,
+            "residual": eq.name != "mlp", "description": tex_text(eq.description),
+            "quantities": quantities}
+
+
+def _plan_rows(d) -> list[tuple[str, str]]:
+    """The plan: one (node, the nodes it reads) row per node, in evaluation order."""
+    rows = []
+    for node in d.evaluation_order():
+        preds = sorted(d.plan.predecessors(node), key=lambda n: d.evaluation_order().index(n))
+        reads = ", ".join(f"${_symbol(p[0], p[1])}$" for p in preds) or "the inputs $x$"
+        rows.append((f"${_symbol(node[0], node[1])}$", reads))
+    return rows
+
+
+def _shared_prefix(steps, earlier) -> tuple[str, int]:
+    """(name, count) of the earlier recursion whose steps open ``steps`` the longest."""
+    best = ("", 0)
+    for name, other in earlier:
+        k = 0
+        while k < min(len(steps), len(other)) and _same(steps[k], other[k]):
+            k += 1
+        if k > best[1]:
+            best = (name, k)
+    return best
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in ("rule", "lines", "note", "latex"))
+
+
 def _context(d, text) -> dict:
     step = d.layer_step
     spec = d.spec
     act = spec.activation
     eq = spec.equation
-    rows = [("activation", text(f"{act.name}: sigma(z) = {sp.sstr(act.expr)}")),
-            ("depth L", str(spec.depth)),
-            ("hidden widths n_1 ... n_{L-1}", text(", ".join(map(str, spec.widths)) or "(none)")),
-            ("C_b per layer", text(", ".join(f"{spec.C_b(l):g}" for l in range(1, spec.depth + 1)))),
-            ("C_W per layer", text(", ".join(f"{spec.C_W(l):g}" for l in range(1, spec.depth + 1)))),
-            ("lambda_b, lambda_W (layer 1)", text(f"{spec.lambda_b(1):g}, {spec.lambda_W(1):g}")),
-            ("order in 1/n", str(d.order)), ("targets", text(", ".join(d.targets)))]
-    if eq.name != "mlp":  # the layer equation and its scalars (layers 2 … L)
-        extra = [("layers 2 ... L", text(eq.description))]
-        for k, sym in enumerate(eq.scalars):
-            vals = [spec.scalar_values(l)[k] for l in range(2, spec.depth + 1)]
-            extra.append((f"{sym} per layer (2 ... L)", text(", ".join(f"{v:g}" for v in vals))))
-        rows[5:5] = extra
-    rows = [(text(k), v) for k, v in rows]
     recs = []
+    earlier = []
     for name in d.recursions:
         title = _quantity(name)[0]
         steps = []
-        for s in d.steps_for(name):
+        for k, s in enumerate(d.steps_for(name), 1):
             info = s.info
             after = s.after
             parts = list(after) if isinstance(after, sp.Tuple) else [after]
             lines = [tl for p in parts for tl in latex_terms(p)]
-            steps.append({"title": text(info.title), "rule": text(s.rule),
+            steps.append({"index": k, "title": text(info.title), "rule": text(s.rule),
                           "reference": text(info.reference), "statement": text(info.statement),
                           "latex": info.latex, "note": text(s.note), "lines": lines})
+        shared_with, shared = _shared_prefix(steps, earlier)
+        earlier.append((name, steps))
         contracted = d.contracted.get(name)
         recs.append({"name": name, "title": title, "lhs": _lhs(name, step.alphas),
+                     "symbol": _symbol(name, r"\ell"),
                      "lines": latex_terms(d.recursions[name]),
                      "contracted": latex_terms(contracted) if contracted is not None
                      and contracted != d.recursions[name] else [],
-                     "steps": steps})
+                     "steps": steps[shared:], "shared": shared,
+                     "shared_with": _quantity(shared_with)[0] if shared else "",
+                     "shared_symbol": _symbol(shared_with, r"\ell") if shared else ""})
     kind = "MLP" if eq.name == "mlp" else ("residual network" if eq.name == "residual"
                                            else "network")
     return {"title": text(f"Layer recursions of a {spec.depth}-layer {act.name} {kind}"),
-            "version": text(_version()), "spec_rows": rows, "recursions": recs,
-            "recursion_note": text("(sigma abstract; sample indices general; widths n_l, "
-                                   "n_{l-1} symbolic; C_b, C_W, lambda of layer l+1)"),
-            "signature": text(d.signature())}
+            "version": text(_version()), "spec_rows": _network_rows(d), "recursions": recs,
+            "start": _starting_point(d),
+            "recursion_note": (r"($\sigma$ abstract; sample indices general; widths $n_\ell$, "
+                               r"$n_{\ell-1}$ symbolic; $C_b$, $C_W$, $\lambda$ of layer "
+                               r"$\ell+1$)"),
+            "plan": _plan_rows(d), "signature": text(d.signature())}
 
 
 def recursions_latex(d) -> str:
