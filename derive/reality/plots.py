@@ -245,7 +245,7 @@ def prediction_figure(p):
             axK.set_yscale("log")
             xx = np.geomspace(1, L, 100)
             lab = (r"$1/(2\ell)$" if _close(ref.a1, -2.0) else rf"$1/({-ref.a1:.4g}\,\ell)$")
-            axK.plot(xx, ref.K(xx), "k:", lw=1.5, label=lab + r" ($K^*=0$ class)")
+            axK.plot(xx, ref.K(xx), "k:", lw=1.5, label=lab + r" ($K^*=0$ class, asymptotic)")
         elif ref is not None and ref.K_star is not None:
             axK.axhline(ref.K_star, color="k", ls=":", lw=1.5, label=rf"$K^*={ref.K_star:.4g}$")
         else:
@@ -352,7 +352,7 @@ def check_figure(res):
                 ax.set_yscale("log")
                 xx = np.geomspace(1, L, 100)
                 lab = r"$1/(2\ell)$" if _close(ref.a1, -2.0) else rf"$1/({-ref.a1:.4g}\,\ell)$"
-                ax.plot(xx, ref.K(xx), "k:", lw=1.5, label=lab + r" ($K^*=0$ class)")
+                ax.plot(xx, ref.K(xx), "k:", lw=1.5, label=lab + r" ($K^*=0$ class, asymptotic)")
             if note and res.order < 1:
                 ax.text(0.02, 0.98, note, transform=ax.transAxes, va="top", fontsize=7,
                         color="0.3", wrap=True)
