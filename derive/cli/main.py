@@ -81,6 +81,34 @@ def _write_report(written: dict) -> None:
         print(f"  {path}")
 
 
+def _compile_pdf(args, written: dict) -> None:
+    """``--pdf``: compile the written derivation.tex with pdflatex (once, non-interactive, in its
+    own folder); the PDF joins ``written``.  Without pdflatex on PATH it says so in one line."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if not getattr(args, "pdf", False):
+        return
+    tex = Path(written.get("derivation.tex", Path(args.out) / "derivation.tex"))
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        print("derive: --pdf: pdflatex is not on PATH, so derivation.pdf was not made "
+              f"(compile {tex} with any LaTeX installation)", file=sys.stderr)
+        return
+    log = tex.with_suffix(".log")
+    try:
+        run = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", tex.name],
+                             cwd=tex.parent, stdin=subprocess.DEVNULL, capture_output=True,
+                             timeout=300)
+    except subprocess.TimeoutExpired:
+        raise _fail(f"--pdf: pdflatex took more than 300 s on {tex}; see {log}")
+    pdf = tex.with_suffix(".pdf")
+    if run.returncode != 0 or not pdf.is_file():
+        raise _fail(f"--pdf: pdflatex could not compile {tex} (exit {run.returncode}); see {log}")
+    written["derivation.pdf"] = pdf
+
+
 def _demo(args) -> int:
     from .jobs import run_job
     from .specfile import DEMO, spec_from_mapping
@@ -90,6 +118,7 @@ def _demo(args) -> int:
           f"{spec.widths[0]}, two inputs; conventions: docs/conventions.md", flush=True)
     written = run_job(spec, X, targets, order, args.out, force=args.force,
                       command=_command(args))
+    _compile_pdf(args, written)
     _write_report(written)
     return 0
 
@@ -101,6 +130,7 @@ def _derive_cmd(args) -> int:
     spec, X, targets, order = load_spec(args.spec, targets=args.targets, order=args.order)
     written = run_job(spec, X, targets, order, args.out, force=args.force,
                       command=_command(args))
+    _compile_pdf(args, written)
     _write_report(written)
     return 0
 
@@ -281,6 +311,7 @@ def _parser() -> argparse.ArgumentParser:
                             help="order in 1/n (default: the spec's, else 1 if G1 or V is a "
                                  "target, else 0)")
 
+    pdf_help = "also compile derivation.tex to derivation.pdf (needs pdflatex on PATH)"
     d = add("demo", help="the main job on the built-in default example",
             description="Derive K, V, G1, Theta for a tanh MLP at criticality (depth 10, width 64, "
                         "two inputs) and write derivation.tex, derivation.md, evaluator.py, "
@@ -288,6 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="derive-demo", metavar="DIR",
                    help="output directory (default ./derive-demo)")
     d.add_argument("--force", action="store_true", help=force_help)
+    d.add_argument("--pdf", action="store_true", help=pdf_help)
     d.set_defaults(func=_demo)
 
     r = add("derive", help="the main job on your spec (TOML)",
@@ -302,6 +334,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="derive-out", metavar="DIR",
                    help="output directory (default ./derive-out)")
     r.add_argument("--force", action="store_true", help=force_help)
+    r.add_argument("--pdf", action="store_true", help=pdf_help)
     r.set_defaults(func=_derive_cmd)
 
     q = add("predict", help="the numbers only, for your spec (TOML)",
