@@ -101,6 +101,15 @@ def test_cli_pdf(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--pdf"]) == 0
     assert (out / "derivation.pdf").is_file()
     assert "derivation.pdf" in capsys.readouterr().out
+    # staged with the other files and recorded in the manifest: no stray .aux/.log, and the
+    # same command again (or without --pdf) replaces the set without --force
+    import json
+
+    assert "derivation.pdf" in json.loads((out / "derive-manifest.json").read_text())["files"]
+    assert not list(out.glob("*.aux")) and not list(out.glob("*.log"))
+    assert main(["demo", "--out", str(out), "--pdf"]) == 0
+    assert main(["demo", "--out", str(out)]) == 0
+    assert not (out / "derivation.pdf").exists()
 
 
 def test_cli_pdf_without_pdflatex(tmp_path, capsys, monkeypatch):

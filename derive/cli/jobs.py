@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..base.errors import DeriveError
+
 __all__ = ["run_job", "predictions_json", "predict_reporting_warnings", "spec_json", "JOB_FILES"]
 
 #: the files :func:`run_job` writes (besides the manifest)
@@ -116,17 +118,19 @@ def _plot(p, path: Path) -> bool:
 
 
 def run_job(spec, X, targets=("K", "V", "G1", "Theta"), order: int = 1, out="derive-out",
-            quiet: bool = False, force: bool = False, command=None) -> dict:
+            quiet: bool = False, force: bool = False, command=None, pdf: bool = False) -> dict:
     """Derive, write the documents and the evaluator, predict and plot into ``out`` (staged,
     then moved into place together: see the module docstring); returns {name: path}.
     ``out`` is checked before anything is computed; ``force`` replaces files of ``out`` that a
-    user edited or derive did not write; ``command`` (argv) is recorded in the manifest."""
+    user edited or derive did not write; ``command`` (argv) is recorded in the manifest;
+    ``pdf`` also compiles derivation.pdf (staged and recorded like every other file)."""
     from ..derivation.derivation import derive
     from .outputs import OutputDir
 
     start = time.perf_counter()
     X = np.asarray(X, dtype=float)
-    outdir = OutputDir(out, force=force, command=command, planned=JOB_FILES,
+    outdir = OutputDir(out, force=force, command=command,
+                       planned=JOB_FILES + (("derivation.pdf",) if pdf else ()),
                        spec=spec_json(spec, X, targets, order))
     with outdir:
         _say(f"deriving {', '.join(targets)} to order {order} in 1/n (docs/conventions.md §6) …", start, quiet)
@@ -134,6 +138,10 @@ def run_job(spec, X, targets=("K", "V", "G1", "Theta"), order: int = 1, out="der
         _say("writing derivation.tex, derivation.md …", start, quiet)
         for fmt in ("tex", "md"):
             outdir.write_text(f"derivation.{fmt}", d.document(fmt))
+        if pdf:
+            data = compile_pdf(d.document("tex"))
+            if data is not None:
+                outdir.write_bytes("derivation.pdf", data)
         _say("generating evaluator.py …", start, quiet)
         outdir.write_text("evaluator.py", d.numpy_module())
         _say(f"evaluating the recursions for {X.shape[0]} input(s) through {spec.depth} layers …",
@@ -145,3 +153,34 @@ def run_job(spec, X, targets=("K", "V", "G1", "Theta"), order: int = 1, out="der
         written = outdir.commit()
     _say("done", start, quiet)
     return written
+
+
+def compile_pdf(tex: str) -> bytes | None:
+    """The PDF of the LaTeX document ``tex``, compiled by pdflatex in a scratch folder (its
+    .aux and .log stay there); None, with one line on stderr, when pdflatex is not on PATH; a
+    DeriveError (with the end of the log) when it does not compile."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        print("derive: --pdf: pdflatex is not on PATH, so derivation.pdf was not made "
+              "(compile derivation.tex with any LaTeX installation)", file=sys.stderr)
+        return None
+    with tempfile.TemporaryDirectory(prefix="derive-pdf-") as tmp:
+        src = Path(tmp) / "derivation.tex"
+        src.write_text(tex, encoding="utf-8")
+        try:
+            run = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", src.name],
+                                 cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True,
+                                 timeout=300)
+        except subprocess.TimeoutExpired:
+            raise DeriveError("--pdf: pdflatex took more than 300 s on derivation.tex") from None
+        out = src.with_suffix(".pdf")
+        if run.returncode != 0 or not out.is_file():
+            log = src.with_suffix(".log")
+            tail = log.read_text(errors="replace")[-600:] if log.is_file() else ""
+            raise DeriveError(f"--pdf: pdflatex could not compile derivation.tex (exit "
+                              f"{run.returncode}); the end of its log:\n{tail}")
+        return out.read_bytes()

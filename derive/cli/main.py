@@ -81,34 +81,6 @@ def _write_report(written: dict) -> None:
         print(f"  {path}")
 
 
-def _compile_pdf(args, written: dict) -> None:
-    """``--pdf``: compile the written derivation.tex with pdflatex (once, non-interactive, in its
-    own folder); the PDF joins ``written``.  Without pdflatex on PATH it says so in one line."""
-    import shutil
-    import subprocess
-    from pathlib import Path
-
-    if not getattr(args, "pdf", False):
-        return
-    tex = Path(written.get("derivation.tex", Path(args.out) / "derivation.tex"))
-    exe = shutil.which("pdflatex")
-    if exe is None:
-        print("derive: --pdf: pdflatex is not on PATH, so derivation.pdf was not made "
-              f"(compile {tex} with any LaTeX installation)", file=sys.stderr)
-        return
-    log = tex.with_suffix(".log")
-    try:
-        run = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", tex.name],
-                             cwd=tex.parent, stdin=subprocess.DEVNULL, capture_output=True,
-                             timeout=300)
-    except subprocess.TimeoutExpired:
-        raise _fail(f"--pdf: pdflatex took more than 300 s on {tex}; see {log}")
-    pdf = tex.with_suffix(".pdf")
-    if run.returncode != 0 or not pdf.is_file():
-        raise _fail(f"--pdf: pdflatex could not compile {tex} (exit {run.returncode}); see {log}")
-    written["derivation.pdf"] = pdf
-
-
 def _demo(args) -> int:
     from .jobs import run_job
     from .specfile import DEMO, spec_from_mapping
@@ -117,8 +89,7 @@ def _demo(args) -> int:
     print(f"derive demo: a {spec.depth}-layer tanh MLP at criticality (C_b = 0, C_W = 1), width "
           f"{spec.widths[0]}, two inputs; conventions: docs/conventions.md", flush=True)
     written = run_job(spec, X, targets, order, args.out, force=args.force,
-                      command=_command(args))
-    _compile_pdf(args, written)
+                      command=_command(args), pdf=args.pdf)
     _write_report(written)
     return 0
 
@@ -129,8 +100,7 @@ def _derive_cmd(args) -> int:
 
     spec, X, targets, order = load_spec(args.spec, targets=args.targets, order=args.order)
     written = run_job(spec, X, targets, order, args.out, force=args.force,
-                      command=_command(args))
-    _compile_pdf(args, written)
+                      command=_command(args), pdf=args.pdf)
     _write_report(written)
     return 0
 
