@@ -222,3 +222,21 @@ def test_sympy_latex_of_recursions_prints_zeta_as_a_greek_letter(d_mlp, tmp_path
     assert "zeta" not in tex.replace(r"\zeta", "") and r"\zeta_{\alpha_{1}}" in tex
     assert r"\left\langle" in tex
     compile_latex(rf"\[ {tex} \]", tmp_path)
+
+
+def test_formula_prints_readably(tmp_path):
+    """``Derivation.formula(name)``: the book's LaTeX of one recursion with its left-hand side
+    for Jupyter, and a text form shorter than SymPy's ``str`` with no ``Derivative(``."""
+    d = derive.derive(derive.MLP(3, 16, "tanh", 0.0, 1.0), order=1)
+    f = d.formula("V")
+    tex = f._repr_latex_()
+    assert tex.startswith("$$") and tex.rstrip().endswith("$$")
+    assert r"V^{(\ell+1)}" in tex and "zeta" not in tex
+    text = str(f)
+    assert "Derivative(" not in text and "zeta" not in text
+    assert len(text) < len(str(d.recursions["V"]))
+    assert repr(f) == text and text.startswith("V^(ℓ+1)")
+    assert str(d.formula("K")).startswith("K^(ℓ+1)_α₁α₂ = ")
+    with pytest.raises(derive.DeriveError):
+        d.formula("nope")
+    compile_latex(tex, tmp_path)

@@ -31,7 +31,8 @@ TOP_LEVEL = ("__init__.py", "__main__.py")
 #: function-level (lazy) imports; a module-level upward import is never allowed.
 ALLOWED_UPWARD = {
     ("derive.derivation.derivation", "derive.emit.documents"):
-        "Derivation.latex() and Derivation.document() are user conveniences that render the "
+        "Derivation.latex(), Derivation.formula() and Derivation.document() are user "
+        "conveniences (formula(): user convenience, like latex()) that render the "
         "derivation through the emit stage; imported inside the methods, only when called",
     ("derive.derivation.derivation", "derive.emit.numpy_module"):
         "Derivation.numpy_module() is a user convenience that generates the numpy evaluator "

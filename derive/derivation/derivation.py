@@ -57,6 +57,13 @@ class Derivation:
 
         return recursions_latex(self)
 
+    def formula(self, name: str):
+        """The recursion ``name`` for display: a :class:`derive.emit.documents.Formula`, shown
+        by Jupyter in the book's notation (``_repr_latex_``) and printed as compact text."""
+        from ..emit.documents import formula
+
+        return formula(self, name)
+
     def document(self, format: str = "tex") -> str:
         """The step-by-step derivation: a complete LaTeX document (``"tex"``) or Markdown."""
         from ..emit.documents import derivation_document

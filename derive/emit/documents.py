@@ -13,6 +13,7 @@ byte-identical text on every run and every ``PYTHONHASHSEED``.
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,9 +22,10 @@ import sympy as sp
 
 from ..algebra.symbols import tensor
 from ..base.errors import DeriveError
-from .printing import book_latex, latex_terms, notation, tex_text
+from .printing import _group, book_latex, latex_terms, notation, tex_text
 
-__all__ = ["templates_dir", "render", "recursions_latex", "derivation_document", "docstring_text"]
+__all__ = ["templates_dir", "render", "recursions_latex", "derivation_document", "docstring_text",
+           "Formula", "formula"]
 
 
 def templates_dir() -> Path:
@@ -234,6 +236,75 @@ def _context(d, text) -> dict:
 def recursions_latex(d) -> str:
     """The recursions of a :class:`~derive.Derivation` in one ``align`` environment."""
     return render("recursions.tex.j2", **_context(d, tex_text))
+
+
+#: LaTeX → text replacements of :meth:`Formula.__str__` (applied in order)
+_TEXT_FORM = [(r"\left", ""), (r"\right", ""), (r"\langle", "⟨"), (r"\rangle", "⟩"),
+              (r"\sigma", "σ"), (r"\alpha", "α"), (r"\beta", "β"), (r"\gamma", "γ"),
+              (r"\lambda", "λ"), (r"\delta", "δ"), (r"\Theta", "Θ"), (r"\ell", "ℓ"),
+              (r"\xi", "ξ"), (r"\mu", "μ"), (r"\nu", "ν"), (r"\prime", "'"),
+              (r"\cdot", "·"), (r"\,", " "), (r"\!", ""), (r"\;", " "),
+              (r"\quad", " "), (r"\qquad", " ")]
+
+
+_PLAIN = re.compile(r"[^\s+\-()/^_]*$")  # a brace group shown without parentheses
+_SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+class Formula:
+    """One derived recursion, for display: ``_repr_latex_`` is the book printer's LaTeX with
+    its left-hand side (``K^{(\ell+1)}_{\alpha_1\alpha_2} = …``, one ``aligned``
+    environment, the long terms broken over lines); ``str``/``repr`` a compact one-line text
+    form of the same (σ', ⟨…⟩, α₁ …) — not SymPy's ``Derivative(sigma(zeta[alpha1]), …)``.
+    ``expr`` is the SymPy expression itself."""
+
+    def __init__(self, name: str, lhs: str, expr):
+        self.name = name
+        self.lhs = lhs
+        self.expr = expr
+
+    def latex(self) -> str:
+        """The ``aligned`` environment (no math delimiters)."""
+        rows = []
+        for k, (sign, term) in enumerate(latex_terms(self.expr)):
+            if k == 0:
+                rows.append(("- " if sign == "-" else "") + term)
+            else:
+                rows.append(f"\\\\\n&\\quad {sign} {term}")
+        return "\\begin{aligned}\n" + f"{self.lhs} &= " + "".join(rows) + "\n\\end{aligned}"
+
+    def _repr_latex_(self) -> str:
+        return f"$$\n{self.latex()}\n$$"
+
+    def text(self) -> str:
+        """The one-line text form (see the class docstring)."""
+        s = f"{self.lhs} = {book_latex(self.expr)}"
+        for a, b in _TEXT_FORM:
+            s = s.replace(a, b)
+        s = re.sub(r"\\(?:mathrm|operatorname|mathcal|mathbf|text)\{([^{}]*)\}", r"\1", s)
+        s = re.sub(r"_\{(\d+)\}", lambda m: m.group(1).translate(_SUBSCRIPT), s)
+        while (i := s.find("\\frac{")) >= 0:
+            num, j = _group(s, i + 5)
+            den, k = _group(s, j)
+            s = s[:i] + f"({num})/({den})" + s[k:]
+        brace = re.compile(r"\{([^{}]*)\}")
+        while brace.search(s):
+            s = brace.sub(lambda m: m.group(1) if _PLAIN.match(m.group(1)) or m.group(1)[0] == "("
+                          else f"({m.group(1)})", s)
+        return re.sub(r"\s+", " ", s).strip()
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def __repr__(self) -> str:
+        return self.text()
+
+
+def formula(d, name: str) -> Formula:
+    """The recursion ``name`` of the derivation ``d`` as a :class:`Formula`."""
+    if name not in d.recursions:
+        raise DeriveError(f"no recursion {name!r}; this derivation has {', '.join(d.recursions)}")
+    return Formula(name, _lhs(name, d.layer_step.alphas), d.recursions[name])
 
 
 def derivation_document(d, format: str = "tex") -> str:
