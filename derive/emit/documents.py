@@ -252,7 +252,7 @@ _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
 
 class Formula:
-    """One derived recursion, for display: ``_repr_latex_`` is the book printer's LaTeX with
+    r"""One derived recursion, for display: ``_repr_latex_`` is the book printer's LaTeX with
     its left-hand side (``K^{(\ell+1)}_{\alpha_1\alpha_2} = …``, one ``aligned``
     environment, the long terms broken over lines); ``str``/``repr`` a compact one-line text
     form of the same (σ', ⟨…⟩, α₁ …) — not SymPy's ``Derivative(sigma(zeta[alpha1]), …)``.
