@@ -32,12 +32,21 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["reference", "Reference", "prediction_figure", "check_figure", "save", "sample_label",
-           "component_label", "widths_text", "STYLE"]
+           "component_label", "widths_text", "STYLE", "style"]
 
 #: the shared matplotlib style (rcParams)
 STYLE = {"figure.dpi": 110, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
          "legend.fontsize": 7, "legend.frameon": False, "axes.grid": True, "grid.alpha": 0.3,
          "lines.markersize": 4, "axes.spines.top": False, "axes.spines.right": False}
+
+def style() -> None:
+    """Apply the shared style (:data:`STYLE`) to matplotlib's rcParams — for notebooks and
+    scripts that draw their own figures: call once after importing matplotlib.  (The figures
+    of this module apply it themselves, inside ``plt.rc_context``.)"""
+    import matplotlib
+
+    matplotlib.rcParams.update(STYLE)
+
 
 #: ν of the K*=0 class: V/(n K²) ≈ ν ℓ/n at large depth (PDLT ch. 5)
 NU_K0 = 2.0 / 3.0
