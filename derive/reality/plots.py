@@ -39,6 +39,7 @@ STYLE = {"figure.dpi": 110, "font.size": 9, "axes.titlesize": 10, "axes.labelsiz
          "legend.fontsize": 7, "legend.frameon": False, "axes.grid": True, "grid.alpha": 0.3,
          "lines.markersize": 4, "axes.spines.top": False, "axes.spines.right": False}
 
+
 def style() -> None:
     """Apply the shared style (:data:`STYLE`) to matplotlib's rcParams — for notebooks and
     scripts that draw their own figures: call once after importing matplotlib.  (The figures
