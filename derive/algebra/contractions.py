@@ -810,7 +810,7 @@ def expectation_parts(expr, over=None, trace: Trace | None = None, order=None):
 @boundary
 def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None,
          order: int | None = None) -> sp.Expr:
-    r"""E[expr] for a polynomial in zero-mean (nearly-)Gaussian variables.
+    """E[expr] for a polynomial in zero-mean (nearly-)Gaussian variables.
 
     Gaussian families are paired by Isserlis–Wick; nearly-Gaussian families
     (:func:`derive.nearly_gaussian_field`) are expanded in cumulants to ``order`` (0 or 1)
@@ -819,6 +819,31 @@ def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None,
     Neuron sums are contracted and counted, dummy indices renamed canonically and like terms
     merged.  For the result split by order use :func:`derive.nearly_gaussian_expectation`.
 
+    Parameters
+    ----------
+    expr : sympy.Expr
+        A polynomial in variables of families (``z[i, alpha]``, ``W[i, j]`` …), possibly inside
+        :class:`NeuronSum` terms.
+    over : iterable of Family, optional
+        The families integrated over (default: all of them).
+    trace : Trace, optional
+        Where to record the rules that fired.
+    order : int, optional
+        The order in 1/n for nearly-Gaussian families (0 or 1; default 1).
+
+    Returns
+    -------
+    sympy.Expr
+        The expectation.
+
+    Raises
+    ------
+    DeriveError
+        For a string instead of a SymPy expression (parse it with :func:`derive.parse`), an
+        order other than 0 or 1, or inconsistent neuron / sample indices.
+
+    Examples
+    --------
     >>> from derive import gaussian_field, neuron_indices, sample_indices
     >>> z = gaussian_field('z', 'K')
     >>> i1, i2, i3, i4 = neuron_indices('i1:5'); a1, a2, a3, a4 = sample_indices('alpha1:5')
@@ -837,6 +862,25 @@ def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None,
 def simplify_sums(expr, trace: Trace | None = None) -> sp.Expr:
     """Contract δ's against neuron sums, count sums, rename dummies canonically (no expectation).
 
+    Parameters
+    ----------
+    expr : sympy.Expr
+        An expression that may hold :class:`NeuronSum` and ``KroneckerDelta`` factors.
+    trace : Trace, optional
+        Where to record the rules that fired.
+
+    Returns
+    -------
+    sympy.Expr
+        The simplified expression.
+
+    Raises
+    ------
+    DeriveError
+        For a string instead of a SymPy expression, or inconsistent index structure.
+
+    Examples
+    --------
     >>> from derive import NeuronSum, neuron_indices
     >>> import sympy as sp
     >>> i, j = neuron_indices('i j'); n = sp.Symbol('n')
@@ -850,11 +894,30 @@ def simplify_sums(expr, trace: Trace | None = None) -> sp.Expr:
 
 @boundary
 def split_sum(expr, trace: Trace | None = None) -> sp.Expr:
-    r"""Split sums over several neuron indices of one range into coinciding / distinct parts.
+    """Split sums over several neuron indices of one range into coinciding / distinct parts.
 
     Σ_{j,k} f(j,k) = Σ_j f(j,j) + Σ_{j≠k} f(j,k) (docs/conventions.md §6 step 3); with three indices, the
     five set partitions.  Pairs already required to differ are never merged.
 
+    Parameters
+    ----------
+    expr : sympy.Expr
+        An expression that may hold :class:`NeuronSum` terms.
+    trace : Trace, optional
+        Where to record the rules that fired.
+
+    Returns
+    -------
+    sympy.Expr
+        The same value with every multiple sum split into coinciding and distinct parts.
+
+    Raises
+    ------
+    DeriveError
+        For a string instead of a SymPy expression, or inconsistent index structure.
+
+    Examples
+    --------
     >>> from derive import NeuronSum, neuron_indices
     >>> import sympy as sp
     >>> j, k = neuron_indices('j k'); n = sp.Symbol('n'); f = sp.Function('f')
@@ -914,10 +977,35 @@ def split_sum(expr, trace: Trace | None = None) -> sp.Expr:
 
 
 class E(sp.Expr):
-    r"""Inert expectation E[expr]; ``E(expr).doit()`` evaluates it with :func:`wick`.
+    """Inert expectation E[expr]; ``E(expr).doit()`` evaluates it with :func:`wick`.
 
     ``E(expr, over=[W, b])`` integrates only the listed families (the others are held fixed).
     ``doit(trace=t)`` records the steps in the :class:`~derive.algebra.trace.Trace` ``t``.
+
+    Parameters
+    ----------
+    expr : sympy.Expr
+        The integrand, a polynomial in variables of (nearly-)Gaussian families.
+    over : sequence of Family, optional
+        The families integrated over (default: every family in ``expr``).
+
+    Returns
+    -------
+    E
+        The inert expectation; ``.doit()`` gives the value as :func:`wick` does.
+
+    Raises
+    ------
+    DeriveError
+        For a string instead of a SymPy expression or an ``over`` that is not a list of
+        families; ``.doit()`` raises what :func:`wick` raises.
+
+    Examples
+    --------
+    >>> from derive import bias, neuron_indices
+    >>> b = bias(); (i,) = neuron_indices('i')
+    >>> E(b[i] ** 2).doit()
+    C_b
     """
 
     is_commutative = True

@@ -43,8 +43,30 @@ def _items(items) -> list[sp.Expr]:
 
 @boundary
 def cumulant(items: Sequence, moment: Callable | None = None, trace: Trace | None = None) -> sp.Expr:
-    r"""The connected correlator E[x_1 … x_m]|_conn by Möbius inversion over set partitions.
+    """The connected correlator E[x_1 … x_m]|_conn by Möbius inversion over set partitions.
 
+    Parameters
+    ----------
+    items : sequence
+        The variables x_1 … x_m (SymPy expressions; repeats allowed).
+    moment : callable, optional
+        ``moment(block_items)`` gives the moment of a list of items (default: an inert
+        ``E[…]``).
+    trace : Trace, optional
+        Where to record the rule that fired.
+
+    Returns
+    -------
+    sympy.Expr
+        The sum over set partitions of (−1)^{k−1} (k−1)! times products of moments.
+
+    Raises
+    ------
+    DeriveError
+        When ``items`` is empty.
+
+    Examples
+    --------
     >>> import sympy as sp
     >>> x, y = sp.symbols('x y')
     >>> cumulant([x, y])
@@ -71,11 +93,32 @@ def cumulant(items: Sequence, moment: Callable | None = None, trace: Trace | Non
 @boundary
 def moment_from_cumulants(items: Sequence, connected: Callable | None = None,
                           trace: Trace | None = None) -> sp.Expr:
-    r"""E[x_1 … x_m] as the sum over set partitions of products of connected correlators.
+    """E[x_1 … x_m] as the sum over set partitions of products of connected correlators.
 
     ``connected(block_items)`` returns the connected correlator of a list of items (default:
     :func:`cumulant` with inert moments).
 
+    Parameters
+    ----------
+    items : sequence
+        The variables x_1 … x_m (SymPy expressions; repeats allowed).
+    connected : callable, optional
+        The connected correlator of a list of items (default: :func:`cumulant`).
+    trace : Trace, optional
+        Where to record the rule that fired.
+
+    Returns
+    -------
+    sympy.Expr
+        The moment as a sum of products of connected correlators.
+
+    Raises
+    ------
+    DeriveError
+        When ``items`` is empty.
+
+    Examples
+    --------
     >>> import sympy as sp
     >>> x, y = sp.symbols('x y')
     >>> sp.expand(moment_from_cumulants([x, y]))

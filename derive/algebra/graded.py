@@ -21,7 +21,11 @@ class Graded:
     """``Σ_k coeffs[k] / n^k`` with ``k ≥ 0`` (orders with a zero coefficient are dropped).
 
     ``order`` is the highest order that was *computed*: coefficients above it are unknown,
-    not zero, and printing shows ``+ O(1/n^{order+1})``.
+    not zero, and printing shows ``+ O(1/n^{order+1})``.  Attributes: ``n`` (the expansion
+    parameter, a SymPy expression) and ``order`` (an int); ``g[k]`` is the coefficient of
+    1/n^k (zero where none was stored).  The constructor raises :class:`DeriveError`
+    (``OrderError``) for an order that is not a whole number ≥ 0 or a coefficient above
+    ``order``.
     """
 
     __slots__ = ("_coeffs", "n", "order")

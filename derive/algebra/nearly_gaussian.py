@@ -49,8 +49,32 @@ __all__ = ["nearly_gaussian_expectation", "perturbative_expectation", "evaluate_
 
 @boundary
 def nearly_gaussian_expectation(expr, order: int = 1, over=None, trace: Trace | None = None) -> Graded:
-    r"""E[expr] to ``order`` in 1/n for a polynomial in nearly-Gaussian variables.
+    """E[expr] to ``order`` in 1/n for a polynomial in nearly-Gaussian variables.
 
+    Parameters
+    ----------
+    expr : sympy.Expr
+        A polynomial in variables of (nearly-)Gaussian families.
+    order : int, optional
+        The highest order in 1/n (0 or 1; default 1).
+    over : iterable of Family, optional
+        The families integrated over (default: all of them).
+    trace : Trace, optional
+        Where to record the rules that fired.
+
+    Returns
+    -------
+    Graded
+        ``r[k]`` is the coefficient of 1/n^k.
+
+    Raises
+    ------
+    DeriveError
+        For an order other than 0 or 1, a string instead of a SymPy expression, or
+        inconsistent indices.
+
+    Examples
+    --------
     >>> from derive import nearly_gaussian_field, neuron_indices, sample_indices
     >>> z = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n')
     >>> (i,), (a,) = neuron_indices('i'), sample_indices('alpha')
@@ -167,11 +191,30 @@ def _collapse_one(node: DerivativeContraction) -> sp.Expr:
 
 @boundary
 def collapse_contractions(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
-    r"""Carry out the sample sums of every :class:`DerivativeContraction` in ``expr``:
+    """Carry out the sample sums of every :class:`DerivativeContraction` in ``expr``:
     Σ_β T_β ⟨∂_β f⟩ with f a function of ζ_{α1} … becomes Σ_k T_{αk} ⟨∂_k f⟩ by the product
     rule (rule ``derivative.collapse``).  The result holds ordinary averages of derivatives
     of σ, exact for smooth σ (for a kinked σ the numeric evaluator uses the uncollapsed form).
 
+    Parameters
+    ----------
+    expr : sympy.Expr
+        An expression holding :class:`DerivativeContraction` terms.
+    trace : Trace, optional
+        Where to record the rule that fired.
+
+    Returns
+    -------
+    sympy.Expr
+        ``expr`` with every contraction replaced by averages of derivatives.
+
+    Raises
+    ------
+    DeriveError
+        For a string instead of a SymPy expression.
+
+    Examples
+    --------
     >>> import sympy as sp
     >>> from derive import nearly_gaussian_field, sample_indices
     >>> z = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n', neuron=False)
@@ -191,13 +234,42 @@ def collapse_contractions(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
 @boundary
 def perturbative_expectation(f, field: Family | None = None, order: int = 1, other=None,
                              trace: Trace | None = None, collapse: bool = True) -> Graded:
-    r"""E[f] to ``order`` in 1/n for a general function of one neuron's nearly-Gaussian vector.
+    """E[f] to ``order`` in 1/n for a general function of one neuron's nearly-Gaussian vector.
 
     ``f`` is a SymPy expression in components ``z[alpha]`` of a family made with
     ``nearly_gaussian_field(..., neuron=False)``; activations may be undefined functions
     (``sympy.Function('sigma')``) or concrete ones.  With ``other=g`` the result is
     E[f(z_j) g(z_k)] for two *different* neurons j ≠ k (docs/conventions.md §6 step 4).
 
+    Parameters
+    ----------
+    f : sympy.Expr
+        A function of components ``z[alpha]`` of one sample-only nearly-Gaussian family.
+    field : Family, optional
+        That family (default: found in ``f``).
+    order : int, optional
+        The highest order in 1/n (0 or 1; default 1).
+    other : sympy.Expr, optional
+        A function g of a second, different neuron: the result is then E[f(z_j) g(z_k)].
+    trace : Trace, optional
+        Where to record the rules that fired.
+    collapse : bool, optional
+        Carry out the sample sums with :func:`collapse_contractions` (default True); False keeps
+        the :class:`DerivativeContraction` form.
+
+    Returns
+    -------
+    Graded
+        ``r[k]`` is the coefficient of 1/n^k, written with Gaussian averages ⟨…⟩_K.
+
+    Raises
+    ------
+    DeriveError
+        For an order other than 0 or 1, or an ``f`` that is not a function of one
+        sample-only nearly-Gaussian family.
+
+    Examples
+    --------
     >>> import sympy as sp
     >>> from derive import nearly_gaussian_field, sample_indices
     >>> z = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n', neuron=False)
@@ -241,6 +313,28 @@ def evaluate_averages(expr: sp.Expr) -> sp.Expr:
 
     Averages of non-polynomial functions are left as they are (they are evaluated
     numerically by :func:`derive.gaussian_expectation`).
+
+    Parameters
+    ----------
+    expr : sympy.Expr
+        An expression holding :class:`GaussianAverage` terms.
+
+    Returns
+    -------
+    sympy.Expr
+        ``expr`` with every average of a polynomial replaced by its value.
+
+    Raises
+    ------
+    DeriveError
+        For a string instead of a SymPy expression.
+
+    Examples
+    --------
+    >>> from derive import gaussian_field, sample_indices, GaussianAverage
+    >>> z = gaussian_field('z', 'K', neuron=False); (a,) = sample_indices('alpha')
+    >>> evaluate_averages(GaussianAverage(z[a] ** 2, 'K'))
+    K[alpha, alpha]
     """
     def ev(node: GaussianAverage):
         h = node.function
@@ -267,6 +361,25 @@ def integrate_by_parts(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
     for a derivative of the rest; the sum over γ runs over the components ``g`` depends on.
     Averages without a polynomial factor are left alone.
 
+    Parameters
+    ----------
+    expr : sympy.Expr
+        An expression holding :class:`GaussianAverage` terms.
+    trace : Trace, optional
+        Where to record the rule that fired.
+
+    Returns
+    -------
+    sympy.Expr
+        ``expr`` with one polynomial factor of each average integrated by parts.
+
+    Raises
+    ------
+    DeriveError
+        For a string instead of a SymPy expression.
+
+    Examples
+    --------
     >>> import sympy as sp
     >>> from derive import gaussian_field, sample_indices, GaussianAverage
     >>> z = gaussian_field('z', 'K', neuron=False); a, b = sample_indices('alpha beta')

@@ -77,14 +77,57 @@ class SampleIndex(sp.Symbol):
 
 @boundary
 def neuron_indices(names: str) -> tuple[NeuronIndex, ...]:
-    """``neuron_indices('i j k')`` → three :class:`NeuronIndex` symbols."""
+    """``neuron_indices('i j k')`` → three :class:`NeuronIndex` symbols.
+
+    Parameters
+    ----------
+    names : str
+        Names separated by spaces or commas, or a SymPy range such as ``'i1:5'``.
+
+    Returns
+    -------
+    tuple of NeuronIndex
+        One neuron index per name, in order.
+
+    Raises
+    ------
+    DeriveError
+        When ``names`` holds no name (an empty string) or cannot be read as symbol names.
+
+    Examples
+    --------
+    >>> i, j = neuron_indices('i j')
+    >>> i, type(j).__name__
+    (i, 'NeuronIndex')
+    """
     out = sp.symbols(names, cls=NeuronIndex, seq=True)
     return tuple(out)
 
 
 @boundary
 def sample_indices(names: str) -> tuple[SampleIndex, ...]:
-    r"""``sample_indices('alpha beta')`` → :class:`SampleIndex` symbols (printed α, β)."""
+    """``sample_indices('alpha beta')`` → :class:`SampleIndex` symbols (printed α, β).
+
+    Parameters
+    ----------
+    names : str
+        Names separated by spaces or commas, or a SymPy range such as ``'alpha1:5'``.
+
+    Returns
+    -------
+    tuple of SampleIndex
+        One sample index per name, in order.
+
+    Raises
+    ------
+    DeriveError
+        When ``names`` holds no name (an empty string) or cannot be read as symbol names.
+
+    Examples
+    --------
+    >>> sample_indices('alpha1:3')
+    (alpha1, alpha2)
+    """
     return tuple(sp.symbols(names, cls=SampleIndex, seq=True))
 
 
@@ -208,7 +251,37 @@ class SampleTensor:
 
 @boundary
 def tensor(label: str, rank: int = 2, symmetry: str = "sym") -> SampleTensor:
-    """Declare a sample tensor; see :class:`SampleTensor`."""
+    """Declare a sample tensor; see :class:`SampleTensor`.
+
+    Parameters
+    ----------
+    label : str
+        The tensor's name (``"K"``, ``"G1"``, ``"V"`` …).
+    rank : int, optional
+        The number of sample indices (default 2).
+    symmetry : {"sym", "pairs", "none"}, optional
+        Fully symmetric (default), symmetric within and between two index pairs (rank 4 only),
+        or no symmetry.
+
+    Returns
+    -------
+    SampleTensor
+        Indexing it, ``T[a, b]``, gives a SymPy ``Indexed`` with its indices in canonical order.
+
+    Raises
+    ------
+    DeriveError
+        For an unknown ``symmetry``, or ``"pairs"`` with a rank other than 4.
+
+    Examples
+    --------
+    >>> a, b = sample_indices('alpha beta')
+    >>> K = tensor('K')
+    >>> K
+    tensor('K', rank=2, symmetry='sym')
+    >>> K[b, a]
+    K[alpha, beta]
+    """
     return SampleTensor(label, rank, symmetry)
 
 
@@ -414,10 +487,31 @@ class RandomVar(sp.Expr):
 
 @boundary
 def gaussian_field(name: str = "z", K: str = "K", neuron: bool = True) -> Family:
-    r"""A Gaussian field with E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} K_{α1α2} (docs/conventions.md §3).
+    """A Gaussian field with E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} K_{α1α2} (docs/conventions.md §3).
 
     With ``neuron=False`` the field has only a sample index (one neuron's vector z_α).
 
+    Parameters
+    ----------
+    name : str, optional
+        The field's name (default ``"z"``); components are ``z[i, alpha]``.
+    K : str, optional
+        The label of its covariance, a symmetric sample tensor (default ``"K"``).
+    neuron : bool, optional
+        Whether the field has a neuron index (default True).
+
+    Returns
+    -------
+    Family
+        The (exactly Gaussian) family; ``z[i, alpha]`` is one of its variables.
+
+    Raises
+    ------
+    DeriveError
+        For a name or label that is not a valid identifier.
+
+    Examples
+    --------
     >>> z = gaussian_field('z', 'K')
     >>> i, j = neuron_indices('i j'); a, b = sample_indices('alpha beta')
     >>> z.covariance((i, a), (j, b))
@@ -436,6 +530,38 @@ def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str 
     (1/n)[δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + 2 permutations], higher cumulants O(1/n²).
     Pass ``G1=""`` or ``V=""`` to leave out either correction.  A width name ``n`` becomes
     ``Symbol(n, positive=True)`` (or pass the symbol itself).
+
+    Parameters
+    ----------
+    name : str, optional
+        The field's name (default ``"z"``).
+    K : str, optional
+        The label of the leading-order metric (default ``"K"``).
+    G1 : str, optional
+        The label of the 1/n metric correction (default ``"G1"``; ``""`` leaves it out).
+    V : str, optional
+        The label of the four-point vertex (default ``"V"``; ``""`` leaves it out).
+    n : str or sympy.Symbol, optional
+        The width the corrections are divided by (default ``"n"``).
+    neuron : bool, optional
+        Whether the field has a neuron index (default True).
+
+    Returns
+    -------
+    Family
+        The nearly-Gaussian family.
+
+    Raises
+    ------
+    DeriveError
+        For a name, label or width that is not a valid identifier or symbol.
+
+    Examples
+    --------
+    >>> z = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n')
+    >>> i = neuron_indices('i')[0]; a = sample_indices('alpha')[0]
+    >>> z.covariance((i, a), (i, a))
+    K[alpha, alpha] + G1[alpha, alpha]/n
     """
     slots = (NEURON, SAMPLE) if neuron else (SAMPLE,)
     return Family(name, slots, sp.S.One, K, G1, V, _sympify_label(n, "width"))
@@ -443,17 +569,69 @@ def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str 
 
 @boundary
 def bias(name: str = "b", C="C_b") -> Family:
-    r"""Biases with E[b_{i1} b_{i2}] = δ_{i1i2} C_b (docs/conventions.md §2)."""
+    """Biases with E[b_{i1} b_{i2}] = δ_{i1i2} C_b (docs/conventions.md §2).
+
+    Parameters
+    ----------
+    name : str, optional
+        The family's name (default ``"b"``); components are ``b[i]``.
+    C : str or sympy.Expr, optional
+        The bias variance C_b (default the symbol ``C_b``).
+
+    Returns
+    -------
+    Family
+        A Gaussian family with one neuron index.
+
+    Raises
+    ------
+    DeriveError
+        For a name that is not a valid identifier or a variance that is not a SymPy expression.
+
+    Examples
+    --------
+    >>> from derive import wick
+    >>> b = bias(); i, j = neuron_indices('i j')
+    >>> wick(b[i] * b[j])
+    C_b*KroneckerDelta(i, j)
+    """
     return Family(name, (NEURON,), _sympify_label(C, "variance"))
 
 
 @boundary
 def weight(name: str = "W", C="C_W", fan_in="n") -> Family:
-    r"""Weights with E[W_{i1j1} W_{i2j2}] = δ_{i1i2} δ_{j1j2} C_W / n (docs/conventions.md §2).
+    """Weights with E[W_{i1j1} W_{i2j2}] = δ_{i1i2} δ_{j1j2} C_W / n (docs/conventions.md §2).
 
     ``fan_in`` is the width of the layer the weights read from (n_{ℓ-1} for layer ℓ).  A name
     becomes ``Symbol(name, positive=True)``: use the same positive symbol as the range of the
     neuron sums it meets (or pass the symbol itself).
+
+    Parameters
+    ----------
+    name : str, optional
+        The family's name (default ``"W"``); components are ``W[i, j]``.
+    C : str or sympy.Expr, optional
+        The weight variance C_W (default the symbol ``C_W``).
+    fan_in : str or sympy.Symbol, optional
+        The width the variance is divided by (default ``"n"``).
+
+    Returns
+    -------
+    Family
+        A Gaussian family with two neuron indices.
+
+    Raises
+    ------
+    DeriveError
+        For a name that is not a valid identifier, or a variance or fan-in that is not a SymPy
+        expression.
+
+    Examples
+    --------
+    >>> from derive import wick
+    >>> W = weight(); i, j = neuron_indices('i j')
+    >>> wick(W[i, j] ** 2)
+    C_W/n
     """
     return Family(name, (NEURON, NEURON),
                   _sympify_label(C, "variance") / _sympify_label(fan_in, "width"))
@@ -464,13 +642,41 @@ def weight(name: str = "W", C="C_W", fan_in="n") -> Family:
 # ---------------------------------------------------------------------------------------------
 
 class NeuronSum(sp.Expr):
-    r"""Inert sum over neuron indices: ``NeuronSum(f, (j, n), (k, n), distinct=False, exclude=())``.
+    """Inert sum over neuron indices: ``NeuronSum(f, (j, n), (k, n), distinct=False, exclude=())``.
 
     ``distinct=True`` makes the summed indices pairwise different (Σ_{j≠k}); ``exclude`` adds
     further pairs ``(x, y)`` that must differ, where ``y`` may also be a free index
     (Σ_{k≠i}).  Nothing is contracted or counted in the constructor: that is the job of
     :func:`derive.simplify_sums` (δ contraction, Σ_j 1 = n) and :func:`derive.split_sum`
     (Σ_{j,k} = Σ_{j=k} + Σ_{j≠k}).
+
+    Parameters
+    ----------
+    expr : sympy.Expr
+        The summand.
+    *limits : tuple of (NeuronIndex, range)
+        One ``(index, n)`` per summed index; ``n`` is the number of neurons it runs over.
+    distinct : bool, optional
+        Make the summed indices pairwise different (default False).
+    exclude : sequence of (NeuronIndex, NeuronIndex), optional
+        Further pairs of indices that must differ.
+
+    Returns
+    -------
+    NeuronSum
+        The inert sum (a SymPy expression).
+
+    Raises
+    ------
+    DeriveError
+        When a summed index is not a :class:`NeuronIndex` or no limit is given.
+
+    Examples
+    --------
+    >>> import sympy as sp
+    >>> j, k = neuron_indices('j k'); n = sp.Symbol('n')
+    >>> NeuronSum(sp.KroneckerDelta(j, k), (j, n), (k, n))
+    NeuronSum(KroneckerDelta(j, k), (j, n), (k, n))
     """
 
     is_commutative = True

@@ -39,7 +39,35 @@ class Step:
 
 @dataclass
 class Trace:
-    """An ordered record of :class:`Step` objects."""
+    """An ordered record of :class:`Step` objects.
+
+    Pass one as ``trace=`` to an engine function; every rule that fires appends a step.
+    ``rules()`` lists their ids, ``str(trace)`` prints them numbered.
+
+    Parameters
+    ----------
+    steps : list of Step, optional
+        The steps recorded so far (default: none).
+
+    Returns
+    -------
+    Trace
+        The (mutable) record.
+
+    Raises
+    ------
+    DeriveError
+        ``record`` refuses a rule id that rules/engine.toml does not define.
+
+    Examples
+    --------
+    >>> from derive import bias, neuron_indices, wick
+    >>> b = bias(); (i,) = neuron_indices('i'); t = Trace()
+    >>> wick(b[i] ** 2, trace=t)
+    C_b
+    >>> t.rules()
+    ['wick.isserlis']
+    """
 
     steps: list[Step] = field(default_factory=list)
 
