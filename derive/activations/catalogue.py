@@ -201,7 +201,27 @@ class Activation:
 
 
 def known_activations() -> list[str]:
-    """Names of the activations in rules/activations (aliases not included)."""
+    """Names of the activations in rules/activations (aliases not included).
+
+    Parameters
+    ----------
+    None
+
+    Returns
+    -------
+    list of str
+        The names, sorted.
+
+    Raises
+    ------
+    DeriveError
+        When the rule files cannot be read.
+
+    Examples
+    --------
+    >>> known_activations()[:4]
+    ['erf', 'gelu', 'leaky_relu', 'linear']
+    """
     return sorted(s.split("/", 1)[1] for s in rule_sets() if s.startswith("activations/"))
 
 
@@ -226,6 +246,32 @@ def activation(name_or_expr, **params) -> Activation:
     evaluated).  σ is refused when it is constant, not finite or not real somewhere on the
     real line (a pole, a log or square root of a negative number), grows like exp(c z²) or
     faster (its Gaussian averages diverge), or has infinitely many jumps (floor, ceiling).
+
+    Parameters
+    ----------
+    name_or_expr : str
+        A known name (see :func:`known_activations`) or an expression in ``z``.
+    **params : float
+        Parameters of a named activation.
+
+    Returns
+    -------
+    Activation
+        σ with its derivatives, kinks, jumps and universality class.
+
+    Raises
+    ------
+    DeriveError
+        For an unknown name that is not an expression in ``z`` (listing the known names), a
+        string that does not parse, unknown parameters, or a σ refused as above.
+
+    Examples
+    --------
+    >>> act = activation('tanh')
+    >>> act.expr, act.universality_class
+    (tanh(z), 'K*=0')
+    >>> activation('relu').derivative(1)
+    Heaviside(z)
     """
     if isinstance(name_or_expr, Activation):
         if params:

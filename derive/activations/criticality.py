@@ -178,7 +178,8 @@ class Criticality:
     SymPy Float); ``method``: how it was found; ``a1`` (K*=0 class): the coefficient
     of K^{(ℓ+1)} = K + a1 K² + …, so that K^{(ℓ)} ≈ 1/(−a1 ℓ) at large depth (for a residual
     layer (1 − ξ²) times the MLP's); ``xi``, ``gamma``: the residual layer's ξ, γ (0 and 1:
-    the MLP)."""
+    the MLP).
+    """
 
     activation: Activation = field(repr=False)
     C_b: float
@@ -234,7 +235,34 @@ def criticality(act, xi=0.0, gamma=1.0) -> Criticality:
 
     ``xi``, ``gamma``: a residual layer z' = ξ z + γ [b + W σ(z)] (docs/conventions.md §8; the defaults are
     the MLP).  Its χ's are ξ² + γ² × the MLP's, so the class and K* are the MLP's and the
-    critical (C_b, C_W) are the MLP's times (1 − ξ²)/γ²; ξ² ≥ 1 is refused (no C_W > 0)."""
+    critical (C_b, C_W) are the MLP's times (1 − ξ²)/γ²; ξ² ≥ 1 is refused (no C_W > 0).
+
+    Parameters
+    ----------
+    act : str or Activation
+        The activation.
+    xi : float, optional
+        The residual layer's ξ (default 0: the MLP).
+    gamma : float, optional
+        The residual layer's γ (default 1: the MLP).
+
+    Returns
+    -------
+    Criticality
+        ``C_b``, ``C_W``, ``chi_par``, ``chi_perp``, ``K_star``, ``universality_class`` …
+
+    Raises
+    ------
+    DeriveError
+        :class:`NoCriticalPoint` when σ has no critical initialisation or ξ² ≥ 1; an unknown
+        or invalid activation as in :func:`activation`.
+
+    Examples
+    --------
+    >>> c = criticality('relu')
+    >>> c.C_b, c.C_W, c.universality_class
+    (0.0, 2.0, 'scale-invariant')
+    """
     factor = _residual_factor(xi, gamma)
     c = _criticality_mlp(_act(act))
     if factor == 1 and float(xi) == 0:
@@ -263,7 +291,33 @@ def critical_gamma(act, xi, C_W=None) -> float:
     """γ of a critical residual layer z' = ξ z + γ [b + W σ(z)] at given ξ and C_W (default:
     the MLP's critical C_W): γ² = (1 − ξ²)/(C_W χ̂), χ̂ the MLP's χ at C_W = 1 at its fixed
     point, i.e. γ² = (1 − ξ²) C_W^{MLP}/C_W.  For the K*>0 class C_b must be
-    ``criticality(act, xi, gamma).C_b`` too.  ξ² ≥ 1 and C_W ≤ 0 are refused."""
+    ``criticality(act, xi, gamma).C_b`` too.  ξ² ≥ 1 and C_W ≤ 0 are refused.
+
+    Parameters
+    ----------
+    act : str or Activation
+        The activation.
+    xi : float
+        The residual layer's ξ (ξ² < 1).
+    C_W : float, optional
+        The weight variance (default: the MLP's critical C_W).
+
+    Returns
+    -------
+    float
+        γ > 0.
+
+    Raises
+    ------
+    DeriveError
+        For ξ² ≥ 1 or C_W ≤ 0 (:class:`NoCriticalPoint`), or an activation without a critical
+        initialisation.
+
+    Examples
+    --------
+    >>> round(critical_gamma('relu', 0.6), 12)
+    0.8
+    """
     _residual_factor(xi, 1.0)                       # refuses ξ² ≥ 1
     c = _criticality_mlp(_act(act))
     if C_W is not None:

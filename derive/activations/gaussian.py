@@ -69,7 +69,12 @@ _CHUNK_NODES = 3_000_000
 
 
 class GaussianValue(float):
-    """⟨f⟩_K as a float, with ``.error`` (absolute error estimate) and ``.method``."""
+    """⟨f⟩_K as a float, with ``.error`` (absolute error estimate) and ``.method``.
+
+    The result of :func:`gaussian_expectation`: ``value`` (also ``float(v)``), ``error`` (the
+    estimated absolute error, relative to ``max(1, |value|)``) and ``method`` (the tier that
+    produced it, e.g. ``"exact: polynomial (Wick)"`` or a quadrature rule).
+    """
 
     def __new__(cls, value: float, error: float, method: str):
         obj = super().__new__(cls, value)
@@ -668,7 +673,7 @@ def _check_tol(tol) -> float | None:
 
 @boundary
 def gaussian_expectation(f, K, *, tol: float | None = None, method: str = "auto"):
-    r"""⟨f⟩_K for ``f`` in ``z1 … zm`` and an m×m covariance ``K`` (or a B×m×m batch).
+    """⟨f⟩_K for ``f`` in ``z1 … zm`` and an m×m covariance ``K`` (or a B×m×m batch).
 
     ``tol`` is the absolute tolerance of the quadrature tier; by default it is 1e-12 in one and
     two dimensions, 1e-9 in three, 1e-6 in four (1e-6 and 1e-5 for integrands with kinks;
@@ -683,6 +688,35 @@ def gaussian_expectation(f, K, *, tol: float | None = None, method: str = "auto"
 
     Returns a :class:`GaussianValue` (float with ``.error`` and ``.method``), or a
     :class:`GaussianBatch` for a batch.  Odd moments of polynomials come out as 0.0.
+
+    Parameters
+    ----------
+    f : str or sympy.Expr
+        The integrand in ``z1 … zm``.
+    K : array_like of shape (m, m) or (B, m, m)
+        A symmetric positive semi-definite covariance, or a batch of them.
+    tol : float, optional
+        Absolute tolerance of the quadrature tier (default: by dimension, as above).
+    method : {"auto", "quadrature"}, optional
+        The tier (default ``"auto"``).
+
+    Returns
+    -------
+    GaussianValue or GaussianBatch
+        The value with ``.error`` and ``.method``.
+
+    Raises
+    ------
+    DeriveError
+        For an integrand with no finite value (as above), a covariance that is not symmetric,
+        finite and positive semi-definite or whose size does not match ``f``, or a quadrature
+        that cannot reach ``tol``.
+
+    Examples
+    --------
+    >>> v = gaussian_expectation('z1**2', [[2.0]])
+    >>> float(v), v.method
+    (2.0, 'exact: polynomial (Wick)')
     """
     if method not in ("auto", "quadrature"):
         raise DeriveError(f"method must be 'auto' or 'quadrature', got {method!r:.60}")

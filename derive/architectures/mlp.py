@@ -61,7 +61,38 @@ def _per_layer(value, depth: int, name: str, nonneg: bool) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class MLP:
-    """A multilayer perceptron at initialisation (see the module docstring)."""
+    """A multilayer perceptron at initialisation (see the module docstring).
+
+    Parameters
+    ----------
+    depth : int
+        The number of layers L (≥ 1).
+    widths : int or list of int
+        The hidden widths n_1 … n_{L−1}: one number for all, or L − 1 of them.
+    activation : str or Activation
+        σ: a name, an expression in ``z`` or a :func:`derive.activation`.
+    C_b, C_W : float or list of float
+        The bias and weight variances (≥ 0): one number or one per layer.
+    lambda_b, lambda_W : float or list of float, optional
+        The learning-rate factors of biases and weights (default 1; used by Θ).
+
+    Returns
+    -------
+    MLP
+        The (frozen) spec; ``C_b(ℓ)``, ``C_W(ℓ)``, ``width(ℓ)`` … give per-layer values.
+
+    Raises
+    ------
+    DeriveError
+        For a depth or width that is not a whole number in range, a list of the wrong length,
+        a negative or non-finite variance, or an invalid activation.
+
+    Examples
+    --------
+    >>> spec = MLP(3, 64, 'relu', 0.0, 2.0)
+    >>> spec.widths
+    (64, 64)
+    """
 
     depth: int
     widths: tuple[int, ...]

@@ -24,7 +24,35 @@ __all__ = ["Network"]
 
 @dataclass(frozen=True, repr=False)
 class Network(MLP):
-    """A network whose layers 2 … L follow a user's forward equation (see the module)."""
+    """A network whose layers 2 … L follow a user's forward equation (see the module).
+
+    Parameters
+    ----------
+    depth, widths, activation, C_b, C_W, lambda_b, lambda_W
+        As for :class:`MLP`.
+    equation : str or ForwardEquation
+        The forward equation of layers 2 … L in ``z[i]``, ``z[j]``, ``W[i,j]``, ``b[i]``,
+        ``sigma(…)``, ``sum_j(…)`` and the scalars.
+    scalars : mapping of str to float or list of float, optional
+        The value of each scalar the equation uses: one number or one per layer 2 … L.
+
+    Returns
+    -------
+    Network
+        The spec; ``max_order`` is the highest order in 1/n derived for it.
+
+    Raises
+    ------
+    DeriveError
+        As for :class:`MLP`, and for an equation that does not parse (names outside the list
+        above, undeclared scalars) or that the engine cannot derive.
+
+    Examples
+    --------
+    >>> net = Network(3, 16, 'tanh', 0.0, 1.0, 'b[i] + sum_j(W[i,j]*sigma(z[j]))')
+    >>> net.max_order
+    1
+    """
 
     equation_: ForwardEquation | None = None
     scalars_: tuple = ()

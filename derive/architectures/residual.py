@@ -25,7 +25,35 @@ __all__ = ["ResMLP"]
 
 @dataclass(frozen=True, repr=False)
 class ResMLP(MLP):
-    """A residual MLP at initialisation (see the module docstring)."""
+    """A residual MLP at initialisation (see the module docstring).
+
+    Layers 2 … L are z' = ξ z + γ [b + W σ(z)]; layer 1 is the MLP's.
+
+    Parameters
+    ----------
+    depth, widths, activation, C_b, C_W, lambda_b, lambda_W
+        As for :class:`MLP`; the hidden widths must be equal.
+    xi : float or list of float, optional
+        ξ of layers 2 … L: one number or L − 1 of them (default 1).
+    gamma : float or list of float, optional
+        γ of layers 2 … L: one number or L − 1 of them (default 1).
+
+    Returns
+    -------
+    ResMLP
+        The spec; ``xi(ℓ)`` and ``gamma(ℓ)`` give per-layer values.
+
+    Raises
+    ------
+    DeriveError
+        As for :class:`MLP`, and for unequal hidden widths or lists of ξ, γ of the wrong length.
+
+    Examples
+    --------
+    >>> spec = ResMLP(3, 16, 'tanh', 0.0, 1.0, xi=0.8, gamma=0.6)
+    >>> spec.xi(2), spec.gamma(3)
+    (0.8, 0.6)
+    """
 
     xi_: tuple = ()
     gamma_: tuple = ()

@@ -309,13 +309,44 @@ class _Builder:
 @boundary
 def parse(text: str, variables: Mapping | None = None, *, what: str = "expression",
           fields: Mapping | None = None, functions: Mapping | None = None) -> sp.Expr:
-    r"""A SymPy expression from ``text``, built by walking its syntax tree (see the module).
+    """A SymPy expression from ``text``, built by walking its syntax tree (see the module).
 
     ``variables`` maps the names that may appear to SymPy objects (symbols, indices);
     ``fields`` maps names that may be subscripted (``z[i, alpha]``) to objects with
     ``__getitem__``; ``functions`` restricts :data:`FUNCTIONS`; ``what`` names the string in
     error messages.  Only the given names may appear; any other construct is a
     :class:`~derive.base.errors.ParseError` quoting it.
+
+    Parameters
+    ----------
+    text : str
+        The expression.
+    variables : mapping of str to sympy.Basic, optional
+        The names that may appear.
+    what : str, optional
+        What the string is, for error messages (default ``"expression"``).
+    fields : mapping of str to object, optional
+        Names that may be subscripted.
+    functions : mapping of str to callable, optional
+        The functions that may be called (default: :data:`FUNCTIONS`).
+
+    Returns
+    -------
+    sympy.Expr
+        The expression; nothing in ``text`` is evaluated.
+
+    Raises
+    ------
+    DeriveError
+        :class:`~derive.base.errors.ParseError` for a syntax error, an unknown name or function,
+        or any construct outside the whitelist (attributes, lambdas, imports …).
+
+    Examples
+    --------
+    >>> import sympy as sp
+    >>> x = sp.Symbol('x')
+    >>> parse('x**2 + sin(x)', {'x': x})
+    x**2 + sin(x)
     """
     if not isinstance(text, str) or not text.strip():
         raise ParseError(f"the {what} must be a non-empty string, got {_quote(repr(text))}")

@@ -36,7 +36,13 @@ __all__ = ["derive", "Derivation", "TARGETS", "check_targets", "finite_targets",
 @dataclass(frozen=True)
 class Derivation:
     """Recursions (layer ℓ → ℓ+1, σ abstract, widths ``n_l``, ``n_lm1`` symbolic), the plan, and
-    the steps that produced them."""
+    the steps that produced them.
+
+    The result of :func:`derive`: ``spec`` (the network), ``targets`` and ``order`` (what was
+    derived), ``recursions`` (target → SymPy recursion), ``plan`` (a graph of which quantity
+    feeds which), ``steps`` (the :class:`Trace` of the derivation), ``target_steps`` and
+    ``contracted`` (per target) and ``layer_step`` (the generic layer step it came from).
+    """
 
     spec: MLP
     targets: tuple[str, ...]
@@ -205,7 +211,7 @@ def check_targets(targets, act=None, spec=None) -> tuple[str, ...]:
 
 @boundary
 def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
-    r"""Derive the layer recursions of ``spec`` for ``targets`` to ``order`` in 1/n (docs/conventions.md §6).
+    """Derive the layer recursions of ``spec`` for ``targets`` to ``order`` in 1/n (docs/conventions.md §6).
 
     ``order=0`` gives the leading order (K, Θ); ``order=1`` adds the O(1/n) data (G1, V).
     The default is the highest order derived for the architecture (``spec.max_order``: 1, or
@@ -215,6 +221,33 @@ def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
     The recursions are derived once per process (the generic layer step does not depend on
     the spec; the spec fixes depth, widths and hyperparameters used by the plan and by
     :func:`derive.predict`).
+
+    Parameters
+    ----------
+    spec : MLP, ResMLP or Network
+        The network.
+    targets : list of str, optional
+        Names from ``("K", "Theta", "G1", "V")`` (default: all at ``order``).
+    order : {0, 1}, optional
+        The order in 1/n (default ``spec.max_order``).
+
+    Returns
+    -------
+    Derivation
+        The recursions, the plan and the steps that produced them.
+
+    Raises
+    ------
+    DeriveError
+        For an unknown target, an order other than 0 or 1 or above ``spec.max_order``, or Θ
+        asked for a σ that jumps.
+
+    Examples
+    --------
+    >>> from derive import MLP
+    >>> d = derive(MLP(3, 64, 'relu', 0.0, 2.0), order=0)
+    >>> d.targets, sorted(d.recursions)
+    (('K', 'Theta'), ['K', 'Theta'])
     """
     if not isinstance(spec, MLP):
         raise DeriveError(f"spec must be a derive.MLP, got {type(spec).__name__}")

@@ -38,6 +38,15 @@ class ExpansionWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Prediction:
+    """The result of :func:`predict`.
+
+    Attributes: ``spec`` and ``X`` (the network and inputs), ``order``, ``K``, ``G1``, ``V``
+    and ``Theta`` (layer → array over the inputs' indices), ``expansion`` (layer → estimate
+    of the first neglected term), ``route`` (``"generated"`` or the batched route) and
+    ``quadrature_error`` (the largest estimated error of an average, relative to
+    ``max(1, |average|)``); ``metric(ℓ)`` gives K + G1/n at layer ℓ.
+    """
+
     spec: MLP
     X: np.ndarray
     order: int

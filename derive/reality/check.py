@@ -115,7 +115,14 @@ def _fit(inv_n: np.ndarray, y: np.ndarray, err: np.ndarray, degree: int):
 
 @dataclass
 class Check:
-    """The result of :func:`check` (see the module docstring)."""
+    """The result of :func:`check` (see the module docstring).
+
+    Attributes: ``spec``, ``X``, ``widths``, ``samples``, ``seed`` and ``order`` (what was run),
+    ``rows`` (one dict per layer, quantity, component and width: Monte Carlo mean and standard
+    error, LO and NLO predictions, a ``note``), ``fits`` (one dict per layer, quantity and
+    component: the 1/n fit's intercept and slope with their z-scores) and ``seconds`` (the run
+    time).  ``table()``, ``to_csv(path)`` and ``plot(path)`` present them.
+    """
 
     spec: MLP
     X: np.ndarray
@@ -256,7 +263,43 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
           progress: bool | None = None) -> Check:
     """Monte Carlo of ``spec`` at every hidden width in ``widths`` against the derived LO and
     NLO predictions, with 1/n fits (see the module docstring).  ``progress`` (default: when
-    stderr is a terminal) prints a bar with ETA per width and a line per width."""
+    stderr is a terminal) prints a bar with ETA per width and a line per width.
+
+    Parameters
+    ----------
+    spec : MLP, ResMLP or Network
+        The network; its hidden widths are replaced by each width in ``widths``.
+    X : array_like of shape (N, n_0)
+        The inputs.
+    widths : tuple of int, optional
+        The hidden widths to sample (default (32, 64, 128)).
+    samples : int, optional
+        Networks per width (≥ 200; default 20000).
+    seed : int, optional
+        The seed of the random generator (default 0).
+    progress : bool, optional
+        Print progress to stderr (default: when stderr is a terminal).
+
+    Returns
+    -------
+    Check
+        ``.rows``, ``.fits``, ``.table()``, ``.to_csv(path)``, ``.plot(path)``.
+
+    Raises
+    ------
+    DeriveError
+        :class:`CheckError` for bad input (too few samples, bad widths or inputs), or an
+        ensemble that diverges (with the widths done so far as ``.partial``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from derive import MLP
+    >>> c = check(MLP(2, 8, 'relu', 0.0, 2.0), np.array([[1.0]]), widths=(8,), samples=200,
+    ...           progress=False)
+    >>> c.rows[0]['quantity'], c.rows[0]['lo']
+    ('metric', 2.0)
+    """
     if not isinstance(spec, MLP):
         raise CheckError(f"spec must be a derive.MLP, got {type(spec).__name__}")
     X = np.asarray(X, dtype=float)
