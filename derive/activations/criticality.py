@@ -43,6 +43,7 @@ import numpy as np
 import sympy as sp
 
 from ..base.errors import DeriveError, QuadratureError, boundary
+from ..base.parsing import as_expr
 from .catalogue import Activation, activation, probe_scale_invariant, z
 from .gaussian import gaussian_expectation
 
@@ -196,7 +197,7 @@ class Criticality:
 
     def __str__(self) -> str:
         exact = f" (exactly C_b = {self.exact[0]}, C_W = {self.exact[1]})" \
-            if self.exact and not any(sp.sympify(v).has(sp.Float) for v in self.exact) else ""
+            if self.exact and not any(as_expr(v).has(sp.Float) for v in self.exact) else ""
         k = "every K" if self.K_star is None else f"K* = {self.K_star:.6g}"
         res = "" if (self.xi, self.gamma) == (0.0, 1.0) else \
             f" (residual, ξ = {self.xi:.6g}, γ = {self.gamma:.6g})"
@@ -223,7 +224,7 @@ def _residual_factor(xi, gamma):
     if float(xi) == 0 and float(gamma) ** 2 == 1:
         return sp.S.One
     if _is_exact(xi) and _is_exact(gamma):
-        return sp.nsimplify((1 - sp.sympify(xi) ** 2) / sp.sympify(gamma) ** 2)
+        return sp.nsimplify((1 - as_expr(xi) ** 2) / as_expr(gamma) ** 2)
     return sp.Float((1 - float(xi) ** 2) / float(gamma) ** 2)
 
 
@@ -270,7 +271,7 @@ def criticality(act, xi=0.0, gamma=1.0) -> Criticality:
     xi_f, g_f = float(xi), float(gamma)
     f = float(factor)
     C_b, C_W = c.C_b * f, c.C_W * f
-    exact = None if c.exact is None else tuple(sp.sympify(v) * factor for v in c.exact)
+    exact = None if c.exact is None else tuple(as_expr(v) * factor for v in c.exact)
     a, K_eval = c.activation, (1.0 if c.K_star is None else c.K_star)
     if c.universality_class == "K*=0":
         # at K* = 0 the MLP's χ's at C_W are C_W σ'(0)² (…): scale them as the layer map does
