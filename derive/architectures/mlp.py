@@ -35,7 +35,9 @@ MAX_DEPTH = 10_000
 MAX_WIDTH = 2 ** 53
 
 
-def _per_layer(value, depth: int, name: str, nonneg: bool) -> tuple[float, ...]:
+def _per_layer(value, depth: int, name: str, nonneg: bool, first: int = 1) -> tuple[float, ...]:
+    """``value`` (one number, or one per layer) as ``depth`` finite floats; messages number the
+    layers from ``first`` (2 for the values of layers 2 … L)."""
     if isinstance(value, (list, tuple)):
         if len(value) != depth:
             raise DeriveError(f"{name} has {len(value)} entries but the network has {depth} layers; "
@@ -44,7 +46,7 @@ def _per_layer(value, depth: int, name: str, nonneg: bool) -> tuple[float, ...]:
     else:
         vals = [value] * depth
     out = []
-    for k, v in enumerate(vals, 1):
+    for k, v in enumerate(vals, first):
         if isinstance(v, bool) or not isinstance(v, Real):
             raise DeriveError(f"{name} of layer {k} must be a number, got {v!r:.60}")
         try:
@@ -52,11 +54,21 @@ def _per_layer(value, depth: int, name: str, nonneg: bool) -> tuple[float, ...]:
         except (OverflowError, ValueError):
             v = float("inf")
         if v != v or v in (float("inf"), float("-inf")):
-            raise DeriveError(f"{name} of layer {k} must be a finite number, got {vals[k - 1]!r:.60}")
+            raise DeriveError(f"{name} of layer {k} must be a finite number, got "
+                              f"{vals[k - first]!r:.60}")
         if nonneg and v < 0:
             raise DeriveError(f"{name} of layer {k} is a variance and must be ≥ 0, got {v}")
         out.append(v)
     return tuple(out)
+
+
+def _upper_layers(value, depth: int, name: str, which: str = "layer") -> tuple[float, ...]:
+    """The values of a scalar of layers 2 … L (an architecture's own, such as ξ and γ): one
+    number, or a list of L − 1 (``which`` names those layers in the message)."""
+    if isinstance(value, (list, tuple)) and len(value) != depth - 1:
+        raise DeriveError(f"{name} has {len(value)} entries; give one number or one per {which} "
+                          f"2 … {depth} ({depth - 1} entries)")
+    return _per_layer(value, depth - 1, name, False, first=2) if depth > 1 else ()
 
 
 @dataclass(frozen=True)
@@ -177,6 +189,13 @@ class MLP:
         """The highest order in 1/n the engine derives for this architecture: 1, or 0 when
         the forward equation has a skip term (its O(1/n) closure is not derived)."""
         return 0 if self.equation.has_skip() else 1
+
+    @property
+    def nlo_reason(self) -> str:
+        """Why the O(1/n) statistics of this architecture are not derived, in a few words, for
+        the outputs that say so (relevant when :attr:`max_order` is 0)."""
+        return ("not derived for skip connections" if self.equation.has_skip()
+                else "not derived for this architecture")
 
     @property
     def activation_name(self) -> str:

@@ -80,17 +80,11 @@ def _label(c) -> str:
     return "".join(s) if len(s) == 2 else f"({s[0]}{s[1]})({s[2]}{s[3]})"
 
 
-def _not_derived(spec: MLP) -> str:
-    """Why a spec's predictions stop at the leading order, in words."""
-    return ("not derived for skip connections" if spec.equation.has_skip()
-            else "not derived for this architecture")
-
-
 def _notes(spec: MLP, order: int) -> dict:
     """The note of each quantity's rows and fits: what is not predicted, and why."""
     if order >= 1:
         return {"metric": "", "V": "no NLO prediction: V's own 1/n correction is not derived"}
-    why = _not_derived(spec)
+    why = spec.nlo_reason
     return {"metric": f"no NLO prediction: {why}",
             "V": f"no prediction: V is O(1/n), {why}"}
 
@@ -195,7 +189,7 @@ class Check:
         lines.append(f"{len(self.fits)} fits over widths {list(self.widths)}, {self.samples} networks "
                      f"per width; intercepts more than {Z_MAX:g}σ from LO: {len(bad)}")
         if self.order < 1:
-            lines.append(f"predictions to leading order only ({_not_derived(self.spec)}, docs/conventions.md §8): "
+            lines.append(f"predictions to leading order only ({self.spec.nlo_reason}, docs/conventions.md §8): "
                          "the 1/n slopes are measured, not compared")
         return "\n".join(lines)
 

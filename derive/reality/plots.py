@@ -230,8 +230,7 @@ def prediction_figure(p):
     ref = reference(spec)
     equal = spec.widths[0] if spec.widths and len(set(spec.widths)) == 1 else None
     skip = spec.max_order < 1
-    why = ("not derived for skip connections\n(docs/conventions.md §8)" if skip and
-           spec.equation.has_skip() else "not derived for this architecture")
+    why = spec.nlo_reason + ("\n(docs/conventions.md §8)" if skip else "")
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
         axK, axV, axG, axT = axes.ravel()
@@ -399,9 +398,7 @@ def check_figure(res):
                             label="NLO slope")
         ax.axhline(0, color="k", lw=0.8)
         if res.order < 1:
-            from .check import _not_derived
-
-            ax.text(0.02, 0.02, f"no NLO slope: {_not_derived(spec)}", transform=ax.transAxes,
+            ax.text(0.02, 0.02, f"no NLO slope: {spec.nlo_reason}", transform=ax.transAxes,
                     va="bottom", fontsize=7, color="0.3")
         ax.set_xlabel(r"$1/n$")
         ax.set_title(rf"residual vs $1/n$ (last layer, $\ell={L}$)")
