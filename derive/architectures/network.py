@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..base.errors import DeriveError
 from .forward import ForwardEquation, parse_forward_equation
-from .mlp import MLP, _per_layer
+from .mlp import MLP, _upper_layers
 
 __all__ = ["Network"]
 
@@ -76,13 +76,7 @@ class Network(MLP):
                               + (f"give values for {missing}" if missing else "")
                               + ("; " if missing and extra else "")
                               + (f"{extra} are not in the equation" if extra else ""))
-        values = []
-        for s in names:
-            v = scalars[s]
-            if isinstance(v, (list, tuple)) and len(v) != self.depth - 1:
-                raise DeriveError(f"scalar {s} has {len(v)} entries; give one number or one per "
-                                  f"layer 2 … {self.depth} ({self.depth - 1} entries)")
-            values.append(tuple(_per_layer(v, self.depth - 1, s, False)) if self.depth > 1 else ())
+        values = [_upper_layers(scalars[s], self.depth, f"scalar {s}") for s in names]
         zero = [sym for sym, vals in zip(eq.scalars, values) if not any(vals)]
         kept = [(str(sym), vals) for sym, vals in zip(eq.scalars, values) if any(vals)]
         eq = eq.without(zero)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..base.errors import DeriveError
 from .forward import GAMMA, XI, residual_equation
-from .mlp import MLP, _per_layer
+from .mlp import MLP, _upper_layers
 
 __all__ = ["ResMLP"]
 
@@ -65,11 +65,8 @@ class ResMLP(MLP):
             raise DeriveError(f"a residual network adds neuron i of layer ℓ to neuron i of layer "
                               f"ℓ+1, so its hidden widths must be equal; got {list(self.widths)}")
         for name, value in (("xi", xi), ("gamma", gamma)):
-            if isinstance(value, (list, tuple)) and len(value) != self.depth - 1:
-                raise DeriveError(f"{name} has {len(value)} entries; give one number or one per "
-                                  f"residual layer 2 … {self.depth} ({self.depth - 1} entries)")
-            vals = _per_layer(value, self.depth - 1, name, False) if self.depth > 1 else ()
-            object.__setattr__(self, f"{name}_", tuple(vals))
+            object.__setattr__(self, f"{name}_", _upper_layers(value, self.depth, name,
+                                                                "residual layer"))
 
     def xi(self, layer: int) -> float:
         """ξ^{(ℓ)} of a residual layer ℓ = 2 … L."""
