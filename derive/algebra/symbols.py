@@ -100,8 +100,7 @@ def neuron_indices(names: str) -> tuple[NeuronIndex, ...]:
     >>> i, type(j).__name__
     (i, 'NeuronIndex')
     """
-    out = sp.symbols(names, cls=NeuronIndex, seq=True)
-    return tuple(out)
+    return _indices(names, NeuronIndex, "neuron_indices")
 
 
 @boundary
@@ -128,7 +127,21 @@ def sample_indices(names: str) -> tuple[SampleIndex, ...]:
     >>> sample_indices('alpha1:3')
     (alpha1, alpha2)
     """
-    return tuple(sp.symbols(names, cls=SampleIndex, seq=True))
+    return _indices(names, SampleIndex, "sample_indices")
+
+
+def _indices(names, cls, what: str) -> tuple:
+    """Index symbols of class ``cls`` from ``names`` (the common body of neuron_indices and
+    sample_indices): a DeriveError that says what to write when no name is given."""
+    if not isinstance(names, str):
+        raise DeriveError(f"{what} takes the names as one string, e.g. {what}('i j'), got "
+                          f"{type(names).__name__}")
+    try:
+        return tuple(sp.symbols(names, cls=cls, seq=True))
+    except ValueError:
+        raise DeriveError(f"{what}({names!r:.40}) names no index; write names separated by "
+                          f"spaces or commas, e.g. {what}('i j'), or a range such as 'i1:5'") \
+            from None
 
 
 def _sympify_label(x, what: str) -> sp.Expr:
