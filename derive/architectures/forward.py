@@ -143,7 +143,9 @@ class ForwardEquation:
     @property
     def skip(self) -> sp.Expr:
         """The coefficient ξ of the parameter-free term ξ z^{(ℓ)}_{i;α} (0 for the MLP)."""
-        return sp.expand(self.expr).coeff(Z[I, ALPHA]) if self.expr.has(Z[I, ALPHA]) else sp.S.Zero
+        if "skip" not in self._cache:  # read on every max_order: computed once
+            self._cache["skip"] = self.parts()[0]
+        return self._cache["skip"]
 
     def has_skip(self) -> bool:
         return self.skip != 0

@@ -217,8 +217,6 @@ class _Correlators:
             nn = [FIELDS[f] for f in fields]
             ni = neuron_indices(" ".join(f"i{k}" for k in range(1, sum(a for a, _ in nn) + 1)))
             si = sample_indices(" ".join(f"alpha{k}" for k in range(1, sum(b for _, b in nn) + 1)))
-            ni = ni if isinstance(ni, tuple) else (ni,)
-            si = si if isinstance(si, tuple) else (si,)
             prod, p, q = sp.S.One, 0, 0
             for (a, b), f in zip(nn, fields):
                 prod *= self.field(f, ni[p:p + a], si[q:q + b], t)
@@ -320,7 +318,6 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
     for corr, qs in by_corr.items():
         t = Trace()
         ni = neuron_indices(" ".join(f"i{k}" for k in range(1, corr.neurons + 1)))
-        ni = ni if isinstance(ni, tuple) else (ni,)
         full = corrs.cumulant(corr, ni, alphas[:corr.samples], max(q.order for q in qs), t)
         values = []
         for q in qs:
