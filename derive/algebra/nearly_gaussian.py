@@ -28,14 +28,10 @@ the distinct sample indices in f (exact also when two of them take the same valu
 """
 from __future__ import annotations
 
-from itertools import combinations_with_replacement
-from math import factorial
-from collections import Counter
-
 import sympy as sp
 from sympy.core.sorting import default_sort_key
 
-from ..base.errors import DeriveError, IndexStructureError, boundary
+from ..base.errors import DeriveError, boundary
 from ..base.parsing import as_expr
 from .contractions import check_order, expectation_parts, wick
 from .graded import Graded
@@ -113,23 +109,6 @@ def _components(f: sp.Expr, fam: Family) -> list[RandomVar]:
     return sorted((r for r in f.atoms(RandomVar) if r.family == fam), key=default_sort_key)
 
 
-def _contracted_derivatives(f: sp.Expr, comps: list[RandomVar], rank: int):
-    """Σ_{β1…βk} T_{β1…βk} ∂_{β1}…∂_{βk} f as [(multiplicity, (c1…ck), ∂^k f)] over sorted
-    index tuples of the components of f (a symmetric T is contracted outside)."""
-    out = []
-    for tup in combinations_with_replacement(range(len(comps)), rank):
-        counts = Counter(tup)
-        mult = factorial(rank)
-        for c in counts.values():
-            mult //= factorial(c)
-        d = f
-        for c in tup:
-            d = sp.diff(d, comps[c])
-        if d != 0:
-            out.append((mult, tuple(comps[c] for c in tup), d))
-    return out
-
-
 def _first_order_self(f: sp.Expr, fam: Family, K: str) -> sp.Expr:
     """½ Σ G1 ⟨∂∂f⟩ + ⅛ Σ V ⟨∂⁴f⟩ (the 1/n coefficient of E[f] for one neuron), as inert
     :class:`DerivativeContraction` sample sums."""
@@ -161,8 +140,8 @@ def _average(h: sp.Expr, K: str) -> sp.Expr:
 
 def _collapse_one(node: DerivativeContraction) -> sp.Expr:
     """The sample sums of one contraction carried out: ∂_β of a function of ζ_{α1}, ζ_{α2}, …
-    is Σ_k δ_{βαk} ∂_k, so each β runs over the sample slots of its function (sorted pairs of
-    slots with their multiplicity; T is symmetric within each pair of its indices)."""
+    is Σ_k δ_{βαk} ∂_k, so each β runs over the sample slots of its function (in order: T
+    need not be symmetric, e.g. F_{α1β1α2β2}; T's own canonical order merges equal terms)."""
     fam_of = {}
     for f in node.functions:
         for r in f.atoms(RandomVar):
@@ -170,19 +149,12 @@ def _collapse_one(node: DerivativeContraction) -> sp.Expr:
     (fam,) = fam_of or (None,)
     terms = [(sp.S.One, {}, [])]  # (coefficient, dummy → sample index, averages so far)
     for f, grp in zip(node.functions, node.groups):
-        if len(grp) % 2:
-            raise IndexStructureError(f"derivatives come in pairs of one tensor; got {grp}")
         comps = _components(f, fam)
-        partial = [(sp.S.One, {}, f)]
-        for k in range(0, len(grp), 2):
-            nxt = []
-            for c, bind, h in partial:
-                for mult, cs, d in _contracted_derivatives(h, comps, 2):
-                    nxt.append((c * mult, {**bind, grp[k]: cs[0].indices[0],
-                                           grp[k + 1]: cs[1].indices[0]}, d))
-            partial = nxt
-        terms = [(c0 * c1, {**b0, **b1}, avgs + [h]) for c0, b0, avgs in terms
-                 for c1, b1, h in partial]
+        partial = [({}, f)]
+        for b in grp:
+            partial = [({**bind, b: c.indices[0]}, d) for bind, h in partial for c in comps
+                       for d in (sp.diff(h, c),) if d != 0]
+        terms = [(c0, {**b0, **b1}, avgs + [h]) for c0, b0, avgs in terms for b1, h in partial]
     out = sp.S.Zero
     for c, bind, avgs in terms:
         out += c * node.tensor.xreplace(bind) * sp.Mul(*(_average(h, node.kernel) for h in avgs))
