@@ -44,8 +44,9 @@ from sympy.utilities.iterables import multiset_partitions
 
 from ..algebra.contractions import split_sum, wick
 from ..algebra.nearly_gaussian import collapse_contractions, perturbative_expectation
-from ..algebra.symbols import (Family, NeuronIndex, NeuronSum, RandomVar, SampleTensor,
-                               nearly_gaussian_field, neuron_indices, sample_indices)
+from ..algebra.symbols import (DerivativeContraction, Family, NeuronIndex, NeuronSum, RandomVar,
+                               SampleTensor, nearly_gaussian_field, neuron_indices, sample_indices,
+                               summation_dummies)
 from ..algebra.trace import Trace
 from ..architectures.forward import (BASE_SCALARS, NTK, SIGMA, WIDTH, WIDTH_PREV, B, ForwardEquation,
                                      W, Z, mlp_equation)
@@ -147,7 +148,16 @@ def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 
         summed = set(vs)
         groups = {v: sp.S.One for v in vs}
         coeff = rest
+        ntks = []
         for f in sp.Mul.make_args(s.function):
+            if f.has(NTK):
+                base, k = f.as_base_exp()
+                if not (base.func == NTK and k.is_Integer and k > 0
+                        and set(base.args[:2]) <= summed):
+                    raise DeriveError(f"factor {f}: the NTK of layer ℓ enters only as Ĥ_{{jk}} of "
+                                      "summed neurons at this order")
+                ntks += [base] * int(k)
+                continue
             v = _neuron_of(f, summed)
             if v is None:
                 coeff *= f
@@ -162,14 +172,97 @@ def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 
         if len(vs) == 1:
             if s.exclude:
                 raise DeriveError(f"sum {s} excludes free neurons; not handled")
-            E = perturbative_expectation(fs[0], zeta, order, collapse=collapse)
             count = rng
         elif len(vs) == 2 and s.distinct and len(s.exclude) == 1:
-            E = perturbative_expectation(fs[0], zeta, order, other=fs[1], collapse=collapse)
             count = rng * (rng - 1)
         else:
             raise DeriveError(f"sum {s}: only Σ_j and Σ_(j≠k) are handled at this order")
-        out += coeff * count * E.as_expr()
+        E = _expect_functions(fs, zeta, order, collapse)
+        if ntks:
+            E = _expect_with_ntk(fs, vs, ntks, E, zeta, order, collapse)
+        out += coeff * count * E
+    return out
+
+
+def _expect_functions(fs: list, zeta: Family, order: int, collapse: bool) -> sp.Expr:
+    """E[Π_v f_v(z_v)] for functions of one or two different neurons (constants allowed)."""
+    const = sp.Mul(*(f for f in fs if not f.has(RandomVar)))
+    live = [f for f in fs if f.has(RandomVar)]
+    if not live:
+        return const
+    E = perturbative_expectation(live[0], zeta, order, other=live[1] if len(live) > 1 else None,
+                                 collapse=collapse)
+    return const * E.as_expr()
+
+
+def _expect_with_ntk(fs: list, vs: list, ntks: list, E0: sp.Expr, zeta: Family, order: int,
+                     collapse: bool) -> sp.Expr:
+    r"""E[Π_v f_v(z_v) Π_m Ĥ_m] over layer ℓ, to ``order`` (rule ``nearly_gaussian.ntk``),
+    given E0 = E[Π_v f_v].  Write Ĥ_{ab;xy} = δ_ab Θ_xy + ΔĤ_{ab;xy} and expand: ΔĤ and z are
+    jointly nearly Gaussian (docs/conventions.md §3, §6 step 4), so to O(1/n_{ℓ−1})
+
+    * E[ΔĤ_{ab;xy} O(z)] = (1/n_{ℓ−1}) [δ_ab H1_xy ⟨O⟩_K + ½ Σ_{c,d} Σ_{β1β2}
+      n_{ℓ−1} κ(ΔĤ_{ab;xy}, z_{c;β1}, z_{d;β2}) ⟨∂_{c;β1} ∂_{d;β2} O⟩_K], the three-point
+      cumulant being δ_ab δ_cd D_{xyβ1β2} + δ_ac δ_bd F_{xβ1yβ2} + δ_ad δ_bc F_{xβ2yβ1}
+      (c, d run over the neurons O depends on; for c ≠ d each f gets one derivative);
+    * E[ΔĤ_{ab;xy} ΔĤ_{cd;uw} O(z)] = (1/n_{ℓ−1}) [δ_ab δ_cd A_{xyuw} + δ_ac δ_bd B_{xuyw}
+      + δ_ad δ_bc B_{xwyu}] ⟨O⟩_K;
+    * three or more ΔĤ: O(1/n²).
+
+    At order 0 only the means remain (rule ``nearly_gaussian.leading_order``)."""
+    from .quantities import quantity
+
+    Theta, H1, A, B, D, F = (quantity(q).tensor() for q in ("Theta", "H1", "A", "B", "D", "F"))
+    delta = lambda a, b: sp.S.One if a == b else sp.S.Zero  # noqa: E731 (distinct summed neurons)
+    mean = lambda h: delta(h.args[0], h.args[1]) * Theta[h.args[2], h.args[3]]  # noqa: E731
+    fn = dict(zip(vs, fs))
+    out = sp.Mul(*(mean(h) for h in ntks)) * E0
+    if order < 1 or not ntks:
+        return out
+    lo = {v: _expect_functions([f], zeta, 0, collapse) for v, f in fn.items()}
+    n = zeta.n
+    used = set().union(*(f.free_symbols for f in fs), *(h.free_symbols for h in ntks))
+    b1, b2 = summation_dummies(2, used)
+
+    def others(*skip):
+        return sp.Mul(*(lo[v] for v in vs if v not in skip))
+
+    def single(h):
+        a, b, x, y = h.args
+        res = delta(a, b) * H1[x, y] * others()
+        for c in vs:
+            for d in vs:
+                if not (fn[c].has(RandomVar) and fn[d].has(RandomVar)):
+                    continue
+                for w, T in ((delta(a, b) * delta(c, d), D[x, y, b1, b2]),
+                             (delta(a, c) * delta(b, d), F[x, b1, y, b2]),
+                             (delta(a, d) * delta(b, c), F[x, b2, y, b1])):
+                    if w == 0:
+                        continue
+                    if c == d:
+                        dc = DerivativeContraction(T, (fn[c],), ((b1, b2),), zeta.tensor.label)
+                    else:
+                        dc = DerivativeContraction(T, (fn[c], fn[d]), ((b1,), (b2,)),
+                                                   zeta.tensor.label)
+                    if collapse:
+                        dc = collapse_contractions(dc)
+                    res += sp.Rational(1, 2) * w * dc * others(c, d)
+        return res
+
+    def pair(h, g):
+        a, b, x, y = h.args
+        c, d, u, w = g.args
+        return (delta(a, b) * delta(c, d) * A[x, y, u, w] + delta(a, c) * delta(b, d) * B[x, u, y, w]
+                + delta(a, d) * delta(b, c) * B[x, w, y, u]) * others()
+
+    def means_except(*skip):
+        return sp.Mul(*(mean(h) for k, h in enumerate(ntks) if k not in skip))
+
+    for m, h in enumerate(ntks):
+        out += means_except(m) * single(h) / n
+    for m in range(len(ntks)):
+        for m2 in range(m + 1, len(ntks)):
+            out += means_except(m, m2) * pair(ntks[m], ntks[m2]) / n
     return out
 
 
@@ -224,16 +317,17 @@ class _Correlators:
             e = wick(prod, over=[W, B], trace=t)
             if any(len(s.variables) > 1 for s in e.atoms(NeuronSum)):
                 e = split_sum(e, trace=t)
-            if e.has(NTK):
-                if order >= 1:
-                    raise DeriveError("the O(1/n) statistics of the NTK (H1, A, B, D, F) are not "
-                                      "declared yet; the NTK mean is derived at leading order")
+            if e.has(NTK) and order < 1:
                 lo = _leading_order_fields(e)
                 t.record("nearly_gaussian.leading_order", e, lo)
                 e = lo
             E = expect_neuron_sums(e, Z, self.zeta, order, collapse=False)
-            t.record("nearly_gaussian.operator", e, E,
-                     note="expectation of the neuron sums over layer ℓ")
+            if e.has(NTK):
+                t.record("nearly_gaussian.ntk", e, E, note="joint expectation of the neuron sums "
+                         "of σ's and of the NTK over layer ℓ")
+            else:
+                t.record("nearly_gaussian.operator", e, E,
+                         note="expectation of the neuron sums over layer ℓ")
             self.cache[key] = (ni, si, E, t)
         ni, si, E, t = self.cache[key]
         if trace is not None:
@@ -322,6 +416,9 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
         values = []
         for q in qs:
             read = _read_structure(full, ni, q.structure)
+            # the quantity's k-th sample index is the correlator's slot q.samples[k]
+            rename = {alphas[q.samples[k]]: alphas[k] for k in range(corr.samples)}
+            read = read.xreplace({a: b for a, b in rename.items() if a != b})
             series = _series(read, widths, q.order)
             if corr.connected and any(c != 0 for c in series[:q.order]):
                 raise DeriveError(f"the {corr.what} has a part of order below {q.order} in 1/n "

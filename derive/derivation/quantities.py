@@ -14,10 +14,12 @@ Fields (the factors of a correlator):
 * ``"z"`` — z^{(ℓ+1)}_{i;α}: one neuron index, one sample index;
 * ``"Hhat"`` — the NTK Ĥ^{(ℓ+1)}_{i1i2;α1α2}: two neuron indices, two sample indices.
 
-The next quantities are declared the same way: the NTK's O(1/n) statistics (H1 on ``Hhat``
-at order 1; A, B as the connected ``(Hhat, Hhat)`` correlator with structures
-δ_{i1i2}δ_{i3i4} and δ_{i1i3}δ_{i2i4}; D, F as ``(Hhat, z, z)``), the dNTK's, and O(1/n²)
-ones (G2: ``(z, z)`` at order 2; U: the connected six-point function with δδδ).
+The NTK's O(1/n) statistics are declared the same way: H1 on ``Hhat`` at order 1; A, B as
+the connected ``(Hhat, Hhat)`` correlator with structures δ_{i1i2}δ_{i3i4} and
+δ_{i1i3}δ_{i2i4}; D, F as the connected ``(Hhat, z, z)`` correlator.  B and F are read with
+their sample indices in the order of their names (B_{α1α3α2α4}: ``samples=(0, 2, 1, 3)``).
+Next would be the dNTK's and the O(1/n²) ones (G2: ``(z, z)`` at order 2; U: the connected
+six-point function with δδδ).
 """
 from __future__ import annotations
 
@@ -51,23 +53,38 @@ class Correlator:
 class Quantity:
     """A named statistic: the coefficient of the δ-structure ``structure`` (pairs of neuron
     slots, 0-based over the correlator's neuron indices; slots in different pairs are
-    different neurons) of ``correlator``, at order ``order`` in 1/n, times n_ℓ^order."""
+    different neurons) of ``correlator``, at order ``order`` in 1/n, times n_ℓ^order.
+    ``samples[k]`` is the correlator's sample slot that is the quantity's k-th index."""
 
     name: str
     correlator: Correlator
     structure: tuple
     order: int
     latex: str
-    #: the symmetry of its sample indices ("sym": symmetric pair; "pair": V's (α1α2)(α3α4))
+    #: the symmetry of its sample indices (a :class:`derive.SampleTensor` symmetry name)
     symmetry: str
     title: str
     definition: str
+    samples: tuple = (0, 1, 2, 3)
+
+    @property
+    def rank(self) -> int:
+        return self.correlator.samples
+
+    def tensor(self):
+        """Layer ℓ's value of the quantity, as the sample tensor the recursions are written in."""
+        from ..algebra.symbols import SampleTensor
+        return SampleTensor(self.name, self.rank, self.symmetry)
 
 
 METRIC = Correlator(("z", "z"), False, "metric")
 FOUR_POINT = Correlator(("z", "z", "z", "z"), True,
                         "connected four-point function (the metric products subtracted)")
 NTK_MEAN = Correlator(("Hhat",), False, "NTK mean")
+NTK_VARIANCE = Correlator(("Hhat", "Hhat"), True, "NTK two-point function (connected)")
+NTK_CROSS = Correlator(("Hhat", "z", "z"), True,
+                       "NTK–preactivation three-point function (connected)")
+_CROSSED = (0, 2, 1, 3)
 
 #: every quantity the layer step derives, in the planner's order
 QUANTITIES = (
@@ -75,11 +92,30 @@ QUANTITIES = (
              r"E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G1/n_{ℓ−1} + …)_{α1α2}: the ε⁰ part"),
     Quantity("Theta", NTK_MEAN, ((0, 1),), 0, r"\Theta^{(\ell)}", "sym",
              "NTK mean (leading order)",
-             r"E[Ĥ_{i1i2;α1α2}] = δ_{i1i2} (Θ + O(1/n))_{α1α2}"),
+             r"E[Ĥ_{i1i2;α1α2}] = δ_{i1i2} (Θ + H1/n_{ℓ−1} + …)_{α1α2}: the ε⁰ part"),
     Quantity("G1", METRIC, ((0, 1),), 1, r"G^{\{1\}(\ell)}", "sym", "NLO metric correction",
              r"E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G1/n_{ℓ−1} + …)_{α1α2}: n_{ℓ−1} × the ε¹ part"),
-    Quantity("V", FOUR_POINT, ((0, 1), (2, 3)), 1, r"V^{(\ell)}", "pair", "Four-point vertex",
+    Quantity("V", FOUR_POINT, ((0, 1), (2, 3)), 1, r"V^{(\ell)}", "pairs", "Four-point vertex",
              r"connected E[z z z z] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + 2 perms]"),
+    Quantity("H1", NTK_MEAN, ((0, 1),), 1, r"H^{\{1\}(\ell)}", "sym",
+             "NLO correction of the NTK mean",
+             r"E[Ĥ_{i1i2;α1α2}] = δ_{i1i2} (Θ + H1/n_{ℓ−1} + …)_{α1α2}: n_{ℓ−1} × the ε¹ part"),
+    Quantity("A", NTK_VARIANCE, ((0, 1), (2, 3)), 1, r"A^{(\ell)}", "pairs",
+             "NTK variance, diagonal part",
+             r"E[ΔĤ_{i1i2;α1α2} ΔĤ_{i3i4;α3α4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} A_{(α1α2)(α3α4)} "
+             r"+ δ_{i1i3}δ_{i2i4} B_{α1α3α2α4} + δ_{i1i4}δ_{i2i3} B_{α1α4α2α3}]"),
+    Quantity("B", NTK_VARIANCE, ((0, 2), (1, 3)), 1, r"B^{(\ell)}", "cross",
+             "NTK variance, crossed part",
+             r"E[ΔĤ_{i1i2;α1α2} ΔĤ_{i3i4;α3α4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} A_{(α1α2)(α3α4)} "
+             r"+ δ_{i1i3}δ_{i2i4} B_{α1α3α2α4} + δ_{i1i4}δ_{i2i3} B_{α1α4α2α3}]", _CROSSED),
+    Quantity("D", NTK_CROSS, ((0, 1), (2, 3)), 1, r"D^{(\ell)}", "within",
+             "NTK–preactivation cross-correlation, diagonal part",
+             r"E[ΔĤ_{i1i2;α1α2} z_{i3;α3} z_{i4;α4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} D_{α1α2α3α4} "
+             r"+ δ_{i1i3}δ_{i2i4} F_{α1α3α2α4} + δ_{i1i4}δ_{i2i3} F_{α1α4α2α3}]"),
+    Quantity("F", NTK_CROSS, ((0, 2), (1, 3)), 1, r"F^{(\ell)}", "swap",
+             "NTK–preactivation cross-correlation, crossed part",
+             r"E[ΔĤ_{i1i2;α1α2} z_{i3;α3} z_{i4;α4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} D_{α1α2α3α4} "
+             r"+ δ_{i1i3}δ_{i2i4} F_{α1α3α2α4} + δ_{i1i4}δ_{i2i3} F_{α1α4α2α3}]", _CROSSED),
 )
 
 #: quantity → (order at which it enters, LaTeX): the planner's table
