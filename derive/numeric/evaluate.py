@@ -42,12 +42,13 @@ from sympy.core.sorting import default_sort_key
 
 from ..activations.catalogue import Activation
 from ..activations.gaussian import gaussian_expectation
-from ..algebra.symbols import DerivativeContraction, GaussianAverage, RandomVar
+from ..algebra.symbols import GROUPS, DerivativeContraction, GaussianAverage, RandomVar
 from ..architectures.mlp import MLP
 from ..base.errors import CovarianceError, DeriveError
 from ..derivation.derivation import TARGETS as _PLANNED
 from ..derivation.derivation import order_for
 from ..derivation.layerstep import cached_layer_step
+from ..derivation.quantities import QUANTITIES, quantity
 from ..derivation.specialise import specialise
 
 __all__ = ["CompiledForm", "iterate_mlp", "TARGETS"]
@@ -168,15 +169,22 @@ class _Evaluator:
     def contraction(self, node: DerivativeContraction, alphas: tuple, C: np.ndarray) -> np.ndarray:
         T = self.tensor(str(node.tensor.base))
         dummies = [b for g in node.groups for b in g]
+        k = len(dummies)
         letters = "ijklmnop"
-        r = len(node.tensor.indices)
         out = np.empty(C.shape[0])
         for rows, merged, S in self._by_pattern(node.functions, alphas, C):
-            m = S.shape[1]
-            # T restricted to the distinct samples: T_S[b, j1 … jr] = T[S_b j1, …]
-            gather = [S.reshape(S.shape[0], *([1] * t), m, *([1] * (r - t - 1))) for t in range(r)]
-            subs = ["b" + "".join(letters[dummies.index(d)] for d in node.tensor.indices)]
-            ops = [T[tuple(gather)]]
+            M, m = S.shape
+            # T at the distinct samples: T_S[b, j1 … jk] = T[…, S_b j1, …] over the summed
+            # indices (axes in the order of the dummies), free indices at the rows' samples
+            gather = []
+            for t in node.tensor.indices:
+                if t in dummies:
+                    j = dummies.index(t)
+                    gather.append(S.reshape((M,) + (1,) * j + (m,) + (1,) * (k - j - 1)))
+                else:
+                    gather.append(C[rows, alphas.index(t)].reshape((M,) + (1,) * k))
+            subs = ["b" + letters[:k]]
+            ops = [np.asarray(T[tuple(gather)], dtype=float)]
             for F, grp in zip(merged, node.groups):
                 ops.append(self._derivatives(F, len(grp), S, m))
                 subs.append("b" + "".join(letters[dummies.index(d)] for d in grp))
@@ -225,6 +233,8 @@ class _Evaluator:
                 "inputs (remove duplicated or parallel inputs)")
         P = np.linalg.inv(Ks)
         M0 = self._moments(F, 0, S, vars_)
+        if r == 1:  # ⟨∂_i F⟩ = Σ_a P_ia ⟨z_a F⟩
+            return np.einsum("bia,ba->bi", P, self._moments(F, 1, S, vars_))
         M2 = self._moments(F, 2, S, vars_)
         Y2 = np.einsum("bia,bjc,bac->bij", P, P, M2)
         if r == 2:
@@ -238,7 +248,7 @@ class _Evaluator:
             PP = (np.einsum("bij,bkl->bijkl", P, P) + np.einsum("bik,bjl->bijkl", P, P)
                   + np.einsum("bil,bjk->bijkl", P, P))
             return Y4 - PY + PP * M0[:, None, None, None, None]
-        raise DeriveError(f"integration by parts is implemented for 2 and 4 derivatives, got {r}")
+        raise DeriveError(f"integration by parts is implemented for 1, 2 and 4 derivatives, got {r}")
 
 
 def _symmetric(f: sp.Expr, slot_vars: list) -> bool:
@@ -273,6 +283,9 @@ class CompiledForm:
                 atoms.add(node)
                 walk.skip()
         self.atoms = sorted(atoms, key=default_sort_key)
+        #: the labels of the previous layer's tensors the recursion reads
+        self.tensors = frozenset(str(a.tensor.base if isinstance(a, DerivativeContraction) else a.base)
+                                 for a in self.atoms if not isinstance(a, GaussianAverage))
         self.symbols = sp.symbols(f"atom0:{len(self.atoms)}")
         body = expr.xreplace(dict(zip(self.atoms, self.symbols)))
         leftover = body.free_symbols - set(self.symbols) - set(self.scalars)
@@ -330,35 +343,116 @@ def _fill_sym2(N: int, C: np.ndarray, v: np.ndarray) -> np.ndarray:
     return A
 
 
-def _fill_vertex(N: int, C: np.ndarray, v: np.ndarray) -> np.ndarray:
-    A = np.empty((N, N, N, N))
-    a, b, c, d = C.T
-    for (w, x), (y, u) in (((a, b), (c, d)), ((c, d), (a, b))):
-        A[w, x, y, u] = v
-        A[x, w, y, u] = v
-        A[w, x, u, y] = v
-        A[x, w, u, y] = v
-    return A
+#: how much of a rank-4 quantity a run needs: its diagonal (the expansion estimate), the
+#: components with at most two distinct samples (they close on themselves and feed the
+#: rank-2 quantities on pairs), or all of them
+LEVELS = ("diagonal", "pairs", "full")
+
+
+def _codes(C: np.ndarray, N: int) -> np.ndarray:
+    C = C.astype(np.int64)
+    return ((C[..., 0] * N + C[..., 1]) * N + C[..., 2]) * N + C[..., 3]
+
+
+def _orbits4(N: int, symmetry: str, level: str) -> np.ndarray:
+    """One component per orbit of the index group ``symmetry`` (docs/conventions.md §3), among
+    the components of ``level``: rows of four 0-based sample numbers."""
+    if level == "diagonal":
+        return np.repeat(np.arange(N)[:, None], 4, axis=1)
+    if level == "full" and symmetry == "pairs":
+        return _vertex_orbits(N)
+    if level == "full":
+        C = np.indices((N,) * 4).reshape(4, -1).T
+    else:
+        P = _pairs(N)
+        bits = np.indices((2,) * 4).reshape(4, -1).T                     # 16 patterns
+        C = np.where(bits[None, :, :] == 0, P[:, None, 0:1], P[:, None, 1:2]).reshape(-1, 4)
+    perms = GROUPS[symmetry]
+    canon = np.min(np.stack([_codes(C[:, list(p)], N) for p in perms]), axis=0)
+    _, first = np.unique(canon, return_index=True)
+    return C[np.sort(first)]
+
+
+class SymmetricTensor:
+    """Components of a rank-4 quantity with the symmetry of its definition, stored once per
+    computed component and every image under its index group; indexes like an N⁴ array at
+    the computed components (anything else is an error)."""
+
+    def __init__(self, N: int, symmetry: str, C: np.ndarray, values: np.ndarray):
+        self.N = N
+        perms = GROUPS[symmetry]
+        codes = np.concatenate([_codes(C[:, list(p)], N) for p in perms])
+        vals = np.tile(np.asarray(values, dtype=float), len(perms))
+        self.codes, first = np.unique(codes, return_index=True)
+        self.values = vals[first]
+
+    def __getitem__(self, idx):
+        idx = np.broadcast_arrays(*idx)
+        code = _codes(np.stack(idx, axis=-1), self.N)
+        pos = np.searchsorted(self.codes, code)
+        pos = np.minimum(pos, len(self.codes) - 1)
+        if not np.all(self.codes[pos] == code):
+            raise DeriveError("a component of a four-index quantity that was not computed was "
+                              "asked for (internal error; ask for the quantity as a target)")
+        return self.values[pos]
+
+    def dense(self) -> np.ndarray:
+        out = np.full(self.N ** 4, np.nan)
+        out[self.codes] = self.values
+        return out.reshape((self.N,) * 4)
+
+
+def _plan_levels(forms: dict, targets: tuple) -> dict:
+    """Every quantity the targets need (through the recursions' reads), with, for the rank-4
+    ones, the level of components needed (:data:`LEVELS`); V's diagonal is always kept when V
+    is derived (the estimate of the expansion parameter)."""
+    need = {t: "full" for t in targets}
+    if "V" in forms:
+        need.setdefault("V", "diagonal")
+    changed = True
+    while changed:
+        changed = False
+        for name in list(need):
+            if name not in forms:
+                continue
+            want = need[name] if quantity(name).rank == 4 else "pairs"
+            for dep in forms[name].tensors:
+                old = need.get(dep)
+                new = want if old is None else max(old, want, key=LEVELS.index)
+                if quantity(dep).rank == 2:
+                    new = "full"
+                if old != new:
+                    need[dep] = new
+                    changed = True
+    return need
+
+
+def _ticker(ev: _Evaluator, detail, where: str):
+    """tick(k, n) before the k-th of n terms: names the term in ``detail``'s messages."""
+    def tick(k, n):
+        ev.detail = lambda msg: detail(f"{where}, term {k}/{n}: {msg}")
+    return tick
 
 
 def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                 derivative_free: bool | None = None, tol: float | None = None,
                 detail=None) -> dict:
-    """K, Θ, G1 and V of every layer of ``spec`` on inputs ``X`` (N × n_0) from the derived
-    layer step.  Returns ``{"K": {ℓ: (N,N)}, "Theta": …, "G1": …, "V": {ℓ: (N,N,N,N)}}``;
-    quantities not needed for ``targets`` at ``order`` are left out.  ``progress(ℓ, L)`` is
-    called after each layer, ``detail(message)`` before each average of V's step (minutes per
-    layer for many inputs).  ``derivative_free`` (default: when σ has kinks) evaluates the
-    sample sums by Gaussian integration by parts instead of derivatives of σ; ``tol`` is passed
-    to :func:`derive.gaussian_expectation` (default: by dimension).  ``res["error"]`` is the
+    """The declared quantities (K, Θ, G1, V, H1, A, B, D, F) of every layer of ``spec`` on
+    inputs ``X`` (N × n_0) from the derived layer step.  Returns ``{name: {ℓ: array}}``:
+    rank-2 quantities (N, N), rank-4 ones (N, N, N, N) when among ``targets``; quantities only
+    needed by the targets' recursions are computed where needed (a rank-4 one on its
+    components with at most two distinct samples, or its diagonal) and returned as
+    :class:`SymmetricTensor`.  Components are computed once per orbit of each quantity's
+    declared symmetry.  ``progress(ℓ, L)`` is called after each layer, ``detail(message)``
+    before each average of a rank-4 quantity's step (minutes per layer for many inputs).
+    ``derivative_free`` (default: when σ has kinks) evaluates the sample sums by Gaussian
+    integration by parts instead of derivatives of σ; ``tol`` is passed to
+    :func:`derive.gaussian_expectation` (default: by dimension).  ``res["error"]`` is the
     largest estimated error of an average, relative to max(1, |average|)."""
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or not np.all(np.isfinite(X)):
         raise DeriveError(f"X must be a finite array of shape (N, n_0), got shape {X.shape}")
-    targets = TARGETS if targets is None else tuple(targets)
-    need = set(targets)
-    if order >= 1 and "G1" in need:
-        need.add("V")  # G1's recursion consumes V
+    targets = ("K", "Theta", "G1", "V") if targets is None else tuple(targets)
     N, n0 = X.shape
     act = spec.activation
     if derivative_free is None:
@@ -367,29 +461,28 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     # closure (a skip term) there is no V, and no expansion estimate from it
     order_for(spec, order)  # beyond what the architecture closes at: refused, saying why
     forms = compiled_forms(act, bool(derivative_free), spec.equation, spec.max_order)
+    missing = [t for t in targets if t not in forms]
+    if missing:
+        raise DeriveError(f"{', '.join(missing)} not derived for the {spec.equation.description}")
+    need = _plan_levels(forms, tuple(t for t in targets if quantity(t).order <= order))
+    for t in targets:  # a 1/n correction at order 0 is zero (G1, H1)
+        if quantity(t).rank == 2:
+            need.setdefault(t, "full")
     G0 = X @ X.T / n0
-    res = {"K": {1: spec.C_b(1) + spec.C_W(1) * G0}}
-    if "Theta" in need:
-        res["Theta"] = {1: spec.lambda_b(1) + spec.lambda_W(1) * G0}
-    if "G1" in need:
-        res["G1"] = {1: np.zeros((N, N))}
-    if "V" in need:
-        res["V"] = {1: np.zeros((N, N, N, N))}
+    comps, res = {}, {}
+    for name in [q.name for q in QUANTITIES if q.name in need]:
+        q = quantity(name)
+        if q.rank == 2:
+            comps[name] = _pairs(N)
+            first = {"K": spec.C_b(1) + spec.C_W(1) * G0,
+                     "Theta": spec.lambda_b(1) + spec.lambda_W(1) * G0}.get(name, np.zeros((N, N)))
+        else:  # every O(1/n) statistic vanishes in layer 1, a Gaussian layer
+            comps[name] = _orbits4(N, q.symmetry, need[name])
+            first = (np.zeros((N,) * 4) if need[name] == "full"
+                     else SymmetricTensor(N, q.symmetry, comps[name], np.zeros(len(comps[name]))))
+        res[name] = {1: first}
     _check_kernel(res["K"][1], 1)
     widths = [n0, *spec.widths]
-    if "V" not in forms:
-        res.pop("V", None)
-        C4 = fill_v = None
-    elif "V" not in res:
-        # the diagonal V_{(αα)(αα)} closes on itself: kept (N numbers per layer) for the
-        # estimate of the expansion parameter, without the N⁴ array
-        res["V"] = {1: _DiagonalVertex(np.zeros(N))}
-        C4 = np.repeat(np.arange(N)[:, None], 4, axis=1)
-        fill_v = lambda C, v: _DiagonalVertex(v)  # noqa: E731
-    else:
-        C4 = _vertex_orbits(N)
-        fill_v = lambda C, v: _fill_vertex(N, C, v)  # noqa: E731
-    C2 = _pairs(N)
     error = 0.0
     for l in range(1, spec.depth):
         scalars = (spec.C_b(l + 1), spec.C_W(l + 1), spec.lambda_b(l + 1), spec.lambda_W(l + 1),
@@ -397,20 +490,20 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                    widths[l], widths[l - 1])
         tensors = {name: res[name][l] for name in res}
         ev = _Evaluator(res["K"][l], tensors, kinked=bool(derivative_free), tol=tol)
-        for name in ("K", "Theta", "G1"):
-            if name not in res:
+        for name in res:
+            q, C = quantity(name), comps[name]
+            if q.order > order and q.rank == 2:  # a 1/n correction not asked: zero (G1 at order 0)
+                res[name][l + 1] = res[name][1]
                 continue
-            if name == "G1" and order < 1:
-                res[name][l + 1] = np.zeros((N, N))
-                continue
-            res[name][l + 1] = _fill_sym2(N, C2, forms[name].evaluate(C2, scalars, ev))
-        def tick(k, n, l=l):  # before V's k-th term: name it in the progress messages
-            ev.detail = lambda msg: detail(f"layer {l + 1}/{spec.depth}: V on {len(C4)} "
-                                           f"components, term {k}/{n}: {msg}")
-
-        if fill_v is not None:
-            res["V"][l + 1] = fill_v(C4, forms["V"].evaluate(
-                C4, scalars, ev, tick if detail is not None else None))
+            where = f"layer {l + 1}/{spec.depth}: {name} on {len(C)} components"
+            v = forms[name].evaluate(C, scalars, ev, _ticker(ev, detail, where)
+                                     if detail is not None and q.rank == 4 else None)
+            ev.detail = None
+            if q.rank == 2:
+                res[name][l + 1] = _fill_sym2(N, C, v)
+            else:
+                t = SymmetricTensor(N, q.symmetry, C, v)
+                res[name][l + 1] = t.dense() if need[name] == "full" else t
         _check_kernel(res["K"][l + 1], l + 1)
         error = max(error, ev.error)
         if progress is not None:
