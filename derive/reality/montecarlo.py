@@ -13,12 +13,27 @@ N × n_0) through them, and estimates for every layer ℓ = 1 … L:
     (N × N × N × N), which tends to V_{(α1α2)(α3α4)} as n → ∞ (docs/conventions.md §3);
 ``Theta[ℓ]``
     the NTK mean E[Ĥ_{ii;αβ}] from the NTK forward equation of docs/conventions.md §3 (N × N);
+``A[ℓ]``, ``B[ℓ]``, ``D[ℓ]``, ``F[ℓ]``
+    the NTK's fluctuations and its correlation with the preactivations, n_{ℓ−1} times a
+    statistic of two *different* neurons i ≠ j (N × N × N × N each):
+    A_{α1α2α3α4} = n_{ℓ−1} (E[Ĥ_{ii;α1α2} Ĥ_{jj;α3α4}] − E[Ĥ_{ii;α1α2}] E[Ĥ_{jj;α3α4}]),
+    B_{α1α2α3α4} = n_{ℓ−1} E[Ĥ_{ij;α1α3} Ĥ_{ij;α2α4}],
+    D_{α1α2α3α4} = n_{ℓ−1} (E[Ĥ_{ii;α1α2} z_{j;α3} z_{j;α4}]
+                            − E[Ĥ_{ii;α1α2}] E[z_{j;α3} z_{j;α4}]),
+    F_{α1α2α3α4} = n_{ℓ−1} E[Ĥ_{ij;α1α3} z_{i;α2} z_{j;α4}],
+    which tend to A, B, D, F of docs/conventions.md §3 as n → ∞ (B and F in the index order of
+    their δ_{i1i3} δ_{i2i4} terms there; Ĥ_{ij} has mean zero for i ≠ j, so nothing is
+    subtracted from them).  At ℓ = 1 Ĥ is the same in every network and all four are 0.  None
+    with ``ntk=False``;
 
 each with a standard error (``G_err`` …).  Estimators are unbiased: products of means are
 U-statistics across *different* networks (no O(1/S) bias from mean(a·b) − mean(a)·mean(b),
-docs/conventions.md §7), and errors come from a 20-block jackknife over networks.  Everything is float64,
-vectorised over networks (batched matmuls; set OPENBLAS_NUM_THREADS=1 for best throughput),
-seeded, and reports progress on long runs.
+docs/conventions.md §7), and errors come from a 20-block jackknife over networks.  Within a
+network, V, A, B, D, F average over all ordered pairs i ≠ j of the layer's neurons, each such
+sum being the sum over all i, j less its i = j terms (Σ_{i≠j} x_i y_j = Σx Σy − Σ x_i y_i;
+Σ_{i≠j} Ĥ_{ij;αγ} Ĥ_{ij;βδ} = Σ_{i,j} − Σ_i, one matrix product): no array over pairs is
+formed.  Everything is float64, vectorised over networks (batched matmuls; set
+OPENBLAS_NUM_THREADS=1 for best throughput), seeded, and reports progress on long runs.
 
 Every architecture goes through one forward pass written from its forward equation's parts
 (:meth:`~derive.architectures.forward.ForwardEquation.parts`): layer 1 is z = b + W x, and for
@@ -71,6 +86,14 @@ class LayerEstimate:
     V_err: np.ndarray
     Theta: np.ndarray | None
     Theta_err: np.ndarray | None
+    A: np.ndarray | None = None
+    A_err: np.ndarray | None = None
+    B: np.ndarray | None = None
+    B_err: np.ndarray | None = None
+    D: np.ndarray | None = None
+    D_err: np.ndarray | None = None
+    F: np.ndarray | None = None
+    F_err: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -95,9 +118,28 @@ class Ensemble:
     def Theta(self) -> dict:
         return {l: e.Theta for l, e in self.layers.items()}
 
+    @property
+    def A(self) -> dict:
+        return {l: e.A for l, e in self.layers.items()}
+
+    @property
+    def B(self) -> dict:
+        return {l: e.B for l, e in self.layers.items()}
+
+    @property
+    def D(self) -> dict:
+        return {l: e.D for l, e in self.layers.items()}
+
+    @property
+    def F(self) -> dict:
+        return {l: e.F for l, e in self.layers.items()}
+
 
 class _Accumulator:
     """Block sums for the estimators of one layer."""
+
+    #: the NTK's O(1/n) statistics (module docstring): their within-network pair averages
+    NTK4 = ("A", "B", "D", "F")
 
     def __init__(self, N: int, ntk: bool):
         self.count = np.zeros(BLOCKS)
@@ -106,16 +148,22 @@ class _Accumulator:
         self.p = np.zeros((BLOCKS, N, N, N, N))
         self.h = np.zeros((BLOCKS, N, N)) if ntk else None
         self.hh = np.zeros((BLOCKS, N, N)) if ntk else None
+        # Σ over networks of the pair averages p_A … p_F, and of h ⊗ h and h ⊗ g (U-statistics)
+        self.q = {k: np.zeros((BLOCKS, N, N, N, N)) for k in self.NTK4} if ntk else None
+        self.hh4 = np.zeros((BLOCKS, N, N, N, N)) if ntk else None
+        self.hg = np.zeros((BLOCKS, N, N, N, N)) if ntk else None
 
-    def add(self, blocks: np.ndarray, z: np.ndarray, H_diag: np.ndarray | None):
-        """z: (c, n, N) preactivations of c networks; H_diag: (c, n, N, N) or None."""
+    def add(self, blocks: np.ndarray, z: np.ndarray, H: np.ndarray | None):
+        """z: (c, n, N) preactivations of c networks; H: their NTK (c, n, n, N, N) or None."""
         n = z.shape[1]
+        H_diag = None if H is None else np.einsum("ciiab->ciab", H)
         A = np.einsum("cia,cib->ciab", z, z)              # z_i z_i per neuron
         g = A.mean(axis=1)                                 # per-network metric
         S = A.sum(axis=1)
         same = np.einsum("ciab,cigd->cabgd", A, A)
         p = (np.einsum("cab,cgd->cabgd", S, S) - same) / (n * (n - 1))   # mean over i != j
         gg = np.einsum("cab,cgd->cabgd", g, g)
+        q = None if H_diag is None else self._pairs(z, A, S, H_diag, H)
         for b in range(BLOCKS):
             sel = blocks == b
             if not sel.any():
@@ -128,6 +176,39 @@ class _Accumulator:
                 h = H_diag[sel].mean(axis=1)
                 self.h[b] += h.sum(axis=0)
                 self.hh[b] += (h * h).sum(axis=0)
+                self.hh4[b] += np.einsum("sab,scd->abcd", h, h)
+                self.hg[b] += np.einsum("sab,scd->abcd", h, g[sel])
+                for k in self.NTK4:
+                    self.q[k][b] += q[k][sel].sum(axis=0)
+
+    @staticmethod
+    def _pairs(z, A, S, Hd, H) -> dict:
+        """Per network, the averages over ordered pairs i ≠ j of the layer's neurons of
+        Ĥ_{ii;ab} Ĥ_{jj;cd}, Ĥ_{ij;ac} Ĥ_{ij;bd}, Ĥ_{ii;ab} z_{j;c} z_{j;d} and
+        Ĥ_{ij;ac} z_{i;b} z_{j;d} (each (c, N, N, N, N), indexed abcd), as Σ_{i,j} − Σ_{i=j}:
+        sums over neurons, never an array over pairs.  ``A`` = z_i z_i (c, n, N, N), ``S`` its
+        sum over neurons."""
+        c, n, N = z.shape
+        pairs = n * (n - 1)
+        Hs = Hd.sum(axis=1)                                            # Σ_i Ĥ_ii
+        # the i = j terms, as (N² × n)(n × N²) products:
+        # dHH = Σ_i Ĥ_{ii;ab} Ĥ_{ii;cd}, dHz = Σ_i Ĥ_{ii;ab} z_{i;c} z_{i;d}
+        Hd2 = np.swapaxes(Hd.reshape(c, n, N * N), 1, 2)
+        dHH = np.matmul(Hd2, Hd.reshape(c, n, N * N)).reshape(c, N, N, N, N)
+        dHz = np.matmul(Hd2, A.reshape(c, n, N * N)).reshape(c, N, N, N, N)
+        pA = (np.einsum("sab,scd->sabcd", Hs, Hs) - dHH) / pairs
+        pD = (np.einsum("sab,scd->sabcd", Hs, S) - dHz) / pairs
+        # B and F are built in the order [s, a, c, b, d] (Ĥ_{ij;ac} first), where their i = j
+        # terms are dHH and dHz as they stand, then turned to [s, a, b, c, d]
+        # Σ_{ij} Ĥ_{ij;ac} Ĥ_{ij;bd}: one (N² × n²)(n² × N²) product per network
+        M = H.reshape(c, n * n, N * N)
+        full = np.matmul(np.swapaxes(M, 1, 2), M).reshape(c, N, N, N, N)
+        pB = np.swapaxes(full - dHH, 2, 3) / pairs
+        # Σ_{ij} Ĥ_{ij;ac} z_{i;b} z_{j;d}: contract i with z (an (N × n)(n × n N²) product), then j
+        Y = np.matmul(np.swapaxes(z, 1, 2), H.reshape(c, n, n * N * N)).reshape(c, N, n, N, N)
+        full = np.einsum("sbjac,sjd->sacbd", Y, z)
+        pF = np.swapaxes(full - dHz, 2, 3) / pairs
+        return {"A": pA, "B": pB, "D": pD, "F": pF}
 
     @staticmethod
     def _estimates(count, g, gg, p, h, fan_in):
@@ -138,6 +219,16 @@ class _Accumulator:
         Th = None if h is None else h / S
         return G, V, Th
 
+    @staticmethod
+    def _ntk_estimates(count, g, h, q, hh4, hg, fan_in):
+        """A, B, D, F: n (pair average − U-statistic of the means) for A and D; n · pair average
+        for B and F (Ĥ_ij, i ≠ j, has mean zero)."""
+        S = count
+        Uhh = (np.einsum("ab,cd->abcd", h, h) - hh4) / (S * (S - 1))
+        Uhg = (np.einsum("ab,cd->abcd", h, g) - hg) / (S * (S - 1))
+        return (fan_in * (q["A"] / S - Uhh), fan_in * q["B"] / S,
+                fan_in * (q["D"] / S - Uhg), fan_in * q["F"] / S)
+
     def finish(self, fan_in: float):
         tot = lambda x: None if x is None else x.sum(axis=0)  # noqa: E731
         G, V, Th = self._estimates(self.count.sum(), tot(self.g), tot(self.gg), tot(self.p),
@@ -147,10 +238,20 @@ class _Accumulator:
             keep = lambda x: None if x is None else x.sum(axis=0) - x[b]  # noqa: E731
             jack.append(self._estimates(self.count.sum() - self.count[b], keep(self.g),
                                         keep(self.gg), keep(self.p), keep(self.h), fan_in))
-        def err(k):
+        def err(k, jack=jack):
             vals = np.stack([j[k] for j in jack])
             return np.sqrt((BLOCKS - 1) / BLOCKS * ((vals - vals.mean(axis=0)) ** 2).sum(axis=0))
-        return LayerEstimate(G, err(0), V, err(1), Th, None if Th is None else err(2))
+        ntk4 = dict.fromkeys(f"{k}{e}" for k in self.NTK4 for e in ("", "_err"))
+        if self.q is not None:
+            args = lambda x: (x(self.g), x(self.h),  # noqa: E731
+                              {k: x(v) for k, v in self.q.items()}, x(self.hh4), x(self.hg), fan_in)
+            vals = self._ntk_estimates(self.count.sum(), *args(tot))
+            jk = [self._ntk_estimates(self.count.sum() - self.count[b],
+                                      *args(lambda x, b=b: x.sum(axis=0) - x[b]))
+                  for b in range(BLOCKS)]
+            for i, k in enumerate(self.NTK4):
+                ntk4[k], ntk4[f"{k}_err"] = vals[i], err(i, jk)
+        return LayerEstimate(G, err(0), V, err(1), Th, None if Th is None else err(2), **ntk4)
 
 
 @dataclass(frozen=True)
@@ -279,9 +380,10 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
         if any(st.dg is None for st in steps.values()):
             raise MonteCarloError("the NTK of the sampled networks needs g'(z) of the forward "
                                   "equation, which has no pointwise values (a Dirac delta)")
-    G0 = X @ X.T / X.shape[1]
     # floats per network: weights, the NTK (Ĥ and its products: 3 arrays of n² N², 4 with a
-    # skip term) and the four-point products
+    # skip term) and the four-point products (V's; A … F's are N⁴ arrays and one of n N³, made
+    # while only Ĥ itself is held, so below the NTK's peak: the estimate, and with it the chunks
+    # and the draws of a seed, stay as they were)
     per_net = sum(w * w0 for w, w0 in zip(widths[1:], widths[:-1])) + \
         (max(widths[1:]) ** 2 * N * N * (4 if skip else 3) if ntk else 0) + max(widths) * N * N * N * N
     chunk = int(max(BLOCKS, min(n_networks, _CHUNK_FLOATS // max(per_net, 1))))
@@ -293,47 +395,71 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
     while done < n_networks:
         c = min(chunk, n_networks - done)
         blocks = (np.arange(done, done + c)) % BLOCKS
-        z = None
-        H = None
-        prev = np.broadcast_to(X.T, (c,) + X.T.shape)       # (c, n_0, N): layer-0 "activations"
-        for l in range(1, L + 1):
-            n_in, n_outl = widths[l - 1], widths[l]
-            W = rng.standard_normal((c, n_outl, n_in)) * np.sqrt(spec.C_W(l) / n_in)
-            b = rng.standard_normal((c, n_outl)) * np.sqrt(spec.C_b(l))
-            st = steps.get(l)
-            if l > 1:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    s = st.g(z)
-                    if ntk:
-                        ds = st.dg(z)
-                prev = s
-                if st.c != 1:
-                    b = st.c * b
-            with np.errstate(over="ignore", invalid="ignore"):
-                z_new = np.matmul(W, prev) + b[:, :, None]
-                if l > 1 and st.xi != 0:
-                    z_new = st.xi * z + z_new
-            if not np.all(np.isfinite(z_new)):
-                raise MonteCarloError(f"layer {l}: preactivations overflowed (NaN/inf); the "
-                                      "initialisation diverges for this spec")
-            if ntk:
-                eye = np.eye(n_outl)
-                if l == 1:
-                    base = spec.lambda_b(1) + spec.lambda_W(1) * G0
-                    H = np.einsum("ij,ab->ijab", eye, base)[None].repeat(c, axis=0)
-                else:
-                    lam_b = spec.lambda_b(l) if st.c == 1 else st.c * st.c * spec.lambda_b(l)
-                    base = lam_b + spec.lambda_W(l) * np.einsum("cja,cjb->cab", prev, prev) / n_in
-                    H = np.einsum("ij,cab->cijab", eye, base) + _carried(H, W, ds, st.xi)
-            z = z_new
-            Hd = np.einsum("ciiab->ciab", H) if ntk else None
-            acc[l].add(blocks, z, Hd)
+        # drawn lazily, layer by layer, in the order W^{(1)}, b^{(1)}, W^{(2)}, …
+        params = ((rng.standard_normal((c, n_l, n_in)) * np.sqrt(spec.C_W(l) / n_in),
+                   rng.standard_normal((c, n_l)) * np.sqrt(spec.C_b(l)))
+                  for l, n_in, n_l in zip(range(1, L + 1), widths[:-1], widths[1:]))
+        for l, z, H in _forward(spec, steps, X, params, ntk):
+            acc[l].add(blocks, z, H)
         done += c
         if show is None:
             show = sys.stderr.isatty() and (time.perf_counter() - t0) * n_networks / done > 2.0
         _progress(bool(show), done, n_networks, t0)
     layers = {l: acc[l].finish(widths[l - 1]) for l in range(1, L + 1)}
     return Ensemble(spec, X, int(n_networks), int(seed), layers)
+
+
+def _forward(spec: MLP, steps: dict, X: np.ndarray, params, ntk: bool):
+    """The forward pass of c networks of ``spec`` on inputs ``X`` (N × n_0), from the forward
+    equation (module docstring).  ``params`` yields, for ℓ = 1 … L in turn, the layer's weights
+    W^{(ℓ)} (c, n_ℓ, n_{ℓ−1}) and biases b^{(ℓ)} (c, n_ℓ) — the parameters θ the NTK
+    differentiates by; it is read one layer at a time.  Yields ``(ℓ, z, H)`` per layer: the
+    preactivations z (c, n_ℓ, N) and the NTK Ĥ (c, n_ℓ, n_ℓ, N, N), None when ``ntk`` is false."""
+    G0 = X @ X.T / X.shape[1]
+    z = None
+    H = None
+    prev = None
+    for l, (W, b) in enumerate(params, 1):
+        c, n_outl, n_in = W.shape
+        if l == 1:
+            prev = np.broadcast_to(X.T, (c,) + X.T.shape)       # (c, n_0, N): layer-0 "activations"
+        st = steps.get(l)
+        if l > 1:
+            with np.errstate(over="ignore", invalid="ignore"):
+                s = st.g(z)
+                if ntk:
+                    ds = st.dg(z)
+            prev = s
+            if st.c != 1:
+                b = st.c * b
+        with np.errstate(over="ignore", invalid="ignore"):
+            z_new = np.matmul(W, prev) + b[:, :, None]
+            if l > 1 and st.xi != 0:
+                z_new = st.xi * z + z_new
+        if not np.all(np.isfinite(z_new)):
+            raise MonteCarloError(f"layer {l}: preactivations overflowed (NaN/inf); the "
+                                  "initialisation diverges for this spec")
+        if ntk:
+            eye = np.eye(n_outl)
+            if l == 1:
+                base = spec.lambda_b(1) + spec.lambda_W(1) * G0
+                H = np.einsum("ij,ab->ijab", eye, base)[None].repeat(c, axis=0)
+            else:
+                lam_b = spec.lambda_b(l) if st.c == 1 else st.c * st.c * spec.lambda_b(l)
+                base = lam_b + spec.lambda_W(l) * np.einsum("cja,cjb->cab", prev, prev) / n_in
+                H = np.einsum("ij,cab->cijab", eye, base) + _carried(H, W, ds, st.xi)
+        z = z_new
+        yield l, z, H
+
+
+def _network(spec: MLP, X, Ws, bs, ntk: bool = True) -> list:
+    """The forward pass of given networks: ``Ws[ℓ−1]`` (c, n_ℓ, n_{ℓ−1}) and ``bs[ℓ−1]`` (c, n_ℓ)
+    are the weights and biases of layer ℓ (c networks).  Returns ``[(z, H), …]`` for ℓ = 1 … L,
+    exactly as :func:`sample` computes them (a hook for tests)."""
+    X = np.asarray(X, dtype=float)
+    widths = [X.shape[1]] + [W.shape[1] for W in Ws]
+    steps = _steps(spec, widths)
+    return [(z, H) for _, z, H in _forward(spec, steps, X, zip(Ws, bs), ntk)]
 
 
 def _carried(H: np.ndarray, W: np.ndarray, dg: np.ndarray, xi: float) -> np.ndarray:
