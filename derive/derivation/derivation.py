@@ -28,7 +28,7 @@ from ..algebra.trace import Trace
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, UnknownNameError, boundary
 from .layerstep import LayerStep, cached_layer_step, closure_error
-from .quantities import TARGETS
+from .quantities import TARGETS, quantity
 
 __all__ = ["derive", "Derivation", "TARGETS", "check_targets", "finite_targets", "order_for"]
 
@@ -202,7 +202,7 @@ def check_targets(targets, act=None, spec=None) -> tuple[str, ...]:
     for t in targets:
         if not isinstance(t, str) or t not in TARGETS:
             raise UnknownNameError("target", str(t)[:40], TARGETS)
-    if act is not None and "Theta" in targets:
+    if act is not None and any("Hhat" in quantity(t).correlator.fields for t in targets):
         act.require_ntk()
     if spec is not None and any(TARGETS[t][0] > spec.max_order for t in targets):
         raise closure_error(spec.equation)
@@ -213,7 +213,8 @@ def check_targets(targets, act=None, spec=None) -> tuple[str, ...]:
 def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
     """Derive the layer recursions of ``spec`` for ``targets`` to ``order`` in 1/n (docs/conventions.md §6).
 
-    ``order=0`` gives the leading order (K, Θ); ``order=1`` adds the O(1/n) data (G1, V).
+    ``order=0`` gives the leading order (K, Θ); ``order=1`` adds the O(1/n) data (G1, V, and
+    for the NTK H1, A, B, D, F).
     The default is the highest order derived for the architecture (``spec.max_order``: 1, or
     0 for a forward equation with a skip term, whose O(1/n) closure is not derived — asking
     for it is an error that says why).
@@ -227,7 +228,8 @@ def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
     spec : MLP, ResMLP or Network
         The network.
     targets : list of str, optional
-        Names from ``("K", "Theta", "G1", "V")`` (default: all at ``order``).
+        Names from ``("K", "Theta", "G1", "V", "H1", "A", "B", "D", "F")`` (default: K, Θ,
+        G1, V at ``order``).
     order : {0, 1}, optional
         The order in 1/n (default ``spec.max_order``).
 

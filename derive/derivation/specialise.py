@@ -19,13 +19,16 @@ __all__ = ["specialise"]
 
 def specialise(expr: sp.Expr, act: Activation) -> sp.Expr:
     """σ → the activation in every average and contraction (docs/conventions.md §6 step 6); derivatives
-    inside plain averages are carried out, those of a contraction are kept for evaluation."""
+    of σ written in a function are carried out, the sample derivatives a contraction takes are
+    kept for evaluation."""
     def put(f):
         return f.replace(lambda x: isinstance(x, AppliedUndef) and x.func == SIGMA,
                          lambda x: act(x.args[0]))
 
+    # a contraction's functions may hold derivatives of σ themselves (σ'σ' of the NTK's
+    # statistics): carried out; the derivatives the contraction takes are kept
     expr = expr.replace(lambda x: isinstance(x, DerivativeContraction),
-                        lambda x: DerivativeContraction(x.tensor, [put(f) for f in x.functions],
+                        lambda x: DerivativeContraction(x.tensor, [put(f).doit() for f in x.functions],
                                                         x.groups, x.kernel))
     return expr.replace(lambda x: isinstance(x, GaussianAverage),
                         lambda x: _average(put(x.function).doit(), x.kernel))

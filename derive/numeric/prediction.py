@@ -59,6 +59,13 @@ class Prediction:
     route: str = "generated"
     #: the largest estimated error of a Gaussian average, relative to max(1, |average|)
     quadrature_error: float = 0.0
+    #: the NTK's O(1/n) statistics (docs/conventions.md §3): layer → (N, N) for H1, (N, N, N, N)
+    #: for A, B, D, F (B and F in the order of their names: B[a, b, c, d] = B_{abcd})
+    H1: dict = field(default_factory=dict, repr=False)
+    A: dict = field(default_factory=dict, repr=False)
+    B: dict = field(default_factory=dict, repr=False)
+    D: dict = field(default_factory=dict, repr=False)
+    F: dict = field(default_factory=dict, repr=False)
 
     def fan_in(self, layer: int) -> int:
         """n_{ℓ−1} (n_0 is the input dimension)."""
@@ -72,30 +79,42 @@ class Prediction:
             raise DeriveError("the metric needs G1: call predict with 'G1' among the targets")
         return self.K[layer] + self.G1[layer] / self.fan_in(layer)
 
+    def ntk_mean(self, layer: int) -> np.ndarray:
+        """The NTK mean to O(1/n): Θ + H1/n_{ℓ−1} (docs/conventions.md §3)."""
+        if layer not in self.Theta:
+            raise DeriveError(f"the NTK mean needs Θ at layer {layer}: call predict with "
+                              f"'Theta' and 'H1' among the targets (layers 1 … {self.spec.depth})")
+        if layer not in self.H1:
+            raise DeriveError("the NTK mean at O(1/n) needs H1: call predict with 'H1' among "
+                              "the targets")
+        return self.Theta[layer] + self.H1[layer] / self.fan_in(layer)
+
     # -- display --------------------------------------------------------------------------------
 
     #: most inputs whose diagonal entries the HTML table shows
     DISPLAY_INPUTS = 4
 
     def _diagonal(self, name: str, layer: int):
-        """The diagonal of quantity ``name`` at ``layer`` (V: V_{(αα)(αα)}), or None."""
+        """The diagonal of quantity ``name`` at ``layer`` (V: V_{(αα)(αα)}, …), or None."""
         a = getattr(self, name).get(layer)
         if a is None:
             return None
         idx = np.arange(self.X.shape[0])
-        if name == "V":
+        if name in RANK4:
             return np.asarray(a[idx, idx, idx, idx], dtype=float)
         return np.asarray(a, dtype=float)[idx, idx]
 
     def _columns(self) -> list[tuple[str, str]]:
         """(attribute, HTML header) of the quantities this prediction holds, in table order."""
         heads = {"K": "K<sub>αα</sub>", "Theta": "Θ<sub>αα</sub>",
-                 "G1": "G<sup>{1}</sup><sub>αα</sub>", "V": "V<sub>(αα)(αα)</sub>"}
+                 "G1": "G<sup>{1}</sup><sub>αα</sub>", "V": "V<sub>(αα)(αα)</sub>",
+                 "H1": "H<sup>{1}</sup><sub>αα</sub>",
+                 **{q: f"{q}<sub>αααα</sub>" for q in ("A", "B", "D", "F")}}
         return [(q, h) for q, h in heads.items() if getattr(self, q)]
 
     def __repr__(self) -> str:
         N, n0 = self.X.shape
-        held = [q for q in ("K", "Theta", "G1", "V") if getattr(self, q)]
+        held = [q for q in ("K", "Theta", "G1", "V", *NTK_NLO) if getattr(self, q)]
         worst = (f", largest expansion estimate {max(self.expansion.values()):.3g}"
                  if self.expansion else "")
         return (f"Prediction({type(self.spec).__name__} {self.spec.activation_name}, depth "
@@ -201,10 +220,19 @@ def _inputs(X) -> np.ndarray:
     return arr
 
 
+#: the NTK's O(1/n) statistics: only the batched evaluator computes them so far
+NTK_NLO = ("H1", "A", "B", "D", "F")
+#: the quantities with four sample indices (N⁴ arrays)
+RANK4 = ("V", "A", "B", "D", "F")
+
+
 def _route(N: int, targets: tuple) -> str:
     """The one route decision: the generated evaluator (K, Θ, G1 on all pairs, V on the
     components with at most two distinct samples) unless V is wanted for N ≥ 3 inputs, whose
-    components with three and four distinct samples only the batched evaluator computes."""
+    components with three and four distinct samples only the batched evaluator computes, or
+    the NTK's O(1/n) statistics, which only the batched evaluator computes."""
+    if any(t in NTK_NLO for t in targets):
+        return "batched"
     return "batched" if "V" in targets and N >= 3 else "generated"
 
 
@@ -223,12 +251,13 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None) -> str:
     :data:`MAX_BYTES` of arrays, or more than :data:`MAX_SECONDS` of vertex averages, with the
     cheaper alternatives); ``say(message)`` is told what the run will do."""
     L = spec.depth
-    arrays = sum(1 for t in targets if t != "V") + 1
-    mem = L * N * N * 8 * arrays + (L * N ** 4 * 8 if "V" in targets else 0)
+    four = [t for t in targets if t in RANK4]
+    arrays = sum(1 for t in targets if t not in RANK4) + 1
+    mem = L * N * N * 8 * arrays + L * N ** 4 * 8 * len(four)
     if mem > MAX_BYTES:
         raise DeriveError(f"the requested arrays take about {mem / 2 ** 30:.0f} GiB ({N} inputs, "
-                          f"{L} layers{', V is N⁴' if 'V' in targets else ''}); ask for fewer "
-                          "inputs or targets (K, Θ, G1 need only N² per layer)")
+                          f"{L} layers{', ' + ', '.join(four) + ' are N⁴' if four else ''}); ask "
+                          "for fewer inputs or targets (K, Θ, G1, H1 need only N² per layer)")
     say = say or (lambda msg: None)
     route = _route(N, targets)
     if route == "generated":
@@ -237,9 +266,15 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None) -> str:
         return route
     work = vertex_work(N)
     kinked = bool(spec.activation.kinks)
-    seconds = (L - 1) * (work[3] * _SECONDS[3, kinked] + work[4] * _SECONDS[4, kinked])
+    # each rank-4 quantity costs about what V does (their components are counted alike)
+    seconds = max(1, len(four)) * (L - 1) * (work[3] * _SECONDS[3, kinked]
+                                             + work[4] * _SECONDS[4, kinked])
+    if not four:  # H1 alone: its rank-4 inputs only on components with two distinct samples
+        say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator "
+            "(the NTK's O(1/n) statistics)")
+        return route
     say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator for "
-        f"the full V — per layer {sum(work.values())} vertex components, {work[3]} of them with "
+        f"the full {', '.join(four)} — per layer {sum(work.values())} vertex components, {work[3]} of them with "
         f"3 distinct samples (3-D averages) and {work[4]} with 4 (4-D averages)"
         f"{', σ with kinks' if kinked else ''}; roughly {_duration(seconds)} on 2 cores")
     if seconds > MAX_SECONDS:
@@ -280,9 +315,11 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         An :class:`ExpansionWarning` names the first layer where the estimated first neglected
         term exceeds this (default 0.1).
     targets : list of str, optional
-        Names from ``("K", "Theta", "G1", "V")`` (default: all, without Θ when σ jumps, where
-        Θ is infinite).  V for N ≥ 3 inputs is the expensive part (N⁴ components, 3-D and 4-D
-        averages); without it everything runs through the generated evaluator.
+        Names from ``("K", "Theta", "G1", "V", "H1", "A", "B", "D", "F")`` (default: K, Θ,
+        G1, V, without Θ when σ jumps, where Θ is infinite).  V for N ≥ 3 inputs is the
+        expensive part (N⁴ components, 3-D and 4-D averages); without it everything runs
+        through the generated evaluator.  The NTK's O(1/n) statistics H1 (N × N), A, B, D, F
+        (N⁴ each; docs/conventions.md §3) run through the batched evaluator.
     progress : bool, optional
         Print what the run will do and one line per layer to stderr.
     tol : float, optional
@@ -293,7 +330,8 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
     Returns
     -------
     Prediction
-        With ``.K``, ``.G1``, ``.V``, ``.Theta`` (layer → array), ``.metric(ℓ)``,
+        With ``.K``, ``.G1``, ``.V``, ``.Theta``, ``.H1``, ``.A``, ``.B``, ``.D``, ``.F``
+        (layer → array), ``.metric(ℓ)``, ``.ntk_mean(ℓ)``,
         ``.expansion`` (layer → estimate), ``.route`` and ``.quadrature_error`` (the largest
         estimated error of an average, relative to ``max(1, |average|)``).
 
@@ -374,12 +412,14 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         return dict(r[name]) if name in targets and name in r else {}
 
     G1 = kept("G1")
-    for name in ("K", "Theta", "G1"):
+    for name in ("K", "Theta", "G1", "H1"):
         for l, a in (r.get(name) or {}).items():
             if not np.all(np.isfinite(a)):
                 raise DeriveError(f"{name} at layer {l} is not finite (the recursion overflowed); "
                                   "check C_b, C_W and the scale of the inputs")
     if "G1" in targets and not G1:
         G1 = {l: np.zeros_like(r["K"][l]) for l in r["K"]}
+    if "H1" in targets and not r.get("H1"):
+        r["H1"] = {l: np.zeros_like(r["K"][l]) for l in r["K"]}
     return Prediction(spec, X, order, dict(r["K"]), G1, kept("V"), kept("Theta"), expansion,
-                      route, float(r["error"]))
+                      route, float(r["error"]), *(kept(q) for q in NTK_NLO))
