@@ -291,6 +291,9 @@ def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
                 plan.add_edge((dep, layer - 1, TARGETS[dep][0]), (q, layer, TARGETS[q][0]),
                               via=tuple(sorted(via)))
         current = below
+    # only what the plan reads: the targets and the quantities their recursions need
+    planned = {node[0] for node in plan}
+    recursions = {name: e for name, e in recursions.items() if name in planned}
     return Derivation(spec, targets, order, recursions, plan, step.trace,
                       {name: step.steps[name] for name in recursions},
                       {name: step.contracted[name] for name in recursions}, step)

@@ -404,15 +404,15 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
     wanted = [q for q in QUANTITIES if q.order <= order]
     contracted, per_corr = {}, {}
     by_corr: dict = {}
-    for q in wanted:
-        by_corr.setdefault(q.correlator, []).append(q)
+    for q in wanted:  # each quantity's steps at its own order (K's at leading order, …)
+        by_corr.setdefault((q.correlator, q.order), []).append(q)
     # the preactivations' correlators first, then those holding the NTK (it reads them)
-    by_corr = dict(sorted(by_corr.items(), key=lambda kv: kv[0].fields.count("Hhat")))
+    by_corr = dict(sorted(by_corr.items(), key=lambda kv: kv[0][0].fields.count("Hhat")))
     alphas = sample_indices("alpha1:5")
-    for corr, qs in by_corr.items():
+    for (corr, at), qs in by_corr.items():
         t = Trace()
         ni = neuron_indices(" ".join(f"i{k}" for k in range(1, corr.neurons + 1)))
-        full = corrs.cumulant(corr, ni, alphas[:corr.samples], max(q.order for q in qs), t)
+        full = corrs.cumulant(corr, ni, alphas[:corr.samples], at, t)
         values = []
         for q in qs:
             read = _read_structure(full, ni, q.structure)
@@ -430,13 +430,13 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
         shown = full if corr.connected else _read_structure(full, ni, qs[0].structure)
         t.record("truncate", shown, sp.Tuple(*values) if len(values) > 1 else values[0],
                  note=_truncation_note(corr, qs))
-        per_corr[corr] = t
+        per_corr[corr, at] = t
     # carry out the sample sums Σ_β T_β ⟨∂_β f⟩ (product rule): the book's component form
     contracted = {q.name: contracted[q.name] for q in wanted}  # in the declarations' order
     collapsed = {name: sp.expand(collapse_contractions(e)) for name, e in contracted.items()}
     per_target = {}
     for q in wanted:
-        per_target[q.name] = Trace(list(per_corr[q.correlator].steps))
+        per_target[q.name] = Trace(list(per_corr[q.correlator, q.order].steps))
         if collapsed[q.name] != contracted[q.name]:
             per_target[q.name].record("derivative.collapse", contracted[q.name], collapsed[q.name])
     for t in per_corr.values():
