@@ -943,7 +943,7 @@ class DerivativeContraction(sp.Expr):
             fresh = dict(zip((b for g in orders for b in g), names))
             cand = T.xreplace(fresh)
             if best is None or default_sort_key(cand) < default_sort_key(best[0]):
-                best = (cand, tuple(tuple(fresh[b] for b in g) for g in groups))
+                best = (cand, tuple(tuple(fresh[b] for b in g) for g in orders))
             if len(T.indices) == len(dummies) and T.base.__class__ is SymmetricBase:
                 break  # a fully symmetric T is the same whatever the order
         T, groups = best
