@@ -224,7 +224,7 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_output(tmp_path):
     ('input_gram = [[1.0, 2.0], [2.0, 1.0]]', "not positive semi-definite"),
     ('inputs = [[1.0]]\ntargets = 5', "targets must be a list of names"),
     ('inputs = [[1.0]]\ntargets = "K"', 'write targets = ["K"]'),
-    ('inputs = [[1.0]]\ntargets = ["K", "W"]', "unknown target(s) ['W']; known targets are K, V"),
+    ('inputs = [[1.0]]\ntargets = ["K", "W"]', "unknown target(s) ['W']; known targets are K, Theta, G1, V, H1"),
     ('inputs = [[1.0]]\ntargets = []', "targets is empty"),
     ('inputs = [[1.0]]\ntargets = [1]', "targets must be names"),
     ('inputs = [[1.0]]\norder = 2', "order must be 0 (leading order) or 1"),

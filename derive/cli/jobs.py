@@ -93,6 +93,13 @@ def predictions_json(p) -> dict:
             row["V"] = p.V[l].tolist()
         if l in p.Theta:
             row["Theta"] = p.Theta[l].tolist()
+        if l in p.H1:
+            row["H1"] = p.H1[l].tolist()
+            if l in p.Theta:
+                row["ntk_mean"] = p.ntk_mean(l).tolist()
+        for q in ("A", "B", "D", "F"):  # B and F in the order of their names (conventions §3)
+            if l in getattr(p, q):
+                row[q] = getattr(p, q)[l].tolist()
         if l in p.expansion:  # no estimate without a derived V (a skip term)
             row["expansion_estimate"] = p.expansion[l]
         layers.append(row)

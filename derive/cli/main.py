@@ -34,7 +34,6 @@ import sys
 
 __all__ = ["main"]
 
-_TARGETS = ("K", "V", "G1", "Theta")
 
 #: exit statuses besides 0 (success): 2 for every error, 130 = 128 + SIGINT for Ctrl-C (as a
 #: shell reports a process killed by SIGINT), 141 = 128 + SIGPIPE for a closed output pipe
@@ -127,10 +126,15 @@ def _predict_cmd(args) -> int:
             print("  metric K + G1/n =", np.array2string(p.metric(l), prefix="  metric K + G1/n = "))
         if l in p.Theta:
             print("  Theta =", np.array2string(p.Theta[l], prefix="  Theta = "))
-        if l in p.V:
-            N = p.X.shape[0]
-            diag = [p.V[l][a, a, a, a] for a in range(N)]
-            print("  V_(aa)(aa) =", np.array2string(np.array(diag)))
+        if l in p.H1 and l in p.Theta:
+            print("  NTK mean Theta + H1/n =", np.array2string(
+                p.ntk_mean(l), prefix="  NTK mean Theta + H1/n = "))
+        N = p.X.shape[0]
+        for q in ("V", "A", "B", "D", "F"):
+            if l in getattr(p, q):
+                diag = [getattr(p, q)[l][a, a, a, a] for a in range(N)]
+                name = "V_(aa)(aa)" if q == "V" else f"{q}_aaaa"
+                print(f"  {name} =", np.array2string(np.array(diag)))
     return 0
 
 
@@ -178,14 +182,14 @@ def _check_cmd(args) -> int:
     outdir = OutputDir(args.out, force=args.force, command=_command(args),
                        spec=spec_json(spec, X),
                        extra={"check": {"widths": sorted(set(widths)), "samples": samples,
-                                        "seed": seed}},
+                                        "seed": seed, "ntk": bool(args.ntk)}},
                        planned=("check.csv", "check_fits.csv", "check.png"))
     with outdir:  # --out checked before the Monte Carlo starts
         print(f"derive check: {spec!r}, widths {widths}, {samples} networks per width (seed "
               f"{seed}); progress on stderr", flush=True)
         failure = None
         try:
-            res = check(spec, X, widths, samples, seed=seed, progress=True)
+            res = check(spec, X, widths, samples, seed=seed, progress=True, ntk=args.ntk)
         except CheckError as err:
             if err.partial is None or not err.partial.rows:
                 raise
@@ -274,11 +278,14 @@ def _parser() -> argparse.ArgumentParser:
                   "derive (never subdirectories or links)")
 
     def targets_arg(parser, what):
-        parser.add_argument("--targets", nargs="+", choices=_TARGETS, metavar="T",
-                            help=f"quantities to {what}, any of K V G1 Theta (default: the "
-                                 "spec's, else all)")
+        from .specfile import KNOWN_TARGETS
+
+        parser.add_argument("--targets", nargs="+", choices=KNOWN_TARGETS, metavar="T",
+                            help=f"quantities to {what}, any of {' '.join(KNOWN_TARGETS)} "
+                                 "(default: the spec's, else K V G1 Theta)")
         parser.add_argument("--order", type=int, choices=[0, 1],
-                            help="order in 1/n (default: the spec's, else 1 if G1 or V is a "
+                            help="order in 1/n (default: the spec's, else 1 if an O(1/n) "
+                                 "quantity is a "
                                  "target, else 0)")
 
     pdf_help = "also compile derivation.tex to derivation.pdf (needs pdflatex on PATH)"
@@ -321,6 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     c = add("check", help="Monte Carlo of actual networks vs the predictions",
             description="Sample random networks of SPEC.toml (or the built-in 'demo') at several "
                         "hidden widths, compare per layer the metric and the four-point vertex "
+                        "(with --ntk also the NTK mean and A, B, D, F) "
                         "with the derived LO and NLO predictions, and fit A + B/n (+ C/n² with ≥ 4 "
                         "widths): the n → ∞ intercept against LO, the 1/n slope against the NLO "
                         "term. Writes check.csv, check_fits.csv, check.png and "
@@ -333,6 +341,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--precise", action="store_true",
                    help="200000 networks per width (about 10× longer, 3× smaller error bars)")
     c.add_argument("--seed", default="0", help="random seed, a whole number ≥ 0 (default 0)")
+    c.add_argument("--ntk", action="store_true",
+                   help="also compare the NTK: its mean (LO Theta, NLO slope H1) and its O(1/n) "
+                        "statistics A, B, D, F (the NTK of each network costs n² N² per layer)")
     c.add_argument("--out", default="derive-check", metavar="DIR",
                    help="output directory (default ./derive-check)")
     c.add_argument("--force", action="store_true", help=force_help)

@@ -13,7 +13,8 @@ Keys (all optional except ``activation`` and ``depth``)::
     # or, instead of inputs, the input Gram matrix G0_{ab} = x_a·x_b / n_0:
     # input_gram = [[1.0, 0.3], [0.3, 0.8]]
     targets = ["K", "V", "G1", "Theta"]
-    order = 1                    # 0 or 1; default 1 if G1 or V is a target, else 0
+    # the NTK's O(1/n) statistics too: "H1", "A", "B", "D", "F" (docs/conventions.md §3)
+    order = 1                    # 0 or 1; default 1 if an O(1/n) quantity is a target, else 0
     # the architecture (default "mlp"):
     # architecture = "residual"  # z' = xi z + gamma (b + W sigma(z)), docs/conventions.md §8
     # xi = 1.0                   # residual only: a number or one value per layer 2 … L
@@ -42,6 +43,7 @@ import numpy as np
 
 from ..architectures.mlp import MAX_DEPTH, MLP
 from ..base.errors import DeriveError
+from ..derivation.quantities import TARGETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,8 +58,9 @@ KNOWN_KEYS = ("activation", "depth", "widths", "C_b", "C_W", "lambda_b", "lambda
 #: the ``architecture`` key's values
 ARCHITECTURES = ("mlp", "residual")
 
-#: the quantities derive can derive and evaluate (the ``targets`` key, ``--targets``)
-KNOWN_TARGETS = ("K", "V", "G1", "Theta")
+#: the quantities derive can derive and evaluate (the ``targets`` key, ``--targets``): the
+#: declarations of derive.derivation.quantities, in the planner's order
+KNOWN_TARGETS = tuple(TARGETS)
 
 #: the built-in default example: tanh at criticality, depth 10, width 64, two inputs
 DEMO = {"activation": "tanh", "depth": 10, "widths": 64, "C_b": 0.0, "C_W": 1.0,
@@ -153,8 +156,8 @@ def check_targets(targets, where: str = "targets") -> tuple:
 
 
 def default_order(targets) -> int:
-    """1 if an O(1/n) quantity (G1, V) is among ``targets``, else 0."""
-    return 1 if any(t in ("G1", "V") for t in targets) else 0
+    """1 if an O(1/n) quantity (G1, V, H1, A, B, D, F) is among ``targets``, else 0."""
+    return 1 if any(TARGETS[t][0] >= 1 for t in targets) else 0
 
 
 def _check_order(order, where: str) -> int:

@@ -6,7 +6,14 @@ compares per layer ℓ, quantity and component
 
 * ``metric``: E[z_{i;α} z_{i;β}] with the leading order K and the NLO metric K + G1/n_{ℓ−1};
 * ``V``: n_{ℓ−1} × the connected four-point function of two different neurons with the
-  leading-order vertex V (its own 1/n correction is not derived: ``nlo`` is NaN).
+  leading-order vertex V (its own 1/n correction is not derived: ``nlo`` is NaN);
+* with ``ntk=True``, the NTK: ``ntk`` is its mean E[Ĥ_{ii;αβ}] against Θ and the NLO mean
+  Θ + H1/n_{ℓ−1}; ``A``, ``B``, ``D``, ``F`` the cross-neuron estimators of the sampler
+  (n_{ℓ−1} Cov(Ĥ_ii, Ĥ_jj), n_{ℓ−1} E[Ĥ_ij Ĥ_ij], n_{ℓ−1} Cov(Ĥ_ii, z_j z_j),
+  n_{ℓ−1} E[Ĥ_ij z_i z_j], i ≠ j; docs/conventions.md §3) against their leading order (their own
+  1/n corrections are not derived: ``nlo`` is NaN), one component per orbit of each one's
+  index symmetry; B and F are labelled in the order of their names (B_{(ab)(cd)} is
+  B_{abcd}).
 
 The predictions go to the highest order derived for the architecture (``spec.max_order``).
 Where that is the leading order only (a residual network with a skip term, docs/conventions.md §8: its
@@ -38,6 +45,8 @@ import numpy as np
 
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
+from ..derivation.quantities import quantity
+from ..numeric.evaluate import _orbits4
 from ..numeric.prediction import ExpansionWarning, predict
 from .montecarlo import BLOCKS, MonteCarloError, sample
 
@@ -73,6 +82,15 @@ def _components(N: int):
     return pairs, quads
 
 
+#: the NTK's rank-4 statistics compared with ``ntk=True``, with their index symmetries
+NTK_FOUR = ("A", "B", "D", "F")
+
+
+def _orbit_components(N: int, name: str) -> list[tuple]:
+    """One component per orbit of the index symmetry of the rank-4 quantity ``name``."""
+    return [tuple(int(x) for x in c) for c in _orbits4(N, quantity(name).symmetry, "full")]
+
+
 def _label(c) -> str:
     """A component with 1-based sample indices (α = 1 … N): (0, 1) → "12", (0, 0, 0, 0) →
     "(11)(11)" (the convention of every output, :mod:`derive.reality.plots`)."""
@@ -83,10 +101,12 @@ def _label(c) -> str:
 def _notes(spec: MLP, order: int) -> dict:
     """The note of each quantity's rows and fits: what is not predicted, and why."""
     if order >= 1:
-        return {"metric": "", "V": "no NLO prediction: V's own 1/n correction is not derived"}
+        own = {q: f"no NLO prediction: {q}'s own 1/n correction is not derived"
+               for q in ("V", *NTK_FOUR)}
+        return {"metric": "", "ntk": "", **own}
     why = spec.nlo_reason
-    return {"metric": f"no NLO prediction: {why}",
-            "V": f"no prediction: V is O(1/n), {why}"}
+    return {"metric": f"no NLO prediction: {why}", "ntk": f"no NLO prediction: {why}",
+            **{q: f"no prediction: {q} is O(1/n), {why}" for q in ("V", *NTK_FOUR)}}
 
 
 def _num(x: float, width: int, fmt: str) -> str:
@@ -143,8 +163,8 @@ class Check:
             inv_n = np.array([1.0 / r["width"] for r in rs])
             y = np.array([r["mc_mean"] for r in rs])
             e = np.array([r["mc_stderr"] for r in rs])
-            if np.all(e == 0):  # exact (layer 1 V): nothing to fit
-                continue
+            if np.all(e <= 1e-12 * np.maximum(1.0, np.abs(y))):
+                continue  # exact up to round-off (layer 1's V, A, B, D, F): nothing to fit
             deg = 2 if len(rs) >= 4 else 1
             coef, cerr, chi2 = _fit(inv_n, y, e, deg)
             lo = rs[0]["lo"]
@@ -254,7 +274,7 @@ class Check:
 
 @boundary
 def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, seed: int = 0,
-          progress: bool | None = None) -> Check:
+          progress: bool | None = None, ntk: bool = False) -> Check:
     """Monte Carlo of ``spec`` at every hidden width in ``widths`` against the derived LO and
     NLO predictions, with 1/n fits (see the module docstring).  ``progress`` (default: when
     stderr is a terminal) prints a bar with ETA per width and a line per width.
@@ -273,6 +293,9 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
         The seed of the random generator (default 0).
     progress : bool, optional
         Print progress to stderr (default: when stderr is a terminal).
+    ntk : bool, optional
+        Also compare the NTK: its mean (LO Θ, NLO Θ + H1/n) and its O(1/n) statistics A, B,
+        D, F (default False: the NTK of every network costs n² N² per layer).
 
     Returns
     -------
@@ -316,6 +339,11 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
     pairs, quads = _components(X.shape[0])
     order = spec.max_order
     targets = ("K", "G1", "V") if order >= 1 else ("K",)
+    ntk = bool(ntk)
+    if ntk:
+        spec.activation.require_ntk("the NTK compared by check(..., ntk=True)")
+        targets += ("Theta", "H1", *NTK_FOUR) if order >= 1 else ("Theta",)
+        fours = {q: _orbit_components(X.shape[0], q) for q in NTK_FOUR}
     notes = _notes(spec, order)
     res = Check(spec, X, widths, int(samples), int(seed), order=order)
     t0 = time.perf_counter()
@@ -323,7 +351,7 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
     for k, n in enumerate(widths):
         net = spec.with_widths(n)
         try:
-            ens = sample(net, X, int(samples), seed=seed + k, ntk=False, progress=show)
+            ens = sample(net, X, int(samples), seed=seed + k, ntk=ntk, progress=show)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExpansionWarning)
                 pred = predict(net, X, order=order, targets=targets)
@@ -345,6 +373,23 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
                                  "mc_mean": float(est.V[c]), "mc_stderr": float(est.V_err[c]),
                                  "lo": float(pred.V[l][c]) if order >= 1 else float("nan"),
                                  "nlo": float("nan"), "note": notes["V"]})
+            if not ntk:
+                continue
+            for c in pairs:
+                res.rows.append({"quantity": "ntk", "component": _label(c), "layer": l,
+                                 "width": n, "mc_mean": float(est.Theta[c]),
+                                 "mc_stderr": float(est.Theta_err[c]),
+                                 "lo": float(pred.Theta[l][c]),
+                                 "nlo": float(pred.ntk_mean(l)[c]) if order >= 1 else float("nan"),
+                                 "note": notes["ntk"]})
+            for q in NTK_FOUR:
+                mc, err = getattr(est, q), getattr(est, q + "_err")
+                for c in fours[q]:
+                    res.rows.append({"quantity": q, "component": _label(c), "layer": l,
+                                     "width": n, "mc_mean": float(mc[c]),
+                                     "mc_stderr": float(err[c]),
+                                     "lo": float(getattr(pred, q)[l][c]) if order >= 1
+                                     else float("nan"), "nlo": float("nan"), "note": notes[q]})
         if show:
             el = time.perf_counter() - t0
             left = sum(cost[w] for w in widths[k + 1:]) / sum(cost[w] for w in widths[:k + 1]) * el
