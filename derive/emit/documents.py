@@ -22,6 +22,7 @@ import sympy as sp
 
 from ..algebra.symbols import tensor
 from ..base.errors import DeriveError
+from ..derivation.quantities import quantity
 from .printing import _group, book_latex, latex_terms, notation, tex_text
 
 __all__ = ["templates_dir", "render", "recursions_latex", "derivation_document", "docstring_text",
@@ -65,11 +66,11 @@ def render(name: str, **context) -> str:
 
 
 def _quantity(name: str) -> tuple[str, str, int]:
-    """(title, tensor symmetry, rank) of a quantity, from the notation table."""
-    entry = notation()["tensor"][name]
-    title = entry["title"]
-    pairs = bool(entry.get("pairs"))
-    return title[0].upper() + title[1:], "pairs" if pairs else "sym", 4 if pairs else 2
+    """(title, tensor symmetry, rank) of a quantity: the title from the notation table, the
+    rest from its declaration (:mod:`derive.derivation.quantities`)."""
+    title = notation()["tensor"][name]["title"]
+    q = quantity(name)
+    return title[0].upper() + title[1:], q.symmetry, q.rank
 
 
 def _lhs(name: str, alphas) -> str:
