@@ -83,6 +83,8 @@ _FACADE = {
     "criticality": "activations.criticality",
     "Criticality": "activations.criticality",
     "critical_gamma": "activations.criticality",
+    "ntk_criticality": "numeric.ntk_criticality",
+    "NTKCriticality": "numeric.ntk_criticality",
     "check": "reality.check",
     "Check": "reality.check",
     "Prediction": "numeric.prediction",
