@@ -622,7 +622,7 @@ class LearningRates:
         exact = " exactly, at every L" if self.exact_for_all_L else " as L → ∞"
         return (f"layer-independent rates {f['depth'][0]}, {f['depth'][1]}: Θ^(L) → "
                 f"{tilde(self.theta_limit)}{exact}\n"
-                f"equal contribution per layer (Π χ_⊥ ≈ (ℓ/L)^({sp.sstr(self.p_perp)})): "
+                f"equal contribution per layer (Π χ_⊥ ≈ (ℓ/L)^{_paren(self.p_perp)}): "
                 f"{f['equal'][0]}, {f['equal'][1]}: Θ^(L) → {tilde(self.theta_limit_equal)}"
                 f"{exact}")
 
@@ -908,8 +908,8 @@ class NTKCriticality:
             k = f"K^(ℓ) = K* = {self.K_star:.6g} at every layer (χ_∥ = χ_⊥ = 1 exactly)"
         else:
             i = self.info
-            k = (f"K^(ℓ) ≈ ({sp.sstr(i['kappa'])})/ℓ (a₁ = {sp.sstr(i['a1'])}); χ_⊥ ≈ 1 − "
-                 f"({sp.sstr(i['p_perp'])})/ℓ, χ_∥ ≈ 1 − ({sp.sstr(i['p_par'])})/ℓ")
+            k = (f"K^(ℓ) ≈ {_paren(i['kappa'])}/ℓ (a₁ = {sp.sstr(i['a1'])}); χ_⊥ ≈ 1 − "
+                 f"{_paren(i['p_perp'])}/ℓ, χ_∥ ≈ 1 − {_paren(i['p_par'])}/ℓ")
         return (f"NTK criticality of {self.activation.name} ({self.universality_class} class; "
                 f"C_b = 0, C_W = {cw}); one input, equal widths n, rates λ_b = "
                 f"{self.lambda_b:g}, λ_W = {self.lambda_W:g}\n  {k}")
@@ -936,6 +936,12 @@ class NTKCriticality:
         return (f"<div><p>{head}</p><table><tr><th>law</th><th>exponent of ℓ</th>"
                 f"<th>coefficient</th><th>value</th><th></th><th>note</th></tr>{rows}</table>"
                 f"<p>{rates}</p></div>")
+
+
+def _paren(x) -> str:
+    """x as text, in parentheses unless it is an integer or a symbol."""
+    x = sp.sympify(x)
+    return sp.sstr(x) if (x.is_Integer or x.is_Symbol) else f"({sp.sstr(x)})"
 
 
 def _whole(v, name: str, least: int) -> int:
