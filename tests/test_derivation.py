@@ -162,7 +162,7 @@ def test_targets_and_diagonal_vertex():
         # the expansion estimate needs only the diagonal of V, computed on its own
         assert light.expansion[l] == pytest.approx(full.expansion[l] ** 0.5, rel=1e-9)
     with pytest.raises(DeriveError, match="unknown target"):
-        derive.predict(spec, X, targets=("K", "H1"))
+        derive.predict(spec, X, targets=("K", "G2"))
     with pytest.raises(DeriveError, match="order 2"):
         derive.predict(spec, X, order=2)
     with pytest.raises(DeriveError, match="needs G1"):

@@ -75,7 +75,7 @@ def test_shared_steps_cited_once():
     doc = SPECS["tanh"]().document("tex")
     g1 = doc[doc.index(r"\subsection*{NLO metric correction ($G^{\{1\}(\ell)}$): steps}"):]
     g1 = g1[:g1.index(r"\subsection*", 10)]
-    assert "Steps 1--5 are those of the kernel" in g1
+    assert "Steps 1--3 are those of the kernel" in g1
     assert "Linearity of the expectation" not in g1
 
 

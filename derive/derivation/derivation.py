@@ -27,7 +27,7 @@ from ..algebra.symbols import GaussianAverage
 from ..algebra.trace import Trace
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, UnknownNameError, boundary
-from .layerstep import LayerStep, cached_layer_step, closure_error
+from .layerstep import LayerStep, closed_layer_step, closure_error
 from .quantities import TARGETS, quantity
 
 __all__ = ["derive", "Derivation", "TARGETS", "check_targets", "finite_targets", "order_for"]
@@ -168,10 +168,15 @@ def _reads(expr: sp.Expr) -> dict[str, set]:
     return out
 
 
+#: what derive and predict compute when no targets are given (the NTK's O(1/n) statistics
+#: only on request: they cost more than all of these together)
+DEFAULT_TARGETS = ("K", "V", "G1", "Theta")
+
+
 def finite_targets(act, order: int = 1) -> tuple[str, ...]:
     """The default targets: every quantity that enters at ``order`` or below and is finite for
     the activation ``act`` (Θ is infinite when σ jumps)."""
-    return tuple(t for t in ("K", "V", "G1", "Theta") if TARGETS[t][0] <= order
+    return tuple(t for t in DEFAULT_TARGETS if TARGETS[t][0] <= order
                  and not (t == "Theta" and act.ntk_obstacle))
 
 
@@ -261,7 +266,11 @@ def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
         raise DeriveError(f"targets {too_high} are O(1/n) quantities; ask for order=1 to get them")
     # the step at the highest order the architecture closes at (the leading-order recursions
     # are its ε⁰ parts); asking for more is refused by the layer step with the reason
-    step: LayerStep = cached_layer_step(spec.equation, max(order, spec.max_order))
+    # (the default quantities K, V, G1, Θ always: the evaluators estimate the expansion
+    # parameter from V's diagonal; the NTK's O(1/n) statistics only when asked for)
+    top = max(order, spec.max_order)
+    base = tuple(t for t in DEFAULT_TARGETS if TARGETS[t][0] <= top)
+    step: LayerStep = closed_layer_step(spec.equation, top, tuple(targets) + base)
     recursions = {name: e for name, e in step.recursions.items() if TARGETS[name][0] <= order}
     # plan: backward closure of the requested targets through the derived dependencies
     deps = {name: _reads(expr) for name, expr in recursions.items()}

@@ -53,7 +53,8 @@ from ..architectures.forward import (BASE_SCALARS, NTK, SIGMA, WIDTH, WIDTH_PREV
 from ..base.errors import DeriveError
 from .quantities import FIELDS, QUANTITIES, Correlator, Quantity
 
-__all__ = ["LayerStep", "derive_layer_step", "cached_layer_step", "expect_neuron_sums",
+__all__ = ["LayerStep", "derive_layer_step", "cached_layer_step", "closed_layer_step", "reads",
+           "expect_neuron_sums",
            "SkipClosureError", "closure_error", "SIGMA", "NTK", "WIDTH", "WIDTH_PREV"]
 
 _EPS = sp.Symbol("epsilon_width", positive=True)
@@ -390,46 +391,69 @@ def closure_error(eq: ForwardEquation) -> SkipClosureError:
         "layers (docs/conventions.md §8); ask for the leading order (order=0: K, Θ), or set ξ = 0")
 
 
+@lru_cache(maxsize=None)
+def _correlators(eq: ForwardEquation) -> _Correlators:
+    """The moments of ``eq``'s layer ℓ+1, shared by every group (each derived once)."""
+    return _Correlators(eq, nearly_gaussian_field("zeta", "K", "G1", "V", WIDTH_PREV, neuron=False))
+
+
+@lru_cache(maxsize=None)
+def _derive_group(eq: ForwardEquation, corr: Correlator, at: int, names: tuple):
+    """The quantities ``names`` (declared on ``corr`` at order ``at``), derived together:
+    ({name: contracted form}, their steps)."""
+    from .quantities import quantity
+
+    qs = [quantity(n) for n in names]
+    alphas = sample_indices("alpha1:5")
+    widths = (WIDTH, WIDTH_PREV)
+    t = Trace()
+    ni = neuron_indices(" ".join(f"i{k}" for k in range(1, corr.neurons + 1)))
+    full = _correlators(eq).cumulant(corr, ni, alphas[:corr.samples], at, t)
+    values = {}
+    for q in qs:
+        read = _read_structure(full, ni, q.structure)
+        # the quantity's k-th sample index is the correlator's slot q.samples[k]
+        rename = {alphas[q.samples[k]]: alphas[k] for k in range(corr.samples)}
+        read = read.xreplace({a: b for a, b in rename.items() if a != b})
+        series = _series(read, widths, q.order)
+        if corr.connected and any(c != 0 for c in series[:q.order]):
+            raise DeriveError(f"the {corr.what} has a part of order below {q.order} in 1/n "
+                              f"({series[0]}); layer ℓ+1 is not nearly Gaussian (internal "
+                              "error)")
+        values[q.name] = sp.expand(series[q.order] * WIDTH ** q.order)
+    # shown: a connected function whole (its δ-structures are many), else the one read
+    shown = full if corr.connected else _read_structure(full, ni, qs[0].structure)
+    vals = list(values.values())
+    t.record("truncate", shown, sp.Tuple(*vals) if len(vals) > 1 else vals[0],
+             note=_truncation_note(corr, qs))
+    return values, t
+
+
 def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
-                      trace: Trace | None = None) -> LayerStep:
-    """Derive every declared quantity of layer ℓ+1 that enters at ``order`` or below from those
-    of layer ℓ, for ``equation`` (the MLP's by default); see the module docstring."""
+                      trace: Trace | None = None, names=None) -> LayerStep:
+    """Derive every declared quantity of layer ℓ+1 that enters at ``order`` or below (only
+    those in ``names`` if given) from those of layer ℓ, for ``equation`` (the MLP's by
+    default); see the module docstring.  The quantities read from one correlator at one order
+    are derived together, once per process."""
     eq = mlp_equation() if equation is None else equation
     trace = trace if trace is not None else Trace()
     if order >= 1 and eq.has_skip():
         raise closure_error(eq)
-    zeta = nearly_gaussian_field("zeta", "K", "G1", "V", WIDTH_PREV, neuron=False)
-    corrs = _Correlators(eq, zeta)
-    widths = (WIDTH, WIDTH_PREV)
-    wanted = [q for q in QUANTITIES if q.order <= order]
-    contracted, per_corr = {}, {}
+    wanted = [q for q in QUANTITIES if q.order <= order and (names is None or q.name in names)]
+    if names is not None:
+        unknown = sorted(set(names) - {q.name for q in QUANTITIES})
+        if unknown:
+            raise DeriveError(f"no declared quantity {unknown}; known: "
+                              f"{[q.name for q in QUANTITIES]}")
     by_corr: dict = {}
     for q in wanted:  # each quantity's steps at its own order (K's at leading order, …)
-        by_corr.setdefault((q.correlator, q.order), []).append(q)
+        by_corr.setdefault((q.correlator, q.order), []).append(q.name)
     # the preactivations' correlators first, then those holding the NTK (it reads them)
     by_corr = dict(sorted(by_corr.items(), key=lambda kv: kv[0][0].fields.count("Hhat")))
-    alphas = sample_indices("alpha1:5")
-    for (corr, at), qs in by_corr.items():
-        t = Trace()
-        ni = neuron_indices(" ".join(f"i{k}" for k in range(1, corr.neurons + 1)))
-        full = corrs.cumulant(corr, ni, alphas[:corr.samples], at, t)
-        values = []
-        for q in qs:
-            read = _read_structure(full, ni, q.structure)
-            # the quantity's k-th sample index is the correlator's slot q.samples[k]
-            rename = {alphas[q.samples[k]]: alphas[k] for k in range(corr.samples)}
-            read = read.xreplace({a: b for a, b in rename.items() if a != b})
-            series = _series(read, widths, q.order)
-            if corr.connected and any(c != 0 for c in series[:q.order]):
-                raise DeriveError(f"the {corr.what} has a part of order below {q.order} in 1/n "
-                                  f"({series[0]}); layer ℓ+1 is not nearly Gaussian (internal "
-                                  "error)")
-            values.append(sp.expand(series[q.order] * WIDTH ** q.order))
-            contracted[q.name] = values[-1]
-        # shown: a connected function whole (its δ-structures are many), else the one read
-        shown = full if corr.connected else _read_structure(full, ni, qs[0].structure)
-        t.record("truncate", shown, sp.Tuple(*values) if len(values) > 1 else values[0],
-                 note=_truncation_note(corr, qs))
+    contracted, per_corr = {}, {}
+    for (corr, at), group in by_corr.items():
+        values, t = _derive_group(eq, corr, at, tuple(group))
+        contracted.update(values)
         per_corr[corr, at] = t
     # carry out the sample sums Σ_β T_β ⟨∂_β f⟩ (product rule): the book's component form
     contracted = {q.name: contracted[q.name] for q in wanted}  # in the declarations' order
@@ -446,10 +470,36 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
         trace.record("derivative.collapse", sp.Tuple(*(contracted[n] for n in nlo)),
                      sp.Tuple(*(collapsed[n] for n in nlo)))
     scalars = BASE_SCALARS + tuple(eq.scalars) + (WIDTH, WIDTH_PREV)
-    return LayerStep(eq, order, collapsed, alphas, zeta, scalars, trace, contracted, per_target)
+    zeta = _correlators(eq).zeta
+    return LayerStep(eq, order, collapsed, sample_indices("alpha1:5"), zeta, scalars, trace,
+                     contracted, per_target)
 
 
-@lru_cache(maxsize=16)
-def cached_layer_step(equation: ForwardEquation | None = None, order: int = 1) -> LayerStep:
-    """The layer step of ``equation`` (the MLP's by default), derived once per process."""
-    return derive_layer_step(equation, order)
+def reads(expr: sp.Expr) -> set:
+    """The declared quantities of layer ℓ a recursion reads (its tensors)."""
+    from .quantities import TARGETS
+
+    labels = {str(t.base) for t in expr.atoms(sp.Indexed)}
+    labels |= {str(d.tensor.base) for d in expr.atoms(DerivativeContraction)}
+    return labels & set(TARGETS)
+
+
+def closed_layer_step(equation: ForwardEquation | None, order: int, names) -> LayerStep:
+    """The layer step of ``names`` and of every quantity their recursions read, recursively
+    (the targets' closure), derived once per process."""
+    have = frozenset(names)
+    while True:
+        step = cached_layer_step(equation, order, have)
+        more = set().union(*(reads(e) for e in step.recursions.values())) - have
+        more = {n for n in more if n in {q.name for q in QUANTITIES if q.order <= order}}
+        if not more:
+            return step
+        have = have | more
+
+
+@lru_cache(maxsize=64)
+def cached_layer_step(equation: ForwardEquation | None = None, order: int = 1,
+                      names: frozenset | None = None) -> LayerStep:
+    """The layer step of ``equation`` (the MLP's by default), of the quantities ``names`` (all
+    declared ones by default), derived once per process."""
+    return derive_layer_step(equation, order, names=names)

@@ -47,7 +47,7 @@ from ..architectures.mlp import MLP
 from ..base.errors import CovarianceError, DeriveError
 from ..derivation.derivation import TARGETS as _PLANNED
 from ..derivation.derivation import order_for
-from ..derivation.layerstep import cached_layer_step
+from ..derivation.layerstep import cached_layer_step, closed_layer_step
 from ..derivation.quantities import QUANTITIES, quantity
 from ..derivation.specialise import specialise
 
@@ -312,16 +312,23 @@ class CompiledForm:
         return np.broadcast_to(np.asarray(out, dtype=float), (C.shape[0],)).copy()
 
 
-@lru_cache(maxsize=32)
-def compiled_forms(act: Activation, contracted: bool, equation=None, order: int = 1) -> dict:
-    """The recursions of the layer step of ``equation`` (the MLP's by default) at ``order``,
-    specialised to ``act`` and compiled (cached): the collapsed component forms, or
-    (``contracted``) the forms with the sample sums kept.  Each takes ``step.scalars``
-    (C_b, C_W, λ_b, λ_W, the equation's own scalars, n_ℓ, n_{ℓ−1}) then its atoms."""
-    step = cached_layer_step(equation, order)
+@lru_cache(maxsize=256)
+def _compiled(act: Activation, contracted: bool, equation, order: int, name: str) -> CompiledForm:
+    step = cached_layer_step(equation, order, frozenset([name]))
     source = step.contracted if contracted else step.recursions
-    return {name: CompiledForm(specialise(source[name], act), step.alphas, step.scalars)
-            for name in source}
+    return CompiledForm(specialise(source[name], act), step.alphas, step.scalars)
+
+
+def compiled_forms(act: Activation, contracted: bool, equation=None, order: int = 1,
+                   names=None) -> dict:
+    """The recursions of the layer step of ``equation`` (the MLP's by default) at ``order``,
+    of the quantities ``names`` and those they read (default: all), specialised to ``act`` and
+    compiled (each once per process): the collapsed component forms, or (``contracted``) the
+    forms with the sample sums kept.  Each takes ``step.scalars`` (C_b, C_W, λ_b, λ_W, the
+    equation's own scalars, n_ℓ, n_{ℓ−1}) then its atoms."""
+    names = [q.name for q in QUANTITIES if q.order <= order] if names is None else names
+    step = closed_layer_step(equation, order, names)
+    return {name: _compiled(act, contracted, equation, order, name) for name in step.recursions}
 
 
 def _pairs(N: int) -> np.ndarray:
@@ -460,7 +467,10 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     # the layer step at the highest order the architecture closes at; without its O(1/n)
     # closure (a skip term) there is no V, and no expansion estimate from it
     order_for(spec, order)  # beyond what the architecture closes at: refused, saying why
-    forms = compiled_forms(act, bool(derivative_free), spec.equation, spec.max_order)
+    wanted = [t for t in targets if quantity(t).order <= spec.max_order]
+    if spec.max_order >= 1:
+        wanted.append("V")  # its diagonal: the estimate of the expansion parameter
+    forms = compiled_forms(act, bool(derivative_free), spec.equation, spec.max_order, wanted)
     missing = [t for t in targets if t not in forms]
     if missing:
         raise DeriveError(f"{', '.join(missing)} not derived for the {spec.equation.description}")
