@@ -116,3 +116,25 @@ def test_ntk_statistics_against_monte_carlo():
     rows = [r for r in c.rows if r["quantity"] == "ntk" and r["layer"] == 5]
     narrow = min(rows, key=lambda r: r["width"])
     assert abs(narrow["nlo"] - narrow["mc_mean"]) < 0.3 * abs(narrow["lo"] - narrow["mc_mean"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act, hyper", [
+    # tanh with per-layer hyperparameters and λ ≠ C
+    ("tanh", dict(C_b=[0.1, 0.2, 0.05], C_W=[1.5, 1.2, 1.8], lambda_b=[0.7, 0.4, 0.9],
+                  lambda_W=[1.3, 0.8, 1.1])),
+    # ReLU with C_b > 0: at C_b = 0 a whole layer is dead with probability 2^-n, which biases
+    # narrow ensembles (σ'(0) = 0 there)
+    ("relu", dict(C_b=0.2, C_W=1.8, lambda_b=0.5, lambda_W=1.5)),
+])
+def test_lo_statistics_against_monte_carlo(act, hyper):
+    spec = derive.MLP(depth=3, widths=64, activation=act, **hyper)
+    X = np.array([[1.0, -0.4], [0.3, 0.9]])   # two inputs: every component of A, B, D, F
+    c = derive.check(spec, X, widths=(16, 32, 64), samples=6000, ntk=True, progress=False)
+    fits = [f for f in c.fits if f["quantity"] in ("ntk", "A", "B", "D", "F")]
+    # layers 2, 3 (layer 1 is exact: not fitted); per layer 3 NTK-mean pairs and one component
+    # per orbit of each symmetry on two inputs: A 6, B 7, D 9, F 10 (of the 16 index tuples)
+    assert len(fits) == 2 * (3 + 6 + 7 + 9 + 10)
+    bad = [(f["quantity"], f["component"], f["layer"], round(f["z_lo"], 2)) for f in fits
+           if abs(f["z_lo"]) > 4.5]
+    assert not bad, bad
