@@ -390,7 +390,7 @@ def test_check_writes_safely(tmp_path, capsys):
     first = _complete(tmp_path / "c")
     assert {"check.csv", "check_fits.csv", "check.png"} <= set(first)
     man = json.loads(first[MANIFEST])
-    assert man["check"] == {"widths": [4, 8], "samples": 400, "seed": 3}
+    assert man["check"] == {"widths": [4, 8], "samples": 400, "seed": 3, "ntk": False}
     assert man["spec"]["activation"] == "erf" and "targets" not in man["spec"]
     assert main(argv) == 0
     assert _complete(tmp_path / "c") == first  # Monte Carlo, CSV and PNG byte-identical
@@ -398,6 +398,21 @@ def test_check_writes_safely(tmp_path, capsys):
     assert main(argv) == 2
     assert "check.csv (changed since derive wrote it)" in capsys.readouterr().err
     assert (tmp_path / "c" / "check.csv").read_text() == "edited"
+
+
+@pytest.mark.slow
+def test_check_ntk(tmp_path, capsys):
+    spec = _toml(tmp_path, 'activation = "tanh"\ndepth = 3\nwidths = 4\nC_W = 1.2\n'
+                           'lambda_b = 0.5\ninputs = [[1.0, 0.5]]\n')
+    argv = ["check", spec, "--widths", "6,12", "--samples", "400", "--ntk",
+            "--out", str(tmp_path / "c")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for q in ("ntk", "A", "B", "D", "F"):
+        assert any(line.startswith(f"{q} ") for line in out.splitlines()), q
+    rows = (tmp_path / "c" / "check_fits.csv").read_text()
+    assert "\nntk,11,3," in rows and "\nF,(11)(11),3," in rows
+    assert json.loads(_complete(tmp_path / "c")[MANIFEST])["check"]["ntk"] is True
 
 
 # -- a run killed part-way --------------------------------------------------------------------------
