@@ -328,7 +328,8 @@ def check_figure(res):
     """The figure of a :class:`~derive.Check` ``res``: the metric G_{11} and n × the connected
     four-point function (11)(11) of sample α = 1 against ℓ, Monte Carlo per width with LO (and
     NLO) curves (log–log for the metric at K*=0 criticality, with 1/(−a1 ℓ)); and the residual
-    (MC − LO)/|LO| against 1/n at the last layer with the fit and the NLO slope."""
+    (MC − LO)/|LO| against 1/n at the last layer with the fit and the NLO slope (also of the
+    NTK mean, whose NLO slope is H1, when the check compared the NTK)."""
     plt = _plt()
     spec = res.spec
     L = spec.depth
@@ -375,14 +376,16 @@ def check_figure(res):
                                 else ", measured only"))
             ax.legend()
         ax = axes[2]
-        for k, (q, comp) in enumerate((("metric", c2), ("V", c4))):
+        names = {"metric": rf"$G_{{{c2}}}$", "V": rf"$V_{{{c4}}}$",
+                 "ntk": rf"NTK mean $\mathbb{{E}}\widehat{{H}}_{{{c2}}}$"}
+        for k, (q, comp) in enumerate((("metric", c2), ("V", c4), ("ntk", c2))):
             rs = sorted((r for r in res.rows if r["quantity"] == q and r["component"] == comp
                          and r["layer"] == L), key=lambda r: r["width"])
             if not rs or not np.isfinite(rs[0]["lo"]):
-                continue
+                continue  # (the NTK rows exist with check(..., ntk=True) only)
             x = np.array([1 / r["width"] for r in rs])
             scale = abs(rs[0]["lo"]) or 1.0
-            name = rf"$G_{{{c2}}}$" if q == "metric" else rf"$V_{{{c4}}}$"
+            name = names[q]
             ax.errorbar(x, [(r["mc_mean"] - r["lo"]) / scale for r in rs],
                         yerr=[r["mc_stderr"] / scale for r in rs], fmt="o", capsize=2,
                         color=colors[k], label=rf"{name}, $\ell={L}$: (MC − LO)/|LO|")
