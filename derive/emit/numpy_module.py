@@ -32,10 +32,12 @@ from sympy.core.sorting import default_sort_key
 from sympy.printing.numpy import SciPyPrinter
 
 from ..activations.gaussian import _PANELS as _GAUSS_PANELS
-from ..activations.gaussian import _closed_form_plan, separable_terms
-from ..algebra.symbols import DerivativeContraction, GaussianAverage, RandomVar
+from ..activations.gaussian import _classify, _closed_form_plan, separable_terms
+from ..algebra.symbols import (GROUPS, DerivativeContraction, GaussianAverage, RandomVar,
+                               sample_indices)
 from ..base.errors import DeriveError
 from ..base.parsing import as_expr
+from ..derivation.quantities import quantity
 from ..derivation.specialise import specialise
 from .printing import book_latex
 
@@ -154,12 +156,37 @@ def _emit_separable_average(em: "_Emitter", lines: list[str], name: str, h: sp.E
     return _hoist(lines, name, " + ".join(parts))
 
 
+@lru_cache(maxsize=1024)
+def _may_have_closed_form(f: sp.Expr) -> bool:
+    """False when a factor of the one-variable f is none of the functions of rules/kernels
+    (its base classified once, whatever it is multiplied with): then no product with f has a
+    closed form, and the classification of the product, which simplifies every factor
+    again, is skipped."""
+    for part in sp.Mul.make_args(sp.expand_power_exp(f)):
+        if part.is_number:
+            continue
+        base, exp = part.args if isinstance(part, sp.Pow) else (part, sp.S.One)
+        if not (exp.is_Integer and exp > 0) or len(base.free_symbols) != 1:
+            return False
+        if _classify_base(base) is None:
+            return False
+    return True
+
+
+@lru_cache(maxsize=1024)
+def _classify_base(base: sp.Expr):
+    (var,) = base.free_symbols
+    return _classify(base, var)
+
+
 def _emit_pair_average(em: _Emitter, lines: list[str], name: str, f: sp.Expr, g: sp.Expr,
                        kinked: bool) -> str:
     """Hoist ⟨f(z_p) g(z_q)⟩ on all pairs (N, N): a closed form of rules/kernels where one
     applies, else the pair quadrature; returns the variable holding it."""
     z1, z2 = sp.symbols("z1 z2")
-    plan = _closed_form_plan(f.xreplace({_Z: z1}) * g.xreplace({_Z: z2}), ((z1, 0), (z2, 1)))
+    plan = None
+    if _may_have_closed_form(f) and _may_have_closed_form(g):
+        plan = _closed_form_plan(f.xreplace({_Z: z1}) * g.xreplace({_Z: z2}), ((z1, 0), (z2, 1)))
     if plan is not None and (plan[2] == (0, 1) or f == g):
         cf, coeff, _, params = plan
         formula = cf.formula.xreplace({sp.Symbol(p): sp.Integer(int(v)) if float(v).is_integer()
@@ -217,8 +244,11 @@ _P = {(0, 0): sp.Symbol("P00"), (0, 1): sp.Symbol("P01"), (1, 0): sp.Symbol("P01
 
 def _hermite_weight(idx: tuple) -> sp.Expr:
     """The weight H with ⟨∂_{i1}…∂_{ir} F⟩ = ⟨F H⟩ over N(0, P⁻¹) (Gaussian integration by
-    parts, docs/conventions.md §4): y_i y_j − P_ij for r = 2, its fourth-order analogue for r = 4; y = P z."""
+    parts, docs/conventions.md §4): y_i for r = 1, y_i y_j − P_ij for r = 2, its fourth-order
+    analogue for r = 4; y = P z."""
     y = [sum(_P[i, c] * _PZ[c] for c in (0, 1)) for i in (0, 1)]
+    if len(idx) == 1:
+        return y[idx[0]]
     if len(idx) == 2:
         i, j = idx
         return y[i] * y[j] - _P[i, j]
@@ -228,7 +258,8 @@ def _hermite_weight(idx: tuple) -> sp.Expr:
         yy = sum(_P[a] * y[b[0]] * y[b[1]] + _P[b] * y[a[0]] * y[a[1]] for a, b in pairs)
         pp = sum(_P[a] * _P[b] for a, b in pairs)
         return y[i] * y[j] * y[k] * y[l] - yy + pp
-    raise DeriveError(f"integration by parts is implemented for 2 and 4 derivatives, got {len(idx)}")
+    raise DeriveError(f"integration by parts is implemented for 1, 2 and 4 derivatives, got "
+                      f"{len(idx)}")
 
 
 class _PairFrame:
@@ -275,6 +306,11 @@ class _PairFrame:
         dep = [k for k, v in enumerate(_PZ) if F.has(v)]
         if not self.kinked:
             out = self.average(sp.diff(F, *(_PZ[i] for i in idx)))
+        elif len(dep) == 1 and len(idx) == 1:  # ⟨∂F⟩ = ⟨z F⟩ / K over one variable
+            (k,) = dep
+            avg = self.average(F * _PZ[k])
+            out = sp.Symbol(_hoist(self.lines, self._name("d"),
+                                   f"{avg} / Kd{'[:, None]' if k == 0 else '[None, :]'}"))
         elif len(dep) == 1:
             out = self.average(F, hermite=len(idx))
         else:
@@ -285,12 +321,20 @@ class _PairFrame:
         self.memo[key] = out
         return out
 
+    def component(self, label: str, comp: tuple) -> sp.Symbol:
+        """The previous layer's component of ``label`` with samples (p, q)[comp[0]], … (an
+        (N, N) array read from the argument ``{label}P``)."""
+        return sp.Symbol(_hoist(self.lines, f"{label}_{''.join(map(str, comp))}",
+                                f"{label}P[{', '.join(map(str, comp))}]"))
+
     def contraction(self, node: DerivativeContraction, slot: dict) -> sp.Expr:
-        """Σ_{β ∈ {p, q}^r} T_β Π_k ⟨∂_{β ∈ B_k} F_k⟩ as a sum over the 2^r assignments."""
+        """Σ_{β ∈ {p, q}^r} T_β Π_k ⟨∂_{β ∈ B_k} F_k⟩ as a sum over the 2^r assignments of the
+        summed indices (T's free sample indices, if any, at the component's samples)."""
         from itertools import product
 
         label = str(node.tensor.base)
-        dummies = node.tensor.indices
+        summed = {b for grp in node.groups for b in grp}
+        dummies = tuple(i for i in node.tensor.indices if i in summed)
         fs = [F.xreplace({r: _PZ[slot[r.indices[0]]] for r in F.atoms(RandomVar)})
               for F in node.functions]
         total = sp.S.Zero
@@ -302,9 +346,8 @@ class _PairFrame:
                 if term == 0:
                     break
             if term != 0:
-                comp = sp.Symbol(_hoist(self.lines, f"{label}_{''.join(map(str, assign))}",
-                                        f"{label}P[{', '.join(map(str, assign))}]"))
-                total += comp * term
+                comp = tuple(val[i] if i in val else slot[i] for i in node.tensor.indices)
+                total += self.component(label, comp) * term
         return total
 
     def step(self, expr: sp.Expr, alphas: tuple, pattern: tuple) -> str:
@@ -321,52 +364,72 @@ class _PairFrame:
             elif isinstance(node, DerivativeContraction):
                 reps[node] = self.contraction(node, slot)
                 walk.skip()
-            elif isinstance(node, sp.Indexed):
-                raise DeriveError(f"{node} is not read on pairs of inputs")
+            elif isinstance(node, sp.Indexed):  # a component of the previous layer's tensor
+                if any(i not in slot for i in node.indices):
+                    raise DeriveError(f"{node} is not read on pairs of inputs")
+                reps[node] = self.component(str(node.base), tuple(slot[i] for i in node.indices))
+                walk.skip()
         return self.em.code(expr.xreplace(reps))
 
 
-def _pair_patterns(rank: int) -> list[tuple]:
+#: the permutations of the sample indices under which each symmetry keeps a quantity
+#: (docs/conventions.md §3: "sym" for the rank-2 ones, derive.algebra.symbols.GROUPS for V, A,
+#: B, D, F)
+_PERMUTATIONS = {"sym": ((0, 1), (1, 0)), **GROUPS}
+
+
+def _pair_patterns(symmetry: str) -> list[tuple]:
     """Representatives of the component patterns in {0, 1}^rank with both samples present,
-    up to V's (or G1's) index symmetries and the exchange p ↔ q (a transpose)."""
-    return sorted({rep for rep, _ in _orbit_table(rank).values()})
+    up to the index symmetries ``symmetry`` of the quantity and the exchange p ↔ q (a
+    transpose)."""
+    return sorted({rep for rep, _ in _orbit_table(symmetry).values()})
 
 
-def _pattern_text(pat: tuple) -> str:
+def _pattern_text(pat: tuple, symmetry: str = "pairs") -> str:
     x = ["p" if v == 0 else "q" for v in pat]
-    return f"({x[0]}{x[1]})({x[2]}{x[3]})"
+    if symmetry == "pairs":
+        return f"({x[0]}{x[1]})({x[2]}{x[3]})"
+    return "".join(x)
 
 
-def _symmetry_images(pat: tuple) -> list[tuple]:
-    """Images of a pattern under the index symmetries of G1 (rank 2) or V (rank 4)."""
-    if len(pat) == 2:
-        return [pat, pat[::-1]]
-    a, b, c, d = pat
-    out = []
-    for w, x, y, u in ((a, b, c, d), (c, d, a, b)):
-        out += [(w, x, y, u), (x, w, y, u), (w, x, u, y), (x, w, u, y)]
-    return out
+def _symmetry_images(pat: tuple, symmetry: str) -> list[tuple]:
+    """Images of a pattern under the index symmetries ``symmetry`` (:data:`_PERMUTATIONS`)."""
+    return [tuple(pat[k] for k in perm) for perm in _PERMUTATIONS[symmetry]]
 
 
-def _orbit_table(rank: int) -> dict:
+def _orbit_table(symmetry: str) -> dict:
     """pattern → (representative, transposed) for every pattern of {0, 1}^rank with both
     0 and 1 in it: the component equals the representative's array (transposed if flagged)."""
     from itertools import product
 
     table = {}
-    for pat in product((0, 1), repeat=rank):
+    for pat in product((0, 1), repeat=len(_PERMUTATIONS[symmetry][0])):
         if len(set(pat)) < 2:
             continue
-        cands = [(img, False) for img in _symmetry_images(pat)]
-        cands += [(tuple(1 - v for v in img), True) for img in _symmetry_images(pat)]
+        cands = [(img, False) for img in _symmetry_images(pat, symmetry)]
+        cands += [(tuple(1 - v for v in img), True) for img in _symmetry_images(pat, symmetry)]
         rep, transposed = min(cands)
         table[pat] = (rep, transposed)
     return table
 
 
-def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool) -> tuple[list[str], str]:
-    """Code lines and result for a recursion on the diagonal (all sample indices equal)."""
+def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool,
+               tensors: tuple = ("G1", "V")) -> tuple[list[str], str]:
+    """Code lines and result for a recursion on the diagonal (all sample indices equal); the
+    previous layer's ``tensors`` are read as their diagonals (arguments named by label)."""
     a = alphas[0]
+    # a contraction's free tensor indices (D_{α1α2β1β2}) are renamed apart first: it may not
+    # hold one index twice, and on the diagonal the tensor is read as its diagonal anyway
+    apart = dict(zip(alphas, sample_indices("gamma1 gamma2 gamma3 gamma4")))
+
+    def free_apart(node):
+        summed = {b for grp in node.groups for b in grp}
+        if all(i in summed for i in node.tensor.indices):
+            return node
+        return DerivativeContraction(node.tensor.xreplace(apart), node.functions, node.groups,
+                                     node.kernel)
+
+    expr = expr.replace(lambda x: isinstance(x, DerivativeContraction), free_apart)
     expr = expr.xreplace({x: a for x in alphas})
     lines, reps = [], {}
     atoms = set()
@@ -384,7 +447,7 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool) -> tupl
         name = f"avg{k}"
         if isinstance(atom, sp.Indexed):
             label = str(atom.base)
-            if label not in ("G1", "V"):
+            if label not in tensors:
                 raise DeriveError(f"{atom} is not read on the diagonal")
             reps[atom] = sp.Symbol(label)
             continue
@@ -399,7 +462,10 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool) -> tupl
             F1 = one_variable(F)
             r = len(grp)
             sub = f"{name}_{j}"
-            if kinked:
+            if kinked and r == 1:  # ⟨F'⟩ = ⟨z F⟩ / K
+                fn = em.function(_Z * F1, "z times, integrated by parts")
+                call = f"_diag_average({fn}, Kd) / Kd"
+            elif kinked:
                 call = f"_diag_average({em.function(F1, 'integrated by parts')}, Kd, hermite={r})"
             else:
                 call = (f"_diag_average({em.function(sp.diff(F1, _Z, r), f'derivative {r} of {F1}')}"
@@ -463,14 +529,14 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
     pairs = [("metric_correction_pairs", "G1", "The NLO metric correction G1^{(l+1)}_{pq} of "
               "every pair."),
              ("vertex_pairs", "V", "The four-point vertex V^{(l+1)} at the components "
-              + ", ".join(_pattern_text(p) for p in _pair_patterns(4)) + " of every pair.")]
+              + ", ".join(_pattern_text(p) for p in _pair_patterns("pairs")) + " of every pair.")]
     for fname, q, doc in pairs:
         if (q == "G1" and not has_g1) or not has_vertex:
             continue
         frame = _PairFrame(em, kinked)
         expr = local(step.contracted[q])
         results = []
-        for pat in _pair_patterns(2 if q == "G1" else 4):
+        for pat in _pair_patterns(quantity(q).symmetry):
             var = f"{q}_{''.join(map(str, pat))}_next"
             frame.lines.append(f"{var} = {frame.step(expr, al, pat)}")
             results.append(var)
@@ -483,9 +549,9 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                       "latex": book_latex(step.contracted[q].xreplace(rename)),
                       "lines": head + frame.lines,
                       "result": ", ".join(results)})
-    orbits = ["".join(map(str, p)) for p in _pair_patterns(4)]
+    orbits = ["".join(map(str, p)) for p in _pair_patterns("pairs")]
     assembly = []
-    for pat, (rep, transposed) in sorted(_orbit_table(4).items()):
+    for pat, (rep, transposed) in sorted(_orbit_table("pairs").items()):
         ref = f'Vpairs["{"".join(map(str, rep))}"]' + (".T" if transposed else "")
         assembly.append(f"VP[{', '.join(map(str, pat))}] = {ref}")
     em.functions.insert(0, {"name": "sigma", "doc": f"the activation {act.name}",
