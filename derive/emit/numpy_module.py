@@ -15,12 +15,21 @@ What it contains is printed from the derivation, not written by hand:
   on samples the averaged functions do not depend on, so these components close on
   themselves), each ⟨∂_β F⟩ a derivative average (smooth σ) or, for σ with kinks, ⟨F H_β⟩
   with the Hermite weight H in y = P z, P the inverse of the pair's kernel;
+* when the derivation's targets hold the NTK's O(1/n) statistics (docs/conventions.md §3),
+  those and the ones their recursions read (H1 reads D and F, A reads D), the same way:
+  each one's diagonal recursion, and H1 on all pairs, A, B, D, F on the components with at
+  most two distinct samples — one pattern per orbit of the quantity's *own* index group
+  (:data:`derive.algebra.symbols.GROUPS`: "pairs" for V and A, "cross" for B, "within" for D,
+  "swap" for F) and p ↔ q (:func:`_orbit_table`); plain components such as Θ_{α1α3} and free
+  sample indices of a contraction's tensor (D_{α1α2β1β2}) are read at the pattern's samples,
+  single derivatives ⟨∂_β F⟩ by Hermite weights y_β (kinked σ; ⟨z F⟩/K on one variable);
+  without NTK targets the module is what it was;
 * every average ⟨f(z1) g(z2)⟩ as a closed form of ``rules/kernels`` where one applies
   (printed inline), else a call of the fixed separable quadrature with precomputed nodes;
 * σ and the functions under the averages as numpy code (:class:`NumpyPrinter`).
 
-V's components with three or four distinct samples are not emitted (predict evaluates the
-full V of N ≥ 3 inputs with :mod:`derive.numeric.evaluate`).
+Four-index components with three or four distinct samples are not emitted (predict
+evaluates V, A, B, D, F of N ≥ 3 inputs with :mod:`derive.numeric.evaluate`).
 """
 from __future__ import annotations
 
@@ -37,7 +46,7 @@ from ..algebra.symbols import (GROUPS, DerivativeContraction, GaussianAverage, R
                                sample_indices)
 from ..base.errors import DeriveError
 from ..base.parsing import as_expr
-from ..derivation.quantities import quantity
+from ..derivation.quantities import QUANTITIES, quantity
 from ..derivation.specialise import specialise
 from .printing import book_latex
 
@@ -94,6 +103,9 @@ class _Emitter:
         self.functions: list[dict] = []
         self.closed: list[dict] = []
         self._by_expr: dict = {}
+        #: print new functions with their common subexpressions computed once (the NTK's
+        #: statistics: high derivatives of σ'σ', tanh(z) many times in one polynomial)
+        self.cse = False
 
     def function(self, expr: sp.Expr, what: str) -> str:
         """The name of a generated one-variable function z ↦ expr (deduplicated)."""
@@ -104,10 +116,17 @@ class _Emitter:
         if key not in self._by_expr:
             name = f"_f{len(self.functions)}"
             self._by_expr[key] = name
-            body = self.printer.doprint(expr) if expr.free_symbols else \
-                f"numpy.full(numpy.shape(z), {float(expr)!r})"
+            lines = []
+            if not expr.free_symbols:
+                body = f"numpy.full(numpy.shape(z), {float(expr)!r})"
+            elif self.cse:
+                reps, (reduced,) = sp.cse(expr, symbols=sp.numbered_symbols("t"))
+                lines = [f"{t} = {self.printer.doprint(e)}" for t, e in reps]
+                body = self.printer.doprint(reduced)
+            else:
+                body = self.printer.doprint(expr)
             self.functions.append({"name": name, "doc": f"z -> {sp.sstr(expr)} ({what})",
-                                   "body": body})
+                                   "lines": lines, "body": body})
         return self._by_expr[key]
 
     def closed_form(self, body: str, doc: str) -> str:
@@ -475,6 +494,112 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool,
     return lines, em.code(expr.xreplace(reps))
 
 
+# ---------------------------------------------------------------------------------------------
+# the NTK's O(1/n) statistics: H1 on pairs, A, B, D, F on the components with ≤ 2 samples
+# ---------------------------------------------------------------------------------------------
+
+#: the NTK's O(1/n) statistics (docs/conventions.md §3) → the stem of their step functions
+NTK_STEPS = {"H1": "ntk_mean_correction", "A": "ntk_variance_a", "B": "ntk_variance_b",
+             "D": "ntk_cross_d", "F": "ntk_cross_f"}
+#: evaluate()'s per-layer values of the scalars of a step (layer l → l + 1)
+_SCALAR_VALUES = {"C_b": "Cb[l]", "C_W": "CW[l]", "lambda_b": "lb[l]", "lambda_W": "lW[l]",
+                  "n_l": "n[l]", "n_lm1": "n[l - 1]"}
+
+
+def _tensors_read(expr: sp.Expr) -> list[str]:
+    """The labels of the previous layer's quantities a form reads (in the order of
+    :data:`~derive.derivation.quantities.QUANTITIES`)."""
+    labels = {str(t.base) for t in expr.atoms(sp.Indexed)}
+    return [q.name for q in QUANTITIES if q.name in labels]
+
+
+def _ntk_steps(d, step, em: _Emitter, local, steps: list, kinked: bool, rename: dict,
+               extra: list) -> dict | None:
+    """Append the steps of the NTK's O(1/n) statistics the targets of ``d`` need (their
+    diagonal and their pair components, printed from the derived contracted forms of
+    ``step``) to ``steps``; returns what the template prints into ``evaluate`` (None without
+    any)."""
+    need = {t for t in d.targets if t in NTK_STEPS}
+    if not need:
+        return None
+    em.cse = True
+    if "V" not in step.recursions:  # derive() always carries V where the O(1/n) closure exists
+        raise DeriveError("the NTK's O(1/n) statistics are computed beside V, which is not "
+                          "derived here (internal error)")
+    grow = True
+    while grow:  # the statistics the targets' recursions read
+        more = {t for q in need for t in _tensors_read(step.contracted[q]) if t in NTK_STEPS}
+        grow = not more <= need
+        need |= more
+    names = [q.name for q in QUANTITIES if q.name in need]
+    if "H1" in need and "G1" not in d.recursions:
+        raise DeriveError("H1 reads G1, which is not derived here (internal error)")
+    scalar_values = {**_SCALAR_VALUES, **{e: f"{e}[l]" for e in extra}}
+    # evaluate()'s names of layer l's values: diagonals, and the pair components (G1P, VP are
+    # _pair_tensors'; the others are assembled once per layer, see pair_inputs)
+    diag_args = {"G1": "G1d", "V": "V[l]"}
+    diag_args.update({n: f"{n}d" for n in ("Theta", *names) if quantity(n).rank == 2})
+    diag_args.update({n: f"{n}[l]" for n in names if quantity(n).rank == 4})
+    pair_args = {"G1": "G1P", "V": "VP"}
+    pair_inputs, out = [], []
+    for name in names:
+        q = quantity(name)
+        expr = local(step.contracted[name])
+        labels = _tensors_read(expr)
+        used = {str(x) for x in expr.atoms(sp.Symbol)}
+        scalars = [str(rename.get(x, x)) for x in step.scalars if str(rename.get(x, x)) in used]
+        values = [scalar_values[x] for x in scalars]
+        shown = book_latex(step.contracted[name].xreplace(rename))
+        what = f"{q.title} {name}^{{(l+1)}}"
+        # on the diagonal: the single-input form (all sample indices equal)
+        lines, result = _diag_step(em, expr, step.alphas, kinked, tensors=tuple(labels))
+        diag_fn = NTK_STEPS[name] + "_step"
+        steps.append({"name": diag_fn, "args": ", ".join(["Kd", *labels, *scalars]),
+                      "doc": f"{what} of each input (diagonal, from the diagonals of the previous "
+                      "layer's quantities). Implements, at α1 = α2 = … :",
+                      "latex": shown, "lines": lines, "result": result})
+        # on pairs: one component pattern per orbit of the quantity's symmetries and p ↔ q
+        frame = _PairFrame(em, kinked)
+        patterns = _pair_patterns(q.symmetry)
+        results = []
+        for pat in patterns:
+            var = f"{name}_{''.join(map(str, pat))}_next"
+            frame.lines.append(f"{var} = {frame.step(expr, step.alphas, pat)}")
+            results.append(var)
+        head = ["Kd = numpy.diagonal(K)"] + (["P00, P01, P11 = _pair_inverse(K)"] if kinked else [])
+        pair_fn = NTK_STEPS[name] + "_pairs"
+        comps = "" if q.rank == 2 else " at the components " + ", ".join(
+            _pattern_text(p, q.symmetry) for p in patterns) + " (samples (p, q)[a], …)"
+        steps.append({"name": pair_fn, "args": ", ".join(["K", *(f"{t}P" for t in labels),
+                                                          *scalars]),
+                      "doc": f"{what}{comps} of every pair. {', '.join(f'{t}P' for t in labels)} "
+                      "hold the previous layer's components with samples (p, q)[a], … (see "
+                      "_pair_matrix, _pair_tensor); the sample sums run over β ∈ {p, q}"
+                      + (", by Gaussian integration by parts (P = the pair's inverse kernel)"
+                         if kinked else "") + ". Implements:",
+                      "latex": shown, "lines": head + frame.lines,
+                      # always a tuple for a four-index quantity (zipped with its ORBITS)
+                      "result": ", ".join(results) + ("," if len(results) == 1 and q.rank == 4
+                                                      else "")})
+        for t in labels:
+            if t not in pair_args:
+                pair_args[t] = f"{t}P"
+                pair_inputs.append((f"{t}P", f"_pair_matrix({t}[l])" if quantity(t).rank == 2 else
+                                    f'_pair_tensor({t}[l], {t}_pairs[l], ORBIT_TABLES["{t}"])'))
+        diag_call = ", ".join(["Kd", *(diag_args[t] for t in labels), *values])
+        pair_call = ", ".join(["K[l]", *(pair_args[t] for t in labels), *values])
+        out.append({"name": name, "rank": q.rank, "var": name.lower(),
+                    "diag_call": f"{diag_fn}({diag_call})", "pair_call": f"{pair_fn}({pair_call})"})
+    tables = {name: {pat: ("".join(map(str, rep)), flag)
+                     for pat, (rep, flag) in sorted(_orbit_table(quantity(name).symmetry).items())}
+              for name in names if quantity(name).rank == 4}
+    orbits = {name: ["".join(map(str, p)) for p in _pair_patterns(quantity(name).symmetry)]
+              for name in tables}
+    return {"names": names, "two": [n for n in names if n not in tables], "four": list(tables),
+            "steps": out, "pair_inputs": pair_inputs, "orbits": repr(orbits),
+            "tables": repr(tables)}
+
+
 def numpy_module_source(d, tol: float = 3e-13) -> str:
     """Source of the standalone evaluator of a :class:`~derive.Derivation` (see module doc)."""
     from .documents import _version, render
@@ -549,12 +674,13 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                       "latex": book_latex(step.contracted[q].xreplace(rename)),
                       "lines": head + frame.lines,
                       "result": ", ".join(results)})
+    ntk = _ntk_steps(d, step, em, local, steps, kinked, rename, extra)
     orbits = ["".join(map(str, p)) for p in _pair_patterns("pairs")]
     assembly = []
     for pat, (rep, transposed) in sorted(_orbit_table("pairs").items()):
         ref = f'Vpairs["{"".join(map(str, rep))}"]' + (".T" if transposed else "")
         assembly.append(f"VP[{', '.join(map(str, pat))}] = {ref}")
-    em.functions.insert(0, {"name": "sigma", "doc": f"the activation {act.name}",
+    em.functions.insert(0, {"name": "sigma", "doc": f"the activation {act.name}", "lines": [],
                             "body": em.printer.doprint(act.expr.xreplace({act.z: _Z}))})
     # the quadrature rules are computed when the module is imported (numpy's Gauss rules, the
     # same calls as derive.activations.gaussian.panel_rule): only their sizes are printed here
@@ -593,7 +719,7 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                   extra_call="".join(f", {e}[l]" for e in extra),
                   equation=(f"z' = {sp.sstr(spec.equation.expr.xreplace(rename))}"
                             if spec.equation.name != "mlp" else ""),
-                  kind="MLP" if spec.equation.name == "mlp" else "network")
+                  kind="MLP" if spec.equation.name == "mlp" else "network", ntk=ntk)
 
 
 @lru_cache(maxsize=16)
@@ -603,7 +729,7 @@ def load_generated(spec, targets: tuple = ("K", "Theta")):
 
     from ..derivation.derivation import derive
 
-    order = 1 if any(t in ("G1", "V") for t in targets) else 0
+    order = 1 if any(t in ("G1", "V", *NTK_STEPS) for t in targets) else 0
     src = derive(spec, targets=targets, order=order).numpy_module()
     mod = types.ModuleType(f"derive_generated_{abs(hash((spec, targets)))}")
     exec(compile(src, mod.__name__, "exec"), mod.__dict__)  # noqa: S102 - our own generated code
