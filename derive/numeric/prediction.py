@@ -155,31 +155,43 @@ class Prediction:
                 f"<thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool) -> dict:
-    """K, Θ (and G1, V) from the generated module of ``spec`` (cached per spec)."""
+def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool,
+               ntk: tuple = ()) -> dict:
+    """K, Θ (and G1, V, and the NTK's O(1/n) statistics ``ntk``: H1 on all pairs, A, B, D, F
+    dense for N ≤ 2) from the generated module of ``spec`` (cached per spec and targets)."""
     from ..emit.numpy_module import load_generated
 
-    wanted = ("K", "Theta", "G1") if nlo and order >= 1 else ("K", "Theta")
+    # at order 0 the NTK's statistics are not evaluated (as on the batched route: H1 is zero,
+    # A, B, D, F are left out)
+    ntk = tuple(q for q in NTK_NLO if q in ntk) if order >= 1 else ()
+    wanted = ("K", "Theta", "G1") if (nlo or ntk) and order >= 1 else ("K", "Theta")
     mod = load_generated(spec, tuple(t for t in wanted if not (t == "Theta" and
-                                                              spec.activation.ntk_obstacle)))
+                                                              spec.activation.ntk_obstacle))
+                         + ntk)
     closes = spec.max_order >= 1  # else no V: K and Θ only
     try:
         with np.errstate(all="ignore"):
-            g = mod.evaluate(X, order=order, nlo=("pairs" if nlo else "diagonal") if closes
-                             else "none")
+            g = mod.evaluate(X, order=order, nlo=("pairs" if nlo or ntk else "diagonal")
+                             if closes else "none")
     except (ValueError, ArithmeticError) as err:
         raise DeriveError(str(err)) from None
     kinked = bool(spec.activation.kinks)
     r = {"K": g["K"], "Theta": g.get("Theta", {}), "G1": g["G1"], "V": g["V"],
          "error": float(mod.TOL * (30 if kinked else 1))}
+    N = X.shape[0]
     if not closes:
         r.pop("V")
     elif dense_v:  # N ≤ 2: every component has at most two distinct samples
-        N = X.shape[0]
         r["V"] = {l: (mod._pair_tensors(g["G1"][l], v, g["V_pairs"][l])[1][..., 0, N - 1]
                       if N == 2 else v.reshape(1, 1, 1, 1)) for l, v in g["V"].items()}
     else:
         r["V"] = {l: _DiagonalVertex(v) for l, v in g["V"].items()}
+    for q in ntk:
+        if q == "H1":
+            r["H1"] = g["H1"]
+        elif N <= 2:  # dense N⁴: every component has at most two distinct samples
+            r[q] = {l: (mod._pair_tensor(v, g[q + "_pairs"][l], mod.ORBIT_TABLES[q])[..., 0, N - 1]
+                        if N == 2 else v.reshape(1, 1, 1, 1)) for l, v in g[q].items()}
     return r
 
 
@@ -227,13 +239,11 @@ RANK4 = ("V", "A", "B", "D", "F")
 
 
 def _route(N: int, targets: tuple) -> str:
-    """The one route decision: the generated evaluator (K, Θ, G1 on all pairs, V on the
-    components with at most two distinct samples) unless V is wanted for N ≥ 3 inputs, whose
-    components with three and four distinct samples only the batched evaluator computes, or
-    the NTK's O(1/n) statistics, which only the batched evaluator computes."""
-    if any(t in NTK_NLO for t in targets):
-        return "batched"
-    return "batched" if "V" in targets and N >= 3 else "generated"
+    """The one route decision: the generated evaluator (K, Θ, G1, H1 on all pairs, V, A, B, D,
+    F on the components with at most two distinct samples, which for N ≤ 2 inputs are all of
+    them) unless a four-index quantity is wanted for N ≥ 3 inputs, whose components with three
+    and four distinct samples only the batched evaluator computes."""
+    return "batched" if N >= 3 and any(t in RANK4 for t in targets) else "generated"
 
 
 def vertex_work(N: int) -> dict:
@@ -319,7 +329,8 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         G1, V, without Θ when σ jumps, where Θ is infinite).  V for N ≥ 3 inputs is the
         expensive part (N⁴ components, 3-D and 4-D averages); without it everything runs
         through the generated evaluator.  The NTK's O(1/n) statistics H1 (N × N), A, B, D, F
-        (N⁴ each; docs/conventions.md §3) run through the batched evaluator.
+        (N⁴ each; docs/conventions.md §3) run through the generated evaluator too, except A, B,
+        D, F for N ≥ 3 inputs (like V: the batched evaluator).
     progress : bool, optional
         Print what the run will do and one line per layer to stderr.
     tol : float, optional
@@ -386,7 +397,8 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
     if route == "generated":
         say("predict: deriving the recursions and generating the evaluator for σ = "
             f"{spec.activation.name} (cached for the rest of the session) …")
-        r = _generated(spec, X, order, nlo_wanted, "V" in targets)
+        r = _generated(spec, X, order, nlo_wanted, "V" in targets,
+                       tuple(t for t in targets if t in NTK_NLO))
         report(spec.depth, spec.depth)
     else:
         say("predict: deriving the recursions and specialising them to σ = "
