@@ -2,16 +2,19 @@ r"""``derive.predict``: numbers from the derived recursions (docs/conventions.md
 
 ``predict(spec, X, order=1)`` returns a :class:`Prediction` with mappings ``.K``, ``.G1``,
 ``.V``, ``.Theta`` keyed by layer ℓ = 1 … L (float64 arrays of shapes (N, N), (N, N),
-(N, N, N, N), (N, N)) and ``.metric(ℓ)`` = K + G1/n_{ℓ−1}.  ``targets`` limits the work to
+(N, N, N, N), (N, N)) and ``.metric(ℓ)`` = K + G1/n_{ℓ−1}; with the NTK's O(1/n) statistics
+among the targets also ``.H1`` (N, N), ``.A``, ``.B``, ``.D``, ``.F`` (N, N, N, N) and
+``.ntk_mean(ℓ)`` = Θ + H1/n_{ℓ−1} (docs/conventions.md §3).  ``targets`` limits the work to
 some of them (e.g. ``targets=("K", "Theta", "G1")`` for many inputs: the full V costs N⁴
 memory; the mappings of quantities not asked for are empty).  Kinked activations (ReLU,
 leaky ReLU, user strings with Max/Abs/Heaviside) are evaluated with the derivative-free forms.
 
 The numbers come from the derived expressions, never from a second, hand-written recursion:
-K, Θ, G1 (and V for N ≤ 2) through the module generated from the derivation
-(:mod:`derive.emit.numpy_module`, cached per spec), in which G1 is fed by the components of V with at
-most two distinct samples (they close on themselves); the full V of N ≥ 3 inputs through the
-batched evaluator of the same derived forms (:mod:`derive.numeric.evaluate`).
+K, Θ, G1 and H1 (and V, A, B, D, F for N ≤ 2) through the module generated from the
+derivation (:mod:`derive.emit.numpy_module`, cached per spec), in which G1 and H1 are fed by
+the components of V, A, B, D, F with at most two distinct samples (they close on themselves);
+a four-index quantity of N ≥ 3 inputs through the batched evaluator of the same derived forms
+(:mod:`derive.numeric.evaluate`).
 
 ``.expansion[ℓ]`` estimates the relative size of the first neglected term,
 (V/(n_{ℓ−1} K²))^{order+1} on the diagonal; a warning names the first layer where it exceeds
@@ -232,7 +235,7 @@ def _inputs(X) -> np.ndarray:
     return arr
 
 
-#: the NTK's O(1/n) statistics: only the batched evaluator computes them so far
+#: the NTK's O(1/n) statistics (docs/conventions.md §3)
 NTK_NLO = ("H1", "A", "B", "D", "F")
 #: the quantities with four sample indices (N⁴ arrays)
 RANK4 = ("V", "A", "B", "D", "F")
@@ -279,21 +282,18 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None) -> str:
     # each rank-4 quantity costs about what V does (their components are counted alike)
     seconds = max(1, len(four)) * (L - 1) * (work[3] * _SECONDS[3, kinked]
                                              + work[4] * _SECONDS[4, kinked])
-    if not four:  # H1 alone: its rank-4 inputs only on components with two distinct samples
-        say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator "
-            "(the NTK's O(1/n) statistics)")
-        return route
     say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator for "
         f"the full {', '.join(four)} — per layer {sum(work.values())} vertex components, {work[3]} of them with "
         f"3 distinct samples (3-D averages) and {work[4]} with 4 (4-D averages)"
         f"{', σ with kinks' if kinked else ''}; roughly {_duration(seconds)} on 2 cores")
     if seconds > MAX_SECONDS:
+        which = ", ".join(four)
         raise DeriveError(
-            f"the full four-point vertex V of {N} inputs through {L} layers needs "
-            f"{work[3] + work[4]} three- and four-dimensional averages per layer, roughly "
-            f"{_duration(seconds)}; this is not practical.  Leave V out (K, Θ and G1 on all "
-            "pairs take seconds), or predict V for at most 2 inputs at a time (pairs are exact "
-            "through the generated evaluator), or for fewer inputs")
+            f"the full four-index {which} of {N} inputs through {L} layers need "
+            f"{work[3] + work[4]} three- and four-dimensional averages per layer each, roughly "
+            f"{_duration(seconds)}; this is not practical.  Leave {which} out (K, Θ, G1 and H1 "
+            f"on all pairs take seconds), or predict {which} for at most 2 inputs at a time "
+            "(pairs are exact through the generated evaluator), or for fewer inputs")
     return route
 
 
