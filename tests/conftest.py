@@ -1,5 +1,19 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files, and the independent NTK reference.
+
+``tests/ntk_reference.py`` (plain numpy, nothing from derive) is registered here as the module
+``ntk_reference``, so that test files can ``import ntk_reference`` whatever pytest's import
+mode (conftest runs before the test modules are collected)."""
+import importlib.util
+import pathlib
+import sys
+
 import pytest
+
+if "ntk_reference" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location(
+        "ntk_reference", pathlib.Path(__file__).with_name("ntk_reference.py"))
+    sys.modules["ntk_reference"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["ntk_reference"])
 
 
 @pytest.fixture

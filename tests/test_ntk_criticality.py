@@ -9,9 +9,6 @@ coefficients to 5e-4 relative (what is seen: ≤ 1e-4).
 """
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -21,12 +18,7 @@ import derive
 from derive.numeric.ntk_criticality import (ELL, K_STAR, LAMBDA_B, LAMBDA_W, Average,
                                             single_input_recursions)
 
-_spec = importlib.util.spec_from_file_location(
-    "ntk_reference", pathlib.Path(__file__).with_name("ntk_reference.py"))
-_ref = sys.modules.get("ntk_reference") or importlib.util.module_from_spec(_spec)
-if "ntk_reference" not in sys.modules:
-    sys.modules["ntk_reference"] = _ref
-    _spec.loader.exec_module(_ref)
+import ntk_reference as _ref  # registered by conftest.py
 
 RATIOS = ("V/(nK²)", "A/(nΘ²)", "B/(nΘ²)", "D/(nKΘ)", "F/(nKΘ)")
 

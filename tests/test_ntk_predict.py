@@ -9,9 +9,6 @@
   intercepts of A, B, D, F and the 1/n slope of the NTK mean (H1), and the NLO error of the
   NTK mean shrinking faster than the LO error.
 """
-import importlib.util
-import pathlib
-import sys
 import warnings
 
 import numpy as np
@@ -21,12 +18,7 @@ import derive
 from derive.base.errors import DeriveError
 from derive.numeric.prediction import ExpansionWarning
 
-_spec = importlib.util.spec_from_file_location(
-    "ntk_reference", pathlib.Path(__file__).with_name("ntk_reference.py"))
-ref_mod = sys.modules.get("ntk_reference") or importlib.util.module_from_spec(_spec)
-if "ntk_reference" not in sys.modules:
-    sys.modules["ntk_reference"] = ref_mod
-    _spec.loader.exec_module(ref_mod)
+import ntk_reference as ref_mod  # registered by conftest.py
 
 NTK = ("K", "Theta", "G1", "V", "H1", "A", "B", "D", "F")
 HYPER = {"C_b": [0.1, 0.2, 0.05, 0.15], "C_W": [1.5, 1.2, 1.8, 1.4],

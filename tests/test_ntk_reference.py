@@ -5,21 +5,13 @@ THEORY page, symmetry facts.  Slow tests: a self-contained numpy Monte Carlo of
 whole networks (weights sampled, forward pass, NTK as the sum over parameters of
 lambda * dz/dtheta dz/dtheta), which is the arbiter.  Nothing from ``derive`` is used.
 """
-import importlib.util
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 from scipy.special import erf
 
-_spec = importlib.util.spec_from_file_location(
-    "ntk_reference", pathlib.Path(__file__).with_name("ntk_reference.py"))
-ref_mod = sys.modules.get("ntk_reference") or importlib.util.module_from_spec(_spec)
-if "ntk_reference" not in sys.modules:
-    sys.modules["ntk_reference"] = ref_mod
-    _spec.loader.exec_module(ref_mod)
+import ntk_reference as ref_mod  # registered by conftest.py
 reference = ref_mod.reference
 
 NAMES = ("K", "V", "G1", "Theta", "H1", "A", "B", "D", "F")
