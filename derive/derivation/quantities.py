@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..algebra.symbols import SampleTensor
+
 __all__ = ["FIELDS", "Correlator", "Quantity", "QUANTITIES", "TARGETS", "quantity"]
 
 #: field → (neuron indices, sample indices) of one factor
@@ -71,9 +73,8 @@ class Quantity:
     def rank(self) -> int:
         return self.correlator.samples
 
-    def tensor(self):
+    def tensor(self) -> SampleTensor:
         """Layer ℓ's value of the quantity, as the sample tensor the recursions are written in."""
-        from ..algebra.symbols import SampleTensor
         return SampleTensor(self.name, self.rank, self.symmetry)
 
 
@@ -85,6 +86,11 @@ NTK_VARIANCE = Correlator(("Hhat", "Hhat"), True, "NTK two-point function (conne
 NTK_CROSS = Correlator(("Hhat", "z", "z"), True,
                        "NTK–preactivation three-point function (connected)")
 _CROSSED = (0, 2, 1, 3)
+#: the definitions that A, B (and D, F) are read from (docs/conventions.md §3)
+_VARIANCE = (r"E[ΔĤ_{i1i2;α1α2} ΔĤ_{i3i4;α3α4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} A_{(α1α2)(α3α4)} "
+             r"+ δ_{i1i3}δ_{i2i4} B_{α1α3α2α4} + δ_{i1i4}δ_{i2i3} B_{α1α4α2α3}]")
+_CROSS = (r"E[ΔĤ_{i1i2;α1α2} z_{i3;α3} z_{i4;α4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} D_{α1α2α3α4} "
+          r"+ δ_{i1i3}δ_{i2i4} F_{α1α3α2α4} + δ_{i1i4}δ_{i2i3} F_{α1α4α2α3}]")
 
 #: every quantity the layer step derives, in the planner's order
 QUANTITIES = (
@@ -102,20 +108,16 @@ QUANTITIES = (
              r"E[Ĥ_{i1i2;α1α2}] = δ_{i1i2} (Θ + H1/n_{ℓ−1} + …)_{α1α2}: n_{ℓ−1} × the ε¹ part"),
     Quantity("A", NTK_VARIANCE, ((0, 1), (2, 3)), 1, r"A^{(\ell)}", "pairs",
              "NTK variance, diagonal part",
-             r"E[ΔĤ_{i1i2;α1α2} ΔĤ_{i3i4;α3α4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} A_{(α1α2)(α3α4)} "
-             r"+ δ_{i1i3}δ_{i2i4} B_{α1α3α2α4} + δ_{i1i4}δ_{i2i3} B_{α1α4α2α3}]"),
+             _VARIANCE),
     Quantity("B", NTK_VARIANCE, ((0, 2), (1, 3)), 1, r"B^{(\ell)}", "cross",
              "NTK variance, crossed part",
-             r"E[ΔĤ_{i1i2;α1α2} ΔĤ_{i3i4;α3α4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} A_{(α1α2)(α3α4)} "
-             r"+ δ_{i1i3}δ_{i2i4} B_{α1α3α2α4} + δ_{i1i4}δ_{i2i3} B_{α1α4α2α3}]", _CROSSED),
+             _VARIANCE, _CROSSED),
     Quantity("D", NTK_CROSS, ((0, 1), (2, 3)), 1, r"D^{(\ell)}", "within",
              "NTK–preactivation cross-correlation, diagonal part",
-             r"E[ΔĤ_{i1i2;α1α2} z_{i3;α3} z_{i4;α4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} D_{α1α2α3α4} "
-             r"+ δ_{i1i3}δ_{i2i4} F_{α1α3α2α4} + δ_{i1i4}δ_{i2i3} F_{α1α4α2α3}]"),
+             _CROSS),
     Quantity("F", NTK_CROSS, ((0, 2), (1, 3)), 1, r"F^{(\ell)}", "swap",
              "NTK–preactivation cross-correlation, crossed part",
-             r"E[ΔĤ_{i1i2;α1α2} z_{i3;α3} z_{i4;α4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} D_{α1α2α3α4} "
-             r"+ δ_{i1i3}δ_{i2i4} F_{α1α3α2α4} + δ_{i1i4}δ_{i2i3} F_{α1α4α2α3}]", _CROSSED),
+             _CROSS, _CROSSED),
 )
 
 #: quantity → (order at which it enters, LaTeX): the planner's table
