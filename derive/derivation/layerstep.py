@@ -51,7 +51,7 @@ from ..algebra.trace import Trace
 from ..architectures.forward import (BASE_SCALARS, NTK, SIGMA, WIDTH, WIDTH_PREV, B, ForwardEquation,
                                      W, Z, mlp_equation)
 from ..base.errors import DeriveError
-from .quantities import FIELDS, QUANTITIES, Correlator, Quantity
+from .quantities import FIELDS, QUANTITIES, TARGETS, Correlator, Quantity, quantity
 
 __all__ = ["LayerStep", "derive_layer_step", "cached_layer_step", "closed_layer_step", "reads",
            "expect_neuron_sums",
@@ -211,8 +211,6 @@ def _expect_with_ntk(fs: list, vs: list, ntks: list, E0: sp.Expr, zeta: Family, 
     * three or more ΔĤ: O(1/n²).
 
     At order 0 only the means remain (rule ``nearly_gaussian.leading_order``)."""
-    from .quantities import quantity
-
     Theta, H1, A, B, D, F = (quantity(q).tensor() for q in ("Theta", "H1", "A", "B", "D", "F"))
     delta = lambda a, b: sp.S.One if a == b else sp.S.Zero  # noqa: E731 (distinct summed neurons)
     mean = lambda h: delta(h.args[0], h.args[1]) * Theta[h.args[2], h.args[3]]  # noqa: E731
@@ -401,8 +399,6 @@ def _correlators(eq: ForwardEquation) -> _Correlators:
 def _derive_group(eq: ForwardEquation, corr: Correlator, at: int, names: tuple):
     """The quantities ``names`` (declared on ``corr`` at order ``at``), derived together:
     ({name: contracted form}, their steps)."""
-    from .quantities import quantity
-
     qs = [quantity(n) for n in names]
     alphas = sample_indices("alpha1:5")
     widths = (WIDTH, WIDTH_PREV)
@@ -477,8 +473,6 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
 
 def reads(expr: sp.Expr) -> set:
     """The declared quantities of layer ℓ a recursion reads (its tensors)."""
-    from .quantities import TARGETS
-
     labels = {str(t.base) for t in expr.atoms(sp.Indexed)}
     labels |= {str(d.tensor.base) for d in expr.atoms(DerivativeContraction)}
     return labels & set(TARGETS)
