@@ -20,14 +20,15 @@ def _fresh_process_seconds(body: str) -> float:
 
 COLD_DERIVATION = """
 from derive.derivation.layerstep import derive_layer_step
-derive_layer_step()
+derive_layer_step(names={"K", "V", "G1", "Theta"})  # the NTK's O(1/n) statistics: bench_ntk
 """
 
 COLD_RESIDUAL = """
 from derive.architectures.forward import XI, residual_equation
 from derive.derivation.layerstep import derive_layer_step
 derive_layer_step(residual_equation(), order=0)          # K, Θ with the skip
-derive_layer_step(residual_equation().without([XI]), order=1)  # ξ = 0: K, V, G1, Θ
+derive_layer_step(residual_equation().without([XI]), order=1,
+                  names={"K", "V", "G1", "Theta"})        # ξ = 0: K, V, G1, Θ
 """
 
 LAYER2_VERTEX = """
