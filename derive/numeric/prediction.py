@@ -279,9 +279,10 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None) -> str:
         return route
     work = vertex_work(N)
     kinked = bool(spec.activation.kinks)
-    # each rank-4 quantity costs about what V does (their components are counted alike)
-    seconds = max(1, len(four)) * (L - 1) * (work[3] * _SECONDS[3, kinked]
-                                             + work[4] * _SECONDS[4, kinked])
+    # the NTK's four-index statistics have about twice V's terms per component (measured:
+    # tanh, 10 inputs, depth 20, all of A, B, D, F ran past 19 min)
+    weight = sum(1 if t == "V" else 2 for t in four)
+    seconds = weight * (L - 1) * (work[3] * _SECONDS[3, kinked] + work[4] * _SECONDS[4, kinked])
     say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator for "
         f"the full {', '.join(four)} — per layer {sum(work.values())} vertex components, {work[3]} of them with "
         f"3 distinct samples (3-D averages) and {work[4]} with 4 (4-D averages)"
