@@ -248,3 +248,11 @@ def test_method_errors(relu):
         relu.iterate(5, lambda_b=[1.0, 2.0])
     with pytest.raises(derive.DeriveError, match="G0"):
         relu.iterate(5, G0="x")
+
+
+def test_criticality_ntk_is_the_same_analysis():
+    via = derive.criticality("relu").ntk(lambda_b=0.5, lambda_W=2.0)
+    direct = derive.ntk_criticality("relu", lambda_b=0.5, lambda_W=2.0)
+    assert str(via) == str(direct)
+    with pytest.raises(derive.DeriveError, match="residual"):
+        derive.criticality("tanh", xi=0.5, gamma=0.5).ntk()
