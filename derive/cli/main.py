@@ -278,10 +278,10 @@ def _parser() -> argparse.ArgumentParser:
                   "derive (never subdirectories or links)")
 
     def targets_arg(parser, what):
-        from .specfile import KNOWN_TARGETS
+        from ..derivation.quantities import TARGETS  # the declarations (no SymPy import)
 
-        parser.add_argument("--targets", nargs="+", choices=KNOWN_TARGETS, metavar="T",
-                            help=f"quantities to {what}, any of {' '.join(KNOWN_TARGETS)} "
+        parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), metavar="T",
+                            help=f"quantities to {what}, any of {' '.join(TARGETS)} "
                                  "(default: the spec's, else K V G1 Theta)")
         parser.add_argument("--order", type=int, choices=[0, 1],
                             help="order in 1/n (default: the spec's, else 1 if an O(1/n) "

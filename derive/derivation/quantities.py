@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..algebra.symbols import SampleTensor
-
 __all__ = ["FIELDS", "Correlator", "Quantity", "QUANTITIES", "TARGETS", "quantity"]
 
 #: field → (neuron indices, sample indices) of one factor
@@ -73,8 +71,11 @@ class Quantity:
     def rank(self) -> int:
         return self.correlator.samples
 
-    def tensor(self) -> SampleTensor:
+    def tensor(self):
         """Layer ℓ's value of the quantity, as the sample tensor the recursions are written in."""
+        # imported here: the declarations import nothing heavy (the CLI's parser reads them)
+        from ..algebra.symbols import SampleTensor
+
         return SampleTensor(self.name, self.rank, self.symmetry)
 
 
