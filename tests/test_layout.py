@@ -37,9 +37,6 @@ ALLOWED_UPWARD = {
     ("derive.derivation.derivation", "derive.emit.numpy_module"):
         "Derivation.numpy_module() is a user convenience that generates the numpy evaluator "
         "through the emit stage; imported inside the method, only when called",
-    ("derive.activations.criticality", "derive.numeric.ntk_criticality"):
-        "Criticality.ntk() is a user convenience: the NTK at this criticality, which needs "
-        "the derived recursions (numeric stage); imported inside the method, only when called",
 }
 
 

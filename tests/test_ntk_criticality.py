@@ -250,9 +250,9 @@ def test_method_errors(relu):
         relu.iterate(5, G0="x")
 
 
-def test_criticality_ntk_is_the_same_analysis():
-    via = derive.criticality("relu").ntk(lambda_b=0.5, lambda_W=2.0)
+def test_a_kernel_criticality_can_be_passed_on():
+    via = derive.ntk_criticality(derive.criticality("relu"), lambda_b=0.5, lambda_W=2.0)
     direct = derive.ntk_criticality("relu", lambda_b=0.5, lambda_W=2.0)
     assert str(via) == str(direct)
     with pytest.raises(derive.DeriveError, match="residual"):
-        derive.criticality("tanh", xi=0.5, gamma=0.5).ntk()
+        derive.ntk_criticality(derive.criticality("tanh", xi=0.5, gamma=0.5))

@@ -195,26 +195,6 @@ class Criticality:
     xi: float = 0.0
     gamma: float = 1.0
 
-    def ntk(self, lambda_b: float = 1.0, lambda_W: float = 1.0, K_star: float = 1.0):
-        """The NTK at this criticality (PDLT ch. 9): :func:`derive.ntk_criticality` of this
-        activation with the learning rates ``lambda_b``, ``lambda_W`` (and, for a scale-invariant
-        σ, the fixed point ``K_star``) — the large-depth laws of Θ, A, B, D, F derived from the
-        recursions, the depth scaling of the learning rates, and their numerical checks.
-
-        Raises
-        ------
-        DeriveError
-            For a residual layer (ξ ≠ 0: its O(1/n) statistics are not derived) or a K*>0
-            activation.
-        """
-        if (self.xi, self.gamma) != (0.0, 1.0):
-            raise DeriveError("the NTK at criticality is derived for the MLP only: a residual "
-                              "layer's O(1/n) statistics are not derived (docs/conventions.md §8)")
-        from ..numeric.ntk_criticality import ntk_criticality
-
-        return ntk_criticality(self.activation, lambda_b=lambda_b, lambda_W=lambda_W,
-                               K_star=K_star)
-
     def __str__(self) -> str:
         exact = f" (exactly C_b = {self.exact[0]}, C_W = {self.exact[1]})" \
             if self.exact and not any(as_expr(v).has(sp.Float) for v in self.exact) else ""

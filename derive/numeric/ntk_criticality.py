@@ -76,7 +76,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from math import prod
 
 import numpy as np
 import sympy as sp
@@ -982,9 +981,10 @@ def ntk_criticality(act, lambda_b: float = 1.0, lambda_W: float = 1.0,
 
     Parameters
     ----------
-    act : str or Activation
-        The activation; it must have a critical initialisation of the scale-invariant or the
-        K* = 0 class (:func:`derive.criticality`).
+    act : str, Activation or Criticality
+        The activation, or its kernel criticality (the result of :func:`derive.criticality`,
+        of an MLP layer); it must have a critical initialisation of the scale-invariant or the
+        K* = 0 class.
     lambda_b, lambda_W : float, optional
         Layer-independent rates (≥ 0, not both 0; conventions §3: λ_b per bias, λ_W/n_{ℓ−1}
         per weight) at which the laws' ``value`` are given; the laws' ``coefficient`` are
@@ -1015,6 +1015,11 @@ def ntk_criticality(act, lambda_b: float = 1.0, lambda_W: float = 1.0,
     >>> print(r.laws['Theta'])
     Theta ≈ (K_star*lambda_W/2 + lambda_b) · ℓ   [coefficient = 1.5]
     """
+    if isinstance(act, Criticality):
+        if (act.xi, act.gamma) != (0.0, 1.0):
+            raise DeriveError("the NTK at criticality is derived for the MLP only: a residual "
+                              "layer's O(1/n) statistics are not derived (docs/conventions.md §8)")
+        act = act.activation
     a = act if isinstance(act, Activation) else activation(act)
     if a.ntk_obstacle:
         raise DeriveError(f"{a.name}: the NTK is infinite ({a.ntk_obstacle}); no NTK criticality")
