@@ -96,6 +96,12 @@ class LayerEstimate:
     F_err: np.ndarray | None = None
 
 
+def _by_layer(name: str) -> property:
+    """An :class:`Ensemble` property: layer → that layer's estimate ``name``."""
+    return property(lambda self: {l: getattr(e, name) for l, e in self.layers.items()},
+                    doc=f"layer → the estimate of {name} (:class:`LayerEstimate`)")
+
+
 @dataclass(frozen=True)
 class Ensemble:
     """The result of :func:`sample`: ``layers[ℓ]`` is a :class:`LayerEstimate`."""
@@ -106,33 +112,13 @@ class Ensemble:
     seed: int
     layers: dict = field(repr=False)
 
-    @property
-    def G(self) -> dict:
-        return {l: e.G for l, e in self.layers.items()}
-
-    @property
-    def V(self) -> dict:
-        return {l: e.V for l, e in self.layers.items()}
-
-    @property
-    def Theta(self) -> dict:
-        return {l: e.Theta for l, e in self.layers.items()}
-
-    @property
-    def A(self) -> dict:
-        return {l: e.A for l, e in self.layers.items()}
-
-    @property
-    def B(self) -> dict:
-        return {l: e.B for l, e in self.layers.items()}
-
-    @property
-    def D(self) -> dict:
-        return {l: e.D for l, e in self.layers.items()}
-
-    @property
-    def F(self) -> dict:
-        return {l: e.F for l, e in self.layers.items()}
+    G = _by_layer("G")
+    V = _by_layer("V")
+    Theta = _by_layer("Theta")
+    A = _by_layer("A")
+    B = _by_layer("B")
+    D = _by_layer("D")
+    F = _by_layer("F")
 
 
 class _Accumulator:
