@@ -33,3 +33,32 @@ def fail_at_second_width(monkeypatch) -> list:
 
     monkeypatch.setattr(reality, "sample", failing)
     return calls
+
+
+class _Recorder:
+    """A numpy Generator that keeps every standard_normal draw (the sampler's W and b)."""
+
+    def __init__(self, real, seed):
+        self.rng, self.draws = real(seed), []
+
+    def standard_normal(self, shape):
+        out = self.rng.standard_normal(shape)
+        self.draws.append(out.copy())
+        return out
+
+
+@pytest.fixture
+def recorded_draws(monkeypatch) -> list:
+    """``numpy.random.default_rng`` replaced by generators that record their standard_normal
+    draws; the fixture's value is the list of them (one per generator made).  Undo with
+    ``monkeypatch.undo()`` once the sampler has run."""
+    import numpy as np
+
+    real, recs = np.random.default_rng, []
+
+    def recording(seed):
+        recs.append(_Recorder(real, seed))
+        return recs[-1]
+
+    monkeypatch.setattr(np.random, "default_rng", recording)
+    return recs

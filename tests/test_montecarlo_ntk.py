@@ -95,21 +95,6 @@ def test_ntk_of_one_network_is_its_parameter_gradient_ntk(case):
 
 # -- the estimators, by explicit loops ------------------------------------------------------------
 
-class _Recorder:
-    """A numpy Generator that keeps every standard_normal draw (the sampler's W and b)."""
-
-    def __init__(self, seed):
-        self.rng, self.draws = _REAL_RNG(seed), []
-
-    def standard_normal(self, shape):
-        out = self.rng.standard_normal(shape)
-        self.draws.append(out.copy())
-        return out
-
-
-_REAL_RNG = np.random.default_rng
-
-
 def brute_force(zs, Hs, fan_in, keep):
     """A, B, D, F from networks ``keep``: z (n × N) and Ĥ (n × n × N × N) per network, with
     explicit loops over ordered pairs i ≠ j, and products of means over pairs of different
@@ -137,17 +122,11 @@ def brute_force(zs, Hs, fan_in, keep):
     return {k: fan_in * v for k, v in out.items()}
 
 
-def test_estimators_are_the_pair_and_network_averages(monkeypatch):
+def test_estimators_are_the_pair_and_network_averages(monkeypatch, recorded_draws):
     """On the very networks drawn (weights recorded), A, B, D, F and their 20-block jackknife
     errors equal the definitions evaluated by loops over i ≠ j and s ≠ t, with Ĥ from finite
     differences: this pins every index order (two inputs, so B[a,b,c,d] ≠ B[a,c,b,d])."""
-    recs = []
-
-    def recording(seed):
-        recs.append(_Recorder(seed))
-        return recs[-1]
-
-    monkeypatch.setattr(np.random, "default_rng", recording)
+    recs = recorded_draws
     cfg = CASES["mlp"]
     spec = cfg["make"]()
     S = 40

@@ -133,34 +133,13 @@ def test_linear_resnet_metric_and_ntk_exact():
 
 # -- the NTK of the very networks drawn -----------------------------------------------------------
 
-class _Recorder:
-    """A numpy Generator that keeps every standard_normal draw (the sampler's W and b)."""
-
-    def __init__(self, seed):
-        self.rng, self.draws = _REAL_RNG(seed), []
-
-    def standard_normal(self, shape):
-        out = self.rng.standard_normal(shape)
-        self.draws.append(out.copy())
-        return out
-
-
-_REAL_RNG = np.random.default_rng
-
-
-def test_ntk_is_the_parameter_gradient_ntk_of_the_drawn_networks(monkeypatch):
+def test_ntk_is_the_parameter_gradient_ntk_of_the_drawn_networks(monkeypatch, recorded_draws):
     """Per network, Ĥ^{(L)}_{αβ} = Σ_θ λ_θ ∂z^{(L)}_α/∂θ ∂z^{(L)}_β/∂θ, computed here backwards
     (∂z^{(L)}/∂z^{(ℓ)} = J^{(L)} ⋯ J^{(ℓ+1)}, summed over the layers' parameters) from the weights
     the sampler drew: the ensemble's Θ and metric equal the averages over these networks.  This
     sees the skip's cross terms ξ (W σ' Ĥ + Ĥ σ' Wᵀ), which vanish from the NTK mean at leading
     order."""
-    recs = []
-
-    def recording(seed):
-        recs.append(_Recorder(seed))
-        return recs[-1]
-
-    monkeypatch.setattr(np.random, "default_rng", recording)
+    recs = recorded_draws
     L, n, S = 4, 5, 40
     C_b, C_W = [0.2, 0.1, 0.3, 0.05], [1.0, 0.9, 1.3, 0.7]
     xi, gamma = [1.0, 0.6, 1.1], [0.5, 0.9, 0.3]
