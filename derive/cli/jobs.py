@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import DeriveError
+from ..derivation.quantities import NTK_FOUR
 
 __all__ = ["run_job", "predictions_json", "predict_reporting_warnings", "spec_json", "JOB_FILES"]
 
@@ -97,7 +98,7 @@ def predictions_json(p) -> dict:
             row["H1"] = p.H1[l].tolist()
             if l in p.Theta:
                 row["ntk_mean"] = p.ntk_mean(l).tolist()
-        for q in ("A", "B", "D", "F"):  # B and F in the order of their names (conventions §3)
+        for q in NTK_FOUR:  # B and F in the order of their names (conventions §3)
             if l in getattr(p, q):
                 row[q] = getattr(p, q)[l].tolist()
         if l in p.expansion:  # no estimate without a derived V (a skip term)

@@ -109,6 +109,7 @@ def _predict_cmd(args) -> int:
 
     import numpy as np
 
+    from ..derivation.quantities import RANK4
     from .jobs import predict_reporting_warnings, predictions_json
     from .specfile import load_spec
 
@@ -130,7 +131,7 @@ def _predict_cmd(args) -> int:
             print("  NTK mean Theta + H1/n =", np.array2string(
                 p.ntk_mean(l), prefix="  NTK mean Theta + H1/n = "))
         N = p.X.shape[0]
-        for q in ("V", "A", "B", "D", "F"):
+        for q in RANK4:
             if l in getattr(p, q):
                 diag = [getattr(p, q)[l][a, a, a, a] for a in range(N)]
                 name = "V_(aa)(aa)" if q == "V" else f"{q}_aaaa"

@@ -123,6 +123,12 @@ QUANTITIES = (
 
 #: quantity → (order at which it enters, LaTeX): the planner's table
 TARGETS = {q.name: (q.order, q.latex) for q in QUANTITIES}
+#: the quantities with four sample indices (N⁴ arrays): V, A, B, D, F
+RANK4 = tuple(q.name for q in QUANTITIES if q.rank == 4)
+#: the NTK's O(1/n) statistics: H1, A, B, D, F
+NTK_NLO = tuple(q.name for q in QUANTITIES if "Hhat" in q.correlator.fields and q.order >= 1)
+#: those of them with four sample indices: A, B, D, F
+NTK_FOUR = tuple(q for q in NTK_NLO if q in RANK4)
 
 
 def quantity(name: str) -> Quantity:

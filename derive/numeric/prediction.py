@@ -30,6 +30,7 @@ import numpy as np
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
 from ..derivation.derivation import check_targets, finite_targets, order_for
+from ..derivation.quantities import NTK_FOUR, NTK_NLO, RANK4
 from .evaluate import _DiagonalVertex, iterate_mlp
 
 __all__ = ["predict", "Prediction", "ExpansionWarning", "plan_work", "vertex_work"]
@@ -112,7 +113,7 @@ class Prediction:
         heads = {"K": "K<sub>αα</sub>", "Theta": "Θ<sub>αα</sub>",
                  "G1": "G<sup>{1}</sup><sub>αα</sub>", "V": "V<sub>(αα)(αα)</sub>",
                  "H1": "H<sup>{1}</sup><sub>αα</sub>",
-                 **{q: f"{q}<sub>αααα</sub>" for q in ("A", "B", "D", "F")}}
+                 **{q: f"{q}<sub>αααα</sub>" for q in NTK_FOUR}}
         return [(q, h) for q, h in heads.items() if getattr(self, q)]
 
     def __repr__(self) -> str:
@@ -235,10 +236,6 @@ def _inputs(X) -> np.ndarray:
     return arr
 
 
-#: the NTK's O(1/n) statistics (docs/conventions.md §3)
-NTK_NLO = ("H1", "A", "B", "D", "F")
-#: the quantities with four sample indices (N⁴ arrays)
-RANK4 = ("V", "A", "B", "D", "F")
 
 
 def _route(N: int, targets: tuple) -> str:

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
-from ..derivation.quantities import quantity
+from ..derivation.quantities import NTK_FOUR, quantity
 from ..numeric.evaluate import _orbits4
 from ..numeric.prediction import ExpansionWarning, predict
 from .montecarlo import BLOCKS, MonteCarloError, sample
@@ -82,8 +82,6 @@ def _components(N: int):
     return pairs, quads
 
 
-#: the NTK's rank-4 statistics compared with ``ntk=True``, with their index symmetries
-NTK_FOUR = ("A", "B", "D", "F")
 
 
 def _orbit_components(N: int, name: str) -> list[tuple]:
