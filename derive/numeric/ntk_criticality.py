@@ -87,6 +87,7 @@ from ..activations.criticality import Criticality, criticality
 from ..activations.gaussian import gaussian_expectation
 from ..algebra.symbols import DerivativeContraction, GaussianAverage, RandomVar
 from ..base.errors import DeriveError, boundary
+from ..base.parsing import as_expr
 from ..derivation.layerstep import SIGMA, cached_layer_step
 
 __all__ = ["ntk_criticality", "NTKCriticality", "PowerLaw", "LearningRates", "NTKCheck",
@@ -325,7 +326,7 @@ def _numeric_average(act: Activation, f: sp.Expr, k: int, K: np.ndarray) -> np.n
     method = "auto" if act.kernel_family else "quadrature"
 
     def avg(g):
-        g = sp.sympify(g).subs(_Z, z1)
+        g = as_expr(g).subs(_Z, z1)
         if not g.has(z1):
             return np.full(K.shape, float(g))
         return np.asarray(gaussian_expectation(g, K[:, None, None], method=method).value,
@@ -939,7 +940,7 @@ class NTKCriticality:
 
 def _paren(x) -> str:
     """x as text, in parentheses unless it is an integer or a symbol."""
-    x = sp.sympify(x)
+    x = as_expr(x)
     return sp.sstr(x) if (x.is_Integer or x.is_Symbol) else f"({sp.sstr(x)})"
 
 
