@@ -106,6 +106,9 @@ class _Emitter:
         #: print new functions with their common subexpressions computed once (the NTK's
         #: statistics: high derivatives of σ'σ', tanh(z) many times in one polynomial)
         self.cse = False
+        #: the highest power of z in the averages by exact quadrant moments (_moment_average);
+        #: None when there are none
+        self.moments = None
 
     def function(self, expr: sp.Expr, what: str) -> str:
         """The name of a generated one-variable function z ↦ expr (deduplicated)."""
@@ -198,6 +201,36 @@ def _classify_base(base: sp.Expr):
     return _classify(base, var)
 
 
+@lru_cache(maxsize=1024)
+def _piecewise_polynomial(f: sp.Expr):
+    """((P₊), (P₋)): the coefficients (lowest degree first, as floats) of the polynomials that
+    the one-variable ``f`` equals for z > 0 and for z < 0, when it is a polynomial on each
+    half-line — σ of the scale-invariant family (ReLU, leaky ReLU, linear: a kink at 0 only)
+    and products of such σ, their derivatives and polynomials; else None (a kink elsewhere, or
+    any other function)."""
+    u = sp.Symbol("u", positive=True)
+    sides = []
+    for side in (1, -1):
+        h = sp.expand(f.xreplace({_Z: side * u}))
+        if not h.is_polynomial(u):
+            return None
+        coeffs = sp.Poly(h, u).all_coeffs()[::-1] if h.has(u) else [h]
+        if not all(c.is_number and c.is_real for c in coeffs):
+            return None
+        sides.append(tuple(float(side ** m * c) for m, c in enumerate(coeffs)))
+    return tuple(sides)
+
+
+def _diag_call(em: _Emitter, f: sp.Expr, what: str, hermite: int = 0) -> str:
+    """The call computing ⟨f(z) He_r(z/√K)⟩ / K^{r/2} (r = ``hermite``) for every input:
+    exact half-line moments when f is a polynomial on each half-line, else the quadrature."""
+    pf = _piecewise_polynomial(f)
+    if pf is not None:
+        em.moments = max(em.moments or 0, *(len(c) - 1 for c in pf))
+        return f"_diag_moment_average({pf!r}, Kd{f', hermite={hermite}' if hermite else ''})"
+    return f"_diag_average({em.function(f, what)}, Kd{f', hermite={hermite}' if hermite else ''})"
+
+
 def _emit_pair_average(em: _Emitter, lines: list[str], name: str, f: sp.Expr, g: sp.Expr,
                        kinked: bool) -> str:
     """Hoist ⟨f(z_p) g(z_q)⟩ on all pairs (N, N): a closed form of rules/kernels where one
@@ -221,6 +254,10 @@ def _emit_pair_average(em: _Emitter, lines: list[str], name: str, f: sp.Expr, g:
                             f"<{sp.sstr(f)} | {sp.sstr(g)}> by the closed form {cf.id} "
                             f"({cf.source})")
         return _hoist(lines, name, f"_closed({fn}, K)")
+    pf, pg = _piecewise_polynomial(f), _piecewise_polynomial(g)
+    if pf is not None and pg is not None:  # σ of the scale-invariant family: exact moments
+        em.moments = max(em.moments or 0, *(len(c) - 1 for c in (*pf, *pg)))
+        return _hoist(lines, name, f"_moment_average({pf!r}, {pg!r}, K)")
     flag = ", kinked=True" if kinked else ""
     return _hoist(lines, name, f"_pair_average({em.function(f, 'first factor')}, "
                                f"{em.function(g, 'second factor')}, K{flag})")
@@ -304,8 +341,7 @@ class _PairFrame:
             out = sp.Float(float(h)) if not hermite else sp.S.Zero
         elif len(dep) == 1:
             (k,) = dep
-            fn = self.em.function(h.xreplace({_PZ[k]: _Z}), "under the average")
-            call = f"_diag_average({fn}, Kd{f', hermite={hermite}' if hermite else ''})"
+            call = _diag_call(self.em, h.xreplace({_PZ[k]: _Z}), "under the average", hermite)
             call += "[:, None]" if k == 0 else "[None, :]"
             out = sp.Symbol(_hoist(self.lines, self._name("a"), call))
         else:
@@ -472,7 +508,7 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool,
             continue
         if isinstance(atom, GaussianAverage):
             f = one_variable(atom.function)
-            call = f"_diag_average({em.function(f, 'under the average')}, Kd)"
+            call = _diag_call(em, f, "under the average")
             reps[atom] = sp.Symbol(_hoist(lines, name, call))
             continue
         label = str(atom.tensor.base)
@@ -482,13 +518,11 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool,
             r = len(grp)
             sub = f"{name}_{j}"
             if kinked and r == 1:  # ⟨F'⟩ = ⟨z F⟩ / K
-                fn = em.function(_Z * F1, "z times, integrated by parts")
-                call = f"_diag_average({fn}, Kd) / Kd"
+                call = _diag_call(em, _Z * F1, "z times, integrated by parts") + " / Kd"
             elif kinked:
-                call = f"_diag_average({em.function(F1, 'integrated by parts')}, Kd, hermite={r})"
+                call = _diag_call(em, F1, "integrated by parts", r)
             else:
-                call = (f"_diag_average({em.function(sp.diff(F1, _Z, r), f'derivative {r} of {F1}')}"
-                        ", Kd)")
+                call = _diag_call(em, sp.diff(F1, _Z, r), f"derivative {r} of {F1}")
             factors.append(sp.Symbol(_hoist(lines, sub, call)))
         reps[atom] = sp.Symbol(label) * sp.Mul(*factors)
     return lines, em.code(expr.xreplace(reps))
@@ -684,7 +718,7 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                             "body": em.printer.doprint(act.expr.xreplace({act.z: _Z}))})
     # the quadrature rules are computed when the module is imported (numpy's Gauss rules, the
     # same calls as derive.activations.gaussian.panel_rule): only their sizes are printed here
-    ladder = [(f"hermite{q}", "_hermite_rule", q, q) for q in (12, 16, 20, 24, 32)]
+    ladder = [(f"hermite{q}", "_hermite_rule", q, q) for q in (12, 16, 20, 24, 32, 40, 48, 64)]
     ladder += [(f"panels{q}", "_panel_rule", q, q * (len(_PANELS) - 1))
                for q in (6, 8, 12, 16, 24, 32)]
     ladder.sort(key=lambda r: r[3])
@@ -697,7 +731,12 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                 "lambda_W": [spec.lambda_W(l) for l in range(1, spec.depth + 1)]}
     for k, e in enumerate(extra):  # layer 1 is the MLP's for every architecture: 0 there, unused
         defaults[e] = [0.0] + [spec.scalar_values(l)[k] for l in range(2, spec.depth + 1)]
-    if kinked:
+    if em.moments is not None:
+        note = ("closed forms of rules/kernels where they apply, else exact moments: the averaged "
+                "functions are polynomials on each half-line, so every average is a sum of "
+                "quadrant moments <z_p^m z_q^k ; ±z_p > 0, ±z_q > 0>, derived by Gaussian "
+                "integration by parts from the orthant probability")
+    elif kinked:
         note = ("closed forms of rules/kernels where they apply, else Gauss–Legendre on panels "
                 "split at the kinks (pairs: 4 to 24 nodes per piece, chosen to reach "
                 f"{30 * tol:g}; single inputs: 16 per piece)")
@@ -714,7 +753,7 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                   block=1 << 16, functions=em.functions, closed=em.closed, steps=steps,
                   average_note=note, has_g1=has_g1, has_theta=has_theta,
                   theta_note=act.ntk_obstacle,
-                  pair_assembly=assembly,
+                  pair_assembly=assembly, moments=em.moments,
                   vertex_orbits=repr(orbits), has_vertex=has_vertex, extra=extra,
                   extra_call="".join(f", {e}[l]" for e in extra),
                   equation=(f"z' = {sp.sstr(spec.equation.expr.xreplace(rename))}"

@@ -11,7 +11,7 @@ Imports only numpy and scipy.  Conventions: docs/conventions.md (PDLT).  ``evalu
   sample sums of their recursions run only over the samples of the averaged functions),
 
 layer by layer from K^{(1)} = C_b + C_W G^{(0)}, Θ^{(1)} = λ_b + λ_W G^{(0)}, G1^{(1)} = V^{(1)} = 0.
-Gaussian averages: closed forms of rules/kernels where they apply, else Gauss–Legendre on panels split at the kinks (pairs: 4 to 24 nodes per piece, chosen to reach 9e-12; single inputs: 16 per piece)
+Gaussian averages: closed forms of rules/kernels where they apply, else exact moments: the averaged functions are polynomials on each half-line, so every average is a sum of quadrant moments <z_p^m z_q^k ; ±z_p > 0, ±z_q > 0>, derived by Gaussian integration by parts from the orthant probability
 """
 import numpy
 import scipy.special
@@ -43,22 +43,36 @@ def _hermite_rule(points):
     return t, w / w.sum()
 
 
+def _partners(names):
+    """For each rung of a ladder (by name, smallest first), the index of the next finer rung of
+    the same family ("hermite12" → the next "hermite…"), or None for the finest of a family: a
+    rung is judged only against its own family, whose rules converge the same way."""
+    family = [name.rstrip("0123456789") for name in names]
+    return [next((j for j in range(i + 1, len(names)) if family[j] == family[i]), None)
+            for i in range(len(names))]
+
+
 # for pairs, a ladder of rules (name, nodes, weights), smallest first: Gauss–Hermite (fast
 # for small variances) and panel Gauss–Legendre; _pair_average takes the first rule whose
-# difference from the next is below TOL on the hardest pairs (_first_converged)
+# difference from the next rule of its family is below TOL on the hardest pairs
+# (_first_converged)
 RULES2 = [
     ("hermite12", *_hermite_rule(12)),
     ("hermite16", *_hermite_rule(16)),
     ("hermite20", *_hermite_rule(20)),
     ("hermite24", *_hermite_rule(24)),
     ("hermite32", *_hermite_rule(32)),
+    ("hermite40", *_hermite_rule(40)),
+    ("hermite48", *_hermite_rule(48)),
     ("panels6", *_panel_rule(6)),
+    ("hermite64", *_hermite_rule(64)),
     ("panels8", *_panel_rule(8)),
     ("panels12", *_panel_rule(12)),
     ("panels16", *_panel_rule(16)),
     ("panels24", *_panel_rule(24)),
     ("panels32", *_panel_rule(32)),
 ]
+RULES2_PARTNERS = _partners([r[0] for r in RULES2])
 TOL = 3e-13
 # single inputs: 32 nodes on each panel
 T1, W1 = _panel_rule(32)
@@ -82,46 +96,6 @@ _CACHE = {}
 def sigma(z):
     """the activation relu"""
     return numpy.maximum(0, z)
-
-
-def _f0(z):
-    """z -> Max(0, z)**2 (integrated by parts)"""
-    return numpy.maximum(0, z)**2
-
-
-def _f1(z):
-    """z -> Max(0, z)**4 (under the average)"""
-    return numpy.maximum(0, z)**4
-
-
-def _f2(z):
-    """z -> Max(0, z) (first factor)"""
-    return numpy.maximum(0, z)
-
-
-def _f3(z):
-    """z -> z**2*Max(0, z) (second factor)"""
-    return z**2*numpy.maximum(0, z)
-
-
-def _f4(z):
-    """z -> z*Max(0, z) (first factor)"""
-    return z*numpy.maximum(0, z)
-
-
-def _f5(z):
-    """z -> z**4*Max(0, z) (second factor)"""
-    return (z*z*z*z)*numpy.maximum(0, z)
-
-
-def _f6(z):
-    """z -> z**3*Max(0, z) (second factor)"""
-    return (z*z*z)*numpy.maximum(0, z)
-
-
-def _f7(z):
-    """z -> Max(0, z)**3 (first factor)"""
-    return numpy.maximum(0, z)**3
 
 
 def _scale_of(K):
@@ -161,6 +135,82 @@ def _closed(fn, K):
     return _CACHE[key]
 
 
+# the highest power of z_p (and of z_q) in the averages by quadrant moments
+MOMENTS_TOP = 5
+
+
+def _half_moment(k, v):
+    """<x^k ; x > 0> for x ~ N(0, v) (v ≥ 0): v^(k/2) (k−1)!! times 1/2 (k even) or
+    1/sqrt(2π) (k odd); 1/2 for k = 0 also at v = 0, the limit of the pairs with |ρ| → 1."""
+    double = 1.0
+    for j in range(k - 1, 0, -2):
+        double *= j
+    return v ** (k / 2) * double * (0.5 if k % 2 == 0 else 1.0 / numpy.sqrt(2 * numpy.pi))
+
+
+def _diag_moment_average(f, Kd, hermite=0):
+    """<f(z) He_r(z/sqrt(K))> / K^{r/2} over N(0, K_αα) for each input α (r = hermite), exact,
+    for f polynomial on each half-line, given as (coefficients for z > 0, for z < 0), lowest
+    degree first: sums of half-line moments."""
+    weight = {0: (1.0,), 2: (-1.0, 0.0, 1.0), 4: (3.0, 0.0, -6.0, 0.0, 1.0)}[hermite]
+    out = numpy.zeros_like(Kd)
+    for side, fc in zip((1, -1), f):
+        for m, a in enumerate(fc):
+            for j, c in enumerate(weight):
+                if a and c:
+                    out += (a * c * side ** (m + j)) * _half_moment(m + j, Kd) / Kd ** ((j + hermite) / 2)
+    return out
+
+
+def _quadrant_moments(K, sign, top=MOMENTS_TOP):
+    """M[m][k] = <z_p^m z_q^k ; z_p > 0, z_q > 0> over N(0, [[K_pp, s K_pq], [s K_pq, K_qq]])
+    (s = sign) on all pairs, for m, k ≤ top: exact, from the orthant probability
+    1/4 + arcsin(s ρ)/(2π) by Gaussian integration by parts, which lowers m (or k) and leaves
+    the boundary terms <z_q^k ; z_q > 0 | z_p = 0> p(z_p = 0) of the kink at 0; computed once
+    per layer."""
+    key = ("moments", sign, top, id(K))
+    if key not in _CACHE:
+        A = numpy.diagonal(K)[:, None]
+        B = numpy.diagonal(K)[None, :]
+        C = sign * K
+        # the boundary terms: z_p = 0 (D1[k]) and z_q = 0 (D2[m]), with the conditional
+        # variances of the other variable
+        cond_q = numpy.maximum(B - C * C / A, 0.0)
+        cond_p = numpy.maximum(A - C * C / B, 0.0)
+        D1 = [_half_moment(k, cond_q) / numpy.sqrt(2 * numpy.pi * A) for k in range(top + 1)]
+        D2 = [_half_moment(m, cond_p) / numpy.sqrt(2 * numpy.pi * B) for m in range(top + 1)]
+        M = [[None] * (top + 1) for _ in range(top + 1)]
+        M[0][0] = 0.25 + numpy.arcsin(sign * _cosine_of(K)) / (2 * numpy.pi)
+        for k in range(1, top + 1):
+            M[0][k] = B * ((k - 1) * M[0][k - 2] if k >= 2 else D2[0]) + C * D1[k - 1]
+        for m in range(1, top + 1):
+            for k in range(top + 1):
+                M[m][k] = (A * ((m - 1) * M[m - 2][k] if m >= 2 else D1[k])
+                           + C * (k * M[m - 1][k - 1] if k >= 1 else D2[m - 1]))
+        _CACHE[key] = M
+    return _CACHE[key]
+
+
+def _moment_average(f, g, K):
+    """<f(z_p) g(z_q)> on all pairs, exact, for f and g polynomial on each half-line, given as
+    (coefficients for z > 0, coefficients for z < 0), lowest degree first: sums of quadrant
+    moments, the quadrants with z < 0 by z → −z (_quadrant_moments of K and of the flipped
+    kernel); computed once per layer."""
+    key = ("moment average", f, g, id(K))
+    if key not in _CACHE:
+        same, flipped = _quadrant_moments(K, 1.0), _quadrant_moments(K, -1.0)
+        out = numpy.zeros_like(K)
+        for sp_, fc in zip((1, -1), f):
+            for sq, gc in zip((1, -1), g):
+                M = same if sp_ == sq else flipped
+                for m, a in enumerate(fc):
+                    for k, b in enumerate(gc):
+                        if a and b:
+                            out += (a * b * sp_ ** m * sq ** k) * M[m][k]
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
 def _c0(K):
     """<Max(0, z) | Max(0, z)> by the closed form arccos.sigma_sigma (Cho & Saul (2009); PDLT §5.2; docs/conventions.md §6 step 6)"""
     scale = _scale_of(K)
@@ -197,18 +247,28 @@ def _pair_rule(f, g, K, p, q, T2, W2):
     return val
 
 
-def _first_converged(rule, rungs, tol, f, g, K, p, q):
+def _first_converged(rule, rungs, partners, tol, f, g, K, p, q):
     """rule(f, g, K, p, q, *rung) with the first of ``rungs`` (smallest first) whose result
-    differs from the next rung's by less than ``tol`` (relative to the size of the average, at
-    least 1) on the pairs of largest variance (the hardest ones); an error above that with the
-    finest rungs raises."""
+    differs from its partner's (the next finer rung of its family, see _partners) by less
+    than ``tol`` (relative to the size of the average, at least 1) on the pairs of largest
+    variance (the hardest ones); an error above that with the finest rungs raises."""
     hard = numpy.argsort(-numpy.maximum(K[p, p], K[q, q]), kind="stable")[:12]
-    for lo, hi in zip(rungs, rungs[1:]):
-        fine = rule(f, g, K, p[hard], q[hard], *hi)
-        e = numpy.abs(rule(f, g, K, p[hard], q[hard], *lo) - fine).max()
-        e /= max(1.0, numpy.abs(fine).max())
-        if e < tol:
-            return rule(f, g, K, p, q, *lo)
+    on_hard = {}
+
+    def value(i):
+        if i not in on_hard:
+            on_hard[i] = rule(f, g, K, p[hard], q[hard], *rungs[i])
+        return on_hard[i]
+
+    e = numpy.inf
+    for i, j in enumerate(partners):
+        if j is None:
+            continue
+        fine = value(j)
+        err = numpy.abs(value(i) - fine).max() / max(1.0, numpy.abs(fine).max())
+        if err < tol:
+            return rule(f, g, K, p, q, *rungs[i])
+        e = min(e, err)
     raise ArithmeticError(f"pair quadrature did not reach {tol:g} (estimated error {e:.2g}) at "
                           f"variances up to {numpy.diagonal(K).max():.3g}; the kernel's variances "
                           "are too large for the precomputed rules (is the network far from "
@@ -258,9 +318,10 @@ def _pair_average(f, g, K, kinked=False):
     key = (f.__name__, g.__name__, id(K))
     if key not in _CACHE:
         if kinked:
-            how = (_kinked_rule, KINKED_RULES, 30 * TOL)
+            how = (_kinked_rule, KINKED_RULES, list(range(1, len(KINKED_RULES))) + [None],
+                   30 * TOL)
         else:
-            how = (_pair_rule, [r[1:] for r in RULES2], TOL)
+            how = (_pair_rule, [r[1:] for r in RULES2], RULES2_PARTNERS, TOL)
         N = K.shape[0]
         p, q = numpy.triu_indices(N)
         out = numpy.empty((N, N))
@@ -373,8 +434,8 @@ def metric_correction_step(Kd, G1, V, C_W, n_l, n_lm1):
 
     .. math:: \frac{C_W^{(\ell+1)} n_{\ell} \sum_{\beta_{1}\beta_{2}} G^{\{1\}(\ell)}_{\beta_{1}\beta_{2}} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}}}{2 n_{\ell-1}} + \frac{C_W^{(\ell+1)} n_{\ell} \sum_{\beta_{1}\beta_{2}\beta_{3}\beta_{4}} V^{(\ell)}_{(\beta_{1}\beta_{2})(\beta_{3}\beta_{4})} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\partial_{\beta_{3}}\partial_{\beta_{4}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}}}{8 n_{\ell-1}}
     """
-    avg0_0 = _diag_average(_f0, Kd, hermite=2)
-    avg1_0 = _diag_average(_f0, Kd, hermite=4)
+    avg0_0 = _diag_moment_average(((0.0, 0.0, 1.0), (0.0,)), Kd, hermite=2)
+    avg1_0 = _diag_moment_average(((0.0, 0.0, 1.0), (0.0,)), Kd, hermite=4)
     return (1/2)*C_W*G1*avg0_0*n_l/n_lm1 + (1/8)*C_W*V*avg1_0*n_l/n_lm1
 
 
@@ -383,9 +444,9 @@ def vertex_step(Kd, G1, V, C_W, n_l, n_lm1):
 
     .. math:: \frac{\left(C_W^{(\ell+1)}\right)^{2} n_{\ell} \sum_{\beta_{1}\beta_{2}\beta_{3}\beta_{4}} V^{(\ell)}_{(\beta_{1}\beta_{2})(\beta_{3}\beta_{4})} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}} \left\langle \partial_{\beta_{3}}\partial_{\beta_{4}}\!\left[\sigma_{\alpha_{3}} \sigma_{\alpha_{4}}\right] \right\rangle_{K^{(\ell)}}}{4 n_{\ell-1}} - \left(C_W^{(\ell+1)}\right)^{2} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} \left\langle \sigma_{\alpha_{3}} \sigma_{\alpha_{4}} \right\rangle_{K^{(\ell)}} + \left(C_W^{(\ell+1)}\right)^{2} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \sigma_{\alpha_{3}} \sigma_{\alpha_{4}} \right\rangle_{K^{(\ell)}}
     """
-    avg0_0 = _diag_average(_f0, Kd, hermite=2)
-    avg1 = _diag_average(_f0, Kd)
-    avg2 = _diag_average(_f1, Kd)
+    avg0_0 = _diag_moment_average(((0.0, 0.0, 1.0), (0.0,)), Kd, hermite=2)
+    avg1 = _diag_moment_average(((0.0, 0.0, 1.0), (0.0,)), Kd)
+    avg2 = _diag_moment_average(((0.0, 0.0, 0.0, 0.0, 1.0), (0.0,)), Kd)
     return (1/4)*C_W**2*V*avg0_0**2*n_l/n_lm1 - C_W**2*avg1**2 + C_W**2*avg2
 
 
@@ -397,9 +458,9 @@ def metric_correction_pairs(K, G1P, VP, C_W, n_l, n_lm1):
     Kd = numpy.diagonal(K)
     P00, P01, P11 = _pair_inverse(K)
     a0 = _closed(_c0, K)
-    a1 = _pair_average(_f2, _f3, K, kinked=True)
-    a2 = _pair_average(_f4, _f4, K, kinked=True)
-    a3 = _pair_average(_f3, _f2, K, kinked=True)
+    a1 = _moment_average(((0.0, 1.0), (0.0,)), ((0.0, 0.0, 0.0, 1.0), (0.0,)), K)
+    a2 = _moment_average(((0.0, 0.0, 1.0), (0.0,)), ((0.0, 0.0, 1.0), (0.0,)), K)
+    a3 = _moment_average(((0.0, 0.0, 0.0, 1.0), (0.0,)), ((0.0, 1.0), (0.0,)), K)
     d4 = P00**2*a3 + 2*P00*P01*a2 - P00*a0 + P01**2*a1
     G1_00 = G1P[0, 0]
     d6 = P00*P01*a3 + P01*P11*a1 - P01*a0 + a2*(P00*P11 + P01**2)
@@ -407,11 +468,11 @@ def metric_correction_pairs(K, G1P, VP, C_W, n_l, n_lm1):
     G1_10 = G1P[1, 0]
     d9 = P01**2*a3 + 2*P01*P11*a2 + P11**2*a1 - P11*a0
     G1_11 = G1P[1, 1]
-    a11 = _pair_average(_f2, _f5, K, kinked=True)
-    a12 = _pair_average(_f4, _f6, K, kinked=True)
-    a13 = _pair_average(_f3, _f3, K, kinked=True)
-    a14 = _pair_average(_f6, _f4, K, kinked=True)
-    a15 = _pair_average(_f5, _f2, K, kinked=True)
+    a11 = _moment_average(((0.0, 1.0), (0.0,)), ((0.0, 0.0, 0.0, 0.0, 0.0, 1.0), (0.0,)), K)
+    a12 = _moment_average(((0.0, 0.0, 1.0), (0.0,)), ((0.0, 0.0, 0.0, 0.0, 1.0), (0.0,)), K)
+    a13 = _moment_average(((0.0, 0.0, 0.0, 1.0), (0.0,)), ((0.0, 0.0, 0.0, 1.0), (0.0,)), K)
+    a14 = _moment_average(((0.0, 0.0, 0.0, 0.0, 1.0), (0.0,)), ((0.0, 0.0, 1.0), (0.0,)), K)
+    a15 = _moment_average(((0.0, 0.0, 0.0, 0.0, 0.0, 1.0), (0.0,)), ((0.0, 1.0), (0.0,)), K)
     d16 = (P00*P00*P00*P00)*a15 + 4*(P00*P00*P00)*P01*a14 - 6*(P00*P00*P00)*a3 + 6*P00**2*P01**2*a13 - 12*P00**2*P01*a2 + 3*P00**2*a0 + 4*P00*(P01*P01*P01)*a12 - 6*P00*P01**2*a1 + (P01*P01*P01*P01)*a11
     V_0000 = VP[0, 0, 0, 0]
     d18 = (P00*P00*P00)*P01*a15 - 6*P00**2*P01*a3 + 3*P00*P01*a0 + (P01*P01*P01)*P11*a11 + a1*(-3*P00*P01*P11 - 3*(P01*P01*P01)) + a12*(3*P00*P01**2*P11 + (P01*P01*P01*P01)) + a13*(3*P00**2*P01*P11 + 3*P00*(P01*P01*P01)) + a14*((P00*P00*P00)*P11 + 3*P00**2*P01**2) + a2*(-3*P00**2*P11 - 9*P00*P01**2)
@@ -444,25 +505,23 @@ def vertex_pairs(K, G1P, VP, C_W, n_l, n_lm1):
     """
     Kd = numpy.diagonal(K)
     P00, P01, P11 = _pair_inverse(K)
-    a0 = _pair_average(_f7, _f2, K, kinked=True)
-    a1 = _diag_average(_f0, Kd)[:, None]
+    a0 = _moment_average(((0.0, 0.0, 0.0, 1.0), (0.0,)), ((0.0, 1.0), (0.0,)), K)
+    a1 = _diag_moment_average(((0.0, 0.0, 1.0), (0.0,)), Kd)[:, None]
     a2 = _closed(_c0, K)
-    a3 = _diag_average(_f0, Kd, hermite=2)[:, None]
-    a4 = _pair_average(_f2, _f3, K, kinked=True)
-    a5 = _pair_average(_f4, _f4, K, kinked=True)
-    a6 = _pair_average(_f3, _f2, K, kinked=True)
-    d7 = P00**2*a6 + 2*P00*P01*a5 - P00*a2 + P01**2*a4
+    a3 = _diag_moment_average(((0.0, 0.0, 1.0), (0.0,)), Kd, hermite=2)[:, None]
+    a4 = _moment_average(((0.0, 1.0), (0.0,)), ((0.0, 0.0, 0.0, 1.0), (0.0,)), K)
+    a5 = _moment_average(((0.0, 0.0, 1.0), (0.0,)), ((0.0, 0.0, 1.0), (0.0,)), K)
+    d6 = P00**2*a0 + 2*P00*P01*a5 - P00*a2 + P01**2*a4
     V_0000 = VP[0, 0, 0, 0]
-    d9 = P00*P01*a6 + P01*P11*a4 - P01*a2 + a5*(P00*P11 + P01**2)
+    d8 = P00*P01*a0 + P01*P11*a4 - P01*a2 + a5*(P00*P11 + P01**2)
     V_0001 = VP[0, 0, 0, 1]
     V_0010 = VP[0, 0, 1, 0]
-    d12 = P01**2*a6 + 2*P01*P11*a5 + P11**2*a4 - P11*a2
+    d11 = P01**2*a0 + 2*P01*P11*a5 + P11**2*a4 - P11*a2
     V_0011 = VP[0, 0, 1, 1]
-    V_0001_next = C_W**2*a0 - C_W**2*a1*a2 + (1/4)*C_W**2*n_l*(V_0000*a3*d7 + V_0001*a3*d9 + V_0010*a3*d9 + V_0011*a3*d12)/n_lm1
-    a15 = _pair_average(_f0, _f0, K, kinked=True)
-    a16 = _diag_average(_f0, Kd)[None, :]
-    a17 = _diag_average(_f0, Kd, hermite=2)[None, :]
-    V_0011_next = (1/4)*C_W**2*V_0011*a17*a3*n_l/n_lm1 - C_W**2*a1*a16 + C_W**2*a15
+    V_0001_next = C_W**2*a0 - C_W**2*a1*a2 + (1/4)*C_W**2*n_l*(V_0000*a3*d6 + V_0001*a3*d8 + V_0010*a3*d8 + V_0011*a3*d11)/n_lm1
+    a14 = _diag_moment_average(((0.0, 0.0, 1.0), (0.0,)), Kd)[None, :]
+    a15 = _diag_moment_average(((0.0, 0.0, 1.0), (0.0,)), Kd, hermite=2)[None, :]
+    V_0011_next = (1/4)*C_W**2*V_0011*a15*a3*n_l/n_lm1 - C_W**2*a1*a14 + C_W**2*a5
     V_0100 = VP[0, 1, 0, 0]
     V_0101 = VP[0, 1, 0, 1]
     V_0110 = VP[0, 1, 1, 0]
@@ -475,7 +534,7 @@ def vertex_pairs(K, G1P, VP, C_W, n_l, n_lm1):
     V_1101 = VP[1, 1, 0, 1]
     V_1110 = VP[1, 1, 1, 0]
     V_1111 = VP[1, 1, 1, 1]
-    V_0101_next = C_W**2*a15 - C_W**2*a2**2 + (1/4)*C_W**2*n_l*(V_0000*d7**2 + V_0001*d7*d9 + V_0010*d7*d9 + V_0011*d12*d7 + V_0100*d7*d9 + V_0101*d9**2 + V_0110*d9**2 + V_0111*d12*d9 + V_1000*d7*d9 + V_1001*d9**2 + V_1010*d9**2 + V_1011*d12*d9 + V_1100*d12*d7 + V_1101*d12*d9 + V_1110*d12*d9 + V_1111*d12**2)/n_lm1
+    V_0101_next = -C_W**2*a2**2 + C_W**2*a5 + (1/4)*C_W**2*n_l*(V_0000*d6**2 + V_0001*d6*d8 + V_0010*d6*d8 + V_0011*d11*d6 + V_0100*d6*d8 + V_0101*d8**2 + V_0110*d8**2 + V_0111*d11*d8 + V_1000*d6*d8 + V_1001*d8**2 + V_1010*d8**2 + V_1011*d11*d8 + V_1100*d11*d6 + V_1101*d11*d8 + V_1110*d11*d8 + V_1111*d11**2)/n_lm1
     return V_0001_next, V_0011_next, V_0101_next
 
 

@@ -43,22 +43,36 @@ def _hermite_rule(points):
     return t, w / w.sum()
 
 
+def _partners(names):
+    """For each rung of a ladder (by name, smallest first), the index of the next finer rung of
+    the same family ("hermite12" → the next "hermite…"), or None for the finest of a family: a
+    rung is judged only against its own family, whose rules converge the same way."""
+    family = [name.rstrip("0123456789") for name in names]
+    return [next((j for j in range(i + 1, len(names)) if family[j] == family[i]), None)
+            for i in range(len(names))]
+
+
 # for pairs, a ladder of rules (name, nodes, weights), smallest first: Gauss–Hermite (fast
 # for small variances) and panel Gauss–Legendre; _pair_average takes the first rule whose
-# difference from the next is below TOL on the hardest pairs (_first_converged)
+# difference from the next rule of its family is below TOL on the hardest pairs
+# (_first_converged)
 RULES2 = [
     ("hermite12", *_hermite_rule(12)),
     ("hermite16", *_hermite_rule(16)),
     ("hermite20", *_hermite_rule(20)),
     ("hermite24", *_hermite_rule(24)),
     ("hermite32", *_hermite_rule(32)),
+    ("hermite40", *_hermite_rule(40)),
+    ("hermite48", *_hermite_rule(48)),
     ("panels6", *_panel_rule(6)),
+    ("hermite64", *_hermite_rule(64)),
     ("panels8", *_panel_rule(8)),
     ("panels12", *_panel_rule(12)),
     ("panels16", *_panel_rule(16)),
     ("panels24", *_panel_rule(24)),
     ("panels32", *_panel_rule(32)),
 ]
+RULES2_PARTNERS = _partners([r[0] for r in RULES2])
 TOL = 3e-13
 # single inputs: 32 nodes on each panel
 T1, W1 = _panel_rule(32)
@@ -233,18 +247,28 @@ def _pair_rule(f, g, K, p, q, T2, W2):
     return val
 
 
-def _first_converged(rule, rungs, tol, f, g, K, p, q):
+def _first_converged(rule, rungs, partners, tol, f, g, K, p, q):
     """rule(f, g, K, p, q, *rung) with the first of ``rungs`` (smallest first) whose result
-    differs from the next rung's by less than ``tol`` (relative to the size of the average, at
-    least 1) on the pairs of largest variance (the hardest ones); an error above that with the
-    finest rungs raises."""
+    differs from its partner's (the next finer rung of its family, see _partners) by less
+    than ``tol`` (relative to the size of the average, at least 1) on the pairs of largest
+    variance (the hardest ones); an error above that with the finest rungs raises."""
     hard = numpy.argsort(-numpy.maximum(K[p, p], K[q, q]), kind="stable")[:12]
-    for lo, hi in zip(rungs, rungs[1:]):
-        fine = rule(f, g, K, p[hard], q[hard], *hi)
-        e = numpy.abs(rule(f, g, K, p[hard], q[hard], *lo) - fine).max()
-        e /= max(1.0, numpy.abs(fine).max())
-        if e < tol:
-            return rule(f, g, K, p, q, *lo)
+    on_hard = {}
+
+    def value(i):
+        if i not in on_hard:
+            on_hard[i] = rule(f, g, K, p[hard], q[hard], *rungs[i])
+        return on_hard[i]
+
+    e = numpy.inf
+    for i, j in enumerate(partners):
+        if j is None:
+            continue
+        fine = value(j)
+        err = numpy.abs(value(i) - fine).max() / max(1.0, numpy.abs(fine).max())
+        if err < tol:
+            return rule(f, g, K, p, q, *rungs[i])
+        e = min(e, err)
     raise ArithmeticError(f"pair quadrature did not reach {tol:g} (estimated error {e:.2g}) at "
                           f"variances up to {numpy.diagonal(K).max():.3g}; the kernel's variances "
                           "are too large for the precomputed rules (is the network far from "
@@ -294,9 +318,10 @@ def _pair_average(f, g, K, kinked=False):
     key = (f.__name__, g.__name__, id(K))
     if key not in _CACHE:
         if kinked:
-            how = (_kinked_rule, KINKED_RULES, 30 * TOL)
+            how = (_kinked_rule, KINKED_RULES, list(range(1, len(KINKED_RULES))) + [None],
+                   30 * TOL)
         else:
-            how = (_pair_rule, [r[1:] for r in RULES2], TOL)
+            how = (_pair_rule, [r[1:] for r in RULES2], RULES2_PARTNERS, TOL)
         N = K.shape[0]
         p, q = numpy.triu_indices(N)
         out = numpy.empty((N, N))

@@ -1,0 +1,125 @@
+"""Fast paths of the generated evaluator (issue: performance), each pinned against an
+independent computation:
+
+* the exact quadrant moments of the scale-invariant family (ReLU, leaky ReLU): the
+  generated module's pair averages against nested adaptive quadrature written here (the
+  conditional Gaussian of z_q given z_p, split at the kink), and whole runs of K, Θ, G1, V,
+  H1 against the batched evaluator, whose averages are derive's generic quadrature;
+* the ladder of pair rules (each rule judged against the next rule of its own family): tanh
+  and erf K, Θ against the batched evaluator.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import integrate
+
+import derive
+from derive.emit.numpy_module import load_generated
+from derive.numeric.evaluate import iterate_mlp
+from derive.numeric.prediction import _generated
+
+
+def _pair_reference(f, g, Kpp, Kpq, Kqq):
+    """⟨f(z_p) g(z_q)⟩ by nested adaptive quadrature: z_p = s t, z_q | z_p ~ N(c z_p, v), each
+    integral split at the kink z = 0."""
+    s = math.sqrt(Kpp)
+    c = Kpq / Kpp
+    v = max(Kqq - Kpq * Kpq / Kpp, 0.0)
+    phi = lambda t: math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)  # noqa: E731
+
+    def inner(zp):
+        mu = c * zp
+        if v == 0.0:
+            return g(mu)
+        sd = math.sqrt(v)
+        cut = -mu / sd  # z_q = 0
+        h = lambda t: g(mu + sd * t) * phi(t)  # noqa: E731
+        cut = min(max(cut, -14.0), 14.0)
+        return sum(integrate.quad(h, a, b, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
+                   for a, b in ((-14.0, cut), (cut, 14.0)) if b > a)
+
+    out = 0.0
+    for a, b in ((-14.0, 0.0), (0.0, 14.0)):
+        out += integrate.quad(lambda t: f(s * t) * inner(s * t) * phi(t), a, b,
+                              epsabs=1e-15, epsrel=1e-13, limit=200)[0]
+    return out
+
+
+def relu(z):
+    return max(z, 0.0)
+
+
+CASES = [  # (f, g) as the generated module gets them: ((P₊), (P₋)) and a plain function
+    (((0.0, 1.0), (0.0,)), relu, ((0.0, 1.0), (0.0,)), relu),
+    (((0.0, 0.0, 1.0), (0.0,)), lambda z: relu(z) ** 2, ((0.0, 0.0, 0.0, 1.0), (0.0,)),
+     lambda z: z * z * relu(z)),
+    (((0.0, 1.0), (0.0, 0.1)), lambda z: z if z > 0 else 0.1 * z,
+     ((0.0, 0.0, 0.0, 0.0, 0.0, 1.0), (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)), lambda z: z ** 4 * relu(z)),
+    (((1.0, 0.0, 2.0), (3.0, -1.0)), lambda z: 1 + 2 * z * z if z > 0 else 3 - z,
+     ((0.0, 0.0, 0.0, 1.0), (0.0, 0.0, 0.5)), lambda z: z ** 3 if z > 0 else 0.5 * z * z),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_quadrant_moments_against_adaptive_quadrature(case):
+    mod = load_generated(derive.MLP(3, 16, "relu", 0.0, 2.0), ("K", "Theta", "G1", "V"))
+    assert "_moment_average" in mod.SOURCE
+    pf, f, pg, g = CASES[case]
+    rng = np.random.default_rng(case)
+    X = rng.normal(size=(4, 3))
+    X[3] = -0.9 * X[2] + 0.05 * X[1]  # a nearly anti-parallel pair
+    K = X @ X.T / 3 + 0.1
+    mod._CACHE.clear()
+    got = mod._moment_average(pf, pg, K)
+    for p in range(4):
+        for q in range(4):
+            ref = _pair_reference(f, g, K[p, p], K[p, q], K[q, q])
+            assert got[p, q] == pytest.approx(ref, rel=1e-10, abs=1e-12), (p, q)
+
+
+def test_diagonal_moments_against_adaptive_quadrature():
+    mod = load_generated(derive.MLP(3, 16, "relu", 0.0, 2.0), ("K", "Theta", "G1", "V"))
+    Kd = np.array([0.3, 1.0, 2.7])
+    f = ((0.0, 0.0, 1.0), (0.0, 0.5))  # z² for z > 0, z/2 below
+    for r, he in ((0, lambda t: 1.0), (2, lambda t: t * t - 1), (4, lambda t: t ** 4 - 6 * t * t + 3)):
+        got = mod._diag_moment_average(f, Kd, hermite=r)
+        for k, K in enumerate(Kd):
+            s = math.sqrt(K)
+            h = lambda t: ((s * t) ** 2 if t > 0 else 0.5 * s * t) * he(t) * math.exp(-t * t / 2)  # noqa: E731
+            ref = sum(integrate.quad(h, a, b, epsabs=1e-15, epsrel=1e-13)[0]
+                      for a, b in ((-14, 0), (0, 14))) / math.sqrt(2 * math.pi) / K ** (r / 2)
+            assert got[k] == pytest.approx(ref, rel=1e-11, abs=1e-13), (r, k)
+
+
+@pytest.mark.parametrize("act, C_b, C_W", [("relu", 0.0, 2.0), ("relu", 0.2, 1.5),
+                                           ("leaky_relu", 0.1, 1.8)])
+def test_scale_invariant_runs_equal_the_batched_evaluator(act, C_b, C_W):
+    """K, Θ, G1 and H1 on all pairs and V on the pair components, through the generated exact
+    moments, against the batched evaluator (derive's generic quadrature, a separate code path)."""
+    spec = derive.MLP(4, [20, 30, 25], act, C_b, C_W, lambda_b=0.7, lambda_W=1.3)
+    X = np.random.default_rng(5).normal(size=(4, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = _generated(spec, X, 1, True, False, ("H1",))
+        b = iterate_mlp(spec, X, 1, targets=("K", "Theta", "G1", "H1"))
+    for name in ("K", "Theta", "G1", "H1"):
+        for l in range(1, 5):
+            scale = max(1.0, np.abs(b[name][l]).max())
+            assert np.abs(g[name][l] - b[name][l]).max() <= 1e-8 * scale, (name, l)
+
+
+@pytest.mark.parametrize("act", ["tanh", "erf"])
+def test_pair_rule_ladder_equals_the_batched_evaluator(act):
+    spec = derive.MLP(6, 32, act, 0.1, 1.2)
+    X = np.random.default_rng(6).normal(size=(5, 4)) * np.array([[0.3], [1.0], [1.7], [0.8], [1.2]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = _generated(spec, X, 0, False, False)
+        b = iterate_mlp(spec, X, 0, targets=("K", "Theta"))
+    for name in ("K", "Theta"):
+        for l in range(1, 7):
+            assert np.abs(g[name][l] - b[name][l]).max() <= 1e-10 * max(1.0, np.abs(b[name][l]).max())
