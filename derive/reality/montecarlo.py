@@ -52,6 +52,7 @@ too).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -139,61 +140,99 @@ class _Accumulator:
         self.hh4 = np.zeros((BLOCKS, N, N, N, N)) if ntk else None
         self.hg = np.zeros((BLOCKS, N, N, N, N)) if ntk else None
 
-    def add(self, blocks: np.ndarray, z: np.ndarray, H: np.ndarray | None):
-        """z: (c, n, N) preactivations of c networks; H: their NTK (c, n, n, N, N) or None."""
+    #: the arrays of the state, in the order of :meth:`state` (None ones are absent)
+    FIELDS = ("count", "g", "gg", "p", "h", "hh", "hh4", "hg")
+
+    def add(self, blocks: np.ndarray, z, H, xp=None):
+        """z: (c, n, N) preactivations of c networks; H: their NTK (c, n, n, N, N) or None,
+        as arrays of the backend ``xp`` (numpy by default).  The per-network statistics are
+        formed in float64 whatever the dtype of the forward pass (on the backend's device),
+        and only they (c × N⁴ numbers) come back to the host, where the block sums are made."""
+        xp = xp or _NUMPY
+        z = xp.f64(z)
         n = z.shape[1]
-        H_diag = None if H is None else np.einsum("ciiab->ciab", H)
-        A = np.einsum("cia,cib->ciab", z, z)              # z_i z_i per neuron
-        g = A.mean(axis=1)                                 # per-network metric
+        c, _, N = z.shape
+        A = z[:, :, :, None] * z[:, :, None, :]            # z_i z_i per neuron (c, n, N, N)
         S = A.sum(axis=1)
-        same = np.einsum("ciab,cigd->cabgd", A, A)
-        p = (np.einsum("cab,cgd->cabgd", S, S) - same) / (n * (n - 1))   # mean over i != j
-        gg = np.einsum("cab,cgd->cabgd", g, g)
-        q = None if H_diag is None else self._pairs(z, A, S, H_diag, H)
-        for b in range(BLOCKS):
-            sel = blocks == b
-            if not sel.any():
-                continue
-            self.count[b] += sel.sum()
-            self.g[b] += g[sel].sum(axis=0)
-            self.gg[b] += gg[sel].sum(axis=0)
-            self.p[b] += p[sel].sum(axis=0)
-            if H_diag is not None:
-                h = H_diag[sel].mean(axis=1)
-                self.h[b] += h.sum(axis=0)
-                self.hh[b] += (h * h).sum(axis=0)
-                self.hh4[b] += np.einsum("sab,scd->abcd", h, h)
-                self.hg[b] += np.einsum("sab,scd->abcd", h, g[sel])
-                for k in self.NTK4:
-                    self.q[k][b] += q[k][sel].sum(axis=0)
+        A2 = A.reshape(c, n, N * N)
+        same = xp.matmul(xp.swapaxes(A2, 1, 2), A2)        # Σ_i A_i ⊗ A_i (c, N², N²)
+        S2 = S.reshape(c, N * N)
+        p = (S2[:, :, None] * S2[:, None, :] - same) / (n * (n - 1))   # mean over i != j
+        g = xp.host(S / n)                                 # per-network metric
+        cols = [g.reshape(c, -1), (g.reshape(c, -1, 1) * g.reshape(c, 1, -1)).reshape(c, -1),
+                xp.host(p).reshape(c, -1)]
+        if H is not None:
+            H = xp.f64(H)
+            H_diag = xp.einsum("ciiab->ciab", H)
+            h = xp.host(H_diag.mean(axis=1)).reshape(c, -1)
+            q = self._pairs(z, A, S, H_diag, H, xp)
+            cols += [h, h * h, (h[:, :, None] * h[:, None, :]).reshape(c, -1),
+                     (h[:, :, None] * g.reshape(c, 1, -1)).reshape(c, -1)]
+            cols += [xp.host(q[k]).reshape(c, -1) for k in self.NTK4]
+        # the block sums of every per-network statistic at once: (blocks × c)(c × columns)
+        onehot = (blocks[None, :] == np.arange(BLOCKS)[:, None]).astype(np.float64)
+        sums = onehot @ np.concatenate(cols, axis=1)
+        self.count += onehot.sum(axis=1)
+        at = 0
+        for name in self._COLUMNS[:3 if H is None else len(self._COLUMNS)]:
+            arr = self.q[name[1:]] if name.startswith("q") else getattr(self, name)
+            size = arr[0].size
+            arr += sums[:, at:at + size].reshape(arr.shape)
+            at += size
+
+    #: the per-network statistics summed by :meth:`add`, in the order of its columns
+    _COLUMNS = ("g", "gg", "p", "h", "hh", "hh4", "hg", "qA", "qB", "qD", "qF")
+
+    def merge(self, other: "_Accumulator") -> None:
+        """Add ``other``'s block sums to these (the merge of two shards)."""
+        for k, v in self.state().items():
+            v += other.state()[k]
+
+    def state(self) -> dict:
+        """The block sums as a flat dict of arrays (for checkpoints and for Dask workers)."""
+        out = {k: getattr(self, k) for k in self.FIELDS if getattr(self, k) is not None}
+        if self.q is not None:
+            out.update({f"q{k}": v for k, v in self.q.items()})
+        return out
+
+    @classmethod
+    def from_state(cls, N: int, ntk: bool, state: dict) -> "_Accumulator":
+        acc = cls(N, ntk)
+        for k, v in acc.state().items():
+            if k not in state or state[k].shape != v.shape:
+                raise MonteCarloError(f"a saved accumulator lacks {k!r} or has the wrong shape")
+            v[...] = state[k]
+        return acc
 
     @staticmethod
-    def _pairs(z, A, S, Hd, H) -> dict:
+    def _pairs(z, A, S, Hd, H, xp=None) -> dict:
         """Per network, the averages over ordered pairs i ≠ j of the layer's neurons of
         Ĥ_{ii;ab} Ĥ_{jj;cd}, Ĥ_{ij;ac} Ĥ_{ij;bd}, Ĥ_{ii;ab} z_{j;c} z_{j;d} and
         Ĥ_{ij;ac} z_{i;b} z_{j;d} (each (c, N, N, N, N), indexed abcd), as Σ_{i,j} − Σ_{i=j}:
         sums over neurons, never an array over pairs.  ``A`` = z_i z_i (c, n, N, N), ``S`` its
         sum over neurons."""
+        xp = xp or _NUMPY
         c, n, N = z.shape
         pairs = n * (n - 1)
-        Hs = Hd.sum(axis=1)                                            # Σ_i Ĥ_ii
+        Hs = Hd.sum(axis=1).reshape(c, N * N)                          # Σ_i Ĥ_ii
+        S2 = S.reshape(c, N * N)
         # the i = j terms, as (N² × n)(n × N²) products:
         # dHH = Σ_i Ĥ_{ii;ab} Ĥ_{ii;cd}, dHz = Σ_i Ĥ_{ii;ab} z_{i;c} z_{i;d}
-        Hd2 = np.swapaxes(Hd.reshape(c, n, N * N), 1, 2)
-        dHH = np.matmul(Hd2, Hd.reshape(c, n, N * N)).reshape(c, N, N, N, N)
-        dHz = np.matmul(Hd2, A.reshape(c, n, N * N)).reshape(c, N, N, N, N)
-        pA = (np.einsum("sab,scd->sabcd", Hs, Hs) - dHH) / pairs
-        pD = (np.einsum("sab,scd->sabcd", Hs, S) - dHz) / pairs
+        Hd2 = xp.swapaxes(Hd.reshape(c, n, N * N), 1, 2)
+        dHH = xp.matmul(Hd2, Hd.reshape(c, n, N * N)).reshape(c, N, N, N, N)
+        dHz = xp.matmul(Hd2, A.reshape(c, n, N * N)).reshape(c, N, N, N, N)
+        pA = ((Hs[:, :, None] * Hs[:, None, :]).reshape(c, N, N, N, N) - dHH) / pairs
+        pD = ((Hs[:, :, None] * S2[:, None, :]).reshape(c, N, N, N, N) - dHz) / pairs
         # B and F are built in the order [s, a, c, b, d] (Ĥ_{ij;ac} first), where their i = j
         # terms are dHH and dHz as they stand, then turned to [s, a, b, c, d]
         # Σ_{ij} Ĥ_{ij;ac} Ĥ_{ij;bd}: one (N² × n²)(n² × N²) product per network
         M = H.reshape(c, n * n, N * N)
-        full = np.matmul(np.swapaxes(M, 1, 2), M).reshape(c, N, N, N, N)
-        pB = np.swapaxes(full - dHH, 2, 3) / pairs
+        full = xp.matmul(xp.swapaxes(M, 1, 2), M).reshape(c, N, N, N, N)
+        pB = xp.swapaxes(full - dHH, 2, 3) / pairs
         # Σ_{ij} Ĥ_{ij;ac} z_{i;b} z_{j;d}: contract i with z (an (N × n)(n × n N²) product), then j
-        Y = np.matmul(np.swapaxes(z, 1, 2), H.reshape(c, n, n * N * N)).reshape(c, N, n, N, N)
-        full = np.einsum("sbjac,sjd->sacbd", Y, z)
-        pF = np.swapaxes(full - dHz, 2, 3) / pairs
+        Y = xp.matmul(xp.swapaxes(z, 1, 2), H.reshape(c, n, n * N * N)).reshape(c, N, n, N, N)
+        full = xp.einsum("sbjac,sjd->sacbd", Y, z)
+        pF = xp.swapaxes(full - dHz, 2, 3) / pairs
         return {"A": pA, "B": pB, "D": pD, "F": pF}
 
     @staticmethod
@@ -252,6 +291,10 @@ class _Compiled:
     dg: object
     g_args: tuple
     dg_args: tuple
+    #: the SymPy expressions of g and g' and their variables (z first), for other backends
+    g_expr: sp.Expr = None
+    dg_expr: sp.Expr = None
+    z: sp.Symbol = None
 
 
 _COMPILED: dict = {}
@@ -279,7 +322,8 @@ def _compile(activation: Activation, equation: ForwardEquation) -> _Compiled:
         dg = numpy_function(dge, (zs,) + dg_args)
     except DeriveError:    # g' holds a Dirac delta (σ jumps): the NTK is refused before use
         dg = None
-    out = _Compiled(xi, c, numpy_function(ge, (zs,) + g_args), dg, g_args, dg_args)
+    out = _Compiled(xi, c, numpy_function(ge, (zs,) + g_args), dg, g_args, dg_args,
+                    ge, dge if dg is not None else None, zs)
     _COMPILED[key] = out
     return out
 
@@ -294,8 +338,10 @@ class _Step:
     dg: object
 
 
-def _steps(spec: MLP, widths: list) -> dict:
-    """The bound equation of every layer ℓ = 2 … L (keyed by ℓ)."""
+def _steps(spec: MLP, widths: list, xp=None) -> dict:
+    """The bound equation of every layer ℓ = 2 … L (keyed by ℓ), with g and g' as functions
+    of the backend ``xp``'s arrays (numpy float64 by default)."""
+    xp = xp or _NUMPY
     eq = spec.equation
     comp = _compile(spec.activation, eq)
     steps = {}
@@ -306,10 +352,335 @@ def _steps(spec: MLP, widths: list) -> dict:
         xi, c = (float(e.xreplace(env)) for e in (comp.xi, comp.c))
         ga = tuple(env[s] for s in comp.g_args)
         da = tuple(env[s] for s in comp.dg_args)
-        g = comp.g if not ga else (lambda z, f=comp.g, a=ga: f(z, *a))
-        dg = comp.dg if comp.dg is None or not da else (lambda z, f=comp.dg, a=da: f(z, *a))
+        g = xp.function(comp.g, comp.g_expr, (comp.z,) + comp.g_args, ga)
+        dg = None if comp.dg is None else \
+            xp.function(comp.dg, comp.dg_expr, (comp.z,) + comp.dg_args, da)
         steps[l] = _Step(xi, c, g, dg)
     return steps
+
+
+# -- array backends ----------------------------------------------------------------------------
+
+#: the array dtypes of the forward pass (statistics are always accumulated in float64)
+DTYPES = ("float64", "float32")
+#: the array backends of the forward pass
+BACKENDS = ("numpy", "torch")
+
+
+class _NumpyBackend:
+    """The forward pass in numpy arrays of ``dtype`` (the default backend)."""
+
+    name = "numpy"
+    matmul = staticmethod(np.matmul)
+    einsum = staticmethod(np.einsum)
+    swapaxes = staticmethod(np.swapaxes)
+    moveaxis = staticmethod(np.moveaxis)
+
+    def __init__(self, dtype: str = "float64"):
+        self.dtype = np.dtype(dtype)
+
+    def f64(self, a):
+        return a if a.dtype == np.float64 else a.astype(np.float64)
+
+    @staticmethod
+    def host(a) -> np.ndarray:
+        return a
+
+    def asarray(self, a: np.ndarray):
+        return a if a.dtype == self.dtype else a.astype(self.dtype)
+
+    @staticmethod
+    def expand(a, shape):
+        return np.broadcast_to(a, shape)
+
+    def eye(self, n: int):
+        return np.eye(n, dtype=self.dtype)
+
+    @staticmethod
+    def all_finite(a) -> bool:
+        return bool(np.all(np.isfinite(a)))
+
+    @staticmethod
+    def errstate():
+        return np.errstate(over="ignore", invalid="ignore")
+
+    def function(self, f, expr, variables, args):
+        """``f(z, *args)`` (f a numpy function of g or g', float64) in this dtype."""
+        if self.dtype == np.float64:
+            return f if not args else (lambda z: f(z, *args))
+        return lambda z: f(z, *args).astype(self.dtype)
+
+
+_NUMPY = _NumpyBackend()
+
+
+class _TorchBackend:
+    """The forward pass in PyTorch tensors of ``dtype`` on ``device`` (``derive[torch]``).
+    Parameters are drawn by numpy's generator, as in the numpy backend, and copied to the
+    device, so that a seed gives the same networks on every backend."""
+
+    name = "torch"
+
+    def __init__(self, dtype: str, device):
+        import torch
+
+        self.torch = torch
+        self.dtype = getattr(torch, dtype)
+        self.device = torch.device(device)
+        self.matmul, self.einsum = torch.matmul, torch.einsum
+        self.swapaxes, self.moveaxis = torch.swapaxes, torch.moveaxis
+
+    def f64(self, a):
+        return a.to(self.torch.float64)
+
+    @staticmethod
+    def host(a) -> np.ndarray:
+        return a.detach().cpu().numpy()
+
+    def asarray(self, a: np.ndarray):
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(device=self.device,
+                                                                 dtype=self.dtype)
+
+    @staticmethod
+    def expand(a, shape):
+        return a.expand(shape)
+
+    def eye(self, n: int):
+        return self.torch.eye(n, dtype=self.dtype, device=self.device)
+
+    def all_finite(self, a) -> bool:
+        return bool(self.torch.isfinite(a).all())
+
+    @staticmethod
+    def errstate():
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def function(self, f, expr, variables, args):
+        """g or g' as a torch function (SymPy's torch printer); where that printer fails or
+        disagrees with numpy on a test grid, numpy on the host (exact, slower)."""
+        torch = self.torch
+        grid = np.linspace(-3.0, 3.0, 13)
+        ref = np.broadcast_to(np.asarray(f(grid, *args), dtype=float), grid.shape)
+        try:
+            fn = _torch_lambdify(expr, variables)
+            got = fn(torch.from_numpy(grid), *args)
+            got = torch.as_tensor(got, dtype=torch.float64).expand(grid.shape).numpy()
+            ok = np.allclose(got, ref, rtol=1e-12, atol=1e-12, equal_nan=True)
+        except Exception:  # noqa: BLE001 (any failure of the printer: use numpy instead)
+            ok = False
+        if ok:
+            def g(z):
+                return torch.as_tensor(fn(z, *args), dtype=z.dtype, device=z.device).expand(z.shape)
+            return g
+
+        def g_host(z):
+            out = np.asarray(f(z.detach().cpu().numpy().astype(float), *args), dtype=float)
+            return torch.from_numpy(np.array(np.broadcast_to(out, z.shape))).to(
+                device=z.device, dtype=z.dtype)
+        return g_host
+
+
+def _torch_lambdify(expr, variables):
+    """SymPy's torch lambdify, with Max/Min/Heaviside made tensor-safe."""
+    import torch
+
+    def as_t(a, like):
+        return a if torch.is_tensor(a) else torch.as_tensor(a, dtype=like.dtype, device=like.device)
+
+    def tmax(*a):
+        t = next(x for x in a if torch.is_tensor(x))
+        out = as_t(a[0], t)
+        for x in a[1:]:
+            out = torch.maximum(out, as_t(x, t))
+        return out
+
+    def tmin(*a):
+        t = next(x for x in a if torch.is_tensor(x))
+        out = as_t(a[0], t)
+        for x in a[1:]:
+            out = torch.minimum(out, as_t(x, t))
+        return out
+
+    def heaviside(x, h0=0.5):
+        return torch.heaviside(x, torch.as_tensor(h0, dtype=x.dtype, device=x.device))
+
+    rep = {}
+    for node in expr.atoms(sp.Max, sp.Min):
+        rep[node] = sp.Function("_DeriveMax" if isinstance(node, sp.Max) else "_DeriveMin")(*node.args)
+    for node in expr.atoms(sp.Heaviside):
+        rep[node] = sp.Function("_DeriveHeaviside")(node.args[0])
+    # constants such as sqrt(pi) as numbers (torch.sqrt takes tensors only)
+    e = (expr.xreplace(rep) if rep else expr).evalf(17)
+    from sympy.printing.pytorch import TorchPrinter
+
+    return sp.lambdify(variables, e, modules=[{"_DeriveMax": tmax, "_DeriveMin": tmin,
+                                               "_DeriveHeaviside": heaviside}, "torch"],
+                       printer=TorchPrinter({"strict": False}))
+
+
+_TORCH_MISSING = ("backend='torch' needs PyTorch, which is not installed: pip install "
+                  "'derive[torch]' (or use backend='numpy', the default)")
+
+
+def _backend(backend: str, dtype: str, device):
+    """The backend object for (``backend``, ``dtype``, ``device``); checked arguments."""
+    if backend == "numpy":
+        if device is not None:
+            raise MonteCarloError(f"device={device!r} needs backend='torch'; the numpy backend "
+                                  "runs on the CPU (leave device out)")
+        return _NUMPY if dtype == "float64" else _NumpyBackend(dtype)
+    try:
+        import torch
+    except ImportError:
+        raise MonteCarloError(_TORCH_MISSING) from None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+        torch.zeros(1, device=dev)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MonteCarloError(f"device={device!r} is not usable by PyTorch ({first}); give "
+                              f"'cpu', 'cuda' or 'cuda:K' for an available GPU") from None
+    return _TorchBackend(dtype, str(dev))
+
+
+def _check_dtype_backend(dtype, backend) -> tuple:
+    """``dtype`` as 'float64'/'float32' and ``backend`` as a known name, or a clear error."""
+    try:
+        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    except TypeError:
+        name = repr(dtype)
+    if name not in DTYPES:
+        raise MonteCarloError(f"dtype must be one of {list(DTYPES)} (the forward pass; statistics "
+                              f"are accumulated in float64 either way), got {dtype!r}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise MonteCarloError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    return name, backend
+
+
+# -- shards ------------------------------------------------------------------------------------
+
+#: weights (floats) drawn per shard: a shard's networks are as many as hold this many weights
+_SHARD_FLOATS = 4_000_000
+#: at most this many networks per shard (so that small networks still give several shards)
+_SHARD_MAX = 4096
+
+
+def shard_size(widths) -> int:
+    """Networks per shard for layer widths ``widths`` = [n_0, n_1, …, n_L]: as many as hold
+    about 4 million weights (at most 4096, at least 1).  It depends on the widths only — not on
+    the number of workers, the dtype, the backend or ``ntk`` — so a seed draws the same
+    networks whatever runs them."""
+    per = sum(w * w0 + w for w, w0 in zip(widths[1:], widths[:-1]))
+    return int(max(1, min(_SHARD_MAX, _SHARD_FLOATS // max(per, 1))))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a shard needs (sent to Dask workers as is): the run's parameters."""
+
+    spec: MLP
+    X: np.ndarray
+    widths: tuple
+    n_networks: int
+    seed: int
+    ntk: bool
+    dtype: str
+    backend: str
+    device: str | None
+    shard: int
+    chunk: int
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_networks // self.shard)
+
+    def networks(self, k: int) -> tuple:
+        """(first network, number of networks) of shard ``k``."""
+        start = k * self.shard
+        return start, min(self.shard, self.n_networks - start)
+
+    def params(self) -> dict:
+        """The run's parameters as JSON data (a checkpoint's identity)."""
+        return {"spec": repr(self.spec), "activation": str(self.spec.activation.expr),
+                "X": self.X.tolist(), "widths": list(self.widths), "n_networks": self.n_networks,
+                "seed": self.seed, "ntk": self.ntk, "dtype": self.dtype, "backend": self.backend,
+                "shard": self.shard, "blocks": BLOCKS}
+
+
+def shard_seed(seed: int, k: int) -> np.random.SeedSequence:
+    """The seed of shard ``k``: ``numpy.random.SeedSequence(seed).spawn(n_shards)[k]`` (a
+    child's spawn key is its index, so this needs no list of all children)."""
+    return np.random.SeedSequence(seed, spawn_key=(k,))
+
+
+_LOCAL = threading.local()
+
+
+def _buffer(key, k, shape, dtype=np.float64) -> np.ndarray:
+    """The reused array ``k`` of the draws ``key`` (per thread): no fresh pages for every
+    shard."""
+    bufs = getattr(_LOCAL, "bufs", None)
+    if bufs is None or bufs.get("key") != key:
+        bufs = _LOCAL.bufs = {"key": key}
+    if k not in bufs:
+        bufs[k] = np.empty(shape, dtype=dtype)
+    return bufs[k]
+
+
+def _draw(plan: _Plan, rng, c: int, dtype=np.float64) -> list:
+    """The parameters of ``c`` networks, drawn in the order W^{(1)}, b^{(1)}, W^{(2)}, …:
+    [(W (c, n_ℓ, n_{ℓ−1}), b (c, n_ℓ)), …], scaled by √(C_W/n_{ℓ−1}) and √C_b in float64,
+    then rounded to ``dtype`` (float32: the float64 networks, rounded)."""
+    real = type(rng) is np.random.Generator      # a test double only has standard_normal(shape)
+    shapes = tuple(s for n_in, n_l in zip(plan.widths[:-1], plan.widths[1:])
+                   for s in ((c, n_l, n_in), (c, n_l)))
+    key = (shapes, np.dtype(dtype).name)
+    f64 = np.dtype(dtype) == np.float64
+    out = []
+    for k, shape in enumerate(shapes):
+        l, n_in = k // 2 + 1, plan.widths[k // 2]
+        scale = np.sqrt(plan.spec.C_W(l) / n_in) if k % 2 == 0 else np.sqrt(plan.spec.C_b(l))
+        raw = _buffer(key, k if f64 else ("raw", shape), shape)
+        a = rng.standard_normal(shape, out=raw) if real else rng.standard_normal(shape)
+        if f64:
+            a *= scale
+        else:
+            a = np.multiply(a, scale, out=_buffer(key, k, shape, dtype), casting="same_kind")
+        out.append(a)
+    return list(zip(out[::2], out[1::2]))
+
+
+_BACKENDS: dict = {}
+
+
+def _plan_backend(plan: _Plan):
+    key = (plan.backend, plan.dtype, plan.device)
+    if key not in _BACKENDS:
+        _BACKENDS[key] = _backend(*key)
+    return _BACKENDS[key]
+
+
+def _run_shard(plan: _Plan, k: int) -> dict:
+    """Shard ``k`` of the run: its networks drawn with its own generator (:func:`shard_seed`),
+    pushed through in chunks of ``plan.chunk``, accumulated; returns {ℓ: _Accumulator}."""
+    xp = _plan_backend(plan)
+    steps = _steps(plan.spec, list(plan.widths), xp)
+    start, c = plan.networks(k)
+    rng = np.random.default_rng(shard_seed(plan.seed, k))
+    params = _draw(plan, rng, c, xp.dtype if plan.backend == "numpy" else np.float64)
+    N, L = plan.X.shape[0], plan.spec.depth
+    acc = {l: _Accumulator(N, plan.ntk) for l in range(1, L + 1)}
+    for s in range(0, c, plan.chunk):
+        e = min(c, s + plan.chunk)
+        blocks = np.arange(start + s, start + e) % BLOCKS
+        sub = ((xp.asarray(W[s:e]), xp.asarray(b[s:e])) for W, b in params)
+        for l, z, H in _forward(plan.spec, steps, plan.X, sub, plan.ntk, xp):
+            acc[l].add(blocks, z, H, xp)
+    return acc
 
 
 def _progress(enabled: bool, done: int, total: int, t0: float):
@@ -325,13 +696,33 @@ def _progress(enabled: bool, done: int, total: int, t0: float):
 
 
 def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | None = None,
-           ntk: bool = True, progress: bool | None = None) -> Ensemble:
+           ntk: bool = True, progress: bool | None = None, dtype: str = "float64",
+           backend: str = "numpy", device: str | None = None, workers: int | None = None,
+           scheduler=None, checkpoint=None) -> Ensemble:
     r"""Sample ``n_networks`` random networks of ``spec`` on inputs ``X`` (N × n_0).
 
     ``output_width`` is the width of layer L (not part of the spec; default: the last hidden
     width, or 8 for a one-layer network; an output layer with a skip term must keep the hidden
     width).  ``ntk=False`` skips the NTK (faster).
     ``progress`` (default: when stderr is a terminal and the run is long) prints a bar with ETA.
+
+    The networks are split into shards of :func:`shard_size` networks (a number fixed by the
+    widths), shard k drawn from ``SeedSequence(seed).spawn(n_shards)[k]``; the shards'
+    statistics are merged in shard order, so a seed gives the same estimates, bit for bit,
+    whether the shards run here one after the other or on any number of Dask workers.
+
+    ``dtype``: 'float64' (default) or 'float32', the precision of the forward pass; the
+    parameters are drawn in float64 (the same networks in both) and every statistic is formed
+    and accumulated in float64 (the guide's Monte Carlo section says what float32 costs).
+    ``backend``: 'numpy' (default) or 'torch' (``pip install 'derive[torch]'``) on ``device``
+    (default 'cuda' when available, else 'cpu'); the same draws, statistics equal to numpy's
+    within float rounding.
+    ``workers=k`` runs the shards on a local Dask cluster of k processes, ``scheduler`` on a
+    running Dask scheduler (its address 'tcp://host:port', or a ``distributed.Client``);
+    ``pip install 'derive[distributed]'``.
+    ``checkpoint``: a path stem; the merged statistics are saved to ``STEM.npz`` (with the
+    run's parameters in ``STEM.json``) as shards complete, and a run given the same stem
+    resumes from them (refused, with a :class:`MonteCarloError`, if its parameters differ).
     """
     if not isinstance(spec, MLP):
         raise MonteCarloError(f"spec must be a derive.MLP, got {type(spec).__name__}")
@@ -343,6 +734,10 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
     if isinstance(n_networks, bool) or not isinstance(n_networks, (int, np.integer)) or n_networks < 2 * BLOCKS:
         raise MonteCarloError(f"n_networks must be a whole number ≥ {2 * BLOCKS} (error bars come from "
                               f"a {BLOCKS}-block jackknife), got {n_networks!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MonteCarloError(f"seed must be a whole number ≥ 0, got {seed!r}")
+    dtype, backend = _check_dtype_backend(dtype, backend)
+    xp = _backend(backend, dtype, device)
     L = spec.depth
     n_out = output_width if output_width is not None else (spec.widths[-1] if spec.widths else 8)
     widths = [X.shape[1], *spec.widths, int(n_out)]
@@ -366,74 +761,70 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
         if any(st.dg is None for st in steps.values()):
             raise MonteCarloError("the NTK of the sampled networks needs g'(z) of the forward "
                                   "equation, which has no pointwise values (a Dirac delta)")
-    # floats per network: weights, the NTK (Ĥ and its products: 3 arrays of n² N², 4 with a
-    # skip term) and the four-point products (V's; A … F's are N⁴ arrays and one of n N³, made
-    # while only Ĥ itself is held, so below the NTK's peak: the estimate, and with it the chunks
-    # and the draws of a seed, stay as they were)
-    per_net = sum(w * w0 for w, w0 in zip(widths[1:], widths[:-1])) + \
-        (max(widths[1:]) ** 2 * N * N * (4 if skip else 3) if ntk else 0) + max(widths) * N * N * N * N
-    chunk = int(max(BLOCKS, min(n_networks, _CHUNK_FLOATS // max(per_net, 1))))
-    rng = np.random.default_rng(seed)
-    acc = {l: _Accumulator(N, ntk) for l in range(1, L + 1)}
-    t0 = time.perf_counter()
-    show = progress
-    done = 0
-    while done < n_networks:
-        c = min(chunk, n_networks - done)
-        blocks = (np.arange(done, done + c)) % BLOCKS
-        # drawn lazily, layer by layer, in the order W^{(1)}, b^{(1)}, W^{(2)}, …
-        params = ((rng.standard_normal((c, n_l, n_in)) * np.sqrt(spec.C_W(l) / n_in),
-                   rng.standard_normal((c, n_l)) * np.sqrt(spec.C_b(l)))
-                  for l, n_in, n_l in zip(range(1, L + 1), widths[:-1], widths[1:]))
-        for l, z, H in _forward(spec, steps, X, params, ntk):
-            acc[l].add(blocks, z, H)
-        done += c
-        if show is None:
-            show = sys.stderr.isatty() and (time.perf_counter() - t0) * n_networks / done > 2.0
-        _progress(bool(show), done, n_networks, t0)
+    # floats per network of one chunk of the forward pass: the NTK (Ĥ and its products: 3
+    # arrays of n² N², 4 with a skip term) and the four-point products (V's; A … F's are N⁴
+    # arrays and one of n N³, made while only Ĥ itself is held, so below the NTK's peak).  The
+    # chunk only splits the work of a shard: the draws are the shard's, whatever the chunk.
+    per_net = (max(widths[1:]) ** 2 * N * N * (4 if skip else 3) if ntk else 0) + \
+        max(widths) * N * N * N * N + sum(widths) * N
+    shard = shard_size(widths)
+    chunk = int(max(1, min(shard, _CHUNK_FLOATS // max(per_net, 1))))
+    plan = _Plan(spec, X, tuple(widths), int(n_networks), int(seed), bool(ntk), dtype, backend,
+                 None if backend == "numpy" else str(xp.device), shard, chunk)
+    _BACKENDS[(backend, dtype, plan.device)] = xp
+    from .distributed import run
+
+    acc = run(plan, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
+              progress=progress)
     layers = {l: acc[l].finish(widths[l - 1]) for l in range(1, L + 1)}
     return Ensemble(spec, X, int(n_networks), int(seed), layers)
 
 
-def _forward(spec: MLP, steps: dict, X: np.ndarray, params, ntk: bool):
+def _forward(spec: MLP, steps: dict, X: np.ndarray, params, ntk: bool, xp=None):
     """The forward pass of c networks of ``spec`` on inputs ``X`` (N × n_0), from the forward
     equation (module docstring).  ``params`` yields, for ℓ = 1 … L in turn, the layer's weights
     W^{(ℓ)} (c, n_ℓ, n_{ℓ−1}) and biases b^{(ℓ)} (c, n_ℓ) — the parameters θ the NTK
     differentiates by; it is read one layer at a time.  Yields ``(ℓ, z, H)`` per layer: the
-    preactivations z (c, n_ℓ, N) and the NTK Ĥ (c, n_ℓ, n_ℓ, N, N), None when ``ntk`` is false."""
+    preactivations z (c, n_ℓ, N) and the NTK Ĥ (c, n_ℓ, n_ℓ, N, N), None when ``ntk`` is false,
+    as arrays of the backend ``xp`` (numpy float64 by default; ``steps`` made for it)."""
+    xp = xp or _NUMPY
     G0 = X @ X.T / X.shape[1]
+    Xt = xp.asarray(np.ascontiguousarray(X.T))
     z = None
     H = None
     prev = None
     for l, (W, b) in enumerate(params, 1):
         c, n_outl, n_in = W.shape
         if l == 1:
-            prev = np.broadcast_to(X.T, (c,) + X.T.shape)       # (c, n_0, N): layer-0 "activations"
+            prev = xp.expand(Xt, (c,) + tuple(Xt.shape))      # (c, n_0, N): layer-0 "activations"
         st = steps.get(l)
         if l > 1:
-            with np.errstate(over="ignore", invalid="ignore"):
+            with xp.errstate():
                 s = st.g(z)
                 if ntk:
                     ds = st.dg(z)
             prev = s
             if st.c != 1:
                 b = st.c * b
-        with np.errstate(over="ignore", invalid="ignore"):
-            z_new = np.matmul(W, prev) + b[:, :, None]
+        with xp.errstate():
+            z_new = xp.matmul(W, prev) + b[:, :, None]
             if l > 1 and st.xi != 0:
                 z_new = st.xi * z + z_new
-        if not np.all(np.isfinite(z_new)):
+        if not xp.all_finite(z_new):
+            hint = "" if xp.dtype == np.float64 or str(xp.dtype).endswith("float64") else \
+                " (in float32, whose largest number is 3e38: dtype='float64' may get through)"
             raise MonteCarloError(f"layer {l}: preactivations overflowed (NaN/inf); the "
-                                  "initialisation diverges for this spec")
+                                  f"initialisation diverges for this spec{hint}")
         if ntk:
-            eye = np.eye(n_outl)
+            eye = xp.eye(n_outl)
             if l == 1:
-                base = spec.lambda_b(1) + spec.lambda_W(1) * G0
-                H = np.einsum("ij,ab->ijab", eye, base)[None].repeat(c, axis=0)
+                base = xp.asarray(spec.lambda_b(1) + spec.lambda_W(1) * G0)
+                H = xp.einsum("ij,ab->ijab", eye, base)[None]
+                H = xp.expand(H, (c,) + tuple(H.shape[1:]))
             else:
                 lam_b = spec.lambda_b(l) if st.c == 1 else st.c * st.c * spec.lambda_b(l)
-                base = lam_b + spec.lambda_W(l) * np.einsum("cja,cjb->cab", prev, prev) / n_in
-                H = np.einsum("ij,cab->cijab", eye, base) + _carried(H, W, ds, st.xi)
+                base = lam_b + spec.lambda_W(l) * xp.einsum("cja,cjb->cab", prev, prev) / n_in
+                H = xp.einsum("ij,cab->cijab", eye, base) + _carried(H, W, ds, st.xi, xp)
         z = z_new
         yield l, z, H
 
@@ -448,19 +839,20 @@ def _network(spec: MLP, X, Ws, bs, ntk: bool = True) -> list:
     return [(z, H) for _, z, H in _forward(spec, steps, X, zip(Ws, bs), ntk)]
 
 
-def _carried(H: np.ndarray, W: np.ndarray, dg: np.ndarray, xi: float) -> np.ndarray:
+def _carried(H, W, dg, xi: float, xp=None):
     """Σ_{kl} J_{ik;α} J_{jl;β} Ĥ_{kl;αβ} with J_α = ξ 1 + W diag(g'(z_α)): ``H`` (c, n, n, N, N),
     ``W`` (c, n', n), ``dg`` (c, n, N); returns (c, n', n', N, N)."""
-    Wt = np.swapaxes(W, 1, 2)[:, None, None]
+    xp = xp or _NUMPY
+    Wt = xp.swapaxes(W, 1, 2)[:, None, None]
     if xi == 0:
-        M = np.einsum("cja,ckb,cjkab->cabjk", dg, dg, H)            # (c, N, N, n, n)
-        WMW = np.matmul(np.matmul(W[:, None, None], M), Wt)
+        M = xp.einsum("cja,ckb,cjkab->cabjk", dg, dg, H)            # (c, N, N, n, n)
+        WMW = xp.matmul(xp.matmul(W[:, None, None], M), Wt)
     else:
         # (ξ 1 + W D_α) Ĥ_αβ (ξ 1 + D_β Wᵀ) = ξ T + (T D_β) Wᵀ with T = ξ Ĥ_αβ + W D_α Ĥ_αβ
-        Hs = np.moveaxis(H, (3, 4), (1, 2))                         # (c, N, N, n, n) view
-        dgT = np.swapaxes(dg, 1, 2)                                 # (c, N, n)
-        T = np.matmul(W[:, None, None], dgT[:, :, None, :, None] * Hs)
+        Hs = xp.moveaxis(H, (3, 4), (1, 2))                         # (c, N, N, n, n) view
+        dgT = xp.swapaxes(dg, 1, 2)                                 # (c, N, n)
+        T = xp.matmul(W[:, None, None], dgT[:, :, None, :, None] * Hs)
         T += xi * Hs
-        WMW = np.matmul(T * dgT[:, None, :, None, :], Wt)
+        WMW = xp.matmul(T * dgT[:, None, :, None, :], Wt)
         WMW += xi * T
-    return np.moveaxis(WMW, (1, 2), (3, 4))
+    return xp.moveaxis(WMW, (1, 2), (3, 4))
