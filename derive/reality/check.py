@@ -272,7 +272,9 @@ class Check:
 
 @boundary
 def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, seed: int = 0,
-          progress: bool | None = None, ntk: bool = False) -> Check:
+          progress: bool | None = None, ntk: bool = False, *, dtype: str = "float64",
+          backend: str = "numpy", device: str | None = None, workers: int | None = None,
+          scheduler=None, checkpoint=None) -> Check:
     """Monte Carlo of ``spec`` at every hidden width in ``widths`` against the derived LO and
     NLO predictions, with 1/n fits (see the module docstring).  ``progress`` (default: when
     stderr is a terminal) prints a bar with ETA per width and a line per width.
@@ -294,6 +296,16 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
     ntk : bool, optional
         Also compare the NTK: its mean (LO Θ, NLO Θ + H1/n) and its O(1/n) statistics A, B,
         D, F (default False: the NTK of every network costs n² N² per layer).
+    dtype, backend, device : optional
+        The forward pass: 'float64' (default) or 'float32', on 'numpy' (default) or 'torch'
+        (``derive[torch]``) on ``device`` (:func:`derive.reality.montecarlo.sample`).
+    workers, scheduler : optional
+        Run the shards of every ensemble on a local Dask cluster of ``workers`` processes, or
+        on the Dask scheduler at ``scheduler`` ('tcp://host:port'), started once for all
+        widths (``derive[distributed]``); the results are those of a run here, bit for bit.
+    checkpoint : path, optional
+        A folder (created if missing) where each width's ensemble saves its progress
+        (``width<n>.npz``/``.json``); run again with the same arguments to resume.
 
     Returns
     -------
@@ -333,6 +345,35 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
         raise CheckError(f"samples must be a whole number ≥ {10 * BLOCKS} networks per width, so that "
                          f"each of the {BLOCKS} jackknife blocks behind an error bar holds ≥ 10; "
                          f"got {samples!r}")
+    from .distributed import connect
+    from .montecarlo import _backend, _check_dtype_backend
+
+    try:
+        dtype, backend = _check_dtype_backend(dtype, backend)
+        _backend(backend, dtype, device)
+    except MonteCarloError as err:
+        raise CheckError(str(err)) from None
+    ckdir = None
+    if checkpoint is not None:
+        from pathlib import Path
+
+        if isinstance(checkpoint, bool) or not isinstance(checkpoint, (str, Path)) \
+                or not str(checkpoint).strip():
+            raise CheckError(f"checkpoint must be a folder path, got {checkpoint!r}")
+        ckdir = Path(checkpoint)
+        try:
+            ckdir.mkdir(exist_ok=True)
+        except OSError as err:
+            raise CheckError(f"checkpoint folder {str(ckdir)!r} cannot be made ({err}); its "
+                             "parent folder must exist") from None
+    with connect(workers, scheduler) as client:
+        return _check(spec, X, widths, samples, seed, progress, ntk,
+                      dict(dtype=dtype, backend=backend, device=device, scheduler=client),
+                      ckdir)
+
+
+def _check(spec, X, widths, samples, seed, progress, ntk, run: dict, ckdir) -> Check:
+    """:func:`check` after its arguments are checked; ``run`` goes to every ``sample``."""
     show = sys.stderr.isatty() if progress is None else bool(progress)
     pairs, quads = _components(X.shape[0])
     order = spec.max_order
@@ -349,7 +390,8 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
     for k, n in enumerate(widths):
         net = spec.with_widths(n)
         try:
-            ens = sample(net, X, int(samples), seed=seed + k, ntk=ntk, progress=show)
+            ens = sample(net, X, int(samples), seed=seed + k, ntk=ntk, progress=show,
+                         checkpoint=None if ckdir is None else ckdir / f"width{n}", **run)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExpansionWarning)
                 pred = predict(net, X, order=order, targets=targets)
