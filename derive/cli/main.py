@@ -180,17 +180,28 @@ def _check_cmd(args) -> int:
                          f" networks per width, so that each of the {BLOCKS} jackknife blocks "
                          f"behind an error bar holds ≥ 10")
     seed = _whole(args.seed, "--seed", 0)
+    workers = None if args.workers is None else _whole(args.workers, "--workers", 1)
+    if workers is not None and args.scheduler is not None:
+        raise _fail("give --workers N (a local Dask cluster) or --scheduler ADDRESS (a running "
+                    "one), not both")
+    run = {"dtype": args.dtype, "backend": args.backend, "device": args.device,
+           "workers": workers, "scheduler": args.scheduler, "checkpoint": args.checkpoint}
     outdir = OutputDir(args.out, force=args.force, command=_command(args),
                        spec=spec_json(spec, X),
                        extra={"check": {"widths": sorted(set(widths)), "samples": samples,
-                                        "seed": seed, "ntk": bool(args.ntk)}},
+                                        "seed": seed, "ntk": bool(args.ntk),
+                                        # the forward pass, when not the default
+                                        **({"dtype": args.dtype} if args.dtype != "float64"
+                                           else {}),
+                                        **({"backend": args.backend} if args.backend != "numpy"
+                                           else {})}},
                        planned=("check.csv", "check_fits.csv", "check.png"))
     with outdir:  # --out checked before the Monte Carlo starts
         print(f"derive check: {spec!r}, widths {widths}, {samples} networks per width (seed "
               f"{seed}); progress on stderr", flush=True)
         failure = None
         try:
-            res = check(spec, X, widths, samples, seed=seed, progress=True, ntk=args.ntk)
+            res = check(spec, X, widths, samples, seed=seed, progress=True, ntk=args.ntk, **run)
         except CheckError as err:
             if err.partial is None or not err.partial.rows:
                 raise
@@ -345,6 +356,24 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--ntk", action="store_true",
                    help="also compare the NTK: its mean (LO Theta, NLO slope H1) and its O(1/n) "
                         "statistics A, B, D, F (the NTK of each network costs n² N² per layer)")
+    c.add_argument("--dtype", default="float64", choices=("float64", "float32"),
+                   help="precision of the forward pass (default float64); statistics are "
+                        "accumulated in float64 either way")
+    c.add_argument("--backend", default="numpy", choices=("numpy", "torch"),
+                   help="array library of the forward pass (default numpy); torch runs on a "
+                        "GPU when one is present (pip install 'derive[torch]')")
+    c.add_argument("--device", default=None,
+                   help="with --backend torch: 'cpu', 'cuda' or 'cuda:K' (default cuda if "
+                        "available, else cpu)")
+    c.add_argument("--workers", default=None, metavar="K",
+                   help="run the networks on a local Dask cluster of K processes (pip install "
+                        "'derive[distributed]'); the same results as without, bit for bit")
+    c.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on a running Dask scheduler, e.g. tcp://host:8786 (its workers "
+                        "need derive installed)")
+    c.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="save progress into DIR as shards of networks complete; the same "
+                        "command again resumes (refused if its parameters differ)")
     c.add_argument("--out", default="derive-check", metavar="DIR",
                    help="output directory (default ./derive-check)")
     c.add_argument("--force", action="store_true", help=force_help)
