@@ -42,6 +42,8 @@ DASK_MISSING = ("workers= and scheduler= need Dask's distributed scheduler, whic
 _FORMAT = 1
 #: seconds between checkpoint writes while shards complete
 _SAVE_EVERY = 1.0
+#: how long to wait for a user's scheduler to answer
+_CONNECT_TIMEOUT = "10s"
 #: a private hook for tests: stop (as an interruption would) once this many shards are merged
 _stop_after: int | None = None
 
@@ -137,7 +139,7 @@ def _client(workers, scheduler):
             raise MonteCarloError(f"scheduler must be a Dask scheduler address such as "
                                   f"'tcp://host:8786' (or a distributed.Client), got {scheduler!r}")
         try:
-            client = distributed.Client(scheduler, timeout="10s")
+            client = distributed.Client(scheduler, timeout=_CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as err:
             raise MonteCarloError(f"cannot reach the Dask scheduler {scheduler!r} ({err}); start "
                                   "it (dask scheduler, then dask worker ADDRESS on each machine, "
