@@ -826,13 +826,39 @@ def _distinct_fields_moment(expr):
                 if x in atoms:
                     return None  # a factor shared by two pairs could form a power
                 atoms[x] = None
-    rows = []
-    for pm in perfect_matchings(m):
-        parts = []
-        for a, b in pm:
-            parts += cov[a][b]
-        rows.append((1, parts))
-    return _canonical_add(rows, list(atoms))
+    if any(not cov[a][b] for a in range(m) for b in range(a + 1, m)):
+        rows = []
+        for pm in perfect_matchings(m):
+            parts = []
+            for a, b in pm:
+                parts += cov[a][b]
+            rows.append((1, parts))
+        return _canonical_add(rows, list(atoms))
+    # what _canonical_add does, on integers: rank the atoms once (Basic.compare), give each
+    # pair its sorted ranks, and build every matching's rank tuple directly (one recursion,
+    # no generator chain, no SymPy hashing); every atom belongs to one pair, so the tuples
+    # are distinct, and sorting them by (length, ranks) is SymPy's order of the Muls
+    from functools import cmp_to_key
+
+    ordered = sorted(atoms, key=cmp_to_key(lambda x, y: x.compare(y)))
+    rank = {x: r for r, x in enumerate(ordered)}
+    pair_ranks = [[tuple(sorted(rank[x] for x in cov[a][b])) if b > a else None
+                   for b in range(m)] for a in range(m)]
+    keys: list = []
+
+    def rec(rest: tuple, acc: tuple) -> None:
+        if not rest:
+            keys.append(sorted(acc))
+            return
+        row = pair_ranks[rest[0]]
+        for pos in range(1, len(rest)):
+            rec(rest[1:pos] + rest[pos + 1:], acc + row[rest[pos]])
+
+    rec(tuple(range(m)), ())
+    keys.sort(key=lambda k: (len(k), k))
+    mul = sp.Mul._from_args
+    return sp.Add._from_args(tuple(mul(tuple(ordered[r] for r in k), is_commutative=True)
+                                   for k in keys), is_commutative=True)
 
 
 #: the direct route for distinct fields is used from this many pairs on
