@@ -307,3 +307,21 @@ def test_orbit_pairings_refuses_a_non_invariant_input():
         list(orbit_pairings((1, 1, 1, 1), (0, 1, 0, 2), [(0,), (0,), (1,), ()], [(0,), (1,)], [0, 0]))
     with pytest.raises(ValueError, match="two types"):
         list(orbit_pairings((1, 1), (0, 0), [(0,), (0,)], [(0,)], [0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# distinct fields: the direct assembly (rank tuples) against the general route
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m", [8, 10])
+def test_distinct_fields_direct_route_equals_general_route(m):
+    y = gaussian_field("y", "S", neuron=False)
+    I = neuron_indices(f"q1:{m + 1}")
+    A = sample_indices(f"b1:{m + 1}")
+    for e in (sp.Mul(*[z[I[r], A[r]] for r in range(m)]), sp.Mul(*[y[A[r]] for r in range(m)]),
+              sp.Mul(*[z[I[m - 1 - r], A[(3 * r) % m]] for r in range(m)])):
+        assert C._distinct_fields_moment(e) is not None
+        fast = wick(e)
+        general = wick(e, trace=Trace())  # tracing disables the direct route
+        assert fast.args == general.args and sp.srepr(fast) == sp.srepr(general)
+        assert len(fast.args) == double_factorial(m - 1)
