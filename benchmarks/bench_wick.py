@@ -128,9 +128,11 @@ def run(quick: bool = False):
             target, ok = "-", None
             if limit is not None:
                 target, ok = f"< {limit:g} s", dt < limit
-            if with_form:
+            if with_form and ratio is None:
+                target += " (≤ FORM: no form on PATH)"
+            elif with_form:
                 target += ", ≤ FORM"
-                ok = ok and (ratio is not None and ratio <= 1.0)
+                ok = ok and ratio <= 1.0
             rows.append({
                 "fields": 2 * k,
                 "pattern": name,
