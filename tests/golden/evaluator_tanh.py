@@ -53,9 +53,9 @@ def _partners(names):
 
 
 # for pairs, a ladder of rules (name, nodes, weights), smallest first: Gauss–Hermite (fast
-# for small variances) and panel Gauss–Legendre; _pair_average takes the first rule whose
-# difference from the next rule of its family is below TOL on the hardest pairs
-# (_first_converged)
+# for small variances) and panel Gauss–Legendre; _smooth_pair takes, for the inner and the
+# outer integral, the first rule whose difference from the next rule of its family is below
+# TOL on the hardest pairs (_first_rung)
 RULES2 = [
     ("hermite12", *_hermite_rule(12)),
     ("hermite16", *_hermite_rule(16)),
@@ -73,6 +73,8 @@ RULES2 = [
     ("panels32", *_panel_rule(32)),
 ]
 RULES2_PARTNERS = _partners([r[0] for r in RULES2])
+# the nodes t1 where the inner integrals are checked (_inner_rung)
+PROBE = _hermite_rule(24)
 TOL = 3e-13
 # single inputs: 32 nodes on each panel
 T1, W1 = _panel_rule(32)
@@ -84,6 +86,9 @@ KINKED_RULES = [numpy.polynomial.legendre.leggauss(q) for q in [4, 6, 8, 12, 16,
 KINKS = numpy.array([], dtype=float)
 # pairs per block: about _BLOCK grid values per block, so the temporaries stay in cache
 _BLOCK = 65536
+# pairs (when more than 1024) are split into this many groups by the width of their inner
+# integral, each with its own rules (_smooth_pair)
+GROUPS = 4
 # the vertex components V_{(x_a x_b)(x_c x_d)}, x = (p, q), computed on pairs: one per orbit
 # of V's index symmetries and the exchange p ↔ q (the other patterns are these or their
 # transposes, see _pair_tensors)
@@ -233,46 +238,100 @@ def _frame(K, p, q):
     return s, a, b
 
 
-def _pair_rule(f, g, K, p, q, T2, W2):
-    """<f(z1) g(z2)> for the pairs (p, q) with one fixed rule; the inner sum over t2 first."""
+def _pair_rule(f, g, K, p, q, T1, W1, T2, W2):
+    """<f(z1) g(z2)> for the pairs (p, q) with the rule (T1, W1) for t1 and (T2, W2) for t2;
+    the inner sum over t2 first."""
     s, a, b = _frame(K, p, q)
     val = numpy.empty(len(p))
-    chunk = max(1, _BLOCK // (len(T2) * len(T2)))
+    chunk = max(1, _BLOCK // (len(T1) * len(T2)))
     for lo in range(0, len(p), chunk):
         sl = slice(lo, lo + chunk)
-        outer = f(s[sl, None] * T2[None, :])
-        z2 = a[sl, None, None] * T2[None, :, None] + b[sl, None, None] * T2[None, None, :]
+        outer = f(s[sl, None] * T1[None, :])
+        z2 = a[sl, None, None] * T1[None, :, None] + b[sl, None, None] * T2[None, None, :]
         inner = g(z2) @ W2
-        val[sl] = (outer * inner) @ W2
+        val[sl] = (outer * inner) @ W1
     return val
 
 
-def _first_converged(rule, rungs, partners, tol, f, g, K, p, q):
-    """rule(f, g, K, p, q, *rung) with the first of ``rungs`` (smallest first) whose result
-    differs from its partner's (the next finer rung of its family, see _partners) by less
-    than ``tol`` (relative to the size of the average, at least 1) on the pairs of largest
-    variance (the hardest ones); an error above that with the finest rungs raises."""
-    hard = numpy.argsort(-numpy.maximum(K[p, p], K[q, q]), kind="stable")[:12]
-    on_hard = {}
+def _first_rung(value, partners, tol, weights=None):
+    """The index of the first rung (smallest first) whose ``value(i)`` (an array) differs from
+    its partner's (the next finer rung of its family, see _partners) by less than ``tol``
+    (relative to the size of the values, at least 1; with ``weights``, the differences and
+    sizes are first summed over the last axis with these weights); an error above that with
+    the finest rungs raises."""
+    seen = {}
 
-    def value(i):
-        if i not in on_hard:
-            on_hard[i] = rule(f, g, K, p[hard], q[hard], *rungs[i])
-        return on_hard[i]
+    def at(i):
+        if i not in seen:
+            seen[i] = value(i)
+        return seen[i]
 
     e = numpy.inf
     for i, j in enumerate(partners):
         if j is None:
             continue
-        fine = value(j)
-        err = numpy.abs(value(i) - fine).max() / max(1.0, numpy.abs(fine).max())
+        fine, diff = at(j), numpy.abs(at(i) - at(j))
+        if weights is not None:
+            fine, diff = numpy.abs(fine) @ weights, diff @ weights
+        err = diff.max() / max(1.0, numpy.abs(fine).max())
         if err < tol:
-            return rule(f, g, K, p, q, *rungs[i])
+            return i
         e = min(e, err)
-    raise ArithmeticError(f"pair quadrature did not reach {tol:g} (estimated error {e:.2g}) at "
-                          f"variances up to {numpy.diagonal(K).max():.3g}; the kernel's variances "
-                          "are too large for the precomputed rules (is the network far from "
-                          "criticality?)")
+    raise ArithmeticError(f"pair quadrature did not reach {tol:g} (estimated error {e:.2g}); "
+                          "the kernel's variances are too large for the precomputed rules (is "
+                          "the network far from criticality?)")
+
+
+def _hardest(K, p, q, b=None):
+    """The pairs where a rule converges last: the 12 of largest variance (and the 12 of largest
+    conditional spread b of z2, the width of the inner integral)."""
+    hard = numpy.argsort(-numpy.maximum(K[p, p], K[q, q]), kind="stable")[:12]
+    if b is not None:
+        hard = numpy.union1d(hard, numpy.argsort(-b, kind="stable")[:12])
+    return hard
+
+
+def _inner_rung(g, K, p, q):
+    """The index of the first rule of RULES2 for the inner integrals ∫ g(a t1 + b t2) dt2 of
+    the pairs (p, q) that agrees with the next of its family to TOL at the nodes t1 of the
+    24-node Gauss–Hermite rule, weighted as the outer average weighs them."""
+    s, a, b = _frame(K, p, q)
+    t1 = PROBE[0]
+
+    def inner(k):
+        T2, W2 = RULES2[k][1:]
+        return g(a[:, None, None] * t1[None, :, None] + b[:, None, None] * T2[None, None, :]) @ W2
+
+    return _first_rung(inner, RULES2_PARTNERS, TOL, PROBE[1])
+
+
+def _smooth_pair(f, g, K, p, q):
+    """<f(z1) g(z2)> for smooth f, g on the pairs (p, q), in groups of similar width b of the
+    inner integral (over t2; narrow where the inputs are correlated, so it takes far fewer
+    nodes than the outer one, over t1).  In each group the inner rule is chosen first
+    (_inner_rung), then the outer one with that inner rule: the first of RULES2 that agrees
+    with the next of its family to TOL on the group's hardest pairs."""
+    b = _frame(K, p, q)[2]
+    order = numpy.argsort(b, kind="stable")
+    val = numpy.empty(len(p))
+    for group in numpy.array_split(order, GROUPS if len(p) > 1024 else 1):
+        pg, qg = p[group], q[group]
+        h = _hardest(K, pg, qg, b[group])
+        ph, qh = pg[h], qg[h]
+        i = _inner_rung(g, K, ph, qh)
+        o = _first_rung(lambda k: _pair_rule(f, g, K, ph, qh, *RULES2[k][1:], *RULES2[i][1:]),
+                        RULES2_PARTNERS, TOL)
+        val[group] = _pair_rule(f, g, K, pg, qg, *RULES2[o][1:], *RULES2[i][1:])
+    return val
+
+
+def _kinked_pair(f, g, K, p, q):
+    """<f(z1) g(z2)> for f, g with kinks, by the first of KINKED_RULES that agrees with the
+    next to 30 TOL on the hardest pairs (see _kinked_rule)."""
+    h = _hardest(K, p, q)
+    k = _first_rung(lambda k: _kinked_rule(f, g, K, p[h], q[h], *KINKED_RULES[k]),
+                    list(range(1, len(KINKED_RULES))) + [None], 30 * TOL)
+    return _kinked_rule(f, g, K, p, q, *KINKED_RULES[k])
 
 
 def _split_rule(cuts, xq=XQ, wq=WQ):
@@ -311,23 +370,19 @@ def _kinked_rule(f, g, K, p, q, xq, wq):
 
 def _pair_average(f, g, K, kinked=False):
     """<f(z_p) g(z_q)> over N(0, [[K_pp, K_pq], [K_pq, K_qq]]) for every pair (p, q): (N, N),
-    by the first converged of the rules RULES2 to TOL, or (``kinked``) of the rules split at
-    the kinks, KINKED_RULES, to 30 TOL (the Hermite-weighted averages of kinked σ sum terms far
+    by the first converged of the rules RULES2 to TOL (_smooth_pair), or (``kinked``) of the
+    rules split at the kinks, KINKED_RULES, to 30 TOL (_kinked_pair) (the Hermite-weighted averages of kinked σ sum terms far
     larger than their result: their rounding error alone is near TOL); computed once per layer
     (the recursions share averages; <g f> is the transpose of <f g>)."""
     key = (f.__name__, g.__name__, id(K))
     if key not in _CACHE:
-        if kinked:
-            how = (_kinked_rule, KINKED_RULES, list(range(1, len(KINKED_RULES))) + [None],
-                   30 * TOL)
-        else:
-            how = (_pair_rule, [r[1:] for r in RULES2], RULES2_PARTNERS, TOL)
+        pair = _kinked_pair if kinked else _smooth_pair
         N = K.shape[0]
         p, q = numpy.triu_indices(N)
         out = numpy.empty((N, N))
-        out[p, q] = _first_converged(*how, f, g, K, p, q)
+        out[p, q] = pair(f, g, K, p, q)
         # below the diagonal: <f(z_p) g(z_q)> = <g(z_q) f(z_p)>, the swapped average above it
-        out[q, p] = out[p, q] if f is g else _first_converged(*how, g, f, K, p, q)
+        out[q, p] = out[p, q] if f is g else pair(g, f, K, p, q)
         _CACHE[key] = out
         _CACHE[(g.__name__, f.__name__, id(K))] = out.T
     return _CACHE[key]
