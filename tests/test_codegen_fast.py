@@ -123,3 +123,27 @@ def test_pair_rule_ladder_equals_the_batched_evaluator(act):
     for name in ("K", "Theta"):
         for l in range(1, 7):
             assert np.abs(g[name][l] - b[name][l]).max() <= 1e-10 * max(1.0, np.abs(b[name][l]).max())
+
+
+def test_expansion_estimate_on_a_subset_of_inputs(monkeypatch):
+    """For many inputs and no O(1/n) target the expansion estimate is computed on inputs
+    spanning the range of |x|² (a single input's recursions depend on its norm only): exact
+    when there are few distinct norms, and the extreme norms are always among them."""
+    import derive.numeric.prediction as P
+
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(4, 6))
+    X = np.concatenate([base * s for s in (0.5, 1.0, 2.0, 3.0, 4.0)])
+    X = np.concatenate([X, -X])  # 40 inputs, 20 distinct norms
+    Y = rng.normal(size=(300, 4))
+    on = P._estimate_inputs(Y)
+    norms = (Y * Y).sum(1)
+    assert len(on) == 32 and norms.argmin() in on and norms.argmax() in on
+    spec = derive.MLP(6, 16, "erf", 0.1, 1.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        few = derive.predict(spec, X, targets=["K", "Theta"])
+        monkeypatch.setattr(P, "ESTIMATE_INPUTS", 10 ** 6)
+        full = derive.predict(spec, X, targets=["K", "Theta"])
+    assert len(np.unique((X * X).sum(1))) == 20 and len(P._estimate_inputs(X)) == 20
+    assert few.expansion == pytest.approx(full.expansion, rel=1e-12)

@@ -173,16 +173,24 @@ def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool,
                                                               spec.activation.ntk_obstacle))
                          + ntk)
     closes = spec.max_order >= 1  # else no V: K and Θ only
+    N = X.shape[0]
+    # V's diagonal only for the expansion estimate: on a few inputs spanning the range of
+    # their norms (see _estimate_inputs) when there are many
+    few = closes and not (nlo or ntk) and N > ESTIMATE_INPUTS
     try:
         with np.errstate(all="ignore"):
-            g = mod.evaluate(X, order=order, nlo=("pairs" if nlo or ntk else "diagonal")
-                             if closes else "none")
+            g = mod.evaluate(X, order=order, nlo=("none" if few else "pairs" if nlo or ntk
+                                                  else "diagonal") if closes else "none")
+            if few:
+                on = _estimate_inputs(X)
+                g["V"] = mod.evaluate(X[on], order=order, nlo="diagonal")["V"]
     except (ValueError, ArithmeticError) as err:
         raise DeriveError(str(err)) from None
     kinked = bool(spec.activation.kinks)
     r = {"K": g["K"], "Theta": g.get("Theta", {}), "G1": g["G1"], "V": g["V"],
          "error": float(mod.TOL * (30 if kinked else 1))}
-    N = X.shape[0]
+    if few:
+        r["estimated_on"] = on
     if not closes:
         r.pop("V")
     elif dense_v:  # N ≤ 2: every component has at most two distinct samples
@@ -197,6 +205,24 @@ def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool,
             r[q] = {l: (mod._pair_tensor(v, g[q + "_pairs"][l], mod.ORBIT_TABLES[q])[..., 0, N - 1]
                         if N == 2 else v.reshape(1, 1, 1, 1)) for l, v in g[q].items()}
     return r
+
+
+#: the expansion estimate of a K, Θ prediction is computed on at most this many inputs
+ESTIMATE_INPUTS = 32
+
+
+def _estimate_inputs(X: np.ndarray) -> np.ndarray:
+    """At most :data:`ESTIMATE_INPUTS` inputs spanning the range of the squared norms |x|²/n_0
+    (the smallest, the largest, and evenly spaced ranks between).  A single input's own
+    recursions (K_αα, V_αααα) depend on nothing but K^{(1)}_αα = C_b + C_W |x_α|²/n_0, so the
+    expansion estimate (the largest V_αααα / (n K_αα²)) is a function of the norm, and it is
+    exact when the inputs have at most that many distinct norms."""
+    g0 = np.einsum("ai,ai->a", X, X) / X.shape[1]
+    values, first = np.unique(g0, return_index=True)
+    if len(values) <= ESTIMATE_INPUTS:
+        return np.sort(first)
+    ranks = np.unique(np.round(np.linspace(0, len(values) - 1, ESTIMATE_INPUTS)).astype(int))
+    return np.sort(first[ranks])
 
 
 #: most inputs accepted (the arrays are N × N per layer and quantity)
@@ -341,7 +367,10 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
     Prediction
         With ``.K``, ``.G1``, ``.V``, ``.Theta``, ``.H1``, ``.A``, ``.B``, ``.D``, ``.F``
         (layer → array), ``.metric(ℓ)``, ``.ntk_mean(ℓ)``,
-        ``.expansion`` (layer → estimate), ``.route`` and ``.quadrature_error`` (the largest
+        ``.expansion`` (layer → estimate of the first neglected term, the largest
+        |V_αααα| / (n K_αα²) to the power order + 1; for more than 32 inputs and no O(1/n)
+        target it is computed on 32 inputs spanning the range of |x|², on which alone it
+        depends), ``.route`` and ``.quadrature_error`` (the largest
         estimated error of an average, relative to ``max(1, |average|)``).
 
     Raises
@@ -404,8 +433,9 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         r = iterate_mlp(spec, X, order, targets=targets, progress=report, tol=tol,
                         detail=detail if progress else None)
     expansion = {}  # empty without a derived V (a skip term): no estimate is given then
+    on = r.get("estimated_on", slice(None))  # the inputs the estimate is computed on
     for l in range(1, spec.depth + 1 if "V" in r else 1):
-        d = np.diagonal(r["K"][l])
+        d = np.diagonal(r["K"][l])[on]
         n_in = [X.shape[1], *spec.widths][l - 1]
         V = r["V"][l]
         idx = np.arange(len(d))
