@@ -87,6 +87,8 @@ class NumpyPrinter(SciPyPrinter):
         if expr.base.is_Symbol and expr.exp.is_Integer and 3 <= int(expr.exp) <= 4:
             base = self._print(expr.base)
             return "(" + "*".join([base] * int(expr.exp)) + ")"
+        if expr.exp == 4:  # of anything else: the base evaluated once, squared twice
+            return f"numpy.square(numpy.square({self._print(expr.base)}))"
         return super()._print_Pow(expr, rational=rational)
 
 

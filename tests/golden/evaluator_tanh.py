@@ -120,7 +120,7 @@ def _f2(z):
 
 def _f3(z):
     """z -> 8*(tanh(z)**2 - 1)*(2*(tanh(z)**2 - 1)**2 + 11*(tanh(z)**2 - 1)*tanh(z)**2 + 2*tanh(z)**4) (derivative 4 of tanh(z)**2)"""
-    return 8*(numpy.tanh(z)**2 - 1)*(2*(numpy.tanh(z)**2 - 1)**2 + 11*(numpy.tanh(z)**2 - 1)*numpy.tanh(z)**2 + 2*numpy.tanh(z)**4)
+    return 8*(numpy.tanh(z)**2 - 1)*(2*(numpy.tanh(z)**2 - 1)**2 + 11*(numpy.tanh(z)**2 - 1)*numpy.tanh(z)**2 + 2*numpy.square(numpy.square(numpy.tanh(z))))
 
 
 def _f4(z):
@@ -130,7 +130,7 @@ def _f4(z):
 
 def _f5(z):
     """z -> tanh(z)**4 (under the average)"""
-    return numpy.tanh(z)**4
+    return numpy.square(numpy.square(numpy.tanh(z)))
 
 
 def _f6(z):
