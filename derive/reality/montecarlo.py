@@ -163,11 +163,13 @@ class _Accumulator:
         z = xp.f64(z)
         n = z.shape[1]
         c, _, N = z.shape
-        A = z[:, :, :, None] * z[:, :, None, :]            # z_i z_i per neuron (c, n, N, N)
-        S = A.sum(axis=1)
-        A2 = A.reshape(c, n, N * N)
-        same = xp.matmul(xp.swapaxes(A2, 1, 2), A2)        # Σ_i A_i ⊗ A_i (c, N², N²)
+        # z_i z_i per neuron, built with the neurons innermost (c, N², n), then seen as (c, n, N²)
+        zt = xp.contiguous(xp.swapaxes(z, 1, 2))
+        At = (zt[:, :, None, :] * zt[:, None, :, :]).reshape(c, N * N, n)
+        A2 = xp.swapaxes(At, 1, 2)
+        S = xp.matmul(zt, z)                               # Σ_i z_i z_i (c, N, N)
         S2 = S.reshape(c, N * N)
+        same = xp.matmul(At, A2)                           # Σ_i A_i ⊗ A_i (c, N², N²)
         p = (S2[:, :, None] * S2[:, None, :] - same) / (n * (n - 1))   # mean over i != j
         g = xp.host(S / n)                                 # per-network metric
         cols = [g.reshape(c, -1), (g.reshape(c, -1, 1) * g.reshape(c, 1, -1)).reshape(c, -1),
@@ -176,7 +178,7 @@ class _Accumulator:
             H = xp.f64(H)
             H_diag = xp.einsum("ciiab->ciab", H)
             h = xp.host(H_diag.mean(axis=1)).reshape(c, -1)
-            q = self._pairs(z, A, S, H_diag, H, xp)
+            q = self._pairs(z, A2, S, H_diag, H, xp)
             cols += [h, h * h, (h[:, :, None] * h[:, None, :]).reshape(c, -1),
                      (h[:, :, None] * g.reshape(c, 1, -1)).reshape(c, -1)]
             cols += [xp.host(q[k]).reshape(c, -1) for k in self.NTK4]
@@ -216,12 +218,12 @@ class _Accumulator:
         return acc
 
     @staticmethod
-    def _pairs(z, A, S, Hd, H, xp=None) -> dict:
+    def _pairs(z, A2, S, Hd, H, xp=None) -> dict:
         """Per network, the averages over ordered pairs i ≠ j of the layer's neurons of
         Ĥ_{ii;ab} Ĥ_{jj;cd}, Ĥ_{ij;ac} Ĥ_{ij;bd}, Ĥ_{ii;ab} z_{j;c} z_{j;d} and
         Ĥ_{ij;ac} z_{i;b} z_{j;d} (each (c, N, N, N, N), indexed abcd), as Σ_{i,j} − Σ_{i=j}:
-        sums over neurons, never an array over pairs.  ``A`` = z_i z_i (c, n, N, N), ``S`` its
-        sum over neurons."""
+        sums over neurons, never an array over pairs.  ``A2`` = z_i z_i (c, n, N²), ``S`` its
+        sum over neurons (c, N, N)."""
         xp = xp or _NUMPY
         c, n, N = z.shape
         pairs = n * (n - 1)
@@ -231,7 +233,7 @@ class _Accumulator:
         # dHH = Σ_i Ĥ_{ii;ab} Ĥ_{ii;cd}, dHz = Σ_i Ĥ_{ii;ab} z_{i;c} z_{i;d}
         Hd2 = xp.swapaxes(Hd.reshape(c, n, N * N), 1, 2)
         dHH = xp.matmul(Hd2, Hd.reshape(c, n, N * N)).reshape(c, N, N, N, N)
-        dHz = xp.matmul(Hd2, A.reshape(c, n, N * N)).reshape(c, N, N, N, N)
+        dHz = xp.matmul(Hd2, A2).reshape(c, N, N, N, N)
         pA = ((Hs[:, :, None] * Hs[:, None, :]).reshape(c, N, N, N, N) - dHH) / pairs
         pD = ((Hs[:, :, None] * S2[:, None, :]).reshape(c, N, N, N, N) - dHz) / pairs
         # B and F are built in the order [s, a, c, b, d] (Ĥ_{ij;ac} first), where their i = j
@@ -394,6 +396,10 @@ class _NumpyBackend:
         return a if a.dtype == np.float64 else a.astype(np.float64)
 
     @staticmethod
+    def contiguous(a):
+        return np.ascontiguousarray(a)
+
+    @staticmethod
     def host(a) -> np.ndarray:
         return a
 
@@ -443,6 +449,10 @@ class _TorchBackend:
 
     def f64(self, a):
         return a.to(self.torch.float64)
+
+    @staticmethod
+    def contiguous(a):
+        return a.contiguous()
 
     @staticmethod
     def host(a) -> np.ndarray:
@@ -642,27 +652,34 @@ def _buffer(key, k, shape, dtype=np.float64) -> np.ndarray:
     return bufs[k]
 
 
-def _draw(plan: _Plan, rng, c: int, dtype=np.float64) -> list:
+def _draw(plan: _Plan, rng, c: int, dtype=np.float64, lazy: bool = False):
     """The parameters of ``c`` networks, drawn in the order W^{(1)}, b^{(1)}, W^{(2)}, …:
-    [(W (c, n_ℓ, n_{ℓ−1}), b (c, n_ℓ)), …], scaled by √(C_W/n_{ℓ−1}) and √C_b in float64,
-    then rounded to ``dtype`` (float32: the float64 networks, rounded)."""
+    (W (c, n_ℓ, n_{ℓ−1}), b (c, n_ℓ)) per layer, scaled by √(C_W/n_{ℓ−1}) and √C_b in float64,
+    then rounded to ``dtype`` (float32: the float64 networks, rounded).  ``lazy``: a
+    generator that draws each layer when asked for it, into one reused array per shape (the
+    caller is done with a layer before it asks for the next; the weights stay in cache);
+    otherwise a list, each layer in an array of its own."""
     real = type(rng) is np.random.Generator      # a test double only has standard_normal(shape)
     shapes = tuple(s for n_in, n_l in zip(plan.widths[:-1], plan.widths[1:])
                    for s in ((c, n_l, n_in), (c, n_l)))
-    key = (shapes, np.dtype(dtype).name)
+    key = (shapes, np.dtype(dtype).name, lazy)
     f64 = np.dtype(dtype) == np.float64
-    out = []
-    for k, shape in enumerate(shapes):
+
+    def one(k, shape):
         l, n_in = k // 2 + 1, plan.widths[k // 2]
         scale = np.sqrt(plan.spec.C_W(l) / n_in) if k % 2 == 0 else np.sqrt(plan.spec.C_b(l))
-        raw = _buffer(key, k if f64 else ("raw", shape), shape)
+        slot = shape if lazy else k
+        raw = _buffer(key, slot if f64 else ("raw", shape), shape)
         a = rng.standard_normal(shape, out=raw) if real else rng.standard_normal(shape)
         if f64:
             a *= scale
-        else:
-            a = np.multiply(a, scale, out=_buffer(key, k, shape, dtype), casting="same_kind")
-        out.append(a)
-    return list(zip(out[::2], out[1::2]))
+            return a
+        return np.multiply(a, scale, out=_buffer(key, slot, shape, dtype), casting="same_kind")
+
+    def layers():
+        for k in range(0, len(shapes), 2):
+            yield one(k, shapes[k]), one(k + 1, shapes[k + 1])
+    return layers() if lazy else list(layers())
 
 
 _BACKENDS: dict = {}
@@ -679,19 +696,34 @@ def _run_shard(plan: _Plan, k: int) -> dict:
     """Shard ``k`` of the run: its networks drawn with its own generator (:func:`shard_seed`),
     pushed through in chunks of ``plan.chunk``, accumulated; returns {ℓ: _Accumulator}."""
     xp = _plan_backend(plan)
-    steps = _steps(plan.spec, list(plan.widths), xp)
+    key = (repr(plan.spec), str(plan.spec.activation.expr), plan.spec.equation, plan.widths, xp)
+    if getattr(_LOCAL, "steps", (None,))[0] != key:       # the same for every shard of a run
+        _LOCAL.steps = (key, _steps(plan.spec, list(plan.widths), xp))
+    steps = _LOCAL.steps[1]
     start, c = plan.networks(k)
     rng = np.random.default_rng(shard_seed(plan.seed, k))
-    params = _draw(plan, rng, c, xp.dtype if plan.backend == "numpy" else np.float64)
+    dtype = xp.dtype if plan.backend == "numpy" else np.float64
     N, L = plan.X.shape[0], plan.spec.depth
     acc = {l: _Accumulator(N, plan.ntk) for l in range(1, L + 1)}
-    for s in range(0, c, plan.chunk):
-        e = min(c, s + plan.chunk)
+    if plan.chunk >= c:
+        # one chunk: each layer drawn just before the forward pass needs it
+        chunks = [(0, c, ((xp.asarray(W), xp.asarray(b))
+                          for W, b in _draw(plan, rng, c, dtype, lazy=True)))]
+    else:
+        params = _draw(plan, rng, c, dtype)
+        chunks = [(s, min(c, s + plan.chunk), _slices(xp, params, s, min(c, s + plan.chunk)))
+                  for s in range(0, c, plan.chunk)]
+    for s, e, sub in chunks:
         blocks = np.arange(start + s, start + e) % BLOCKS
-        sub = ((xp.asarray(W[s:e]), xp.asarray(b[s:e])) for W, b in params)
         for l, z, H in _forward(plan.spec, steps, plan.X, sub, plan.ntk, xp):
             acc[l].add(blocks, z, H, xp)
     return acc
+
+
+def _slices(xp, params: list, s: int, e: int):
+    """Networks s … e−1 of every layer's parameters, as arrays of ``xp``, layer by layer."""
+    for W, b in params:
+        yield xp.asarray(W[s:e]), xp.asarray(b[s:e])
 
 
 def _progress(enabled: bool, done: int, total: int, t0: float):
