@@ -229,6 +229,13 @@ def _classify(g: sp.Expr, var: sp.Symbol):
 @lru_cache(maxsize=512)
 def _closed_form_plan(f: sp.Expr, pos_items: tuple):
     pos = dict(pos_items)
+    # the kernel families have closed forms for one or two factors: a product of more (counted
+    # with their powers) is not tried (classifying each factor costs SymPy simplifications)
+    parts = [p for p in sp.Mul.make_args(sp.expand_power_exp(f)) if not p.is_number]
+    count = sum(int(p.args[1]) if isinstance(p, sp.Pow) and p.args[1].is_Integer and p.args[1] > 0
+                else 1 for p in parts)
+    if len(f.free_symbols) > 2 or count > 2:
+        return None
     coeff, factors = sp.S.One, []
     # SymPy merges exp(-z1**2)*exp(-z2**2) into one exp: split it back per variable
     for part in sp.Mul.make_args(sp.expand_power_exp(f)):
@@ -297,18 +304,17 @@ def _gauss_legendre(n: int):
     return np.polynomial.legendre.leggauss(n)
 
 
-def _nested_rule(fn, L: np.ndarray, kinks: list[tuple[float, ...]], rung: int,
-                 deff: int) -> np.ndarray:
-    """Σ w f(z) over the nested conditional rule at refinement ``rung`` of the ladders of
-    effective dimension ``deff`` (the number of variables with conditional variance)."""
+def _nested_nodes(L: np.ndarray, kinks: list, points: int, panels: np.ndarray,
+                  levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes T (B, n, levels) and weights W (B, n) in t of the nested conditional rule over the
+    first ``levels`` axes (``points`` Gauss–Legendre nodes per piece), each axis split at the
+    panels and where a kink of its own variable or (nearly) one of a later variable (up to the
+    last of L) is crossed."""
     B, d, _ = L.shape
-    if not any(kinks):
-        return _fixed_grid_rule(fn, L, rung, deff)
-    panels = _PANELS[deff]
-    x, w = _gauss_legendre(_NODE_LADDER[deff][rung])
+    x, w = _gauss_legendre(points)
     T = np.zeros((B, 1, 0))
     W = np.ones((B, 1))
-    for k in range(d):
+    for k in range(levels):
         N = T.shape[1]
         s = L[:, k, k][:, None, None]
         if not np.any(s > 0):  # z_k is a function of the outer variables in every element
@@ -329,7 +335,7 @@ def _nested_rule(fn, L: np.ndarray, kinks: list[tuple[float, ...]], rung: int,
                 if not np.any(coef):
                     continue
             coef = coef[:, None, None]
-            mu = np.einsum("bnj,bj->bn", T, L[:, m, :k])[:, :, None]
+            mu = np.matmul(T, L[:, m, :k, None])
             c = np.asarray(kinks[m])[None, None, :]
             with np.errstate(divide="ignore", invalid="ignore"):
                 tk = np.where(coef != 0, (c - mu) / np.where(coef != 0, coef, 1.0), -np.inf)
@@ -345,7 +351,18 @@ def _nested_rule(fn, L: np.ndarray, kinks: list[tuple[float, ...]], rung: int,
         Q = t.shape[2]
         T = np.concatenate([np.repeat(T, Q, axis=1), t.reshape(B, -1, 1)], axis=2)
         W = (W[:, :, None] * wt).reshape(B, -1)
-    Z = np.einsum("bnj,bij->bni", T, L)
+    return T, W
+
+
+def _nested_rule(fn, L: np.ndarray, kinks: list[tuple[float, ...]], rung: int,
+                 deff: int) -> np.ndarray:
+    """Σ w f(z) over the nested conditional rule at refinement ``rung`` of the ladders of
+    effective dimension ``deff`` (the number of variables with conditional variance)."""
+    B, d, _ = L.shape
+    if not any(kinks):
+        return _fixed_grid_rule(fn, L, rung, deff)
+    T, W = _nested_nodes(L, kinks, _NODE_LADDER[deff][rung], _PANELS[deff], d)
+    Z = np.matmul(T, np.swapaxes(L, 1, 2))  # z = L t at every node
     vals = fn(*(Z[..., i] for i in range(d)))
     vals = np.where(W == 0, 0.0, vals)
     return np.einsum("bn,bn->b", W, vals)
@@ -522,6 +539,150 @@ def _chunked_rule(fn, L, kinks, rung, deff, nodes) -> np.ndarray:
                            for s in range(0, L.shape[0], chunk)]) if L.shape[0] else np.empty(0)
 
 
+# ---------------------------------------------------------------------------------------------
+# tier 3, products of one-variable factors in three and four dimensions: the conditional rule
+# ---------------------------------------------------------------------------------------------
+
+#: whether ⟨f1(z1) … fd(zd)⟩ in three or four dimensions uses the conditional rule (the last
+#: variable integrated out into a tabulated one-variable function, d−1 nested axes outside);
+#: False restores the plain nested rule over all d axes (kept to compare against)
+_CONDITIONAL = True
+#: Gauss–Legendre points per panel of the outer axes of the conditional rule, by dimension
+#: (of the outer axes + 1), successive refinements
+_COND_LADDER = {2: (10, 14, 20, 28), 3: (8, 10, 13, 16), 4: (6, 7, 9, 12)}
+#: the same for integrands with kinks (piecewise, they start finer)
+_COND_LADDER_KINKED = {2: (12, 16, 24, 32), 3: (8, 10, 13, 16), 4: (6, 7, 9, 12)}
+#: the innermost function G(u) = ⟨f(u + s η)⟩_η is tabulated with at most this spacing (and at
+#: most _TABLE_MAX nodes) and read back by six-point Lagrange interpolation
+_TABLE_STEP = 0.05
+_TABLE_MAX = 4096
+#: Gauss–Legendre points per panel (panels of the 1-D rule) of G's own integral
+_INNER_POINTS = 8
+_STENCIL = np.arange(-2, 4)
+
+
+def _smoothed_direct(fn, kinks: tuple, U: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """G(u) = ⟨f(u + s η)⟩ over η ~ N(0, 1) at the points U (B, n), s of shape (B,) or (B, n):
+    a 1-D panel rule, split where u + s η crosses a kink of f; s = 0 gives f(u)."""
+    B, n = U.shape
+    s = np.broadcast_to(np.asarray(s, dtype=float).reshape(B, -1), (B, n))
+    panels = _PANELS[1]
+    per = (len(panels) - 1 + len(kinks)) * _INNER_POINTS
+    out = np.empty((B, n))
+    step = max(1, _CHUNK_NODES // max(B * per, 1))
+    if not kinks:  # the same nodes in η for every point
+        t, w = panel_rule(_INNER_POINTS, panels)
+        for a in range(0, n, step):
+            u, sd = U[:, a:a + step], s[:, a:a + step]
+            out[:, a:a + step] = fn(u[..., None] + sd[..., None] * t) @ w
+        return out
+    x, w = _gauss_legendre(_INNER_POINTS)
+    c = np.asarray(kinks, dtype=float)
+    for a in range(0, n, step):
+        u, sd = U[:, a:a + step], s[:, a:a + step]
+        m = u.shape[1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tk = np.where(sd[..., None] > 0, (c - u[..., None]) / np.where(sd > 0, sd, 1.0)[..., None],
+                          panels[0])
+        S = np.sort(np.concatenate([np.broadcast_to(panels, (B, m, len(panels))),
+                                    np.clip(tk, panels[0], panels[-1])], axis=2), axis=2)
+        lo, hi = S[..., :-1], S[..., 1:]
+        half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
+        t = (mid[..., None] + half[..., None] * x).reshape(B, m, -1)
+        wt = (half[..., None] * w).reshape(B, m, -1) * np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi)
+        vals = np.einsum("bmq,bmq->bm", fn(u[..., None] + sd[..., None] * t), wt)
+        out[:, a:a + step] = np.where(sd > 0, vals, fn(u))
+    return out
+
+
+#: monomial coefficients (in r, the position within a table interval) of the polynomial through
+#: the six table values at offsets _STENCIL: coefficients = values @ _LAGRANGE.T
+_LAGRANGE = np.linalg.inv(np.vander(_STENCIL.astype(float), 6, increasing=True))
+
+
+def _smoothed(fn, kinks: tuple, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray) -> np.ndarray:
+    """G(u) = ⟨f(u + s η)⟩ at the points U (B, n), s (B,): read from a table of G over
+    |u| ≤ 9 sd_u (spacing ≤ _TABLE_STEP, six-point interpolation; points beyond, whose Gaussian
+    weight is below e^-40, are read at the end of the table), and computed directly where a
+    point lies within 9 s (plus the stencil) of a kink of f, where G bends on the scale s."""
+    B, n = U.shape
+    lo = np.maximum(U.min(axis=1), -9.0 * sd_u)
+    hi = np.minimum(U.max(axis=1), 9.0 * sd_u)
+    span = np.maximum(hi - lo, 0.0)
+    # at a kink G bends on the scale s: the table is made fine enough to follow it (where s is
+    # too small for that, the points near the kink are computed directly, below)
+    step = np.minimum(_TABLE_STEP, s / 12.0) if kinks else np.full(B, _TABLE_STEP)
+    with np.errstate(divide="ignore"):
+        M = int(np.clip(np.ceil(np.max(np.where(step > 0, span / np.maximum(step, 1e-300), np.inf)))
+                        + 1, 8, _TABLE_MAX))
+    h = np.maximum(span / (M - 1), 1e-12)
+    grid = lo[:, None] + h[:, None] * (np.arange(M + 6) - 3)
+    table = _smoothed_direct(fn, kinks, grid, s)
+    coef = np.lib.stride_tricks.sliding_window_view(table, 6, axis=1) @ _LAGRANGE.T  # (B, M+1, 6)
+    pos = np.clip((U - lo[:, None]) / h[:, None], 0.0, M - 1.0)
+    i = np.minimum(np.floor(pos).astype(np.int64), M - 2)
+    r = pos - i
+    flat = (i + 1) + (M + 1) * np.arange(B)[:, None]  # the window starting 2 before i
+    out = np.take(np.ascontiguousarray(coef[..., 5]), flat)
+    for k in range(4, -1, -1):
+        out *= r
+        out += np.take(np.ascontiguousarray(coef[..., k]), flat)
+    if kinks:
+        kk = np.asarray(kinks, dtype=float)
+        gap = np.min(np.abs(U[..., None] - kk), axis=2)
+        near = (gap < (9.0 * s + 4.0 * h)[:, None]) & (h > s / 12.0)[:, None]
+        if np.any(near):
+            rows = np.nonzero(near)
+            out[near] = _smoothed_direct(fn, kinks, U[near][None, :], s[rows[0]][None, :])[0]
+    return out
+
+
+def _conditional_rule(fns: list, kinks: list, L: np.ndarray, points: int, deff: int) -> np.ndarray:
+    """⟨f1(z1) … fd(zd)⟩ for z = L t (lower-triangular L, B × d × d): the last variable, given
+    the others, is Gaussian with mean u = Σ_{j<d} L_dj t_j and spread s = L_dd, so its factor
+    integrates to the one-variable function G(u) = ⟨fd(u + s η)⟩ (:func:`_smoothed`); the
+    d−1 outer axes take ``points`` Gauss–Legendre nodes per panel, split at kinks as in
+    :func:`_nested_rule` (where G bends, at a kink of fd with small s, too).  Cost per matrix:
+    (panels × points)^{d−1} instead of ^d."""
+    B, d, _ = L.shape
+    inner = d - 1
+    s = L[:, inner, inner]
+    sd_u = np.sqrt(np.einsum("bj,bj->b", L[:, inner, :inner], L[:, inner, :inner]))
+    one = lambda z: np.ones_like(z)  # noqa: E731
+    fns = [f if f is not None else one for f in fns]
+    panels = _PANELS[deff]
+    diag = np.diagonal(L, axis1=1, axis2=2)
+    if not any(kinks):  # one grid for all matrices: factor k on the first k+1 axes only
+        t1, w1 = panel_rule(points, panels)
+        active = np.any(diag[:, :inner] > 0, axis=0)
+        ts = [t1 if a else np.zeros(1) for a in active]
+        ws = [w1 if a else np.ones(1) for a in active]
+
+        def on_grid(row, k):  # Σ_{j≤k} L[row, j] t_j on the grid of the first k+1 axes
+            z = L[:, row, 0][:, None] * ts[0][None, :]
+            for j in range(1, k + 1):
+                z = z[..., None] + (L[:, row, j][:, None] * ts[j][None, :]).reshape(
+                    B, *([1] * j), len(ts[j]))
+            return z
+
+        u = on_grid(inner, inner - 1)
+        acc = _smoothed(fns[inner], (), u.reshape(B, -1), s, sd_u).reshape(u.shape)
+        for k in range(inner - 1, -1, -1):
+            vals = fns[k](on_grid(k, k)) * acc
+            if active[k]:
+                w_b = np.where(diag[:, k:k + 1] > 0, ws[k][None, :], ws[k][None, :] / ws[k].sum())
+            else:
+                w_b = np.broadcast_to(ws[k][None, :], (B, len(ws[k])))
+            acc = np.einsum("b...q,bq->b...", vals, w_b)
+        return acc
+    T, W = _nested_nodes(L, kinks, points, panels, inner)
+    Z = np.matmul(L[:, :, :inner], np.swapaxes(T, 1, 2))  # (B, d, n): z_k (k < d−1), u
+    vals = _smoothed(fns[inner], tuple(kinks[inner]), Z[:, inner], s, sd_u)
+    for k in range(inner):
+        vals *= fns[k](Z[:, k])
+    return np.einsum("bn,bn->b", W, np.where(W == 0, 0.0, vals))
+
+
 def _quadrature(f, pos, K, tol):
     syms = sorted({s for s in f.free_symbols}, key=pos.get)
     d = len(syms)
@@ -531,32 +692,48 @@ def _quadrature(f, pos, K, tol):
     idx = [pos[s] for s in syms]
     sub = K[:, idx][:, :, idx]
     kinks = [kinks_of(f, s) for s in syms]
-    fn = (_separable_factors(f, syms) if not any(kinks) else None) or numpy_function(f, tuple(syms))
     L = _tolerant_cholesky(sub)
     active = [bool(np.any(L[:, k, k] > 0)) for k in range(d)]
     deff = max(1, sum(active))
     relative = tol is None  # the default tolerance is relative to max(1, |value|)
     if tol is None:
         tol = (DEFAULT_TOL_KINKED if any(kinks) else DEFAULT_TOL)[deff]
-    rungs = len(_NODE_LADDER[deff])
+    factors = one_variable_factors(f, syms) if _CONDITIONAL and d >= 3 and deff >= 3 else None
+    if factors is not None:  # a product of one-variable factors: the conditional rule
+        fn = [numpy_function(g, (s,)) if g != 1 else None for s, g in zip(syms, factors)]
+        ladder = (_COND_LADDER_KINKED if any(kinks) else _COND_LADDER)[deff]
+        outer = [a for a in active[:-1]]
+    else:
+        fn = (_separable_factors(f, syms) if not any(kinks) else None) or \
+            numpy_function(f, tuple(syms))
+        ladder = _NODE_LADDER[deff]
+        outer = active
+    rungs = len(ladder)
     tail = _tail_mass(f, syms, L)
 
     def nodes_per_matrix(rung):
         # an axis is split at the kinks of its variable and (at most) of every later one
         n = 1
-        for k, act in enumerate(active):
+        for k, act in enumerate(outer):
             if act:
                 pieces = len(_PANELS[deff]) - 1 + sum(len(kk) for kk in kinks[k:])
-                n *= pieces * _NODE_LADDER[deff][rung]
+                n *= pieces * ladder[rung]
         return n
 
+    def rule(Lb, rung):
+        if factors is None:
+            return _chunked_rule(fn, Lb, kinks, rung, deff, nodes_per_matrix(rung))
+        chunk = max(1, _CHUNK_NODES // max(nodes_per_matrix(rung), 1))
+        return np.concatenate([_conditional_rule(fn, kinks, Lb[a:a + chunk], ladder[rung], deff)
+                               for a in range(0, Lb.shape[0], chunk)]) if Lb.shape[0] else np.empty(0)
+
     B = K.shape[0]
-    value = _chunked_rule(fn, L, kinks, 0, deff, nodes_per_matrix(0))
+    value = rule(L, 0)
     error = np.full(B, np.inf)
     todo = np.arange(B)
     used = 0
     for rung in range(1, rungs):
-        cur = _chunked_rule(fn, L[todo], kinks, rung, deff, nodes_per_matrix(rung))
+        cur = rule(L[todo], rung)
         error[todo] = np.abs(cur - value[todo])
         value[todo] = cur
         used = rung
@@ -590,6 +767,7 @@ def _quadrature(f, pos, K, tol):
             "z_k = const (e.g. Max(z1, z2)) converge only algebraically.")
     kinked = any(kinks)
     return value, error, (f"quadrature: nested conditional {deff}D, {nodes_per_matrix(used)} nodes"
+                          + (" outside a tabulated last variable" if factors is not None else "")
                           + (", split at kinks" if kinked else ""))
 
 
