@@ -381,32 +381,120 @@ def _orbits4(N: int, symmetry: str, level: str) -> np.ndarray:
 
 
 class SymmetricTensor:
-    """Components of a rank-4 quantity with the symmetry of its definition, stored once per
-    computed component and every image under its index group; indexes like an N⁴ array at
-    the computed components (anything else is an error)."""
+    """A rank-4 quantity stored once per orbit of its index group (for V, whose group is the
+    eight pair symmetries, about N⁴/8 numbers instead of N⁴), indexing like the dense
+    (N, N, N, N) array: integers, slices, Ellipsis and integer arrays (broadcast together, as
+    numpy's advanced indexing; integer arrays mixed with slices are read from :meth:`dense`).
+    ``np.asarray(t)`` and :meth:`dense` give the dense array; a component outside the computed
+    orbits (a run that only needed V on pairs or its diagonal) is an error, NaN in ``dense``.
 
-    def __init__(self, N: int, symmetry: str, C: np.ndarray, values: np.ndarray):
-        self.N = N
-        perms = GROUPS[symmetry]
-        codes = np.concatenate([_codes(C[:, list(p)], N) for p in perms])
-        vals = np.tile(np.asarray(values, dtype=float), len(perms))
-        self.codes, first = np.unique(codes, return_index=True)
-        self.values = vals[first]
+    >>> import numpy as np
+    >>> C = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 0, 1]])
+    >>> t = SymmetricTensor(2, "pairs", C, [1.0, 2.0, 3.0, 4.0])
+    >>> t.shape, float(t[1, 0, 0, 0]), t[0, 0, :, 1].tolist()
+    ((2, 2, 2, 2), 2.0, [2.0, 3.0])
+    """
 
-    def __getitem__(self, idx):
-        idx = np.broadcast_arrays(*idx)
-        code = _codes(np.stack(idx, axis=-1), self.N)
-        pos = np.searchsorted(self.codes, code)
-        pos = np.minimum(pos, len(self.codes) - 1)
+    def __init__(self, N: int, symmetry: str, C: np.ndarray, values):
+        self.N = int(N)
+        self.symmetry = symmetry
+        self._perms = [list(p) for p in GROUPS[symmetry]]
+        C = np.asarray(C, dtype=np.int64).reshape(-1, 4)
+        canon = self._canonical(C)
+        self.codes, first = np.unique(canon, return_index=True)
+        self.values = np.asarray(values, dtype=float).reshape(-1)[first]
+
+    def _canonical(self, C: np.ndarray) -> np.ndarray:
+        return np.min(np.stack([_codes(C[..., p], self.N) for p in self._perms]), axis=0)
+
+    @property
+    def shape(self) -> tuple:
+        return (self.N,) * 4
+
+    ndim = 4
+    dtype = np.dtype(float)
+
+    def __len__(self) -> int:
+        return self.N
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (codes and values), against 8 N⁴ for the dense array."""
+        return int(self.codes.nbytes + self.values.nbytes)
+
+    def _lookup(self, C: np.ndarray) -> np.ndarray:
+        code = self._canonical(C)
+        pos = np.minimum(np.searchsorted(self.codes, code), len(self.codes) - 1)
         if not np.all(self.codes[pos] == code):
             raise DeriveError("a component of a four-index quantity that was not computed was "
-                              "asked for (internal error; ask for the quantity as a target)")
+                              "asked for (only its diagonal or its components on pairs were "
+                              "needed by this run; ask for the quantity as a target)")
         return self.values[pos]
 
+    def _normalised(self, idx) -> tuple:
+        if not isinstance(idx, tuple):
+            idx = (idx,)
+        if sum(1 for x in idx if x is Ellipsis) > 1:
+            raise DeriveError("an index can only have a single ellipsis ('...')")
+        if any(x is Ellipsis for x in idx):
+            k = next(n for n, x in enumerate(idx) if x is Ellipsis)
+            idx = idx[:k] + (slice(None),) * (4 - len(idx) + 1) + idx[k + 1:]
+        if len(idx) > 4:
+            raise DeriveError(f"too many indices for a four-index quantity: {len(idx)}")
+        return idx + (slice(None),) * (4 - len(idx))
+
+    def __getitem__(self, idx):
+        idx = self._normalised(idx)
+        arrays = [not isinstance(x, (slice, int, np.integer)) for x in idx]
+        if any(arrays) and not all(arrays):  # numpy's mixed indexing rules: on the dense array
+            return self.dense()[idx]
+        N = self.N
+        if all(arrays):  # numpy advanced indexing: broadcast the four arrays
+            try:
+                parts = [np.asarray(x) for x in idx]
+                if any(p.dtype.kind not in "iu" for p in parts):
+                    raise IndexError
+                parts = np.broadcast_arrays(*parts)
+            except (IndexError, ValueError):
+                raise DeriveError(f"indices of a four-index quantity must be integers, slices or "
+                                  f"integer arrays of one shape; got {idx!r:.80}") from None
+            C = np.stack(parts, axis=-1).astype(np.int64)
+            if np.any((C < -N) | (C >= N)):
+                raise DeriveError(f"index out of range for {N} inputs")
+            return self._lookup(np.where(C < 0, C + N, C))
+        axes, keep = [], []
+        for x in idx:  # integers and slices: a block, integer axes dropped
+            if isinstance(x, slice):
+                axes.append(np.arange(N)[x])
+                keep.append(True)
+            else:
+                if not -N <= int(x) < N:
+                    raise DeriveError(f"index {int(x)} out of range for {N} inputs")
+                axes.append(np.array([int(x) % N]))
+                keep.append(False)
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+        out = self._lookup(grid)
+        shape = tuple(len(a) for a, k in zip(axes, keep) if k)
+        return out.reshape(shape) if shape else float(out.reshape(-1)[0])
+
     def dense(self) -> np.ndarray:
-        out = np.full(self.N ** 4, np.nan)
-        out[self.codes] = self.values
-        return out.reshape((self.N,) * 4)
+        """The (N, N, N, N) array (NaN at components not computed)."""
+        N = self.N
+        out = np.empty((N,) * 4)
+        C = np.indices((N,) * 3).reshape(3, -1).T
+        for a in range(N):  # one slab at a time: the codes of N⁴ components at once are 8× larger
+            full = np.concatenate([np.full((len(C), 1), a), C], axis=1)
+            code = self._canonical(full)
+            pos = np.minimum(np.searchsorted(self.codes, code), len(self.codes) - 1)
+            out[a] = np.where(self.codes[pos] == code, self.values[pos], np.nan).reshape((N,) * 3)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        return self.dense() if dtype is None else self.dense().astype(dtype)
+
+    def __repr__(self) -> str:
+        return (f"SymmetricTensor(N={self.N}, symmetry={self.symmetry!r}, "
+                f"{len(self.values)} stored components)")
 
 
 def _plan_levels(forms: dict, targets: tuple) -> dict:
@@ -443,7 +531,7 @@ def _ticker(ev: _Evaluator, detail, where: str):
 
 def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                 derivative_free: bool | None = None, tol: float | None = None,
-                detail=None) -> dict:
+                detail=None, dense: bool = True) -> dict:
     """The declared quantities (K, Θ, G1, V, H1, A, B, D, F) of every layer of ``spec`` on
     inputs ``X`` (N × n_0) from the derived layer step.  Returns ``{name: {ℓ: array}}``:
     rank-2 quantities (N, N), rank-4 ones (N, N, N, N) when among ``targets``; quantities only
@@ -455,7 +543,9 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     ``derivative_free`` (default: when σ has kinks) evaluates the sample sums by Gaussian
     integration by parts instead of derivatives of σ; ``tol`` is passed to
     :func:`derive.gaussian_expectation` (default: by dimension).  ``res["error"]`` is the
-    largest estimated error of an average, relative to max(1, |average|)."""
+    largest estimated error of an average, relative to max(1, |average|).  With ``dense=False``
+    the rank-4 targets are returned as :class:`SymmetricTensor` too (one number per orbit of
+    their index group, indexing like the dense array) instead of N⁴ arrays."""
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or not np.all(np.isfinite(X)):
         raise DeriveError(f"X must be a finite array of shape (N, n_0), got shape {X.shape}")
@@ -488,7 +578,7 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                      "Theta": spec.lambda_b(1) + spec.lambda_W(1) * G0}.get(name, np.zeros((N, N)))
         else:  # every O(1/n) statistic vanishes in layer 1, a Gaussian layer
             comps[name] = _orbits4(N, q.symmetry, need[name])
-            first = (np.zeros((N,) * 4) if need[name] == "full"
+            first = (np.zeros((N,) * 4) if need[name] == "full" and dense
                      else SymmetricTensor(N, q.symmetry, comps[name], np.zeros(len(comps[name]))))
         res[name] = {1: first}
     _check_kernel(res["K"][1], 1)
@@ -513,7 +603,7 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                 res[name][l + 1] = _fill_sym2(N, C, v)
             else:
                 t = SymmetricTensor(N, q.symmetry, C, v)
-                res[name][l + 1] = t.dense() if need[name] == "full" else t
+                res[name][l + 1] = t.dense() if need[name] == "full" and dense else t
         _check_kernel(res["K"][l + 1], l + 1)
         error = max(error, ev.error)
         if progress is not None:
