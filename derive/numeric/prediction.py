@@ -230,10 +230,15 @@ MAX_INPUTS = 20_000
 #: most memory the arrays of a prediction may take, in bytes
 MAX_BYTES = 8 * 2 ** 30
 #: rough seconds per vertex component and layer on the batched route, by the number of
-#: distinct samples of the component (3 or 4) and whether σ has kinks (measured on 2 cores;
-#: ReLU, 10 inputs: 170 s for layer 2, 600–700 s for deep layers, whose nearly parallel
-#: kernels need the finer rules; 69 min for depth 8)
-_SECONDS = {(3, False): 2e-3, (4, False): 1e-2, (3, True): 0.1, (4, True): 0.9}
+#: distinct samples of the component (3 or 4) and whether σ has kinks; per pair of inputs and
+#: layer ("pair": the 2-D averages, for σ with kinks the moments of the derivative-free sample
+#: sums, to 1e-12); once per run ("setup": deriving and specialising the recursions).  Measured
+#: on 2 cores shared with other work, with the conditional rule of derive.activations.gaussian
+#: (a 4-D average on a 3-D grid, its last variable tabulated): 10 inputs, depth 5: tanh 26 s,
+#: erf 15 s, ReLU 6 inputs 63 s (35 s of them 2-D moments), 10 inputs 560 s
+_SECONDS = {(3, False): 5e-4, (4, False): 5e-3, (3, True): 8e-3, (4, True): 0.09,
+            ("pair", False): 0.01, ("pair", True): 0.6,
+            ("setup", False): 10.0, ("setup", True): 10.0}
 #: a batched-route estimate above this is refused (with the cheaper routes as advice)
 MAX_SECONDS = 6 * 3600
 
@@ -282,18 +287,29 @@ def vertex_work(N: int) -> dict:
     return {1: N, 2: 4 * comb(N, 2), 3: 6 * comb(N, 3), 4: 3 * comb(N, 4)}
 
 
-def plan_work(spec: MLP, N: int, targets: tuple, say=None) -> str:
+def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True) -> str:
     """The route for ``N`` inputs and ``targets``, after refusing what cannot finish (more than
     :data:`MAX_BYTES` of arrays, or more than :data:`MAX_SECONDS` of vertex averages, with the
-    cheaper alternatives); ``say(message)`` is told what the run will do."""
+    cheaper alternatives); ``say(message)`` is told what the run will do.  ``dense=False``: the
+    four-index quantities are kept once per orbit (about N⁴/8 components of 16 bytes)."""
     L = spec.depth
     four = [t for t in targets if t in RANK4]
     arrays = sum(1 for t in targets if t not in RANK4) + 1
-    mem = L * N * N * 8 * arrays + L * N ** 4 * 8 * len(four)
+    from ..algebra.symbols import GROUPS
+    from ..derivation.quantities import quantity
+
+    # dense: 8 bytes a component; per orbit: a code and a value (16 bytes) per orbit of the
+    # quantity's index group (V: 8 images, about N⁴/8 orbits)
+    per4 = [8 * N ** 4 if dense else 16 * N ** 4 // len(GROUPS[quantity(t).symmetry])
+            for t in four]
+    mem = L * N * N * 8 * arrays + L * sum(per4)
     if mem > MAX_BYTES:
         raise DeriveError(f"the requested arrays take about {mem / 2 ** 30:.0f} GiB ({N} inputs, "
                           f"{L} layers{', ' + ', '.join(four) + ' are N⁴' if four else ''}); ask "
-                          "for fewer inputs or targets (K, Θ, G1, H1 need only N² per layer)")
+                          "for fewer inputs or targets (K, Θ, G1, H1 need only N² per layer)"
+                          + ("" if not four or not dense else
+                             ", or pass dense=False (four-index quantities stored once per "
+                             "orbit of their index symmetry)"))
     say = say or (lambda msg: None)
     route = _route(N, targets)
     if route == "generated":
@@ -306,6 +322,7 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None) -> str:
     # tanh, 10 inputs, depth 20, all of A, B, D, F ran past 19 min)
     weight = sum(1 if t == "V" else 2 for t in four)
     seconds = weight * (L - 1) * (work[3] * _SECONDS[3, kinked] + work[4] * _SECONDS[4, kinked])
+    seconds += (L - 1) * N * (N + 1) // 2 * _SECONDS["pair", kinked] + _SECONDS["setup", kinked]
     say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator for "
         f"the full {', '.join(four)} — per layer {sum(work.values())} vertex components, {work[3]} of them with "
         f"3 distinct samples (3-D averages) and {work[4]} with 4 (4-D averages)"
@@ -331,7 +348,7 @@ def _duration(seconds: float) -> str:
 
 @boundary
 def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1, targets=None,
-            progress: bool = False, tol: float | None = None) -> Prediction:
+            progress: bool = False, tol: float | None = None, dense: bool = True) -> Prediction:
     r"""Evaluate the derived recursions of ``spec`` on inputs ``X`` (N × n_0).
 
     Parameters
@@ -361,6 +378,13 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         Absolute tolerance of each quadrature of the batched route (V for N ≥ 3; default: by
         dimension, relative to the size of each average, see
         :func:`derive.gaussian_expectation`).  The generated evaluator works to 3e-13.
+    dense : bool, optional
+        True (default): the four-index quantities (V, A, B, D, F) of each layer are dense
+        (N, N, N, N) float arrays.  False: for N ≥ 3 inputs they are
+        :class:`derive.numeric.evaluate.SymmetricTensor` objects that store one number per
+        orbit of the quantity's index symmetry (for V about N⁴/8) and index like the dense
+        array (``v[a, b, c, d]``, slices, integer arrays; ``.shape``, ``np.asarray(v)`` and
+        ``.dense()`` give the array).  For N ≤ 2 the arrays are dense either way.
 
     Returns
     -------
@@ -407,7 +431,9 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         if progress:
             print(msg, file=sys.stderr, flush=True)
 
-    route = plan_work(spec, N, targets, say)
+    if not isinstance(dense, (bool, np.bool_)):
+        raise DeriveError(f"dense must be True or False, got {dense!r:.40}")
+    route = plan_work(spec, N, targets, say, dense=bool(dense))
 
     def report(l, L):
         say(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)")
@@ -431,7 +457,7 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         say("predict: deriving the recursions and specialising them to σ = "
             f"{spec.activation.name} …")
         r = iterate_mlp(spec, X, order, targets=targets, progress=report, tol=tol,
-                        detail=detail if progress else None)
+                        detail=detail if progress else None, dense=bool(dense))
     expansion = {}  # empty without a derived V (a skip term): no estimate is given then
     on = r.get("estimated_on", slice(None))  # the inputs the estimate is computed on
     for l in range(1, spec.depth + 1 if "V" in r else 1):
