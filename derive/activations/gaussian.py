@@ -15,7 +15,12 @@ The tiers, tried in order:
    of f in z_k* (which move with the outer nodes).  Piecewise-analytic integrands therefore
    converge geometrically, kinks included.  The rule is applied at two node counts; their
    difference is the reported error, refined until it is below ``tol`` or a
-   :class:`~derive.base.errors.QuadratureError` says what was reached.
+   :class:`~derive.base.errors.QuadratureError` says what was reached.  A product of
+   one-variable factors in three or four (effective) dimensions — ⟨σσσσ⟩ of the four-point
+   vertex — uses the *conditional* rule: the last variable, Gaussian given the others, is
+   integrated into the one-variable function G(u) = ⟨f_d(u + s η)⟩, tabulated once per
+   covariance (six-point interpolation, points near a kink computed directly), so the nested
+   grid has d − 1 axes.
 
 The result for one K is a :class:`GaussianValue` — a ``float`` with ``.error`` (absolute
 error estimate) and ``.method`` — and for a batch a :class:`GaussianBatch` with arrays
