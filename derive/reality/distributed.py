@@ -212,7 +212,8 @@ def _run_dask(client, plan: _Plan, done: int, merged) -> None:
     """Submit one task per remaining shard; merge results in shard order as they arrive."""
     from distributed import as_completed
 
-    futures = {client.submit(_shard_state, plan, k, pure=False): k
+    shared = client.scatter(plan, broadcast=True, hash=False)   # sent to each worker once
+    futures = {client.submit(_shard_state, shared, k, pure=False): k
                for k in range(done, plan.n_shards)}
     pending: dict = {}
     nxt = done
@@ -233,7 +234,7 @@ def _run_dask(client, plan: _Plan, done: int, merged) -> None:
                              for l, s in part.items()})
                 nxt += 1
     finally:
-        client.cancel(list(futures))
+        client.cancel(list(futures) + [shared])
 
 
 def _shard_state(plan: _Plan, k: int) -> dict:
