@@ -235,10 +235,11 @@ MAX_BYTES = 8 * 2 ** 30
 #: sums, to 1e-12); once per run ("setup": deriving and specialising the recursions).  Measured
 #: on 2 cores shared with other work, with the conditional rule of derive.activations.gaussian
 #: (a 4-D average on a 3-D grid, its last variable tabulated): 10 inputs, depth 5: tanh 26 s,
-#: erf 15 s, ReLU 6 inputs 63 s (35 s of them 2-D moments), 10 inputs 560 s
+#: erf 15 s, ReLU 6 inputs 63 s (35 s of them 2-D moments), 10 inputs 470–560 s; inside
+#: predict, after the import, tanh with 10 inputs took 8 s (the derivation is cached)
 _SECONDS = {(3, False): 5e-4, (4, False): 5e-3, (3, True): 8e-3, (4, True): 0.09,
             ("pair", False): 0.01, ("pair", True): 0.6,
-            ("setup", False): 10.0, ("setup", True): 10.0}
+            ("setup", False): 3.0, ("setup", True): 10.0}
 #: a batched-route estimate above this is refused (with the cheaper routes as advice)
 MAX_SECONDS = 6 * 3600
 
