@@ -733,17 +733,16 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                 "lambda_W": [spec.lambda_W(l) for l in range(1, spec.depth + 1)]}
     for k, e in enumerate(extra):  # layer 1 is the MLP's for every architecture: 0 there, unused
         defaults[e] = [0.0] + [spec.scalar_values(l)[k] for l in range(2, spec.depth + 1)]
-    if em.moments is not None:
-        note = ("closed forms of rules/kernels where they apply, else exact moments: the averaged "
-                "functions are polynomials on each half-line, so every average is a sum of "
-                "quadrant moments <z_p^m z_q^k ; ±z_p > 0, ±z_q > 0>, derived by Gaussian "
-                "integration by parts from the orthant probability")
-    elif kinked:
-        note = ("closed forms of rules/kernels where they apply, else Gauss–Legendre on panels "
-                "split at the kinks (pairs: 4 to 24 nodes per piece, chosen to reach "
+    exact = ("exact moments where the averaged functions are polynomials on each half-line "
+             "(sums of quadrant moments <z_p^m z_q^k ; ±z_p > 0, ±z_q > 0>, by Gaussian "
+             "integration by parts from the orthant probability), " if em.moments is not None
+             else "")
+    if kinked:
+        note = (f"closed forms of rules/kernels where they apply, {exact}else Gauss–Legendre "
+                "on panels split at the kinks (pairs: 4 to 24 nodes per piece, chosen to reach "
                 f"{30 * tol:g}; single inputs: 16 per piece)")
     else:
-        note = ("closed forms of rules/kernels where they apply, else quadrature (pairs: "
+        note = (f"closed forms of rules/kernels where they apply, {exact}else quadrature (pairs: "
                 "Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, "
                 f"chosen to reach {tol:g}; single inputs: {t1_points * (len(_PANELS) - 1)} panel nodes)")
     return render("evaluator.py.j2", activation_name=act.name, version=_version(),

@@ -11,7 +11,7 @@ Imports only numpy and scipy.  Conventions: docs/conventions.md (PDLT).  ``evalu
   sample sums of their recursions run only over the samples of the averaged functions),
 
 layer by layer from K^{(1)} = C_b + C_W G^{(0)}, Θ^{(1)} = λ_b + λ_W G^{(0)}, G1^{(1)} = V^{(1)} = 0.
-Gaussian averages: closed forms of rules/kernels where they apply, else exact moments: the averaged functions are polynomials on each half-line, so every average is a sum of quadrant moments <z_p^m z_q^k ; ±z_p > 0, ±z_q > 0>, derived by Gaussian integration by parts from the orthant probability
+Gaussian averages: closed forms of rules/kernels where they apply, exact moments where the averaged functions are polynomials on each half-line (sums of quadrant moments <z_p^m z_q^k ; ±z_p > 0, ±z_q > 0>, by Gaussian integration by parts from the orthant probability), else Gauss–Legendre on panels split at the kinks (pairs: 4 to 24 nodes per piece, chosen to reach 9e-12; single inputs: 16 per piece)
 """
 import numpy
 import scipy.special
