@@ -393,9 +393,9 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         With ``.K``, ``.G1``, ``.V``, ``.Theta``, ``.H1``, ``.A``, ``.B``, ``.D``, ``.F``
         (layer → array), ``.metric(ℓ)``, ``.ntk_mean(ℓ)``,
         ``.expansion`` (layer → estimate of the first neglected term, the largest
-        |V_αααα| / (n K_αα²) to the power order + 1; for more than 32 inputs and no O(1/n)
-        target it is computed on 32 inputs spanning the range of |x|², on which alone it
-        depends), ``.route`` and ``.quadrature_error`` (the largest
+        ``abs(V_αααα) / (n K_αα²)`` to the power order + 1; for more than 32 inputs and no
+        O(1/n) target it is computed on 32 inputs spanning the range of the squared norms
+        of the inputs, on which alone it depends), ``.route`` and ``.quadrature_error`` (the largest
         estimated error of an average, relative to ``max(1, |average|)``).
 
     Raises
