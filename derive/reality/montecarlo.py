@@ -510,19 +510,16 @@ def _torch_lambdify(expr, variables):
     def as_t(a, like):
         return a if torch.is_tensor(a) else torch.as_tensor(a, dtype=like.dtype, device=like.device)
 
-    def tmax(*a):
-        t = next(x for x in a if torch.is_tensor(x))
-        out = as_t(a[0], t)
-        for x in a[1:]:
-            out = torch.maximum(out, as_t(x, t))
-        return out
+    def folded(op):  # Max/Min of any number of arguments, numbers among them
+        def fold(*a):
+            t = next(x for x in a if torch.is_tensor(x))
+            out = as_t(a[0], t)
+            for x in a[1:]:
+                out = op(out, as_t(x, t))
+            return out
+        return fold
 
-    def tmin(*a):
-        t = next(x for x in a if torch.is_tensor(x))
-        out = as_t(a[0], t)
-        for x in a[1:]:
-            out = torch.minimum(out, as_t(x, t))
-        return out
+    tmax, tmin = folded(torch.maximum), folded(torch.minimum)
 
     def heaviside(x, h0=0.5):
         return torch.heaviside(x, torch.as_tensor(h0, dtype=x.dtype, device=x.device))
