@@ -254,17 +254,25 @@ def _family_pairings(variables: tuple[RandomVar, ...], order: int):
     else:
         pairings = typed_pairings(cnt)
     for pc, mult in pairings:
-        deltas, fac = [], {}
-        for (a, b), m in pc:
-            edges, factors = cov(a, b)
-            if edges is None:
-                break
-            deltas += edges
-            for f in factors:
-                fac[f] = fac.get(f, 0) + m
-        else:
-            out.append((mult, frozenset(deltas), frozenset(fac.items())))
+        items = _pairing_items(pc, cov)
+        if items is not None:
+            out.append((mult, *items))
     return out
+
+
+def _pairing_items(pc, cov):
+    """(deltas, factor items) of one pairing, given as pair counts ((a, b), m) of variable
+    types, with ``cov(a, b)`` → (δ edges, covariance factors) of a pair; None when a pair's
+    covariance vanishes (edges None)."""
+    deltas, fac = [], {}
+    for (a, b), m in pc:
+        edges, factors = cov(a, b)
+        if edges is None:
+            return None
+        deltas += edges
+        for f in factors:
+            fac[f] = fac.get(f, 0) + m
+    return frozenset(deltas), frozenset(fac.items())
 
 
 def _family_blocks(variables: tuple[RandomVar, ...], order: int):
@@ -307,6 +315,11 @@ def _family_blocks(variables: tuple[RandomVar, ...], order: int):
 _ORBITS = True
 #: the orbit enumeration is tried for terms with at least this many integrated variables
 _ORBIT_MIN_FIELDS = 6
+
+
+class _DummyFactor(Exception):
+    """A covariance factor of an orbit pairing holds a summed index (the shortcut of
+    :func:`_orbit_pairings_of_term` does not apply)."""
 
 
 def _dummy_blocks(term: _Term) -> list[list[tuple]]:
@@ -429,23 +442,20 @@ def _orbit_pairings_of_term(term: _Term):
             (pairs, factors, _), = types[a].family.two_point(types[a].indices, types[b].indices)
             cov_cache[(a, b)] = (_edges(pairs), [_intern(f) for f in factors],
                                  any(f.free_symbols & summed for f in factors))
-        return cov_cache[(a, b)]
+        edges, factors, has_dummy = cov_cache[(a, b)]
+        if has_dummy:
+            raise _DummyFactor
+        return edges, factors
 
     out = []
-    for pc, mult in orbit_pairings([counts[t] for t in types], shapes, slots, blocks,
-                                   block_classes, kinds):
-        deltas, fac = [], {}
-        for (a, b), m in pc:
-            edges, factors, has_dummy = cov(a, b)
-            if has_dummy:
-                return None
-            if edges is None:
-                break
-            deltas += edges
-            for f in factors:
-                fac[f] = fac.get(f, 0) + m
-        else:
-            out.append((mult, frozenset(deltas), frozenset(fac.items())))
+    try:
+        for pc, mult in orbit_pairings([counts[t] for t in types], shapes, slots, blocks,
+                                       block_classes, kinds):
+            items = _pairing_items(pc, cov)
+            if items is not None:
+                out.append((mult, *items))
+    except _DummyFactor:  # a covariance holds a summed index: pair this term in full
+        return None
     return out
 
 
