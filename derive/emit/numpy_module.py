@@ -112,6 +112,10 @@ class _Emitter:
         #: None when there are none
         self.moments = None
 
+    def uses_moments(self, *polys: tuple) -> None:
+        """Record averages by exact moments of the polynomials ``polys`` (coefficient tuples)."""
+        self.moments = max(self.moments or 0, *(len(c) - 1 for c in polys))
+
     def function(self, expr: sp.Expr, what: str) -> str:
         """The name of a generated one-variable function z ↦ expr (deduplicated)."""
         expr = as_expr(expr)
@@ -228,7 +232,7 @@ def _diag_call(em: _Emitter, f: sp.Expr, what: str, hermite: int = 0) -> str:
     exact half-line moments when f is a polynomial on each half-line, else the quadrature."""
     pf = _piecewise_polynomial(f)
     if pf is not None:
-        em.moments = max(em.moments or 0, *(len(c) - 1 for c in pf))
+        em.uses_moments(*pf)
         return f"_diag_moment_average({pf!r}, Kd{f', hermite={hermite}' if hermite else ''})"
     return f"_diag_average({em.function(f, what)}, Kd{f', hermite={hermite}' if hermite else ''})"
 
@@ -258,7 +262,7 @@ def _emit_pair_average(em: _Emitter, lines: list[str], name: str, f: sp.Expr, g:
         return _hoist(lines, name, f"_closed({fn}, K)")
     pf, pg = _piecewise_polynomial(f), _piecewise_polynomial(g)
     if pf is not None and pg is not None:  # σ of the scale-invariant family: exact moments
-        em.moments = max(em.moments or 0, *(len(c) - 1 for c in (*pf, *pg)))
+        em.uses_moments(*pf, *pg)
         return _hoist(lines, name, f"_moment_average({pf!r}, {pg!r}, K)")
     flag = ", kinked=True" if kinked else ""
     return _hoist(lines, name, f"_pair_average({em.function(f, 'first factor')}, "
