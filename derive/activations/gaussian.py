@@ -46,6 +46,7 @@ import sympy as sp
 from ..algebra.pairings import gaussian_monomial_moment
 from ..base.errors import CovarianceError, DeriveError, QuadratureError, boundary
 from ..base.parsing import as_expr
+from ..numeric.moments import ORTHANT_NODES, orthant_moments
 from .catalogue import (check_nodes, kernel_rules, kinks_of, numpy_function, parse_function,
                         probe_scale_invariant, real_line_problems, risky_nodes, z as _z)
 
@@ -281,6 +282,140 @@ def _closed_form(f, pos, K):
     value = coeff * np.asarray(cf.evaluate(*(args[v] for v in cf.variables)), dtype=float)
     value = np.broadcast_to(value, (K.shape[0],)).astype(float)
     return value, 1e-14 * np.maximum(np.abs(value), 1.0), f"closed form: {cf.id}"
+
+
+# ---------------------------------------------------------------------------------------------
+# tier 2b: exact orthant moments (products of functions polynomial on each half-line)
+# ---------------------------------------------------------------------------------------------
+
+#: whether averages of sums of products of one-variable functions that are polynomials on each
+#: half-line (kink at 0 only: ReLU, leaky ReLU, abs, steps, their products with polynomials)
+#: are computed exactly from orthant moments; False sends them to the quadrature (kept to
+#: compare against)
+_ORTHANT = True
+#: a covariance whose correlation restricted to any d − 1 of its d variables has an eigenvalue
+#: below this (or a zero variance) goes to the quadrature: the boundary terms of the moment
+#: recursion divide by the densities of (nearly) dependent variables at 0
+_ORTHANT_MIN_EIGEN = 1e-9
+#: the 4-D orthant probability's path integral is also done with this many points per panel
+#: (instead of ORTHANT_NODES): the difference is the error estimate
+_ORTHANT_COARSE_NODES = 6
+#: the largest degree of a half-line polynomial handled by the moment recursion
+_ORTHANT_MAX_DEGREE = 12
+
+
+def _half_line_polynomials(g: sp.Expr, var: sp.Symbol):
+    """((P₊), (P₋)): the coefficients (lowest degree first, floats, as polynomials in z) of the
+    polynomials that the one-variable ``g`` equals for var > 0 and var < 0, or None."""
+    u = sp.Symbol("u_half", positive=True)
+    sides = []
+    for side in (1, -1):
+        h = sp.expand(g.xreplace({var: side * u}))
+        if h.has(sp.Heaviside, sp.Piecewise, sp.Abs, sp.sign, sp.Max, sp.Min):
+            h = sp.expand(sp.piecewise_fold(h).simplify())
+        if not h.is_polynomial(u):
+            return None
+        coeffs = sp.Poly(h, u).all_coeffs()[::-1] if h.has(u) else [h]
+        if not all(c.is_number and c.is_real for c in coeffs):
+            return None
+        if len(coeffs) - 1 > _ORTHANT_MAX_DEGREE:
+            return None
+        sides.append(tuple(float(side ** m * c) for m, c in enumerate(coeffs)))
+    return tuple(sides)
+
+
+@lru_cache(maxsize=1024)
+def _orthant_plan(f: sp.Expr, syms: tuple):
+    """f = Σ_terms Π_k g_k(z_k) with every g_k polynomial on each half-line, as a tuple of terms,
+    each a tuple (per variable of ``syms``) of (P₊, P₋) coefficient tuples; None otherwise."""
+    if not syms or len(syms) > 4:
+        return None
+    rows = separable_terms(f, list(syms))
+    if rows is None:
+        return None
+    plan = []
+    for row in rows:
+        term = []
+        for g, var in zip(row, syms):
+            pp = _half_line_polynomials(g, var)
+            if pp is None:
+                return None
+            term.append(pp)
+        plan.append(tuple(term))
+    return tuple(plan)
+
+
+def _orthant_sum(plan, sub: np.ndarray, d: int, nodes: int = ORTHANT_NODES):
+    """Σ over the plan's terms and the 2^d sign regions of the moments, and the sum of the
+    absolute values of the contributions (for the roundoff estimate)."""
+    tops = tuple(max(len(term[k][side]) - 1 for term in plan for side in (0, 1)) for k in range(d))
+    value = np.zeros(sub.shape[0])
+    size = np.zeros(sub.shape[0])
+    signs = np.array(np.meshgrid(*([[1.0, -1.0]] * d), indexing="ij")).reshape(d, -1).T
+    signs = signs[signs[:, 0] > 0]  # −s has the same covariance D K D as s: computed with s
+    # the quadrants' covariances D_s K D_s, all in one batch (n_signs × B)
+    Ks = (sub[None] * signs[:, None, :, None] * signs[:, None, None, :]).reshape(-1, d, d)
+    moments = {m: v.reshape(len(signs), -1) for m, v in orthant_moments(Ks, tops, nodes).items()}
+    for n, s in enumerate(signs):
+        M = {m: v[n] for m, v in moments.items()}
+        for region in (s, -s):
+            side = [0 if x > 0 else 1 for x in region]
+            for term in plan:
+                polys = [term[k][side[k]] for k in range(d)]
+                if not all(any(p) for p in polys):
+                    continue
+                for m in np.ndindex(*(len(p) for p in polys)):
+                    c = 1.0
+                    for k in range(d):
+                        c *= polys[k][m[k]] * region[k] ** m[k]
+                    if c == 0.0:
+                        continue
+                    contrib = c * M[tuple(m)]
+                    value += contrib
+                    size += np.abs(contrib)
+    return value, size
+
+
+def _orthant(f, pos, K, tol):
+    """⟨f⟩ exactly from orthant moments (:mod:`derive.numeric.moments`) for f a sum of products
+    of one-variable functions, each polynomial on either side of 0; covariances on which the
+    recursion is ill-conditioned (a zero variance, or nearly dependent variables) go to the
+    quadrature.  None when f is not of that form."""
+    if not _ORTHANT:
+        return None
+    syms = tuple(sorted(f.free_symbols, key=pos.get))
+    plan = _orthant_plan(f, syms)
+    if plan is None:
+        return None
+    d = len(syms)
+    idx = [pos[s] for s in syms]
+    sub = K[:, idx][:, :, idx]
+    var = np.diagonal(sub, axis1=1, axis2=2)
+    ok = np.all(var > 1e-12 * np.maximum(var.max(axis=1, keepdims=True), 1e-300), axis=1)
+    if d >= 3:
+        sd = np.sqrt(np.where(ok[:, None], var, 1.0))
+        R = sub / (sd[:, :, None] * sd[:, None, :])
+        for drop in range(d):
+            keep = [k for k in range(d) if k != drop]
+            lam = np.linalg.eigvalsh(R[:, keep][:, :, keep])[:, 0]
+            ok &= lam > _ORTHANT_MIN_EIGEN
+    value = np.empty(K.shape[0])
+    error = np.empty(K.shape[0])
+    good = np.nonzero(ok)[0]
+    if good.size:
+        v, size = _orthant_sum(plan, sub[good], d)
+        err = 1e-14 * np.maximum(size, 1.0) * 4 ** d
+        if d == 4:  # the path integral of the 4-D orthant probability: against a coarser rule
+            v2, _ = _orthant_sum(plan, sub[good], d, _ORTHANT_COARSE_NODES)
+            err = np.maximum(err, np.abs(v - v2))
+        value[good], error[good] = v, err
+    how = "exact: orthant moments"
+    bad = np.nonzero(~ok)[0]
+    if bad.size:
+        qv, qe, qhow = _quadrature(f, pos, K[bad], tol)
+        value[bad], error[bad] = qv, qe
+        how += f" ({bad.size} of {K.shape[0]} nearly singular: {qhow})"
+    return value, error, how
 
 
 # ---------------------------------------------------------------------------------------------
@@ -911,7 +1046,7 @@ def gaussian_expectation(f, K, *, tol: float | None = None, method: str = "auto"
         raise DeriveError(f"⟨{sp.sstr(f)[:80]}⟩ cannot be computed: {why}")
     out = None
     if method == "auto":
-        out = _polynomial(f, pos, Kb) or _closed_form(f, pos, Kb)
+        out = _polynomial(f, pos, Kb) or _closed_form(f, pos, Kb) or _orthant(f, pos, Kb, tol)
     if out is None:
         if not pos:
             out = _polynomial(f, pos, Kb)

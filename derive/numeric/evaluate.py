@@ -350,15 +350,36 @@ def _fill_sym2(N: int, C: np.ndarray, v: np.ndarray) -> np.ndarray:
     return A
 
 
+#: a SymmetricTensor of at most this many dense components finds its stored ones through a
+#: table from code to place (4 bytes a component) instead of a binary search
+_SLOT_TABLE_MAX = 2 ** 22
+
 #: how much of a rank-4 quantity a run needs: its diagonal (the expansion estimate), the
 #: components with at most two distinct samples (they close on themselves and feed the
 #: rank-2 quantities on pairs), or all of them
 LEVELS = ("diagonal", "pairs", "full")
 
 
-def _codes(C: np.ndarray, N: int) -> np.ndarray:
-    C = C.astype(np.int64)
-    return ((C[..., 0] * N + C[..., 1]) * N + C[..., 2]) * N + C[..., 3]
+def _columns(C) -> list:
+    """The four index columns of components: C (…, 4), or already a list of four arrays."""
+    if isinstance(C, list):
+        return C
+    return [C[..., k].astype(np.int64, copy=False) for k in range(4)]
+
+
+def _codes(C, N: int) -> np.ndarray:
+    c = _columns(C)
+    return ((c[0] * N + c[1]) * N + c[2]) * N + c[3]
+
+
+def _pair_codes(C, N: int) -> np.ndarray:
+    """The smallest code of the eight images of each component under V's pair symmetries
+    (the same as the minimum of :func:`_codes` over the group, without the eight copies):
+    each pair sorted, then the smaller pair first."""
+    c = _columns(C)
+    p = np.minimum(c[0], c[1]) * N + np.maximum(c[0], c[1])
+    q = np.minimum(c[2], c[3]) * N + np.maximum(c[2], c[3])
+    return np.minimum(p, q) * (N * N) + np.maximum(p, q)
 
 
 def _orbits4(N: int, symmetry: str, level: str) -> np.ndarray:
@@ -403,9 +424,13 @@ class SymmetricTensor:
         canon = self._canonical(C)
         self.codes, first = np.unique(canon, return_index=True)
         self.values = np.asarray(values, dtype=float).reshape(-1)[first]
+        self._slots = None  # code → place, built on first lookup (see _positions)
 
     def _canonical(self, C: np.ndarray) -> np.ndarray:
-        return np.min(np.stack([_codes(C[..., p], self.N) for p in self._perms]), axis=0)
+        if self.symmetry == "pairs":
+            return _pair_codes(C, self.N)
+        c = _columns(C)
+        return np.min(np.stack([_codes([c[k] for k in p], self.N) for p in self._perms]), axis=0)
 
     @property
     def shape(self) -> tuple:
@@ -422,10 +447,23 @@ class SymmetricTensor:
         """Bytes held (codes and values), against 8 N⁴ for the dense array."""
         return int(self.codes.nbytes + self.values.nbytes)
 
+    def _positions(self, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The places of canonical codes among the stored ones, and whether each is stored; for
+        N⁴ ≤ _SLOT_TABLE_MAX a table from code to place (built on first use) replaces the
+        binary search."""
+        if self.N ** 4 <= _SLOT_TABLE_MAX:
+            if self._slots is None:
+                self._slots = np.full(self.N ** 4, -1, dtype=np.int32)
+                self._slots[self.codes] = np.arange(len(self.codes), dtype=np.int32)
+            pos = self._slots[code]
+            return pos, pos >= 0
+        pos = np.minimum(np.searchsorted(self.codes, code), len(self.codes) - 1)
+        return pos, self.codes[pos] == code
+
     def _lookup(self, C: np.ndarray) -> np.ndarray:
         code = self._canonical(C)
-        pos = np.minimum(np.searchsorted(self.codes, code), len(self.codes) - 1)
-        if not np.all(self.codes[pos] == code):
+        pos, found = self._positions(code)
+        if not np.all(found):
             raise DeriveError("a component of a four-index quantity that was not computed was "
                               "asked for (only its diagonal or its components on pairs were "
                               "needed by this run; ask for the quantity as a target)")
@@ -458,10 +496,13 @@ class SymmetricTensor:
             except (IndexError, ValueError):
                 raise DeriveError(f"indices of a four-index quantity must be integers, slices or "
                                   f"integer arrays of one shape; got {idx!r:.80}") from None
-            C = np.stack(parts, axis=-1).astype(np.int64)
-            if np.any((C < -N) | (C >= N)):
-                raise DeriveError(f"index out of range for {N} inputs")
-            return self._lookup(np.where(C < 0, C + N, C))
+            cols = []
+            for part in parts:
+                part = part.astype(np.int64, copy=False)
+                if np.any((part < -N) | (part >= N)):
+                    raise DeriveError(f"index out of range for {N} inputs")
+                cols.append(np.where(part < 0, part + N, part) if np.any(part < 0) else part)
+            return self._lookup(cols)
         axes, keep = [], []
         for x in idx:  # integers and slices: a block, integer axes dropped
             if isinstance(x, slice):
@@ -485,8 +526,8 @@ class SymmetricTensor:
         for a in range(N):  # one slab at a time: the codes of N⁴ components at once are 8× larger
             full = np.concatenate([np.full((len(C), 1), a), C], axis=1)
             code = self._canonical(full)
-            pos = np.minimum(np.searchsorted(self.codes, code), len(self.codes) - 1)
-            out[a] = np.where(self.codes[pos] == code, self.values[pos], np.nan).reshape((N,) * 3)
+            pos, found = self._positions(code)
+            out[a] = np.where(found, self.values[pos], np.nan).reshape((N,) * 3)
         return out
 
     def __array__(self, dtype=None, copy=None):
