@@ -6,7 +6,9 @@ independent computation:
   conditional Gaussian of z_q given z_p, split at the kink), and whole runs of K, Θ, G1, V,
   H1 against the batched evaluator, whose averages are derive's generic quadrature;
 * the ladder of pair rules (each rule judged against the next rule of its own family): tanh
-  and erf K, Θ against the batched evaluator.
+  and erf K, Θ against the batched evaluator;
+* the single-input averages (grouped per step, their rule chosen by the same ladder): G1 and V
+  on the diagonal against the batched evaluator.
 """
 from __future__ import annotations
 
@@ -132,18 +134,46 @@ def test_expansion_estimate_on_a_subset_of_inputs(monkeypatch):
     import derive.numeric.prediction as P
 
     rng = np.random.default_rng(7)
-    base = rng.normal(size=(4, 6))
+    base = rng.normal(size=(2, 6))
     X = np.concatenate([base * s for s in (0.5, 1.0, 2.0, 3.0, 4.0)])
-    X = np.concatenate([X, -X])  # 40 inputs, 20 distinct norms
+    X = np.concatenate([X, -X])  # 20 inputs, 10 distinct norms
     Y = rng.normal(size=(300, 4))
     on = P._estimate_inputs(Y)
     norms = (Y * Y).sum(1)
-    assert len(on) == 32 and norms.argmin() in on and norms.argmax() in on
+    assert len(on) == P.ESTIMATE_INPUTS and norms.argmin() in on and norms.argmax() in on
     spec = derive.MLP(6, 16, "erf", 0.1, 1.2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         few = derive.predict(spec, X, targets=["K", "Theta"])
         monkeypatch.setattr(P, "ESTIMATE_INPUTS", 10 ** 6)
         full = derive.predict(spec, X, targets=["K", "Theta"])
-    assert len(np.unique((X * X).sum(1))) == 20 and len(P._estimate_inputs(X)) == 20
+    assert len(np.unique((X * X).sum(1))) == 10 and len(P._estimate_inputs(X)) == 10
     assert few.expansion == pytest.approx(full.expansion, rel=1e-12)
+
+
+@pytest.mark.parametrize("act", ["tanh", "erf"])
+def test_single_input_ladder_and_grouped_functions(act):
+    """The single-input averages (one call per step for all its functions, the rule chosen by
+    the ladder on the inputs of smallest and largest variance, from the previous layer's rung
+    on): G1_αα and V_(αα)(αα) against the batched evaluator, over variances from about 0.2 to 10
+    (a rule that suits the small ones fails the large ones), and evaluate(diagonal_of=…)
+    equal to the same inputs of the full run."""
+    spec = derive.MLP(5, 32, act, 0.1, 1.5)
+    X = np.random.default_rng(8).normal(size=(6, 4))
+    X *= np.array([[0.5], [0.8], [1.2], [2.0], [3.5], [5.0]]) / np.linalg.norm(X, axis=1)[:, None]
+    mod = load_generated(spec, ("K", "Theta", "G1"))
+    assert "_diag_averages(_g" in mod.SOURCE  # the steps' averages are grouped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = mod.evaluate(X, order=1, nlo="diagonal")
+        b = iterate_mlp(spec, X, 1, targets=("K", "Theta", "G1", "V"))
+        sub = mod.evaluate(X, order=1, nlo="diagonal", diagonal_of=[1, 4])
+    assert np.diagonal(b["K"][1]).max() > 10 * np.diagonal(b["K"][1]).min()
+    for l in range(2, 6):
+        bd = np.array([b["V"][l][a, a, a, a] for a in range(6)])
+        assert np.abs(g["V"][l] - bd).max() <= 1e-10 * max(1.0, np.abs(bd).max()), l
+        g1 = np.diagonal(b["G1"][l])
+        assert np.abs(g["G1"][l] - g1).max() <= 1e-10 * max(1.0, np.abs(g1).max()), l
+        assert np.abs(sub["V"][l] - g["V"][l][[1, 4]]).max() <= 1e-12 * max(1.0, np.abs(bd).max())
+    with pytest.raises(ValueError, match="diagonal_of"):
+        mod.evaluate(X, nlo="pairs", diagonal_of=[0])

@@ -73,11 +73,12 @@ RULES2 = [
     ("panels32", *_panel_rule(32)),
 ]
 RULES2_PARTNERS = _partners([r[0] for r in RULES2])
+# single inputs: the same ladder and two finer panel rules (at most 512 nodes per input)
+RULES1 = RULES2 + [("panels48", *_panel_rule(48)), ("panels64", *_panel_rule(64))]
+RULES1_PARTNERS = _partners([r[0] for r in RULES1])
 # the nodes t1 where the inner integrals are checked (_inner_rung)
 PROBE = _hermite_rule(24)
 TOL = 3e-13
-# single inputs: 32 nodes on each panel
-T1, W1 = _panel_rule(32)
 # for σ with kinks: the same panels split also at the kinks, Gauss–Legendre on each piece
 XQ, WQ = numpy.polynomial.legendre.leggauss(16)
 # for pairs: a ladder of Gauss–Legendre rules per piece, smallest first (the first one that
@@ -144,13 +145,19 @@ def _closed(fn, K):
 MOMENTS_TOP = 5
 
 
-def _half_moment(k, v):
-    """<x^k ; x > 0> for x ~ N(0, v) (v ≥ 0): v^(k/2) (k−1)!! times 1/2 (k even) or
-    1/sqrt(2π) (k odd); 1/2 for k = 0 also at v = 0, the limit of the pairs with |ρ| → 1."""
-    double = 1.0
-    for j in range(k - 1, 0, -2):
-        double *= j
-    return v ** (k / 2) * double * (0.5 if k % 2 == 0 else 1.0 / numpy.sqrt(2 * numpy.pi))
+def _half_moments(v, top, scale=1.0):
+    """[scale <x^k ; x > 0> for k = 0 … top], x ~ N(0, v) (v ≥ 0): v^(k/2) (k−1)!! times 1/2
+    (k even) or 1/sqrt(2π) (k odd), the powers of sqrt(v) by products (a fractional power
+    costs many); 1/2 for k = 0 also at v = 0, the limit of the pairs with |ρ| → 1."""
+    root = numpy.sqrt(v)
+    double = [1.0, 1.0]  # (k − 1)!!
+    for k in range(2, top + 1):
+        double.append((k - 1) * double[k - 2])
+    out, power = [], scale
+    for k in range(top + 1):
+        out.append(power * (double[k] * (0.5 if k % 2 == 0 else 1.0 / numpy.sqrt(2 * numpy.pi))))
+        power = power * root
+    return out
 
 
 def _diag_moment_average(f, Kd, hermite=0):
@@ -158,22 +165,23 @@ def _diag_moment_average(f, Kd, hermite=0):
     for f polynomial on each half-line, given as (coefficients for z > 0, for z < 0), lowest
     degree first: sums of half-line moments."""
     weight = {0: (1.0,), 2: (-1.0, 0.0, 1.0), 4: (3.0, 0.0, -6.0, 0.0, 1.0)}[hermite]
+    half = _half_moments(Kd, max(len(fc) for fc in f) + len(weight) - 2)
     out = numpy.zeros_like(Kd)
     for side, fc in zip((1, -1), f):
         for m, a in enumerate(fc):
             for j, c in enumerate(weight):
                 if a and c:
-                    out += (a * c * side ** (m + j)) * _half_moment(m + j, Kd) / Kd ** ((j + hermite) / 2)
+                    out += (a * c * side ** (m + j)) * half[m + j] / Kd ** ((j + hermite) / 2)
     return out
 
 
-def _quadrant_moments(K, sign, top=MOMENTS_TOP):
-    """M[m][k] = <z_p^m z_q^k ; z_p > 0, z_q > 0> over N(0, [[K_pp, s K_pq], [s K_pq, K_qq]])
-    (s = sign) on all pairs, for m, k ≤ top: exact, from the orthant probability
+def _quadrant_moments(K, sign):
+    """moment(m, k) = <z_p^m z_q^k ; z_p > 0, z_q > 0> over N(0, [[K_pp, s K_pq], [s K_pq, K_qq]])
+    (s = sign) on all pairs, for m, k ≤ MOMENTS_TOP: exact, from the orthant probability
     1/4 + arcsin(s ρ)/(2π) by Gaussian integration by parts, which lowers m (or k) and leaves
-    the boundary terms <z_q^k ; z_q > 0 | z_p = 0> p(z_p = 0) of the kink at 0; computed once
-    per layer."""
-    key = ("moments", sign, top, id(K))
+    the boundary terms <z_q^k ; z_q > 0 | z_p = 0> p(z_p = 0) of the kink at 0; each entry
+    (and those it recurses on) computed when first asked for, once per layer."""
+    key = ("moments", sign, id(K))
     if key not in _CACHE:
         A = numpy.diagonal(K)[:, None]
         B = numpy.diagonal(K)[None, :]
@@ -182,17 +190,23 @@ def _quadrant_moments(K, sign, top=MOMENTS_TOP):
         # variances of the other variable
         cond_q = numpy.maximum(B - C * C / A, 0.0)
         cond_p = numpy.maximum(A - C * C / B, 0.0)
-        D1 = [_half_moment(k, cond_q) / numpy.sqrt(2 * numpy.pi * A) for k in range(top + 1)]
-        D2 = [_half_moment(m, cond_p) / numpy.sqrt(2 * numpy.pi * B) for m in range(top + 1)]
-        M = [[None] * (top + 1) for _ in range(top + 1)]
-        M[0][0] = 0.25 + numpy.arcsin(sign * _cosine_of(K)) / (2 * numpy.pi)
-        for k in range(1, top + 1):
-            M[0][k] = B * ((k - 1) * M[0][k - 2] if k >= 2 else D2[0]) + C * D1[k - 1]
-        for m in range(1, top + 1):
-            for k in range(top + 1):
-                M[m][k] = (A * ((m - 1) * M[m - 2][k] if m >= 2 else D1[k])
-                           + C * (k * M[m - 1][k - 1] if k >= 1 else D2[m - 1]))
-        _CACHE[key] = M
+        D1 = _half_moments(cond_q, MOMENTS_TOP, 1.0 / numpy.sqrt(2 * numpy.pi * A))
+        D2 = _half_moments(cond_p, MOMENTS_TOP, 1.0 / numpy.sqrt(2 * numpy.pi * B))
+        memo = {}
+
+        def moment(m, k):
+            if (m, k) not in memo:
+                if m == 0 and k == 0:
+                    value = 0.25 + numpy.arcsin(sign * _cosine_of(K)) / (2 * numpy.pi)
+                elif m == 0:
+                    value = B * ((k - 1) * moment(0, k - 2) if k >= 2 else D2[0]) + C * D1[k - 1]
+                else:
+                    value = (A * ((m - 1) * moment(m - 2, k) if m >= 2 else D1[k])
+                             + C * (k * moment(m - 1, k - 1) if k >= 1 else D2[m - 1]))
+                memo[m, k] = value
+            return memo[m, k]
+
+        _CACHE[key] = moment
     return _CACHE[key]
 
 
@@ -207,11 +221,11 @@ def _moment_average(f, g, K):
         out = numpy.zeros_like(K)
         for sp_, fc in zip((1, -1), f):
             for sq, gc in zip((1, -1), g):
-                M = same if sp_ == sq else flipped
+                moment = same if sp_ == sq else flipped
                 for m, a in enumerate(fc):
                     for k, b in enumerate(gc):
                         if a and b:
-                            out += (a * b * sp_ ** m * sq ** k) * M[m][k]
+                            out += (a * b * sp_ ** m * sq ** k) * moment(m, k)
         _CACHE[key] = out
     return _CACHE[key]
 
@@ -253,12 +267,12 @@ def _pair_rule(f, g, K, p, q, T1, W1, T2, W2):
     return val
 
 
-def _first_rung(value, partners, tol, weights=None):
-    """The index of the first rung (smallest first) whose ``value(i)`` (an array) differs from
-    its partner's (the next finer rung of its family, see _partners) by less than ``tol``
-    (relative to the size of the values, at least 1; with ``weights``, the differences and
-    sizes are first summed over the last axis with these weights); an error above that with
-    the finest rungs raises."""
+def _first_rung(value, partners, tol, weights=None, start=0):
+    """The index of the first rung (smallest first, from ``start`` on) whose ``value(i)`` (an
+    array) differs from its partner's (the next finer rung of its family, see _partners) by
+    less than ``tol`` (relative to the size of the values, at least 1; with ``weights``, the
+    differences and sizes are first summed over the last axis with these weights); an error
+    above that with the finest rungs raises."""
     seen = {}
 
     def at(i):
@@ -268,7 +282,7 @@ def _first_rung(value, partners, tol, weights=None):
 
     e = numpy.inf
     for i, j in enumerate(partners):
-        if j is None:
+        if j is None or i < start:
             continue
         fine, diff = at(j), numpy.abs(at(i) - at(j))
         if weights is not None:
@@ -277,7 +291,7 @@ def _first_rung(value, partners, tol, weights=None):
         if err < tol:
             return i
         e = min(e, err)
-    raise ArithmeticError(f"pair quadrature did not reach {tol:g} (estimated error {e:.2g}); "
+    raise ArithmeticError(f"quadrature did not reach {tol:g} (estimated error {e:.2g}); "
                           "the kernel's variances are too large for the precomputed rules (is "
                           "the network far from criticality?)")
 
@@ -448,21 +462,60 @@ def vertex_component(Vd, Vpairs, a, b, c, d):
     return float(VP[bit[a], bit[b], bit[c], bit[d], s[0], s[1]])
 
 
-def _diag_average(f, Kd, hermite=0):
-    """<f(z) He_r(z/sqrt(K))> / K^{r/2} over N(0, K_αα) for each input α: (N,).  With
-    r = hermite > 0 this is <d^r f/dz^r> by Gaussian integration by parts (derivative-free)."""
-    if len(KINKS):
-        t, w = _split_rule(KINKS[None, :] / numpy.sqrt(Kd)[:, None])
-    else:
-        t, w = T1[None, :], W1[None, :]
-    vals = f(numpy.sqrt(Kd)[:, None] * t)
-    if hermite == 2:
+# the rung of RULES1 each group of single-input averages took in the previous layer (its
+# search starts there: the variances change slowly with depth); emptied by evaluate()
+_DIAG_RUNG = {}
+
+
+def _hermite_sum(vals, t, w, Kd, r):
+    """sum_i vals_i He_r(t_i) w_i / K^{r/2} per input: <f(z) He_r(z/sqrt(K))> / K^{r/2}, which
+    for r > 0 is <d^r f/dz^r> by Gaussian integration by parts (derivative-free)."""
+    if r == 2:
         vals = vals * (t * t - 1.0) / Kd[:, None]
-    elif hermite == 4:
+    elif r == 4:
         vals = vals * (t ** 4 - 6.0 * t * t + 3.0) / Kd[:, None] ** 2
-    elif hermite:
+    elif r:
         raise ValueError("hermite must be 0, 2 or 4")
-    return numpy.einsum("pi,pi->p", vals, numpy.broadcast_to(w, vals.shape))
+    if w.shape[0] == 1:  # one rule for every input
+        return vals @ w[0]
+    return numpy.einsum("pi,pi->p", vals, w)
+
+
+def _diag_rule(g, Kd, items):
+    """Nodes t and weights w (Gaussian density folded in) for the single-input averages
+    ``items`` of the functions of g: for σ with kinks the panels split at the kinks; else the
+    first rule of RULES1 (from the one taken in the previous layer on) whose averages agree
+    with the next rule of its family to TOL at the inputs of smallest and largest variance."""
+    if len(KINKS):
+        return _split_rule(KINKS[None, :] / numpy.sqrt(Kd)[:, None])
+    ends = numpy.unique([numpy.argmin(Kd), numpy.argmax(Kd)])
+    Ke = Kd[ends]
+
+    def value(k):
+        t, w = RULES1[k][1][None, :], RULES1[k][2][None, :]
+        vals = g(numpy.sqrt(Ke)[:, None] * t)
+        return numpy.stack([_hermite_sum(vals if i is None else vals[i], t, w, Ke, r)
+                            for i, r in items])
+
+    k = _first_rung(value, RULES1_PARTNERS, TOL, start=_DIAG_RUNG.get(g.__name__, 0))
+    _DIAG_RUNG[g.__name__] = k
+    return RULES1[k][1][None, :], RULES1[k][2][None, :]
+
+
+def _diag_averages(g, Kd, items):
+    """<f_i(z) He_r(z/sqrt(K))> / K^{r/2} over N(0, K_αα) for each input α and each (i, r) of
+    ``items``, f_i the i-th function of g (the functions of one step, computed together on one
+    grid: their common subexpressions once per node; i = None: g is one function): a list of
+    (N,) arrays (_hermite_sum)."""
+    t, w = _diag_rule(g, Kd, items)
+    vals = g(numpy.sqrt(Kd)[:, None] * t)
+    return [_hermite_sum(vals if i is None else vals[i], t, w, Kd, r) for i, r in items]
+
+
+def _diag_average(f, Kd, hermite=0):
+    """<f(z) He_r(z/sqrt(K))> / K^{r/2} over N(0, K_αα) for each input α (r = hermite): (N,)
+    (see _diag_averages)."""
+    return _diag_averages(f, Kd, ((None, hermite),))[0]
 
 
 def kernel_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
@@ -594,7 +647,7 @@ def vertex_pairs(K, G1P, VP, C_W, n_l, n_lm1):
 
 
 def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lambda_W=None,
-             order=1, nlo="pairs"):
+             order=1, nlo="pairs", diagonal_of=None):
     """K, Theta (N × N per layer), G1 and V (see ``nlo``), layers 1 … depth.
 
     Hyperparameters default to DEFAULTS (the spec this module was generated for); C_b, C_W,
@@ -604,7 +657,8 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
     * "pairs": G1 (N × N) and V on every component with at most two distinct samples:
       ``V[l]`` the diagonal V_{(αα)(αα)} (N,), ``V_pairs[l]`` a dict VERTEX_ORBITS → (N, N)
       with V_{(pp)(pq)}, V_{(pp)(qq)}, V_{(pq)(pq)} at [p, q] (see ``vertex_component``);
-    * "diagonal": only G1_{αα} and V_{(αα)(αα)} (N each; cheap, they close on themselves);
+    * "diagonal": only G1_{αα} and V_{(αα)(αα)} (N each; cheap, they close on themselves), of
+      the inputs ``diagonal_of`` (indices) only when it is given;
     * "none": K and Theta only."""
     X = numpy.asarray(X, dtype=float)
     if X.ndim != 2 or not numpy.all(numpy.isfinite(X)):
@@ -625,6 +679,9 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
         return value
 
     _CACHE.clear()
+    _DIAG_RUNG.clear()
+    if diagonal_of is not None and nlo != "diagonal":
+        raise ValueError("diagonal_of selects inputs for nlo='diagonal' only")
     Cb, CW = per_layer(C_b, "C_b"), per_layer(C_W, "C_W")
     lb, lW = per_layer(lambda_b, "lambda_b"), per_layer(lambda_W, "lambda_W")
     widths = default("widths") if widths is None else widths
@@ -632,11 +689,14 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
     n = [X.shape[1]] + widths
     G0 = X @ X.T / X.shape[1]
     N = X.shape[0]
+    # the inputs of the single-input quantities (nlo="diagonal"): all, or diagonal_of
+    sub = slice(None) if diagonal_of is None else numpy.asarray(diagonal_of, dtype=int)
+    Nd = len(numpy.arange(N)[sub])
     K = {1: Cb[0] + CW[0] * G0}
     Theta = {1: lb[0] + lW[0] * G0}
 
-    G1 = {1: numpy.zeros((N, N) if nlo == "pairs" else N)}
-    V = {1: numpy.zeros(N)}
+    G1 = {1: numpy.zeros((N, N) if nlo == "pairs" else Nd)}
+    V = {1: numpy.zeros(Nd)}
     V_pairs = {1: {o: numpy.zeros((N, N)) for o in VERTEX_ORBITS}} if nlo == "pairs" else {}
     for l in range(1, depth):
         # the averages of a layer serve only that layer's steps: dropping the previous ones
@@ -650,10 +710,11 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
 
         if nlo == "none":
             continue
+        Kd = Kd[sub]
         G1d = numpy.diagonal(G1[l]) if nlo == "pairs" else G1[l]
         g1 = metric_correction_step(Kd, G1d, V[l], CW[l], n[l], n[l - 1])
         if order < 1:
-            g1 = numpy.zeros(N)
+            g1 = numpy.zeros(Nd)
         V[l + 1] = vertex_step(Kd, G1d, V[l], CW[l], n[l], n[l - 1])
         if nlo == "diagonal":
             G1[l + 1] = g1

@@ -11,7 +11,7 @@ Imports only numpy and scipy.  Conventions: docs/conventions.md (PDLT).  ``evalu
   sample sums of their recursions run only over the samples of the averaged functions),
 
 layer by layer from K^{(1)} = C_b + C_W G^{(0)}, Θ^{(1)} = λ_b + λ_W G^{(0)}, G1^{(1)} = V^{(1)} = 0.
-Gaussian averages: closed forms of rules/kernels where they apply, else quadrature (pairs: Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, chosen to reach 3e-13; single inputs: 256 panel nodes)
+Gaussian averages: closed forms of rules/kernels where they apply, else quadrature (pairs: Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, chosen to reach 3e-13; single inputs: the same rules, chosen on the inputs of smallest and largest variance)
 """
 import numpy
 import scipy.special
@@ -73,11 +73,12 @@ RULES2 = [
     ("panels32", *_panel_rule(32)),
 ]
 RULES2_PARTNERS = _partners([r[0] for r in RULES2])
+# single inputs: the same ladder and two finer panel rules (at most 512 nodes per input)
+RULES1 = RULES2 + [("panels48", *_panel_rule(48)), ("panels64", *_panel_rule(64))]
+RULES1_PARTNERS = _partners([r[0] for r in RULES1])
 # the nodes t1 where the inner integrals are checked (_inner_rung)
 PROBE = _hermite_rule(24)
 TOL = 3e-13
-# single inputs: 32 nodes on each panel
-T1, W1 = _panel_rule(32)
 # for σ with kinks: the same panels split also at the kinks, Gauss–Legendre on each piece
 XQ, WQ = numpy.polynomial.legendre.leggauss(16)
 # for pairs: a ladder of Gauss–Legendre rules per piece, smallest first (the first one that
@@ -113,24 +114,9 @@ def _f1(z):
     return 1 - numpy.tanh(z)**2
 
 
-def _f2(z):
-    """z -> 2*(tanh(z)**2 - 1)*(3*tanh(z)**2 - 1) (derivative 2 of tanh(z)**2)"""
-    return 2*(numpy.tanh(z)**2 - 1)*(3*numpy.tanh(z)**2 - 1)
-
-
-def _f3(z):
-    """z -> 8*(tanh(z)**2 - 1)*(2*(tanh(z)**2 - 1)**2 + 11*(tanh(z)**2 - 1)*tanh(z)**2 + 2*tanh(z)**4) (derivative 4 of tanh(z)**2)"""
-    return 8*(numpy.tanh(z)**2 - 1)*(2*(numpy.tanh(z)**2 - 1)**2 + 11*(numpy.tanh(z)**2 - 1)*numpy.tanh(z)**2 + 2*numpy.square(numpy.square(numpy.tanh(z))))
-
-
 def _f4(z):
     """z -> tanh(z)**2 (under the average)"""
     return numpy.tanh(z)**2
-
-
-def _f5(z):
-    """z -> tanh(z)**4 (under the average)"""
-    return numpy.square(numpy.square(numpy.tanh(z)))
 
 
 def _f6(z):
@@ -193,6 +179,27 @@ def _f17(z):
     return numpy.tanh(z)**3
 
 
+def _g0(z):
+    """z -> (2*(tanh(z)**2 - 1)*(3*tanh(z)**2 - 1), 8*(tanh(z)**2 - 1)*(2*(tanh(z)**2 - 1)**2 + 11*(tanh(z)**2 - 1)*tanh(z)**2 + 2*tanh(z)**4)), computed together"""
+    t0 = numpy.tanh(z)
+    t1 = t0**2
+    t2 = t1 - 1
+    return (2*t2*(3*t1 - 1), 8*t2*(2*(t0*t0*t0*t0) + 11*t1*t2 + 2*t2**2),)
+
+
+def _g1(z):
+    """z -> (2*(tanh(z)**2 - 1)*(3*tanh(z)**2 - 1), tanh(z)**2, tanh(z)**4), computed together"""
+    t0 = numpy.tanh(z)
+    t1 = t0**2
+    return (2*(t1 - 1)*(3*t1 - 1), t1, (t0*t0*t0*t0),)
+
+
+def _g2(z):
+    """z -> (tanh(z)**2, 2*(tanh(z)**2 - 1)*(3*tanh(z)**2 - 1)), computed together"""
+    t0 = numpy.tanh(z)**2
+    return (t0, 2*(t0 - 1)*(3*t0 - 1),)
+
+
 def _scale_of(K):
     """sqrt(K_pp K_qq) of every pair, once per layer."""
     key = ("scale", id(K))
@@ -253,12 +260,12 @@ def _pair_rule(f, g, K, p, q, T1, W1, T2, W2):
     return val
 
 
-def _first_rung(value, partners, tol, weights=None):
-    """The index of the first rung (smallest first) whose ``value(i)`` (an array) differs from
-    its partner's (the next finer rung of its family, see _partners) by less than ``tol``
-    (relative to the size of the values, at least 1; with ``weights``, the differences and
-    sizes are first summed over the last axis with these weights); an error above that with
-    the finest rungs raises."""
+def _first_rung(value, partners, tol, weights=None, start=0):
+    """The index of the first rung (smallest first, from ``start`` on) whose ``value(i)`` (an
+    array) differs from its partner's (the next finer rung of its family, see _partners) by
+    less than ``tol`` (relative to the size of the values, at least 1; with ``weights``, the
+    differences and sizes are first summed over the last axis with these weights); an error
+    above that with the finest rungs raises."""
     seen = {}
 
     def at(i):
@@ -268,7 +275,7 @@ def _first_rung(value, partners, tol, weights=None):
 
     e = numpy.inf
     for i, j in enumerate(partners):
-        if j is None:
+        if j is None or i < start:
             continue
         fine, diff = at(j), numpy.abs(at(i) - at(j))
         if weights is not None:
@@ -277,7 +284,7 @@ def _first_rung(value, partners, tol, weights=None):
         if err < tol:
             return i
         e = min(e, err)
-    raise ArithmeticError(f"pair quadrature did not reach {tol:g} (estimated error {e:.2g}); "
+    raise ArithmeticError(f"quadrature did not reach {tol:g} (estimated error {e:.2g}); "
                           "the kernel's variances are too large for the precomputed rules (is "
                           "the network far from criticality?)")
 
@@ -448,21 +455,60 @@ def vertex_component(Vd, Vpairs, a, b, c, d):
     return float(VP[bit[a], bit[b], bit[c], bit[d], s[0], s[1]])
 
 
-def _diag_average(f, Kd, hermite=0):
-    """<f(z) He_r(z/sqrt(K))> / K^{r/2} over N(0, K_αα) for each input α: (N,).  With
-    r = hermite > 0 this is <d^r f/dz^r> by Gaussian integration by parts (derivative-free)."""
-    if len(KINKS):
-        t, w = _split_rule(KINKS[None, :] / numpy.sqrt(Kd)[:, None])
-    else:
-        t, w = T1[None, :], W1[None, :]
-    vals = f(numpy.sqrt(Kd)[:, None] * t)
-    if hermite == 2:
+# the rung of RULES1 each group of single-input averages took in the previous layer (its
+# search starts there: the variances change slowly with depth); emptied by evaluate()
+_DIAG_RUNG = {}
+
+
+def _hermite_sum(vals, t, w, Kd, r):
+    """sum_i vals_i He_r(t_i) w_i / K^{r/2} per input: <f(z) He_r(z/sqrt(K))> / K^{r/2}, which
+    for r > 0 is <d^r f/dz^r> by Gaussian integration by parts (derivative-free)."""
+    if r == 2:
         vals = vals * (t * t - 1.0) / Kd[:, None]
-    elif hermite == 4:
+    elif r == 4:
         vals = vals * (t ** 4 - 6.0 * t * t + 3.0) / Kd[:, None] ** 2
-    elif hermite:
+    elif r:
         raise ValueError("hermite must be 0, 2 or 4")
-    return numpy.einsum("pi,pi->p", vals, numpy.broadcast_to(w, vals.shape))
+    if w.shape[0] == 1:  # one rule for every input
+        return vals @ w[0]
+    return numpy.einsum("pi,pi->p", vals, w)
+
+
+def _diag_rule(g, Kd, items):
+    """Nodes t and weights w (Gaussian density folded in) for the single-input averages
+    ``items`` of the functions of g: for σ with kinks the panels split at the kinks; else the
+    first rule of RULES1 (from the one taken in the previous layer on) whose averages agree
+    with the next rule of its family to TOL at the inputs of smallest and largest variance."""
+    if len(KINKS):
+        return _split_rule(KINKS[None, :] / numpy.sqrt(Kd)[:, None])
+    ends = numpy.unique([numpy.argmin(Kd), numpy.argmax(Kd)])
+    Ke = Kd[ends]
+
+    def value(k):
+        t, w = RULES1[k][1][None, :], RULES1[k][2][None, :]
+        vals = g(numpy.sqrt(Ke)[:, None] * t)
+        return numpy.stack([_hermite_sum(vals if i is None else vals[i], t, w, Ke, r)
+                            for i, r in items])
+
+    k = _first_rung(value, RULES1_PARTNERS, TOL, start=_DIAG_RUNG.get(g.__name__, 0))
+    _DIAG_RUNG[g.__name__] = k
+    return RULES1[k][1][None, :], RULES1[k][2][None, :]
+
+
+def _diag_averages(g, Kd, items):
+    """<f_i(z) He_r(z/sqrt(K))> / K^{r/2} over N(0, K_αα) for each input α and each (i, r) of
+    ``items``, f_i the i-th function of g (the functions of one step, computed together on one
+    grid: their common subexpressions once per node; i = None: g is one function): a list of
+    (N,) arrays (_hermite_sum)."""
+    t, w = _diag_rule(g, Kd, items)
+    vals = g(numpy.sqrt(Kd)[:, None] * t)
+    return [_hermite_sum(vals if i is None else vals[i], t, w, Kd, r) for i, r in items]
+
+
+def _diag_average(f, Kd, hermite=0):
+    """<f(z) He_r(z/sqrt(K))> / K^{r/2} over N(0, K_αα) for each input α (r = hermite): (N,)
+    (see _diag_averages)."""
+    return _diag_averages(f, Kd, ((None, hermite),))[0]
 
 
 def kernel_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
@@ -489,8 +535,9 @@ def metric_correction_step(Kd, G1, V, C_W, n_l, n_lm1):
 
     .. math:: \frac{C_W^{(\ell+1)} n_{\ell} \sum_{\beta_{1}\beta_{2}} G^{\{1\}(\ell)}_{\beta_{1}\beta_{2}} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}}}{2 n_{\ell-1}} + \frac{C_W^{(\ell+1)} n_{\ell} \sum_{\beta_{1}\beta_{2}\beta_{3}\beta_{4}} V^{(\ell)}_{(\beta_{1}\beta_{2})(\beta_{3}\beta_{4})} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\partial_{\beta_{3}}\partial_{\beta_{4}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}}}{8 n_{\ell-1}}
     """
-    avg0_0 = _diag_average(_f2, Kd)
-    avg1_0 = _diag_average(_f3, Kd)
+    _d0, _d1, = _diag_averages(_g0, Kd, ((0, 0), (1, 0)))
+    avg0_0 = _d0
+    avg1_0 = _d1
     return (1/2)*C_W*G1*avg0_0*n_l/n_lm1 + (1/8)*C_W*V*avg1_0*n_l/n_lm1
 
 
@@ -499,9 +546,10 @@ def vertex_step(Kd, G1, V, C_W, n_l, n_lm1):
 
     .. math:: \frac{\left(C_W^{(\ell+1)}\right)^{2} n_{\ell} \sum_{\beta_{1}\beta_{2}\beta_{3}\beta_{4}} V^{(\ell)}_{(\beta_{1}\beta_{2})(\beta_{3}\beta_{4})} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}} \left\langle \partial_{\beta_{3}}\partial_{\beta_{4}}\!\left[\sigma_{\alpha_{3}} \sigma_{\alpha_{4}}\right] \right\rangle_{K^{(\ell)}}}{4 n_{\ell-1}} - \left(C_W^{(\ell+1)}\right)^{2} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} \left\langle \sigma_{\alpha_{3}} \sigma_{\alpha_{4}} \right\rangle_{K^{(\ell)}} + \left(C_W^{(\ell+1)}\right)^{2} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \sigma_{\alpha_{3}} \sigma_{\alpha_{4}} \right\rangle_{K^{(\ell)}}
     """
-    avg0_0 = _diag_average(_f2, Kd)
-    avg1 = _diag_average(_f4, Kd)
-    avg2 = _diag_average(_f5, Kd)
+    _d0, _d1, _d2, = _diag_averages(_g1, Kd, ((0, 0), (1, 0), (2, 0)))
+    avg0_0 = _d0
+    avg1 = _d1
+    avg2 = _d2
     return (1/4)*C_W**2*V*avg0_0**2*n_l/n_lm1 - C_W**2*avg1**2 + C_W**2*avg2
 
 
@@ -550,9 +598,12 @@ def vertex_pairs(K, G1P, VP, C_W, n_l, n_lm1):
     """
     Kd = numpy.diagonal(K)
     a0 = _pair_average(_f17, _f0, K)
-    a1 = _diag_average(_f4, Kd)[:, None]
+    _d0, _d1, = _diag_averages(_g2, Kd, ((0, 0), (1, 0)))
+    a1 = _d0[:, None]
+    a3 = _d1[:, None]
+    a13 = _d0[None, :]
+    a14 = _d1[None, :]
     a2 = _pair_average(_f0, _f0, K)
-    a3 = _diag_average(_f2, Kd)[:, None]
     a4 = _pair_average(_f6, _f0, K)
     V_0000 = VP[0, 0, 0, 0]
     a6 = _pair_average(_f7, _f7, K)
@@ -562,8 +613,6 @@ def vertex_pairs(K, G1P, VP, C_W, n_l, n_lm1):
     V_0011 = VP[0, 0, 1, 1]
     V_0001_next = C_W**2*a0 - C_W**2*a1*a2 + (1/4)*C_W**2*n_l*(V_0000*a3*a4 + V_0001*a3*a6 + V_0010*a3*a6 + V_0011*a3*a9)/n_lm1
     a12 = _pair_average(_f4, _f4, K)
-    a13 = _diag_average(_f4, Kd)[None, :]
-    a14 = _diag_average(_f2, Kd)[None, :]
     V_0011_next = (1/4)*C_W**2*V_0011*a14*a3*n_l/n_lm1 - C_W**2*a1*a13 + C_W**2*a12
     V_0100 = VP[0, 1, 0, 0]
     V_0101 = VP[0, 1, 0, 1]
@@ -582,7 +631,7 @@ def vertex_pairs(K, G1P, VP, C_W, n_l, n_lm1):
 
 
 def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lambda_W=None,
-             order=1, nlo="pairs"):
+             order=1, nlo="pairs", diagonal_of=None):
     """K, Theta (N × N per layer), G1 and V (see ``nlo``), layers 1 … depth.
 
     Hyperparameters default to DEFAULTS (the spec this module was generated for); C_b, C_W,
@@ -592,7 +641,8 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
     * "pairs": G1 (N × N) and V on every component with at most two distinct samples:
       ``V[l]`` the diagonal V_{(αα)(αα)} (N,), ``V_pairs[l]`` a dict VERTEX_ORBITS → (N, N)
       with V_{(pp)(pq)}, V_{(pp)(qq)}, V_{(pq)(pq)} at [p, q] (see ``vertex_component``);
-    * "diagonal": only G1_{αα} and V_{(αα)(αα)} (N each; cheap, they close on themselves);
+    * "diagonal": only G1_{αα} and V_{(αα)(αα)} (N each; cheap, they close on themselves), of
+      the inputs ``diagonal_of`` (indices) only when it is given;
     * "none": K and Theta only."""
     X = numpy.asarray(X, dtype=float)
     if X.ndim != 2 or not numpy.all(numpy.isfinite(X)):
@@ -613,6 +663,9 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
         return value
 
     _CACHE.clear()
+    _DIAG_RUNG.clear()
+    if diagonal_of is not None and nlo != "diagonal":
+        raise ValueError("diagonal_of selects inputs for nlo='diagonal' only")
     Cb, CW = per_layer(C_b, "C_b"), per_layer(C_W, "C_W")
     lb, lW = per_layer(lambda_b, "lambda_b"), per_layer(lambda_W, "lambda_W")
     widths = default("widths") if widths is None else widths
@@ -620,11 +673,14 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
     n = [X.shape[1]] + widths
     G0 = X @ X.T / X.shape[1]
     N = X.shape[0]
+    # the inputs of the single-input quantities (nlo="diagonal"): all, or diagonal_of
+    sub = slice(None) if diagonal_of is None else numpy.asarray(diagonal_of, dtype=int)
+    Nd = len(numpy.arange(N)[sub])
     K = {1: Cb[0] + CW[0] * G0}
     Theta = {1: lb[0] + lW[0] * G0}
 
-    G1 = {1: numpy.zeros((N, N) if nlo == "pairs" else N)}
-    V = {1: numpy.zeros(N)}
+    G1 = {1: numpy.zeros((N, N) if nlo == "pairs" else Nd)}
+    V = {1: numpy.zeros(Nd)}
     V_pairs = {1: {o: numpy.zeros((N, N)) for o in VERTEX_ORBITS}} if nlo == "pairs" else {}
     for l in range(1, depth):
         # the averages of a layer serve only that layer's steps: dropping the previous ones
@@ -638,10 +694,11 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
 
         if nlo == "none":
             continue
+        Kd = Kd[sub]
         G1d = numpy.diagonal(G1[l]) if nlo == "pairs" else G1[l]
         g1 = metric_correction_step(Kd, G1d, V[l], CW[l], n[l], n[l - 1])
         if order < 1:
-            g1 = numpy.zeros(N)
+            g1 = numpy.zeros(Nd)
         V[l + 1] = vertex_step(Kd, G1d, V[l], CW[l], n[l], n[l - 1])
         if nlo == "diagonal":
             G1[l + 1] = g1
