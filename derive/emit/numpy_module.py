@@ -49,6 +49,7 @@ from ..base.errors import DeriveError
 from ..base.parsing import as_expr
 from ..derivation.quantities import QUANTITIES, quantity
 from ..derivation.specialise import specialise
+from .fused import fused_lines
 from .printing import book_latex
 
 __all__ = ["numpy_module_source", "NumpyPrinter", "load_generated"]
@@ -162,13 +163,22 @@ class _Emitter:
                                    "lines": lines, "body": f"({body},)"})
         return self._by_expr[key]
 
-    def closed_form(self, body: str, doc: str) -> str:
-        """The name of a generated function K ↦ a closed-form average on all pairs."""
+    def closed_form(self, formula: sp.Expr, doc: str) -> str:
+        """The name of a generated function K ↦ a closed-form average on all pairs: the
+        formula in K11 = K_pp, K22 = K_qq (broadcasting vectors), K12 = K_pq and the per-layer
+        scale, rho, theta (N × N), printed as statements with few temporaries
+        (:func:`~derive.emit.fused.fused_lines`)."""
+        matrices = {sp.Symbol(x) for x in ("K12", "scale", "rho", "theta")}
+        lines, result = fused_lines(self.printer, formula, matrices, "_t")
+        if not formula.free_symbols & matrices:  # a full array all the same
+            result = f"numpy.broadcast_to({result}, K.shape)"
+        body = "\n".join(lines + [result])
         for c in self.closed:
             if c["body"] == body:
                 return c["name"]
         name = f"_c{len(self.closed)}"
-        self.closed.append({"name": name, "doc": doc, "body": body})
+        self.closed.append({"name": name, "doc": doc, "body": body, "lines": lines,
+                            "result": result})
         return name
 
     def code(self, expr: sp.Expr) -> str:
@@ -307,8 +317,10 @@ def _emit_pair_average(em: _Emitter, lines: list[str], name: str, f: sp.Expr, g:
         formula = formula.xreplace({theta: sp.acos(rho)}).xreplace({sp.acos(rho): theta})
         K11, K22 = sp.Symbol("K11"), sp.Symbol("K22")
         formula = formula.xreplace({sp.sqrt(K11 * K22): sp.Symbol("scale")})  # shared per layer
-        body = em.code(formula) if coeff == 1 else f"{coeff!r} * ({em.code(formula)})"
-        fn = em.closed_form(body,
+        # the variances are positive: a square root of their product splits into vectors
+        formula = formula.xreplace({K11: sp.Symbol("K11", positive=True),
+                                    K22: sp.Symbol("K22", positive=True)})
+        fn = em.closed_form(formula if coeff == 1 else sp.Float(coeff, 17) * formula,
                             f"<{sp.sstr(f)} | {sp.sstr(g)}> by the closed form {cf.id} "
                             f"({cf.source})")
         return _hoist(lines, name, f"_closed({fn}, K)")
@@ -342,7 +354,9 @@ def _pair_step(em: _Emitter, expr: sp.Expr, alphas: tuple) -> tuple[list[str], s
             raise DeriveError(f"{atom} is not an average over the pair (α1, α2)")
         reps[atom] = sp.Symbol(_emit_separable_average(em, lines, f"avg{k}", atom.function,
                                                        slots, bool(em.act.kinks)))
-    return lines, em.code(expr.xreplace(reps))
+    # K, Θ and the pair averages are N × N; the rest are scalars
+    fused, result = fused_lines(em.printer, expr.xreplace(reps), set(reps.values()), "_t")
+    return lines + fused, result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,11 +442,30 @@ class _PairFrame:
             out = self.average(F, hermite=len(idx))
         else:
             H = sp.Poly(sp.expand(_hermite_weight(idx)), *_PZ)
-            terms = [c * self.average(F * _PZ[0] ** i * _PZ[1] ** j)
+            terms = [self._powers(c) * self.average(F * _PZ[0] ** i * _PZ[1] ** j)
                      for (i, j), c in sorted(H.terms())]
             out = sp.Symbol(_hoist(self.lines, self._name("d"), self.em.code(sp.Add(*terms))))
         self.memo[key] = out
         return out
+
+    def _powers(self, c: sp.Expr) -> sp.Expr:
+        """The polynomial ``c`` in the pair's inverse kernel P00, P01, P11 with each monomial
+        of degree ≥ 2 a hoisted array (:meth:`_monomial`: the weights of the fourth
+        derivatives repeat them in every term)."""
+        syms = (_P[0, 0], _P[0, 1], _P[1, 1])
+        return sp.Add(*(coeff * self._monomial(exps)
+                        for exps, coeff in sp.Poly(c, *syms).terms()))
+
+    def _monomial(self, exps: tuple) -> sp.Expr:
+        """P00^a P01^b P11^c as an array computed once per step (``P00_2_P01_1 = P00_2 * P01``:
+        one product from the monomial of one degree less)."""
+        syms = (_P[0, 0], _P[0, 1], _P[1, 1])
+        if sum(exps) < 2:
+            return sp.Mul(*(x ** e for x, e in zip(syms, exps)))
+        i = next(k for k, e in enumerate(exps) if e)
+        lower = tuple(e - (k == i) for k, e in enumerate(exps))
+        name = "_".join(f"{x}_{e}" for x, e in zip(syms, exps) if e)
+        return sp.Symbol(_hoist(self.lines, name, f"{self._monomial(lower)} * {syms[i]}"))
 
     def component(self, label: str, comp: tuple) -> sp.Symbol:
         """The previous layer's component of ``label`` with samples (p, q)[comp[0]], … (an
@@ -482,7 +515,12 @@ class _PairFrame:
                     raise DeriveError(f"{node} is not read on pairs of inputs")
                 reps[node] = self.component(str(node.base), tuple(slot[i] for i in node.indices))
                 walk.skip()
-        return self.em.code(expr.xreplace(reps))
+        out = expr.xreplace(reps)
+        # one product per distinct derivative array: Σ_β V_β d_β with many β sharing one d
+        shared = sorted((x for x in out.free_symbols if str(x).startswith("d")), key=str)
+        if shared:
+            out = sp.collect(sp.expand(out), shared)
+        return self.em.code(out)
 
 
 #: the permutations of the sample indices under which each symmetry keeps a quantity

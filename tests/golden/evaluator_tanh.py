@@ -517,7 +517,9 @@ def kernel_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
     .. math:: C_W^{(\ell+1)} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} + C_b^{(\ell+1)}
     """
     avg0 = _pair_average(_f0, _f0, K)
-    return C_W*avg0 + C_b
+    _t0 = numpy.multiply(avg0, C_W)
+    numpy.add(_t0, C_b, out=_t0)
+    return _t0
 
 
 def ntk_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
@@ -527,7 +529,12 @@ def ntk_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
     """
     avg0 = _pair_average(_f1, _f1, K)
     avg1 = _pair_average(_f0, _f0, K)
-    return C_W*Theta*avg0 + avg1*lambda_W + lambda_b
+    _t0 = numpy.multiply(avg1, lambda_W)
+    _t1 = numpy.multiply(Theta, avg0)
+    numpy.multiply(_t1, C_W, out=_t1)
+    numpy.add(_t0, _t1, out=_t0)
+    numpy.add(_t0, lambda_b, out=_t0)
+    return _t0
 
 
 def metric_correction_step(Kd, G1, V, C_W, n_l, n_lm1):
