@@ -392,19 +392,29 @@ def _orthant(f, pos, K, tol):
     sub = K[:, idx][:, :, idx]
     var = np.diagonal(sub, axis1=1, axis2=2)
     ok = np.all(var > 1e-12 * np.maximum(var.max(axis=1, keepdims=True), 1e-300), axis=1)
+    # the smallest eigenvalue of the correlation of any d − 1 of the variables: the boundary
+    # terms' Schur complements lose about roundoff / that to cancellation
+    lam = np.ones(K.shape[0])
     if d >= 3:
         sd = np.sqrt(np.where(ok[:, None], var, 1.0))
         R = sub / (sd[:, :, None] * sd[:, None, :])
         for drop in range(d):
             keep = [k for k in range(d) if k != drop]
-            lam = np.linalg.eigvalsh(R[:, keep][:, :, keep])[:, 0]
-            ok &= lam > _ORTHANT_MIN_EIGEN
+            lam = np.minimum(lam, np.linalg.eigvalsh(R[:, keep][:, :, keep])[:, 0])
+        ok &= lam > _ORTHANT_MIN_EIGEN
     value = np.empty(K.shape[0])
     error = np.empty(K.shape[0])
     good = np.nonzero(ok)[0]
     if good.size:
         v, size = _orthant_sum(plan, sub[good], d)
-        err = 1e-14 * np.maximum(size, 1.0) * 4 ** d
+        # the integrand's magnitude in units of the standard deviations (what the recursion's
+        # intermediate terms are of the order of, whatever cancels in the end)
+        sdg = np.sqrt(var[good])
+        scale = sum(np.prod([sum(abs(c) * sdg[:, k] ** j for side in term[k]
+                                 for j, c in enumerate(side)) for k in range(d)], axis=0)
+                    for term in plan)
+        scale = np.maximum(np.maximum(size, scale), 1.0)
+        err = 1e-14 * scale * 4 ** d + 1e-16 * scale / lam[good]
         if d == 4:  # the path integral of the 4-D orthant probability: against a coarser rule
             v2, _ = _orthant_sum(plan, sub[good], d, _ORTHANT_COARSE_NODES)
             err = np.maximum(err, np.abs(v - v2))
