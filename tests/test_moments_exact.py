@@ -300,3 +300,13 @@ def test_relu_vertex_of_four_inputs_against_the_quadrature_route(monkeypatch):
         assert np.max(np.abs(a - b)) <= 1e-6 * scale
     # the components with four distinct samples are among those compared
     assert abs(exact["V"][3][0, 1, 2, 3]) > 0
+
+
+def test_an_error_estimate_above_the_tolerance_goes_to_the_quadrature():
+    K = _covariance(3, 23, "parallel")  # stated error about 1e-8 (nearly parallel pair)
+    f = "Max(0, z1)*Max(0, z2)*Max(0, z3)"
+    loose = gaussian_expectation(f, K)
+    assert loose.method == "exact: orthant moments" and 1e-10 < loose.error < 1e-7
+    tight = gaussian_expectation(f, K, tol=1e-10)
+    assert "nearly singular" in tight.method and tight.error <= 1e-10
+    assert abs(float(tight) - float(loose)) <= loose.error

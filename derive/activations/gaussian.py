@@ -9,7 +9,13 @@ The tiers, tried in order:
    one variable that belongs to a kernel family of ``rules/kernels`` (arc-cosine for
    scale-invariant σ and their step-function derivatives, arcsine for erf and erf', trig for
    sin and cos);
-3. **quadrature** — nested conditional Gauss–Legendre: with K = L Lᵀ (a Cholesky factor that
+3. **orthant moments** — exact, when ``f`` is a sum of products of one-variable functions
+   that are polynomials on each side of 0 (ReLU, leaky ReLU, abs, steps, their products with
+   polynomials), in up to four variables: each factor split at 0, each sign region a positive
+   orthant of the covariance with some signs flipped, each monomial's orthant moment by
+   Gaussian integration by parts (:mod:`derive.numeric.moments`).  Covariances with nearly
+   dependent variables (the recursion divides by their densities at 0) go to the quadrature;
+4. **quadrature** — nested conditional Gauss–Legendre: with K = L Lᵀ (a Cholesky factor that
    tolerates rank deficiency), z_k = Σ_{j<k} L_kj t_j + s_k t_k with t standard normal, and
    each one-dimensional integral over t_k ∈ [−10, 10] is split into panels *and at the kinks
    of f in z_k* (which move with the outer nodes).  Piecewise-analytic integrands therefore
@@ -285,7 +291,7 @@ def _closed_form(f, pos, K):
 
 
 # ---------------------------------------------------------------------------------------------
-# tier 2b: exact orthant moments (products of functions polynomial on each half-line)
+# tier 3: exact orthant moments (products of functions polynomial on each half-line)
 # ---------------------------------------------------------------------------------------------
 
 #: whether averages of sums of products of one-variable functions that are polynomials on each
@@ -419,6 +425,9 @@ def _orthant(f, pos, K, tol):
             v2, _ = _orthant_sum(plan, sub[good], d, _ORTHANT_COARSE_NODES)
             err = np.maximum(err, np.abs(v - v2))
         value[good], error[good] = v, err
+        # an estimate above the tolerance (nearly dependent variables): the quadrature instead
+        limit = tol if tol is not None else DEFAULT_TOL_KINKED[d] * np.maximum(1.0, np.abs(v))
+        ok[good] = err <= limit
     how = "exact: orthant moments"
     bad = np.nonzero(~ok)[0]
     if bad.size:
@@ -429,7 +438,7 @@ def _orthant(f, pos, K, tol):
 
 
 # ---------------------------------------------------------------------------------------------
-# tier 3: quadrature
+# tier 4: quadrature
 # ---------------------------------------------------------------------------------------------
 
 def _tolerant_cholesky(K: np.ndarray) -> np.ndarray:
@@ -690,7 +699,7 @@ def _chunked_rule(fn, L, kinks, rung, deff, nodes) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# tier 3, products of one-variable factors in three and four dimensions: the conditional rule
+# tier 4, products of one-variable factors in three and four dimensions: the conditional rule
 # ---------------------------------------------------------------------------------------------
 
 #: whether ⟨f1(z1) … fd(zd)⟩ in three or four dimensions uses the conditional rule (the last

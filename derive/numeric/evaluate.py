@@ -16,7 +16,8 @@ This is the numeric back end of the layer step (:mod:`derive.derivation.layerste
 
    * averages are evaluated per *coincidence pattern* of their samples (α1 = α2 merges two
      slots into one variable), in batches through :func:`derive.gaussian_expectation`
-     (closed form, else kink-aware quadrature with an error bound); averages symmetric in
+     (closed form; for ReLU-type σ exact orthant moments; else kink-aware quadrature with an
+     error bound); averages symmetric in
      their slots are evaluated once per multiset of samples;
    * a contraction Σ_β T_β Π_k ⟨∂_{β∈B_k} f_k⟩ runs β over the *distinct* samples of the
      f_k (the derivatives vanish elsewhere, docs/conventions.md §6 step 4) with ∂_β the derivative by the
