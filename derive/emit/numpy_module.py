@@ -805,6 +805,11 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                       "lines": head + frame.lines,
                       "result": ", ".join(results)})
     ntk = _ntk_steps(d, step, em, local, steps, kinked, rename, extra)
+    # K and Θ by blocks of rows when their steps read closed forms only (elementwise in the
+    # pair, given the variances); quadrature and moment averages work on whole layers
+    blocked = not any(re.search(r"_pair_average\(|_moment_average\(|_diag_average", line)
+                      for st in steps if st["name"] in ("kernel_step", "ntk_step")
+                      for line in st["lines"])
     for st in steps:
         st["lines"] = _group_diag_averages(em, st["lines"])
     # the functions only the grouped quadratures evaluated are not printed
@@ -859,7 +864,8 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                   extra_call="".join(f", {e}[l]" for e in extra),
                   equation=(f"z' = {sp.sstr(spec.equation.expr.xreplace(rename))}"
                             if spec.equation.name != "mlp" else ""),
-                  kind="MLP" if spec.equation.name == "mlp" else "network", ntk=ntk)
+                  kind="MLP" if spec.equation.name == "mlp" else "network", ntk=ntk,
+                  blocked=blocked)
 
 
 @lru_cache(maxsize=16)

@@ -200,12 +200,31 @@ def _g2(z):
     return (t0, 2*(t0 - 1)*(3*t0 - 1),)
 
 
+# the block of rows of the layer's kernel that evaluate() is computing K and Θ on (the
+# temporaries of a block stay in the processor's cache): the block itself ("K"), its rows'
+# variances K_pp ("rows", a column), all variances K_qq ("cols", a row) and its first row's
+# index ("offset"); empty otherwise
+_FRAME = {}
+# K and Θ are computed in blocks of about this many pairs when there are more than twice as
+# many (not for this module: its K and Θ steps are not all closed forms)
+BLOCK_PAIRS = 0
+
+
+def _diagonals(K):
+    """(K_pp as a column, K_qq as a row, the index of K's first row in the layer's kernel) for
+    the pair array K: the layer's kernel, or the block of its rows in _FRAME."""
+    if _FRAME.get("K") is K:
+        return _FRAME["rows"], _FRAME["cols"], _FRAME["offset"]
+    d = numpy.diagonal(K)
+    return d[:, None], d[None, :], 0
+
+
 def _scale_of(K):
     """sqrt(K_pp K_qq) of every pair, once per layer."""
     key = ("scale", id(K))
     if key not in _CACHE:
-        d = numpy.sqrt(numpy.diagonal(K))
-        _CACHE[key] = d[:, None] * d[None, :]
+        rows, cols, _ = _diagonals(K)
+        _CACHE[key] = numpy.sqrt(rows) * numpy.sqrt(cols)
     return _CACHE[key]
 
 
@@ -216,7 +235,9 @@ def _cosine_of(K):
     key = ("cosine", id(K))
     if key not in _CACHE:
         cos = K / _scale_of(K)
-        numpy.fill_diagonal(cos, 1.0)
+        offset = _diagonals(K)[2]
+        rows = numpy.arange(min(cos.shape[0], cos.shape[1] - offset))
+        cos[rows, rows + offset] = 1.0
         _CACHE[key] = numpy.clip(cos, -1.0, 1.0, out=cos)
     return _CACHE[key]
 
@@ -455,8 +476,9 @@ def vertex_component(Vd, Vpairs, a, b, c, d):
     return float(VP[bit[a], bit[b], bit[c], bit[d], s[0], s[1]])
 
 
-# the rung of RULES1 each group of single-input averages took in the previous layer (its
-# search starts there: the variances change slowly with depth); emptied by evaluate()
+# the rung of RULES1 each group of single-input averages took, with the largest variance it
+# was judged at (a rule that is accurate at a variance is at any smaller one: f(sqrt(K) t)
+# only gets smoother in t); a new search starts from that rung; emptied by evaluate()
 _DIAG_RUNG = {}
 
 
@@ -477,12 +499,15 @@ def _hermite_sum(vals, t, w, Kd, r):
 def _diag_rule(g, Kd, items):
     """Nodes t and weights w (Gaussian density folded in) for the single-input averages
     ``items`` of the functions of g: for σ with kinks the panels split at the kinks; else the
-    first rule of RULES1 (from the one taken in the previous layer on) whose averages agree
-    with the next rule of its family to TOL at the inputs of smallest and largest variance."""
+    first rule of RULES1 whose averages agree with the next rule of its family to TOL at the
+    input of largest variance — the rule taken before (_DIAG_RUNG) while no variance exceeds
+    the one it was judged at, else the first such rule from that one on."""
     if len(KINKS):
         return _split_rule(KINKS[None, :] / numpy.sqrt(Kd)[:, None])
-    ends = numpy.unique([numpy.argmin(Kd), numpy.argmax(Kd)])
-    Ke = Kd[ends]
+    start, judged = _DIAG_RUNG.get(g.__name__, (0, -1.0))
+    Ke = Kd[[numpy.argmax(Kd)]]
+    if Ke[0] <= judged:
+        return RULES1[start][1][None, :], RULES1[start][2][None, :]
 
     def value(k):
         t, w = RULES1[k][1][None, :], RULES1[k][2][None, :]
@@ -490,8 +515,8 @@ def _diag_rule(g, Kd, items):
         return numpy.stack([_hermite_sum(vals if i is None else vals[i], t, w, Ke, r)
                             for i, r in items])
 
-    k = _first_rung(value, RULES1_PARTNERS, TOL, start=_DIAG_RUNG.get(g.__name__, 0))
-    _DIAG_RUNG[g.__name__] = k
+    k = _first_rung(value, RULES1_PARTNERS, TOL, start=start)
+    _DIAG_RUNG[g.__name__] = (k, float(Ke[0]))
     return RULES1[k][1][None, :], RULES1[k][2][None, :]
 
 
@@ -694,10 +719,25 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
         # lets their memory be reused (fresh pages for every temporary cost more than the math)
         _CACHE.clear()
         Kd = numpy.diagonal(K[l]).copy()
-        if numpy.any(~numpy.isfinite(K[l])) or numpy.any(Kd <= 0):
+        if not numpy.isfinite(K[l]).all() or numpy.any(Kd <= 0):
             raise ValueError(f"the kernel is singular at layer {l}: diag K = {Kd}")
-        K[l + 1] = kernel_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
-        Theta[l + 1] = ntk_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
+        if BLOCK_PAIRS and N * N > 2 * BLOCK_PAIRS:
+            # in blocks of rows (elementwise closed forms: the same numbers as in one piece)
+            K[l + 1] = numpy.empty((N, N))
+            Theta[l + 1] = numpy.empty((N, N))
+            step = max(1, BLOCK_PAIRS // N)
+            for r in range(0, N, step):
+                b = slice(r, r + step)
+                _CACHE.clear()
+                Kb = K[l][b]
+                _FRAME.update(K=Kb, rows=Kd[b, None], cols=Kd[None, :], offset=r)
+                K[l + 1][b] = kernel_step(Kb, Theta[l][b], Cb[l], CW[l], lb[l], lW[l])
+                Theta[l + 1][b] = ntk_step(Kb, Theta[l][b], Cb[l], CW[l], lb[l], lW[l])
+            _FRAME.clear()
+            _CACHE.clear()
+        else:
+            K[l + 1] = kernel_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
+            Theta[l + 1] = ntk_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
 
         if nlo == "none":
             continue
