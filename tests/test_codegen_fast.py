@@ -116,7 +116,11 @@ def test_scale_invariant_runs_equal_the_batched_evaluator(act, C_b, C_W):
 
 @pytest.mark.parametrize("act", ["tanh", "erf"])
 def test_pair_rule_ladder_equals_the_batched_evaluator(act):
+    """K and Θ by the ladder of pair rules (tanh: ⟨σσ⟩ and ⟨σ'σ'⟩ in one call per layer on
+    rules chosen for both, σ evaluated once per node) against the batched evaluator."""
     spec = derive.MLP(6, 32, act, 0.1, 1.2)
+    grouped = "_symmetric_pairs(_g" in load_generated(spec, ("K", "Theta")).SOURCE
+    assert grouped == (act == "tanh")  # erf's K and Θ averages are closed forms
     X = np.random.default_rng(6).normal(size=(5, 4)) * np.array([[0.3], [1.0], [1.7], [0.8], [1.2]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

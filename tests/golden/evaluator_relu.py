@@ -283,19 +283,25 @@ def _frame(K, p, q):
     return s, a, b
 
 
-def _pair_rule(f, g, K, p, q, T1, W1, T2, W2):
+def _pair_rule(f, g, K, p, q, T1, W1, T2, W2, items=None):
     """<f(z1) g(z2)> for the pairs (p, q) with the rule (T1, W1) for t1 and (T2, W2) for t2;
-    the inner sum over t2 first."""
+    the inner sum over t2 first.  With ``items`` ((i, j), …), f and g are groups (functions
+    returning the values of several functions, computed together) and the result has one row
+    <f_i(z1) g_j(z2)> per item."""
     s, a, b = _frame(K, p, q)
-    val = numpy.empty(len(p))
+    val = numpy.empty((1 if items is None else len(items), len(p)))
     chunk = max(1, _BLOCK // (len(T1) * len(T2)))
     for lo in range(0, len(p), chunk):
         sl = slice(lo, lo + chunk)
         outer = f(s[sl, None] * T1[None, :])
         z2 = a[sl, None, None] * T1[None, :, None] + b[sl, None, None] * T2[None, None, :]
-        inner = g(z2) @ W2
-        val[sl] = (outer * inner) @ W1
-    return val
+        if items is None:
+            val[0, sl] = (outer * (g(z2) @ W2)) @ W1
+            continue
+        inner = g(z2)
+        for k, (i, j) in enumerate(items):
+            val[k, sl] = (outer[i] * (inner[j] @ W2)) @ W1
+    return val[0] if items is None else val
 
 
 def _first_rung(value, partners, tol, weights=None, start=0):
@@ -336,38 +342,60 @@ def _hardest(K, p, q, b=None):
     return hard
 
 
-def _inner_rung(g, K, p, q):
+def _inner_rung(g, K, p, q, items=None):
     """The index of the first rule of RULES2 for the inner integrals ∫ g(a t1 + b t2) dt2 of
     the pairs (p, q) that agrees with the next of its family to TOL at the nodes t1 of the
-    24-node Gauss–Hermite rule, weighted as the outer average weighs them."""
+    24-node Gauss–Hermite rule, weighted as the outer average weighs them (with ``items``: for
+    every function g_j of the group g that they name)."""
     s, a, b = _frame(K, p, q)
     t1 = PROBE[0]
 
     def inner(k):
         T2, W2 = RULES2[k][1:]
-        return g(a[:, None, None] * t1[None, :, None] + b[:, None, None] * T2[None, None, :]) @ W2
+        vals = g(a[:, None, None] * t1[None, :, None] + b[:, None, None] * T2[None, None, :])
+        if items is None:
+            return vals @ W2
+        return numpy.stack([vals[j] @ W2 for j in sorted({j for _, j in items})])
 
     return _first_rung(inner, RULES2_PARTNERS, TOL, PROBE[1])
 
 
-def _smooth_pair(f, g, K, p, q):
+def _smooth_pair(f, g, K, p, q, items=None):
     """<f(z1) g(z2)> for smooth f, g on the pairs (p, q), in groups of similar width b of the
     inner integral (over t2; narrow where the inputs are correlated, so it takes far fewer
     nodes than the outer one, over t1).  In each group the inner rule is chosen first
     (_inner_rung), then the outer one with that inner rule: the first of RULES2 that agrees
-    with the next of its family to TOL on the group's hardest pairs."""
+    with the next of its family to TOL on the group's hardest pairs.  With ``items``, f and
+    g are groups and every average <f_i g_j> they name is computed on the rules chosen for
+    all of them (one row each)."""
     b = _frame(K, p, q)[2]
     order = numpy.argsort(b, kind="stable")
-    val = numpy.empty(len(p))
+    val = numpy.empty((1 if items is None else len(items), len(p)))
     for group in numpy.array_split(order, GROUPS if len(p) > 1024 else 1):
         pg, qg = p[group], q[group]
         h = _hardest(K, pg, qg, b[group])
         ph, qh = pg[h], qg[h]
-        i = _inner_rung(g, K, ph, qh)
-        o = _first_rung(lambda k: _pair_rule(f, g, K, ph, qh, *RULES2[k][1:], *RULES2[i][1:]),
-                        RULES2_PARTNERS, TOL)
-        val[group] = _pair_rule(f, g, K, pg, qg, *RULES2[o][1:], *RULES2[i][1:])
-    return val
+        i = _inner_rung(g, K, ph, qh, items)
+        o = _first_rung(lambda k: _pair_rule(f, g, K, ph, qh, *RULES2[k][1:], *RULES2[i][1:],
+                                             items), RULES2_PARTNERS, TOL)
+        val[:, group] = _pair_rule(f, g, K, pg, qg, *RULES2[o][1:], *RULES2[i][1:], items)
+    return val[0] if items is None else val
+
+
+def _symmetric_pairs(g, names, K):
+    """<f_i(z_p) f_i(z_q)> on all pairs for every function f_i of the group g (their names
+    ``names``) on rules chosen for all of them (_smooth_pair): σ evaluated once per node for
+    all the averages of a layer's K and Θ steps; stored where _pair_average finds them."""
+    if (names[0], names[0], id(K)) in _CACHE:
+        return
+    N = K.shape[0]
+    p, q = numpy.triu_indices(N)
+    vals = _smooth_pair(g, g, K, p, q, [(i, i) for i in range(len(names))])
+    for name, v in zip(names, vals):
+        out = numpy.empty((N, N))
+        out[p, q] = v
+        out[q, p] = v  # <f(z_q) f(z_p)> = <f(z_p) f(z_q)>
+        _CACHE[(name, name, id(K))] = out
 
 
 def _kinked_pair(f, g, K, p, q):

@@ -180,6 +180,12 @@ def _f17(z):
 
 
 def _g0(z):
+    """z -> (tanh(z), 1 - tanh(z)**2), computed together"""
+    t0 = numpy.tanh(z)
+    return (t0, 1 - t0**2,)
+
+
+def _g1(z):
     """z -> (2*(tanh(z)**2 - 1)*(3*tanh(z)**2 - 1), 8*(tanh(z)**2 - 1)*(2*(tanh(z)**2 - 1)**2 + 11*(tanh(z)**2 - 1)*tanh(z)**2 + 2*tanh(z)**4)), computed together"""
     t0 = numpy.tanh(z)
     t1 = t0**2
@@ -187,14 +193,14 @@ def _g0(z):
     return (2*t2*(3*t1 - 1), 8*t2*(2*(t0*t0*t0*t0) + 11*t1*t2 + 2*t2**2),)
 
 
-def _g1(z):
+def _g2(z):
     """z -> (2*(tanh(z)**2 - 1)*(3*tanh(z)**2 - 1), tanh(z)**2, tanh(z)**4), computed together"""
     t0 = numpy.tanh(z)
     t1 = t0**2
     return (2*(t1 - 1)*(3*t1 - 1), t1, (t0*t0*t0*t0),)
 
 
-def _g2(z):
+def _g3(z):
     """z -> (tanh(z)**2, 2*(tanh(z)**2 - 1)*(3*tanh(z)**2 - 1)), computed together"""
     t0 = numpy.tanh(z)**2
     return (t0, 2*(t0 - 1)*(3*t0 - 1),)
@@ -266,19 +272,25 @@ def _frame(K, p, q):
     return s, a, b
 
 
-def _pair_rule(f, g, K, p, q, T1, W1, T2, W2):
+def _pair_rule(f, g, K, p, q, T1, W1, T2, W2, items=None):
     """<f(z1) g(z2)> for the pairs (p, q) with the rule (T1, W1) for t1 and (T2, W2) for t2;
-    the inner sum over t2 first."""
+    the inner sum over t2 first.  With ``items`` ((i, j), …), f and g are groups (functions
+    returning the values of several functions, computed together) and the result has one row
+    <f_i(z1) g_j(z2)> per item."""
     s, a, b = _frame(K, p, q)
-    val = numpy.empty(len(p))
+    val = numpy.empty((1 if items is None else len(items), len(p)))
     chunk = max(1, _BLOCK // (len(T1) * len(T2)))
     for lo in range(0, len(p), chunk):
         sl = slice(lo, lo + chunk)
         outer = f(s[sl, None] * T1[None, :])
         z2 = a[sl, None, None] * T1[None, :, None] + b[sl, None, None] * T2[None, None, :]
-        inner = g(z2) @ W2
-        val[sl] = (outer * inner) @ W1
-    return val
+        if items is None:
+            val[0, sl] = (outer * (g(z2) @ W2)) @ W1
+            continue
+        inner = g(z2)
+        for k, (i, j) in enumerate(items):
+            val[k, sl] = (outer[i] * (inner[j] @ W2)) @ W1
+    return val[0] if items is None else val
 
 
 def _first_rung(value, partners, tol, weights=None, start=0):
@@ -319,38 +331,60 @@ def _hardest(K, p, q, b=None):
     return hard
 
 
-def _inner_rung(g, K, p, q):
+def _inner_rung(g, K, p, q, items=None):
     """The index of the first rule of RULES2 for the inner integrals ∫ g(a t1 + b t2) dt2 of
     the pairs (p, q) that agrees with the next of its family to TOL at the nodes t1 of the
-    24-node Gauss–Hermite rule, weighted as the outer average weighs them."""
+    24-node Gauss–Hermite rule, weighted as the outer average weighs them (with ``items``: for
+    every function g_j of the group g that they name)."""
     s, a, b = _frame(K, p, q)
     t1 = PROBE[0]
 
     def inner(k):
         T2, W2 = RULES2[k][1:]
-        return g(a[:, None, None] * t1[None, :, None] + b[:, None, None] * T2[None, None, :]) @ W2
+        vals = g(a[:, None, None] * t1[None, :, None] + b[:, None, None] * T2[None, None, :])
+        if items is None:
+            return vals @ W2
+        return numpy.stack([vals[j] @ W2 for j in sorted({j for _, j in items})])
 
     return _first_rung(inner, RULES2_PARTNERS, TOL, PROBE[1])
 
 
-def _smooth_pair(f, g, K, p, q):
+def _smooth_pair(f, g, K, p, q, items=None):
     """<f(z1) g(z2)> for smooth f, g on the pairs (p, q), in groups of similar width b of the
     inner integral (over t2; narrow where the inputs are correlated, so it takes far fewer
     nodes than the outer one, over t1).  In each group the inner rule is chosen first
     (_inner_rung), then the outer one with that inner rule: the first of RULES2 that agrees
-    with the next of its family to TOL on the group's hardest pairs."""
+    with the next of its family to TOL on the group's hardest pairs.  With ``items``, f and
+    g are groups and every average <f_i g_j> they name is computed on the rules chosen for
+    all of them (one row each)."""
     b = _frame(K, p, q)[2]
     order = numpy.argsort(b, kind="stable")
-    val = numpy.empty(len(p))
+    val = numpy.empty((1 if items is None else len(items), len(p)))
     for group in numpy.array_split(order, GROUPS if len(p) > 1024 else 1):
         pg, qg = p[group], q[group]
         h = _hardest(K, pg, qg, b[group])
         ph, qh = pg[h], qg[h]
-        i = _inner_rung(g, K, ph, qh)
-        o = _first_rung(lambda k: _pair_rule(f, g, K, ph, qh, *RULES2[k][1:], *RULES2[i][1:]),
-                        RULES2_PARTNERS, TOL)
-        val[group] = _pair_rule(f, g, K, pg, qg, *RULES2[o][1:], *RULES2[i][1:])
-    return val
+        i = _inner_rung(g, K, ph, qh, items)
+        o = _first_rung(lambda k: _pair_rule(f, g, K, ph, qh, *RULES2[k][1:], *RULES2[i][1:],
+                                             items), RULES2_PARTNERS, TOL)
+        val[:, group] = _pair_rule(f, g, K, pg, qg, *RULES2[o][1:], *RULES2[i][1:], items)
+    return val[0] if items is None else val
+
+
+def _symmetric_pairs(g, names, K):
+    """<f_i(z_p) f_i(z_q)> on all pairs for every function f_i of the group g (their names
+    ``names``) on rules chosen for all of them (_smooth_pair): σ evaluated once per node for
+    all the averages of a layer's K and Θ steps; stored where _pair_average finds them."""
+    if (names[0], names[0], id(K)) in _CACHE:
+        return
+    N = K.shape[0]
+    p, q = numpy.triu_indices(N)
+    vals = _smooth_pair(g, g, K, p, q, [(i, i) for i in range(len(names))])
+    for name, v in zip(names, vals):
+        out = numpy.empty((N, N))
+        out[p, q] = v
+        out[q, p] = v  # <f(z_q) f(z_p)> = <f(z_p) f(z_q)>
+        _CACHE[(name, name, id(K))] = out
 
 
 def _kinked_pair(f, g, K, p, q):
@@ -541,6 +575,7 @@ def kernel_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
 
     .. math:: C_W^{(\ell+1)} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} + C_b^{(\ell+1)}
     """
+    _symmetric_pairs(_g0, ('_f0', '_f1'), K)
     avg0 = _pair_average(_f0, _f0, K)
     _t0 = numpy.multiply(avg0, C_W)
     numpy.add(_t0, C_b, out=_t0)
@@ -552,6 +587,7 @@ def ntk_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
 
     .. math:: C_W^{(\ell+1)} \left\langle \sigma'_{\alpha_{1}} \sigma'_{\alpha_{2}} \right\rangle_{K^{(\ell)}} \Theta^{(\ell)}_{\alpha_{1}\alpha_{2}} + \lambda_W^{(\ell+1)} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} + \lambda_b^{(\ell+1)}
     """
+    _symmetric_pairs(_g0, ('_f0', '_f1'), K)
     avg0 = _pair_average(_f1, _f1, K)
     avg1 = _pair_average(_f0, _f0, K)
     _t0 = numpy.multiply(avg1, lambda_W)
@@ -567,7 +603,7 @@ def metric_correction_step(Kd, G1, V, C_W, n_l, n_lm1):
 
     .. math:: \frac{C_W^{(\ell+1)} n_{\ell} \sum_{\beta_{1}\beta_{2}} G^{\{1\}(\ell)}_{\beta_{1}\beta_{2}} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}}}{2 n_{\ell-1}} + \frac{C_W^{(\ell+1)} n_{\ell} \sum_{\beta_{1}\beta_{2}\beta_{3}\beta_{4}} V^{(\ell)}_{(\beta_{1}\beta_{2})(\beta_{3}\beta_{4})} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\partial_{\beta_{3}}\partial_{\beta_{4}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}}}{8 n_{\ell-1}}
     """
-    _d0, _d1, = _diag_averages(_g0, Kd, ((0, 0), (1, 0)))
+    _d0, _d1, = _diag_averages(_g1, Kd, ((0, 0), (1, 0)))
     avg0_0 = _d0
     avg1_0 = _d1
     return (1/2)*C_W*G1*avg0_0*n_l/n_lm1 + (1/8)*C_W*V*avg1_0*n_l/n_lm1
@@ -578,7 +614,7 @@ def vertex_step(Kd, G1, V, C_W, n_l, n_lm1):
 
     .. math:: \frac{\left(C_W^{(\ell+1)}\right)^{2} n_{\ell} \sum_{\beta_{1}\beta_{2}\beta_{3}\beta_{4}} V^{(\ell)}_{(\beta_{1}\beta_{2})(\beta_{3}\beta_{4})} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}} \left\langle \partial_{\beta_{3}}\partial_{\beta_{4}}\!\left[\sigma_{\alpha_{3}} \sigma_{\alpha_{4}}\right] \right\rangle_{K^{(\ell)}}}{4 n_{\ell-1}} - \left(C_W^{(\ell+1)}\right)^{2} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} \left\langle \sigma_{\alpha_{3}} \sigma_{\alpha_{4}} \right\rangle_{K^{(\ell)}} + \left(C_W^{(\ell+1)}\right)^{2} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \sigma_{\alpha_{3}} \sigma_{\alpha_{4}} \right\rangle_{K^{(\ell)}}
     """
-    _d0, _d1, _d2, = _diag_averages(_g1, Kd, ((0, 0), (1, 0), (2, 0)))
+    _d0, _d1, _d2, = _diag_averages(_g2, Kd, ((0, 0), (1, 0), (2, 0)))
     avg0_0 = _d0
     avg1 = _d1
     avg2 = _d2
@@ -630,7 +666,7 @@ def vertex_pairs(K, G1P, VP, C_W, n_l, n_lm1):
     """
     Kd = numpy.diagonal(K)
     a0 = _pair_average(_f17, _f0, K)
-    _d0, _d1, = _diag_averages(_g2, Kd, ((0, 0), (1, 0)))
+    _d0, _d1, = _diag_averages(_g3, Kd, ((0, 0), (1, 0)))
     a1 = _d0[:, None]
     a3 = _d1[:, None]
     a13 = _d0[None, :]
