@@ -167,8 +167,8 @@ class _Accumulator:
         zt = xp.contiguous(xp.swapaxes(z, 1, 2))
         At = (zt[:, :, None, :] * zt[:, None, :, :]).reshape(c, N * N, n)
         A2 = xp.swapaxes(At, 1, 2)
-        S = xp.matmul(zt, z)                               # Σ_i z_i z_i (c, N, N)
-        S2 = S.reshape(c, N * N)
+        S2 = At.sum(axis=2)                                # Σ_i z_i z_i (c, N²)
+        S = S2.reshape(c, N, N)
         same = xp.matmul(At, A2)                           # Σ_i A_i ⊗ A_i (c, N², N²)
         p = (S2[:, :, None] * S2[:, None, :] - same) / (n * (n - 1))   # mean over i != j
         g = xp.host(S / n)                                 # per-network metric
@@ -250,46 +250,49 @@ class _Accumulator:
 
     @staticmethod
     def _estimates(count, g, gg, p, h, fan_in):
-        S = count
+        """G, V, Θ from the sums over ``count`` networks; the arrays may carry a leading axis
+        (one estimate per jackknife sample, ``count`` then an array of that length)."""
+        S = np.reshape(count, np.shape(count) + (1, 1))
+        S4 = S[..., None, None]
         G = g / S
-        U = (np.einsum("ab,gd->abgd", g, g) - gg) / (S * (S - 1))  # E[A]E[B] from distinct networks
-        V = fan_in * (p / S - U)
+        U = (np.einsum("...ab,...gd->...abgd", g, g) - gg) / (S4 * (S4 - 1))  # E[A]E[B], distinct networks
+        V = fan_in * (p / S4 - U)
         Th = None if h is None else h / S
         return G, V, Th
 
     @staticmethod
     def _ntk_estimates(count, g, h, q, hh4, hg, fan_in):
         """A, B, D, F: n (pair average − U-statistic of the means) for A and D; n · pair average
-        for B and F (Ĥ_ij, i ≠ j, has mean zero)."""
-        S = count
-        Uhh = (np.einsum("ab,cd->abcd", h, h) - hh4) / (S * (S - 1))
-        Uhg = (np.einsum("ab,cd->abcd", h, g) - hg) / (S * (S - 1))
+        for B and F (Ĥ_ij, i ≠ j, has mean zero).  A leading axis as in :meth:`_estimates`."""
+        S = np.reshape(count, np.shape(count) + (1, 1, 1, 1))
+        Uhh = (np.einsum("...ab,...cd->...abcd", h, h) - hh4) / (S * (S - 1))
+        Uhg = (np.einsum("...ab,...cd->...abcd", h, g) - hg) / (S * (S - 1))
         return (fan_in * (q["A"] / S - Uhh), fan_in * q["B"] / S,
                 fan_in * (q["D"] / S - Uhg), fan_in * q["F"] / S)
 
     def finish(self, fan_in: float):
+        """The estimates and their jackknife errors: the 20 leave-one-block-out estimates at
+        once, as arrays with a leading axis (the total less each block)."""
         tot = lambda x: None if x is None else x.sum(axis=0)  # noqa: E731
-        G, V, Th = self._estimates(self.count.sum(), tot(self.g), tot(self.gg), tot(self.p),
-                                   tot(self.h), fan_in)
-        jack = []
-        for b in range(BLOCKS):
-            keep = lambda x: None if x is None else x.sum(axis=0) - x[b]  # noqa: E731
-            jack.append(self._estimates(self.count.sum() - self.count[b], keep(self.g),
-                                        keep(self.gg), keep(self.p), keep(self.h), fan_in))
-        def err(k, jack=jack):
-            vals = np.stack([j[k] for j in jack])
+        out = lambda x: None if x is None else x.sum(axis=0) - x  # noqa: E731
+        n_all, n_out = self.count.sum(), self.count.sum() - self.count
+
+        def err(vals):
             return np.sqrt((BLOCKS - 1) / BLOCKS * ((vals - vals.mean(axis=0)) ** 2).sum(axis=0))
+
+        G, V, Th = self._estimates(n_all, tot(self.g), tot(self.gg), tot(self.p), tot(self.h),
+                                   fan_in)
+        jG, jV, jTh = self._estimates(n_out, out(self.g), out(self.gg), out(self.p),
+                                      out(self.h), fan_in)
         ntk4 = dict.fromkeys(f"{k}{e}" for k in self.NTK4 for e in ("", "_err"))
         if self.q is not None:
             args = lambda x: (x(self.g), x(self.h),  # noqa: E731
                               {k: x(v) for k, v in self.q.items()}, x(self.hh4), x(self.hg), fan_in)
-            vals = self._ntk_estimates(self.count.sum(), *args(tot))
-            jk = [self._ntk_estimates(self.count.sum() - self.count[b],
-                                      *args(lambda x, b=b: x.sum(axis=0) - x[b]))
-                  for b in range(BLOCKS)]
+            vals = self._ntk_estimates(n_all, *args(tot))
+            jk = self._ntk_estimates(n_out, *args(out))
             for i, k in enumerate(self.NTK4):
-                ntk4[k], ntk4[f"{k}_err"] = vals[i], err(i, jk)
-        return LayerEstimate(G, err(0), V, err(1), Th, None if Th is None else err(2), **ntk4)
+                ntk4[k], ntk4[f"{k}_err"] = vals[i], err(jk[i])
+        return LayerEstimate(G, err(jG), V, err(jV), Th, None if Th is None else err(jTh), **ntk4)
 
 
 @dataclass(frozen=True)
@@ -410,6 +413,36 @@ class _NumpyBackend:
     def expand(a, shape):
         return np.broadcast_to(a, shape)
 
+    #: up to this many inputs W x is one matrix-vector product per input (BLAS gemv, reading W
+    #: once per input), beyond it one matrix product (gemm, which copies W into its packed
+    #: layout first: twice the time of two gemv's for N = 2)
+    GEMV_INPUTS = 4
+
+    def affine(self, W, xT, b, scale: float = 1.0, c_b: float = 1.0, fill=None):
+        """s W x_α + c_b b for every input α, input-major: W (c, m, n), xT (c, N, n) (input
+        α's activations in row α), b (c, m) → (c, N, m); s = ``scale``.  The products are
+        formed piece by piece (:func:`_pieces`, fixed by the shape); ``fill``, when given, is
+        called with each piece of W (a view) just before it is used — the draws, so that each
+        piece is multiplied while it is still in the cache — and ``b`` is then a callable
+        giving b (drawn after all of W)."""
+        c, m, n = W.shape
+        N = xT.shape[1]
+        out = np.empty((c, N, m), dtype=np.result_type(W, xT))
+        for nets, rows in _pieces(c, m, n):
+            w = W[nets, rows]
+            if fill is not None:
+                fill(w)
+            if N <= self.GEMV_INPUTS:
+                for a in range(N):
+                    np.matmul(w, xT[nets, a, :, None], out=out[nets, a, rows, None])
+            else:
+                np.matmul(xT[nets], np.swapaxes(w, 1, 2), out=out[nets, :, rows])
+        if scale != 1:
+            out *= scale
+        b = b() if callable(b) else b
+        out += (b if c_b == 1 else c_b * b)[:, None, :]
+        return out
+
     def eye(self, n: int):
         return np.eye(n, dtype=self.dtype)
 
@@ -429,6 +462,22 @@ class _NumpyBackend:
 
 
 _NUMPY = _NumpyBackend()
+
+#: floats of W in one piece of the products W x (512 KB, half a core's L2 cache)
+_PIECE = 65536
+
+
+def _pieces(c: int, m: int, n: int) -> list:
+    """(networks, rows) slices cutting weights W (c, m, n) into pieces of about ``_PIECE``
+    floats, in the order of W's elements: k whole networks at a time, or, when one network's
+    W is larger, R of its rows at a time.  They depend on the shape only (a row's product can
+    depend on the piece it is in, through BLAS's kernels), so every path of the sampler forms
+    W x in the same pieces."""
+    if m * n <= _PIECE:
+        k = _PIECE // (m * n)
+        return [(slice(s, min(c, s + k)), slice(None)) for s in range(0, c, k)]
+    R = max(1, _PIECE // n)
+    return [(slice(i, i + 1), slice(r, min(m, r + R))) for i in range(c) for r in range(0, m, R)]
 
 
 class _TorchBackend:
@@ -465,6 +514,14 @@ class _TorchBackend:
     @staticmethod
     def expand(a, shape):
         return a.expand(shape)
+
+    def affine(self, W, xT, b, scale: float = 1.0, c_b: float = 1.0, fill=None):
+        """As :meth:`_NumpyBackend.affine` (without ``fill``): s W x_α + c_b b per input α,
+        input-major (c, N, m)."""
+        out = self.torch.matmul(xT, W.transpose(1, 2))
+        if scale != 1:
+            out = out * scale
+        return out + (b if c_b == 1 else c_b * b)[:, None, :]
 
     def eye(self, n: int):
         return self.torch.eye(n, dtype=self.dtype, device=self.device)
@@ -639,43 +696,75 @@ _LOCAL = threading.local()
 
 
 def _buffer(key, k, shape, dtype=np.float64) -> np.ndarray:
-    """The reused array ``k`` of the draws ``key`` (per thread): no fresh pages for every
-    shard."""
+    """The reused array ``k`` of the draws ``key`` (per thread), of ``shape`` (c networks
+    first): no fresh pages for every shard.  An array made for more networks serves a shard
+    of fewer (its first c, contiguous), so a run's short last shard does not make new ones."""
     bufs = getattr(_LOCAL, "bufs", None)
     if bufs is None or bufs.get("key") != key:
         bufs = _LOCAL.bufs = {"key": key}
-    if k not in bufs:
-        bufs[k] = np.empty(shape, dtype=dtype)
-    return bufs[k]
+    buf = bufs.get(k)
+    if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != tuple(shape[1:]):
+        buf = bufs[k] = np.empty(shape, dtype=dtype)
+    return buf[:shape[0]]
 
 
-def _draw(plan: _Plan, rng, c: int, dtype=np.float64, lazy: bool = False):
-    """The parameters of ``c`` networks, drawn in the order W^{(1)}, b^{(1)}, W^{(2)}, …:
-    (W (c, n_ℓ, n_{ℓ−1}), b (c, n_ℓ)) per layer, scaled by √(C_W/n_{ℓ−1}) and √C_b in float64,
-    then rounded to ``dtype`` (float32: the float64 networks, rounded).  ``lazy``: a
-    generator that draws each layer when asked for it, into one reused array per shape (the
-    caller is done with a layer before it asks for the next; the weights stay in cache);
-    otherwise a list, each layer in an array of its own."""
+def _draw(plan: _Plan, rng, c: int, dtype=np.float64, lazy: bool = False,
+          pieces: bool = False):
+    """The parameters of ``c`` networks, drawn in the order W^{(1)}, b^{(1)}, W^{(2)}, …: per
+    layer (W (c, n_ℓ, n_{ℓ−1}), b (c, n_ℓ), s), the weights being s W.  In float64 W is the
+    standard normals as drawn and s = √(C_W/n_{ℓ−1}), which the forward pass applies to the
+    products W x (c n_ℓ N numbers instead of c n_ℓ n_{ℓ−1}); in float32 W is already scaled
+    (the float64 weights, rounded) and s = 1.  b is scaled by √C_b in float64 (then rounded to
+    ``dtype``).  ``lazy``: a generator that draws each layer when asked for it, into one
+    reused array per shape (the caller is done with a layer before it asks for the next);
+    otherwise a list, each layer in an array of its own.  ``pieces`` (with ``lazy``, for the
+    numpy forward pass): per layer (W, b, s, fill), W not yet drawn: ``fill(w)`` draws the
+    next piece w of it (a view, in the order of W's elements; :meth:`_NumpyBackend.affine`
+    asks for them) and ``b()`` draws b once all of W is drawn — the same numbers as at once."""
     real = type(rng) is np.random.Generator      # a test double only has standard_normal(shape)
+    pieces = pieces and lazy and real
     shapes = tuple(s for n_in, n_l in zip(plan.widths[:-1], plan.widths[1:])
                    for s in ((c, n_l, n_in), (c, n_l)))
-    key = (shapes, np.dtype(dtype).name, lazy)
+    key = (tuple(s[1:] for s in shapes), np.dtype(dtype).name, lazy)
     f64 = np.dtype(dtype) == np.float64
 
-    def one(k, shape):
+    def scale_of(k):
         l, n_in = k // 2 + 1, plan.widths[k // 2]
-        scale = np.sqrt(plan.spec.C_W(l) / n_in) if k % 2 == 0 else np.sqrt(plan.spec.C_b(l))
-        slot = shape if lazy else k
-        raw = _buffer(key, slot if f64 else ("raw", shape), shape)
+        return np.sqrt(plan.spec.C_W(l) / n_in) if k % 2 == 0 else np.sqrt(plan.spec.C_b(l))
+
+    def one(k, shape):
+        scale = scale_of(k)
+        slot = shape[1:] if lazy else k
+        raw = _buffer(key, slot if f64 else ("raw", shape[1:]), shape)
         a = rng.standard_normal(shape, out=raw) if real else rng.standard_normal(shape)
         if f64:
+            if k % 2 == 0:
+                return a, scale
             a *= scale
-            return a
-        return np.multiply(a, scale, out=_buffer(key, slot, shape, dtype), casting="same_kind")
+            return a, 1.0
+        return np.multiply(a, scale, out=_buffer(key, slot, shape, dtype),
+                           casting="same_kind"), 1.0
+
+    def later(k, shape):
+        """Layer k // 2's W, to be drawn piece by piece, and its fill."""
+        W = _buffer(key, shape[1:], shape, dtype)
+        if f64:
+            return W, scale_of(k), lambda w: rng.standard_normal(w.shape, out=w)
+        scale = scale_of(k)
+
+        def fill(w):
+            raw = np.empty(w.shape)
+            np.multiply(rng.standard_normal(w.shape, out=raw), scale, out=w, casting="same_kind")
+        return W, 1.0, fill
 
     def layers():
         for k in range(0, len(shapes), 2):
-            yield one(k, shapes[k]), one(k + 1, shapes[k + 1])
+            if pieces:
+                W, s, fill = later(k, shapes[k])
+                yield W, (lambda k=k: one(k + 1, shapes[k + 1])[0]), s, fill
+            else:
+                (W, s), (b, _) = one(k, shapes[k]), one(k + 1, shapes[k + 1])
+                yield W, b, s
     return layers() if lazy else list(layers())
 
 
@@ -704,8 +793,12 @@ def _run_shard(plan: _Plan, k: int) -> dict:
     acc = {l: _Accumulator(N, plan.ntk) for l in range(1, L + 1)}
     if plan.chunk >= c:
         # one chunk: each layer drawn just before the forward pass needs it
-        chunks = [(0, c, ((xp.asarray(W), xp.asarray(b))
-                          for W, b in _draw(plan, rng, c, dtype, lazy=True)))]
+        if plan.backend == "numpy":     # each piece of W multiplied as soon as it is drawn
+            layers = _draw(plan, rng, c, dtype, lazy=True, pieces=True)
+        else:
+            layers = ((xp.asarray(W), xp.asarray(b), s)
+                      for W, b, s in _draw(plan, rng, c, dtype, lazy=True))
+        chunks = [(0, c, layers)]
     else:
         params = _draw(plan, rng, c, dtype)
         chunks = [(s, min(c, s + plan.chunk), _slices(xp, params, s, min(c, s + plan.chunk)))
@@ -719,8 +812,8 @@ def _run_shard(plan: _Plan, k: int) -> dict:
 
 def _slices(xp, params: list, s: int, e: int):
     """Networks s … e−1 of every layer's parameters, as arrays of ``xp``, layer by layer."""
-    for W, b in params:
-        yield xp.asarray(W[s:e]), xp.asarray(b[s:e])
+    for W, b, scale in params:
+        yield xp.asarray(W[s:e]), xp.asarray(b[s:e]), scale
 
 
 def _progress(enabled: bool, done: int, total: int, t0: float):
@@ -824,33 +917,34 @@ def _forward(spec: MLP, steps: dict, X: np.ndarray, params, ntk: bool, xp=None):
     """The forward pass of c networks of ``spec`` on inputs ``X`` (N × n_0), from the forward
     equation (module docstring).  ``params`` yields, for ℓ = 1 … L in turn, the layer's weights
     W^{(ℓ)} (c, n_ℓ, n_{ℓ−1}) and biases b^{(ℓ)} (c, n_ℓ) — the parameters θ the NTK
-    differentiates by; it is read one layer at a time.  Yields ``(ℓ, z, H)`` per layer: the
-    preactivations z (c, n_ℓ, N) and the NTK Ĥ (c, n_ℓ, n_ℓ, N, N), None when ``ntk`` is false,
-    as arrays of the backend ``xp`` (numpy float64 by default; ``steps`` made for it)."""
+    differentiates by — optionally with a third item s, the weights then being s W, and a
+    fourth, the fill of a W yet to be drawn, b then a callable (as :func:`_draw` gives them);
+    it is read one layer at a time.  Yields ``(ℓ, z, H)`` per layer:
+    the preactivations z (c, n_ℓ, N) and the NTK Ĥ (c, n_ℓ, n_ℓ, N, N), None when ``ntk`` is
+    false, as arrays of the backend ``xp`` (numpy float64 by default; ``steps`` made for it).
+    The pass holds the preactivations and activations input-major, (c, N, n_ℓ), the layout of
+    the products W x_α it forms (:meth:`_NumpyBackend.affine`); z is yielded as a view."""
     xp = xp or _NUMPY
     G0 = X @ X.T / X.shape[1]
-    Xt = xp.asarray(np.ascontiguousarray(X.T))
-    z = None
-    H = None
-    prev = None
-    for l, (W, b) in enumerate(params, 1):
+    XN = xp.asarray(np.ascontiguousarray(X))
+    zT = H = prevT = dsT = None
+    for l, (W, b, *rest) in enumerate(params, 1):
+        s_W = rest[0] if rest else 1.0
+        fill = rest[1] if len(rest) > 1 else None
         c, n_outl, n_in = W.shape
         if l == 1:
-            prev = xp.expand(Xt, (c,) + tuple(Xt.shape))      # (c, n_0, N): layer-0 "activations"
+            prevT = xp.expand(XN, (c,) + tuple(XN.shape))     # (c, N, n_0): layer-0 "activations"
         st = steps.get(l)
         if l > 1:
             with xp.errstate():
-                s = st.g(z)
+                prevT = st.g(zT)
                 if ntk:
-                    ds = st.dg(z)
-            prev = s
-            if st.c != 1:
-                b = st.c * b
+                    dsT = st.dg(zT)
         with xp.errstate():
-            z_new = xp.matmul(W, prev) + b[:, :, None]
+            zT_new = xp.affine(W, prevT, b, s_W, st.c if l > 1 else 1.0, fill)   # (c, N, n_ℓ)
             if l > 1 and st.xi != 0:
-                z_new = st.xi * z + z_new
-        if not xp.all_finite(z_new):
+                zT_new = st.xi * zT + zT_new
+        if not xp.all_finite(zT_new):
             hint = "" if xp.dtype == np.float64 or str(xp.dtype).endswith("float64") else \
                 " (in float32, whose largest number is 3e38: dtype='float64' may get through)"
             raise MonteCarloError(f"layer {l}: preactivations overflowed (NaN/inf); the "
@@ -863,10 +957,12 @@ def _forward(spec: MLP, steps: dict, X: np.ndarray, params, ntk: bool, xp=None):
                 H = xp.expand(H, (c,) + tuple(H.shape[1:]))
             else:
                 lam_b = spec.lambda_b(l) if st.c == 1 else st.c * st.c * spec.lambda_b(l)
-                base = lam_b + spec.lambda_W(l) * xp.einsum("cja,cjb->cab", prev, prev) / n_in
-                H = xp.einsum("ij,cab->cijab", eye, base) + _carried(H, W, ds, st.xi, xp)
-        z = z_new
-        yield l, z, H
+                base = lam_b + spec.lambda_W(l) * xp.einsum("caj,cbj->cab", prevT, prevT) / n_in
+                Ws = W if s_W == 1 else W * s_W
+                H = xp.einsum("ij,cab->cijab", eye, base) + \
+                    _carried(H, Ws, xp.swapaxes(dsT, 1, 2), st.xi, xp)
+        zT = zT_new
+        yield l, xp.swapaxes(zT, 1, 2), H
 
 
 def _network(spec: MLP, X, Ws, bs, ntk: bool = True) -> list:
