@@ -7,6 +7,7 @@ import pytest
 
 from derive import MLP, ResMLP
 from derive.reality import montecarlo as mc
+from derive.reality import shards
 from derive.reality.montecarlo import sample
 
 X2 = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
@@ -67,7 +68,7 @@ def test_sampled_statistics_are_those_of_the_drawn_networks(case, monkeypatch):
     dtype = np.float32 if case == "float32" else np.float64
     spec = (ResMLP(3, 6, "tanh", C_b=0.2, C_W=1.1, xi=1.0, gamma=0.6) if case == "resnet"
             else MLP(3, 7, "tanh", C_b=0.1, C_W=1.3))
-    monkeypatch.setattr(mc, "_SHARD_MAX", 17)               # 3 shards, the last one short
+    monkeypatch.setattr(shards, "_SHARD_MAX", 17)               # 3 shards, the last one short
     if case == "rows":
         monkeypatch.setattr(mc, "_PIECE", 10)               # pieces of 1 row (widths 7, 6)
     width = spec.widths[-1]

@@ -10,6 +10,7 @@ from derive import MLP, ResMLP
 from derive.base.errors import DeriveError
 from derive.reality import distributed
 from derive.reality import montecarlo as mc
+from derive.reality import shards
 from derive.reality.montecarlo import MonteCarloError, sample
 
 X2 = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
@@ -28,14 +29,14 @@ def assert_identical(a, b, fields=FIELDS):
 def small_shards(monkeypatch):
     """Shards of 25 networks for these small widths (so that a few hundred networks make
     several shards, as big runs do); the plan carries the size to the workers."""
-    monkeypatch.setattr(mc, "_SHARD_MAX", 25)
+    monkeypatch.setattr(shards, "_SHARD_MAX", 25)
 
 
 # -- shards and seeds --------------------------------------------------------------------------
 
 def test_shard_size_depends_on_the_widths_only():
     assert mc.shard_size([3, 64, 64, 64]) == mc.shard_size([3, 64, 64, 64])
-    assert mc.shard_size([3, 1024, 1024, 1024]) < mc.shard_size([3, 64, 64, 64]) <= mc._SHARD_MAX
+    assert mc.shard_size([3, 1024, 1024, 1024]) < mc.shard_size([3, 64, 64, 64]) <= shards._SHARD_MAX
     assert mc.shard_size([3, 4096, 4096, 4096, 4096]) == 1
 
 
@@ -109,7 +110,7 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(small_shards, tmp_path, m
     monkeypatch.setattr(distributed, "_stop_after", None)
     ran = []
     real = mc._run_shard
-    monkeypatch.setattr(distributed, "_run_shard", lambda p, k: ran.append(k) or real(p, k))
+    monkeypatch.setattr(mc, "_run_shard", lambda p, k: ran.append(k) or real(p, k))
     resumed = sample(spec, X2, 210, seed=5, progress=False, checkpoint=stem)
     assert ran == list(range(3, 9))                 # only the shards not saved are run
     assert_identical(full, resumed)
@@ -292,3 +293,24 @@ def test_cli_check_flags(tmp_path, capsys):
     assert main(["check", "demo", "--widths", "4", "--samples", "200", "--workers", "0",
                  "--out", str(tmp_path / "out2")]) == 2
     assert "--workers 0: give a whole number ≥ 1" in capsys.readouterr().err
+
+
+def test_no_import_circle_between_sampler_and_runner():
+    """The shard machinery sits below both the sampler and the runner: in a fresh
+    interpreter, importing derive.reality.shards loads neither of them, and importing
+    derive.reality.distributed does not load the sampler (which imports both)."""
+    import subprocess
+    import sys
+
+    def loaded(module):
+        code = (f"import sys, {module}; print(sorted(m for m in ('derive.reality.montecarlo', "
+                "'derive.reality.distributed') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        return out.stdout.strip()
+
+    assert loaded("derive.reality.shards") == "[]"
+    assert loaded("derive.reality.distributed") == "['derive.reality.distributed']"
+    assert loaded("derive.reality.montecarlo") == \
+        "['derive.reality.distributed', 'derive.reality.montecarlo']"
+    assert mc.MonteCarloError is shards.MonteCarloError and mc.BLOCKS == shards.BLOCKS

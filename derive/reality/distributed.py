@@ -1,10 +1,11 @@
 r"""Running the shards of a Monte Carlo ensemble: here, or on Dask workers; checkpoints.
 
 :func:`derive.reality.montecarlo.sample` splits its networks into shards of a size fixed by
-the widths (:func:`~derive.reality.montecarlo.shard_size`), shard k drawn from
-``numpy.random.SeedSequence(seed).spawn(n_shards)[k]``.  :func:`run` computes each shard's
-block sums (:class:`~derive.reality.montecarlo._Accumulator`) and merges them **in shard
-order** on the caller's side, whoever computed them, so that
+the widths (:func:`~derive.reality.shards.shard_size`), shard k drawn from
+``numpy.random.SeedSequence(seed).spawn(n_shards)[k]``.  :func:`run` has each shard's block
+sums (:class:`~derive.reality.shards._Accumulator`) computed by the function it is given
+(the sampler's ``_run_shard``) and merges them **in shard order** on the caller's side,
+whoever computed them, so that
 
 * ``workers=None`` (the shards one after the other in this process), ``workers=1``,
   ``workers=3`` or a remote ``scheduler`` give the same statistics, bit for bit;
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .montecarlo import MonteCarloError, _Accumulator, _Plan, _progress, _run_shard
+from .shards import MonteCarloError, _Accumulator, _Plan, _progress
 
 __all__ = ["run", "connect", "DASK_MISSING"]
 
@@ -163,8 +164,10 @@ def connect(workers=None, scheduler=None):
             c.close()
 
 
-def run(plan: _Plan, *, workers=None, scheduler=None, checkpoint=None, progress=None) -> dict:
-    """The merged block sums {ℓ: _Accumulator} of every shard of ``plan`` (module docstring)."""
+def run(plan: _Plan, shard, *, workers=None, scheduler=None, checkpoint=None,
+        progress=None) -> dict:
+    """The merged block sums {ℓ: _Accumulator} of every shard of ``plan`` (module docstring);
+    ``shard(plan, k)`` computes shard k's (a module-level function, so that Dask can send it)."""
     import sys
 
     done, acc = (0, None) if checkpoint is None else _load(plan, checkpoint)
@@ -197,9 +200,9 @@ def run(plan: _Plan, *, workers=None, scheduler=None, checkpoint=None, progress=
     try:
         if client is None:
             for k in range(done, plan.n_shards):
-                merged(k, _run_shard(plan, k))
+                merged(k, shard(plan, k))
         else:
-            _run_dask(client, plan, done, merged)
+            _run_dask(client, plan, shard, done, merged)
     finally:
         if checkpoint is not None and state["done"] > state["saved"]:
             _save(plan, checkpoint, state["done"], acc)
@@ -208,12 +211,12 @@ def run(plan: _Plan, *, workers=None, scheduler=None, checkpoint=None, progress=
     return acc
 
 
-def _run_dask(client, plan: _Plan, done: int, merged) -> None:
+def _run_dask(client, plan: _Plan, shard, done: int, merged) -> None:
     """Submit one task per remaining shard; merge results in shard order as they arrive."""
     from distributed import as_completed
 
     shared = client.scatter(plan, broadcast=True, hash=False)   # sent to each worker once
-    futures = {client.submit(_shard_state, shared, k, pure=False): k
+    futures = {client.submit(_shard_state, shared, k, shard, pure=False): k
                for k in range(done, plan.n_shards)}
     pending: dict = {}
     nxt = done
@@ -237,6 +240,7 @@ def _run_dask(client, plan: _Plan, done: int, merged) -> None:
         client.cancel(list(futures) + [shared])
 
 
-def _shard_state(plan: _Plan, k: int) -> dict:
-    """A Dask task: shard ``k``'s block sums as plain arrays {ℓ: {name: array}}."""
-    return {l: a.state() for l, a in _run_shard(plan, k).items()}
+def _shard_state(plan: _Plan, k: int, shard) -> dict:
+    """A Dask task: shard ``k``'s block sums (``shard(plan, k)``) as plain arrays
+    {ℓ: {name: array}}."""
+    return {l: a.state() for l, a in shard(plan, k).items()}
