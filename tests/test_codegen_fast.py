@@ -119,8 +119,9 @@ def test_pair_rule_ladder_equals_the_batched_evaluator(act):
     """K and Θ by the ladder of pair rules (tanh: ⟨σσ⟩ and ⟨σ'σ'⟩ in one call per layer on
     rules chosen for both, σ evaluated once per node) against the batched evaluator."""
     spec = derive.MLP(6, 32, act, 0.1, 1.2)
-    grouped = "_symmetric_pairs(_g" in load_generated(spec, ("K", "Theta")).SOURCE
-    assert grouped == (act == "tanh")  # erf's K and Θ averages are closed forms
+    src = load_generated(spec, ("K", "Theta")).SOURCE
+    ntk_step = src[src.index("def ntk_step"):src.index("def ", src.index("def ntk_step") + 4)]
+    assert ("_pair_averages(_g" in ntk_step) == (act == "tanh")  # erf's are closed forms
     X = np.random.default_rng(6).normal(size=(5, 4)) * np.array([[0.3], [1.0], [1.7], [0.8], [1.2]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -201,3 +202,21 @@ def test_blocks_of_rows_give_the_same_numbers(act, monkeypatch):
         for name in ("K", "Theta"):
             for l in range(1, 6):
                 assert np.array_equal(part[name][l], whole[name][l]), (pairs, name, l)
+
+
+def test_grouped_pair_averages_of_the_nlo_steps():
+    """tanh's G1 on all pairs and V on the pair components: every pair quadrature of a step in
+    one call (rules chosen for all, tanh once per node, each average and its swap) against the
+    batched evaluator."""
+    spec = derive.MLP(4, [20, 30, 25], "tanh", 0.1, 1.3)
+    assert "_pair_averages(_g" in load_generated(spec, ("K", "Theta", "G1")).SOURCE
+    X = np.random.default_rng(10).normal(size=(2, 3)) * np.array([[0.6], [1.4]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = _generated(spec, X, 1, True, True)
+        b = iterate_mlp(spec, X, 1, targets=("K", "Theta", "G1", "V"))
+    for name in ("G1", "V"):
+        for l in range(2, 5):
+            ref = np.asarray(b[name][l])
+            scale = max(1.0, np.abs(ref).max())
+            assert np.abs(np.asarray(g[name][l]) - ref).max() <= 1e-9 * scale, (name, l)

@@ -805,15 +805,20 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                       "lines": head + frame.lines,
                       "result": ", ".join(results)})
     ntk = _ntk_steps(d, step, em, local, steps, kinked, rename, extra)
-    # the K and Θ steps' quadrature averages ⟨f(z_p) f(z_q)⟩ (σσ, σ'σ') in one call per layer:
-    # σ evaluated once per node for all of them (a group of their functions)
-    pair_steps = [st for st in steps if st["name"] in ("kernel_step", "ntk_step")]
-    same = list(dict.fromkeys(m.group(1) for st in pair_steps for line in st["lines"]
-                              if (m := re.search(r"_pair_average\((_f\d+), \1, K\)$", line))))
-    if len(same) >= 2 and not kinked:
-        call = f"_symmetric_pairs({em.group(same)}, {tuple(same)!r}, K)"
-        for st in pair_steps:
-            st["lines"].insert(0, call)
+    # a step's pair quadratures in one call on one set of rules: σ evaluated once per node for
+    # all of them (a group of their functions); the K and Θ steps (⟨σσ⟩, ⟨σ'σ'⟩) as one
+    if not kinked:
+        pair_steps = [st for st in steps if st["name"] in ("kernel_step", "ntk_step")]
+        for group in [pair_steps] + [[st] for st in steps if st not in pair_steps]:
+            pairs = list(dict.fromkeys(
+                m.groups() for st in group for line in st["lines"]
+                if (m := re.search(r"_pair_average\((_f\d+), (_f\d+), K\)$", line))))
+            if len(pairs) < 2:
+                continue
+            names = sorted({f for pair in pairs for f in pair}, key=lambda n: int(n[2:]))
+            call = f"_pair_averages({em.group(names)}, {tuple(names)!r}, {tuple(pairs)!r}, K)"
+            for st in group:
+                st["lines"].insert(0, call)
     # K and Θ by blocks of rows when their steps read closed forms only (elementwise in the
     # pair, given the variances); quadrature and moment averages work on whole layers
     blocked = not any(re.search(r"_pair_average\(|_moment_average\(|_diag_average", line)

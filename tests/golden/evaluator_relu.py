@@ -382,20 +382,25 @@ def _smooth_pair(f, g, K, p, q, items=None):
     return val[0] if items is None else val
 
 
-def _symmetric_pairs(g, names, K):
-    """<f_i(z_p) f_i(z_q)> on all pairs for every function f_i of the group g (their names
-    ``names``) on rules chosen for all of them (_smooth_pair): σ evaluated once per node for
-    all the averages of a layer's K and Θ steps; stored where _pair_average finds them."""
-    if (names[0], names[0], id(K)) in _CACHE:
+def _pair_averages(g, names, pairs, K):
+    """<f(z_p) h(z_q)> on all pairs for each (f, h) of ``pairs`` (names among ``names``, the
+    functions of the group g, whose values g computes together: σ once per node for all the
+    pair averages of a step), on rules chosen for all of them (_smooth_pair); stored where
+    _pair_average finds them."""
+    if (*pairs[0], id(K)) in _CACHE:
         return
     N = K.shape[0]
     p, q = numpy.triu_indices(N)
-    vals = _smooth_pair(g, g, K, p, q, [(i, i) for i in range(len(names))])
-    for name, v in zip(names, vals):
+    at = {name: k for k, name in enumerate(names)}
+    items = list(dict.fromkeys(it for f, h in pairs for it in ((at[f], at[h]), (at[h], at[f]))))
+    vals = _smooth_pair(g, g, K, p, q, items)
+    for f, h in pairs:
         out = numpy.empty((N, N))
-        out[p, q] = v
-        out[q, p] = v  # <f(z_q) f(z_p)> = <f(z_p) f(z_q)>
-        _CACHE[(name, name, id(K))] = out
+        out[p, q] = vals[items.index((at[f], at[h]))]
+        # below the diagonal: <f(z_p) h(z_q)> = <h(z_q) f(z_p)>, the swapped average above it
+        out[q, p] = vals[items.index((at[h], at[f]))]
+        _CACHE[(f, h, id(K))] = out
+        _CACHE[(h, f, id(K))] = out.T
 
 
 def _kinked_pair(f, g, K, p, q):

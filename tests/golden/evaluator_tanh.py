@@ -186,6 +186,27 @@ def _g0(z):
 
 
 def _g1(z):
+    """z -> (tanh(z), (2*tanh(z)**2 - 2)*tanh(z), tanh(z)**2 - 1, 2*tanh(z), (tanh(z)**2 - 1)*tanh(z), (3*tanh(z)**2 - 2)*(8*tanh(z)**2 - 8)*tanh(z), (2*tanh(z)**2 - 2)*(3*tanh(z)**2 - 1), (4*tanh(z)**2 - 4)*tanh(z), 2*tanh(z)**2 - 2, (tanh(z)**2 - 1)*(3*tanh(z)**2 - 1), 8*tanh(z), (tanh(z)**2 - 1)*(3*tanh(z)**2 - 2)*tanh(z)), computed together"""
+    t0 = numpy.tanh(z)
+    t1 = t0**2
+    t2 = 2*t1 - 2
+    t3 = t1 - 1
+    t4 = t0*t3
+    t5 = 3*t1
+    t6 = t5 - 2
+    t7 = t5 - 1
+    return (t0, t0*t2, t3, 2*t0, t4, t0*t6*(8*t1 - 8), t2*t7, t0*(4*t1 - 4), t2, t3*t7, 8*t0, t4*t6,)
+
+
+def _g2(z):
+    """z -> (tanh(z), tanh(z)**2, (2*tanh(z)**2 - 2)*tanh(z), tanh(z)**2 - 1, 2*tanh(z), (tanh(z)**2 - 1)*tanh(z), tanh(z)**3), computed together"""
+    t0 = numpy.tanh(z)
+    t1 = t0**2
+    t2 = t1 - 1
+    return (t0, t1, t0*(2*t1 - 2), t2, 2*t0, t0*t2, (t0*t0*t0),)
+
+
+def _g3(z):
     """z -> (2*(tanh(z)**2 - 1)*(3*tanh(z)**2 - 1), 8*(tanh(z)**2 - 1)*(2*(tanh(z)**2 - 1)**2 + 11*(tanh(z)**2 - 1)*tanh(z)**2 + 2*tanh(z)**4)), computed together"""
     t0 = numpy.tanh(z)
     t1 = t0**2
@@ -193,14 +214,14 @@ def _g1(z):
     return (2*t2*(3*t1 - 1), 8*t2*(2*(t0*t0*t0*t0) + 11*t1*t2 + 2*t2**2),)
 
 
-def _g2(z):
+def _g4(z):
     """z -> (2*(tanh(z)**2 - 1)*(3*tanh(z)**2 - 1), tanh(z)**2, tanh(z)**4), computed together"""
     t0 = numpy.tanh(z)
     t1 = t0**2
     return (2*(t1 - 1)*(3*t1 - 1), t1, (t0*t0*t0*t0),)
 
 
-def _g3(z):
+def _g5(z):
     """z -> (tanh(z)**2, 2*(tanh(z)**2 - 1)*(3*tanh(z)**2 - 1)), computed together"""
     t0 = numpy.tanh(z)**2
     return (t0, 2*(t0 - 1)*(3*t0 - 1),)
@@ -371,20 +392,25 @@ def _smooth_pair(f, g, K, p, q, items=None):
     return val[0] if items is None else val
 
 
-def _symmetric_pairs(g, names, K):
-    """<f_i(z_p) f_i(z_q)> on all pairs for every function f_i of the group g (their names
-    ``names``) on rules chosen for all of them (_smooth_pair): σ evaluated once per node for
-    all the averages of a layer's K and Θ steps; stored where _pair_average finds them."""
-    if (names[0], names[0], id(K)) in _CACHE:
+def _pair_averages(g, names, pairs, K):
+    """<f(z_p) h(z_q)> on all pairs for each (f, h) of ``pairs`` (names among ``names``, the
+    functions of the group g, whose values g computes together: σ once per node for all the
+    pair averages of a step), on rules chosen for all of them (_smooth_pair); stored where
+    _pair_average finds them."""
+    if (*pairs[0], id(K)) in _CACHE:
         return
     N = K.shape[0]
     p, q = numpy.triu_indices(N)
-    vals = _smooth_pair(g, g, K, p, q, [(i, i) for i in range(len(names))])
-    for name, v in zip(names, vals):
+    at = {name: k for k, name in enumerate(names)}
+    items = list(dict.fromkeys(it for f, h in pairs for it in ((at[f], at[h]), (at[h], at[f]))))
+    vals = _smooth_pair(g, g, K, p, q, items)
+    for f, h in pairs:
         out = numpy.empty((N, N))
-        out[p, q] = v
-        out[q, p] = v  # <f(z_q) f(z_p)> = <f(z_p) f(z_q)>
-        _CACHE[(name, name, id(K))] = out
+        out[p, q] = vals[items.index((at[f], at[h]))]
+        # below the diagonal: <f(z_p) h(z_q)> = <h(z_q) f(z_p)>, the swapped average above it
+        out[q, p] = vals[items.index((at[h], at[f]))]
+        _CACHE[(f, h, id(K))] = out
+        _CACHE[(h, f, id(K))] = out.T
 
 
 def _kinked_pair(f, g, K, p, q):
@@ -575,7 +601,7 @@ def kernel_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
 
     .. math:: C_W^{(\ell+1)} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} + C_b^{(\ell+1)}
     """
-    _symmetric_pairs(_g0, ('_f0', '_f1'), K)
+    _pair_averages(_g0, ('_f0', '_f1'), (('_f0', '_f0'), ('_f1', '_f1')), K)
     avg0 = _pair_average(_f0, _f0, K)
     _t0 = numpy.multiply(avg0, C_W)
     numpy.add(_t0, C_b, out=_t0)
@@ -587,7 +613,7 @@ def ntk_step(K, Theta, C_b, C_W, lambda_b, lambda_W):
 
     .. math:: C_W^{(\ell+1)} \left\langle \sigma'_{\alpha_{1}} \sigma'_{\alpha_{2}} \right\rangle_{K^{(\ell)}} \Theta^{(\ell)}_{\alpha_{1}\alpha_{2}} + \lambda_W^{(\ell+1)} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} + \lambda_b^{(\ell+1)}
     """
-    _symmetric_pairs(_g0, ('_f0', '_f1'), K)
+    _pair_averages(_g0, ('_f0', '_f1'), (('_f0', '_f0'), ('_f1', '_f1')), K)
     avg0 = _pair_average(_f1, _f1, K)
     avg1 = _pair_average(_f0, _f0, K)
     _t0 = numpy.multiply(avg1, lambda_W)
@@ -603,7 +629,7 @@ def metric_correction_step(Kd, G1, V, C_W, n_l, n_lm1):
 
     .. math:: \frac{C_W^{(\ell+1)} n_{\ell} \sum_{\beta_{1}\beta_{2}} G^{\{1\}(\ell)}_{\beta_{1}\beta_{2}} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}}}{2 n_{\ell-1}} + \frac{C_W^{(\ell+1)} n_{\ell} \sum_{\beta_{1}\beta_{2}\beta_{3}\beta_{4}} V^{(\ell)}_{(\beta_{1}\beta_{2})(\beta_{3}\beta_{4})} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\partial_{\beta_{3}}\partial_{\beta_{4}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}}}{8 n_{\ell-1}}
     """
-    _d0, _d1, = _diag_averages(_g1, Kd, ((0, 0), (1, 0)))
+    _d0, _d1, = _diag_averages(_g3, Kd, ((0, 0), (1, 0)))
     avg0_0 = _d0
     avg1_0 = _d1
     return (1/2)*C_W*G1*avg0_0*n_l/n_lm1 + (1/8)*C_W*V*avg1_0*n_l/n_lm1
@@ -614,7 +640,7 @@ def vertex_step(Kd, G1, V, C_W, n_l, n_lm1):
 
     .. math:: \frac{\left(C_W^{(\ell+1)}\right)^{2} n_{\ell} \sum_{\beta_{1}\beta_{2}\beta_{3}\beta_{4}} V^{(\ell)}_{(\beta_{1}\beta_{2})(\beta_{3}\beta_{4})} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}} \left\langle \partial_{\beta_{3}}\partial_{\beta_{4}}\!\left[\sigma_{\alpha_{3}} \sigma_{\alpha_{4}}\right] \right\rangle_{K^{(\ell)}}}{4 n_{\ell-1}} - \left(C_W^{(\ell+1)}\right)^{2} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} \left\langle \sigma_{\alpha_{3}} \sigma_{\alpha_{4}} \right\rangle_{K^{(\ell)}} + \left(C_W^{(\ell+1)}\right)^{2} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \sigma_{\alpha_{3}} \sigma_{\alpha_{4}} \right\rangle_{K^{(\ell)}}
     """
-    _d0, _d1, _d2, = _diag_averages(_g2, Kd, ((0, 0), (1, 0), (2, 0)))
+    _d0, _d1, _d2, = _diag_averages(_g4, Kd, ((0, 0), (1, 0), (2, 0)))
     avg0_0 = _d0
     avg1 = _d1
     avg2 = _d2
@@ -626,6 +652,7 @@ def metric_correction_pairs(K, G1P, VP, C_W, n_l, n_lm1):
 
     .. math:: \frac{C_W^{(\ell+1)} n_{\ell} \sum_{\beta_{1}\beta_{2}} G^{\{1\}(\ell)}_{\beta_{1}\beta_{2}} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}}}{2 n_{\ell-1}} + \frac{C_W^{(\ell+1)} n_{\ell} \sum_{\beta_{1}\beta_{2}\beta_{3}\beta_{4}} V^{(\ell)}_{(\beta_{1}\beta_{2})(\beta_{3}\beta_{4})} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\partial_{\beta_{3}}\partial_{\beta_{4}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}}}{8 n_{\ell-1}}
     """
+    _pair_averages(_g1, ('_f0', '_f6', '_f7', '_f8', '_f9', '_f10', '_f11', '_f12', '_f13', '_f14', '_f15', '_f16'), (('_f6', '_f0'), ('_f7', '_f7'), ('_f8', '_f9'), ('_f10', '_f0'), ('_f11', '_f7'), ('_f12', '_f9'), ('_f13', '_f14'), ('_f15', '_f16')), K)
     Kd = numpy.diagonal(K)
     a0 = _pair_average(_f6, _f0, K)
     G1_00 = G1P[0, 0]
@@ -664,9 +691,10 @@ def vertex_pairs(K, G1P, VP, C_W, n_l, n_lm1):
 
     .. math:: \frac{\left(C_W^{(\ell+1)}\right)^{2} n_{\ell} \sum_{\beta_{1}\beta_{2}\beta_{3}\beta_{4}} V^{(\ell)}_{(\beta_{1}\beta_{2})(\beta_{3}\beta_{4})} \left\langle \partial_{\beta_{1}}\partial_{\beta_{2}}\!\left[\sigma_{\alpha_{1}} \sigma_{\alpha_{2}}\right] \right\rangle_{K^{(\ell)}} \left\langle \partial_{\beta_{3}}\partial_{\beta_{4}}\!\left[\sigma_{\alpha_{3}} \sigma_{\alpha_{4}}\right] \right\rangle_{K^{(\ell)}}}{4 n_{\ell-1}} - \left(C_W^{(\ell+1)}\right)^{2} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \right\rangle_{K^{(\ell)}} \left\langle \sigma_{\alpha_{3}} \sigma_{\alpha_{4}} \right\rangle_{K^{(\ell)}} + \left(C_W^{(\ell+1)}\right)^{2} \left\langle \sigma_{\alpha_{1}} \sigma_{\alpha_{2}} \sigma_{\alpha_{3}} \sigma_{\alpha_{4}} \right\rangle_{K^{(\ell)}}
     """
+    _pair_averages(_g2, ('_f0', '_f4', '_f6', '_f7', '_f8', '_f9', '_f17'), (('_f17', '_f0'), ('_f0', '_f0'), ('_f6', '_f0'), ('_f7', '_f7'), ('_f8', '_f9'), ('_f4', '_f4')), K)
     Kd = numpy.diagonal(K)
     a0 = _pair_average(_f17, _f0, K)
-    _d0, _d1, = _diag_averages(_g3, Kd, ((0, 0), (1, 0)))
+    _d0, _d1, = _diag_averages(_g5, Kd, ((0, 0), (1, 0)))
     a1 = _d0[:, None]
     a3 = _d1[:, None]
     a13 = _d0[None, :]
