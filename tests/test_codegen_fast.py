@@ -159,8 +159,7 @@ def test_expansion_estimate_on_a_subset_of_inputs(monkeypatch):
 @pytest.mark.parametrize("act", ["tanh", "erf"])
 def test_single_input_ladder_and_grouped_functions(act):
     """The single-input averages (one call per step for all its functions, the rule chosen by
-    the ladder on the inputs of smallest and largest variance, from the previous layer's rung
-    on): G1_αα and V_(αα)(αα) against the batched evaluator, over variances from about 0.2 to 10
+    the ladder at the input of largest variance, kept while no variance exceeds it): G1_αα and V_(αα)(αα) against the batched evaluator, over variances from about 0.2 to 10
     (a rule that suits the small ones fails the large ones), and evaluate(diagonal_of=…)
     equal to the same inputs of the full run."""
     spec = derive.MLP(5, 32, act, 0.1, 1.5)

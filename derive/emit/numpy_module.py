@@ -25,7 +25,11 @@ What it contains is printed from the derivation, not written by hand:
   single derivatives ⟨∂_β F⟩ by Hermite weights y_β (kinked σ; ⟨z F⟩/K on one variable);
   without NTK targets the module is what it was;
 * every average ⟨f(z1) g(z2)⟩ as a closed form of ``rules/kernels`` where one applies
-  (printed inline), else a call of the fixed separable quadrature with precomputed nodes;
+  (printed as straight-line code with few temporaries, :mod:`derive.emit.fused`, and for K
+  and Θ evaluated in blocks of rows when N is large), exact quadrant moments where f and g
+  are polynomials on each half-line, else the separable quadrature with precomputed rules;
+  a step's quadratures (pairs, and single inputs) are one call on a group of their
+  functions, σ evaluated once per node (:meth:`_Emitter.group`);
 * σ and the functions under the averages as numpy code (:class:`NumpyPrinter`).
 
 Four-index components with three or four distinct samples are not emitted (predict
@@ -862,8 +866,8 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
     else:
         note = (f"closed forms of rules/kernels where they apply, {exact}else quadrature (pairs: "
                 "Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, "
-                f"chosen to reach {tol:g}; single inputs: the same rules, chosen on the "
-                "inputs of smallest and largest variance)")
+                f"chosen to reach {tol:g}; single inputs: the same rules and two finer ones, chosen "
+                "at the input of largest variance)")
     return render("evaluator.py.j2", activation_name=act.name, version=_version(),
                   activation_repr=repr(sp.sstr(act.expr)), defaults_repr=repr(defaults),
                   rules2=rules2, tol=repr(tol),

@@ -11,7 +11,7 @@ Imports only numpy and scipy.  Conventions: docs/conventions.md (PDLT).  ``evalu
   sample sums of their recursions run only over the samples of the averaged functions),
 
 layer by layer from K^{(1)} = C_b + C_W G^{(0)}, Θ^{(1)} = λ_b + λ_W G^{(0)}, G1^{(1)} = V^{(1)} = 0.
-Gaussian averages: closed forms of rules/kernels where they apply, else quadrature (pairs: Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, chosen to reach 3e-13; single inputs: the same rules, chosen on the inputs of smallest and largest variance)
+Gaussian averages: closed forms of rules/kernels where they apply, else quadrature (pairs: Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, chosen to reach 3e-13; single inputs: the same rules and two finer ones, chosen at the input of largest variance)
 """
 import numpy
 import scipy.special
