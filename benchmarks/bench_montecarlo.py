@@ -11,9 +11,13 @@ executed as scripts in a subprocess without the Jupyter kernel start-up.
     python benchmarks/run.py montecarlo --quick   # widths 64, 256
 
 Each time is the best of a few repeats, the contenders run in turn (other processes on the
-machine add noise); the ratio is the plain float64 loop's time over ``sample``'s (for the
-float32 rows too), ≥ 1 meaning the sampler is at least as fast.  The plain loop gets the
-better of two chunk sizes (the sampler's shard, and 4 times that).
+machine add noise).  The sampler and the plain loop are timed in CPU seconds of this process:
+both run single-threaded (OPENBLAS_NUM_THREADS=1), so that is their wall time on an idle
+machine, without the time other processes take the core away; the Dask rows are timed in
+wall seconds (their work is done in other processes).  The ratio is the plain float64 loop's
+time over ``sample``'s (for the float32 rows too), ≥ 1 meaning the sampler is at least as
+fast.  The plain loop gets the better of two chunk sizes (the sampler's shard, and 4 times
+that).
 
 What the two do with the same draws (numpy's standard normals, ~85-90 % of either's time):
 the plain loop draws each W and b into a fresh array, scales it, and forms W h for both
@@ -67,14 +71,14 @@ def _best(fn, repeats: int) -> float:
 
 
 def _best_interleaved(fns: dict, repeats: int) -> dict:
-    """Best time of each function, run in turn (a b c a b c …), so that a burst of load from
-    other processes does not fall on one of them only."""
+    """Best CPU time of each function (seconds of this process), run in turn (a b c a b c …),
+    so that a burst of load from other processes does not fall on one of them only."""
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
+            best[k] = min(best[k], time.process_time() - t0)
     return best
 
 
