@@ -194,7 +194,7 @@ def _hoist(lines: list[str], name: str, call: str) -> str:
     computed once); returns the variable holding it."""
     for line in lines:
         var, _, rhs = line.partition(" = ")
-        if rhs == call:
+        if rhs == call and not var.startswith("_t"):  # _t…: temporaries worked on in place
             return var
     lines.append(f"{name} = {call}")
     return name
@@ -403,6 +403,8 @@ class _PairFrame:
         self.em, self.kinked = em, kinked
         self.lines: list[str] = []
         self.memo: dict = {}
+        #: the one-variable averages (a column or a row, broadcast against the N × N arrays)
+        self.vectors: set = set()
 
     def _name(self, stem: str) -> str:
         return f"{stem}{len(self.lines)}"
@@ -420,6 +422,7 @@ class _PairFrame:
             call = _diag_call(self.em, h.xreplace({_PZ[k]: _Z}), "under the average", hermite)
             call += "[:, None]" if k == 0 else "[None, :]"
             out = sp.Symbol(_hoist(self.lines, self._name("a"), call))
+            self.vectors.add(out)
         else:
             out = sp.Symbol(_emit_separable_average(self.em, self.lines, self._name("a"), h,
                                                     list(_PZ), self.kinked))
@@ -448,7 +451,7 @@ class _PairFrame:
             H = sp.Poly(sp.expand(_hermite_weight(idx)), *_PZ)
             terms = [self._powers(c) * self.average(F * _PZ[0] ** i * _PZ[1] ** j)
                      for (i, j), c in sorted(H.terms())]
-            out = sp.Symbol(_hoist(self.lines, self._name("d"), self.em.code(sp.Add(*terms))))
+            out = sp.Symbol(self._fused(sp.Add(*terms), self._name("d")))
         self.memo[key] = out
         return out
 
@@ -522,9 +525,24 @@ class _PairFrame:
         out = expr.xreplace(reps)
         # one product per distinct derivative array: Σ_β V_β d_β with many β sharing one d
         shared = sorted((x for x in out.free_symbols if str(x).startswith("d")), key=str)
-        if shared:
-            out = sp.collect(sp.expand(out), shared)
-        return self.em.code(out)
+        if shared:  # (each coefficient with its scalar factor taken out of the sum)
+            parts = sp.collect(sp.expand(out), shared, evaluate=False)
+            out = sp.Add(*(d * sp.factor_terms(c) for d, c in
+                           sorted(parts.items(), key=lambda dc: default_sort_key(dc[0]))))
+        return self._fused(out)
+
+    def _fused(self, expr: sp.Expr, name: str | None = None) -> str:
+        """Append the lines computing ``expr`` with few temporaries (the scalar factors of each
+        product folded first; :func:`~derive.emit.fused.fused_lines`); returns the variable
+        holding it (``name`` when given)."""
+        matrices = {x for x in expr.free_symbols if x not in self.vectors
+                    and str(x) not in _SCALAR_VALUES and not re.fullmatch(r"s\d+", str(x))}
+        lines, result = fused_lines(self.em.printer, expr, matrices, f"_t{len(self.lines)}_")
+        self.lines.extend(lines)
+        if name is not None:
+            self.lines.append(f"{name} = {result}")
+            return name
+        return result
 
 
 #: the permutations of the sample indices under which each symmetry keeps a quantity
