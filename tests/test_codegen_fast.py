@@ -219,3 +219,38 @@ def test_grouped_pair_averages_of_the_nlo_steps():
             ref = np.asarray(b[name][l])
             scale = max(1.0, np.abs(ref).max())
             assert np.abs(np.asarray(g[name][l]) - ref).max() <= 1e-9 * scale, (name, l)
+
+
+def test_fused_lines_compute_the_expression_and_leave_the_inputs_alone():
+    """derive.emit.fused prints an elementwise expression as in-place statements: the same
+    numbers as the expression evaluated by numpy directly, and the input arrays unchanged."""
+    import sympy as sp
+
+    from derive.emit.fused import fused_lines
+    from derive.emit.numpy_module import NumpyPrinter
+
+    A, B, C = sp.symbols("A B C")  # N × N arrays
+    u, v = sp.symbols("u v")  # a column and a row
+    c = sp.Symbol("c")  # a scalar
+    exprs = [
+        2 * sp.asin(2 * A / sp.sqrt((2 * u + 1) * (2 * v + 1))) / sp.pi,
+        1 / sp.sqrt(-4 * A ** 2 + (2 * u + 1) * (2 * v + 1)),
+        c * B * (A * (sp.pi - C) + sp.sqrt(1 - A ** 2)) / (2 * sp.pi),
+        1 - A, c / A, -A - B, A * B * C * u * v * c - A / B + 3,
+        sp.exp(-A ** 2) * sp.erf(B) + u * v, (A + B) ** 3, A, A ** sp.Rational(-1, 2),
+    ]
+    rng = np.random.default_rng(11)
+    env = {"numpy": np, "scipy": __import__("scipy.special"), "A": rng.uniform(0.1, 0.5, (4, 4)),
+           "B": rng.uniform(0.2, 0.9, (4, 4)), "C": rng.uniform(0.0, 3.0, (4, 4)),
+           "u": rng.uniform(0.5, 2.0, (4, 1)), "v": rng.uniform(0.5, 2.0, (1, 4)), "c": 0.7}
+    printer = NumpyPrinter()
+    for e in exprs:
+        ref = eval(printer.doprint(e), dict(env))  # noqa: S307 - our own test expression
+        inputs = {k: np.copy(env[k]) for k in "ABCuv"}
+        local = dict(env)
+        lines, out = fused_lines(printer, e, {A, B, C}, "_t")
+        exec("\n".join(lines), local)  # noqa: S102 - our own test expression
+        got = eval(out, local)  # noqa: S307
+        assert np.allclose(got, ref, rtol=1e-14, atol=0), e
+        for k, arr in inputs.items():
+            assert np.array_equal(local[k], arr), (e, k)
