@@ -72,9 +72,9 @@ class _Accumulator:
     def add(self, blocks: np.ndarray, z, H, xp):
         """z: (c, n, N) preactivations of c networks; H: their NTK (c, n, n, N, N) or None,
         as arrays of the backend ``xp`` (:mod:`derive.reality.montecarlo`'s numpy or torch
-        backend).  The per-network statistics are
-        formed in float64 whatever the dtype of the forward pass (on the backend's device),
-        and only they (c × N⁴ numbers) come back to the host, where the block sums are made."""
+        backend).  The per-network statistics are formed in float64 whatever the dtype of
+        the forward pass (on the backend's device), and only they (c × N⁴ numbers) come back
+        to the host, where the block sums are made."""
         z = xp.f64(z)
         n = z.shape[1]
         c, _, N = z.shape
