@@ -37,6 +37,7 @@ evaluates V, A, B, D, F of N ≥ 3 inputs with :mod:`derive.numeric.evaluate`).
 """
 from __future__ import annotations
 
+import inspect
 import re
 from functools import lru_cache
 
@@ -46,7 +47,8 @@ from sympy.core.sorting import default_sort_key
 from sympy.printing.numpy import SciPyPrinter
 
 from ..activations.gaussian import _PANELS as _GAUSS_PANELS
-from ..activations.gaussian import _classify, _closed_form_plan, separable_terms
+from ..activations.gaussian import (_classify, _closed_form_plan, _half_line_polynomials,
+                                    separable_terms)
 from ..algebra.symbols import (GROUPS, DerivativeContraction, GaussianAverage, RandomVar,
                                sample_indices)
 from ..base.errors import DeriveError
@@ -248,21 +250,13 @@ def _classify_base(base: sp.Expr):
 @lru_cache(maxsize=1024)
 def _piecewise_polynomial(f: sp.Expr):
     """((P₊), (P₋)): the coefficients (lowest degree first, as floats) of the polynomials that
-    the one-variable ``f`` equals for z > 0 and for z < 0, when it is a polynomial on each
-    half-line — σ of the scale-invariant family (ReLU, leaky ReLU, linear: a kink at 0 only)
-    and products of such σ, their derivatives and polynomials; else None (a kink elsewhere, or
-    any other function)."""
-    u = sp.Symbol("u", positive=True)
-    sides = []
-    for side in (1, -1):
-        h = sp.expand(f.xreplace({_Z: side * u}))
-        if not h.is_polynomial(u):
-            return None
-        coeffs = sp.Poly(h, u).all_coeffs()[::-1] if h.has(u) else [h]
-        if not all(c.is_number and c.is_real for c in coeffs):
-            return None
-        sides.append(tuple(float(side ** m * c) for m, c in enumerate(coeffs)))
-    return tuple(sides)
+    the one-variable ``f`` (of z) equals for z > 0 and for z < 0, when it is a polynomial on
+    each half-line — σ of the scale-invariant family (ReLU, leaky ReLU, linear: a kink at 0
+    only) and products of such σ, their derivatives and polynomials; else None (a kink
+    elsewhere, or any other function).  The batched route's decomposition
+    (:func:`derive.activations.gaussian._half_line_polynomials`), so both routes take the
+    same averages as exact moments."""
+    return _half_line_polynomials(f, _Z)
 
 
 def _diag_call(em: _Emitter, f: sp.Expr, what: str, hermite: int = 0) -> str:
@@ -886,6 +880,11 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                 "Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, "
                 f"chosen to reach {tol:g}; single inputs: the same rules and two finer ones, chosen "
                 "at the input of largest variance)")
+    # the exact moments' recursion, printed from its one source (plain numpy, no imports)
+    from ..numeric import moments
+
+    moments_source = "\n\n\n".join(inspect.getsource(fn).rstrip() for fn in
+                                  (moments.half_moments, moments.quadrant_moment_table))
     return render("evaluator.py.j2", activation_name=act.name, version=_version(),
                   activation_repr=repr(sp.sstr(act.expr)), defaults_repr=repr(defaults),
                   rules2=rules2, tol=repr(tol),
@@ -901,7 +900,7 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                   equation=(f"z' = {sp.sstr(spec.equation.expr.xreplace(rename))}"
                             if spec.equation.name != "mlp" else ""),
                   kind="MLP" if spec.equation.name == "mlp" else "network", ntk=ntk,
-                  blocked=blocked)
+                  blocked=blocked, moments_source=moments_source)
 
 
 @lru_cache(maxsize=16)

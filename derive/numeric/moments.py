@@ -24,43 +24,69 @@ from __future__ import annotations
 
 import numpy
 
-__all__ = ["half_moment", "quadrant_moments", "orthant_probability", "orthant_moments"]
+__all__ = ["half_moments", "half_moment", "quadrant_moment_table", "quadrant_moments",
+           "orthant_probability", "orthant_moments"]
+
+
+def half_moments(v, top, scale=1.0):
+    """[scale ⟨x^k ; x > 0⟩ for k = 0 … top], x ~ N(0, v), v ≥ 0 (array): v^(k/2) (k−1)!! times
+    1/2 (k even) or 1/sqrt(2π) (k odd), the powers of sqrt(v) by products (a fractional power
+    costs many); 1/2 for k = 0 also at v = 0, the limit of a degenerate pair."""
+    root = numpy.sqrt(v)
+    double = [1.0, 1.0]  # (k − 1)!!
+    for k in range(2, top + 1):
+        double.append((k - 1) * double[k - 2])
+    out, power = [], scale
+    for k in range(top + 1):
+        out.append(power * (double[k] * (0.5 if k % 2 == 0 else 1.0 / numpy.sqrt(2 * numpy.pi))))
+        power = power * root
+    return out
 
 
 def half_moment(k, v):
-    """⟨x^k ; x > 0⟩ for x ~ N(0, v), v ≥ 0 (array): v^(k/2) (k−1)!! times 1/2 (k even) or
-    1/sqrt(2π) (k odd); 1/2 for k = 0 also at v = 0, the limit of a degenerate pair."""
-    double = 1.0
-    for j in range(k - 1, 0, -2):
-        double *= j
-    return v ** (k / 2) * double * (0.5 if k % 2 == 0 else 1.0 / numpy.sqrt(2 * numpy.pi))
+    """⟨x^k ; x > 0⟩ for x ~ N(0, v), v ≥ 0 (array) (:func:`half_moments`)."""
+    return half_moments(numpy.asarray(v, dtype=float), k)[k]
+
+
+def quadrant_moment_table(A, B, C, top, rho=None):
+    """moment(m, k) = ⟨x^m y^k ; x > 0, y > 0⟩ for (x, y) ~ N(0, [[A, C], [C, B]]) (arrays that
+    broadcast together, A > 0, B > 0, C² ≤ AB), m, k ≤ top: exact, from the quadrant
+    probability 1/4 + arcsin(ρ)/(2π) (ρ = C / sqrt(AB) unless given) by Gaussian integration
+    by parts, which lowers m (or k) and leaves the boundary terms ⟨y^k ; y > 0 given x = 0⟩
+    p_x(0) of the kink at 0 (and the same with x, y exchanged).  Stable up to ρ = ±1 (the
+    conditional variances are clipped at 0).  Each entry, and those it recurses on, is
+    computed when first asked for."""
+    if rho is None:
+        rho = numpy.clip(C / numpy.sqrt(A * B), -1.0, 1.0)
+    # the boundary terms: x = 0 (D1[k]) and y = 0 (D2[m]), with the conditional variance of the
+    # other variable
+    D1 = half_moments(numpy.maximum(B - C * C / A, 0.0), top, 1.0 / numpy.sqrt(2 * numpy.pi * A))
+    D2 = half_moments(numpy.maximum(A - C * C / B, 0.0), top, 1.0 / numpy.sqrt(2 * numpy.pi * B))
+    memo = {}
+
+    def moment(m, k):
+        if (m, k) not in memo:
+            if m == 0 and k == 0:
+                value = 0.25 + numpy.arcsin(rho) / (2 * numpy.pi)
+            elif m == 0:
+                value = B * ((k - 1) * moment(0, k - 2) if k >= 2 else D2[0]) + C * D1[k - 1]
+            else:
+                value = (A * ((m - 1) * moment(m - 2, k) if m >= 2 else D1[k])
+                         + C * (k * moment(m - 1, k - 1) if k >= 1 else D2[m - 1]))
+            memo[m, k] = value
+        return memo[m, k]
+
+    return moment
 
 
 def quadrant_moments(A, B, C, top):
-    """M[m][k] = ⟨x^m y^k ; x > 0, y > 0⟩ for (x, y) ~ N(0, [[A, C], [C, B]]) (arrays of one
-    shape, A > 0, B > 0, C² ≤ AB), for m, k ≤ top: exact, from the quadrant probability
-    1/4 + arcsin(ρ)/(2π) by Gaussian integration by parts, which lowers m (or k) and leaves the
-    boundary terms ⟨y^k ; y > 0 given x = 0⟩ p_x(0) of the kink at 0 (and the same with x, y
-    exchanged).  Stable up to ρ = ±1 (the conditional variances are clipped at 0)."""
+    """M[m][k] = ⟨x^m y^k ; x > 0, y > 0⟩ for m, k ≤ top, all of them
+    (:func:`quadrant_moment_table`)."""
     A = numpy.asarray(A, dtype=float)
     B = numpy.asarray(B, dtype=float)
     C = numpy.asarray(C, dtype=float)
-    rho = numpy.clip(C / numpy.sqrt(A * B), -1.0, 1.0)
-    # the boundary terms: x = 0 (D1[k]) and y = 0 (D2[m]), with the conditional variance of the
-    # other variable
-    cond_y = numpy.maximum(B - C * C / A, 0.0)
-    cond_x = numpy.maximum(A - C * C / B, 0.0)
-    D1 = [half_moment(k, cond_y) / numpy.sqrt(2 * numpy.pi * A) for k in range(top + 1)]
-    D2 = [half_moment(m, cond_x) / numpy.sqrt(2 * numpy.pi * B) for m in range(top + 1)]
-    M = [[None] * (top + 1) for _ in range(top + 1)]
-    M[0][0] = 0.25 + numpy.arcsin(rho) / (2 * numpy.pi)
-    for k in range(1, top + 1):
-        M[0][k] = B * ((k - 1) * M[0][k - 2] if k >= 2 else D2[0]) + C * D1[k - 1]
-    for m in range(1, top + 1):
-        for k in range(top + 1):
-            M[m][k] = (A * ((m - 1) * M[m - 2][k] if m >= 2 else D1[k])
-                       + C * (k * M[m - 1][k - 1] if k >= 1 else D2[m - 1]))
-    return M
+    moment = quadrant_moment_table(A, B, C, top)
+    return [[moment(m, k) for k in range(top + 1)] for m in range(top + 1)]
 
 
 #: Gauss–Legendre points per panel of the path integral of the four-variable orthant

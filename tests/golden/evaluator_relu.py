@@ -166,10 +166,11 @@ def _closed(fn, K):
 MOMENTS_TOP = 5
 
 
-def _half_moments(v, top, scale=1.0):
-    """[scale <x^k ; x > 0> for k = 0 … top], x ~ N(0, v) (v ≥ 0): v^(k/2) (k−1)!! times 1/2
-    (k even) or 1/sqrt(2π) (k odd), the powers of sqrt(v) by products (a fractional power
-    costs many); 1/2 for k = 0 also at v = 0, the limit of the pairs with |ρ| → 1."""
+# from derive/numeric/moments.py, as written there (the batched route uses the same functions)
+def half_moments(v, top, scale=1.0):
+    """[scale ⟨x^k ; x > 0⟩ for k = 0 … top], x ~ N(0, v), v ≥ 0 (array): v^(k/2) (k−1)!! times
+    1/2 (k even) or 1/sqrt(2π) (k odd), the powers of sqrt(v) by products (a fractional power
+    costs many); 1/2 for k = 0 also at v = 0, the limit of a degenerate pair."""
     root = numpy.sqrt(v)
     double = [1.0, 1.0]  # (k − 1)!!
     for k in range(2, top + 1):
@@ -181,12 +182,43 @@ def _half_moments(v, top, scale=1.0):
     return out
 
 
+def quadrant_moment_table(A, B, C, top, rho=None):
+    """moment(m, k) = ⟨x^m y^k ; x > 0, y > 0⟩ for (x, y) ~ N(0, [[A, C], [C, B]]) (arrays that
+    broadcast together, A > 0, B > 0, C² ≤ AB), m, k ≤ top: exact, from the quadrant
+    probability 1/4 + arcsin(ρ)/(2π) (ρ = C / sqrt(AB) unless given) by Gaussian integration
+    by parts, which lowers m (or k) and leaves the boundary terms ⟨y^k ; y > 0 given x = 0⟩
+    p_x(0) of the kink at 0 (and the same with x, y exchanged).  Stable up to ρ = ±1 (the
+    conditional variances are clipped at 0).  Each entry, and those it recurses on, is
+    computed when first asked for."""
+    if rho is None:
+        rho = numpy.clip(C / numpy.sqrt(A * B), -1.0, 1.0)
+    # the boundary terms: x = 0 (D1[k]) and y = 0 (D2[m]), with the conditional variance of the
+    # other variable
+    D1 = half_moments(numpy.maximum(B - C * C / A, 0.0), top, 1.0 / numpy.sqrt(2 * numpy.pi * A))
+    D2 = half_moments(numpy.maximum(A - C * C / B, 0.0), top, 1.0 / numpy.sqrt(2 * numpy.pi * B))
+    memo = {}
+
+    def moment(m, k):
+        if (m, k) not in memo:
+            if m == 0 and k == 0:
+                value = 0.25 + numpy.arcsin(rho) / (2 * numpy.pi)
+            elif m == 0:
+                value = B * ((k - 1) * moment(0, k - 2) if k >= 2 else D2[0]) + C * D1[k - 1]
+            else:
+                value = (A * ((m - 1) * moment(m - 2, k) if m >= 2 else D1[k])
+                         + C * (k * moment(m - 1, k - 1) if k >= 1 else D2[m - 1]))
+            memo[m, k] = value
+        return memo[m, k]
+
+    return moment
+
+
 def _diag_moment_average(f, Kd, hermite=0):
     """<f(z) He_r(z/sqrt(K))> / K^{r/2} over N(0, K_αα) for each input α (r = hermite), exact,
     for f polynomial on each half-line, given as (coefficients for z > 0, for z < 0), lowest
     degree first: sums of half-line moments."""
     weight = {0: (1.0,), 2: (-1.0, 0.0, 1.0), 4: (3.0, 0.0, -6.0, 0.0, 1.0)}[hermite]
-    half = _half_moments(Kd, max(len(fc) for fc in f) + len(weight) - 2)
+    half = half_moments(Kd, max(len(fc) for fc in f) + len(weight) - 2)
     out = numpy.zeros_like(Kd)
     for side, fc in zip((1, -1), f):
         for m, a in enumerate(fc):
@@ -198,36 +230,13 @@ def _diag_moment_average(f, Kd, hermite=0):
 
 def _quadrant_moments(K, sign):
     """moment(m, k) = <z_p^m z_q^k ; z_p > 0, z_q > 0> over N(0, [[K_pp, s K_pq], [s K_pq, K_qq]])
-    (s = sign) on all pairs, for m, k ≤ MOMENTS_TOP: exact, from the orthant probability
-    1/4 + arcsin(s ρ)/(2π) by Gaussian integration by parts, which lowers m (or k) and leaves
-    the boundary terms <z_q^k ; z_q > 0 | z_p = 0> p(z_p = 0) of the kink at 0; each entry
-    (and those it recurses on) computed when first asked for, once per layer."""
+    (s = sign) on all pairs, m, k ≤ MOMENTS_TOP (quadrant_moment_table, with ρ exactly ±1 on the
+    diagonal), once per layer."""
     key = ("moments", sign, id(K))
     if key not in _CACHE:
-        A = numpy.diagonal(K)[:, None]
-        B = numpy.diagonal(K)[None, :]
-        C = sign * K
-        # the boundary terms: z_p = 0 (D1[k]) and z_q = 0 (D2[m]), with the conditional
-        # variances of the other variable
-        cond_q = numpy.maximum(B - C * C / A, 0.0)
-        cond_p = numpy.maximum(A - C * C / B, 0.0)
-        D1 = _half_moments(cond_q, MOMENTS_TOP, 1.0 / numpy.sqrt(2 * numpy.pi * A))
-        D2 = _half_moments(cond_p, MOMENTS_TOP, 1.0 / numpy.sqrt(2 * numpy.pi * B))
-        memo = {}
-
-        def moment(m, k):
-            if (m, k) not in memo:
-                if m == 0 and k == 0:
-                    value = 0.25 + numpy.arcsin(sign * _cosine_of(K)) / (2 * numpy.pi)
-                elif m == 0:
-                    value = B * ((k - 1) * moment(0, k - 2) if k >= 2 else D2[0]) + C * D1[k - 1]
-                else:
-                    value = (A * ((m - 1) * moment(m - 2, k) if m >= 2 else D1[k])
-                             + C * (k * moment(m - 1, k - 1) if k >= 1 else D2[m - 1]))
-                memo[m, k] = value
-            return memo[m, k]
-
-        _CACHE[key] = moment
+        d = numpy.diagonal(K)
+        _CACHE[key] = quadrant_moment_table(d[:, None], d[None, :], sign * K, MOMENTS_TOP,
+                                            rho=sign * _cosine_of(K))
     return _CACHE[key]
 
 
