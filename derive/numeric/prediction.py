@@ -227,17 +227,32 @@ def _estimate_inputs(X: np.ndarray) -> np.ndarray:
 MAX_INPUTS = 20_000
 #: most memory the arrays of a prediction may take, in bytes
 MAX_BYTES = 8 * 2 ** 30
-#: rough seconds per vertex component and layer on the batched route, by the number of
-#: distinct samples of the component (3 or 4) and whether σ has kinks; per pair of inputs and
-#: layer ("pair": the 2-D averages, for σ with kinks the moments of the derivative-free sample
-#: sums, to 1e-12); once per run ("setup": deriving and specialising the recursions).  Measured
-#: on 2 cores shared with other work, with the conditional rule of derive.activations.gaussian
-#: (a 4-D average on a 3-D grid, its last variable tabulated): 10 inputs, depth 5: tanh 26 s,
-#: erf 15 s, ReLU 6 inputs 63 s (35 s of them 2-D moments), 10 inputs 470–560 s; inside
-#: predict, after the import, tanh with 10 inputs took 8 s (the derivation is cached)
-_SECONDS = {(3, False): 5e-4, (4, False): 5e-3, (3, True): 8e-3, (4, True): 0.09,
-            ("pair", False): 0.01, ("pair", True): 0.6,
-            ("setup", False): 3.0, ("setup", True): 10.0}
+#: rough seconds per vertex component and layer on the batched route, by the kind of σ
+#: (:func:`_vertex_kind`) and the number of distinct samples of the component (3 or 4); per pair
+#: of inputs and layer ("pair": the 2-D averages, for σ with kinks the moments of the
+#: derivative-free sample sums, to 1e-12); once per run ("setup": deriving and specialising the
+#: recursions).  Measured on 2 cores shared with other work, depth 5, inputs of dimension 4:
+#: smooth σ (the conditional rule of derive.activations.gaussian: a 4-D average on a 3-D grid,
+#: its last variable tabulated), 10 inputs: tanh 9–26 s, erf 10–15 s, 30 inputs 12–16 min;
+#: σ polynomial on each half-line (ReLU, leaky ReLU, abs: exact orthant moments,
+#: derive.numeric.moments), 10 inputs 2.2–4.3 s, 20 inputs 10–13 s, 30 inputs 54–107 s;
+#: other σ with kinks (the kink-split quadrature), ReLU before the orthant moments: 6 inputs
+#: 63 s, 10 inputs 470–560 s
+_SECONDS = {"smooth": {3: 5e-4, 4: 5e-3, "pair": 0.01, "setup": 3.0},
+            "orthant": {3: 5e-5, 4: 1.5e-4, "pair": 2e-3, "setup": 2.0},
+            "kinked": {3: 8e-3, 4: 0.09, "pair": 0.6, "setup": 10.0}}
+
+
+def _vertex_kind(act) -> str:
+    """How the batched route averages σ's vertex terms: "smooth" (quadrature), "orthant" (σ a
+    polynomial on each half-line: exact orthant moments) or "kinked" (kink-split quadrature)."""
+    from ..activations.gaussian import _half_line_polynomials
+
+    if not act.kinks:
+        return "smooth"
+    return "orthant" if _half_line_polynomials(act.expr, act.z) is not None else "kinked"
+
+
 #: a batched-route estimate above this is refused (with the cheaper routes as advice)
 MAX_SECONDS = 6 * 3600
 
@@ -316,12 +331,14 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True) -
             "evaluator (closed forms or fixed quadrature on all pairs)")
         return route
     work = vertex_work(N)
-    kinked = bool(spec.activation.kinks)
+    kind = _vertex_kind(spec.activation)
+    kinked = kind != "smooth"
+    cost = _SECONDS[kind]
     # the NTK's four-index statistics have about twice V's terms per component (measured:
     # tanh, 10 inputs, depth 20, all of A, B, D, F ran past 19 min)
     weight = sum(1 if t == "V" else 2 for t in four)
-    seconds = weight * (L - 1) * (work[3] * _SECONDS[3, kinked] + work[4] * _SECONDS[4, kinked])
-    seconds += (L - 1) * N * (N + 1) // 2 * _SECONDS["pair", kinked] + _SECONDS["setup", kinked]
+    seconds = weight * (L - 1) * (work[3] * cost[3] + work[4] * cost[4])
+    seconds += (L - 1) * N * (N + 1) // 2 * cost["pair"] + cost["setup"]
     say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator for "
         f"the full {', '.join(four)} — per layer {sum(work.values())} vertex components, {work[3]} of them with "
         f"3 distinct samples (3-D averages) and {work[4]} with 4 (4-D averages)"
