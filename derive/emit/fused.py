@@ -52,43 +52,39 @@ class _Fused:
         if isinstance(e, sp.Function) and len(e.args) == 1:
             m = _UFUNC.match(self.code(e.func(sp.Symbol("_x"))))
             if m:
-                arg, owned = self.value(e.args[0])
-                if owned:
-                    self.lines.append(f"{m.group(1)}({arg}, out={arg})")
-                    return arg, True
-                t = self.new()
-                self.lines.append(f"{t} = {m.group(1)}({arg})")
-                return t, True
-        t = self.new()  # anything else as one expression
+                return self.unary(m.group(1) + "({x})", m.group(1) + "({x}, out={x})",
+                                  e.args[0])
+        return self.whole(e)
+
+    def whole(self, e: sp.Expr) -> tuple[str, bool]:
+        """e as one expression into a new temporary."""
+        t = self.new()
         self.lines.append(f"{t} = {self.code(e)}")
+        return t, True
+
+    def unary(self, fresh: str, inplace: str, arg: sp.Expr) -> tuple[str, bool]:
+        """An elementwise function of arg: ``inplace`` on arg's temporary when it is ours, else
+        ``fresh`` into a new one (templates with {x} for the argument)."""
+        x, owned = self.value(arg)
+        if owned:
+            self.lines.append(inplace.format(x=x))
+            return x, True
+        t = self.new()
+        self.lines.append(f"{t} = {fresh.format(x=x)}")
         return t, True
 
     def power(self, e: sp.Pow) -> tuple[str, bool]:
         base, exp = e.args
         if exp == -1:  # 1 / base
-            arg, owned = self.value(base)
-            if owned:
-                self.lines.append(f"numpy.divide(1.0, {arg}, out={arg})")
-                return arg, True
-            t = self.new()
-            self.lines.append(f"{t} = 1.0 / {arg}")
-            return t, True
-        ufunc = {sp.Rational(1, 2): "numpy.sqrt", sp.Integer(2): "numpy.square"}.get(exp)
-        if ufunc is None and exp == sp.Rational(-1, 2):
-            root, owned = self.power(sp.Pow(base, sp.Rational(1, 2), evaluate=False))
+            return self.unary("1.0 / {x}", "numpy.divide(1.0, {x}, out={x})", base)
+        if exp == sp.Rational(-1, 2):  # 1 / sqrt(base)
+            root, _ = self.unary("numpy.sqrt({x})", "numpy.sqrt({x}, out={x})", base)
             self.lines.append(f"numpy.divide(1.0, {root}, out={root})")
             return root, True
+        ufunc = {sp.Rational(1, 2): "numpy.sqrt", sp.Integer(2): "numpy.square"}.get(exp)
         if ufunc is None:
-            t = self.new()
-            self.lines.append(f"{t} = {self.code(e)}")
-            return t, True
-        arg, owned = self.value(base)
-        if owned:
-            self.lines.append(f"{ufunc}({arg}, out={arg})")
-            return arg, True
-        t = self.new()
-        self.lines.append(f"{t} = {ufunc}({arg})")
-        return t, True
+            return self.whole(e)
+        return self.unary(ufunc + "({x})", ufunc + "({x}, out={x})", base)
 
     def fold(self, e: sp.Expr) -> tuple[str, bool]:
         """A sum or product: its scalar and vector operands as one cheap operand, the matrix
