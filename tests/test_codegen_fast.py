@@ -185,9 +185,9 @@ def test_single_input_ladder_and_grouped_functions(act):
 
 @pytest.mark.parametrize("act", ["relu", "erf"])
 def test_blocks_of_rows_give_the_same_numbers(act, monkeypatch):
-    """K and Θ from closed forms, computed in blocks of rows (large N) are the numbers of the
-    whole-layer computation, bit for bit, with blocks that do not divide N (the diagonal of each
-    block, where ReLU's angle must be exactly 0, sits at an offset)."""
+    """K and Θ from closed forms, computed in blocks of rows (large N), in one thread or several,
+    are the numbers of the whole-layer computation, bit for bit, with blocks that do not divide
+    N (the diagonal of each block, where ReLU's angle must be exactly 0, sits at an offset)."""
     spec = derive.MLP(5, 32, act, 0.1, 1.5, lambda_b=0.3, lambda_W=1.1)
     mod = load_generated(spec, ("K", "Theta"))
     assert mod.BLOCK_PAIRS > 0
@@ -195,9 +195,9 @@ def test_blocks_of_rows_give_the_same_numbers(act, monkeypatch):
     X[5] = X[4]  # two equal inputs: ρ = 1 off the diagonal too
     monkeypatch.setattr(mod, "BLOCK_PAIRS", 0)
     whole = mod.evaluate(X, nlo="none")
-    for pairs in (1, 50, 100):  # 1, 2 and 4 rows a block
+    for pairs, threads in ((1, 1), (50, 1), (100, 1), (1, 3), (50, 2)):  # 1, 2, 4 rows a block
         monkeypatch.setattr(mod, "BLOCK_PAIRS", pairs)
-        part = mod.evaluate(X, nlo="none")
+        part = mod.evaluate(X, nlo="none", threads=threads)
         for name in ("K", "Theta"):
             for l in range(1, 6):
                 assert np.array_equal(part[name][l], whole[name][l]), (pairs, name, l)

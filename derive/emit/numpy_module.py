@@ -1,6 +1,7 @@
 r"""Generated numpy evaluators of derived recursions (``Derivation.numpy_module()``).
 
-The emitted module (template ``templates/evaluator.py.j2``) imports only numpy and scipy.
+The emitted module (template ``templates/evaluator.py.j2``) imports only numpy, scipy
+and the standard library (threads for the blocks of rows of K and Θ).
 What it contains is printed from the derivation, not written by hand:
 
 * the recursions of K and Θ on all pairs of inputs, from the derived component forms
