@@ -122,14 +122,23 @@ def test_pair_rule_ladder_equals_the_batched_evaluator(act):
     src = load_generated(spec, ("K", "Theta")).SOURCE
     ntk_step = src[src.index("def ntk_step"):src.index("def ", src.index("def ntk_step") + 4)]
     assert ("_pair_averages(_g" in ntk_step) == (act == "tanh")  # erf's are closed forms
+    mod = load_generated(spec, ("K", "Theta"))
     X = np.random.default_rng(6).normal(size=(5, 4)) * np.array([[0.3], [1.0], [1.7], [0.8], [1.2]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         g = _generated(spec, X, 0, False, False)
         b = iterate_mlp(spec, X, 0, targets=("K", "Theta"))
+        # the chunks of pairs (of one pair each here) in two threads: the same numbers
+        mod._BLOCK, block = 1, mod._BLOCK
+        try:
+            one = mod.evaluate(X, nlo="none", threads=1)
+            two = mod.evaluate(X, nlo="none", threads=2)
+        finally:
+            mod._BLOCK = block
     for name in ("K", "Theta"):
         for l in range(1, 7):
             assert np.abs(g[name][l] - b[name][l]).max() <= 1e-10 * max(1.0, np.abs(b[name][l]).max())
+            assert np.array_equal(one[name][l], two[name][l])
 
 
 def test_expansion_estimate_on_a_subset_of_inputs(monkeypatch):

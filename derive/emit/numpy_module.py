@@ -892,7 +892,7 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                   panels=_array_text(_PANELS), xq_points=16,
                   kinked_points=repr([4, 6, 8, 12, 16, 24]),
                   kinks="[" + ", ".join(repr(float(c)) for c in act.kinks) + "]",
-                  block=1 << 16, functions=em.functions, closed=em.closed, steps=steps,
+                  block=15000, functions=em.functions, closed=em.closed, steps=steps,
                   average_note=note, has_g1=has_g1, has_theta=has_theta,
                   theta_note=act.ntk_obstacle,
                   pair_assembly=assembly, moments=em.moments,

@@ -89,8 +89,10 @@ XQ, WQ = numpy.polynomial.legendre.leggauss(16)
 # agrees with the next to TOL on the hardest pairs is used)
 KINKED_RULES = [numpy.polynomial.legendre.leggauss(q) for q in [4, 6, 8, 12, 16, 24]]
 KINKS = numpy.array([], dtype=float)
-# pairs per block: about _BLOCK grid values per block, so the temporaries stay in cache
-_BLOCK = 65536
+# pairs per block: about _BLOCK grid values per block, so the temporaries stay in cache and
+# under the C library's threshold for mapping fresh pages (128 KiB: each chunk's temporaries
+# are then reused, not faulted in anew)
+_BLOCK = 15000
 # pairs (when more than 1024) are split into this many groups by the width of their inner
 # integral, each with its own rules (_smooth_pair)
 GROUPS = 4
@@ -263,8 +265,21 @@ def _g5(z):
 # variances K_pp ("rows", a column), all variances K_qq ("cols", a row) and its first row's
 # index ("offset"); empty otherwise
 _FRAME = _PerThread()
-# threads for the blocks (numpy releases the GIL in its loops); evaluate(threads=…) overrides
+# threads for the blocks of rows and the chunks of pairs of the quadrature (numpy releases the
+# GIL in its loops); evaluate(threads=…) overrides
 THREADS = os.cpu_count() or 1
+# the pools of threads, by size, kept for later calls; _RUN["pool"]: the one evaluate() uses now
+_POOLS = {}
+_RUN = {}
+
+
+def _pool(threads):
+    """A pool of ``threads`` threads (None for one)."""
+    if threads <= 1:
+        return None
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads)
+    return _POOLS[threads]
 # K and Θ are computed in blocks of about this many pairs when there are more than twice as
 # many (not for this module: its K and Θ steps are not all closed forms)
 BLOCK_PAIRS = 0
@@ -334,16 +349,24 @@ def _pair_rule(f, g, K, p, q, T1, W1, T2, W2, items=None):
     s, a, b = _frame(K, p, q)
     val = numpy.empty((1 if items is None else len(items), len(p)))
     chunk = max(1, _BLOCK // (len(T1) * len(T2)))
-    for lo in range(0, len(p), chunk):
+
+    def pairs(lo):  # the chunk of pairs from lo on (chunks in several threads: disjoint)
         sl = slice(lo, lo + chunk)
         outer = f(s[sl, None] * T1[None, :])
         z2 = a[sl, None, None] * T1[None, :, None] + b[sl, None, None] * T2[None, None, :]
         if items is None:
             val[0, sl] = (outer * (g(z2) @ W2)) @ W1
-            continue
+            return
         inner = g(z2)
         for k, (i, j) in enumerate(items):
             val[k, sl] = (outer[i] * (inner[j] @ W2)) @ W1
+
+    starts = range(0, len(p), chunk)
+    if _RUN.get("pool") is None or len(starts) < 2:
+        for lo in starts:
+            pairs(lo)
+    else:
+        list(_RUN["pool"].map(pairs, starts))
     return val[0] if items is None else val
 
 
@@ -888,8 +911,8 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
       the inputs ``diagonal_of`` (indices) only when it is given;
     * "none": K and Theta only.
 
-    ``threads``: how many threads compute K and Θ when they are done in blocks of rows
-    (default THREADS, this machine's cores)."""
+    ``threads``: how many threads compute the blocks of rows of K and Θ and the chunks of
+    pairs of the quadrature (default THREADS, this machine's cores; 1: none but this one)."""
     X = numpy.asarray(X, dtype=float)
     if X.ndim != 2 or not numpy.all(numpy.isfinite(X)):
         raise ValueError(f"X must be a finite array of shape (N, n_0), got shape {X.shape}")
@@ -910,9 +933,7 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
 
     _CACHE.clear()
     _DIAG_RUNG.clear()
-    threads = THREADS if threads is None else int(threads)
-    pool = (ThreadPoolExecutor(threads) if threads > 1 and BLOCK_PAIRS
-            and len(X) ** 2 > 2 * BLOCK_PAIRS else None)
+    pool = _RUN["pool"] = _pool(THREADS if threads is None else int(threads))
     if diagonal_of is not None and nlo != "diagonal":
         raise ValueError("diagonal_of selects inputs for nlo='diagonal' only")
     Cb, CW = per_layer(C_b, "C_b"), per_layer(C_W, "C_W")
@@ -984,8 +1005,7 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
         for v in V_pairs[l + 1].values():
             numpy.fill_diagonal(v, V[l + 1])
     _CACHE.clear()
-    if pool is not None:
-        pool.shutdown()
+    _RUN.clear()
     return {"K": K, "Theta": Theta, "G1": G1, "V": V, "V_pairs": V_pairs}
 
 
