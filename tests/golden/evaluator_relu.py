@@ -157,6 +157,8 @@ def _pool(threads):
     if threads not in _POOLS:
         _POOLS[threads] = ThreadPoolExecutor(threads)
     return _POOLS[threads]
+
+
 # K and Θ are computed in blocks of about this many pairs when there are more than twice as
 # many
 BLOCK_PAIRS = 262144

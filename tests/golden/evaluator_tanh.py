@@ -280,6 +280,8 @@ def _pool(threads):
     if threads not in _POOLS:
         _POOLS[threads] = ThreadPoolExecutor(threads)
     return _POOLS[threads]
+
+
 # K and Θ are computed in blocks of about this many pairs when there are more than twice as
 # many (not for this module: its K and Θ steps are not all closed forms)
 BLOCK_PAIRS = 0
