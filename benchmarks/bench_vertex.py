@@ -6,7 +6,7 @@ N = 10 under 60 s; N = 30 "minutes" (no hard target).  ``--quick``: N = 3 and 10
 Also the storage of V (one number per orbit) against the dense N⁴ array, and plan_work's
 estimate beside the measured time (a run plan_work would refuse as too long is measured all
 the same, its refusal lifted inside the benchmark's interpreter, and the row says so).
-ReLU's averages are exact orthant moments (derive/numeric/moments.py); tanh and erf take the
+ReLU's averages are exact orthant moments (derive/activations/moments.py); tanh and erf take the
 conditional quadrature rule."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Exact averages of functions polynomial on each half-line (ReLU, leaky ReLU, abs, steps and
-their products with polynomials) from orthant moments (derive/numeric/moments.py, the
+their products with polynomials) from orthant moments (derive/activations/moments.py, the
 orthant tier of derive.gaussian_expectation), against an independent nested quadrature
 written here (scipy's adaptive quad in one dimension; a composite Gauss–Legendre rule split at
 the kinks, the last variable in closed form, beyond), and the whole batched vertex route
@@ -16,7 +16,7 @@ import derive
 from derive.activations import gaussian
 from derive.activations.gaussian import gaussian_expectation
 from derive.numeric.evaluate import iterate_mlp
-from derive.numeric.moments import (half_moment, orthant_moments, orthant_probability,
+from derive.activations.moments import (half_moment, orthant_moments, orthant_probability,
                                     quadrant_moments)
 
 SQ2PI = np.sqrt(2 * np.pi)

@@ -98,12 +98,18 @@ def test_generated_modules_carry_no_user_text(tmp_path):
         spec = derive.MLP(3, 8, a, 0.0, 1.0)
         src = derive.derive(spec).numpy_module()
         tree = ast.parse(src)  # valid Python
-        # nothing but the module docstring, imports, assignments, function definitions and
-        # the script entry point `if __name__ == "__main__": _main()`
+        # nothing but the module docstring, imports, assignments, function definitions, the
+        # per-thread cache class and the script entry point `if __name__ == "__main__": _main()`
         main_guard = ast.dump(ast.parse('if __name__ == "__main__":\n    _main()').body[0])
         for node in tree.body:
             if isinstance(node, ast.If):
                 assert ast.dump(node) == main_guard, ast.dump(node)[:120]
+                continue
+            if isinstance(node, ast.ImportFrom):  # the thread pool of the blocks of rows
+                assert node.module == "concurrent.futures", ast.dump(node)[:120]
+                continue
+            if isinstance(node, ast.ClassDef):  # the per-thread cache, a fixed class
+                assert node.name == "_PerThread", ast.dump(node)[:120]
                 continue
             assert isinstance(node, (ast.Expr, ast.Import, ast.Assign, ast.FunctionDef)), \
                 ast.dump(node)[:120]

@@ -13,7 +13,7 @@ The tiers, tried in order:
    that are polynomials on each side of 0 (ReLU, leaky ReLU, abs, steps, their products with
    polynomials), in up to four variables: each factor split at 0, each sign region a positive
    orthant of the covariance with some signs flipped, each monomial's orthant moment by
-   Gaussian integration by parts (:mod:`derive.numeric.moments`).  Covariances with nearly
+   Gaussian integration by parts (:mod:`derive.activations.moments`).  Covariances with nearly
    dependent variables (the recursion divides by their densities at 0) go to the quadrature;
 4. **quadrature** — nested conditional Gauss–Legendre: with K = L Lᵀ (a Cholesky factor that
    tolerates rank deficiency), z_k = Σ_{j<k} L_kj t_j + s_k t_k with t standard normal, and
@@ -52,7 +52,7 @@ import sympy as sp
 from ..algebra.pairings import gaussian_monomial_moment
 from ..base.errors import CovarianceError, DeriveError, QuadratureError, boundary
 from ..base.parsing import as_expr
-from ..numeric.moments import ORTHANT_NODES, orthant_moments
+from .moments import ORTHANT_NODES, orthant_moments
 from .catalogue import (check_nodes, kernel_rules, kinks_of, numpy_function, parse_function,
                         probe_scale_invariant, real_line_problems, risky_nodes, z as _z)
 
@@ -383,7 +383,7 @@ def _orthant_sum(plan, sub: np.ndarray, d: int, nodes: int = ORTHANT_NODES):
 
 
 def _orthant(f, pos, K, tol):
-    """⟨f⟩ exactly from orthant moments (:mod:`derive.numeric.moments`) for f a sum of products
+    """⟨f⟩ exactly from orthant moments (:mod:`derive.activations.moments`) for f a sum of products
     of one-variable functions, each polynomial on either side of 0; covariances on which the
     recursion is ill-conditioned (a zero variance, or nearly dependent variables) go to the
     quadrature.  None when f is not of that form."""

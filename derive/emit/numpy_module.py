@@ -47,6 +47,7 @@ import sympy as sp
 from sympy.core.sorting import default_sort_key
 from sympy.printing.numpy import SciPyPrinter
 
+from ..activations import moments
 from ..activations.gaussian import _PANELS as _GAUSS_PANELS
 from ..activations.gaussian import (_classify, _closed_form_plan, _half_line_polynomials,
                                     separable_terms)
@@ -882,8 +883,6 @@ def numpy_module_source(d, tol: float = 3e-13) -> str:
                 f"chosen to reach {tol:g}; single inputs: the same rules and two finer ones, chosen "
                 "at the input of largest variance)")
     # the exact moments' recursion, printed from its one source (plain numpy, no imports)
-    from ..numeric import moments
-
     moments_source = "\n\n\n".join(inspect.getsource(fn).rstrip() for fn in
                                   (moments.half_moments, moments.quadrant_moment_table))
     return render("evaluator.py.j2", activation_name=act.name, version=_version(),

@@ -235,7 +235,7 @@ MAX_BYTES = 8 * 2 ** 30
 #: smooth σ (the conditional rule of derive.activations.gaussian: a 4-D average on a 3-D grid,
 #: its last variable tabulated), 10 inputs: tanh 9–26 s, erf 10–15 s, 30 inputs 12–16 min;
 #: σ polynomial on each half-line (ReLU, leaky ReLU, abs: exact orthant moments,
-#: derive.numeric.moments), 10 inputs 2.2–4.3 s, 20 inputs 10–13 s, 30 inputs 54–107 s;
+#: derive.activations.moments), 10 inputs 2.2–4.3 s, 20 inputs 10–13 s, 30 inputs 54–107 s;
 #: other σ with kinks (the kink-split quadrature), ReLU before the orthant moments: 6 inputs
 #: 63 s, 10 inputs 470–560 s
 _SECONDS = {"smooth": {3: 5e-4, 4: 5e-3, "pair": 0.01, "setup": 3.0},

@@ -216,7 +216,7 @@ def _closed(fn, K):
 MOMENTS_TOP = 5
 
 
-# from derive/numeric/moments.py, as written there (the batched route uses the same functions)
+# from derive/activations/moments.py, as written there (the batched route uses the same functions)
 def half_moments(v, top, scale=1.0):
     """[scale ⟨x^k ; x > 0⟩ for k = 0 … top], x ~ N(0, v), v ≥ 0 (array): v^(k/2) (k−1)!! times
     1/2 (k even) or 1/sqrt(2π) (k odd), the powers of sqrt(v) by products (a fractional power
