@@ -16,6 +16,37 @@ if "ntk_reference" not in sys.modules:
     _spec.loader.exec_module(sys.modules["ntk_reference"])
 
 
+def _only_declarations(src: str) -> None:
+    """A generated module holds nothing but its docstring, imports (and the thread pool's
+    ``from concurrent.futures import``), assignments, function definitions, the fixed
+    per-thread cache class ``_PerThread`` and the script entry point
+    ``if __name__ == "__main__": _main()``: no statement a user's text could have become."""
+    import ast
+
+    main_guard = ast.dump(ast.parse('if __name__ == "__main__":\n    _main()').body[0])
+    for node in ast.parse(src).body:  # valid Python
+        if isinstance(node, ast.If):
+            assert ast.dump(node) == main_guard, ast.dump(node)[:120]
+            continue
+        if isinstance(node, ast.ImportFrom):  # the thread pool of the blocks of rows
+            assert node.module == "concurrent.futures", ast.dump(node)[:120]
+            continue
+        if isinstance(node, ast.ClassDef):  # the per-thread cache, a fixed class
+            assert node.name == "_PerThread", ast.dump(node)[:120]
+            continue
+        assert isinstance(node, (ast.Expr, ast.Import, ast.Assign, ast.FunctionDef)), \
+            ast.dump(node)[:120]
+        if isinstance(node, ast.Expr):
+            assert isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+@pytest.fixture
+def only_declarations():
+    """The check that a generated module's source holds only declarations (see
+    :func:`_only_declarations`)."""
+    return _only_declarations
+
+
 @pytest.fixture
 def fail_at_second_width(monkeypatch) -> list:
     """derive.check's sampler fails at the second width it is asked for (as a diverging
