@@ -129,6 +129,10 @@ def _client(workers, scheduler):
     if workers is not None and scheduler is not None:
         raise MonteCarloError("give workers= (a local cluster of that many processes) or "
                               "scheduler= (a running Dask scheduler), not both")
+    bad_address = MonteCarloError(f"scheduler must be a Dask scheduler address such as "
+                                  f"'tcp://host:8786' (or a distributed.Client), got {scheduler!r}")
+    if isinstance(scheduler, str) and "://" not in scheduler:  # wrong whether Dask is there or not
+        raise bad_address
     try:
         import distributed
     except ImportError:
@@ -136,9 +140,8 @@ def _client(workers, scheduler):
     if scheduler is not None:
         if isinstance(scheduler, distributed.Client):
             return scheduler, []
-        if not isinstance(scheduler, str) or "://" not in scheduler:
-            raise MonteCarloError(f"scheduler must be a Dask scheduler address such as "
-                                  f"'tcp://host:8786' (or a distributed.Client), got {scheduler!r}")
+        if not isinstance(scheduler, str):
+            raise bad_address
         try:
             client = distributed.Client(scheduler, timeout=_CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as err:
