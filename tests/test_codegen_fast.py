@@ -187,7 +187,8 @@ def test_single_input_ladder_and_grouped_functions(act):
         assert np.abs(g["V"][l] - bd).max() <= 1e-10 * max(1.0, np.abs(bd).max()), l
         g1 = np.diagonal(b["G1"][l])
         assert np.abs(g["G1"][l] - g1).max() <= 1e-10 * max(1.0, np.abs(g1).max()), l
-        assert np.abs(sub["V"][l] - g["V"][l][[1, 4]]).max() <= 1e-12 * max(1.0, np.abs(bd).max())
+        # both runs to TOL (their rules are judged at different largest variances)
+        assert np.abs(sub["V"][l] - g["V"][l][[1, 4]]).max() <= 2 * mod.TOL * max(1.0, np.abs(bd).max())
     with pytest.raises(ValueError, match="diagonal_of"):
         mod.evaluate(X, nlo="pairs", diagonal_of=[0])
 
@@ -203,13 +204,18 @@ def test_blocks_of_rows_give_the_same_numbers(act, monkeypatch):
     X = np.random.default_rng(9).normal(size=(23, 4))
     X[5] = X[4]  # two equal inputs: ρ = 1 off the diagonal too
     monkeypatch.setattr(mod, "BLOCK_PAIRS", 0)
-    whole = mod.evaluate(X, nlo="none")
+    whole = mod.evaluate(X, nlo="none")  # the layers in one store (STORE_BYTES)
+    assert whole["K"][3].base is not None and whole["K"][3].base is whole["Theta"][4].base
+    monkeypatch.setattr(mod, "STORE_BYTES", 0)
+    loose = mod.evaluate(X, nlo="none")  # each layer its own array
+    assert loose["K"][3].base is None
     for pairs, threads in ((1, 1), (50, 1), (100, 1), (1, 3), (50, 2)):  # 1, 2, 4 rows a block
         monkeypatch.setattr(mod, "BLOCK_PAIRS", pairs)
         part = mod.evaluate(X, nlo="none", threads=threads)
         for name in ("K", "Theta"):
             for l in range(1, 6):
                 assert np.array_equal(part[name][l], whole[name][l]), (pairs, name, l)
+                assert np.array_equal(loose[name][l], whole[name][l]), (name, l)
 
 
 def test_grouped_pair_averages_of_the_nlo_steps():
@@ -263,3 +269,25 @@ def test_fused_lines_compute_the_expression_and_leave_the_inputs_alone():
         assert np.allclose(got, ref, rtol=1e-14, atol=0), e
         for k, arr in inputs.items():
             assert np.array_equal(local[k], arr), (e, k)
+
+
+def test_quadrature_tolerance_is_a_choice_of_the_call():
+    """predict(tol=…) sets the generated evaluator's quadrature tolerance (default TOL, 1e-11
+    for smooth σ): finer rules agree with the default ones within it, and the prediction says
+    which it used; a tolerance outside (0, 1) is refused."""
+    spec = derive.MLP(8, 32, "tanh", 0.1, 1.2, lambda_b=0.1, lambda_W=1.0)
+    X = np.random.default_rng(11).normal(size=(5, 3))
+    mod = load_generated(spec, ("K", "Theta"))
+    assert mod.TOL == 1e-11
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coarse = derive.predict(spec, X, targets=["K", "Theta"])
+        fine = derive.predict(spec, X, targets=["K", "Theta"], tol=3e-13)
+    assert coarse.quadrature_error == 1e-11 and fine.quadrature_error == 3e-13
+    for q in ("K", "Theta"):
+        for l in range(1, 9):
+            a, b = getattr(coarse, q)[l], getattr(fine, q)[l]
+            assert np.abs(a - b).max() <= 1e-10 * max(1.0, np.abs(b).max()), (q, l)
+    assert mod.evaluate(X, nlo="none", tol=1e-4)["K"][8].shape == (5, 5)
+    with pytest.raises(ValueError, match="tol"):
+        mod.evaluate(X, nlo="none", tol=2.0)

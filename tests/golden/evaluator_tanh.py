@@ -11,7 +11,7 @@ Imports only numpy, scipy and the standard library.  Conventions: docs/conventio
   sample sums of their recursions run only over the samples of the averaged functions),
 
 layer by layer from K^{(1)} = C_b + C_W G^{(0)}, Θ^{(1)} = λ_b + λ_W G^{(0)}, G1^{(1)} = V^{(1)} = 0.
-Gaussian averages: closed forms of rules/kernels where they apply, else quadrature (pairs: Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, chosen to reach 3e-13; single inputs: the same rules and two finer ones, chosen at the input of largest variance)
+Gaussian averages: closed forms of rules/kernels where they apply, else quadrature (pairs: Gauss–Hermite or panel Gauss–Legendre rules, 12 to 256 nodes per dimension, chosen to reach 1e-11; single inputs: the same rules and two finer ones, chosen at the input of largest variance)
 """
 import os
 import threading
@@ -59,7 +59,7 @@ def _partners(names):
 # for pairs, a ladder of rules (name, nodes, weights), smallest first: Gauss–Hermite (fast
 # for small variances) and panel Gauss–Legendre; _smooth_pair takes, for the inner and the
 # outer integral, the first rule whose difference from the next rule of its family is below
-# TOL on the hardest pairs (_first_rung)
+# _tol() on the hardest pairs (_first_rung)
 RULES2 = [
     ("hermite12", *_hermite_rule(12)),
     ("hermite16", *_hermite_rule(16)),
@@ -82,11 +82,12 @@ RULES1 = RULES2 + [("panels48", *_panel_rule(48)), ("panels64", *_panel_rule(64)
 RULES1_PARTNERS = _partners([r[0] for r in RULES1])
 # the nodes t1 where the inner integrals are checked (_inner_rung)
 PROBE = _hermite_rule(24)
-TOL = 3e-13
+# the default tolerance of every quadrature (evaluate(tol=…) overrides; _tol() is the one in use)
+TOL = 1e-11
 # for σ with kinks: the same panels split also at the kinks, Gauss–Legendre on each piece
 XQ, WQ = numpy.polynomial.legendre.leggauss(16)
 # for pairs: a ladder of Gauss–Legendre rules per piece, smallest first (the first one that
-# agrees with the next to TOL on the hardest pairs is used)
+# agrees with the next to _tol() on the hardest pairs is used)
 KINKED_RULES = [numpy.polynomial.legendre.leggauss(q) for q in [4, 6, 8, 12, 16, 24]]
 KINKS = numpy.array([], dtype=float)
 # pairs per block: about _BLOCK grid values per block, so the temporaries stay in cache and
@@ -273,6 +274,11 @@ _POOLS = {}
 _RUN = {}
 
 
+def _tol():
+    """The tolerance of the quadratures of the evaluate() call running (TOL by default)."""
+    return _RUN.get("tol", TOL)
+
+
 def _pool(threads):
     """A pool of ``threads`` threads (None for one)."""
     if threads <= 1:
@@ -285,6 +291,12 @@ def _pool(threads):
 # K and Θ are computed in blocks of about this many pairs when there are more than twice as
 # many (not for this module: its K and Θ steps are not all closed forms)
 BLOCK_PAIRS = 0
+
+# the layers' K and Θ are kept in one array allocated per call when it takes at most this many
+# bytes (glibc's largest adaptive threshold for serving memory from the heap): after the first
+# call the allocator serves it from memory it keeps, so the layers' arrays do not each fault in
+# fresh pages (at N = 100 that was as costly as the closed forms themselves)
+STORE_BYTES = 32 * 2 ** 20
 
 
 def _diagonals(K):
@@ -412,7 +424,7 @@ def _hardest(K, p, q, b=None):
 
 def _inner_rung(g, K, p, q, items=None):
     """The index of the first rule of RULES2 for the inner integrals ∫ g(a t1 + b t2) dt2 of
-    the pairs (p, q) that agrees with the next of its family to TOL at the nodes t1 of the
+    the pairs (p, q) that agrees with the next of its family to _tol() at the nodes t1 of the
     24-node Gauss–Hermite rule, weighted as the outer average weighs them (with ``items``: for
     every function g_j of the group g that they name)."""
     s, a, b = _frame(K, p, q)
@@ -425,7 +437,7 @@ def _inner_rung(g, K, p, q, items=None):
             return vals @ W2
         return numpy.stack([vals[j] @ W2 for j in sorted({j for _, j in items})])
 
-    return _first_rung(inner, RULES2_PARTNERS, TOL, PROBE[1])
+    return _first_rung(inner, RULES2_PARTNERS, _tol(), PROBE[1])
 
 
 def _smooth_pair(f, g, K, p, q, items=None):
@@ -433,7 +445,7 @@ def _smooth_pair(f, g, K, p, q, items=None):
     inner integral (over t2; narrow where the inputs are correlated, so it takes far fewer
     nodes than the outer one, over t1).  In each group the inner rule is chosen first
     (_inner_rung), then the outer one with that inner rule: the first of RULES2 that agrees
-    with the next of its family to TOL on the group's hardest pairs.  With ``items``, f and
+    with the next of its family to _tol() on the group's hardest pairs.  With ``items``, f and
     g are groups and every average <f_i g_j> they name is computed on the rules chosen for
     all of them (one row each)."""
     b = _frame(K, p, q)[2]
@@ -445,7 +457,7 @@ def _smooth_pair(f, g, K, p, q, items=None):
         ph, qh = pg[h], qg[h]
         i = _inner_rung(g, K, ph, qh, items)
         o = _first_rung(lambda k: _pair_rule(f, g, K, ph, qh, *RULES2[k][1:], *RULES2[i][1:],
-                                             items), RULES2_PARTNERS, TOL)
+                                             items), RULES2_PARTNERS, _tol())
         val[:, group] = _pair_rule(f, g, K, pg, qg, *RULES2[o][1:], *RULES2[i][1:], items)
     return val[0] if items is None else val
 
@@ -473,10 +485,10 @@ def _pair_averages(g, names, pairs, K):
 
 def _kinked_pair(f, g, K, p, q):
     """<f(z1) g(z2)> for f, g with kinks, by the first of KINKED_RULES that agrees with the
-    next to 30 TOL on the hardest pairs (see _kinked_rule)."""
+    next to 30 _tol() on the hardest pairs (see _kinked_rule)."""
     h = _hardest(K, p, q)
     k = _first_rung(lambda k: _kinked_rule(f, g, K, p[h], q[h], *KINKED_RULES[k]),
-                    list(range(1, len(KINKED_RULES))) + [None], 30 * TOL)
+                    list(range(1, len(KINKED_RULES))) + [None], 30 * _tol())
     return _kinked_rule(f, g, K, p, q, *KINKED_RULES[k])
 
 
@@ -516,9 +528,9 @@ def _kinked_rule(f, g, K, p, q, xq, wq):
 
 def _pair_average(f, g, K, kinked=False):
     """<f(z_p) g(z_q)> over N(0, [[K_pp, K_pq], [K_pq, K_qq]]) for every pair (p, q): (N, N),
-    by the first converged of the rules RULES2 to TOL (_smooth_pair), or (``kinked``) of the
-    rules split at the kinks, KINKED_RULES, to 30 TOL (_kinked_pair) (the Hermite-weighted averages of kinked σ sum terms far
-    larger than their result: their rounding error alone is near TOL); computed once per layer
+    by the first converged of the rules RULES2 to _tol() (_smooth_pair), or (``kinked``) of the
+    rules split at the kinks, KINKED_RULES, to 30 _tol() (_kinked_pair) (the Hermite-weighted averages of kinked σ sum terms far
+    larger than their result: their rounding error alone is near _tol()); computed once per layer
     (the recursions share averages; <g f> is the transpose of <f g>)."""
     key = (f.__name__, g.__name__, id(K))
     if key not in _CACHE:
@@ -617,7 +629,7 @@ def _hermite_sum(vals, t, w, Kd, r):
 def _diag_rule(g, Kd, items):
     """Nodes t and weights w (Gaussian density folded in) for the single-input averages
     ``items`` of the functions of g: for σ with kinks the panels split at the kinks; else the
-    first rule of RULES1 whose averages agree with the next rule of its family to TOL at the
+    first rule of RULES1 whose averages agree with the next rule of its family to _tol() at the
     input of largest variance — the rule taken before (_DIAG_RUNG) while no variance exceeds
     the one it was judged at, else the first such rule from that one on."""
     if len(KINKS):
@@ -633,7 +645,7 @@ def _diag_rule(g, Kd, items):
         return numpy.stack([_hermite_sum(vals if i is None else vals[i], t, w, Ke, r)
                             for i, r in items])
 
-    k = _first_rung(value, RULES1_PARTNERS, TOL, start=start)
+    k = _first_rung(value, RULES1_PARTNERS, _tol(), start=start)
     _DIAG_RUNG[g.__name__] = (k, float(Ke[0]))
     return RULES1[k][1][None, :], RULES1[k][2][None, :]
 
@@ -899,7 +911,7 @@ def vertex_pairs(K, G1P, VP, C_W, n_l, n_lm1):
 
 
 def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lambda_W=None,
-             order=1, nlo="pairs", diagonal_of=None, threads=None):
+             order=1, nlo="pairs", diagonal_of=None, threads=None, tol=None):
     """K, Theta (N × N per layer), G1 and V (see ``nlo``), layers 1 … depth.
 
     Hyperparameters default to DEFAULTS (the spec this module was generated for); C_b, C_W,
@@ -914,7 +926,8 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
     * "none": K and Theta only.
 
     ``threads``: how many threads compute the blocks of rows of K and Θ and the chunks of
-    pairs of the quadrature (default THREADS, this machine's cores; 1: none but this one)."""
+    pairs of the quadrature (default THREADS, this machine's cores; 1: none but this one).
+    ``tol``: the tolerance of every quadrature (default TOL), relative to max(1, |average|)."""
     X = numpy.asarray(X, dtype=float)
     if X.ndim != 2 or not numpy.all(numpy.isfinite(X)):
         raise ValueError(f"X must be a finite array of shape (N, n_0), got shape {X.shape}")
@@ -935,6 +948,10 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
 
     _CACHE.clear()
     _DIAG_RUNG.clear()
+    if tol is not None and not 0 < float(tol) < 1:
+        raise ValueError(f"tol must be a number between 0 and 1, got {tol!r}")
+    _RUN.clear()
+    _RUN["tol"] = TOL if tol is None else float(tol)
     pool = _RUN["pool"] = _pool(THREADS if threads is None else int(threads))
     if diagonal_of is not None and nlo != "diagonal":
         raise ValueError("diagonal_of selects inputs for nlo='diagonal' only")
@@ -948,6 +965,11 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
     # the inputs of the single-input quantities (nlo="diagonal"): all, or diagonal_of
     sub = slice(None) if diagonal_of is None else numpy.asarray(diagonal_of, dtype=int)
     Nd = len(numpy.arange(N)[sub])
+    # layers 2 … depth of K (and Θ) in one array (see STORE_BYTES), unless computed in blocks
+    small = not (BLOCK_PAIRS and N * N > 2 * BLOCK_PAIRS)
+    kept = 2 * (depth - 1) * N * N
+    store = numpy.empty(kept).reshape(2, depth - 1, N, N) \
+        if small and 8 * kept <= STORE_BYTES else None
     K = {1: Cb[0] + CW[0] * G0}
     Theta = {1: lb[0] + lW[0] * G0}
 
@@ -982,9 +1004,14 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
                     block(r)
             else:  # disjoint rows: the same numbers in any order
                 list(pool.map(block, range(0, N, step)))
-        else:
+        elif store is None:
             K[l + 1] = kernel_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
             Theta[l + 1] = ntk_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
+        else:  # into the store (a step's own result is freed, and reused by the next)
+            K[l + 1] = store[0, l - 1]
+            K[l + 1][...] = kernel_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
+            Theta[l + 1] = store[1, l - 1]
+            Theta[l + 1][...] = ntk_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
 
         if nlo == "none":
             continue
