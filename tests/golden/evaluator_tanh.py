@@ -299,6 +299,25 @@ BLOCK_PAIRS = 0
 STORE_BYTES = 32 * 2 ** 20
 
 
+def _store(names, depth, N):
+    """name → (depth − 1, N, N): layers 2 … depth of each of ``names`` in one array, when it
+    takes at most STORE_BYTES; else {} (each layer its own array)."""
+    size = len(names) * (depth - 1) * N * N
+    if 8 * size > STORE_BYTES:
+        return {}
+    return dict(zip(names, numpy.empty(size).reshape(len(names), depth - 1, N, N)))
+
+
+def _kept(store, name, l, value):
+    """``value`` (layer l + 1 of ``name``) in its place in the store, if it has one (the step's
+    own array is then freed, and its memory reused by the next step)."""
+    if name not in store:
+        return value
+    out = store[name][l - 1]
+    out[...] = value
+    return out
+
+
 def _diagonals(K):
     """(K_pp as a column, K_qq as a row, the index of K's first row in the layer's kernel) for
     the pair array K: the layer's kernel, or the block of its rows in _FRAME."""
@@ -965,11 +984,10 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
     # the inputs of the single-input quantities (nlo="diagonal"): all, or diagonal_of
     sub = slice(None) if diagonal_of is None else numpy.asarray(diagonal_of, dtype=int)
     Nd = len(numpy.arange(N)[sub])
-    # layers 2 … depth of K (and Θ) in one array (see STORE_BYTES), unless computed in blocks
-    small = not (BLOCK_PAIRS and N * N > 2 * BLOCK_PAIRS)
-    kept = 2 * (depth - 1) * N * N
-    store = numpy.empty(kept).reshape(2, depth - 1, N, N) \
-        if small and 8 * kept <= STORE_BYTES else None
+    # layers 2 … depth of the N × N arrays in one array (see STORE_BYTES), unless K and Θ are
+    # computed in blocks
+    blocked = BLOCK_PAIRS and N * N > 2 * BLOCK_PAIRS
+    store = {} if blocked else _store(["K", "Theta"] + (["G1", *VERTEX_ORBITS] if nlo == "pairs" else []), depth, N)
     K = {1: Cb[0] + CW[0] * G0}
     Theta = {1: lb[0] + lW[0] * G0}
 
@@ -983,7 +1001,7 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
         Kd = numpy.diagonal(K[l]).copy()
         if not numpy.isfinite(K[l]).all() or numpy.any(Kd <= 0):
             raise ValueError(f"the kernel is singular at layer {l}: diag K = {Kd}")
-        if BLOCK_PAIRS and N * N > 2 * BLOCK_PAIRS:
+        if blocked:
             # in blocks of rows (elementwise closed forms: the same numbers as in one piece)
             K[l + 1] = numpy.empty((N, N))
             Theta[l + 1] = numpy.empty((N, N))
@@ -1004,14 +1022,9 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
                     block(r)
             else:  # disjoint rows: the same numbers in any order
                 list(pool.map(block, range(0, N, step)))
-        elif store is None:
-            K[l + 1] = kernel_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
-            Theta[l + 1] = ntk_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
-        else:  # into the store (a step's own result is freed, and reused by the next)
-            K[l + 1] = store[0, l - 1]
-            K[l + 1][...] = kernel_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
-            Theta[l + 1] = store[1, l - 1]
-            Theta[l + 1][...] = ntk_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l])
+        else:
+            K[l + 1] = _kept(store, "K", l, kernel_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l]))
+            Theta[l + 1] = _kept(store, "Theta", l, ntk_step(K[l], Theta[l], Cb[l], CW[l], lb[l], lW[l]))
 
         if nlo == "none":
             continue
@@ -1026,11 +1039,12 @@ def evaluate(X, depth=None, widths=None, C_b=None, C_W=None, lambda_b=None, lamb
             continue
         G1P, VP = _pair_tensors(G1[l], V[l], V_pairs[l])
         if order >= 1:
-            G1[l + 1] = metric_correction_pairs(K[l], G1P, VP, CW[l], n[l], n[l - 1])
+            G1[l + 1] = _kept(store, "G1", l, metric_correction_pairs(K[l], G1P, VP, CW[l], n[l], n[l - 1]))
         else:
-            G1[l + 1] = numpy.zeros((N, N))
+            G1[l + 1] = _kept(store, "G1", l, numpy.zeros((N, N)))
         numpy.fill_diagonal(G1[l + 1], g1)
-        V_pairs[l + 1] = dict(zip(VERTEX_ORBITS, vertex_pairs(K[l], G1P, VP, CW[l], n[l], n[l - 1])))
+        V_pairs[l + 1] = {o: _kept(store, o, l, v) for o, v in
+                          zip(VERTEX_ORBITS, vertex_pairs(K[l], G1P, VP, CW[l], n[l], n[l - 1]))}
         for v in V_pairs[l + 1].values():
             numpy.fill_diagonal(v, V[l + 1])
     _CACHE.clear()
