@@ -938,18 +938,21 @@ def _truncate_pass(acc: dict, order: int) -> tuple[dict, int]:
     return out, dropped
 
 
-def check_order(order) -> int:
-    """Validate an order of the 1/n expansion of a nearly-Gaussian family (0 or 1)."""
+def check_order(order, highest: int = 1) -> int:
+    """Validate an order of the 1/n expansion of a nearly-Gaussian family (0 … ``highest``:
+    1 for the cumulant form and the layer step, 2 for the operator form of
+    :func:`derive.perturbative_expectation`)."""
+    whole = ", ".join(str(k) for k in range(highest)) + f" or {highest}"
     if isinstance(order, bool) or not isinstance(order, (int, sp.Integer)) or int(order) != order:
-        raise OrderError(f"the order of the 1/n expansion is a whole number (0 or 1), got {order!r}")
+        raise OrderError(f"the order of the 1/n expansion is a whole number ({whole}), got {order!r:.40}")
     order = int(order)
     if order < 0:
         raise OrderError(f"the order of the 1/n expansion cannot be negative, got {order}")
-    if order > 1:
+    if order > highest:
+        second = (" The operator form, derive.perturbative_expectation, goes to order 2."
+                  if highest < 2 else "")
         raise OrderError(
-            f"order {order} is not implemented: nearly-Gaussian families are modelled to first "
-            "order in 1/n (metric K + G1/n, quartic vertex V/n); the O(1/n²) data (six-point "
-            "cumulant, second metric correction) are not represented. Use order=0 or 1.")
+            f"order {order} is not implemented here: use order {whole}.{second}")
     return order
 
 

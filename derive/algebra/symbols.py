@@ -32,6 +32,7 @@ never expand or evaluate.
 from __future__ import annotations
 
 from itertools import permutations, product
+from math import factorial, prod
 from typing import Iterable
 
 import sympy as sp
@@ -175,6 +176,8 @@ GROUP_GENERATORS = {
     "swap": ((2, 3, 0, 1),),
     # B_{α1α3α2α4}: the pairs exchanged, or both pairs reversed
     "cross": ((2, 3, 0, 1), (1, 0, 3, 2)),
+    # U_{(α1α2)(α3α4)(α5α6)} (rank 6): symmetric within each pair and under permuting the pairs
+    "three_pairs": ((1, 0, 2, 3, 4, 5), (2, 3, 0, 1, 4, 5), (0, 1, 4, 5, 2, 3)),
 }
 
 
@@ -193,6 +196,7 @@ def _group(generators: tuple) -> tuple:
 
 
 GROUPS = {name: _group(gens) for name, gens in GROUP_GENERATORS.items()}
+_GROUP_RANK = {name: len(gens[0]) for name, gens in GROUP_GENERATORS.items()}
 
 
 def _canonical_indices(symmetry: str, idx: tuple) -> tuple:
@@ -241,8 +245,9 @@ class SymmetricIndexed(sp.Indexed):
 
     def __new__(cls, base, *args, **kw_args):
         if isinstance(base, SymmetricBase):
-            if base.symmetry in GROUPS and len(args) != 4:
-                raise IndexStructureError(f"{base} has four sample indices, got {len(args)}")
+            if base.symmetry in GROUPS and len(args) != _GROUP_RANK[base.symmetry]:
+                raise IndexStructureError(f"{base} has {_GROUP_RANK[base.symmetry]} sample "
+                                          f"indices, got {len(args)}")
             args = _canonical_indices(base.symmetry, tuple(as_expr(x) for x in args))
         return super().__new__(cls, base, *args, **kw_args)
 
@@ -257,6 +262,8 @@ class SampleTensor:
       (V_{(α1α2)(α3α4)}, A);
     * ``"within"``, ``"swap"``, ``"cross"`` – four indices with the symmetries of D, F and B
       (:data:`GROUP_GENERATORS`);
+    * ``"three_pairs"`` – six indices, symmetric within each of three pairs and under
+      permuting the pairs (the six-point vertex U);
     * ``"none"``.
 
     ``T[a, b]`` returns a SymPy ``Indexed`` whose indices are in canonical order, and stay
@@ -275,9 +282,9 @@ class SampleTensor:
     def __init__(self, label: str, rank: int = 2, symmetry: str = "sym"):
         if symmetry not in self._SYMMETRIES:
             raise DeriveError(f"unknown tensor symmetry {symmetry!r}; use one of {self._SYMMETRIES}")
-        if symmetry in GROUPS and rank != 4:
-            raise DeriveError(f"symmetry {symmetry!r} needs a rank-4 tensor (V_{{(a1 a2)(a3 a4)}}, "
-                              "A, B, D, F)")
+        if symmetry in GROUPS and rank != _GROUP_RANK[symmetry]:
+            raise DeriveError(f"symmetry {symmetry!r} needs a rank-{_GROUP_RANK[symmetry]} tensor "
+                              "(V_{(a1 a2)(a3 a4)}, A, B, D, F: rank 4; U: rank 6)")
         self.label = label
         self.rank = rank
         self.symmetry = symmetry
@@ -318,9 +325,10 @@ def tensor(label: str, rank: int = 2, symmetry: str = "sym") -> SampleTensor:
         The tensor's name (``"K"``, ``"G1"``, ``"V"`` …).
     rank : int, optional
         The number of sample indices (default 2).
-    symmetry : {"sym", "pairs", "within", "swap", "cross", "none"}, optional
+    symmetry : {"sym", "pairs", "within", "swap", "cross", "three_pairs", "none"}, optional
         Fully symmetric (default), symmetric within and between two index pairs (V, A; rank 4
-        only), the rank-4 symmetries of D, F, B (:data:`GROUP_GENERATORS`), or no symmetry.
+        only), the rank-4 symmetries of D, F, B (:data:`GROUP_GENERATORS`), within and between
+        three pairs (U; rank 6), or no symmetry.
 
     Returns
     -------
@@ -356,18 +364,21 @@ ORDER_WEIGHT = sp.Symbol("varepsilon_1/n")
 class Family(sp.Basic):
     r"""A family of zero-mean, jointly (nearly-)Gaussian variables ``F[idx…]``.
 
-    ``args = (name, slots, scale, K, G1, V, n)``: ``slots`` is a tuple of ``"neuron"`` /
-    ``"sample"`` strings giving the kind of each index.  The two-point function of ``F[a…]``
-    and ``F[b…]`` is ``scale · Π_{neuron slots} δ(a_s, b_s) · (K + G1/n)[a_sample, b_sample]``
-    with ``K`` (and ``G1``) symmetric sample tensors.  With a vertex label ``V`` the connected
-    four-point function is, as in docs/conventions.md §3,
-    ``(1/n)[δ_{12}δ_{34} V_{(12)(34)} + δ_{13}δ_{24} V_{(13)(24)} + δ_{14}δ_{23} V_{(14)(23)}]``;
-    higher cumulants are O(1/n²) and are not represented.  Without ``G1`` and ``V`` the family
-    is exactly Gaussian.  Use :func:`gaussian_field`, :func:`nearly_gaussian_field`,
-    :func:`bias`, :func:`weight` to build one.
+    ``args = (name, slots, scale, K, G1, V, n, G2, V1, U)``: ``slots`` is a tuple of
+    ``"neuron"`` / ``"sample"`` strings giving the kind of each index.  The two-point function
+    of ``F[a…]`` and ``F[b…]`` is ``scale · Π_{neuron slots} δ(a_s, b_s) · (K + G1/n +
+    G2/n²)[a_sample, b_sample]`` with ``K`` (and ``G1``, ``G2``) symmetric sample tensors.  With
+    a vertex label ``V`` the connected four-point function is, as in docs/conventions.md §3,
+    ``(1/n)[δ_{12}δ_{34} V_{(12)(34)} + δ_{13}δ_{24} V_{(13)(24)} + δ_{14}δ_{23} V_{(14)(23)}]``
+    (V + V1/n in place of V to O(1/n²)); with ``U`` the connected six-point function is
+    (1/n²) Σ over the 15 pairings of δδδ U_{(..)(..)(..)} (§9).  A label left empty is a
+    correction that is zero.  Without any the family is exactly Gaussian.  Use
+    :func:`gaussian_field`, :func:`nearly_gaussian_field`, :func:`bias`, :func:`weight` to
+    build one.
     """
 
-    def __new__(cls, name, slots, scale=sp.S.One, tensor_label="", G1="", V="", n=sp.S.One):
+    def __new__(cls, name, slots, scale=sp.S.One, tensor_label="", G1="", V="", n=sp.S.One,
+                G2="", V1="", U=""):
         name = Str(str(name))
         slots = tuple(str(s) for s in slots)
         for s in slots:
@@ -377,19 +388,27 @@ class Family(sp.Basic):
             raise DeriveError("a family has at most one sample slot")
         if slots.count(SAMPLE) == 1 and not str(tensor_label):
             raise DeriveError(f"family {name} has a sample slot and needs a covariance tensor")
-        if (str(G1) or str(V)) and slots.count(SAMPLE) != 1:
-            raise DeriveError(f"family {name}: G1 and V are sample tensors; the family needs a "
-                              "sample slot")
+        for what, label in (("name", name.name), ("covariance label", tensor_label),
+                            ("G1 label", G1), ("V label", V), ("G2 label", G2),
+                            ("V1 label", V1), ("U label", U)):
+            if not isinstance(label, (str, Str)) or (str(label) and not str(label).isidentifier()):
+                raise DeriveError(f"the {what} of family {name} must be a name (letters, digits "
+                                  f"and _), got {str(label)!r:.40}")
+        corrections = any(str(x) for x in (G1, V, G2, V1, U))
+        if corrections and slots.count(SAMPLE) != 1:
+            raise DeriveError(f"family {name}: G1, V (and G2, V1, U) are sample tensors; the "
+                              "family needs a sample slot")
         scale = as_expr(scale)
         if scale.is_negative:
             raise DeriveError(f"the variance scale of family {name} is negative ({scale}); "
                               "variances must be ≥ 0")
         n = as_expr(n)
-        if (str(G1) or str(V)) and (n == 1 or n.is_positive is False):
+        if corrections and (n == 1 or n.is_positive is False):
             raise DeriveError(f"family {name} has 1/n corrections and needs a positive width "
                               f"symbol n, got {n}")
         return super().__new__(cls, name, sp.Tuple(*(Str(s) for s in slots)), scale,
-                               Str(str(tensor_label)), Str(str(G1)), Str(str(V)), n)
+                               Str(str(tensor_label)), Str(str(G1)), Str(str(V)), n,
+                               Str(str(G2)), Str(str(V1)), Str(str(U)))
 
     @property
     def name(self) -> str:
@@ -424,8 +443,33 @@ class Family(sp.Basic):
         return self.args[6]
 
     @property
+    def G2(self) -> SampleTensor | None:
+        """The second metric correction: E[zz] = δ (K + G1/n + G2/n²) (§9)."""
+        lab = self.args[7].name
+        return SampleTensor(lab, 2, "sym") if lab else None
+
+    @property
+    def V1(self) -> SampleTensor | None:
+        """The 1/n correction of the four-point vertex: V + V1/n in the connected four-point
+        function (§9)."""
+        lab = self.args[8].name
+        return SampleTensor(lab, 4, "pairs") if lab else None
+
+    @property
+    def U(self) -> SampleTensor | None:
+        """The six-point vertex: κ3(z_i z_i, z_j z_j, z_k z_k) = U/n² for distinct neurons (§9),
+        symmetric under the exchange of its three pairs and within each pair."""
+        lab = self.args[9].name
+        return SampleTensor(lab, 6, "three_pairs") if lab else None
+
+    @property
+    def second_order(self) -> bool:
+        """Whether the family declares any of its O(1/n²) data (G2, V1, U)."""
+        return any(self.args[k].name for k in (7, 8, 9))
+
+    @property
     def is_gaussian(self) -> bool:
-        return not (self.args[4].name or self.args[5].name)
+        return not any(self.args[k].name for k in (4, 5, 7, 8, 9))
 
     def __getitem__(self, idx) -> "RandomVar":
         if not isinstance(idx, tuple):
@@ -448,9 +492,10 @@ class Family(sp.Basic):
         edges, fk = self._pair_parts(a, b, self.tensor)
         scale = [self.scale] if self.scale != 1 else []
         out = [(edges, scale + ([fk] if fk is not None else []), 0)]
-        if self.G1 is not None:
-            _, fg = self._pair_parts(a, b, self.G1)
-            out.append((edges, scale + [fg], 1))
+        for tensor, order in ((self.G1, 1), (self.G2, 2)):
+            if tensor is not None:
+                _, fg = self._pair_parts(a, b, tensor)
+                out.append((edges, scale + [fg], order))
         return out
 
     def four_point(self, a, b, c, d) -> list[tuple[list, list, int]]:
@@ -582,12 +627,16 @@ def gaussian_field(name: str = "z", K: str = "K", neuron: bool = True) -> Family
 
 @boundary
 def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str = "V",
-                          n="n", neuron: bool = True) -> Family:
-    r"""A nearly-Gaussian field to first order in 1/n (docs/conventions.md §3):
+                          n="n", neuron: bool = True, G2: str = "", V1: str = "",
+                          U: str = "") -> Family:
+    r"""A nearly-Gaussian field to first order in 1/n (docs/conventions.md §3), or to second
+    order with ``G2``, ``V1``, ``U`` (§9):
 
-    E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G^{\{1\}}/n)_{α1α2}, connected four-point function
-    (1/n)[δ_{i1i2}δ_{i3i4} V_{(α1α2)(α3α4)} + 2 permutations], higher cumulants O(1/n²).
-    Pass ``G1=""`` or ``V=""`` to leave out either correction.  A width name ``n`` becomes
+    E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G^{\{1\}}/n + G^{\{2\}}/n²)_{α1α2}, connected
+    four-point function (1/n)[δ_{i1i2}δ_{i3i4} (V + V^{\{1\}}/n)_{(α1α2)(α3α4)} + 2
+    permutations], connected six-point function (1/n²) Σ_{15 pairings} δδδ U, higher
+    cumulants O(1/n³).  Pass ``G1=""`` or ``V=""`` to leave out either correction (the
+    second-order ones are left out unless named).  A width name ``n`` becomes
     ``Symbol(n, positive=True)`` (or pass the symbol itself).
 
     Parameters
@@ -604,6 +653,9 @@ def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str 
         The width the corrections are divided by (default ``"n"``).
     neuron : bool, optional
         Whether the field has a neuron index (default True).
+    G2, V1, U : str, optional
+        The labels of the O(1/n²) data: the second metric correction, the 1/n correction of
+        the four-point vertex and the six-point vertex (default: left out, i.e. zero).
 
     Returns
     -------
@@ -623,7 +675,7 @@ def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str 
     K[alpha, alpha] + G1[alpha, alpha]/n
     """
     slots = (NEURON, SAMPLE) if neuron else (SAMPLE,)
-    return Family(name, slots, sp.S.One, K, G1, V, _sympify_label(n, "width"))
+    return Family(name, slots, sp.S.One, K, G1, V, _sympify_label(n, "width"), G2, V1, U)
 
 
 @boundary
@@ -893,6 +945,16 @@ def summation_dummies(r: int, avoid=()) -> tuple:
     raise IndexStructureError(f"no free names for {r} summed sample indices (avoid {sorted(names)})")
 
 
+def _tensor_indices(T) -> tuple:
+    """The indices of a tensor component, or of a product of components in order."""
+    if isinstance(T, sp.Indexed):
+        return tuple(T.indices)
+    if isinstance(T, sp.Mul) and all(isinstance(x, sp.Indexed) for x in T.args):
+        return tuple(i for x in T.args for i in x.indices)
+    raise IndexStructureError(f"a DerivativeContraction needs a tensor component or a product "
+                              f"of components, got {T}")
+
+
 class DerivativeContraction(sp.Expr):
     r"""Inert sample sum of the nearly-Gaussian operator form (docs/conventions.md §6 step 4),
 
@@ -905,7 +967,8 @@ class DerivativeContraction(sp.Expr):
 
     ``DerivativeContraction(T, functions, groups, K)``: ``T`` a tensor component whose
     indices are the summed dummies (sample indices) and possibly free sample indices
-    (D_{α1α2β1β2} of the NTK's correlation with z), ``functions`` the f_k, ``groups`` one
+    (D_{α1α2β1β2} of the NTK's correlation with z), or a product of components (the O(1/n²)
+    terms: G1_{β1β2} V_{(β3β4)(β5β6)} …), ``functions`` the f_k, ``groups`` one
     tuple of dummies per f_k (the derivatives acting on it; one or more each), ``K`` the
     kernel label.
     :func:`derive.collapse_contractions` carries out the sums (product rule, δ_{βα});
@@ -921,8 +984,9 @@ class DerivativeContraction(sp.Expr):
             raise IndexStructureError("a DerivativeContraction needs one group of summed "
                                       "indices per function")
         dummies = [b for g in groups for b in g]
-        if (len(set(dummies)) != len(dummies) or not set(dummies) <= set(T.indices)
-                or len(T.indices) != len(set(T.indices))):
+        indices = _tensor_indices(T)
+        if (len(set(dummies)) != len(dummies) or not set(dummies) <= set(indices)
+                or len(indices) != len(set(indices))):
             raise IndexStructureError(f"the summed indices {dummies} must be distinct indices "
                                       f"of {T}, each used once")
         # canonical form: factors in sorted order, dummies renamed in order of appearance
@@ -932,19 +996,22 @@ class DerivativeContraction(sp.Expr):
             (functions[k], len(groups[k]))))
         functions = tuple(functions[k] for k in order)
         groups = tuple(groups[k] for k in order)
-        free = set(T.indices) - set(dummies)
+        free = set(indices) - set(dummies)
         used = set().union(*(f.free_symbols for f in functions)) | free
         if used & set(dummies):
             raise IndexStructureError(f"the summed indices {dummies} of a DerivativeContraction "
                                       "also appear free in its functions; rename them")
         names = summation_dummies(len(dummies), used)
         best = None
-        for orders in product(*(permutations(g) for g in groups)):
+        # (past 6! orders the search costs more than it saves: the given order is kept)
+        search = prod(factorial(len(g)) for g in groups) <= 720
+        for orders in product(*(permutations(g) for g in groups)) if search else [groups]:
             fresh = dict(zip((b for g in orders for b in g), names))
             cand = T.xreplace(fresh)
             if best is None or default_sort_key(cand) < default_sort_key(best[0]):
                 best = (cand, tuple(tuple(fresh[b] for b in g) for g in orders))
-            if len(T.indices) == len(dummies) and T.base.__class__ is SymmetricBase:
+            if len(indices) == len(dummies) and isinstance(T, sp.Indexed) \
+                    and T.base.__class__ is SymmetricBase:
                 break  # a fully symmetric T is the same whatever the order
         T, groups = best
         return super().__new__(cls, T, sp.Tuple(*functions),
