@@ -1,4 +1,4 @@
-r"""First-order nearly-Gaussian perturbation theory (docs/conventions.md §3, §6 step 4; PDLT §4.3).
+r"""Nearly-Gaussian perturbation theory (docs/conventions.md §3, §6 step 4, §9; PDLT §4.3).
 
 Two entry points, for the two kinds of integrand:
 
@@ -18,7 +18,9 @@ Two entry points, for the two kinds of integrand:
         V_{(\beta_1\beta_2)(\beta_3\beta_4)}\langle\partial_{\beta_1}\cdots\partial_{\beta_4} f\rangle_K\Big],
 
     and, given a second function g of a *different* neuron, E[f(z_j) g(z_k)] including the
-    connected part (1/(4n)) Σ V ⟨∂∂f⟩_K ⟨∂∂g⟩_K.  Averages stay inert
+    connected part (1/(4n)) Σ V ⟨∂∂f⟩_K ⟨∂∂g⟩_K; to second order in 1/n (G2, V1 and the
+    six-point vertex U, and the squares of the first-order terms) and for any number of
+    functions of different neurons, or their joint cumulant.  Averages stay inert
     (:class:`derive.GaussianAverage`) until evaluated numerically or, for polynomials, by
     :func:`evaluate_averages`.
 
@@ -27,6 +29,8 @@ of a function of z_{α1}, z_{α2} is δ_{βα1}∂_1 + δ_{βα2}∂_2, so Σ_β
 the distinct sample indices in f (exact also when two of them take the same value).
 """
 from __future__ import annotations
+
+from itertools import combinations_with_replacement
 
 import sympy as sp
 from sympy.core.sorting import default_sort_key
@@ -109,26 +113,83 @@ def _components(f: sp.Expr, fam: Family) -> list[RandomVar]:
     return sorted((r for r in f.atoms(RandomVar) if r.family == fam), key=default_sort_key)
 
 
-def _first_order_self(f: sp.Expr, fam: Family, K: str) -> sp.Expr:
-    """½ Σ G1 ⟨∂∂f⟩ + ⅛ Σ V ⟨∂⁴f⟩ (the 1/n coefficient of E[f] for one neuron), as inert
-    :class:`DerivativeContraction` sample sums."""
-    b = summation_dummies(4, f.free_symbols)
-    out = sp.S.Zero
-    if not _components(f, fam):
-        return out
-    if fam.G1 is not None:
-        out += sp.Rational(1, 2) * DerivativeContraction(fam.G1[b[0], b[1]], (f,), (b[:2],), K)
-    if fam.V is not None:
-        out += sp.Rational(1, 8) * DerivativeContraction(fam.V[b], (f,), (b,), K)
+#: the cumulant data of a nearly-Gaussian family by the power of 1/n they come with: (the
+#: family's tensor, the number of index pairs of its δ structure) — the metric corrections
+#: (one pair), the four-point vertex (two) and the six-point vertex (three)
+_CUMULANTS = {1: (("G1", 1), ("V", 2)), 2: (("G2", 1), ("V1", 2), ("U", 3))}
+
+
+def _vertices(fam: Family, m: int, power: int) -> list[tuple]:
+    """The terms of the cumulant operator log E[exp(Σ J·z)] at 1/n^power for m functions of
+    m different neurons: (coefficient, tensor, the function each of its pairs acts on).
+
+    A connected 2p-point function is Σ over the pairings of its fields of δ(neurons of each
+    pair) T_{(pair)(pair)…}.  For c_j pairs on function j the fields' arrangements and the
+    pairings whose δ's do not vanish give (2p)!/Π(2c_j)! × Π(2c_j − 1)!! equal terms, and the
+    exponential's 1/(2p)!: the coefficient Π_j 1/(2c_j)!! (½ G ∂², ⅛ V ∂⁴, 1/48 U ∂⁶ on one
+    function; ¼ V ∂²∂², 1/16 U ∂⁴∂², ⅛ U ∂²∂²∂² across them)."""
+    out = []
+    for attr, pairs in _CUMULANTS[power]:
+        T = getattr(fam, attr)
+        if T is None:
+            continue
+        for where in combinations_with_replacement(range(m), pairs):
+            coeff = sp.Mul(*(sp.Rational(1, 2 ** c * sp.factorial(c))
+                             for c in (where.count(j) for j in set(where))))
+            out.append((coeff, T, where))
     return out
 
 
-def _vertex_pair(f, g, fam: Family, K: str) -> sp.Expr:
-    """Σ V_{(β1β2)(β3β4)} ⟨∂β1∂β2 f⟩⟨∂β3∂β4 g⟩ (f, g of two different neurons)."""
-    if not (_components(f, fam) and _components(g, fam)):
-        return sp.S.Zero
-    b = summation_dummies(4, f.free_symbols | g.free_symbols)
-    return DerivativeContraction(fam.V[b], (f, g), (b[:2], b[2:]), K)
+def _operator_terms(fam: Family, m: int, order: int) -> dict[int, list[tuple]]:
+    """exp(cumulant operator) to 1/n^order: power → [(coefficient, factors)], each factor a
+    (tensor, positions) of :func:`_vertices`; the power-2 terms are the second-order vertices
+    and the products of two first-order ones (½ w² for the same one twice)."""
+    first = _vertices(fam, m, 1) if order >= 1 else []
+    terms = {1: [(c, ((T, w),)) for c, T, w in first]}
+    if order >= 2:
+        terms[2] = [(c, ((T, w),)) for c, T, w in _vertices(fam, m, 2)]
+        for a, (ca, Ta, wa) in enumerate(first):
+            for cb, Tb, wb in first[a:]:
+                same = (Ta, wa) == (Tb, wb)
+                terms[2].append((ca * cb / (2 if same else 1), ((Ta, wa), (Tb, wb))))
+    return {k: v for k, v in terms.items() if k <= order}
+
+
+def _connected(factors, m: int) -> bool:
+    """Whether the factors' positions link all m functions into one piece."""
+    seen, frontier = {0}, [0]
+    while frontier:
+        j = frontier.pop()
+        for _, where in factors:
+            if j in where:
+                for k in where:
+                    if k not in seen:
+                        seen.add(k)
+                        frontier.append(k)
+    return len(seen) == m
+
+
+def _term(coeff, factors, fs: list, fam: Family, K: str) -> tuple[sp.Expr, sp.Expr]:
+    """coeff × Σ Π_factors T_{pairs} Π_j ⟨∂_{β of the pairs on j} f_j⟩_K as (the plain
+    averages of the functions no derivative acts on, coeff × a
+    :class:`DerivativeContraction`); zero when a derivative acts on a function of no
+    component."""
+    total = sum(2 * len(where) for _, where in factors)
+    b = iter(summation_dummies(total, set().union(*(f.free_symbols for f in fs))))
+    tensors, groups = [], [[] for _ in fs]
+    for T, where in factors:
+        idx = []
+        for j in where:
+            pair = (next(b), next(b))
+            groups[j].extend(pair)
+            idx.extend(pair)
+        tensors.append(T[tuple(idx)])
+    acted = [j for j in range(len(fs)) if groups[j]]
+    rest = sp.Mul(*(_average(fs[j], K) for j in range(len(fs)) if not groups[j]))
+    if any(not _components(fs[j], fam) for j in acted):
+        return rest, sp.S.Zero
+    return rest, coeff * DerivativeContraction(sp.Mul(*tensors), [fs[j] for j in acted],
+                                               [tuple(groups[j]) for j in acted], K)
 
 
 def _average(h: sp.Expr, K: str) -> sp.Expr:
@@ -205,13 +266,29 @@ def collapse_contractions(expr: sp.Expr, trace: Trace | None = None) -> sp.Expr:
 
 @boundary
 def perturbative_expectation(f, field: Family | None = None, order: int = 1, other=None,
-                             trace: Trace | None = None, collapse: bool = True) -> Graded:
-    """E[f] to ``order`` in 1/n for a general function of one neuron's nearly-Gaussian vector.
+                             trace: Trace | None = None, collapse: bool = True,
+                             connected: bool = False) -> Graded:
+    r"""E[f] to ``order`` in 1/n for a general function of one neuron's nearly-Gaussian vector.
 
     ``f`` is a SymPy expression in components ``z[alpha]`` of a family made with
     ``nearly_gaussian_field(..., neuron=False)``; activations may be undefined functions
     (``sympy.Function('sigma')``) or concrete ones.  With ``other=g`` the result is
-    E[f(z_j) g(z_k)] for two *different* neurons j ≠ k (docs/conventions.md §6 step 4).
+    E[f(z_j) g(z_k)] for two *different* neurons j ≠ k (docs/conventions.md §6 step 4); with
+    ``other=[g, h, …]`` E[f(z_j) g(z_k) h(z_l) …] for as many different neurons.
+
+    The expectation is the cumulant operator exponentiated and applied to the Gaussian
+    averages, E[Π_j f_j] = exp(W) Π_j ⟨f_j⟩_K, truncated at 1/n^order, with
+
+    .. math::
+        W = \sum_j \big[\tfrac12 \Delta G\,\partial_j^2 + \tfrac18 V\partial_j^4
+              + \tfrac1{48} U\partial_j^6\big]
+            + \sum_{j<k} \big[\tfrac14 V\partial_j^2\partial_k^2
+              + \tfrac1{16} U(\partial_j^4\partial_k^2 + \partial_j^2\partial_k^4)\big]
+            + \sum_{j<k<l} \tfrac18 U\partial_j^2\partial_k^2\partial_l^2
+
+    (sample sums implied; ΔG = G1/n + G2/n², V → V/n + V1/n², U/n²), so the 1/n² coefficient
+    holds G2, V1 and U once and the squares of the first-order terms (⅛ G1 G1 ∂⁴, 1/16 G1 V ∂⁶,
+    1/128 V V ∂⁸ on one function, and their products across functions).
 
     Parameters
     ----------
@@ -220,14 +297,19 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
     field : Family, optional
         That family (default: found in ``f``).
     order : int, optional
-        The highest order in 1/n (0 or 1; default 1).
-    other : sympy.Expr, optional
-        A function g of a second, different neuron: the result is then E[f(z_j) g(z_k)].
+        The highest order in 1/n (0, 1 or 2; default 1).  Order 2 needs the family's O(1/n²)
+        data: ``nearly_gaussian_field(..., G2="G2", V1="V1", U="U")`` (any left out is zero).
+    other : sympy.Expr or list of sympy.Expr, optional
+        Functions of further neurons, each different from the others and from f's.
     trace : Trace, optional
         Where to record the rules that fired.
     collapse : bool, optional
         Carry out the sample sums with :func:`collapse_contractions` (default True); False keeps
         the :class:`DerivativeContraction` form.
+    connected : bool, optional
+        The joint cumulant of f(z_j), g(z_k), … instead of the expectation of their product:
+        the terms whose vertices link all the neurons (e.g. for three neurons at 1/n²,
+        ⅛ Σ U ⟨∂²f⟩⟨∂²g⟩⟨∂²h⟩ and the chains of two V's).  Default False.
 
     Returns
     -------
@@ -237,8 +319,8 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
     Raises
     ------
     DeriveError
-        For an order other than 0 or 1, or an ``f`` that is not a function of one
-        sample-only nearly-Gaussian family.
+        For an order other than 0, 1 or 2, order 2 on a family without its O(1/n²) data, or
+        an ``f`` that is not a function of one sample-only nearly-Gaussian family.
 
     Examples
     --------
@@ -249,33 +331,40 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
     >>> r = perturbative_expectation(s(z[a]))
     >>> r[0]
     <sigma(z[alpha])>_K
+    >>> z2 = nearly_gaussian_field('z', 'K', 'G1', 'V', 'n', neuron=False, G2='G2', V1='V1', U='U')
+    >>> perturbative_expectation(z2[a] ** 2, order=2)[2]
+    G2[alpha, alpha]
     """
-    order = check_order(order)
-    f = as_expr(f)
-    fam = _single_neuron_family(f if other is None else f + as_expr(other), field)
+    order = check_order(order, highest=2)
+    if not isinstance(connected, (bool, sp.logic.boolalg.BooleanAtom)):
+        raise DeriveError(f"connected must be True or False, got {connected!r:.40}")
+    fs = [as_expr(f)]
+    if other is not None:
+        fs += [as_expr(g) for g in (other if isinstance(other, (list, tuple)) else [other])]
+    fam = _single_neuron_family(sp.Add(*fs), field)
+    if order >= 2 and not fam.is_gaussian and not fam.second_order:
+        raise DeriveError(
+            f"order 2 needs the O(1/n²) data of family {fam.name}: declare them with "
+            "nearly_gaussian_field(..., G2='G2', V1='V1', U='U') (a label left out is zero)")
     K = fam.tensor.label  # an exactly Gaussian family (no G1, no V) has no 1/n corrections
-
-    n = fam.n
-    if other is None:
-        lo = _average(f, K)
-        first = _first_order_self(f, fam, K) if order >= 1 else sp.S.Zero
-    else:
-        g = as_expr(other)
-        lo = _average(f, K) * _average(g, K)
-        first = sp.S.Zero
-        if order >= 1:
-            first = (_first_order_self(f, fam, K) * _average(g, K)
-                     + _average(f, K) * _first_order_self(g, fam, K))
-            if fam.V is not None:
-                first += sp.Rational(1, 4) * _vertex_pair(f, g, fam, K)
-    if collapse:
-        first = collapse_contractions(first, trace=trace)
-    result = Graded({0: lo, 1: first} if order >= 1 else {0: lo}, n, order)
+    m = len(fs)
+    parts = {0: sp.Mul(*(_average(h, K) for h in fs)) if m == 1 or not connected else sp.S.Zero}
+    for power, terms in _operator_terms(fam, m, order).items():
+        by_rest = {}  # grouped by the plain averages they multiply: E[f]₁ ⟨g⟩ + ⟨f⟩ E[g]₁ + …
+        for coeff, factors in terms:
+            if connected and not _connected(factors, m):
+                continue
+            rest, term = _term(coeff, factors, fs, fam, K)
+            by_rest[rest] = by_rest.get(rest, sp.S.Zero) + term
+        part = sp.Add(*(rest * total for rest, total in by_rest.items()))
+        parts[power] = collapse_contractions(part, trace=trace) if collapse else part
+    for power in range(1, order + 1):
+        parts.setdefault(power, sp.S.Zero)
+    result = Graded(parts, fam.n, order)
     if trace is not None:
         from .contractions import E
 
-        trace.record("nearly_gaussian.operator", E(f if other is None else f * as_expr(other)),
-                     result.as_expr())
+        trace.record("nearly_gaussian.operator", E(sp.Mul(*fs)), result.as_expr())
     return result
 
 
