@@ -328,16 +328,23 @@ def _moment_average(f, g, K):
     kernel); computed once per layer."""
     key = ("moment average", f, g, id(K))
     if key not in _CACHE:
-        same, flipped = _quadrant_moments(K, 1.0), _quadrant_moments(K, -1.0)
-        out = numpy.zeros_like(K)
+        terms = []  # (coefficient, moment array)
         for sp_, fc in zip((1, -1), f):
             for sq, gc in zip((1, -1), g):
-                moment = same if sp_ == sq else flipped
+                if not (any(fc) and any(gc)):
+                    continue  # (ReLU's σ is 0 for z < 0: the flipped table is not needed)
+                moment = _quadrant_moments(K, 1.0 if sp_ == sq else -1.0)
                 for m, a in enumerate(fc):
                     for k, b in enumerate(gc):
                         if a and b:
-                            out += (a * b * sp_ ** m * sq ** k) * moment(m, k)
-        _CACHE[key] = out
+                            terms.append((a * b * sp_ ** m * sq ** k, moment(m, k)))
+        if len(terms) == 1 and terms[0][0] == 1.0:  # the table's own array (never written to)
+            _CACHE[key] = terms[0][1]
+        else:
+            out = numpy.zeros_like(K)
+            for c, moment in terms:
+                out += c * moment
+            _CACHE[key] = out
     return _CACHE[key]
 
 
@@ -568,7 +575,10 @@ def _pair_inverse(K):
     """P = [[K_pp, K_pq], [K_pq, K_qq]]⁻¹ of every pair as (P00, P01, P11), each (N, N); the
     pairs p = q (singular) get placeholders: their components come from the single-input
     recursions.  Parallel or duplicated inputs p ≠ q raise (the derivative-free forms of an
-    activation with kinks need linearly independent inputs)."""
+    activation with kinks need linearly independent inputs).  Once per layer."""
+    key = ("inverse", id(K))
+    if key in _CACHE:
+        return _CACHE[key]
     Kd = numpy.diagonal(K)
     KppKqq = Kd[:, None] * Kd[None, :]
     det = KppKqq - K * K
@@ -580,7 +590,8 @@ def _pair_inverse(K):
                          "singular); the derivative-free forms used for an activation with kinks "
                          "need linearly independent inputs: remove one of them")
     det = numpy.where(off, det, 1.0)
-    return Kd[None, :] / det, -K / det, Kd[:, None] / det
+    _CACHE[key] = Kd[None, :] / det, -K / det, Kd[:, None] / det
+    return _CACHE[key]
 
 
 def _pair_tensors(G1, Vd, Vpairs):

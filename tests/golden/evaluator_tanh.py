@@ -569,7 +569,10 @@ def _pair_inverse(K):
     """P = [[K_pp, K_pq], [K_pq, K_qq]]⁻¹ of every pair as (P00, P01, P11), each (N, N); the
     pairs p = q (singular) get placeholders: their components come from the single-input
     recursions.  Parallel or duplicated inputs p ≠ q raise (the derivative-free forms of an
-    activation with kinks need linearly independent inputs)."""
+    activation with kinks need linearly independent inputs).  Once per layer."""
+    key = ("inverse", id(K))
+    if key in _CACHE:
+        return _CACHE[key]
     Kd = numpy.diagonal(K)
     KppKqq = Kd[:, None] * Kd[None, :]
     det = KppKqq - K * K
@@ -581,7 +584,8 @@ def _pair_inverse(K):
                          "singular); the derivative-free forms used for an activation with kinks "
                          "need linearly independent inputs: remove one of them")
     det = numpy.where(off, det, 1.0)
-    return Kd[None, :] / det, -K / det, Kd[:, None] / det
+    _CACHE[key] = Kd[None, :] / det, -K / det, Kd[:, None] / det
+    return _CACHE[key]
 
 
 def _pair_tensors(G1, Vd, Vpairs):
