@@ -31,6 +31,7 @@ never expand or evaluate.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from itertools import permutations, product
 from math import factorial, prod
 from typing import Iterable
@@ -199,12 +200,16 @@ GROUPS = {name: _group(gens) for name, gens in GROUP_GENERATORS.items()}
 _GROUP_RANK = {name: len(gens[0]) for name, gens in GROUP_GENERATORS.items()}
 
 
+@lru_cache(maxsize=1 << 16)
 def _canonical_indices(symmetry: str, idx: tuple) -> tuple:
+    """The canonical order of a component's indices under its symmetry (cached: the same
+    index tuples recur in every canonical-form search of a contraction)."""
     if symmetry == "sym":
         return tuple(sorted(idx, key=default_sort_key))
     if symmetry in GROUPS:
+        keys = {x: default_sort_key(x) for x in idx}
         images = (tuple(idx[k] for k in perm) for perm in GROUPS[symmetry])
-        return min(images, key=lambda t: [default_sort_key(x) for x in t])
+        return min(images, key=lambda t: [keys[x] for x in t])
     return idx
 
 
