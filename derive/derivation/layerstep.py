@@ -29,6 +29,11 @@ The 1/n terms are first obtained with their sample sums kept (Σ_β T_β ⟨∂_
 product rule (rule ``derivative.collapse``) into component forms; ``LayerStep.steps`` holds
 the steps per quantity.  Numbers: :mod:`derive.numeric.evaluate`.
 
+At order 2 (docs/conventions.md §10) layer ℓ also carries G2, V1 and U, the neuron sums run
+over up to three distinct neurons, every sum's expectation is taken only to the order its
+prefactor leaves, and the moments are read at the quantity's δ-structure and truncated before
+the products of the cumulant (``_Correlators.structure_series``).
+
 With a skip connection (ξ ≠ 0) neuron i of layer ℓ enters z^{(ℓ+1)}_i twice, directly and
 inside the stochastic metric; a description of layer ℓ by K, G1 and V alone then misses the
 coupling along one neuron's trajectory across layers (docs/conventions.md §8), so the O(1/n) quantities of
@@ -51,7 +56,8 @@ from ..algebra.trace import Trace
 from ..architectures.forward import (BASE_SCALARS, NTK, SIGMA, WIDTH, WIDTH_PREV, B, ForwardEquation,
                                      W, Z, mlp_equation)
 from ..base.errors import DeriveError
-from .quantities import FIELDS, QUANTITIES, TARGETS, Correlator, Quantity, quantity
+from .quantities import (FIELDS, NNLO_QUANTITIES, QUANTITIES, TARGETS, Correlator, Quantity,
+                         quantity)
 
 __all__ = ["LayerStep", "derive_layer_step", "cached_layer_step", "closed_layer_step", "reads",
            "expect_neuron_sums",
@@ -170,28 +176,38 @@ def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 
                                   lambda x: zeta[x.indices[1]])
             fs.append(g)
         rng = s.limits[0][1]
-        if len(vs) == 1:
-            if s.exclude:
-                raise DeriveError(f"sum {s} excludes free neurons; not handled")
-            count = rng
-        elif len(vs) == 2 and s.distinct and len(s.exclude) == 1:
-            count = rng * (rng - 1)
-        else:
-            raise DeriveError(f"sum {s}: only Σ_j and Σ_(j≠k) are handled at this order")
-        E = _expect_functions(fs, zeta, order, collapse)
+        m = len(vs)
+        if m == 1 and s.exclude:
+            raise DeriveError(f"sum {s} excludes free neurons; not handled")
+        if m > 1 and not (s.distinct and len(s.exclude) == m * (m - 1) // 2):
+            raise DeriveError(f"sum {s}: only sums over distinct neurons are handled (split "
+                              "the sums first)")
+        count = sp.Mul(*(rng - k for k in range(m)))  # n (n − 1) … (n − m + 1)
+        # the expectation only to the order the prefactor leaves (it is O(ε^lead) already)
+        need = order - _leading_power(coeff * count, (rng, zeta.n))
+        if need < 0:
+            continue
+        E = _expect_functions(fs, zeta, need, collapse)
         if ntks:
             E = _expect_with_ntk(fs, vs, ntks, E, zeta, order, collapse)
         out += coeff * count * E
     return out
 
 
+def _leading_power(expr: sp.Expr, widths: tuple) -> int:
+    """The lowest power of ε in ``expr`` with every width n scaled to n/ε (0 for none)."""
+    scaled = sp.expand(expr.xreplace({w: w / _EPS for w in widths}))
+    powers = [term.as_powers_dict().get(_EPS, sp.S.Zero) for term in sp.Add.make_args(scaled)]
+    return int(min(powers)) if powers else 0
+
+
 def _expect_functions(fs: list, zeta: Family, order: int, collapse: bool) -> sp.Expr:
-    """E[Π_v f_v(z_v)] for functions of one or two different neurons (constants allowed)."""
+    """E[Π_v f_v(z_v)] for functions of different neurons (constants allowed)."""
     const = sp.Mul(*(f for f in fs if not f.has(RandomVar)))
     live = [f for f in fs if f.has(RandomVar)]
     if not live:
         return const
-    E = perturbative_expectation(live[0], zeta, order, other=live[1] if len(live) > 1 else None,
+    E = perturbative_expectation(live[0], zeta, order, other=live[1:] or None,
                                  collapse=collapse)
     return const * E.as_expr()
 
@@ -331,7 +347,46 @@ class _Correlators:
         ni, si, E, t = self.cache[key]
         if trace is not None:
             trace.steps.extend(t.steps)
-        return E.xreplace(dict(zip(ni + si, tuple(neurons) + tuple(samples))))
+        # (identity pairs left out: xreplace would rebuild every node they reach, and each
+        # DerivativeContraction rebuilt searches its canonical form again)
+        rename = {a: b for a, b in zip(ni + si, tuple(neurons) + tuple(samples)) if a != b}
+        return E.xreplace(rename) if rename else E
+
+    def structure_series(self, corr: Correlator, neurons, samples, order: int, structure,
+                         widths: tuple, trace: Trace) -> list:
+        """The ε⁰ … ε^order coefficients of the δ-structure ``structure`` of the correlator
+        (connected: its cumulant over the partitions of the fields): every moment is read
+        (:func:`_read_structure`, a substitution, so it commutes with the products) and
+        truncated (:func:`_series`) before it is multiplied."""
+        def read(fields, ns, ss, t=None):
+            m = self.moment(fields, ns, ss, order, t)
+            return _series(_read_structure(m, neurons, structure), widths, order)
+
+        out = read(corr.fields, neurons, samples, trace)
+        if not corr.connected:
+            return out
+        slots, p, q = [], 0, 0
+        for f in corr.fields:
+            a, b = FIELDS[f]
+            slots.append((tuple(neurons[p:p + a]), tuple(samples[q:q + b])))
+            p, q = p + a, q + b
+        for part in multiset_partitions(list(range(len(corr.fields)))):
+            if len(part) == 1:
+                continue
+            prod = None
+            for block in part:
+                fs = tuple(corr.fields[x] for x in block)
+                ns = tuple(i for x in block for i in slots[x][0])
+                ss = tuple(a for x in block for a in slots[x][1])
+                s = read(fs, ns, ss)
+                prod = s if prod is None else [
+                    sp.expand(sum(prod[a] * s[k - a] for a in range(k + 1)))
+                    for k in range(order + 1)]
+                if not any(prod):
+                    break
+            k = len(part)
+            out = [o + (-1) ** (k - 1) * sp.factorial(k - 1) * c for o, c in zip(out, prod)]
+        return [sp.expand(c) for c in out]
 
     def cumulant(self, corr: Correlator, neurons, samples, order: int, trace: Trace) -> sp.Expr:
         """The correlator at the given indices; connected: minus the products of the lower
@@ -392,7 +447,8 @@ def closure_error(eq: ForwardEquation) -> SkipClosureError:
 @lru_cache(maxsize=None)
 def _correlators(eq: ForwardEquation) -> _Correlators:
     """The moments of ``eq``'s layer ℓ+1, shared by every group (each derived once)."""
-    return _Correlators(eq, nearly_gaussian_field("zeta", "K", "G1", "V", WIDTH_PREV, neuron=False))
+    return _Correlators(eq, nearly_gaussian_field("zeta", "K", "G1", "V", WIDTH_PREV, neuron=False,
+                                                  G2="G2", V1="V1", U="U"))
 
 
 @lru_cache(maxsize=None)
@@ -400,25 +456,41 @@ def _derive_group(eq: ForwardEquation, corr: Correlator, at: int, names: tuple):
     """The quantities ``names`` (declared on ``corr`` at order ``at``), derived together:
     ({name: contracted form}, their steps)."""
     qs = [quantity(n) for n in names]
-    alphas = sample_indices("alpha1:5")
+    alphas = sample_indices("alpha1:7")
     widths = (WIDTH, WIDTH_PREV)
     t = Trace()
     ni = neuron_indices(" ".join(f"i{k}" for k in range(1, corr.neurons + 1)))
-    full = _correlators(eq).cumulant(corr, ni, alphas[:corr.samples], at, t)
-    values = {}
+    corrs = _correlators(eq)
+    # at order 2 each moment is read and truncated before the products of the cumulant (the
+    # whole six-point function is far too large to expand); below, as before (the documents
+    # show the whole connected function)
+    full = None if at >= 2 else corrs.cumulant(corr, ni, alphas[:corr.samples], at, t)
+    values, shown_read = {}, []
     for q in qs:
-        read = _read_structure(full, ni, q.structure)
         # the quantity's k-th sample index is the correlator's slot q.samples[k]
         rename = {alphas[q.samples[k]]: alphas[k] for k in range(corr.samples)}
-        read = read.xreplace({a: b for a, b in rename.items() if a != b})
-        series = _series(read, widths, q.order)
-        if corr.connected and any(c != 0 for c in series[:q.order]):
-            raise DeriveError(f"the {corr.what} has a part of order below {q.order} in 1/n "
-                              f"({series[0]}); layer ℓ+1 is not nearly Gaussian (internal "
+        if full is None:
+            series = corrs.structure_series(corr, ni, alphas[:corr.samples], at, q.structure,
+                                            widths, t)
+            series = [c.xreplace({a: b for a, b in rename.items() if a != b}) for c in series]
+            shown_read.append(sp.Add(*series))
+        else:
+            read = _read_structure(full, ni, q.structure)
+            read = read.xreplace({a: b for a, b in rename.items() if a != b})
+            series = _series(read, widths, q.order)
+        # a connected function of p pairs of neurons starts at order p − 1 (V at 1/n, U at 1/n²)
+        start = len(q.structure) - 1
+        if corr.connected and any(c != 0 for c in series[:start]):
+            low = next(k for k, c in enumerate(series[:start]) if c != 0)
+            raise DeriveError(f"the {corr.what} has a part of order {low} < {start} in 1/n "
+                              f"({series[low]}); layer ℓ+1 is not nearly Gaussian (internal "
                               "error)")
         values[q.name] = sp.expand(series[q.order] * WIDTH ** q.order)
     # shown: a connected function whole (its δ-structures are many), else the one read
-    shown = full if corr.connected else _read_structure(full, ni, qs[0].structure)
+    if full is None:
+        shown = shown_read[0]
+    else:
+        shown = full if corr.connected else _read_structure(full, ni, qs[0].structure)
     vals = list(values.values())
     t.record("truncate", shown, sp.Tuple(*vals) if len(vals) > 1 else vals[0],
              note=_truncation_note(corr, qs))
@@ -435,12 +507,13 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
     trace = trace if trace is not None else Trace()
     if order >= 1 and eq.has_skip():
         raise closure_error(eq)
-    wanted = [q for q in QUANTITIES if q.order <= order and (names is None or q.name in names)]
+    declared = QUANTITIES + (NNLO_QUANTITIES if order >= 2 else ())
+    wanted = [q for q in declared if q.order <= order and (names is None or q.name in names)]
     if names is not None:
-        unknown = sorted(set(names) - {q.name for q in QUANTITIES})
+        unknown = sorted(set(names) - {q.name for q in declared})
         if unknown:
             raise DeriveError(f"no declared quantity {unknown}; known: "
-                              f"{[q.name for q in QUANTITIES]}")
+                              f"{[q.name for q in declared]}")
     by_corr: dict = {}
     for q in wanted:  # each quantity's steps at its own order (K's at leading order, …)
         by_corr.setdefault((q.correlator, q.order), []).append(q.name)
@@ -473,9 +546,8 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
 
 def reads(expr: sp.Expr) -> set:
     """The declared quantities of layer ℓ a recursion reads (its tensors)."""
-    labels = {str(t.base) for t in expr.atoms(sp.Indexed)}
-    labels |= {str(d.tensor.base) for d in expr.atoms(DerivativeContraction)}
-    return labels & set(TARGETS)
+    labels = {str(t.base) for t in expr.atoms(sp.Indexed)}  # (also those inside contractions)
+    return labels & (set(TARGETS) | {q.name for q in NNLO_QUANTITIES})
 
 
 def closed_layer_step(equation: ForwardEquation | None, order: int, names) -> LayerStep:
@@ -485,7 +557,8 @@ def closed_layer_step(equation: ForwardEquation | None, order: int, names) -> La
     while True:
         step = cached_layer_step(equation, order, have)
         more = set().union(*(reads(e) for e in step.recursions.values())) - have
-        more = {n for n in more if n in {q.name for q in QUANTITIES if q.order <= order}}
+        more = {n for n in more
+                if n in {q.name for q in QUANTITIES + NNLO_QUANTITIES if q.order <= order}}
         if not more:
             return step
         have = have | more

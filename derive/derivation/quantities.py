@@ -18,14 +18,18 @@ The NTK's O(1/n) statistics are declared the same way: H1 on ``Hhat`` at order 1
 the connected ``(Hhat, Hhat)`` correlator with structures δ_{i1i2}δ_{i3i4} and
 δ_{i1i3}δ_{i2i4}; D, F as the connected ``(Hhat, z, z)`` correlator.  B and F are read with
 their sample indices in the order of their names (B_{α1α3α2α4}: ``samples=(0, 2, 1, 3)``).
-Next would be the dNTK's and the O(1/n²) ones (G2: ``(z, z)`` at order 2; U: the connected
-six-point function with δδδ).
+The O(1/n²) ones (docs/conventions.md §10) are declared the same way in
+:data:`NNLO_QUANTITIES`: G2 on ``(z, z)`` at order 2, V1 on the connected four-point function
+at order 2, U on the connected six-point function with δ_{i1i2}δ_{i3i4}δ_{i5i6}.  The layer step
+derives them (``derive_layer_step(order=2)``); they join :data:`TARGETS` (the names the public
+API accepts) once the evaluators compute them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FIELDS", "Correlator", "Quantity", "QUANTITIES", "TARGETS", "quantity"]
+__all__ = ["FIELDS", "Correlator", "Quantity", "QUANTITIES", "NNLO_QUANTITIES", "TARGETS",
+           "quantity"]
 
 #: field → (neuron indices, sample indices) of one factor
 FIELDS = {"z": (1, 1), "Hhat": (2, 2)}
@@ -121,6 +125,24 @@ QUANTITIES = (
              _CROSS, _CROSSED),
 )
 
+SIX_POINT = Correlator(("z",) * 6, True,
+                      "connected six-point function (the products of the lower ones subtracted)")
+
+#: the O(1/n²) statistics (docs/conventions.md §10), derived by the layer step at order 2
+NNLO_QUANTITIES = (
+    Quantity("G2", METRIC, ((0, 1),), 2, r"G^{\{2\}(\ell)}", "sym", "NNLO metric correction",
+             r"E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G1/n_{ℓ−1} + G2/n_{ℓ−1}² + …)_{α1α2}: "
+             r"n_{ℓ−1}² × the ε² part"),
+    Quantity("V1", FOUR_POINT, ((0, 1), (2, 3)), 2, r"V^{\{1\}(\ell)}", "pairs",
+             "NLO correction of the four-point vertex",
+             r"connected E[z z z z] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} (V + V1/n_{ℓ−1})_{(α1α2)(α3α4)} "
+             r"+ 2 perms]: n_{ℓ−1}² × the ε² part"),
+    Quantity("U", SIX_POINT, ((0, 1), (2, 3), (4, 5)), 2, r"U^{(\ell)}", "three_pairs",
+             "Six-point vertex",
+             r"connected E[z⁶] = (1/n_{ℓ−1}²) [δ_{i1i2}δ_{i3i4}δ_{i5i6} U_{(α1α2)(α3α4)(α5α6)} "
+             r"+ 14 pairings]", (0, 1, 2, 3, 4, 5)),
+)
+
 #: quantity → (order at which it enters, LaTeX): the planner's table
 TARGETS = {q.name: (q.order, q.latex) for q in QUANTITIES}
 #: the quantities with four sample indices (N⁴ arrays): V, A, B, D, F
@@ -132,7 +154,7 @@ NTK_FOUR = tuple(q for q in NTK_NLO if q in RANK4)
 
 
 def quantity(name: str) -> Quantity:
-    for q in QUANTITIES:
+    for q in QUANTITIES + NNLO_QUANTITIES:
         if q.name == name:
             return q
     raise KeyError(name)

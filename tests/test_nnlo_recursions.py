@@ -1,0 +1,91 @@
+"""The O(1/n²) recursions (G2, V1, U) derived by the layer step at order 2, against the exact
+finite-width statistics of deep linear networks, written here independently.
+
+For σ(z) = z and C_b = 0, conditional on layer ℓ the preactivations of layer ℓ+1 are Gaussian
+with variance Ĝ^{(ℓ+1)} = (C_W/n_ℓ) Σ_j z_j², and Σ_i z_i² = Ĝ χ²_{n} (a χ² variable with n
+degrees of freedom, independent of Ĝ).  So for one input, with E[(χ²_n)^m] = n(n+2)…(n+2m−2),
+
+    E[Ĝ^{(ℓ)m}] = (C_W |x|²/n_0)^m Π_{k=1}^{ℓ−1} C_W^m Π_{r<m} (1 + 2r/n_k),
+
+and every statistic follows: E[z²] = E[Ĝ], κ4 across two neurons E[Ĝ²] − E[Ĝ]², the three-neuron
+cumulant κ3(z_i², z_j², z_k²) = E[Ĝ³] − 3E[Ĝ²]E[Ĝ] + 2E[Ĝ]³.  Expanded in 1/n these give K,
+G1 = G2 = 0, V, V1 and U at every depth; the derived recursions, iterated from layer 1, must
+reproduce them exactly (rationals).
+"""
+from __future__ import annotations
+
+import pytest
+import sympy as sp
+
+from derive import sample_indices
+from derive.algebra.nearly_gaussian import evaluate_averages
+from derive.derivation.layerstep import WIDTH, WIDTH_PREV, derive_layer_step
+
+n = sp.Symbol("n", positive=True)
+CW = sp.Rational(3, 2)
+X2 = sp.Rational(5, 4)  # |x|² / n_0
+
+
+def exact(depth: int) -> dict:
+    """K, G1, G2, V, V1, U of layer ``depth`` of a linear net (widths n), from the χ² moments."""
+    def moment(m):
+        out = (CW * X2) ** m
+        for _ in range(depth - 1):
+            out *= CW ** m * sp.Mul(*(1 + 2 * r / n for r in range(m)))
+        return out
+
+    g1, g2, g3 = moment(1), moment(2), moment(3)
+    eps = sp.Symbol("eps")
+
+    def coeffs(e):
+        s = sp.series(sp.expand(e).subs(n, 1 / eps), eps, 0, 3).removeO()
+        return [sp.expand(s).coeff(eps, k) for k in range(3)]
+
+    metric = coeffs(g1)
+    four = coeffs(g2 - g1 ** 2)
+    six = coeffs(g3 - 3 * g2 * g1 + 2 * g1 ** 3)
+    assert four[0] == 0 and six[0] == 0 and six[1] == 0
+    return {"K": metric[0], "G1": metric[1], "G2": metric[2], "V": four[1], "V1": four[2],
+            "U": six[2]}
+
+
+@pytest.fixture(scope="module")
+def step():
+    return derive_layer_step(order=2)  # (cold: about 90 s on this machine)
+
+
+@pytest.mark.slow
+def test_second_order_quantities_are_derived(step):
+    for name in ("G2", "V1", "U"):
+        assert name in step.recursions
+        assert step.recursions[name] != 0
+    # U reads the six-point vertex and V's square, G2 reads U (the ∂⁶ term)
+    labels = {str(t.base) for t in step.recursions["G2"].atoms(sp.Indexed)}
+    assert {"G2", "V1", "U", "V", "G1"} <= labels
+
+
+def _one_sample(expr, values, C_W):
+    """A recursion at one input with σ(z) = z: every sample index the same, averages by Wick,
+    layer ℓ's tensors by ``values``, C_b = 0, equal widths n."""
+    from derive.activations.catalogue import activation
+    from derive.architectures.forward import C_B
+    from derive.architectures.forward import C_W as CW_SYMBOL
+    from derive.derivation.specialise import specialise
+
+    (a,) = sample_indices("alpha")
+    e = specialise(expr, activation("linear"))
+    e = e.xreplace({x: a for x in e.free_symbols if str(x).startswith("alpha")})
+    e = evaluate_averages(e)
+    e = e.xreplace({t: values[str(t.base)] for t in e.atoms(sp.Indexed)})
+    return sp.expand(e.subs({C_B: 0, CW_SYMBOL: C_W, WIDTH: n, WIDTH_PREV: n}))
+
+
+@pytest.mark.slow
+def test_linear_network_matches_exact_statistics_to_second_order(step):
+    values = exact(1)
+    for depth in range(1, 5):
+        want = exact(depth)
+        for name in want:
+            assert sp.simplify(values[name] - want[name]) == 0, (depth, name)
+        values = {name: _one_sample(step.recursions[name], values, CW)
+                  for name in ("K", "G1", "V", "G2", "V1", "U")}
