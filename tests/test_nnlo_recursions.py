@@ -19,7 +19,10 @@ import sympy as sp
 
 from derive import sample_indices
 from derive.algebra.nearly_gaussian import evaluate_averages
-from derive.derivation.layerstep import WIDTH, WIDTH_PREV, derive_layer_step
+import numpy as np
+
+from derive import MLP
+from derive.derivation.layerstep import WIDTH, WIDTH_PREV, cached_layer_step
 
 n = sp.Symbol("n", positive=True)
 CW = sp.Rational(3, 2)
@@ -51,7 +54,10 @@ def exact(depth: int) -> dict:
 
 @pytest.fixture(scope="module")
 def step():
-    return derive_layer_step(order=2)  # (cold: about 90 s on this machine)
+    # the quantities of one input (shared with derive.numeric.nnlo; cold: about 90 s here)
+    from derive.numeric.nnlo import NNLO_NAMES
+
+    return cached_layer_step(None, 2, frozenset(NNLO_NAMES))
 
 
 @pytest.mark.slow
@@ -89,3 +95,34 @@ def test_linear_network_matches_exact_statistics_to_second_order(step):
             assert sp.simplify(values[name] - want[name]) == 0, (depth, name)
         values = {name: _one_sample(step.recursions[name], values, CW)
                   for name in ("K", "G1", "V", "G2", "V1", "U")}
+
+
+@pytest.mark.slow
+def test_single_input_evaluator(step):
+    """derive.numeric.nnlo evaluates the same recursions numerically: for the linear net it
+    gives the exact statistics; for tanh the second layer, whose inputs are exactly Gaussian,
+    has G2 = V1 = 0, V = C_W² (⟨σ⁴⟩ − ⟨σ²⟩²) and U = C_W³ κ3(σ², σ², σ²), here by an
+    independent quadrature (scipy's adaptive one)."""
+    from scipy import integrate
+
+    from derive.numeric.nnlo import single_input_nnlo
+
+    lin = single_input_nnlo(MLP(4, 8, "linear", 0.0, float(CW)), np.array([1.5, 0.5]))  # |x|²/n_0 = X2
+    for depth in (1, 2, 3, 4):
+        for name, value in exact(depth).items():
+            assert lin[depth][name] == pytest.approx(float(value), rel=1e-12, abs=1e-12), (depth, name)
+    x = np.array([1.0, 0.5])  # |x|²/n_0 = 5/8
+    spec = MLP(3, 16, "tanh", 0.1, 1.2)
+    r = single_input_nnlo(spec, x)
+    K1 = 0.1 + 1.2 * 0.625
+
+    def avg(f):
+        return integrate.quad(lambda z: f(z) * np.exp(-z * z / (2 * K1)) / np.sqrt(2 * np.pi * K1),
+                              -np.inf, np.inf, epsabs=1e-14, epsrel=1e-13)[0]
+
+    s2, s4, s6 = (avg(lambda z, p=p: np.tanh(z) ** p) for p in (2, 4, 6))
+    assert r[2]["K"] == pytest.approx(0.1 + 1.2 * s2, rel=1e-12)
+    assert r[2]["V"] == pytest.approx(1.2 ** 2 * (s4 - s2 ** 2), rel=1e-10)
+    assert r[2]["U"] == pytest.approx(1.2 ** 3 * (s6 - 3 * s4 * s2 + 2 * s2 ** 3), rel=1e-9)
+    assert abs(r[2]["G2"]) < 1e-14 and abs(r[2]["V1"]) < 1e-14 and abs(r[2]["G1"]) < 1e-14
+    assert r[3]["G2"] != 0 and r[3]["V1"] != 0
