@@ -365,26 +365,16 @@ class _Correlators:
         out = read(corr.fields, neurons, samples, trace)
         if not corr.connected:
             return out
-        slots, p, q = [], 0, 0
-        for f in corr.fields:
-            a, b = FIELDS[f]
-            slots.append((tuple(neurons[p:p + a]), tuple(samples[q:q + b])))
-            p, q = p + a, q + b
-        for part in multiset_partitions(list(range(len(corr.fields)))):
-            if len(part) == 1:
-                continue
+        for blocks in _partitions(corr, neurons, samples):
             prod = None
-            for block in part:
-                fs = tuple(corr.fields[x] for x in block)
-                ns = tuple(i for x in block for i in slots[x][0])
-                ss = tuple(a for x in block for a in slots[x][1])
+            for fs, ns, ss in blocks:
                 s = read(fs, ns, ss)
                 prod = s if prod is None else [
                     sp.expand(sum(prod[a] * s[k - a] for a in range(k + 1)))
                     for k in range(order + 1)]
                 if not any(prod):
                     break
-            k = len(part)
+            k = len(blocks)
             out = [o + (-1) ** (k - 1) * sp.factorial(k - 1) * c for o, c in zip(out, prod)]
         return [sp.expand(c) for c in out]
 
@@ -394,24 +384,27 @@ class _Correlators:
         M = self.moment(corr.fields, neurons, samples, order, trace)
         if not corr.connected:
             return M
-        slots, p, q = [], 0, 0
-        for f in corr.fields:
-            a, b = FIELDS[f]
-            slots.append((tuple(neurons[p:p + a]), tuple(samples[q:q + b])))
-            p, q = p + a, q + b
         out = sp.S.Zero
-        for part in multiset_partitions(list(range(len(corr.fields)))):
-            if len(part) == 1:
-                continue
-            k = len(part)
-            blocks = []
-            for block in part:
-                fs = tuple(corr.fields[x] for x in block)
-                ns = tuple(i for x in block for i in slots[x][0])
-                ss = tuple(a for x in block for a in slots[x][1])
-                blocks.append(self.moment(fs, ns, ss, order))
-            out += (-1) ** (k - 1) * sp.factorial(k - 1) * sp.Mul(*blocks)
+        for blocks in _partitions(corr, neurons, samples):
+            k = len(blocks)
+            out += (-1) ** (k - 1) * sp.factorial(k - 1) * sp.Mul(
+                *(self.moment(fs, ns, ss, order) for fs, ns, ss in blocks))
         return M + out
+
+
+def _partitions(corr: Correlator, neurons, samples):
+    """For every partition of the correlator's fields into two or more blocks: its blocks as
+    (fields, neuron indices, sample indices) of each."""
+    slots, p, q = [], 0, 0
+    for f in corr.fields:
+        a, b = FIELDS[f]
+        slots.append((tuple(neurons[p:p + a]), tuple(samples[q:q + b])))
+        p, q = p + a, q + b
+    for part in multiset_partitions(list(range(len(corr.fields)))):
+        if len(part) > 1:
+            yield [(tuple(corr.fields[x] for x in block),
+                    tuple(i for x in block for i in slots[x][0]),
+                    tuple(a for x in block for a in slots[x][1])) for block in part]
 
 
 def _read_structure(expr: sp.Expr, neurons: tuple, structure: tuple) -> sp.Expr:
