@@ -1,4 +1,4 @@
-"""The nearly-Gaussian expectation step at second order in 1/n (docs/conventions.md §9), against
+"""The nearly-Gaussian expectation step at second order in 1/n (docs/conventions.md §10), against
 brute-force expectations over explicit quartic-plus-sextic actions written here.
 
 Each distribution is exp(−S0 − ε S1 − ε² S2) with S0 Gaussian; every expectation is expanded
@@ -218,7 +218,7 @@ def test_two_samples_polynomials_to_second_order(p, q):
 
 def rotation_invariant(variables):
     """A distribution of several neurons' preactivations (one sample) invariant under
-    rotations mixing them, so its cumulants have the δ structure of §3 and §9."""
+    rotations mixing them, so its cumulants have the δ structure of §3 and §10."""
     r2 = sum(v ** 2 for v in variables)
     S1 = sp.Rational(1, 2) * r2 ** 2 / 8 + sp.Rational(1, 3) * r2 / 2
     S2 = sp.Rational(2, 5) * r2 ** 3 / 48 + sp.Rational(1, 7) * r2 ** 2 / 8 + sp.Rational(1, 5) * r2 / 2

@@ -1,4 +1,4 @@
-r"""Nearly-Gaussian perturbation theory (docs/conventions.md §3, §6 step 4, §9; PDLT §4.3).
+r"""Nearly-Gaussian perturbation theory (docs/conventions.md §3, §6 step 4, §10; PDLT §4.3).
 
 Two entry points, for the two kinds of integrand:
 

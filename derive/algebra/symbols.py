@@ -376,7 +376,7 @@ class Family(sp.Basic):
     a vertex label ``V`` the connected four-point function is, as in docs/conventions.md §3,
     ``(1/n)[δ_{12}δ_{34} V_{(12)(34)} + δ_{13}δ_{24} V_{(13)(24)} + δ_{14}δ_{23} V_{(14)(23)}]``
     (V + V1/n in place of V to O(1/n²)); with ``U`` the connected six-point function is
-    (1/n²) Σ over the 15 pairings of δδδ U_{(..)(..)(..)} (§9).  A label left empty is a
+    (1/n²) Σ over the 15 pairings of δδδ U_{(..)(..)(..)} (docs/conventions.md §10).  A label left empty is a
     correction that is zero.  Without any the family is exactly Gaussian.  Use
     :func:`gaussian_field`, :func:`nearly_gaussian_field`, :func:`bias`, :func:`weight` to
     build one.
@@ -449,20 +449,20 @@ class Family(sp.Basic):
 
     @property
     def G2(self) -> SampleTensor | None:
-        """The second metric correction: E[zz] = δ (K + G1/n + G2/n²) (§9)."""
+        """The second metric correction: E[zz] = δ (K + G1/n + G2/n²) (docs/conventions.md §10)."""
         lab = self.args[7].name
         return SampleTensor(lab, 2, "sym") if lab else None
 
     @property
     def V1(self) -> SampleTensor | None:
         """The 1/n correction of the four-point vertex: V + V1/n in the connected four-point
-        function (§9)."""
+        function (docs/conventions.md §10)."""
         lab = self.args[8].name
         return SampleTensor(lab, 4, "pairs") if lab else None
 
     @property
     def U(self) -> SampleTensor | None:
-        """The six-point vertex: κ3(z_i z_i, z_j z_j, z_k z_k) = U/n² for distinct neurons (§9),
+        """The six-point vertex: κ3(z_i z_i, z_j z_j, z_k z_k) = U/n² for distinct neurons (§10),
         symmetric under the exchange of its three pairs and within each pair."""
         lab = self.args[9].name
         return SampleTensor(lab, 6, "three_pairs") if lab else None
@@ -635,7 +635,7 @@ def nearly_gaussian_field(name: str = "z", K: str = "K", G1: str = "G1", V: str 
                           n="n", neuron: bool = True, G2: str = "", V1: str = "",
                           U: str = "") -> Family:
     r"""A nearly-Gaussian field to first order in 1/n (docs/conventions.md §3), or to second
-    order with ``G2``, ``V1``, ``U`` (§9):
+    order with ``G2``, ``V1``, ``U`` (§10):
 
     E[z_{i1;α1} z_{i2;α2}] = δ_{i1i2} (K + G^{\{1\}}/n + G^{\{2\}}/n²)_{α1α2}, connected
     four-point function (1/n)[δ_{i1i2}δ_{i3i4} (V + V^{\{1\}}/n)_{(α1α2)(α3α4)} + 2
