@@ -125,7 +125,7 @@ def _leading_order_fields(expr: sp.Expr, Theta: str = "Theta") -> sp.Expr:
 
 
 def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 1,
-                       collapse: bool = True) -> sp.Expr:
+                       collapse: bool = True, truncate: bool = False) -> sp.Expr:
     r"""Replace every neuron sum of functions of layer-ℓ preactivations by its nearly-Gaussian
     expectation (docs/conventions.md §6 step 4): Σ_j f(z_j) → n E[f], Σ_{j≠k} f(z_j) g(z_k) → n(n−1) E[f g];
     a term with layer variables of free neurons and no sum (a skip connection) by Wick over
@@ -134,6 +134,11 @@ def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 
     ``layer`` is the family z_{j;α} of layer ℓ, ``zeta`` the matching single-neuron family whose
     averages the result is written in.  With ``collapse=False`` the sample sums of the 1/n
     terms stay inert (:class:`derive.DerivativeContraction`).
+
+    ``order`` is the order in 1/n of layer ℓ's corrections.  With ``truncate`` the whole result
+    is wanted only to ``order`` in 1/n with every width of the same order (the layer step,
+    which truncates there anyway): a sum whose prefactor is already O(1/n^p) then gets its
+    expectation only to order − p, and is left out when p > order.
     """
     out = sp.S.Zero
     for term in sp.Add.make_args(sp.expand(expr)):
@@ -183,8 +188,8 @@ def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 
             raise DeriveError(f"sum {s}: only sums over distinct neurons are handled (split "
                               "the sums first)")
         count = sp.Mul(*(rng - k for k in range(m)))  # n (n − 1) … (n − m + 1)
-        # the expectation only to the order the prefactor leaves (it is O(ε^lead) already)
-        need = order - _leading_power(coeff * count, (rng, zeta.n))
+        # with truncate, the expectation only to the order the prefactor leaves
+        need = order - _leading_power(coeff * count, (rng, zeta.n)) if truncate else order
         if need < 0:
             continue
         E = _expect_functions(fs, zeta, need, collapse)
@@ -336,7 +341,7 @@ class _Correlators:
                 lo = _leading_order_fields(e)
                 t.record("nearly_gaussian.leading_order", e, lo)
                 e = lo
-            E = expect_neuron_sums(e, Z, self.zeta, order, collapse=False)
+            E = expect_neuron_sums(e, Z, self.zeta, order, collapse=False, truncate=True)
             if e.has(NTK):
                 t.record("nearly_gaussian.ntk", e, E, note="joint expectation of the neuron sums "
                          "of σ's and of the NTK over layer ℓ")
