@@ -169,10 +169,11 @@ def _pool(threads):
 # many
 BLOCK_PAIRS = 262144
 
-# the layers' K and Θ are kept in one array allocated per call when it takes at most this many
-# bytes (glibc's largest adaptive threshold for serving memory from the heap): after the first
-# call the allocator serves it from memory it keeps, so the layers' arrays do not each fault in
-# fresh pages (at N = 100 that was as costly as the closed forms themselves)
+# the layers' N × N arrays (K, Θ, G1, V's pair components) are kept in one array allocated per
+# call (_store) when it takes at most this many bytes (glibc's largest adaptive threshold for
+# serving memory from the heap): after the first call the allocator serves it from memory it
+# keeps, so the layers' arrays do not each fault in fresh pages (at N = 100 that was as costly
+# as the closed forms themselves)
 STORE_BYTES = 32 * 2 ** 20
 
 
