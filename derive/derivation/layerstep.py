@@ -199,11 +199,15 @@ def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 
     return out
 
 
-def _leading_power(expr: sp.Expr, widths: tuple) -> int:
-    """The lowest power of ε in ``expr`` with every width n scaled to n/ε (0 for none)."""
+def _eps_terms(expr: sp.Expr, widths: tuple) -> list[tuple]:
+    """(power of ε, term) of every term of ``expr`` with every width n scaled to n/ε."""
     scaled = sp.expand(expr.xreplace({w: w / _EPS for w in widths}))
-    powers = [term.as_powers_dict().get(_EPS, sp.S.Zero) for term in sp.Add.make_args(scaled)]
-    return int(min(powers)) if powers else 0
+    return [(term.as_powers_dict().get(_EPS, sp.S.Zero), term) for term in sp.Add.make_args(scaled)]
+
+
+def _leading_power(expr: sp.Expr, widths: tuple) -> int:
+    """The lowest power of ε in ``expr`` with every width n scaled to n/ε."""
+    return int(min(k for k, _ in _eps_terms(expr, widths)))
 
 
 def _expect_functions(fs: list, zeta: Family, order: int, collapse: bool) -> sp.Expr:
@@ -291,10 +295,8 @@ def _series(expr: sp.Expr, widths: tuple, order: int) -> list[sp.Expr]:
     step 5: an explicit truncation, no O()).  After expansion every term is a monomial in ε
     because the widths enter only through powers of n (sum counts) and 1/n (variances,
     nearly-Gaussian corrections); a negative power of ε means a growing term and is an error."""
-    scaled = sp.expand(expr.xreplace({w: w / _EPS for w in widths}))
     out = [sp.S.Zero] * (order + 1)
-    for term in sp.Add.make_args(scaled):
-        k = term.as_powers_dict().get(_EPS, sp.S.Zero)
+    for k, term in _eps_terms(expr, widths):
         if not k.is_Integer:
             raise DeriveError(f"term {term} is not a power series in 1/n")
         if k < 0:

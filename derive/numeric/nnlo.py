@@ -10,6 +10,8 @@ derivatives are distributions) are refused.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import sympy as sp
 
@@ -23,9 +25,11 @@ __all__ = ["single_input_nnlo", "NNLO_NAMES"]
 NNLO_NAMES = ("K", "G1", "V", "G2", "V1", "U")
 
 
+@lru_cache(maxsize=8)
 def _compiled(act):
     """The order-2 recursions at one input as numpy functions: (per quantity a function of
-    (K, G1, V, G2, V1, U, C_b, C_W, n_l, n_lm1, averages…)), the averages' integrands."""
+    (K, G1, V, G2, V1, U, C_b, C_W, n_l, n_lm1, averages…)), the averages' integrands; once
+    per activation (specialising and compiling them takes tens of seconds)."""
     from ..derivation.layerstep import cached_layer_step
     from ..derivation.specialise import specialise
 
