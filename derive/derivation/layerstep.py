@@ -75,9 +75,9 @@ class LayerStep:
     """The derived recursions of one layer step (layer ℓ → ℓ+1), σ abstract.
 
     ``recursions[name]`` is the component form of each derived quantity, in the sample indices
-    ``alphas`` (the first two for K, G1, Θ; all four for V); the quantities are also
-    attributes (``step.K``).  Averages ⟨·⟩ are over ``zeta`` (layer ℓ's single-neuron vector,
-    covariance ``K``).  ``scalars`` are the symbols an evaluator binds per layer, in order.
+    ``alphas`` (the first two for K, G1, Θ, G2; four for V and V1; at order 2 six, for U); the
+    quantities are also attributes (``step.K``).  Averages ⟨·⟩ are over ``zeta`` (layer ℓ's
+    single-neuron vector, covariance ``K``).  ``scalars`` are the symbols an evaluator binds per layer, in order.
     """
 
     equation: ForwardEquation
@@ -540,8 +540,9 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
                      sp.Tuple(*(collapsed[n] for n in nlo)))
     scalars = BASE_SCALARS + tuple(eq.scalars) + (WIDTH, WIDTH_PREV)
     zeta = _correlators(eq).zeta
-    return LayerStep(eq, order, collapsed, sample_indices("alpha1:5"), zeta, scalars, trace,
-                     contracted, per_target)
+    # as many sample indices as the largest correlator derived has (U's six at order 2)
+    alphas = sample_indices("alpha1:7" if order >= 2 else "alpha1:5")
+    return LayerStep(eq, order, collapsed, alphas, zeta, scalars, trace, contracted, per_target)
 
 
 def reads(expr: sp.Expr) -> set:
