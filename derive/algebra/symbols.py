@@ -960,6 +960,20 @@ def _tensor_indices(T) -> tuple:
                               f"of components, got {T}")
 
 
+def _renamed_components(factors: tuple, fresh: dict) -> frozenset:
+    """The components ``factors`` (of a tensor or a product of them) with their indices
+    renamed by ``fresh``, as the multiset of (class, base, indices in the order the class
+    puts them): two renamings give the same product exactly when these agree."""
+    out = {}
+    for x in factors:
+        idx = tuple(fresh.get(i, i) for i in x.indices)
+        if isinstance(x, SymmetricIndexed) and isinstance(x.base, SymmetricBase):
+            idx = _canonical_indices(x.base.symmetry, idx)
+        key = (type(x), x.base, idx)
+        out[key] = out.get(key, 0) + 1
+    return frozenset(out.items())
+
+
 class DerivativeContraction(sp.Expr):
     r"""Inert sample sum of the nearly-Gaussian operator form (docs/conventions.md §6 step 4),
 
@@ -1007,14 +1021,23 @@ class DerivativeContraction(sp.Expr):
             raise IndexStructureError(f"the summed indices {dummies} of a DerivativeContraction "
                                       "also appear free in its functions; rename them")
         names = summation_dummies(len(dummies), used)
-        best = None
+        best, best_key, seen = None, None, set()
+        factors = T.args if isinstance(T, sp.Mul) else (T,)
         # (past 6! orders the search costs more than it saves: the given order is kept)
         search = prod(factorial(len(g)) for g in groups) <= 720
         for orders in product(*(permutations(g) for g in groups)) if search else [groups]:
             fresh = dict(zip((b for g in orders for b in g), names))
+            # most orders give a T already met (T's own symmetry): those are told apart by
+            # their components' canonical indices, without building and sorting T again
+            # (an order equal to an earlier one can never replace the best)
+            renamed = _renamed_components(factors, fresh)
+            if renamed in seen:
+                continue
+            seen.add(renamed)
             cand = T.xreplace(fresh)
-            if best is None or default_sort_key(cand) < default_sort_key(best[0]):
-                best = (cand, tuple(tuple(fresh[b] for b in g) for g in orders))
+            key = default_sort_key(cand)
+            if best is None or key < best_key:
+                best, best_key = (cand, tuple(tuple(fresh[b] for b in g) for g in orders)), key
             if len(indices) == len(dummies) and isinstance(T, sp.Indexed) \
                     and T.base.__class__ is SymmetricBase:
                 break  # a fully symmetric T is the same whatever the order
