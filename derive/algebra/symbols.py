@@ -974,6 +974,57 @@ def _renamed_components(factors: tuple, fresh: dict) -> frozenset:
     return frozenset(out.items())
 
 
+@lru_cache(maxsize=1 << 14)
+def _canonical_contraction(T, functions: tuple, groups: tuple) -> tuple:
+    """The canonical (T, functions, groups) of a :class:`DerivativeContraction` (cached: a
+    substitution rebuilds every contraction it reaches, mostly into ones already met, and the
+    search below is the costly part of building one)."""
+    if len(functions) != len(groups) or not functions:
+        raise IndexStructureError("a DerivativeContraction needs one group of summed "
+                                  "indices per function")
+    dummies = [b for g in groups for b in g]
+    indices = _tensor_indices(T)
+    if (len(set(dummies)) != len(dummies) or not set(dummies) <= set(indices)
+            or len(indices) != len(set(indices))):
+        raise IndexStructureError(f"the summed indices {dummies} must be distinct indices "
+                                  f"of {T}, each used once")
+    # canonical form: factors in sorted order, dummies renamed in order of appearance
+    # (T's own symmetry then puts its indices in canonical order); the derivatives of one
+    # group commute, so of the orders of each group the one giving the least T is kept
+    order = sorted(range(len(functions)), key=lambda k: default_sort_key(
+        (functions[k], len(groups[k]))))
+    functions = tuple(functions[k] for k in order)
+    groups = tuple(groups[k] for k in order)
+    free = set(indices) - set(dummies)
+    used = set().union(*(f.free_symbols for f in functions)) | free
+    if used & set(dummies):
+        raise IndexStructureError(f"the summed indices {dummies} of a DerivativeContraction "
+                                  "also appear free in its functions; rename them")
+    names = summation_dummies(len(dummies), used)
+    best, best_key, seen = None, None, set()
+    factors = T.args if isinstance(T, sp.Mul) else (T,)
+    # (past 6! orders the search costs more than it saves: the given order is kept)
+    search = prod(factorial(len(g)) for g in groups) <= 720
+    for orders in product(*(permutations(g) for g in groups)) if search else [groups]:
+        fresh = dict(zip((b for g in orders for b in g), names))
+        # most orders give a T already met (T's own symmetry): those are told apart by
+        # their components' canonical indices, without building and sorting T again
+        # (an order equal to an earlier one can never replace the best)
+        renamed = _renamed_components(factors, fresh)
+        if renamed in seen:
+            continue
+        seen.add(renamed)
+        cand = T.xreplace(fresh)
+        key = default_sort_key(cand)
+        if best is None or key < best_key:
+            best, best_key = (cand, tuple(tuple(fresh[b] for b in g) for g in orders)), key
+        if len(indices) == len(dummies) and isinstance(T, sp.Indexed) \
+                and T.base.__class__ is SymmetricBase:
+            break  # a fully symmetric T is the same whatever the order
+    T, groups = best
+    return T, functions, groups
+
+
 class DerivativeContraction(sp.Expr):
     r"""Inert sample sum of the nearly-Gaussian operator form (docs/conventions.md §6 step 4),
 
@@ -999,49 +1050,8 @@ class DerivativeContraction(sp.Expr):
     def __new__(cls, T, functions, groups, K="K"):
         functions = tuple(as_expr(f) for f in functions)
         groups = tuple(tuple(as_expr(b) for b in g) for g in groups)
-        if len(functions) != len(groups) or not functions:
-            raise IndexStructureError("a DerivativeContraction needs one group of summed "
-                                      "indices per function")
-        dummies = [b for g in groups for b in g]
-        indices = _tensor_indices(T)
-        if (len(set(dummies)) != len(dummies) or not set(dummies) <= set(indices)
-                or len(indices) != len(set(indices))):
-            raise IndexStructureError(f"the summed indices {dummies} must be distinct indices "
-                                      f"of {T}, each used once")
-        # canonical form: factors in sorted order, dummies renamed in order of appearance
-        # (T's own symmetry then puts its indices in canonical order); the derivatives of one
-        # group commute, so of the orders of each group the one giving the least T is kept
-        order = sorted(range(len(functions)), key=lambda k: default_sort_key(
-            (functions[k], len(groups[k]))))
-        functions = tuple(functions[k] for k in order)
-        groups = tuple(groups[k] for k in order)
-        free = set(indices) - set(dummies)
-        used = set().union(*(f.free_symbols for f in functions)) | free
-        if used & set(dummies):
-            raise IndexStructureError(f"the summed indices {dummies} of a DerivativeContraction "
-                                      "also appear free in its functions; rename them")
-        names = summation_dummies(len(dummies), used)
-        best, best_key, seen = None, None, set()
-        factors = T.args if isinstance(T, sp.Mul) else (T,)
-        # (past 6! orders the search costs more than it saves: the given order is kept)
-        search = prod(factorial(len(g)) for g in groups) <= 720
-        for orders in product(*(permutations(g) for g in groups)) if search else [groups]:
-            fresh = dict(zip((b for g in orders for b in g), names))
-            # most orders give a T already met (T's own symmetry): those are told apart by
-            # their components' canonical indices, without building and sorting T again
-            # (an order equal to an earlier one can never replace the best)
-            renamed = _renamed_components(factors, fresh)
-            if renamed in seen:
-                continue
-            seen.add(renamed)
-            cand = T.xreplace(fresh)
-            key = default_sort_key(cand)
-            if best is None or key < best_key:
-                best, best_key = (cand, tuple(tuple(fresh[b] for b in g) for g in orders)), key
-            if len(indices) == len(dummies) and isinstance(T, sp.Indexed) \
-                    and T.base.__class__ is SymmetricBase:
-                break  # a fully symmetric T is the same whatever the order
-        T, groups = best
+        _tensor_indices(T)  # (a T that is no tensor refused before it is looked up)
+        T, functions, groups = _canonical_contraction(T, functions, groups)
         return super().__new__(cls, T, sp.Tuple(*functions),
                                sp.Tuple(*(sp.Tuple(*g) for g in groups)), Str(str(K)))
 
