@@ -30,6 +30,7 @@ the distinct sample indices in f (exact also when two of them take the same valu
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from itertools import combinations_with_replacement
 
 import sympy as sp
@@ -199,6 +200,13 @@ def _average(h: sp.Expr, K: str) -> sp.Expr:
     return sp.Mul(*const) * (GaussianAverage(sp.Mul(*rand), K) if rand else sp.S.One)
 
 
+@lru_cache(maxsize=1 << 14)
+def _derivative(h: sp.Expr, c: RandomVar) -> sp.Expr:
+    """∂h/∂c (cached: the contractions of one expansion act on the same few functions, and
+    each takes the same derivatives in every order of its dummies)."""
+    return sp.diff(h, c)
+
+
 def _collapse_one(node: DerivativeContraction) -> sp.Expr:
     """The sample sums of one contraction carried out: ∂_β of a function of ζ_{α1}, ζ_{α2}, …
     is Σ_k δ_{βαk} ∂_k, so each β runs over the sample slots of its function (in order: T
@@ -214,7 +222,7 @@ def _collapse_one(node: DerivativeContraction) -> sp.Expr:
         partial = [({}, f)]
         for b in grp:
             partial = [({**bind, b: c.indices[0]}, d) for bind, h in partial for c in comps
-                       for d in (sp.diff(h, c),) if d != 0]
+                       for d in (_derivative(h, c),) if d != 0]
         terms = [(c0, {**b0, **b1}, avgs + [h]) for c0, b0, avgs in terms for b1, h in partial]
     out = sp.S.Zero
     for c, bind, avgs in terms:
