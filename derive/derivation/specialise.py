@@ -6,6 +6,8 @@ activation in.  Both numeric back ends start from its output: the batched evalua
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import sympy as sp
 from sympy.core.function import AppliedUndef
 
@@ -17,13 +19,29 @@ from .layerstep import SIGMA
 __all__ = ["specialise"]
 
 
+@lru_cache(maxsize=None)
+def _derivative(f: sp.Expr, z: sp.Symbol, k: int) -> sp.Expr:
+    """The k-th derivative of the activation's expression f(z), once per process."""
+    return sp.diff(f, z, k) if k else f
+
+
 def specialise(expr: sp.Expr, act: Activation) -> sp.Expr:
     """σ → the activation in every average and contraction (docs/conventions.md §6 step 6); derivatives
     of σ written in a function are carried out, the sample derivatives a contraction takes are
     kept for evaluation."""
+    def nth(x, k):
+        return _derivative(act.expr, act.z, k).subs(act.z, x)
+
     def put(f):
+        # σ^{(k)}(ζ) is the k-th derivative of the activation at ζ, taken once per k (the
+        # O(1/n²) recursions hold hundreds of them, up to the eighth: differentiating each
+        # one again cost most of the time); other derivatives are carried out by doit below
+        f = f.replace(lambda x: (isinstance(x, sp.Derivative) and isinstance(x.expr, AppliedUndef)
+                                 and x.expr.func == SIGMA and len(x.variable_count) == 1
+                                 and x.variable_count[0][0] == x.expr.args[0]),
+                      lambda x: nth(x.expr.args[0], int(x.variable_count[0][1])))
         return f.replace(lambda x: isinstance(x, AppliedUndef) and x.func == SIGMA,
-                         lambda x: act(x.args[0]))
+                         lambda x: nth(x.args[0], 0))
 
     # a contraction's functions may hold derivatives of σ themselves (σ'σ' of the NTK's
     # statistics): carried out; the derivatives the contraction takes are kept
