@@ -372,10 +372,15 @@ class _Correlators:
         out = read(corr.fields, neurons, samples, trace)
         if not corr.connected:
             return out
+        # each block recurs in many partitions (U's six fields: 62 blocks in 202 partitions):
+        # read once
+        blocks_read = {}
         for blocks in _partitions(corr, neurons, samples):
             prod = None
-            for fs, ns, ss in blocks:
-                s = read(fs, ns, ss)
+            for block in blocks:
+                if block not in blocks_read:
+                    blocks_read[block] = read(*block)
+                s = blocks_read[block]
                 prod = s if prod is None else [
                     sp.expand(sum(prod[a] * s[k - a] for a in range(k + 1)))
                     for k in range(order + 1)]
