@@ -423,9 +423,23 @@ def _read_structure(expr: sp.Expr, neurons: tuple, structure: tuple) -> sp.Expr:
     """The coefficient of the δ-structure: the neurons of a pair set equal, those of different
     pairs different (their δ's → 0)."""
     rep = {neurons[b]: neurons[a] for a, b in structure}
-    return expr.xreplace(rep).replace(
-        lambda x: isinstance(x, sp.KroneckerDelta),
-        lambda x: sp.S.One if x.args[0] == x.args[1] else sp.S.Zero)
+
+    def read(x):
+        return x.xreplace(rep).replace(
+            lambda d: isinstance(d, sp.KroneckerDelta),
+            lambda d: sp.S.One if d.args[0] == d.args[1] else sp.S.Zero)
+
+    # term by term, the δ's that multiply a whole term first: most terms of a moment belong
+    # to other δ-structures and are dropped before the rest of them is rebuilt (substituting
+    # in the whole sum rebuilt every term, 0 × a large sum included)
+    out = []
+    for term in sp.Add.make_args(expr):
+        factors = sp.Mul.make_args(term)
+        deltas = sp.Mul(*(read(f) for f in factors if isinstance(f, sp.KroneckerDelta)))
+        if deltas != 0:
+            out.append(deltas * read(sp.Mul(*(f for f in factors
+                                               if not isinstance(f, sp.KroneckerDelta)))))
+    return sp.Add(*out)
 
 
 def _truncation_note(corr: Correlator, qs: list[Quantity]) -> str:
