@@ -295,17 +295,17 @@ def _series(expr: sp.Expr, widths: tuple, order: int) -> list[sp.Expr]:
     step 5: an explicit truncation, no O()).  After expansion every term is a monomial in ε
     because the widths enter only through powers of n (sum counts) and 1/n (variances,
     nearly-Gaussian corrections); a negative power of ε means a growing term and is an error."""
-    out = [sp.S.Zero] * (order + 1)
+    out = [[] for _ in range(order + 1)]  # the terms of each coefficient, added at the end
     for k, term in _eps_terms(expr, widths):
         if not k.is_Integer:
             raise DeriveError(f"term {term} is not a power series in 1/n")
         if k < 0:
             raise DeriveError(f"term {term} grows with the width; the expansion is inconsistent")
         if k <= order:
-            out[int(k)] += term / _EPS ** k
+            out[int(k)].append(term / _EPS ** k)
     # the substitution also reached the width labels of families inside averages: restore them
     restore = {w / _EPS: w for w in widths}
-    return [sp.expand(c.xreplace(restore)) for c in out]
+    return [sp.expand(sp.Add(*c).xreplace(restore)) for c in out]
 
 
 class _Correlators:
