@@ -1,7 +1,8 @@
 """Derivation and prediction (issue: recursions).  Targets: cold derivation of K, V, G1, Θ
-< 5 s, cached < 0.1 s; the layer-2 four-point vertex alone < 1 s; predict for tanh with
-L = 20 (N = 100 inputs for K and Θ, N = 10 for V): time, and the memory of V's unique
-components against a dense N⁴ array.  ``--quick`` uses N = 20 and N = 4."""
+< 5 s, cached < 0.1 s; the cold order-2 layer step (K, G1, V, G2, V1, U) < 60 s; the
+layer-2 four-point vertex alone < 1 s; predict for tanh with L = 20 (N = 100 inputs for K
+and Θ, N = 10 for V): time, and the memory of V's unique components against a dense N⁴
+array.  ``--quick`` uses N = 20 and N = 4."""
 from __future__ import annotations
 
 import subprocess
@@ -29,6 +30,11 @@ from derive.derivation.layerstep import derive_layer_step
 derive_layer_step(residual_equation(), order=0)          # K, Θ with the skip
 derive_layer_step(residual_equation().without([XI]), order=1,
                   names={"K", "V", "G1", "Theta"})        # ξ = 0: K, V, G1, Θ
+"""
+
+COLD_ORDER2 = """
+from derive.derivation.layerstep import cached_layer_step
+cached_layer_step(None, 2, frozenset(["K", "G1", "V", "G2", "V1", "U"]))
 """
 
 LAYER2_VERTEX = """
@@ -59,6 +65,9 @@ def run(quick: bool = False):
     res = _fresh_process_seconds(COLD_RESIDUAL)
     rows.append({"what": "cold derivation ResMLP: K, Θ (ξ ≠ 0) and K, V, G1, Θ (ξ = 0)",
                  "seconds": res, "target": "< 5 s", "ok": res < 5.0})
+    nnlo = _fresh_process_seconds(COLD_ORDER2)
+    rows.append({"what": "cold order-2 layer step: K, G1, V, G2, V1, U (fresh process)",
+                 "seconds": nnlo, "target": "< 60 s", "ok": nnlo < 60.0})
     spec = MLP(20, 64, "tanh", 0.0, 1.0)
     derive.derive(spec)
     t0 = time.perf_counter()
