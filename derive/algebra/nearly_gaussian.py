@@ -224,9 +224,9 @@ def _collapse_one(node: DerivativeContraction) -> sp.Expr:
             partial = [({**bind, b: c.indices[0]}, d) for bind, h in partial for c in comps
                        for d in (_derivative(h, c),) if d != 0]
         terms = [(c0, {**b0, **b1}, avgs + [h]) for c0, b0, avgs in terms for b1, h in partial]
-    # (one Add of all the terms: adding them one by one rebuilds the growing sum each time)
-    return sp.Add(*(c * node.tensor.xreplace(bind) * sp.Mul(*(_average(h, node.kernel) for h in avgs))
-                    for c, bind, avgs in terms))
+    out = [c * node.tensor.xreplace(bind) * sp.Mul(*(_average(h, node.kernel) for h in avgs))
+           for c, bind, avgs in terms]
+    return sp.Add(*out)  # (one Add: adding the terms one by one rebuilt the growing sum each time)
 
 
 @boundary
