@@ -8,7 +8,7 @@ import pytest
 import derive
 from derive.activations import gaussian
 from derive.base.errors import DeriveError
-from derive.numeric.evaluate import SymmetricTensor, _orbits4, iterate_mlp
+from derive.numeric.evaluate import SymmetricTensor, orbits, iterate_mlp
 from derive.numeric.prediction import plan_work
 
 
@@ -166,7 +166,7 @@ def test_symmetric_storage_refuses_bad_indices(both_storages):
 
 def test_symmetric_tensor_refuses_components_not_computed():
     N = 4
-    C = _orbits4(N, "pairs", "pairs")
+    C = orbits(N, "pairs", "pairs")
     t = SymmetricTensor(N, "pairs", C, np.arange(len(C), dtype=float))
     assert t[0, 1, 1, 0] == t[1, 0, 0, 1]
     with pytest.raises(DeriveError, match="not computed"):

@@ -49,7 +49,7 @@ from ..base.errors import CovarianceError, DeriveError
 from ..derivation.derivation import TARGETS as _PLANNED
 from ..derivation.derivation import order_for
 from ..derivation.layerstep import cached_layer_step, closed_layer_step
-from ..derivation.quantities import QUANTITIES, quantity
+from ..derivation.quantities import NNLO_QUANTITIES, QUANTITIES, quantity
 from ..derivation.specialise import specialise
 
 __all__ = ["CompiledForm", "iterate_mlp", "TARGETS"]
@@ -327,7 +327,8 @@ def compiled_forms(act: Activation, contracted: bool, equation=None, order: int 
     compiled (each once per process): the collapsed component forms, or (``contracted``) the
     forms with the sample sums kept.  Each takes ``step.scalars`` (C_b, C_W, λ_b, λ_W, the
     equation's own scalars, n_ℓ, n_{ℓ−1}) then its atoms."""
-    names = [q.name for q in QUANTITIES if q.order <= order] if names is None else names
+    names = [q.name for q in QUANTITIES + NNLO_QUANTITIES if q.order <= order] \
+        if names is None else names
     step = closed_layer_step(equation, order, names)
     return {name: _compiled(act, contracted, equation, order, name) for name in step.recursions}
 
@@ -355,22 +356,26 @@ def _fill_sym2(N: int, C: np.ndarray, v: np.ndarray) -> np.ndarray:
 #: table from code to place (4 bytes a component) instead of a binary search
 _SLOT_TABLE_MAX = 2 ** 22
 
-#: how much of a rank-4 quantity a run needs: its diagonal (the expansion estimate), the
-#: components with at most two distinct samples (they close on themselves and feed the
-#: rank-2 quantities on pairs), or all of them
+#: how much of a quantity with more than two sample indices a run needs: its diagonal (the
+#: expansion estimate), the components with at most two distinct samples (they close on
+#: themselves and feed the rank-2 quantities on pairs), or all of them
 LEVELS = ("diagonal", "pairs", "full")
 
 
 def _columns(C) -> list:
-    """The four index columns of components: C (…, 4), or already a list of four arrays."""
+    """The index columns of components: C (…, rank), or already a list of rank arrays."""
     if isinstance(C, list):
         return C
-    return [C[..., k].astype(np.int64, copy=False) for k in range(4)]
+    return [C[..., k].astype(np.int64, copy=False) for k in range(C.shape[-1])]
 
 
 def _codes(C, N: int) -> np.ndarray:
+    """Each component's number in base N (its place in the dense array, C order)."""
     c = _columns(C)
-    return ((c[0] * N + c[1]) * N + c[2]) * N + c[3]
+    code = c[0]
+    for col in c[1:]:
+        code = code * N + col
+    return code
 
 
 def _pair_codes(C, N: int) -> np.ndarray:
@@ -383,29 +388,31 @@ def _pair_codes(C, N: int) -> np.ndarray:
     return np.minimum(p, q) * (N * N) + np.maximum(p, q)
 
 
-def _orbits4(N: int, symmetry: str, level: str) -> np.ndarray:
-    """One component per orbit of the index group ``symmetry`` (docs/conventions.md §3), among
-    the components of ``level``: rows of four 0-based sample numbers."""
+def orbits(N: int, symmetry: str, level: str) -> np.ndarray:
+    """One component per orbit of the index group ``symmetry`` (docs/conventions.md §3; its
+    rank is that of the group's permutations: four, or six for U), among the components of
+    ``level``: rows of 0-based sample numbers."""
+    perms = GROUPS[symmetry]
+    rank = len(perms[0])
     if level == "diagonal":
-        return np.repeat(np.arange(N)[:, None], 4, axis=1)
+        return np.repeat(np.arange(N)[:, None], rank, axis=1)
     if level == "full" and symmetry == "pairs":
         return _vertex_orbits(N)
     if level == "full":
-        C = np.indices((N,) * 4).reshape(4, -1).T
+        C = np.indices((N,) * rank).reshape(rank, -1).T
     else:
         P = _pairs(N)
-        bits = np.indices((2,) * 4).reshape(4, -1).T                     # 16 patterns
-        C = np.where(bits[None, :, :] == 0, P[:, None, 0:1], P[:, None, 1:2]).reshape(-1, 4)
-    perms = GROUPS[symmetry]
+        bits = np.indices((2,) * rank).reshape(rank, -1).T                 # 2^rank patterns
+        C = np.where(bits[None, :, :] == 0, P[:, None, 0:1], P[:, None, 1:2]).reshape(-1, rank)
     canon = np.min(np.stack([_codes(C[:, list(p)], N) for p in perms]), axis=0)
     _, first = np.unique(canon, return_index=True)
     return C[np.sort(first)]
 
 
 class SymmetricTensor:
-    """A rank-4 quantity stored once per orbit of its index group (for V, whose group is the
-    eight pair symmetries, about N⁴/8 numbers instead of N⁴), indexing like the dense
-    (N, N, N, N) array: integers, slices, Ellipsis and integer arrays (broadcast together, as
+    """A quantity of four (or six: U) sample indices stored once per orbit of its index group
+    (for V, whose group is the eight pair symmetries, about N⁴/8 numbers instead of N⁴),
+    indexing like the dense (N, N, N, N) array: integers, slices, Ellipsis and integer arrays (broadcast together, as
     numpy's advanced indexing; integer arrays mixed with slices are read from :meth:`dense`).
     ``np.asarray(t)`` and :meth:`dense` give the dense array; a component outside the computed
     orbits (a run that only needed V on pairs or its diagonal) is an error, NaN in ``dense``.
@@ -421,7 +428,8 @@ class SymmetricTensor:
         self.N = int(N)
         self.symmetry = symmetry
         self._perms = [list(p) for p in GROUPS[symmetry]]
-        C = np.asarray(C, dtype=np.int64).reshape(-1, 4)
+        self.ndim = len(self._perms[0])
+        C = np.asarray(C, dtype=np.int64).reshape(-1, self.ndim)
         canon = self._canonical(C)
         self.codes, first = np.unique(canon, return_index=True)
         self.values = np.asarray(values, dtype=float).reshape(-1)[first]
@@ -435,9 +443,8 @@ class SymmetricTensor:
 
     @property
     def shape(self) -> tuple:
-        return (self.N,) * 4
+        return (self.N,) * self.ndim
 
-    ndim = 4
     dtype = np.dtype(float)
 
     def __len__(self) -> int:
@@ -452,9 +459,9 @@ class SymmetricTensor:
         """The places of canonical codes among the stored ones, and whether each is stored; for
         N⁴ ≤ _SLOT_TABLE_MAX a table from code to place (built on first use) replaces the
         binary search."""
-        if self.N ** 4 <= _SLOT_TABLE_MAX:
+        if self.N ** self.ndim <= _SLOT_TABLE_MAX:
             if self._slots is None:
-                self._slots = np.full(self.N ** 4, -1, dtype=np.int32)
+                self._slots = np.full(self.N ** self.ndim, -1, dtype=np.int32)
                 self._slots[self.codes] = np.arange(len(self.codes), dtype=np.int32)
             pos = self._slots[code]
             return pos, pos >= 0
@@ -465,8 +472,8 @@ class SymmetricTensor:
         code = self._canonical(C)
         pos, found = self._positions(code)
         if not np.all(found):
-            raise DeriveError("a component of a four-index quantity that was not computed was "
-                              "asked for (only its diagonal or its components on pairs were "
+            raise DeriveError(f"a component of a {self.ndim}-index quantity that was not "
+                              "computed was asked for (only its diagonal or its components on pairs were "
                               "needed by this run; ask for the quantity as a target)")
         return self.values[pos]
 
@@ -477,10 +484,10 @@ class SymmetricTensor:
             raise DeriveError("an index can only have a single ellipsis ('...')")
         if any(x is Ellipsis for x in idx):
             k = next(n for n, x in enumerate(idx) if x is Ellipsis)
-            idx = idx[:k] + (slice(None),) * (4 - len(idx) + 1) + idx[k + 1:]
-        if len(idx) > 4:
-            raise DeriveError(f"too many indices for a four-index quantity: {len(idx)}")
-        return idx + (slice(None),) * (4 - len(idx))
+            idx = idx[:k] + (slice(None),) * (self.ndim - len(idx) + 1) + idx[k + 1:]
+        if len(idx) > self.ndim:
+            raise DeriveError(f"too many indices for a {self.ndim}-index quantity: {len(idx)}")
+        return idx + (slice(None),) * (self.ndim - len(idx))
 
     def __getitem__(self, idx):
         idx = self._normalised(idx)
@@ -488,15 +495,15 @@ class SymmetricTensor:
         if any(arrays) and not all(arrays):  # numpy's mixed indexing rules: on the dense array
             return self.dense()[idx]
         N = self.N
-        if all(arrays):  # numpy advanced indexing: broadcast the four arrays
+        if all(arrays):  # numpy advanced indexing: broadcast the index arrays
             try:
                 parts = [np.asarray(x) for x in idx]
                 if any(p.dtype.kind not in "iu" for p in parts):
                     raise IndexError
                 parts = np.broadcast_arrays(*parts)
             except (IndexError, ValueError):
-                raise DeriveError(f"indices of a four-index quantity must be integers, slices or "
-                                  f"integer arrays of one shape; got {idx!r:.80}") from None
+                raise DeriveError(f"indices of a {self.ndim}-index quantity must be integers, "
+                                  f"slices or integer arrays of one shape; got {idx!r:.80}") from None
             cols = []
             for part in parts:
                 part = part.astype(np.int64, copy=False)
@@ -520,15 +527,15 @@ class SymmetricTensor:
         return out.reshape(shape) if shape else float(out.reshape(-1)[0])
 
     def dense(self) -> np.ndarray:
-        """The (N, N, N, N) array (NaN at components not computed)."""
-        N = self.N
-        out = np.empty((N,) * 4)
-        C = np.indices((N,) * 3).reshape(3, -1).T
-        for a in range(N):  # one slab at a time: the codes of N⁴ components at once are 8× larger
+        """The (N, …, N) array (NaN at components not computed)."""
+        N, r = self.N, self.ndim
+        out = np.empty((N,) * r)
+        C = np.indices((N,) * (r - 1)).reshape(r - 1, -1).T
+        for a in range(N):  # one slab at a time: the codes of all components at once are 8× larger
             full = np.concatenate([np.full((len(C), 1), a), C], axis=1)
             code = self._canonical(full)
             pos, found = self._positions(code)
-            out[a] = np.where(found, self.values[pos], np.nan).reshape((N,) * 3)
+            out[a] = np.where(found, self.values[pos], np.nan).reshape((N,) * (r - 1))
         return out
 
     def __array__(self, dtype=None, copy=None):
@@ -540,8 +547,8 @@ class SymmetricTensor:
 
 
 def _plan_levels(forms: dict, targets: tuple) -> dict:
-    """Every quantity the targets need (through the recursions' reads), with, for the rank-4
-    ones, the level of components needed (:data:`LEVELS`); V's diagonal is always kept when V
+    """Every quantity the targets need (through the recursions' reads), with, for those of
+    more than two sample indices, the level of components needed (:data:`LEVELS`); V's diagonal is always kept when V
     is derived (the estimate of the expansion parameter)."""
     need = {t: "full" for t in targets}
     if "V" in forms:
@@ -552,7 +559,7 @@ def _plan_levels(forms: dict, targets: tuple) -> dict:
         for name in list(need):
             if name not in forms:
                 continue
-            want = need[name] if quantity(name).rank == 4 else "pairs"
+            want = need[name] if quantity(name).rank > 2 else "pairs"
             for dep in forms[name].tensors:
                 old = need.get(dep)
                 new = want if old is None else max(old, want, key=LEVELS.index)
@@ -574,12 +581,12 @@ def _ticker(ev: _Evaluator, detail, where: str):
 def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                 derivative_free: bool | None = None, tol: float | None = None,
                 detail=None, dense: bool = True) -> dict:
-    """The declared quantities (K, Θ, G1, V, H1, A, B, D, F) of every layer of ``spec`` on
-    inputs ``X`` (N × n_0) from the derived layer step.  Returns ``{name: {ℓ: array}}``:
-    rank-2 quantities (N, N), rank-4 ones (N, N, N, N) when among ``targets``; quantities only
-    needed by the targets' recursions are computed where needed (a rank-4 one on its
-    components with at most two distinct samples, or its diagonal) and returned as
-    :class:`SymmetricTensor`.  Components are computed once per orbit of each quantity's
+    """The declared quantities (K, Θ, G1, V, H1, A, B, D, F; at ``order=2`` also G2, V1, U) of
+    every layer of ``spec`` on inputs ``X`` (N × n_0) from the derived layer step.  Returns
+    ``{name: {ℓ: array}}``: rank-2 quantities (N, N), rank-4 ones (N, N, N, N) and U
+    (N,)*6 when among ``targets``; quantities only needed by the targets' recursions are
+    computed where needed (on their components with at most two distinct samples, or their
+    diagonal) and returned as :class:`SymmetricTensor`.  Components are computed once per orbit of each quantity's
     declared symmetry.  ``progress(ℓ, L)`` is called after each layer, ``detail(message)``
     before each average of a rank-4 quantity's step (minutes per layer for many inputs).
     ``derivative_free`` (default: when σ has kinks) evaluates the sample sums by Gaussian
@@ -596,13 +603,20 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     act = spec.activation
     if derivative_free is None:
         derivative_free = bool(act.kinks)
-    # the layer step at the highest order the architecture closes at; without its O(1/n)
-    # closure (a skip term) there is no V, and no expansion estimate from it
+    # the layer step at the highest order the architecture closes at (at least the default);
+    # without its O(1/n) closure (a skip term) there is no V, and no expansion estimate from it
     order_for(spec, order)  # beyond what the architecture closes at: refused, saying why
-    wanted = [t for t in targets if quantity(t).order <= spec.max_order]
-    if spec.max_order >= 1:
+    top = max(order, spec.max_order)
+    if top >= 2 and derivative_free:
+        raise DeriveError("the O(1/n²) statistics are evaluated for smooth σ only: their "
+                          "recursions hold averages of up to eighth derivatives of σ, which for "
+                          f"{act.name} are distributions (the derivative-free forms are written "
+                          "for at most four derivatives); use order ≤ 1, or a smooth σ")
+    # K always: every average is over it (the recursions read it through their averages)
+    wanted = ["K"] + [t for t in targets if quantity(t).order <= top]
+    if top >= 1:
         wanted.append("V")  # its diagonal: the estimate of the expansion parameter
-    forms = compiled_forms(act, bool(derivative_free), spec.equation, spec.max_order, wanted)
+    forms = compiled_forms(act, bool(derivative_free), spec.equation, top, wanted)
     missing = [t for t in targets if t not in forms]
     if missing:
         raise DeriveError(f"{', '.join(missing)} not derived for the {spec.equation.description}")
@@ -610,17 +624,18 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     for t in targets:  # a 1/n correction at order 0 is zero (G1, H1)
         if quantity(t).rank == 2:
             need.setdefault(t, "full")
+    need.setdefault("K", "full")
     G0 = X @ X.T / n0
     comps, res = {}, {}
-    for name in [q.name for q in QUANTITIES if q.name in need]:
+    for name in [q.name for q in QUANTITIES + NNLO_QUANTITIES if q.name in need]:
         q = quantity(name)
         if q.rank == 2:
             comps[name] = _pairs(N)
             first = {"K": spec.C_b(1) + spec.C_W(1) * G0,
                      "Theta": spec.lambda_b(1) + spec.lambda_W(1) * G0}.get(name, np.zeros((N, N)))
-        else:  # every O(1/n) statistic vanishes in layer 1, a Gaussian layer
-            comps[name] = _orbits4(N, q.symmetry, need[name])
-            first = (np.zeros((N,) * 4) if need[name] == "full" and dense
+        else:  # every 1/n statistic vanishes in layer 1, a Gaussian layer
+            comps[name] = orbits(N, q.symmetry, need[name])
+            first = (np.zeros((N,) * q.rank) if need[name] == "full" and dense
                      else SymmetricTensor(N, q.symmetry, comps[name], np.zeros(len(comps[name]))))
         res[name] = {1: first}
     _check_kernel(res["K"][1], 1)
@@ -639,7 +654,7 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                 continue
             where = f"layer {l + 1}/{spec.depth}: {name} on {len(C)} components"
             v = forms[name].evaluate(C, scalars, ev, _ticker(ev, detail, where)
-                                     if detail is not None and q.rank == 4 else None)
+                                     if detail is not None and q.rank > 2 else None)
             ev.detail = None
             if q.rank == 2:
                 res[name][l + 1] = _fill_sym2(N, C, v)

@@ -46,7 +46,7 @@ import numpy as np
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
 from ..derivation.quantities import NTK_FOUR, quantity
-from ..numeric.evaluate import _orbits4
+from ..numeric.evaluate import orbits
 from ..numeric.prediction import ExpansionWarning, predict
 from .montecarlo import BLOCKS, MonteCarloError, sample
 
@@ -86,7 +86,7 @@ def _components(N: int):
 
 def _orbit_components(N: int, name: str) -> list[tuple]:
     """One component per orbit of the index symmetry of the rank-4 quantity ``name``."""
-    return [tuple(int(x) for x in c) for c in _orbits4(N, quantity(name).symmetry, "full")]
+    return [tuple(int(x) for x in c) for c in orbits(N, quantity(name).symmetry, "full")]
 
 
 def _label(c) -> str:
