@@ -61,7 +61,9 @@ def test_bad_requests(d3):
         derive.derive(spec, targets=["Q"])
     with pytest.raises(DeriveError, match="order=1"):
         derive.derive(spec, targets=["V"], order=0)
-    for bad in (2, -1, 0.5):
+    with pytest.raises(DeriveError, match="order=2"):
+        derive.derive(spec, targets=["K", "U"], order=1)
+    for bad in (3, -1, 0.5):
         with pytest.raises(OrderError):
             derive.derive(spec, order=bad)
     with pytest.raises(DeriveError, match="shape"):
@@ -161,10 +163,15 @@ def test_targets_and_diagonal_vertex():
         assert np.allclose(light.Theta[l], full.Theta[l], rtol=0, atol=1e-11)
         # the expansion estimate needs only the diagonal of V, computed on its own
         assert light.expansion[l] == pytest.approx(full.expansion[l] ** 0.5, rel=1e-9)
+    # V alone (the batched route for N ≥ 3): its averages are over K, which is computed too
+    alone = derive.predict(spec, X[:3], order=1, targets=("V",), warn_threshold=1.0)
+    assert np.allclose(alone.V[4], full.V[4][:3, :3, :3, :3], rtol=0, atol=1e-10)
     with pytest.raises(DeriveError, match="unknown target"):
+        derive.predict(spec, X, targets=("K", "G3"))
+    with pytest.raises(DeriveError, match="order=2"):
         derive.predict(spec, X, targets=("K", "G2"))
-    with pytest.raises(DeriveError, match="order 2"):
-        derive.predict(spec, X, order=2)
+    with pytest.raises(DeriveError, match="order 3"):
+        derive.predict(spec, X, order=3)
     with pytest.raises(DeriveError, match="needs G1"):
         light.metric(2)
 

@@ -186,9 +186,17 @@ class MLP:
 
     @property
     def max_order(self) -> int:
-        """The highest order in 1/n the engine derives for this architecture: 1, or 0 when
-        the forward equation has a skip term (its O(1/n) closure is not derived)."""
+        """The order in 1/n that derive, predict and check use by default: 1, or 0 when the
+        forward equation has a skip term (its O(1/n) closure is not derived).  Order 2 (the
+        O(1/n²) statistics G2, V1, U) is derived on request (:attr:`highest_order`)."""
         return 0 if self.equation.has_skip() else 1
+
+    @property
+    def highest_order(self) -> int:
+        """The highest order in 1/n the engine derives for this architecture: 2 (the next
+        order is the same layer step with one more term kept, docs/conventions.md §10), or 0
+        when the forward equation has a skip term."""
+        return 0 if self.equation.has_skip() else 2
 
     @property
     def nlo_reason(self) -> str:

@@ -2,9 +2,9 @@ r"""``derive.derive``: derived recursions for a spec, with their plan and steps.
 
 The plan is a ``networkx.DiGraph``.  Schema (written down in one place):
 
-* **nodes** are tuples ``(quantity, layer, order)`` — ``quantity`` one of ``"K"``, ``"G1"``,
-  ``"V"``, ``"Theta"``; ``layer`` 1 … L; ``order`` the power of 1/n at which the quantity
-  enters (K, Θ: 0; G1, V: 1).  Node attributes: ``latex`` (the book's symbol), ``kind``
+* **nodes** are tuples ``(quantity, layer, order)`` — ``quantity`` one of the names of
+  :data:`TARGETS` (``"K"``, ``"G1"``, ``"V"``, ``"Theta"``, …); ``layer`` 1 … L; ``order`` the
+  power of 1/n at which the quantity enters (K, Θ: 0; G1, V, H1, A, B, D, F: 1; G2, V1, U: 2).  Node attributes: ``latex`` (the book's symbol), ``kind``
   (``"initial"`` at layer 1, where the values are exact, else ``"recursion"``).
 * **edges** ``u → v`` mean "the recursion for v reads u"; they are read off the derived
   expressions (which tensors and which averages over which kernel each one contains), not
@@ -170,23 +170,24 @@ def _reads(expr: sp.Expr) -> dict[str, set]:
 
 #: what derive and predict compute when no targets are given (the NTK's O(1/n) statistics
 #: only on request: they cost more than all of these together)
-DEFAULT_TARGETS = ("K", "V", "G1", "Theta")
+DEFAULT_TARGETS = ("K", "V", "G1", "Theta", "G2", "V1", "U")
 
 
 def finite_targets(act, order: int = 1) -> tuple[str, ...]:
-    """The default targets: every quantity that enters at ``order`` or below and is finite for
-    the activation ``act`` (Θ is infinite when σ jumps)."""
+    """The default targets: every quantity of :data:`DEFAULT_TARGETS` that enters at ``order``
+    or below and is finite for the activation ``act`` (Θ is infinite when σ jumps)."""
     return tuple(t for t in DEFAULT_TARGETS if TARGETS[t][0] <= order
                  and not (t == "Theta" and act.ntk_obstacle))
 
 
 def order_for(spec, order) -> int:
-    """``order`` checked (0 or 1) against what the architecture closes at; None → the highest
-    (``spec.max_order``).  Beyond it: the layer step's error, which says why."""
+    """``order`` checked (0, 1 or 2) against what the architecture closes at; None → the
+    default (``spec.max_order``: 1, or 0 with a skip term).  Beyond what is derived for it
+    (``spec.highest_order``): the layer step's error, which says why."""
     if order is None:
         return spec.max_order
-    order = check_order(order)
-    if order > spec.max_order:
+    order = check_order(order, highest=2)
+    if order > spec.highest_order:
         raise closure_error(spec.equation)
     return order
 
@@ -209,7 +210,7 @@ def check_targets(targets, act=None, spec=None) -> tuple[str, ...]:
             raise UnknownNameError("target", str(t)[:40], TARGETS)
     if act is not None and any("Hhat" in quantity(t).correlator.fields for t in targets):
         act.require_ntk()
-    if spec is not None and any(TARGETS[t][0] > spec.max_order for t in targets):
+    if spec is not None and any(TARGETS[t][0] > spec.highest_order for t in targets):
         raise closure_error(spec.equation)
     return tuple(dict.fromkeys(targets))
 
@@ -219,10 +220,10 @@ def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
     """Derive the layer recursions of ``spec`` for ``targets`` to ``order`` in 1/n (docs/conventions.md §6).
 
     ``order=0`` gives the leading order (K, Θ); ``order=1`` adds the O(1/n) data (G1, V, and
-    for the NTK H1, A, B, D, F).
-    The default is the highest order derived for the architecture (``spec.max_order``: 1, or
-    0 for a forward equation with a skip term, whose O(1/n) closure is not derived — asking
-    for it is an error that says why).
+    for the NTK H1, A, B, D, F); ``order=2`` the O(1/n²) data G2, V1, U (docs/conventions.md
+    §10; a cold derivation takes about a minute, once per process).
+    The default is ``spec.max_order``: 1, or 0 for a forward equation with a skip term, whose
+    O(1/n) closure is not derived (asking for it is an error that says why).
     ``targets`` defaults to all of them at ``order`` (without Θ when σ jumps: it is infinite).
     The recursions are derived once per process (the generic layer step does not depend on
     the spec; the spec fixes depth, widths and hyperparameters used by the plan and by
@@ -233,9 +234,9 @@ def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
     spec : MLP, ResMLP or Network
         The network.
     targets : list of str, optional
-        Names from ``("K", "Theta", "G1", "V", "H1", "A", "B", "D", "F")`` (default: K, Θ,
-        G1, V at ``order``).
-    order : {0, 1}, optional
+        Names from ``("K", "Theta", "G1", "V", "H1", "A", "B", "D", "F", "G2", "V1", "U")``
+        (default: K, Θ, G1, V, and G2, V1, U at order 2, those that enter at ``order``).
+    order : {0, 1, 2}, optional
         The order in 1/n (default ``spec.max_order``).
 
     Returns
@@ -246,8 +247,8 @@ def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
     Raises
     ------
     DeriveError
-        For an unknown target, an order other than 0 or 1 or above ``spec.max_order``, or Θ
-        asked for a σ that jumps.
+        For an unknown target, an order other than 0, 1 or 2 or above what the architecture
+        closes at, a target that enters above ``order``, or Θ asked for a σ that jumps.
 
     Examples
     --------
@@ -263,13 +264,16 @@ def derive(spec: MLP, targets=None, order: int | None = None) -> Derivation:
         check_targets(targets, spec.activation, spec)
     too_high = [t for t in targets if TARGETS[t][0] > order]
     if too_high:
-        raise DeriveError(f"targets {too_high} are O(1/n) quantities; ask for order=1 to get them")
+        need = max(TARGETS[t][0] for t in too_high)
+        raise DeriveError(f"targets {too_high} enter at order {need} in 1/n (O(1/n"
+                          f"{'²' if need == 2 else ''})); ask for order={need} to get them")
     # the step at the highest order the architecture closes at (the leading-order recursions
     # are its ε⁰ parts); asking for more is refused by the layer step with the reason
     # (the default quantities K, V, G1, Θ always: the evaluators estimate the expansion
-    # parameter from V's diagonal; the NTK's O(1/n) statistics only when asked for)
+    # parameter from V's diagonal; the NTK's O(1/n) statistics and the O(1/n²) ones only when
+    # asked for)
     top = max(order, spec.max_order)
-    base = tuple(t for t in DEFAULT_TARGETS if TARGETS[t][0] <= top)
+    base = tuple(t for t in DEFAULT_TARGETS if TARGETS[t][0] <= min(top, 1))
     step: LayerStep = closed_layer_step(spec.equation, top, tuple(targets) + base)
     recursions = {name: e for name, e in step.recursions.items() if TARGETS[name][0] <= order}
     # plan: backward closure of the requested targets through the derived dependencies

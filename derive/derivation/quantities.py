@@ -21,15 +21,15 @@ their sample indices in the order of their names (B_{α1α3α2α4}: ``samples=(0
 The O(1/n²) ones (docs/conventions.md §10) are declared the same way in
 :data:`NNLO_QUANTITIES`: G2 on ``(z, z)`` at order 2, V1 on the connected four-point function
 at order 2, U on the connected six-point function with δ_{i1i2}δ_{i3i4}δ_{i5i6}.  The layer step
-derives them (``derive_layer_step(order=2)``); they join :data:`TARGETS` (the names the public
-API accepts) once the evaluators compute them.
+derives them (``derive_layer_step(order=2)``); they are in :data:`TARGETS` (the names the
+public API accepts), after the first-order ones.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 __all__ = ["FIELDS", "Correlator", "Quantity", "QUANTITIES", "NNLO_QUANTITIES", "TARGETS",
-           "quantity"]
+           "quantity", "RANK4", "MULTI"]
 
 #: field → (neuron indices, sample indices) of one factor
 FIELDS = {"z": (1, 1), "Hhat": (2, 2)}
@@ -143,10 +143,12 @@ NNLO_QUANTITIES = (
              r"+ 14 pairings]", (0, 1, 2, 3, 4, 5)),
 )
 
-#: quantity → (order at which it enters, LaTeX): the planner's table
-TARGETS = {q.name: (q.order, q.latex) for q in QUANTITIES}
-#: the quantities with four sample indices (N⁴ arrays): V, A, B, D, F
-RANK4 = tuple(q.name for q in QUANTITIES if q.rank == 4)
+#: quantity → (order at which it enters, LaTeX): the planner's table (the O(1/n²) ones last)
+TARGETS = {q.name: (q.order, q.latex) for q in QUANTITIES + NNLO_QUANTITIES}
+#: the quantities with four sample indices (N⁴ arrays): V, A, B, D, F, V1
+RANK4 = tuple(q.name for q in QUANTITIES + NNLO_QUANTITIES if q.rank == 4)
+#: the quantities with more than two sample indices (V, A, B, D, F, V1: N⁴ arrays; U: N⁶)
+MULTI = tuple(q.name for q in QUANTITIES + NNLO_QUANTITIES if q.rank > 2)
 #: the NTK's O(1/n) statistics: H1, A, B, D, F
 NTK_NLO = tuple(q.name for q in QUANTITIES if "Hhat" in q.correlator.fields and q.order >= 1)
 #: those of them with four sample indices: A, B, D, F

@@ -68,8 +68,8 @@ class BookLatexPrinter(LatexPrinter):
         if entry is None:
             return super()._print_Indexed(expr)
         idx = expr.indices
-        if entry.get("pairs") and len(idx) == 4:
-            text = f"({self._join(idx[:2])})({self._join(idx[2:])})"
+        if entry.get("pairs") and len(idx) in (4, 6):
+            text = "".join(f"({self._join(idx[k:k + 2])})" for k in range(0, len(idx), 2))
         else:
             text = self._join(idx)
         return self._fill(entry["latex"], idx=text)
