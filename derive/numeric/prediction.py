@@ -30,10 +30,17 @@ import numpy as np
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
 from ..derivation.derivation import check_targets, finite_targets, order_for
-from ..derivation.quantities import NTK_FOUR, NTK_NLO, RANK4
+from ..derivation.quantities import MULTI, NNLO_QUANTITIES, NTK_FOUR, NTK_NLO, RANK4, quantity
 from .evaluate import _DiagonalVertex, iterate_mlp
 
 __all__ = ["predict", "Prediction", "ExpansionWarning", "plan_work", "vertex_work"]
+
+
+#: the O(1/n²) statistics (docs/conventions.md §10): G2, V1, U
+NNLO = tuple(q.name for q in NNLO_QUANTITIES)
+#: most inputs for which V1 and U are evaluated (their components with three or more distinct
+#: samples hold averages over up to six samples, which no evaluator computes)
+NNLO_MULTI_INPUTS = 2
 
 
 class ExpansionWarning(UserWarning):
@@ -70,18 +77,29 @@ class Prediction:
     B: dict = field(default_factory=dict, repr=False)
     D: dict = field(default_factory=dict, repr=False)
     F: dict = field(default_factory=dict, repr=False)
+    #: the O(1/n²) statistics at order 2 (docs/conventions.md §10): layer → (N, N) for G2,
+    #: (N, N, N, N) for V1, (N,)*6 for U (V1 and U for at most two inputs)
+    G2: dict = field(default_factory=dict, repr=False)
+    V1: dict = field(default_factory=dict, repr=False)
+    U: dict = field(default_factory=dict, repr=False)
 
     def fan_in(self, layer: int) -> int:
         """n_{ℓ−1} (n_0 is the input dimension)."""
         return [self.X.shape[1], *self.spec.widths][layer - 1]
 
     def metric(self, layer: int) -> np.ndarray:
-        """K + G1/n_{ℓ−1} (with G1 = 0 at order 0)."""
+        """K + G1/n_{ℓ−1} (with G1 = 0 at order 0), and + G2/n_{ℓ−1}² at order 2."""
         if layer not in self.K:
             raise DeriveError(f"layer must be 1 … {self.spec.depth}, got {layer!r}")
         if layer not in self.G1:
             raise DeriveError("the metric needs G1: call predict with 'G1' among the targets")
-        return self.K[layer] + self.G1[layer] / self.fan_in(layer)
+        n = self.fan_in(layer)
+        if self.order >= 2:
+            if layer not in self.G2:
+                raise DeriveError("the metric at order 2 needs G2: call predict with 'G2' among "
+                                  "the targets")
+            return self.K[layer] + self.G1[layer] / n + self.G2[layer] / n ** 2
+        return self.K[layer] + self.G1[layer] / n
 
     def ntk_mean(self, layer: int) -> np.ndarray:
         """The NTK mean to O(1/n): Θ + H1/n_{ℓ−1} (docs/conventions.md §3)."""
@@ -104,8 +122,8 @@ class Prediction:
         if a is None:
             return None
         idx = np.arange(self.X.shape[0])
-        if name in RANK4:
-            return np.asarray(a[idx, idx, idx, idx], dtype=float)
+        if name in MULTI:
+            return np.asarray(a[(idx,) * quantity(name).rank], dtype=float)
         return np.asarray(a, dtype=float)[idx, idx]
 
     def _columns(self) -> list[tuple[str, str]]:
@@ -113,12 +131,14 @@ class Prediction:
         heads = {"K": "K<sub>αα</sub>", "Theta": "Θ<sub>αα</sub>",
                  "G1": "G<sup>{1}</sup><sub>αα</sub>", "V": "V<sub>(αα)(αα)</sub>",
                  "H1": "H<sup>{1}</sup><sub>αα</sub>",
-                 **{q: f"{q}<sub>αααα</sub>" for q in NTK_FOUR}}
+                 **{q: f"{q}<sub>αααα</sub>" for q in NTK_FOUR},
+                 "G2": "G<sup>{2}</sup><sub>αα</sub>", "V1": "V<sup>{1}</sup><sub>(αα)(αα)</sub>",
+                 "U": "U<sub>(αα)(αα)(αα)</sub>"}
         return [(q, h) for q, h in heads.items() if getattr(self, q)]
 
     def __repr__(self) -> str:
         N, n0 = self.X.shape
-        held = [q for q in ("K", "Theta", "G1", "V", *NTK_NLO) if getattr(self, q)]
+        held = [q for q in ("K", "Theta", "G1", "V", *NTK_NLO, *NNLO) if getattr(self, q)]
         worst = (f", largest expansion estimate {max(self.expansion.values()):.3g}"
                  if self.expansion else "")
         return (f"Prediction({type(self.spec).__name__} {self.spec.activation_name}, depth "
@@ -256,6 +276,10 @@ def _vertex_kind(act) -> str:
 
 #: a batched-route estimate above this is refused (with the cheaper routes as advice)
 MAX_SECONDS = 6 * 3600
+#: rough seconds of an order-2 run (smooth σ, the batched route) once its recursions are
+#: derived: specialising and compiling them ("setup"), and per layer and pair of inputs
+_NNLO_SETUP = 5.0
+_NNLO_PAIR = 0.3
 
 
 def _inputs(X) -> np.ndarray:
@@ -284,11 +308,14 @@ def _inputs(X) -> np.ndarray:
 
 
 
-def _route(N: int, targets: tuple) -> str:
+def _route(N: int, targets: tuple, order: int = 1) -> str:
     """The one route decision: the generated evaluator (K, Θ, G1, H1 on all pairs, V, A, B, D,
     F on the components with at most two distinct samples, which for N ≤ 2 inputs are all of
     them) unless a four-index quantity is wanted for N ≥ 3 inputs, whose components with three
-    and four distinct samples only the batched evaluator computes."""
+    and four distinct samples only the batched evaluator computes, or the order is 2 (the
+    generated modules stop at O(1/n))."""
+    if order >= 2:
+        return "batched"
     return "batched" if N >= 3 and any(t in RANK4 for t in targets) else "generated"
 
 
@@ -302,19 +329,29 @@ def vertex_work(N: int) -> dict:
     return {1: N, 2: 4 * comb(N, 2), 3: 6 * comb(N, 3), 4: 3 * comb(N, 4)}
 
 
-def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True) -> str:
-    """The route for ``N`` inputs and ``targets``, after refusing what cannot finish (more than
-    :data:`MAX_BYTES` of arrays, or more than :data:`MAX_SECONDS` of vertex averages, with the
-    cheaper alternatives); ``say(message)`` is told what the run will do.  ``dense=False``: the
-    four-index quantities are kept once per orbit (about N⁴/8 components of 16 bytes)."""
+def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True,
+              order: int = 1) -> str:
+    """The route for ``N`` inputs and ``targets`` at ``order``, after refusing what cannot
+    finish (more than :data:`MAX_BYTES` of arrays, more than :data:`MAX_SECONDS` of vertex
+    averages, with the cheaper alternatives, or V1 and U of more than
+    :data:`NNLO_MULTI_INPUTS` inputs); ``say(message)`` is told what the run will do.
+    ``dense=False``: the four-index quantities are kept once per orbit (about N⁴/8 components
+    of 16 bytes)."""
     L = spec.depth
-    four = [t for t in targets if t in RANK4]
-    arrays = sum(1 for t in targets if t not in RANK4) + 1
+    many = [t for t in targets if t in ("V1", "U")]
+    if many and N > NNLO_MULTI_INPUTS:
+        raise DeriveError(
+            f"{' and '.join(many)} are evaluated for at most {NNLO_MULTI_INPUTS} inputs (their "
+            f"components with three or more distinct samples hold averages over up to six "
+            f"samples); got {N} inputs.  Predict them for one or two inputs at a time, or leave "
+            "them out: G2 (the metric at O(1/n²)) runs on all pairs of any number of inputs")
+    four = [t for t in targets if t in RANK4 and t != "V1"]
+    arrays = sum(1 for t in targets if t not in MULTI) + 1
     from ..algebra.symbols import GROUPS
     from ..derivation.quantities import quantity
 
     # dense: 8 bytes a component; per orbit: a code and a value (16 bytes) per orbit of the
-    # quantity's index group (V: 8 images, about N⁴/8 orbits)
+    # quantity's index group (V: 8 images, about N⁴/8 orbits); V1 and U of at most two inputs
     per4 = [8 * N ** 4 if dense else 16 * N ** 4 // len(GROUPS[quantity(t).symmetry])
             for t in four]
     mem = L * N * N * 8 * arrays + L * sum(per4)
@@ -326,7 +363,7 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True) -
                              ", or pass dense=False (four-index quantities stored once per "
                              "orbit of their index symmetry)"))
     say = say or (lambda msg: None)
-    route = _route(N, targets)
+    route = _route(N, targets, order)
     if route == "generated":
         say(f"predict: {N} input(s), {L} layers, targets {', '.join(targets)}: generated "
             "evaluator (closed forms or fixed quadrature on all pairs)")
@@ -340,18 +377,32 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True) -
     weight = sum(1 if t == "V" else 2 for t in four)
     seconds = weight * (L - 1) * (work[3] * cost[3] + work[4] * cost[4])
     seconds += (L - 1) * N * (N + 1) // 2 * cost["pair"] + cost["setup"]
-    say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator for "
-        f"the full {', '.join(four)} — per layer {sum(work.values())} vertex components, {work[3]} of them with "
-        f"3 distinct samples (3-D averages) and {work[4]} with 4 (4-D averages)"
-        f"{', σ with kinks' if kinked else ''}; roughly {_duration(seconds)} on 2 cores")
+    if order >= 2:  # G2, V1, U on the components with at most two distinct samples of each pair
+        seconds += _NNLO_SETUP + (L - 1) * N * (N + 1) // 2 * _NNLO_PAIR
+    if order < 2:
+        say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator "
+            f"for the full {', '.join(four)} — per layer {sum(work.values())} vertex components, "
+            f"{work[3]} of them with 3 distinct samples (3-D averages) and {work[4]} with 4 (4-D "
+            f"averages){', σ with kinks' if kinked else ''}; roughly {_duration(seconds)} on 2 "
+            "cores")
+    else:
+        say(f"predict: {N} input(s), {L} layers, order 2, targets {', '.join(targets)}: batched "
+            "evaluator on the components with at most two distinct samples of each pair"
+            f"{' and for the full ' + ', '.join(four) if four and N >= 3 else ''}; roughly "
+            f"{_duration(seconds)} on 2 cores (the first call in a session also derives the "
+            "order-2 recursions, about a minute)")
     if seconds > MAX_SECONDS:
-        which = ", ".join(four)
-        raise DeriveError(
-            f"the full four-index {which} of {N} inputs through {L} layers need "
-            f"{work[3] + work[4]} three- and four-dimensional averages per layer each, roughly "
-            f"{_duration(seconds)}; this is not practical.  Leave {which} out (K, Θ, G1 and H1 "
-            f"on all pairs take seconds), or predict {which} for at most 2 inputs at a time "
-            "(pairs are exact through the generated evaluator), or for fewer inputs")
+        if four and N >= 3:
+            which = ", ".join(four)
+            raise DeriveError(
+                f"the full four-index {which} of {N} inputs through {L} layers need "
+                f"{work[3] + work[4]} three- and four-dimensional averages per layer each, roughly "
+                f"{_duration(seconds)}; this is not practical.  Leave {which} out (K, Θ, G1 and H1 "
+                f"on all pairs take seconds), or predict {which} for at most 2 inputs at a time "
+                "(pairs are exact through the generated evaluator), or for fewer inputs")
+        raise DeriveError(f"the O(1/n²) statistics of {N} inputs ({N * (N + 1) // 2} pairs) "
+                          f"through {L} layers would take roughly {_duration(seconds)}; predict "
+                          "them for fewer inputs (order 1 on all of them takes seconds)")
     return route
 
 
@@ -374,17 +425,20 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         The network (any architecture with a forward equation).
     X : array of shape (N, n_0)
         Finite numbers: the inputs x_α.
-    order : {0, 1}, optional
-        0 is the leading order, 1 adds G1 and V (the first correction in 1/n).  Default: the
-        highest order derived for the architecture (``spec.max_order``; 0 for a residual
-        network with a skip term, whose O(1/n) closure is not derived — order=1 is then an
+    order : {0, 1, 2}, optional
+        0 is the leading order, 1 adds G1 and V (the first correction in 1/n), 2 the O(1/n²)
+        statistics G2, V1, U (docs/conventions.md §10; smooth σ only; V1 and U for at most two
+        inputs, G2 on all pairs; the batched evaluator, after deriving the order-2 recursions
+        once per process, about a minute).  Default: ``spec.max_order`` (1; 0 for a residual
+        network with a skip term, whose O(1/n) closure is not derived — order ≥ 1 is then an
         error that says why).
     warn_threshold : float, optional
         An :class:`ExpansionWarning` names the first layer where the estimated first neglected
         term exceeds this (default 0.1).
     targets : list of str, optional
-        Names from ``("K", "Theta", "G1", "V", "H1", "A", "B", "D", "F")`` (default: K, Θ,
-        G1, V, without Θ when σ jumps, where Θ is infinite).  V for N ≥ 3 inputs is the
+        Names from ``("K", "Theta", "G1", "V", "H1", "A", "B", "D", "F", "G2", "V1", "U")``
+        (default: K, Θ, G1, V, without Θ when σ jumps, where Θ is infinite; at order 2 also
+        G2, and V1 and U for at most two inputs).  V for N ≥ 3 inputs is the
         expensive part (N⁴ components, 3-D and 4-D averages); without it everything runs
         through the generated evaluator.  The NTK's O(1/n) statistics H1 (N × N), A, B, D, F
         (N⁴ each; docs/conventions.md §3) run through the generated evaluator too, except A, B,
@@ -407,10 +461,12 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
     Returns
     -------
     Prediction
-        With ``.K``, ``.G1``, ``.V``, ``.Theta``, ``.H1``, ``.A``, ``.B``, ``.D``, ``.F``
-        (layer → array), ``.metric(ℓ)``, ``.ntk_mean(ℓ)``,
+        With ``.K``, ``.G1``, ``.V``, ``.Theta``, ``.H1``, ``.A``, ``.B``, ``.D``, ``.F``,
+        ``.G2``, ``.V1``, ``.U`` (layer → array; U has six indices),
+        ``.metric(ℓ)`` (K + G1/n, and + G2/n² at order 2), ``.ntk_mean(ℓ)``,
         ``.expansion`` (layer → estimate of the first neglected term, the largest
-        ``abs(V_αααα) / (n K_αα²)`` to the power order + 1; for more than 16 inputs and no
+        ``abs(V_αααα) / (n K_αα²)`` to the power order + 1; at order 2 the computed
+        second-order term of the metric ``abs(G2_αα) / (n² K_αα)`` times that ratio once; for more than 16 inputs and no
         O(1/n) target it is computed on 16 inputs spanning the range of the squared norms
         of the inputs, on which alone it depends: for 200 random inputs of erf and tanh
         networks, within 0.5 % of the estimate on all of them), ``.route`` and ``.quadrature_error`` (the largest
@@ -440,10 +496,22 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
 
     tol = _check_tol(tol)
     X = _inputs(X)
-    # by default everything finite for σ, G1 and V included at order 0 (G1 then is zero)
-    targets = finite_targets(spec.activation, spec.max_order) if targets is None else \
-        check_targets(targets, spec.activation, spec)
     N = X.shape[0]
+    # by default everything finite for σ, G1 and V included at order 0 (G1 then is zero); at
+    # order 2 also G2, and V1 and U for at most NNLO_MULTI_INPUTS inputs
+    if targets is None:
+        targets = tuple(t for t in finite_targets(spec.activation, max(order, spec.max_order))
+                        if not (t in ("V1", "U") and N > NNLO_MULTI_INPUTS))
+    else:
+        targets = check_targets(targets, spec.activation, spec)
+        late = [t for t in targets if t in NNLO and order < 2]
+        if late:
+            raise DeriveError(f"{', '.join(late)} enter at O(1/n²); ask for order=2 to get them")
+    if order >= 2 and spec.activation.kinks:
+        raise DeriveError(f"order 2 is evaluated for smooth σ only: the O(1/n²) recursions hold "
+                          f"averages of up to eighth derivatives of σ, which for "
+                          f"{spec.activation.name} (it has kinks) are distributions; use order "
+                          "≤ 1, or a smooth σ (tanh, erf, gelu, swish, …)")
     start = time.perf_counter()
 
     def say(msg):
@@ -452,7 +520,7 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
 
     if not isinstance(dense, (bool, np.bool_)):
         raise DeriveError(f"dense must be True or False, got {dense!r:.40}")
-    route = plan_work(spec, N, targets, say, dense=bool(dense))
+    route = plan_work(spec, N, targets, say, dense=bool(dense), order=order)
 
     def report(l, L):
         say(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)")
@@ -485,7 +553,13 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         V = r["V"][l]
         idx = np.arange(len(d))
         v = V.diag if isinstance(V, _DiagonalVertex) else np.asarray(V[idx, idx, idx, idx])
-        expansion[l] = float(np.max(np.abs(v) / (n_in * d ** 2)) ** (order + 1))
+        step = np.abs(v) / (n_in * d ** 2)  # the ratio of consecutive orders, V/(n K²)
+        if order >= 2 and "G2" in r:
+            # the computed O(1/n²) term of the metric, G2/(n² K), times one more ratio
+            g2 = np.abs(np.diagonal(r["G2"][l])[on]) / (n_in ** 2 * d)
+            expansion[l] = float(np.max(g2 * step))
+        else:
+            expansion[l] = float(np.max(step) ** (order + 1))
     bad = [l for l, e in expansion.items() if e > warn_threshold]
     if bad:
         warnings.warn(f"the first neglected term of the 1/n expansion is estimated at "
@@ -500,7 +574,7 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
     # the evaluators check K at every layer; Θ, G1 and H1 enter their own recursions linearly
     # (multiplied by averages of K), so a value that is not finite stays so in every later
     # layer: the deepest layer is checked (at N = 3000 every layer would cost 0.5 s)
-    for name in ("K", "Theta", "G1", "H1"):
+    for name in ("K", "Theta", "G1", "H1", "G2"):
         layers = r.get(name) or {}
         if layers and not np.isfinite(layers[max(layers)]).all():
             raise DeriveError(f"{name} at layer {max(layers)} is not finite (the recursion "
@@ -510,4 +584,5 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
     if "H1" in targets and not r.get("H1"):
         r["H1"] = {l: np.zeros_like(r["K"][l]) for l in r["K"]}
     return Prediction(spec, X, order, dict(r["K"]), G1, kept("V"), kept("Theta"), expansion,
-                      route, float(r["error"]), *(kept(q) for q in NTK_NLO))
+                      route, float(r["error"]), *(kept(q) for q in NTK_NLO),
+                      *(kept(q) for q in NNLO))
