@@ -77,7 +77,7 @@ from .distributed import run
 from .shards import (BLOCKS, LayerEstimate, MonteCarloError, _Accumulator, _Plan, shard_seed,
                      shard_size)
 
-__all__ = ["sample", "Ensemble", "LayerEstimate", "MonteCarloError"]
+__all__ = ["sample", "three_neuron", "Ensemble", "ThreeNeuron", "LayerEstimate", "MonteCarloError"]
 
 #: memory budget (floats) for one chunk of networks
 _CHUNK_FLOATS = 20_000_000
@@ -539,6 +539,17 @@ def _run_shard(plan: _Plan, k: int) -> dict:
     """Shard ``k`` of the run: its networks drawn with its own generator (:func:`shard_seed`),
     pushed through in chunks of ``plan.chunk``, accumulated; returns {ℓ: _Accumulator}."""
     xp = _plan_backend(plan)
+    acc = {l: _Accumulator(plan.X.shape[0], plan.ntk) for l in range(1, plan.spec.depth + 1)}
+    for blocks, l, z, H in _shard_pass(plan, k):
+        acc[l].add(blocks, z, H, xp)
+    return acc
+
+
+def _shard_pass(plan: _Plan, k: int):
+    """The forward pass of shard ``k``'s networks (drawn with :func:`shard_seed`, in chunks
+    of ``plan.chunk``): yields ``(blocks, ℓ, z, H)`` per chunk and layer, ``blocks`` the
+    jackknife block of each network of the chunk (its index in the run, modulo BLOCKS)."""
+    xp = _plan_backend(plan)
     key = (repr(plan.spec), str(plan.spec.activation.expr), plan.spec.equation, plan.widths, xp)
     if getattr(_LOCAL, "steps", (None,))[0] != key:       # the same for every shard of a run
         _LOCAL.steps = (key, _steps(plan.spec, list(plan.widths), xp))
@@ -546,8 +557,6 @@ def _run_shard(plan: _Plan, k: int) -> dict:
     start, c = plan.networks(k)
     rng = np.random.default_rng(shard_seed(plan.seed, k))
     dtype = xp.dtype if plan.backend == "numpy" else np.float64
-    N, L = plan.X.shape[0], plan.spec.depth
-    acc = {l: _Accumulator(N, plan.ntk) for l in range(1, L + 1)}
     if plan.chunk >= c:
         # one chunk: each layer drawn just before the forward pass needs it
         if plan.backend == "numpy":     # each piece of W multiplied as soon as it is drawn
@@ -563,8 +572,184 @@ def _run_shard(plan: _Plan, k: int) -> dict:
     for s, e, sub in chunks:
         blocks = np.arange(start + s, start + e) % BLOCKS
         for l, z, H in _forward(plan.spec, steps, plan.X, sub, plan.ntk, xp):
-            acc[l].add(blocks, z, H, xp)
-    return acc
+            yield blocks, l, z, H
+
+
+# -- the three-neuron cumulant (the O(1/n²) check) -----------------------------------------------
+
+
+class _ThreeAccumulator:
+    r"""Block sums for n_{ℓ−1}² κ3(z_i z_i, z_j z_j, z_k z_k) of one layer, i, j, k distinct.
+
+    Per network, with a_i = z_{i;α1} z_{i;α2} (one of N² components, flattened), the averages
+    over the layer's neurons: g (singles), p (ordered pairs i ≠ j) and t (ordered triples of
+    distinct neurons), from the sums S1 = Σ a_i, S2 = Σ a_i ⊗ a_i, S3 = Σ a_i ⊗ a_i ⊗ a_i:
+    Σ_{i≠j} a_i ⊗ b_j = S1 ⊗ S1 − S2 and Σ_{i,j,k distinct} a_i b_j c_k =
+    S1⊗S1⊗S1 − S2_{ab} S1_c − S2_{ac} S1_b − S2_{bc} S1_a + 2 S3_{abc} (no array over triples).
+    By exchangeability E[t] = E[a_i b_j c_k], E[p] = E[a_i b_j], E[g] = E[a_i], and
+
+        κ3 = E[t]_{abc} − E[p]_{ab} E[g]_c − E[p]_{ac} E[g]_b − E[p]_{bc} E[g]_a
+             + 2 E[g]_a E[g]_b E[g]_c,
+
+    each product of expectations estimated by a U-statistic over *different* networks (as V's
+    E[g]E[g] in :class:`~derive.reality.shards._Accumulator`), so the estimate is unbiased; the
+    block sums of g, p, t and of the per-network g⊗g, p⊗g, g⊗g⊗g are kept per jackknife block."""
+
+    FIELDS = ("count", "g", "gg", "ggg", "p", "pg", "t")
+
+    def __init__(self, N: int):
+        M = N * N
+        self.N = N
+        self.count = np.zeros(BLOCKS)
+        self.g = np.zeros((BLOCKS, M))
+        self.gg = np.zeros((BLOCKS, M, M))
+        self.ggg = np.zeros((BLOCKS, M, M, M))
+        self.p = np.zeros((BLOCKS, M, M))
+        self.pg = np.zeros((BLOCKS, M, M, M))
+        self.t = np.zeros((BLOCKS, M, M, M))
+
+    @staticmethod
+    def per_network(z: np.ndarray) -> tuple:
+        """z (c, n, N) float64 → the per-network averages g (c, M), p (c, M, M), t (c, M, M, M)
+        over singles, ordered pairs and ordered triples of distinct neurons (M = N²)."""
+        c, n, N = z.shape
+        a = (z[:, :, :, None] * z[:, :, None, :]).reshape(c, n, N * N)     # a_i (c, n, M)
+        S1 = a.sum(axis=1)
+        aT = np.swapaxes(a, 1, 2)                                          # (c, M, n)
+        S2 = np.matmul(aT, a)
+        aa = (a[:, :, :, None] * a[:, :, None, :]).reshape(c, n, -1)       # (c, n, M²)
+        S3 = np.matmul(np.swapaxes(aa, 1, 2), a).reshape(c, *(S2.shape[1:] + S2.shape[2:]))
+        g = S1 / n
+        p = (S1[:, :, None] * S1[:, None, :] - S2) / (n * (n - 1))
+        t = (S1[:, :, None, None] * S1[:, None, :, None] * S1[:, None, None, :]
+             - S2[:, :, :, None] * S1[:, None, None, :]
+             - S2[:, :, None, :] * S1[:, None, :, None]
+             - S2[:, None, :, :] * S1[:, :, None, None]
+             + 2 * S3) / (n * (n - 1) * (n - 2))
+        return g, p, t
+
+    def add(self, blocks: np.ndarray, z) -> None:
+        g, p, t = self.per_network(np.asarray(z, dtype=np.float64))
+        c = g.shape[0]
+        gg = (g[:, :, None] * g[:, None, :]).reshape(c, -1)
+        cols = {"g": g, "gg": gg, "ggg": (gg[:, :, None] * g[:, None, :]).reshape(c, -1),
+                "p": p.reshape(c, -1), "pg": (p.reshape(c, -1, 1) * g[:, None, :]).reshape(c, -1),
+                "t": t.reshape(c, -1)}
+        # the block sums of every per-network statistic at once: (blocks × c)(c × columns)
+        onehot = (blocks[None, :] == np.arange(BLOCKS)[:, None]).astype(np.float64)
+        sums = onehot @ np.concatenate(list(cols.values()), axis=1)
+        self.count += onehot.sum(axis=1)
+        at = 0
+        for k, v in cols.items():
+            arr = getattr(self, k)
+            arr += sums[:, at:at + v.shape[1]].reshape(arr.shape)
+            at += v.shape[1]
+
+    def merge(self, other: "_ThreeAccumulator") -> None:
+        for k in self.FIELDS:
+            getattr(self, k)[...] += getattr(other, k)
+
+    @staticmethod
+    def _kappa(S, g, gg, ggg, p, pg, t):
+        """κ3 (…, M, M, M) from sums over S networks (a leading axis allowed, as in the
+        jackknife: S then an array)."""
+        S = np.reshape(S, np.shape(S) + (1, 1, 1))
+        G = np.einsum("...a,...b,...d->...abd", g, g, g)
+        # E[g]E[g]E[g] over three different networks
+        g3 = (G - np.einsum("...ab,...d->...abd", gg, g) - np.einsum("...ad,...b->...abd", gg, g)
+              - np.einsum("...bd,...a->...abd", gg, g) + 2 * ggg) / (S * (S - 1) * (S - 2))
+        # E[p]_{ab} E[g]_d over two different networks, and its two other placements
+        pg_ab_d = (np.einsum("...ab,...d->...abd", p, g) - pg) / (S * (S - 1))
+        pg_all = pg_ab_d + np.swapaxes(pg_ab_d, -1, -2) + np.moveaxis(pg_ab_d, -1, -3)
+        return t / S - pg_all + 2 * g3
+
+    def finish(self, fan_in: float) -> tuple:
+        """(n² κ3, its jackknife standard error), each of shape (N,)*6."""
+        N = self.N
+        tot = {k: getattr(self, k).sum(axis=0) for k in self.FIELDS}
+        out = {k: tot[k] - getattr(self, k) for k in self.FIELDS}
+        args = ("g", "gg", "ggg", "p", "pg", "t")
+        val = fan_in ** 2 * self._kappa(tot["count"], *(tot[k] for k in args))
+        jk = fan_in ** 2 * self._kappa(out["count"], *(out[k] for k in args))
+        err = np.sqrt((BLOCKS - 1) / BLOCKS * ((jk - jk.mean(axis=0)) ** 2).sum(axis=0))
+        return val.reshape((N,) * 6), err.reshape((N,) * 6)
+
+
+@dataclass(frozen=True)
+class ThreeNeuron:
+    """The result of :func:`three_neuron`: ``U[ℓ]`` = n_{ℓ−1}² κ3(z_i z_i, z_j z_j, z_k z_k)
+    (i, j, k distinct neurons of layer ℓ; shape (N,)*6, indexed α1 … α6) and ``U_err[ℓ]``
+    its standard error (20-block jackknife over networks)."""
+
+    spec: MLP
+    X: np.ndarray
+    n_networks: int
+    seed: int
+    U: dict = field(repr=False)
+    U_err: dict = field(repr=False)
+
+
+def three_neuron(spec: MLP, X, n_networks: int, seed: int = 0, *, progress: bool | None = None,
+                 dtype: str = "float64", backend: str = "numpy",
+                 device: str | None = None) -> ThreeNeuron:
+    r"""n_{ℓ−1}² times the joint cumulant κ3(z_{i;α1} z_{i;α2}, z_{j;α3} z_{j;α4},
+    z_{k;α5} z_{k;α6}) of three *different* neurons, per layer, from ``n_networks`` random
+    networks of ``spec`` on inputs ``X`` (N × n_0, N ≤ 2 advised: the arrays are N⁶); it tends to
+    U of docs/conventions.md §10 as n → ∞ (κ3 = U/n² + O(1/n³)).
+
+    The networks are exactly those of :func:`sample` with the same arguments (the same shards,
+    seeds and draws; the NTK is not formed), pushed through once more here: the pass runs in
+    this process (not on Dask workers, not checkpointed).  Within each network the estimator
+    averages over all ordered triples of distinct neurons (from sums over neurons:
+    :class:`_ThreeAccumulator`), across networks the products of means are U-statistics of
+    different networks, and the error is a 20-block jackknife.  Every layer needs ≥ 3
+    neurons (the output layer has the last hidden width)."""
+    if not isinstance(spec, MLP):
+        raise MonteCarloError(f"spec must be a derive.MLP, got {type(spec).__name__}")
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1 or not np.all(np.isfinite(X)):
+        raise MonteCarloError(f"X must be a finite array of shape (N inputs, n_0 features), "
+                              f"got {X.shape}")
+    if isinstance(n_networks, bool) or not isinstance(n_networks, (int, np.integer)) \
+            or n_networks < 3 * BLOCKS:
+        raise MonteCarloError(f"n_networks must be a whole number ≥ {3 * BLOCKS} (error bars come "
+                              f"from a {BLOCKS}-block jackknife), got {n_networks!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MonteCarloError(f"seed must be a whole number ≥ 0, got {seed!r}")
+    dtype, backend = _check_dtype_backend(dtype, backend)
+    xp = _backend(backend, dtype, device)
+    L, N = spec.depth, X.shape[0]
+    widths = [X.shape[1], *spec.widths, int(spec.widths[-1] if spec.widths else 8)]
+    if min(widths[1:]) < 3:
+        raise MonteCarloError(f"the three-neuron cumulant needs ≥ 3 neurons in every layer; "
+                              f"widths are {widths[1:]}")
+    if any(st.xi != 0 for st in _steps(spec, widths).values()):
+        raise MonteCarloError("the three-neuron cumulant is sampled for networks without a skip "
+                              "term only (its prediction U is not derived for them)")
+    per_net = max(widths) * N ** 6 + sum(widths) * N
+    shard = shard_size(widths)
+    chunk = int(max(1, min(shard, _CHUNK_FLOATS // max(per_net, 1))))
+    plan = _Plan(spec, X, tuple(widths), int(n_networks), int(seed), False, dtype, backend,
+                 None if backend == "numpy" else str(xp.device), shard, chunk)
+    _BACKENDS[(backend, dtype, plan.device)] = xp
+    from .shards import _progress
+    import sys
+    import time
+
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    total = {l: _ThreeAccumulator(N) for l in range(1, L + 1)}
+    t0 = time.perf_counter()
+    for k in range(plan.n_shards):
+        part = {l: _ThreeAccumulator(N) for l in range(1, L + 1)}
+        for blocks, l, z, _ in _shard_pass(plan, k):
+            part[l].add(blocks, xp.host(xp.f64(z)))
+        for l in total:
+            total[l].merge(part[l])
+        _progress(show, min((k + 1) * shard, plan.n_networks), plan.n_networks, t0)
+    U, U_err = {}, {}
+    for l in range(1, L + 1):
+        U[l], U_err[l] = total[l].finish(widths[l - 1])
+    return ThreeNeuron(spec, X, int(n_networks), int(seed), U, U_err)
 
 
 def _slices(xp, params: list, s: int, e: int):
