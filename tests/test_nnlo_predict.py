@@ -253,3 +253,34 @@ def test_derive_at_second_order_plans_and_prints():
     assert d.latex() == tex  # deterministic
     md = d.document("md")
     assert "V1" in md or r"V^{\{1\}" in md
+
+
+def test_relu_single_input_matches_the_exact_multiplicative_chain():
+    """ReLU at C_W = 2, C_b = 0, one input: Ĝ^{(ℓ+1)} = Ĝ^{(ℓ)} Y_ℓ with Y_ℓ = (2/n) Σ_j u_j²
+    θ(u_j), u_j i.i.d. standard normal, independent across layers: E[Y] = 1, Var Y = 5/n,
+    κ3(Y) = 8 · (15/2 − 3 · 3/2 · 1/2 + 2/8)/n² = 44/n².  So E[Ĝ^{(ℓ)}] = K, E[Ĝ²] =
+    K²(1 + 5/n)^{ℓ−1}, E[Ĝ³] = K³(1 + 15/n + 44/n²)^{ℓ−1} exactly, and V + V1/n, U follow
+    (the issue's n K²[(1 + 5/n)^{ℓ−1} − 1] for the four-point function).  The derived
+    recursions of a σ with kinks are evaluated by Gaussian integration by parts (Hermite
+    weights up to the eighth), so this checks that route at second order."""
+    L = 5
+    spec = MLP(L, 10, "relu", 0.0, 2.0)
+    x = np.array([[0.8, -0.3, 0.5]])
+    p = derive.predict(spec, x, order=2, warn_threshold=10.0)
+    K = float(p.K[1][0, 0])
+    eps = sp.Symbol("eps")
+    for layer in range(2, L + 1):
+        m = layer - 1
+        EG, EG2 = K, K ** 2 * (1 + 5 * eps) ** m
+        EG3 = K ** 3 * (1 + 15 * eps + 44 * eps ** 2) ** m
+        four = sp.expand(EG2 - EG ** 2)
+        six = sp.expand(EG3 - 3 * EG2 * EG + 2 * EG ** 3)
+        want = {"K": K, "G1": 0.0, "G2": 0.0, "V": float(four.coeff(eps, 1)),
+                "V1": float(four.coeff(eps, 2)), "U": float(six.coeff(eps, 2))}
+        assert float(six.coeff(eps, 1)) == 0.0
+        for q, value in want.items():
+            got = float(np.asarray(getattr(p, q)[layer]).reshape(-1)[0])
+            assert got == pytest.approx(value, rel=1e-10, abs=1e-10), (q, layer)
+    assert p.V1[L].reshape(-1)[0] > 1.0 and p.U[L].reshape(-1)[0] > 1.0
+    with pytest.raises(DeriveError, match="one input at a time"):
+        derive.predict(spec, np.vstack([x, -x + 0.1]), order=2)

@@ -168,24 +168,28 @@ class _Evaluator:
     # -- contractions -----------------------------------------------------------------------
 
     def contraction(self, node: DerivativeContraction, alphas: tuple, C: np.ndarray) -> np.ndarray:
-        T = self.tensor(str(node.tensor.base))
+        # the tensor, or a product of tensors (G1 G1, V V at order 2), factor by factor
+        factors = node.tensor.args if isinstance(node.tensor, sp.Mul) else (node.tensor,)
         dummies = [b for g in node.groups for b in g]
         k = len(dummies)
-        letters = "ijklmnop"
+        letters = "ijklmnopqrstuvwx"  # the summed indices' axes (b: the rows')
         out = np.empty(C.shape[0])
         for rows, merged, S in self._by_pattern(node.functions, alphas, C):
             M, m = S.shape
             # T at the distinct samples: T_S[b, j1 … jk] = T[…, S_b j1, …] over the summed
             # indices (axes in the order of the dummies), free indices at the rows' samples
-            gather = []
-            for t in node.tensor.indices:
-                if t in dummies:
-                    j = dummies.index(t)
-                    gather.append(S.reshape((M,) + (1,) * j + (m,) + (1,) * (k - j - 1)))
-                else:
-                    gather.append(C[rows, alphas.index(t)].reshape((M,) + (1,) * k))
+            TS = np.ones((M,) + (1,) * k)
+            for fac in factors:
+                gather = []
+                for t in fac.indices:
+                    if t in dummies:
+                        j = dummies.index(t)
+                        gather.append(S.reshape((M,) + (1,) * j + (m,) + (1,) * (k - j - 1)))
+                    else:
+                        gather.append(C[rows, alphas.index(t)].reshape((M,) + (1,) * k))
+                TS = TS * np.asarray(self.tensor(str(fac.base))[tuple(gather)], dtype=float)
             subs = ["b" + letters[:k]]
-            ops = [np.asarray(T[tuple(gather)], dtype=float)]
+            ops = [np.broadcast_to(TS, (M,) + (m,) * k)]
             for F, grp in zip(merged, node.groups):
                 ops.append(self._derivatives(F, len(grp), S, m))
                 subs.append("b" + "".join(letters[dummies.index(d)] for d in grp))
@@ -223,6 +227,15 @@ class _Evaluator:
         return M
 
     def _hermite(self, F: sp.Expr, r: int, S: np.ndarray, vars_: list[int]) -> np.ndarray:
+        if len(vars_) == 1:  # any r: ⟨∂^r F⟩ = ⟨F He_r(z/√K)⟩ / K^{r/2}, He_r = Σ_k a_k x^k
+            (v,) = vars_
+            k = self.K[S[:, v], S[:, v]]
+            if np.any(k <= 0):
+                raise DeriveError("a variance ≤ 0 in the derivative-free form of a σ with kinks")
+            coeffs = np.polynomial.hermite_e.herme2poly([0] * r + [1])
+            out = sum(a * k ** (-(r + j) / 2) * self.average(F * _Z[v] ** j, S)
+                      for j, a in enumerate(coeffs) if a)
+            return np.asarray(out, dtype=float).reshape((S.shape[0],) + (1,) * r)
         Ks = _kernel_batch(self.K, S[:, vars_])
         sign, logdet = np.linalg.slogdet(Ks)
         scale = np.prod(np.diagonal(Ks, axis1=1, axis2=2), axis=1)
@@ -285,8 +298,10 @@ class CompiledForm:
                 walk.skip()
         self.atoms = sorted(atoms, key=default_sort_key)
         #: the labels of the previous layer's tensors the recursion reads
-        self.tensors = frozenset(str(a.tensor.base if isinstance(a, DerivativeContraction) else a.base)
-                                 for a in self.atoms if not isinstance(a, GaussianAverage))
+        self.tensors = frozenset(str(t.base) for a in self.atoms
+                                 if not isinstance(a, GaussianAverage)
+                                 for t in (a.tensor.atoms(sp.Indexed)
+                                           if isinstance(a, DerivativeContraction) else (a,)))
         self.symbols = sp.symbols(f"atom0:{len(self.atoms)}")
         body = expr.xreplace(dict(zip(self.atoms, self.symbols)))
         leftover = body.free_symbols - set(self.symbols) - set(self.scalars)
@@ -607,11 +622,12 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     # without its O(1/n) closure (a skip term) there is no V, and no expansion estimate from it
     order_for(spec, order)  # beyond what the architecture closes at: refused, saying why
     top = max(order, spec.max_order)
-    if top >= 2 and derivative_free:
-        raise DeriveError("the O(1/n²) statistics are evaluated for smooth σ only: their "
-                          "recursions hold averages of up to eighth derivatives of σ, which for "
-                          f"{act.name} are distributions (the derivative-free forms are written "
-                          "for at most four derivatives); use order ≤ 1, or a smooth σ")
+    if top >= 2 and derivative_free and N > 1:
+        raise DeriveError("the O(1/n²) statistics of a σ with kinks are evaluated for one input "
+                          "at a time: their recursions hold averages of up to eighth derivatives "
+                          f"of σ, which for {act.name} are distributions, taken by Gaussian "
+                          "integration by parts — for one variable to any order, for two only "
+                          "to the fourth; predict each input alone, or use a smooth σ")
     # K always: every average is over it (the recursions read it through their averages)
     wanted = ["K"] + [t for t in targets if quantity(t).order <= top]
     if top >= 1:
