@@ -429,9 +429,9 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         0 is the leading order, 1 adds G1 and V (the first correction in 1/n), 2 the O(1/n²)
         statistics G2, V1, U (docs/conventions.md §10; V1 and U for at most two inputs, G2 on
         all pairs; σ with kinks (ReLU) for one input only; the batched evaluator, after
-        deriving the order-2 recursions once per process, about 20 s).  Default: ``spec.max_order`` (1; 0 for a residual
-        network with a skip term, whose O(1/n) closure is not derived — order ≥ 1 is then an
-        error that says why).
+        deriving the order-2 recursions once per process, about 20 s).  Default:
+        ``spec.max_order`` (1; 0 for a residual network with a skip term, whose O(1/n)
+        closure is not derived — order ≥ 1 is then an error that says why).
     warn_threshold : float, optional
         An :class:`ExpansionWarning` names the first layer where the estimated first neglected
         term exceeds this (default 0.1).
