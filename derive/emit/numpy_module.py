@@ -55,7 +55,7 @@ from ..algebra.symbols import (GROUPS, DerivativeContraction, GaussianAverage, R
                                sample_indices)
 from ..base.errors import DeriveError
 from ..base.parsing import as_expr
-from ..derivation.quantities import QUANTITIES, quantity
+from ..derivation.quantities import NNLO_QUANTITIES, QUANTITIES, quantity
 from ..derivation.specialise import specialise
 from .fused import fused_lines
 from .printing import book_latex
@@ -481,9 +481,9 @@ class _PairFrame:
         summed indices (T's free sample indices, if any, at the component's samples)."""
         from itertools import product
 
-        label = str(node.tensor.base)
+        factors = _components(node.tensor)
         summed = {b for grp in node.groups for b in grp}
-        dummies = tuple(i for i in node.tensor.indices if i in summed)
+        dummies = tuple(dict.fromkeys(i for x in factors for i in x.indices if i in summed))
         fs = [F.xreplace({r: _PZ[slot[r.indices[0]]] for r in F.atoms(RandomVar)})
               for F in node.functions]
         total = sp.S.Zero
@@ -495,8 +495,10 @@ class _PairFrame:
                 if term == 0:
                     break
             if term != 0:
-                comp = tuple(val[i] if i in val else slot[i] for i in node.tensor.indices)
-                total += self.component(label, comp) * term
+                for x in factors:  # T's component (a product's: each factor's) at β
+                    comp = tuple(val[i] if i in val else slot[i] for i in x.indices)
+                    term *= self.component(str(x.base), comp)
+                total += term
         return total
 
     def step(self, expr: sp.Expr, alphas: tuple, pattern: tuple) -> str:
@@ -558,6 +560,8 @@ def _pattern_text(pat: tuple, symmetry: str = "pairs") -> str:
     x = ["p" if v == 0 else "q" for v in pat]
     if symmetry == "pairs":
         return f"({x[0]}{x[1]})({x[2]}{x[3]})"
+    if symmetry == "three_pairs":
+        return f"({x[0]}{x[1]})({x[2]}{x[3]})({x[4]}{x[5]})"
     return "".join(x)
 
 
@@ -582,6 +586,12 @@ def _orbit_table(symmetry: str) -> dict:
     return table
 
 
+def _components(T: sp.Expr) -> tuple:
+    """The components of a contraction's tensor: T itself, or the factors of a product of
+    components (the O(1/n²) forms: G1_{β1β2} V_{(β3β4)(β5β6)} …)."""
+    return tuple(T.args) if isinstance(T, sp.Mul) else (T,)
+
+
 def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool,
                tensors: tuple = ("G1", "V")) -> tuple[list[str], str]:
     """Code lines and result for a recursion on the diagonal (all sample indices equal); the
@@ -593,7 +603,7 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool,
 
     def free_apart(node):
         summed = {b for grp in node.groups for b in grp}
-        if all(i in summed for i in node.tensor.indices):
+        if all(i in summed for x in _components(node.tensor) for i in x.indices):
             return node
         return DerivativeContraction(node.tensor.xreplace(apart), node.functions, node.groups,
                                      node.kernel)
@@ -625,7 +635,6 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool,
             call = _diag_call(em, f, "under the average")
             reps[atom] = sp.Symbol(_hoist(lines, name, call))
             continue
-        label = str(atom.tensor.base)
         factors = []
         for j, (F, grp) in enumerate(zip(atom.functions, atom.groups)):
             F1 = one_variable(F)
@@ -638,17 +647,25 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool,
             else:
                 call = _diag_call(em, sp.diff(F1, _Z, r), f"derivative {r} of {F1}")
             factors.append(sp.Symbol(_hoist(lines, sub, call)))
-        reps[atom] = sp.Symbol(label) * sp.Mul(*factors)
+        # T's diagonal (a product's: its factors' diagonals)
+        tensor = sp.Mul(*(sp.Symbol(str(x.base)) for x in _components(atom.tensor)))
+        reps[atom] = tensor * sp.Mul(*factors)
     return lines, em.code(expr.xreplace(reps))
 
 
 # ---------------------------------------------------------------------------------------------
-# the NTK's O(1/n) statistics: H1 on pairs, A, B, D, F on the components with ≤ 2 samples
+# the statistics beside K, Θ, G1, V that the targets need: the NTK's O(1/n) statistics H1, A,
+# B, D, F and the O(1/n²) statistics G2, V1, U, the rank-2 ones on all pairs, the others on
+# the components with ≤ 2 samples
 # ---------------------------------------------------------------------------------------------
 
 #: the NTK's O(1/n) statistics (docs/conventions.md §3) → the stem of their step functions
 NTK_STEPS = {"H1": "ntk_mean_correction", "A": "ntk_variance_a", "B": "ntk_variance_b",
              "D": "ntk_cross_d", "F": "ntk_cross_f"}
+#: the O(1/n²) statistics (docs/conventions.md §10) → the stem of their step functions
+NNLO_STEPS = {"G2": "metric_correction_2", "V1": "vertex_correction", "U": "six_point_vertex"}
+#: every statistic computed by the shared mechanism of :func:`_extra_steps`
+EXTRA_STEPS = {**NTK_STEPS, **NNLO_STEPS}
 #: evaluate()'s per-layer values of the scalars of a step (layer l → l + 1)
 _SCALAR_VALUES = {"C_b": "Cb[l]", "C_W": "CW[l]", "lambda_b": "lb[l]", "lambda_W": "lW[l]",
                   "n_l": "n[l]", "n_lm1": "n[l - 1]"}
@@ -656,38 +673,47 @@ _SCALAR_VALUES = {"C_b": "Cb[l]", "C_W": "CW[l]", "lambda_b": "lb[l]", "lambda_W
 
 def _tensors_read(expr: sp.Expr) -> list[str]:
     """The labels of the previous layer's quantities a form reads (in the order of
-    :data:`~derive.derivation.quantities.QUANTITIES`)."""
+    :data:`~derive.derivation.quantities.QUANTITIES`, then the O(1/n²) ones)."""
     labels = {str(t.base) for t in expr.atoms(sp.Indexed)}
-    return [q.name for q in QUANTITIES if q.name in labels]
+    return [q.name for q in QUANTITIES + NNLO_QUANTITIES if q.name in labels]
 
 
-def _ntk_steps(d, step, em: _Emitter, local, steps: list, kinked: bool, rename: dict,
-               extra: list) -> dict | None:
-    """Append the steps of the NTK's O(1/n) statistics the targets of ``d`` need (their
-    diagonal and their pair components, printed from the derived contracted forms of
-    ``step``) to ``steps``; returns what the template prints into ``evaluate`` (None without
-    any)."""
-    need = {t for t in d.targets if t in NTK_STEPS}
+def _extra_steps(d, step, em: _Emitter, local, steps: list, kinked: bool, rename: dict,
+                 extra: list) -> dict | None:
+    """Append the steps of the statistics beside K, Θ, G1 and V that the targets of ``d``
+    need — the NTK's O(1/n) statistics (:data:`NTK_STEPS`) and the O(1/n²) ones
+    (:data:`NNLO_STEPS`), with those their recursions read — to ``steps``: each one's diagonal
+    and its pair components, printed from the derived contracted forms of ``step``; returns
+    what the template prints into ``evaluate`` (None without any).  The O(1/n²) steps are
+    evaluated only at evaluate(order ≥ 2) (their ``order``); their forms hold up to eighth
+    derivatives of σ, taken for smooth σ only."""
+    need = {t for t in d.targets if t in EXTRA_STEPS}
     if not need:
         return None
+    if kinked and need & set(NNLO_STEPS):
+        raise DeriveError(f"the O(1/n²) statistics {', '.join(sorted(need & set(NNLO_STEPS)))} "
+                          f"are evaluated for smooth σ only: their recursions hold averages of up "
+                          f"to eighth derivatives of σ, which for {em.act.name!r:.60} (it has "
+                          "kinks) are distributions; derive to order ≤ 1, or use a smooth σ "
+                          "(tanh, erf, gelu, swish, …)")
     em.cse = True
     if "V" not in step.recursions:  # derive() always carries V where the O(1/n) closure exists
-        raise DeriveError("the NTK's O(1/n) statistics are computed beside V, which is not "
+        raise DeriveError("the statistics beyond V are computed beside V, which is not "
                           "derived here (internal error)")
     grow = True
     while grow:  # the statistics the targets' recursions read
-        more = {t for q in need for t in _tensors_read(step.contracted[q]) if t in NTK_STEPS}
+        more = {t for q in need for t in _tensors_read(step.contracted[q]) if t in EXTRA_STEPS}
         grow = not more <= need
         need |= more
-    names = [q.name for q in QUANTITIES if q.name in need]
-    if "H1" in need and "G1" not in d.recursions:
-        raise DeriveError("H1 reads G1, which is not derived here (internal error)")
+    names = [q.name for q in QUANTITIES + NNLO_QUANTITIES if q.name in need]
+    if need & {"H1", *NNLO_STEPS} and "G1" not in d.recursions:
+        raise DeriveError("H1, G2, V1 and U read G1, which is not derived here (internal error)")
     scalar_values = {**_SCALAR_VALUES, **{e: f"{e}[l]" for e in extra}}
     # evaluate()'s names of layer l's values: diagonals, and the pair components (G1P, VP are
     # _pair_tensors'; the others are assembled once per layer, see pair_inputs)
     diag_args = {"G1": "G1d", "V": "V[l]"}
     diag_args.update({n: f"{n}d" for n in ("Theta", *names) if quantity(n).rank == 2})
-    diag_args.update({n: f"{n}[l]" for n in names if quantity(n).rank == 4})
+    diag_args.update({n: f"{n}[l]" for n in names if quantity(n).rank >= 4})
     pair_args = {"G1": "G1P", "V": "VP"}
     pair_inputs, out = [], []
     for name in names:
@@ -701,7 +727,7 @@ def _ntk_steps(d, step, em: _Emitter, local, steps: list, kinked: bool, rename: 
         what = f"{q.title} {name}^{{(l+1)}}"
         # on the diagonal: the single-input form (all sample indices equal)
         lines, result = _diag_step(em, expr, step.alphas, kinked, tensors=tuple(labels))
-        diag_fn = NTK_STEPS[name] + "_step"
+        diag_fn = EXTRA_STEPS[name] + "_step"
         steps.append({"name": diag_fn, "args": ", ".join(["Kd", *labels, *scalars]),
                       "doc": f"{what} of each input (diagonal, from the diagonals of the previous "
                       "layer's quantities). Implements, at α1 = α2 = … :",
@@ -715,7 +741,7 @@ def _ntk_steps(d, step, em: _Emitter, local, steps: list, kinked: bool, rename: 
             frame.lines.append(f"{var} = {frame.step(expr, step.alphas, pat)}")
             results.append(var)
         head = ["Kd = numpy.diagonal(K)"] + (["P00, P01, P11 = _pair_inverse(K)"] if kinked else [])
-        pair_fn = NTK_STEPS[name] + "_pairs"
+        pair_fn = EXTRA_STEPS[name] + "_pairs"
         comps = "" if q.rank == 2 else " at the components " + ", ".join(
             _pattern_text(p, q.symmetry) for p in patterns) + " (samples (p, q)[a], …)"
         steps.append({"name": pair_fn, "args": ", ".join(["K", *(f"{t}P" for t in labels),
@@ -726,8 +752,9 @@ def _ntk_steps(d, step, em: _Emitter, local, steps: list, kinked: bool, rename: 
                       + (", by Gaussian integration by parts (P = the pair's inverse kernel)"
                          if kinked else "") + ". Implements:",
                       "latex": shown, "lines": head + frame.lines,
-                      # always a tuple for a four-index quantity (zipped with its ORBITS)
-                      "result": ", ".join(results) + ("," if len(results) == 1 and q.rank == 4
+                      # always a tuple for a four- or six-index quantity (zipped with its
+                      # ORBITS)
+                      "result": ", ".join(results) + ("," if len(results) == 1 and q.rank >= 4
                                                       else "")})
         for t in labels:
             if t not in pair_args:
@@ -737,15 +764,22 @@ def _ntk_steps(d, step, em: _Emitter, local, steps: list, kinked: bool, rename: 
         diag_call = ", ".join(["Kd", *(diag_args[t] for t in labels), *values])
         pair_call = ", ".join(["K[l]", *(pair_args[t] for t in labels), *values])
         out.append({"name": name, "rank": q.rank, "var": name.lower(),
+                    # evaluate(order=…) from which on it is computed (zeros below)
+                    "order": 2 if name in NNLO_STEPS else 1,
                     "diag_call": f"{diag_fn}({diag_call})", "pair_call": f"{pair_fn}({pair_call})"})
     tables = {name: {pat: ("".join(map(str, rep)), flag)
                      for pat, (rep, flag) in sorted(_orbit_table(quantity(name).symmetry).items())}
-              for name in names if quantity(name).rank == 4}
+              for name in names if quantity(name).rank >= 4}
     orbits = {name: ["".join(map(str, p)) for p in _pair_patterns(quantity(name).symmetry)]
               for name in tables}
+    ntk = [n for n in names if n in NTK_STEPS]
     return {"names": names, "two": [n for n in names if n not in tables], "four": list(tables),
             "steps": out, "pair_inputs": pair_inputs, "orbits": repr(orbits),
-            "tables": repr(tables)}
+            "tables": repr(tables),
+            # the NTK's statistics and the O(1/n²) ones apart (the module's texts)
+            "ntk_names": ntk, "ntk_two": [n for n in ntk if n not in tables],
+            "nnlo": [n for n in names if n in NNLO_STEPS],
+            "ranks": {n: quantity(n).rank for n in names}}
 
 
 #: the default tolerance of the generated evaluator's quadratures (relative to max(1, |average|)):
@@ -832,7 +866,7 @@ def numpy_module_source(d, tol: float | None = None) -> str:
                       "latex": book_latex(step.contracted[q].xreplace(rename)),
                       "lines": head + frame.lines,
                       "result": ", ".join(results)})
-    ntk = _ntk_steps(d, step, em, local, steps, kinked, rename, extra)
+    ntk = _extra_steps(d, step, em, local, steps, kinked, rename, extra)
     # a step's pair quadratures in one call on one set of rules: σ evaluated once per node for
     # all of them (a group of their functions); the K and Θ steps (⟨σσ⟩, ⟨σ'σ'⟩) as one
     if not kinked:
@@ -910,7 +944,9 @@ def numpy_module_source(d, tol: float | None = None) -> str:
                   equation=(f"z' = {sp.sstr(spec.equation.expr.xreplace(rename))}"
                             if spec.equation.name != "mlp" else ""),
                   kind="MLP" if spec.equation.name == "mlp" else "network", ntk=ntk,
-                  blocked=blocked, moments_source=moments_source)
+                  blocked=blocked, moments_source=moments_source,
+                  # evaluate()'s default order: 2 where the O(1/n²) statistics are computed
+                  default_order=2 if ntk and ntk["nnlo"] else 1)
 
 
 @lru_cache(maxsize=16)
@@ -920,7 +956,8 @@ def load_generated(spec, targets: tuple = ("K", "Theta")):
 
     from ..derivation.derivation import derive
 
-    order = 1 if any(t in ("G1", "V", *NTK_STEPS) for t in targets) else 0
+    order = (2 if any(t in NNLO_STEPS for t in targets) else
+             1 if any(t in ("G1", "V", *NTK_STEPS) for t in targets) else 0)
     src = derive(spec, targets=targets, order=order).numpy_module()
     mod = types.ModuleType(f"derive_generated_{abs(hash((spec, targets)))}")
     exec(compile(src, mod.__name__, "exec"), mod.__dict__)  # noqa: S102 - our own generated code
