@@ -284,3 +284,23 @@ def test_relu_single_input_matches_the_exact_multiplicative_chain():
     assert p.V1[L].reshape(-1)[0] > 1.0 and p.U[L].reshape(-1)[0] > 1.0
     with pytest.raises(DeriveError, match="one input at a time"):
         derive.predict(spec, np.vstack([x, -x + 0.1]), order=2)
+
+
+def test_relu_unequal_widths_keep_their_products_of_inverse_widths():
+    """The same chain with widths n_1, n_2, n_3 (Var Y_k = 5/n_k, κ3(Y_k) = 44/n_k²): to second
+    order in the a_k = 1/n_k, n_{ℓ−1} Cov(z_i², z_j²) = n_{ℓ−1} K² [5 Σ a_k + 25 Σ_{k<k'} a_k a_k']
+    and κ3 = K³ [44 Σ a_k² + 150 Σ_{k<k'} a_k a_k'] (k, k' < ℓ); V, V1 and U are these times
+    the powers of n_{ℓ−1} of their definitions (docs/conventions.md §10)."""
+    widths = [6, 9, 5]
+    spec = MLP(4, widths, "relu", 0.0, 2.0)
+    p = derive.predict(spec, np.array([[0.5, 1.0]]), order=2, warn_threshold=10.0)
+    K = float(p.K[1][0, 0])
+    for layer in range(2, 5):
+        a = [1 / w for w in widths[:layer - 1]]
+        pairs = sum(a[k] * a[j] for k in range(len(a)) for j in range(k + 1, len(a)))
+        fan_in = widths[layer - 2]
+        want = {"V": fan_in * K ** 2 * 5 * sum(a), "V1": fan_in ** 2 * K ** 2 * 25 * pairs,
+                "U": fan_in ** 2 * K ** 3 * (44 * sum(x * x for x in a) + 150 * pairs)}
+        for q, value in want.items():
+            got = float(np.asarray(getattr(p, q)[layer]).reshape(-1)[0])
+            assert got == pytest.approx(value, rel=1e-10, abs=1e-12), (q, layer)
