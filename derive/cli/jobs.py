@@ -89,7 +89,8 @@ def predictions_json(p) -> dict:
         row = {"layer": l, "fan_in": p.fan_in(l), "K": p.K[l].tolist()}
         if l in p.G1:
             row["G1"] = p.G1[l].tolist()
-            row["metric"] = p.metric(l).tolist()
+            if p.order < 2 or l in p.G2:  # to the order of the prediction
+                row["metric"] = p.metric(l).tolist()
         if l in p.V:
             row["V"] = p.V[l].tolist()
         if l in p.Theta:
@@ -98,9 +99,9 @@ def predictions_json(p) -> dict:
             row["H1"] = p.H1[l].tolist()
             if l in p.Theta:
                 row["ntk_mean"] = p.ntk_mean(l).tolist()
-        for q in NTK_FOUR:  # B and F in the order of their names (conventions §3)
+        for q in NTK_FOUR + ("G2", "V1", "U"):  # B and F in the order of their names (§3)
             if l in getattr(p, q):
-                row[q] = getattr(p, q)[l].tolist()
+                row[q] = np.asarray(getattr(p, q)[l]).tolist()
         if l in p.expansion:  # no estimate without a derived V (a skip term)
             row["expansion_estimate"] = p.expansion[l]
         layers.append(row)

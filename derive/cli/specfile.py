@@ -13,8 +13,9 @@ Keys (all optional except ``activation`` and ``depth``)::
     # or, instead of inputs, the input Gram matrix G0_{ab} = x_a·x_b / n_0:
     # input_gram = [[1.0, 0.3], [0.3, 0.8]]
     targets = ["K", "V", "G1", "Theta"]
-    # the NTK's O(1/n) statistics too: "H1", "A", "B", "D", "F" (docs/conventions.md §3)
-    order = 1                    # 0 or 1; default 1 if an O(1/n) quantity is a target, else 0
+    # the NTK's O(1/n) statistics too: "H1", "A", "B", "D", "F" (docs/conventions.md §3);
+    # the O(1/n²) ones: "G2", "V1", "U" (order 2, docs/conventions.md §10)
+    order = 1                    # 0, 1 or 2; default: the highest order a target enters at
     # the architecture (default "mlp"):
     # architecture = "residual"  # z' = xi z + gamma (b + W sigma(z)), docs/conventions.md §8
     # xi = 1.0                   # residual only: a number or one value per layer 2 … L
@@ -29,7 +30,7 @@ derived: the default targets are then K and Θ, and G1, V or order 1 are refused
 A spec file is user input: every value is checked before anything is computed, and a bad
 one stops with a :class:`~derive.base.errors.DeriveError` that names the key and says what to write
 instead (unknown keys, ragged or non-numeric ``inputs``, NaN/inf, unknown targets, an order
-other than 0 or 1, a depth beyond :data:`MAX_DEPTH`, ...).  ``targets`` and ``order`` given on
+other than 0, 1 or 2, a depth beyond :data:`MAX_DEPTH`, ...).  ``targets`` and ``order`` given on
 the command line override the file's (:func:`load_spec`); when the order is given nowhere it
 follows the final targets.
 """
@@ -156,14 +157,15 @@ def check_targets(targets, where: str = "targets") -> tuple:
 
 
 def default_order(targets) -> int:
-    """1 if an O(1/n) quantity (G1, V, H1, A, B, D, F) is among ``targets``, else 0."""
-    return 1 if any(TARGETS[t][0] >= 1 for t in targets) else 0
+    """The highest order at which a target enters: 2 if an O(1/n²) quantity (G2, V1, U) is
+    among ``targets``, else 1 if an O(1/n) one (G1, V, H1, A, B, D, F) is, else 0."""
+    return max(TARGETS[t][0] for t in targets)
 
 
 def _check_order(order, where: str) -> int:
-    if not _is_int(order) or int(order) not in (0, 1):
-        raise DeriveError(f"{where}: order must be 0 (leading order) or 1 (first correction in "
-                          f"1/n), got {_kind(order)} {_short(order)}")
+    if not _is_int(order) or int(order) not in (0, 1, 2):
+        raise DeriveError(f"{where}: order must be 0 (leading order), 1 (first correction in "
+                          f"1/n) or 2 (O(1/n²): G2, V1, U), got {_kind(order)} {_short(order)}")
     return int(order)
 
 
