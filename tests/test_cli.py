@@ -227,8 +227,8 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_output(tmp_path):
     ('inputs = [[1.0]]\ntargets = ["K", "W"]', "unknown target(s) ['W']; known targets are K, Theta, G1, V, H1"),
     ('inputs = [[1.0]]\ntargets = []', "targets is empty"),
     ('inputs = [[1.0]]\ntargets = [1]', "targets must be names"),
-    ('inputs = [[1.0]]\norder = 2', "order must be 0 (leading order) or 1"),
-    ('inputs = [[1.0]]\norder = true', "order must be 0 (leading order) or 1"),
+    ('inputs = [[1.0]]\norder = 3', "order must be 0 (leading order), 1"),
+    ('inputs = [[1.0]]\norder = true', "order must be 0 (leading order), 1"),
     ('inputs = [[1.0]]\norder = 1.0', "order must be 0"),
 ])
 def test_spec_values_are_checked(tmp_path, capsys, text, expected):
