@@ -476,6 +476,10 @@ class Family(sp.Basic):
     def is_gaussian(self) -> bool:
         return not any(self.args[k].name for k in (4, 5, 7, 8, 9))
 
+    #: not a container, though it is indexed: SymPy's ``iterable`` must not take it for one
+    #: (``simplify`` then indexed it with 0, 1, … and hit the index checks)
+    _iterable = False
+
     def __getitem__(self, idx) -> "RandomVar":
         if not isinstance(idx, tuple):
             idx = (idx,)
