@@ -123,6 +123,11 @@ class _Emitter:
         #: the highest power of z in the averages by exact quadrant moments (_moment_average);
         #: None when there are none
         self.moments = None
+        #: when set, pair averages of functions with more operations than this are not
+        #: classified for a closed form of rules/kernels (quadrature instead): the O(1/n²)
+        #: steps average up to eighth derivatives of σ's products, whose classification
+        #: (simplification of every factor) took most of the generation time
+        self.closed_ops = None
 
     def uses_moments(self, *polys: tuple) -> None:
         """Record averages by exact moments of the polynomials ``polys`` (coefficient tuples)."""
@@ -305,7 +310,9 @@ def _emit_pair_average(em: _Emitter, lines: list[str], name: str, f: sp.Expr, g:
     applies, else the pair quadrature; returns the variable holding it."""
     z1, z2 = sp.symbols("z1 z2")
     plan = None
-    if _may_have_closed_form(f) and _may_have_closed_form(g):
+    if em.closed_ops is not None and max(sp.count_ops(f), sp.count_ops(g)) > em.closed_ops:
+        pass  # (a high derivative of σ: no closed form is looked for, see _Emitter.closed_ops)
+    elif _may_have_closed_form(f) and _may_have_closed_form(g):
         plan = _closed_form_plan(f.xreplace({_Z: z1}) * g.xreplace({_Z: z2}), ((z1, 0), (z2, 1)))
     if plan is not None and (plan[2] == (0, 1) or f == g):
         cf, coeff, _, params = plan
@@ -435,7 +442,7 @@ class _PairFrame:
             return self.memo[key]
         dep = [k for k, v in enumerate(_PZ) if F.has(v)]
         if not self.kinked:
-            out = self.average(sp.diff(F, *(_PZ[i] for i in idx)))
+            out = self.average(_derivative(F, tuple(_PZ[i] for i in idx)))
         elif len(dep) == 1 and len(idx) == 1:  # ⟨∂F⟩ = ⟨z F⟩ / K over one variable
             (k,) = dep
             avg = self.average(F * _PZ[k])
@@ -486,7 +493,7 @@ class _PairFrame:
         dummies = tuple(dict.fromkeys(i for x in factors for i in x.indices if i in summed))
         fs = [F.xreplace({r: _PZ[slot[r.indices[0]]] for r in F.atoms(RandomVar)})
               for F in node.functions]
-        total = sp.S.Zero
+        terms = []  # (added at once: a growing sum rebuilt at each of up to 2^8 terms is slow)
         for assign in product((0, 1), repeat=len(dummies)):
             val = dict(zip(dummies, assign))
             term = sp.S.One
@@ -498,8 +505,8 @@ class _PairFrame:
                 for x in factors:  # T's component (a product's: each factor's) at β
                     comp = tuple(val[i] if i in val else slot[i] for i in x.indices)
                     term *= self.component(str(x.base), comp)
-                total += term
-        return total
+                terms.append(term)
+        return sp.Add(*terms)
 
     def step(self, expr: sp.Expr, alphas: tuple, pattern: tuple) -> str:
         """The code of ``expr`` at the component α_i ↦ (p, q)[pattern[i]]; returns the result."""
@@ -586,6 +593,13 @@ def _orbit_table(symmetry: str) -> dict:
     return table
 
 
+@lru_cache(maxsize=4096)
+def _derivative(F: sp.Expr, variables: tuple) -> sp.Expr:
+    """∂^r F by ``variables`` (taken once per process: the O(1/n²) forms take the same high
+    derivatives of σ's products in many steps and component patterns)."""
+    return sp.diff(F, *variables)
+
+
 def _components(T: sp.Expr) -> tuple:
     """The components of a contraction's tensor: T itself, or the factors of a product of
     components (the O(1/n²) forms: G1_{β1β2} V_{(β3β4)(β5β6)} …)."""
@@ -645,7 +659,7 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool,
             elif kinked:
                 call = _diag_call(em, F1, "integrated by parts", r)
             else:
-                call = _diag_call(em, sp.diff(F1, _Z, r), f"derivative {r} of {F1}")
+                call = _diag_call(em, _derivative(F1, (_Z,) * r), f"derivative {r} of {F1}")
             factors.append(sp.Symbol(_hoist(lines, sub, call)))
         # T's diagonal (a product's: its factors' diagonals)
         tensor = sp.Mul(*(sp.Symbol(str(x.base)) for x in _components(atom.tensor)))
@@ -664,6 +678,9 @@ NTK_STEPS = {"H1": "ntk_mean_correction", "A": "ntk_variance_a", "B": "ntk_varia
              "D": "ntk_cross_d", "F": "ntk_cross_f"}
 #: the O(1/n²) statistics (docs/conventions.md §10) → the stem of their step functions
 NNLO_STEPS = {"G2": "metric_correction_2", "V1": "vertex_correction", "U": "six_point_vertex"}
+#: the most operations (sympy's count_ops) of a function of an O(1/n²) step's pair average
+#: that is classified for a closed form (:attr:`_Emitter.closed_ops`)
+_NNLO_CLOSED_OPS = 24
 #: every statistic computed by the shared mechanism of :func:`_extra_steps`
 EXTRA_STEPS = {**NTK_STEPS, **NNLO_STEPS}
 #: evaluate()'s per-layer values of the scalars of a step (layer l → l + 1)
@@ -718,6 +735,8 @@ def _extra_steps(d, step, em: _Emitter, local, steps: list, kinked: bool, rename
     pair_inputs, out = [], []
     for name in names:
         q = quantity(name)
+        if name in NNLO_STEPS:
+            em.closed_ops = _NNLO_CLOSED_OPS
         expr = local(step.contracted[name])
         labels = _tensors_read(expr)
         used = {str(x) for x in expr.atoms(sp.Symbol)}
