@@ -15,7 +15,15 @@ compares per layer ℓ, quantity and component
   index symmetry; B and F are labelled in the order of their names (B_{(ab)(cd)} is
   B_{abcd}).
 
-The predictions go to the highest order derived for the architecture (``spec.max_order``).
+* at order 2 (``order=2``: MLPs with a smooth σ), also the O(1/n²) statistics of
+  docs/conventions.md §10: the metric's ``nnlo`` K + G1/n + G2/n² (the fit's 1/n² curvature
+  against G2), V's ``nlo`` V + V1/n (the 1/n slope of n·Cov against V1), and ``U``:
+  n_{ℓ−1}² × the joint cumulant κ3(z_i z_i, z_j z_j, z_k z_k) of three different neurons
+  against its leading order U (V1 and U for at most two inputs).  What stays unpredicted at
+  order 2 — the metric's O(1/n³), V's O(1/n²), U's O(1/n) — is measured, never compared, and
+  the notes say so.
+
+The predictions go by default to the order of ``spec.max_order`` (1; ``order=`` chooses).
 Where that is the leading order only (a residual network with a skip term, docs/conventions.md §8: its
 O(1/n) statistics G1 and V are not derived), the metric's intercept is still compared with K,
 but its slope has no NLO prediction and V none at all: ``lo``/``nlo``/``slope_nlo`` are NaN,
@@ -48,23 +56,50 @@ from ..base.errors import DeriveError, boundary
 from ..derivation.quantities import NTK_FOUR, quantity
 from ..numeric.evaluate import orbits
 from ..numeric.prediction import ExpansionWarning, predict
-from .montecarlo import BLOCKS, MonteCarloError, sample
+from .montecarlo import BLOCKS, MonteCarloError, sample, three_neuron
 
-__all__ = ["check", "Check", "CheckError", "DEFAULT_WIDTHS", "DEFAULT_SAMPLES", "PRECISE_SAMPLES"]
+__all__ = ["check", "Check", "CheckError", "DEFAULT_WIDTHS", "DEFAULT_SAMPLES", "PRECISE_SAMPLES",
+           "DEFAULT_WIDTHS_NNLO", "PRECISE_SAMPLES_NNLO"]
 
 DEFAULT_WIDTHS = (32, 64, 128)
+#: the default widths of a check at order 2: small, so that the 1/n² terms are visible
+DEFAULT_WIDTHS_NNLO = (4, 6, 8, 12, 16)
 #: networks per width of the default run (the demo spec finishes in about a minute on 2 cores)
 DEFAULT_SAMPLES = 20_000
 #: networks per width of ``--precise``
 PRECISE_SAMPLES = 200_000
+#: networks per width of ``--precise`` at order 2, with :data:`DEFAULT_WIDTHS_NNLO`.  Measured
+#: on the shared 2-core machine (numpy, float64, one input x = (1, 0.5), depth 4, widths 4, 6, 8,
+#: 12, 16, seed 0; significance = |prediction| / its error at layer 4):
+#:
+#: * U (n²κ3 of three neurons, intercept of A + B/n): tanh at criticality (C_b 0, C_W 1,
+#:   U = 0.0213) 6.7σ with 200 000 networks, 14σ with 1 000 000; 3σ needs ≈ 45 000;
+#: * V's 1/n slope against V1, intercept held at V (``slope_at_lo``): tanh (V1 = −0.011)
+#:   2.8σ with 200 000, 6.5σ with 1 000 000; 3σ needs ≈ 230 000 (erf at criticality, C_W = π/4:
+#:   3.4σ with 200 000; tanh C_W 1.2: 2.3σ).  The free fit A + B/n + C/n² has ≈ 4× the error
+#:   on B: 3σ would take ≈ 3 500 000; at layer 3 (|V1| ≈ 0.004) even the held fit needs ≈ 3e6;
+#: * the metric's 1/n² curvature against G2: out of reach (tanh layer 4: G2 = 1.7e-4 against an
+#:   error of 0.014 with 1 000 000, i.e. ≈ 10¹¹ networks for 3σ; tanh C_W 1.2 and erf, |G2| ≈
+#:   0.003–0.01: ≈ 10⁸).
+#:
+#: 1 000 000 per width (tanh, depth 4: ≈ 6 min for the five widths) puts V1 at ≈ 6σ and U at
+#: ≈ 14σ in layer 4; G2 is then reported (``curvature_nnlo``, ``z_curvature``) but not resolved.
+PRECISE_SAMPLES_NNLO = 1_000_000
 #: a z-score above this counts as disagreement
 Z_MAX = 4.0
 
+#: the columns of check.csv; ``nnlo`` (the metric K + G1/n + G2/n² at order 2, NaN otherwise)
+#: was added after the others, so that readers of the older columns keep working
 _ROW_KEYS = ("quantity", "component", "layer", "width", "mc_mean", "mc_stderr", "lo", "nlo",
-             "note")
+             "note", "nnlo")
+#: the columns of check_fits.csv; ``curvature_nnlo`` (G2, the metric's predicted 1/n²
+#: coefficient, at order 2) and ``z_curvature`` ((curvature − G2)/its error) were added last
 _FIT_KEYS = ("quantity", "component", "layer", "widths", "intercept", "intercept_err", "lo",
              "z_lo", "slope", "slope_err", "slope_nlo", "z_slope", "slope_agrees", "curvature",
-             "curvature_err", "chi2_dof", "note")
+             "curvature_err", "chi2_dof", "note", "curvature_nnlo", "z_curvature",
+             "slope_at_lo", "slope_at_lo_err", "z_slope_at_lo")
+#: most inputs for which V1 and U are predicted (derive.numeric.prediction.NNLO_MULTI_INPUTS)
+_NNLO_INPUTS = 2
 
 
 class CheckError(DeriveError):
@@ -91,13 +126,25 @@ def _orbit_components(N: int, name: str) -> list[tuple]:
 
 def _label(c) -> str:
     """A component with 1-based sample indices (α = 1 … N): (0, 1) → "12", (0, 0, 0, 0) →
-    "(11)(11)" (the convention of every output, :mod:`derive.reality.plots`)."""
+    "(11)(11)", six indices → "(11)(11)(11)" (the convention of every output,
+    :mod:`derive.reality.plots`)."""
     s = [str(i + 1) for i in c]
-    return "".join(s) if len(s) == 2 else f"({s[0]}{s[1]})({s[2]}{s[3]})"
+    if len(s) == 2:
+        return "".join(s)
+    return "".join(f"({s[k]}{s[k + 1]})" for k in range(0, len(s), 2))
 
 
-def _notes(spec: MLP, order: int) -> dict:
+def _notes(spec: MLP, order: int, N: int = 1) -> dict:
     """The note of each quantity's rows and fits: what is not predicted, and why."""
+    if order >= 2:
+        own = {q: f"no NLO prediction: {q}'s own 1/n correction is not derived"
+               for q in NTK_FOUR}
+        few = N <= _NNLO_INPUTS
+        return {"metric": "1/n² curvature vs G2; O(1/n³) not derived",
+                "ntk": "NTK mean to O(1/n) only (its 1/n² term is not derived)",
+                "V": ("1/n slope vs V1; V's O(1/n²) term is not derived" if few else
+                      f"no NLO prediction: V1 is evaluated for at most {_NNLO_INPUTS} inputs"),
+                "U": "n²κ3 vs U (LO); U's own 1/n correction is not derived", **own}
     if order >= 1:
         own = {q: f"no NLO prediction: {q}'s own 1/n correction is not derived"
                for q in ("V", *NTK_FOUR)}
@@ -163,7 +210,9 @@ class Check:
             e = np.array([r["mc_stderr"] for r in rs])
             if np.all(e <= 1e-12 * np.maximum(1.0, np.abs(y))):
                 continue  # exact up to round-off (layer 1's V, A, B, D, F): nothing to fit
-            deg = 2 if len(rs) >= 4 else 1
+            # at order 2 the metric's 1/n² coefficient is predicted (G2): fitted with ≥ 3 widths
+            nnlo_fit = q == "metric" and self.order >= 2
+            deg = 2 if len(rs) >= 4 or (nnlo_fit and len(rs) >= 3) else 1
             coef, cerr, chi2 = _fit(inv_n, y, e, deg)
             lo = rs[0]["lo"]
             z_lo = (coef[0] - lo) / cerr[0] if cerr[0] > 0 and np.isfinite(lo) else float("nan")
@@ -174,6 +223,31 @@ class Check:
                 if np.all(np.isfinite(nlo)) else float("nan")
             z_slope = (coef[1] - slope_nlo) / cerr[1] if np.isfinite(slope_nlo) and cerr[1] > 0 \
                 else float("nan")
+            # the predicted curvature: n² (NNLO − NLO) = G2 at equal widths (metric, order 2)
+            widths_ = np.array([r["width"] for r in rs], dtype=float)
+            nn = np.array([r.get("nnlo", float("nan")) for r in rs])
+            curv_nnlo = float(np.mean((nn - nlo) * widths_ ** 2)) \
+                if nnlo_fit and np.all(np.isfinite(nn)) and np.all(np.isfinite(nlo)) \
+                else float("nan")
+            z_curv = (coef[2] - curv_nnlo) / cerr[2] \
+                if deg == 2 and np.isfinite(curv_nnlo) and cerr[2] > 0 else float("nan")
+            # order 2: the 1/n slope again with the intercept held at LO (tested by z_lo), y − LO =
+            # B/n (+ C/n² with ≥ 3 widths): about 4× smaller errors on B than the free fit
+            # (widths 4 … 16), what makes V's slope against V1 resolvable (PRECISE_SAMPLES_NNLO)
+            b_lo = b_lo_err = z_b_lo = float("nan")
+            if self.order >= 2 and np.isfinite(lo):
+                k = 2 if len(rs) >= 3 else 1
+                X_ = np.vander(inv_n, k + 1, increasing=True)[:, 1:]
+                w = 1.0 / np.maximum(e, 1e-300)
+                cov = np.linalg.pinv((X_ * w[:, None]).T @ (X_ * w[:, None]))
+                bc = cov @ (X_ * w[:, None]).T @ ((y - lo) * w)
+                b_lo, b_lo_err = float(bc[0]), float(np.sqrt(cov[0, 0]))
+                if np.isfinite(slope_nlo) and b_lo_err > 0:
+                    z_b_lo = (b_lo - slope_nlo) / b_lo_err
+            note = rs[0].get("note", "")
+            if nnlo_fit and deg < 2:
+                note = (f"the 1/n² curvature (vs G2) needs ≥ 3 widths, got {len(rs)}: not "
+                        "fitted" + ("; " + note if note else ""))
             self.fits.append({
                 "quantity": q, "component": comp, "layer": layer,
                 "widths": ",".join(str(r["width"]) for r in rs),
@@ -183,14 +257,21 @@ class Check:
                 "slope_agrees": (bool(abs(z_slope) < Z_MAX) if np.isfinite(z_slope) else None),
                 "curvature": float(coef[2]) if deg == 2 else float("nan"),
                 "curvature_err": float(cerr[2]) if deg == 2 else float("nan"),
-                "chi2_dof": chi2, "note": rs[0].get("note", "")})
+                "chi2_dof": chi2, "note": note, "curvature_nnlo": curv_nnlo,
+                "z_curvature": float(z_curv), "slope_at_lo": b_lo, "slope_at_lo_err": b_lo_err,
+                "z_slope_at_lo": float(z_b_lo)})
 
     # -- output -------------------------------------------------------------------------------
 
     def table(self) -> str:
         """The fits as a text table (one line per quantity, component and layer)."""
-        head = (f"{'quantity':8s} {'comp':8s} {'l':>3s} {'n→∞ intercept':>24s} {'LO':>12s} "
-                f"{'z(LO)':>7s} {'1/n slope':>24s} {'NLO slope':>11s} {'agree':>5s}  note")
+        nnlo = self.order >= 2
+        cw = 12 if nnlo else 8
+        head = (f"{'quantity':8s} {'comp':{cw}s} {'l':>3s} {'n→∞ intercept':>24s} {'LO':>12s} "
+                f"{'z(LO)':>7s} {'1/n slope':>24s} {'NLO slope':>11s} {'agree':>5s}"
+                + (f" {'1/n slope at LO':>24s} {'z':>6s} {'1/n² curvature':>24s} {'G2':>11s}"
+                   f" {'z(C)':>7s}" if nnlo else "")
+                + "  note")
         lines = [head, "-" * len(head)]
         notes: dict = {}
         for f in self.fits:
@@ -198,14 +279,38 @@ class Check:
             note = f.get("note", "")
             if note:
                 notes.setdefault(note, set()).add(f["quantity"])
+            curv = ""
+            if nnlo:
+                c, ce = f.get("curvature", np.nan), f.get("curvature_err", np.nan)
+                b, be = f.get("slope_at_lo", np.nan), f.get("slope_at_lo_err", np.nan)
+                curv = (f" {b:12.5g} ± {be:9.2g}" if np.isfinite(b) else f" {'—':>24s}") + \
+                    f" {_num(f.get('z_slope_at_lo', np.nan), 6, '.2f')}"
+                curv += (f" {c:12.5g} ± {ce:9.2g}" if np.isfinite(c) else f" {'—':>24s}") + \
+                    f" {_num(f.get('curvature_nnlo', np.nan), 11, '.5g')}" \
+                    f" {_num(f.get('z_curvature', np.nan), 7, '.2f')}"
             lines.append(
-                f"{f['quantity']:8s} {f['component']:8s} {f['layer']:3d} "
+                f"{f['quantity']:8s} {f['component']:{cw}s} {f['layer']:3d} "
                 f"{f['intercept']:12.6g} ± {f['intercept_err']:9.2g} {_num(f['lo'], 12, '.6g')} "
                 f"{_num(f['z_lo'], 7, '.2f')} {f['slope']:12.5g} ± {f['slope_err']:9.2g} "
-                f"{_num(f['slope_nlo'], 11, '.5g')} {agree:>5s}  {note}".rstrip())
+                f"{_num(f['slope_nlo'], 11, '.5g')} {agree:>5s}{curv}  {note}".rstrip())
         bad = [f for f in self.fits if abs(f["z_lo"]) > Z_MAX]
         lines.append(f"{len(self.fits)} fits over widths {list(self.widths)}, {self.samples} networks "
                      f"per width; intercepts more than {Z_MAX:g}σ from LO: {len(bad)}")
+        if nnlo:
+            off_s = [f for f in self.fits if any(np.isfinite(f.get(k, np.nan))
+                                                 and abs(f[k]) > Z_MAX
+                                                 for k in ("z_slope", "z_slope_at_lo"))]
+            off_c = [f for f in self.fits
+                     if np.isfinite(f.get("z_curvature", np.nan)) and abs(f["z_curvature"]) > Z_MAX]
+            lines.append(
+                f"order 2 (O(1/n²)): metric's 1/n² curvature vs G2, V's 1/n slope vs V1 (free, "
+                f"and with the intercept held at LO), U = n²κ3 of three different neurons vs U; "
+                f"1/n slopes more than {Z_MAX:g}σ off: "
+                f"{len(off_s)}, curvatures: {len(off_c)}.  Not derived (measured, not compared): "
+                "the metric's O(1/n³), V's O(1/n²), U's O(1/n)"
+                + ("" if self.X.shape[0] <= _NNLO_INPUTS else
+                   f"; V1 and U are evaluated for at most {_NNLO_INPUTS} inputs, so V's slope "
+                   "and U are not compared here"))
         if self.order < 1:
             lines.append(f"predictions to leading order only ({self.spec.nlo_reason}, docs/conventions.md §8): "
                          "the 1/n slopes are measured, not compared")
@@ -271,10 +376,10 @@ class Check:
 
 
 @boundary
-def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, seed: int = 0,
-          progress: bool | None = None, ntk: bool = False, *, dtype: str = "float64",
-          backend: str = "numpy", device: str | None = None, workers: int | None = None,
-          scheduler=None, checkpoint=None) -> Check:
+def check(spec: MLP, X, widths=None, samples: int | None = None, seed: int = 0,
+          progress: bool | None = None, ntk: bool = False, *, order: int | None = None,
+          dtype: str = "float64", backend: str = "numpy", device: str | None = None,
+          workers: int | None = None, scheduler=None, checkpoint=None) -> Check:
     """Monte Carlo of ``spec`` at every hidden width in ``widths`` against the derived LO and
     NLO predictions, with 1/n fits (see the module docstring).  ``progress`` (default: when
     stderr is a terminal) prints a bar with ETA per width and a line per width.
@@ -286,9 +391,12 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
     X : array_like of shape (N, n_0)
         The inputs.
     widths : tuple of int, optional
-        The hidden widths to sample (default (32, 64, 128)).
+        The hidden widths to sample (default (32, 64, 128); at order 2 (4, 6, 8, 12, 16),
+        :data:`DEFAULT_WIDTHS_NNLO`).
     samples : int, optional
-        Networks per width (≥ 200; default 20000).
+        Networks per width (≥ 200; default 20000).  At order 2 a significant check needs
+        far more: :data:`PRECISE_SAMPLES_NNLO` (``derive check --order 2 --precise``; the
+        measurement behind it is below).
     seed : int, optional
         The seed of the random generator (default 0).
     progress : bool, optional
@@ -296,6 +404,30 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
     ntk : bool, optional
         Also compare the NTK: its mean (LO Θ, NLO Θ + H1/n) and its O(1/n) statistics A, B,
         D, F (default False: the NTK of every network costs n² N² per layer).
+    order : {0, 1, 2}, optional
+        The order in 1/n of the predictions (default ``spec.max_order``: 1, or 0 for a
+        residual network with a skip term).  Order 2 (MLPs with a smooth σ: tanh, erf, gelu,
+        …; every width ≥ 3) adds, per layer,
+
+        * metric: ``nnlo`` = K + G1/n + G2/n² (``nlo`` stays K + G1/n), and with ≥ 3 widths
+          the fit A + B/n + C/n², whose curvature C is compared with G2
+          (``curvature_nnlo``, ``z_curvature``); the metric's O(1/n³) is not derived;
+        * V: ``nlo`` = V + V1/n, so the 1/n slope of n·Cov is compared with V1 (V's own
+          O(1/n²) is not derived: with ≥ 4 widths the curvature is measured only);
+        * ``U``: n² κ3(z_i z_i, z_j z_j, z_k z_k) of three different neurons (one component
+          per orbit of U's index symmetry), sampled over the same networks by
+          :func:`derive.reality.montecarlo.three_neuron`, against its leading order U (U's
+          own 1/n correction is not derived: no slope is compared).
+
+        V1 and U are evaluated for at most two inputs; with more, V's slope and U are not
+        compared and the notes say so.  At order 2 the fits also give the 1/n slope with the
+        intercept held at LO (``slope_at_lo``, ``z_slope_at_lo``: y − LO = B/n + C/n²),
+        about 4× more precise than the free fit's.  How many networks a significant check
+        needs was measured on this project's 2-core machine (tanh at criticality C_b = 0,
+        C_W = 1 and erf, depth 4, one input, widths 4 … 16): see
+        :data:`PRECISE_SAMPLES_NNLO` (1 000 000 per width, what ``--precise`` uses at order
+        2): V1 and U are resolved in layer 4, G2 is not (it would take ≈ 10⁸ networks or
+        more).
     dtype, backend, device : optional
         The forward pass: 'float64' (default) or 'float32', on 'numpy' (default) or 'torch'
         (``derive[torch]``) on ``device`` (:func:`derive.reality.montecarlo.sample`).
@@ -329,6 +461,26 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
     """
     if not isinstance(spec, MLP):
         raise CheckError(f"spec must be a derive.MLP, got {type(spec).__name__}")
+    if order is None:
+        order = spec.max_order
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order not in (0, 1, 2):
+        raise CheckError(f"order must be 0, 1 or 2 (the order in 1/n of the predictions), got "
+                         f"{order!r}")
+    order = int(order)
+    if order > spec.highest_order:
+        raise CheckError(f"order={order} is not available for this network: its O(1/n) "
+                         f"statistics are {spec.nlo_reason} (docs/conventions.md §8); use "
+                         f"order={spec.highest_order}")
+    if order >= 2 and spec.activation.kinks:
+        raise CheckError(
+            f"order=2 needs a smooth activation, and {spec.activation_name} has kinks: the "
+            "O(1/n²) recursions hold averages of up to eighth derivatives of σ, which are "
+            "distributions for it.  Use order=1 (or leave order out) for this network, or a "
+            "smooth σ (tanh, erf, gelu, swish, …) for order 2")
+    if widths is None:
+        widths = DEFAULT_WIDTHS_NNLO if order >= 2 else DEFAULT_WIDTHS
+    if samples is None:
+        samples = DEFAULT_SAMPLES
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or X.shape[0] < 1 or not np.all(np.isfinite(X)):
         raise CheckError(f"X must be a finite array of shape (N inputs, n_0 features), got {X.shape}")
@@ -341,6 +493,9 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
                          f"four-point function), got {list(widths)}")
     if spec.depth < 2:
         raise CheckError("a depth-1 network has no hidden width to vary; use depth ≥ 2")
+    if order >= 2 and min(widths) < 3:
+        raise CheckError(f"order=2 compares U, the cumulant of three different neurons: every "
+                         f"width must be ≥ 3, got {list(widths)}")
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 10 * BLOCKS:
         raise CheckError(f"samples must be a whole number ≥ {10 * BLOCKS} networks per width, so that "
                          f"each of the {BLOCKS} jackknife blocks behind an error bar holds ≥ 10; "
@@ -369,21 +524,25 @@ def check(spec: MLP, X, widths=DEFAULT_WIDTHS, samples: int = DEFAULT_SAMPLES, s
     with connect(workers, scheduler) as client:
         return _check(spec, X, widths, samples, seed, progress, ntk,
                       dict(dtype=dtype, backend=backend, device=device, scheduler=client),
-                      ckdir)
+                      ckdir, order)
 
 
-def _check(spec, X, widths, samples, seed, progress, ntk, run: dict, ckdir) -> Check:
+def _check(spec, X, widths, samples, seed, progress, ntk, run: dict, ckdir, order: int) -> Check:
     """:func:`check` after its arguments are checked; ``run`` goes to every ``sample``."""
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    pairs, quads = _components(X.shape[0])
-    order = spec.max_order
+    N = X.shape[0]
+    pairs, quads = _components(N)
     targets = ("K", "G1", "V") if order >= 1 else ("K",)
+    nnlo = order >= 2
+    if nnlo:
+        targets += ("G2", "V1", "U") if N <= _NNLO_INPUTS else ("G2",)
+        sixes = _orbit_components(N, "U") if N <= _NNLO_INPUTS else []
     ntk = bool(ntk)
     if ntk:
         spec.activation.require_ntk("the NTK compared by check(..., ntk=True)")
         targets += ("Theta", "H1", *NTK_FOUR) if order >= 1 else ("Theta",)
         fours = {q: _orbit_components(X.shape[0], q) for q in NTK_FOUR}
-    notes = _notes(spec, order)
+    notes = _notes(spec, order, N)
     res = Check(spec, X, widths, int(samples), int(seed), order=order)
     t0 = time.perf_counter()
     cost = {n: spec.depth * n * n + 1 for n in widths}  # work per network ∝ Σ_ℓ n_ℓ n_{ℓ−1}
@@ -392,6 +551,10 @@ def _check(spec, X, widths, samples, seed, progress, ntk, run: dict, ckdir) -> C
         try:
             ens = sample(net, X, int(samples), seed=seed + k, ntk=ntk, progress=show,
                          checkpoint=None if ckdir is None else ckdir / f"width{n}", **run)
+            if nnlo and sixes:   # the same networks again, here: n² κ3 of three neurons
+                three = three_neuron(net, X, int(samples), seed=seed + k, progress=show,
+                                     dtype=run["dtype"], backend=run["backend"],
+                                     device=run["device"])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExpansionWarning)
                 pred = predict(net, X, order=order, targets=targets)
@@ -400,19 +563,34 @@ def _check(spec, X, widths, samples, seed, progress, ntk, run: dict, ckdir) -> C
             res.seconds = time.perf_counter() - t0
             raise CheckError(f"width {n}: {err} (results kept for widths {list(widths[:k])})",
                              partial=res) from None
+        nan = float("nan")
         for l in range(1, spec.depth + 1):
             est = ens.layers[l]
+            fan = pred.fan_in(l)
+            if order >= 1:
+                nlo_metric = pred.K[l] + pred.G1[l] / fan    # K + G1/n at every order ≥ 1
+            if nnlo and N <= _NNLO_INPUTS:
+                nlo_V = pred.V[l] + pred.V1[l] / fan
             for c in pairs:
                 res.rows.append({"quantity": "metric", "component": _label(c), "layer": l,
                                  "width": n, "mc_mean": float(est.G[c]),
                                  "mc_stderr": float(est.G_err[c]), "lo": float(pred.K[l][c]),
-                                 "nlo": float(pred.metric(l)[c]) if order >= 1 else float("nan"),
-                                 "note": notes["metric"]})
+                                 "nlo": float(nlo_metric[c]) if order >= 1 else nan,
+                                 "note": notes["metric"],
+                                 "nnlo": float(pred.metric(l)[c]) if nnlo else nan})
             for c in quads:
                 res.rows.append({"quantity": "V", "component": _label(c), "layer": l, "width": n,
                                  "mc_mean": float(est.V[c]), "mc_stderr": float(est.V_err[c]),
-                                 "lo": float(pred.V[l][c]) if order >= 1 else float("nan"),
-                                 "nlo": float("nan"), "note": notes["V"]})
+                                 "lo": float(pred.V[l][c]) if order >= 1 else nan,
+                                 "nlo": float(nlo_V[c]) if nnlo and N <= _NNLO_INPUTS else nan,
+                                 "note": notes["V"], "nnlo": nan})
+            if nnlo and sixes:
+                for c in sixes:
+                    res.rows.append({"quantity": "U", "component": _label(c), "layer": l,
+                                     "width": n, "mc_mean": float(three.U[l][c]),
+                                     "mc_stderr": float(three.U_err[l][c]),
+                                     "lo": float(pred.U[l][c]), "nlo": nan, "note": notes["U"],
+                                     "nnlo": nan})
             if not ntk:
                 continue
             for c in pairs:
@@ -421,7 +599,7 @@ def _check(spec, X, widths, samples, seed, progress, ntk, run: dict, ckdir) -> C
                                  "mc_stderr": float(est.Theta_err[c]),
                                  "lo": float(pred.Theta[l][c]),
                                  "nlo": float(pred.ntk_mean(l)[c]) if order >= 1 else float("nan"),
-                                 "note": notes["ntk"]})
+                                 "note": notes["ntk"], "nnlo": nan})
             for q in NTK_FOUR:
                 mc, err = getattr(est, q), getattr(est, q + "_err")
                 for c in fours[q]:
@@ -429,7 +607,8 @@ def _check(spec, X, widths, samples, seed, progress, ntk, run: dict, ckdir) -> C
                                      "width": n, "mc_mean": float(mc[c]),
                                      "mc_stderr": float(err[c]),
                                      "lo": float(getattr(pred, q)[l][c]) if order >= 1
-                                     else float("nan"), "nlo": float("nan"), "note": notes[q]})
+                                     else float("nan"), "nlo": float("nan"), "note": notes[q],
+                                     "nnlo": nan})
         if show:
             el = time.perf_counter() - t0
             left = sum(cost[w] for w in widths[k + 1:]) / sum(cost[w] for w in widths[:k + 1]) * el

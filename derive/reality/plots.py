@@ -72,9 +72,11 @@ def sample_label(a: int) -> str:
 
 def component_label(*idx: int) -> str:
     """A component written with 1-based sample indices: (0, 1) → ``12``, (0, 0, 0, 0) →
-    ``(11)(11)``."""
+    ``(11)(11)``, six indices → ``(11)(11)(11)``."""
     s = [str(i + 1) for i in idx]
-    return "".join(s) if len(s) == 2 else f"({s[0]}{s[1]})({s[2]}{s[3]})"
+    if len(s) == 2:
+        return "".join(s)
+    return "".join(f"({s[k]}{s[k + 1]})" for k in range(0, len(s), 2))
 
 
 def widths_text(widths) -> str:
@@ -329,16 +331,21 @@ def check_figure(res):
     four-point function (11)(11) of sample α = 1 against ℓ, Monte Carlo per width with LO (and
     NLO) curves (log–log for the metric at K*=0 criticality, with 1/(−a1 ℓ)); and the residual
     (MC − LO)/|LO| against 1/n at the last layer with the fit and the NLO slope (also of the
-    NTK mean, whose NLO slope is H1, when the check compared the NTK)."""
+    NTK mean, whose NLO slope is H1, when the check compared the NTK).  At order 2 the
+    dashed curves are the metric's NNLO K + G1/n + G2/n² and V + V1/n, and a fourth panel shows
+    n² × the three-neuron cumulant (11)(11)(11) per width against its leading order U."""
     plt = _plt()
     spec = res.spec
     L = spec.depth
     ref = reference(spec)
     c2, c4 = component_label(0, 0), component_label(0, 0, 0, 0)
+    c6 = component_label(*(0,) * 6)
+    has_u = any(r["quantity"] == "U" for r in res.rows)
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+        fig, axes = plt.subplots(1, 4 if has_u else 3, figsize=(20 if has_u else 15, 4.8))
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for ax, (q, comp) in zip(axes[:2], (("metric", c2), ("V", c4))):
+        panels = (("metric", c2), ("V", c4)) + ((("U", c6),) if has_u else ())
+        for ax, (q, comp) in zip([a for k, a in enumerate(axes) if k != 2], panels):
             rows = [r for r in res.rows if r["quantity"] == q and r["component"] == comp]
             note = next((r.get("note", "") for r in rows), "")
             for k, n in enumerate(res.widths):
@@ -349,14 +356,20 @@ def check_figure(res):
                 ax.errorbar(x, [r["mc_mean"] for r in rs], yerr=[r["mc_stderr"] for r in rs],
                             fmt="o", capsize=2, color=colors[k % len(colors)],
                             label=f"Monte Carlo $n={n}$")
-                if q == "metric" and all(np.isfinite(r["nlo"]) for r in rs):
+                nn = [r.get("nnlo", np.nan) for r in rs]
+                if q == "metric" and all(np.isfinite(nn)):
+                    ax.plot(x, nn, "--", color=colors[k % len(colors)], lw=1,
+                            label=rf"NNLO $K+G^{{\{{1\}}}}/n+G^{{\{{2\}}}}/n^2$, $n={n}$")
+                elif all(np.isfinite(r["nlo"]) for r in rs):
+                    lab = (rf"NLO $K+G^{{\{{1\}}}}/n$" if q == "metric"
+                           else rf"NLO $V+V^{{\{{1\}}}}/n$")
                     ax.plot(x, [r["nlo"] for r in rs], "--", color=colors[k % len(colors)], lw=1,
-                            label=rf"NLO $K+G^{{\{{1\}}}}/n$, $n={n}$")
+                            label=lab + rf", $n={n}$")
             lo = sorted({(r["layer"], r["lo"]) for r in rows if np.isfinite(r["lo"])})
             if lo:
                 ax.plot([x for x, _ in lo], [y for _, y in lo], "k-", lw=1.5,
-                        label=(rf"leading order $K_{{{c2}}}$" if q == "metric"
-                               else rf"$V_{{{c4}}}$"))
+                        label={"metric": rf"leading order $K_{{{c2}}}$", "V": rf"$V_{{{c4}}}$",
+                               "U": rf"leading order $U_{{{c6}}}$"}[q])
             if q == "metric" and ref is not None and ref.a1 is not None:
                 ax.set_xscale("log")
                 ax.set_yscale("log")
@@ -367,9 +380,15 @@ def check_figure(res):
                 ax.text(0.02, 0.98, note, transform=ax.transAxes, va="top", fontsize=7,
                         color="0.3", wrap=True)
             ax.set_xlabel(r"layer $\ell$")
+            if note and q == "U":
+                ax.text(0.02, 0.02, note, transform=ax.transAxes, va="bottom", fontsize=7,
+                        color="0.3", wrap=True)
             if q == "metric":
                 ax.set_title(rf"metric $G^{{(\ell)}}_{{{c2}}}=\mathbb{{E}}[z_{{i;1}}z_{{i;1}}]$, "
                              + sample_label(0))
+            elif q == "U":
+                ax.set_title(rf"$n_{{\ell-1}}^2\times\kappa_3(z_i^2, z_j^2, z_k^2)$, "
+                             rf"$i,j,k$ distinct, vs $U^{{(\ell)}}_{{{c6}}}$")
             else:
                 ax.set_title(rf"$n_{{\ell-1}}\times$ connected 4-pt $({c4[1:3]})({c4[5:7]})$"
                              + (rf" vs $V^{{(\ell)}}_{{{c4}}}$" if res.order >= 1
@@ -398,7 +417,11 @@ def check_figure(res):
                 ax.plot(xx, (yy - fit["lo"]) / scale, "-", color=colors[k], lw=1, label="fit")
                 if np.isfinite(fit["slope_nlo"]):
                     ax.plot(xx, fit["slope_nlo"] * xx / scale, ":", color=colors[k], lw=1.5,
-                            label="NLO slope")
+                            label="NLO slope" + (r" ($V^{\{1\}}$)" if q == "V" and res.order >= 2
+                                                 else ""))
+                if np.isfinite(fit.get("curvature_nnlo", np.nan)):
+                    ax.plot(xx, (fit["slope_nlo"] * xx + fit["curvature_nnlo"] * xx ** 2) / scale,
+                            "-.", color=colors[k], lw=1, label=r"NNLO ($G^{\{1\}}$, $G^{\{2\}}$)")
         ax.axhline(0, color="k", lw=0.8)
         if res.order < 1:
             ax.text(0.02, 0.02, f"no NLO slope: {spec.nlo_reason}", transform=ax.transAxes,
