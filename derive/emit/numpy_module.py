@@ -25,6 +25,12 @@ What it contains is printed from the derivation, not written by hand:
   sample indices of a contraction's tensor (D_{α1α2β1β2}) are read at the pattern's samples,
   single derivatives ⟨∂_β F⟩ by Hermite weights y_β (kinked σ; ⟨z F⟩/K on one variable);
   without NTK targets the module is what it was;
+* when the targets hold the O(1/n²) statistics G2, V1, U (an order-2 derivation,
+  docs/conventions.md §10; smooth σ only, σ with kinks refused), those the same way, by the
+  same mechanism (:func:`_extra_steps`), computed at ``evaluate(order=2)``: each one's
+  diagonal, G2 on all pairs, V1 and U on the components with at most two distinct samples
+  (U's six indices: group "three_pairs", five orbits with p ↔ q); their contractions sum
+  over products of components (G1_{β1β2} V_{(β3β4)(β5β6)} …) and up to eighth derivatives;
 * every average ⟨f(z1) g(z2)⟩ as a closed form of ``rules/kernels`` where one applies
   (printed as straight-line code with few temporaries, :mod:`derive.emit.fused`, and for K
   and Θ evaluated in blocks of rows when N is large), exact quadrant moments where f and g
