@@ -123,18 +123,23 @@ def _predict_cmd(args) -> int:
     for l in range(1, spec.depth + 1):
         print(f"layer {l} (fan-in n = {p.fan_in(l)})")
         print("  K =", np.array2string(p.K[l], prefix="  K = "))
-        if l in p.G1:
-            print("  metric K + G1/n =", np.array2string(p.metric(l), prefix="  metric K + G1/n = "))
+        if l in p.G1 and (p.order < 2 or l in p.G2):
+            label = "  metric K + G1/n" + (" + G2/n^2" if p.order >= 2 else "") + " = "
+            print(label, np.array2string(p.metric(l), prefix=label), sep="")
         if l in p.Theta:
             print("  Theta =", np.array2string(p.Theta[l], prefix="  Theta = "))
         if l in p.H1 and l in p.Theta:
             print("  NTK mean Theta + H1/n =", np.array2string(
                 p.ntk_mean(l), prefix="  NTK mean Theta + H1/n = "))
         N = p.X.shape[0]
-        for q in RANK4:
+        if l in p.G2:
+            print("  G2 =", np.array2string(p.G2[l], prefix="  G2 = "))
+        for q in RANK4 + ("U",):
             if l in getattr(p, q):
-                diag = [getattr(p, q)[l][a, a, a, a] for a in range(N)]
-                name = "V_(aa)(aa)" if q == "V" else f"{q}_aaaa"
+                rank = 6 if q == "U" else 4
+                diag = [getattr(p, q)[l][(a,) * rank] for a in range(N)]
+                name = {"V": "V_(aa)(aa)", "V1": "V1_(aa)(aa)", "U": "U_(aa)(aa)(aa)"}.get(
+                    q, f"{q}_aaaa")
                 print(f"  {name} =", np.array2string(np.array(diag)))
     return 0
 
@@ -308,10 +313,10 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument("--targets", nargs="+", choices=tuple(TARGETS), metavar="T",
                             help=f"quantities to {what}, any of {' '.join(TARGETS)} "
                                  "(default: the spec's, else K V G1 Theta)")
-        parser.add_argument("--order", type=int, choices=[0, 1],
-                            help="order in 1/n (default: the spec's, else 1 if an O(1/n) "
-                                 "quantity is a "
-                                 "target, else 0)")
+        parser.add_argument("--order", type=int, choices=[0, 1, 2],
+                            help="order in 1/n (default: the spec's, else the highest order a "
+                                 "target enters at: 2 for G2, V1, U, 1 for an O(1/n) quantity, "
+                                 "else 0)")
 
     pdf_help = "also compile derivation.tex to derivation.pdf (needs pdflatex on PATH)"
     d = add("demo", help="the main job on the built-in default example",
