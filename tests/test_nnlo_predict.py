@@ -304,3 +304,23 @@ def test_relu_unequal_widths_keep_their_products_of_inverse_widths():
         for q, value in want.items():
             got = float(np.asarray(getattr(p, q)[layer]).reshape(-1)[0])
             assert got == pytest.approx(value, rel=1e-10, abs=1e-12), (q, layer)
+
+
+def test_command_line_predict_at_second_order(tmp_path, capsys):
+    import json
+
+    from derive.cli.main import main
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text('activation = "tanh"\ndepth = 3\nwidths = 12\nC_b = 0.0\nC_W = 1.0\n'
+                    'inputs = [[1.0, 0.5]]\ntargets = ["K", "G1", "V", "G2", "U"]\n')
+    assert main(["predict", str(spec), "--json"]) == 0  # the order follows the targets: 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["order"] == 2
+    last = out["layers"][-1]
+    p = derive.predict(MLP(3, 12, "tanh", 0.0, 1.0), np.array([[1.0, 0.5]]), order=2,
+                       warn_threshold=1.0)
+    assert last["G2"] == p.G2[3].tolist() and last["metric"] == p.metric(3).tolist()
+    assert np.asarray(last["U"]).shape == (1,) * 6
+    assert main(["predict", str(spec), "--order", "1", "--targets", "G2"]) == 2
+    assert "order=2" in capsys.readouterr().err
