@@ -328,9 +328,11 @@ class Check:
         def num(x, fmt: str) -> str:
             return format(x, fmt) if np.isfinite(x) else "—"
 
+        nnlo = self.order >= 2
         head = ("<tr><th>quantity</th><th>component</th><th>ℓ</th><th>n→∞ intercept</th>"
                 "<th>LO</th><th>z(LO)</th><th>1/n slope</th><th>NLO slope</th><th>agree</th>"
-                "<th>note</th></tr>")
+                + ("<th>1/n slope at LO</th><th>z</th><th>1/n² curvature</th><th>G2</th>"
+                   "<th>z(C)</th>" if nnlo else "") + "<th>note</th></tr>")
         body = []
         for f in self.fits:
             agree = {True: "yes", False: "<b>NO</b>", None: "—"}[f["slope_agrees"]]
@@ -344,7 +346,12 @@ class Check:
                 f"<td>{num(f['lo'], '.6g')}</td><td>{z}</td>"
                 f"<td>{f['slope']:.5g} ± {f['slope_err']:.2g}</td>"
                 f"<td>{num(f['slope_nlo'], '.5g')}</td><td>{agree}</td>"
-                f"<td>{escape(f.get('note', ''))}</td></tr>")
+                + (f"<td>{num(f['slope_at_lo'], '.5g')} ± {num(f['slope_at_lo_err'], '.2g')}</td>"
+                   f"<td>{num(f['z_slope_at_lo'], '.2f')}</td>"
+                   f"<td>{num(f['curvature'], '.5g')} ± {num(f['curvature_err'], '.2g')}</td>"
+                   f"<td>{num(f['curvature_nnlo'], '.5g')}</td>"
+                   f"<td>{num(f['z_curvature'], '.2f')}</td>" if nnlo else "")
+                + f"<td>{escape(f.get('note', ''))}</td></tr>")
         tail = self.table().split("\n")[2 + len(self.fits):]
         caption = escape(f"derive check: {self.spec!r}")
         foot = "".join(f"<p>{escape(t)}</p>" for t in tail)
