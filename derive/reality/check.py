@@ -423,8 +423,10 @@ def check(spec: MLP, X, widths=None, samples: int | None = None, seed: int = 0,
           O(1/n²) is not derived: with ≥ 4 widths the curvature is measured only);
         * ``U``: n² κ3(z_i z_i, z_j z_j, z_k z_k) of three different neurons (one component
           per orbit of U's index symmetry), sampled over the same networks by
-          :func:`derive.reality.montecarlo.three_neuron`, against its leading order U (U's
-          own 1/n correction is not derived: no slope is compared).
+          :func:`derive.reality.montecarlo.three_neuron` — a second forward pass, in this
+          process (``workers``, ``scheduler`` and ``checkpoint`` apply to the first only) —
+          against its leading order U (U's own 1/n correction is not derived: no slope is
+          compared).
 
         V1 and U are evaluated for at most two inputs; with more, V's slope and U are not
         compared and the notes say so.  At order 2 the fits also give the 1/n slope with the
