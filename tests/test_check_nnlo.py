@@ -86,9 +86,6 @@ def test_three_neuron_of_a_network_layer_one_is_zero_and_bad_input():
 
 
 def test_check_order_two_bad_input():
-    with pytest.raises(CheckError, match="order=2 needs a smooth activation.*relu.*order=1"):
-        derive.check(derive.MLP(3, 4, "relu", 0.0, 2.0), X1, widths=(4, 8), samples=400,
-                     order=2)
     with pytest.raises(CheckError, match="order must be 0, 1 or 2"):
         derive.check(derive.MLP(3, 4, "tanh", 0.0, 1.0), X1, widths=(4, 8), samples=400,
                      order=3)
@@ -166,6 +163,25 @@ def test_check_order_two_tanh_against_G2_V1_U(tmp_path):
 
 
 @pytest.mark.slow
+def test_check_order_two_relu_two_inputs():
+    """ReLU (derivative-free forms: Hermite weights in two variables up to the eighth) on a
+    pair of inputs, where no exact chain exists: n²κ3 against every orbit of U and V's 1/n
+    slope (intercept held at V) against V1, within Z_MAX standard errors."""
+    X2 = np.array([[1.0, 0.5], [-0.3, 1.1]])
+    spec = derive.MLP(3, 8, "relu", 0.0, 2.0)
+    res = derive.check(spec, X2, widths=(6, 8, 12), samples=100_000, seed=11, order=2,
+                       progress=False)
+    fits = [f for f in res.fits if f["layer"] == 3]
+    us = [f for f in fits if f["quantity"] == "U"]
+    assert len(us) == 10  # U's orbits on two samples
+    assert all(abs(f["z_lo"]) < Z_MAX for f in us), [(f["component"], f["z_lo"]) for f in us]
+    assert max(abs(f["lo"]) / f["intercept_err"] for f in us) > 5  # resolved
+    vs = [f for f in fits if f["quantity"] == "V"]
+    assert vs and all(abs(f["z_slope_at_lo"]) < Z_MAX for f in vs), \
+        [(f["component"], f["z_slope_at_lo"]) for f in vs]
+
+
+@pytest.mark.slow
 def test_cli_check_order_two(tmp_path, capsys):
     spec_file = tmp_path / "s.toml"
     spec_file.write_text('activation = "tanh"\ndepth = 3\nwidths = 4\nC_W = 1.0\n'
@@ -177,11 +193,9 @@ def test_cli_check_order_two(tmp_path, capsys):
     with open(tmp_path / "o" / "check.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["quantity"] for r in rows} == {"metric", "V", "U"}
-    spec_file.write_text('activation = "relu"\ndepth = 3\nwidths = 4\nC_W = 2.0\n'
-                         'inputs = [[1.0, 0.5]]\n')
-    assert main(["check", str(spec_file), "--order", "2", "--samples", "400",
+    assert main(["check", str(spec_file), "--order", "2", "--widths", "2,8", "--samples", "400",
                  "--out", str(tmp_path / "r")]) == 2
-    assert "smooth activation" in capsys.readouterr().err
+    assert "width must be ≥ 3" in capsys.readouterr().err
 
 
 def test_cli_check_help_states_the_order_two_settings(capsys):

@@ -282,8 +282,14 @@ def test_relu_single_input_matches_the_exact_multiplicative_chain():
             got = float(np.asarray(getattr(p, q)[layer]).reshape(-1)[0])
             assert got == pytest.approx(value, rel=1e-10, abs=1e-10), (q, layer)
     assert p.V1[L].reshape(-1)[0] > 1.0 and p.U[L].reshape(-1)[0] > 1.0
-    with pytest.raises(DeriveError, match="one input at a time"):
-        derive.predict(spec, np.vstack([x, -x + 0.1]), order=2)
+    # two inputs (Hermite weights in two variables, up to the eighth): each input's own
+    # components are its single-input values
+    two = derive.predict(spec, np.vstack([x, [[0.1, 0.9, -0.4]]]), order=2, warn_threshold=10.0)
+    for q in ("K", "G1", "V", "G2", "V1", "U"):
+        rank = np.ndim(getattr(p, q)[L])
+        assert np.asarray(getattr(two, q)[L])[(0,) * rank] == pytest.approx(
+            float(np.asarray(getattr(p, q)[L]).reshape(-1)[0]), rel=1e-12, abs=1e-12), q
+    assert abs(two.U[L][0, 0, 0, 1, 1, 1]) > 1.0
 
 
 def test_relu_unequal_widths_keep_their_products_of_inverse_widths():
@@ -324,3 +330,19 @@ def test_command_line_predict_at_second_order(tmp_path, capsys):
     assert np.asarray(last["U"]).shape == (1,) * 6
     assert main(["predict", str(spec), "--order", "1", "--targets", "G2"]) == 2
     assert "order=2" in capsys.readouterr().err
+
+
+def test_derivative_free_route_equals_derivatives_at_second_order_for_two_inputs():
+    """The route σ with kinks take (Gaussian integration by parts, Hermite weights in two
+    variables up to the eighth derivative) on a smooth σ equals the route by derivatives."""
+    from derive.numeric.evaluate import iterate_mlp
+
+    spec = MLP(4, 10, "tanh", 0.1, 1.3)
+    X = np.array([[0.8, -0.3, 0.5], [0.1, 0.4, -0.9]])
+    names = ("K", "G1", "V", "G2", "V1", "U")
+    a = iterate_mlp(spec, X, order=2, targets=names)
+    b = iterate_mlp(spec, X, order=2, targets=names, derivative_free=True)
+    for q in names:
+        A, B = np.asarray(a[q][4]), np.asarray(b[q][4])
+        assert np.abs(A).max() > 1e-3
+        np.testing.assert_allclose(B, A, rtol=0, atol=1e-11 * np.abs(A).max(), err_msg=q)

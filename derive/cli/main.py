@@ -361,7 +361,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(with --ntk also the NTK mean and A, B, D, F) "
                         "with the derived LO and NLO predictions, and fit A + B/n (+ C/n² with ≥ 4 "
                         "widths): the n → ∞ intercept against LO, the 1/n slope against the NLO "
-                        "term. With --order 2 (smooth σ) also the O(1/n²) terms: the metric's "
+                        "term. With --order 2 also the O(1/n²) terms: the metric's "
                         "1/n² curvature against G2, V's 1/n slope against V1 and n² × the "
                         "cumulant of three different neurons against U. "
                         "Writes check.csv, check_fits.csv, check.png and "
@@ -380,7 +380,7 @@ def _parser() -> argparse.ArgumentParser:
                         "on 2 cores; the metric's 1/n² term G2 stays unresolved)")
     c.add_argument("--order", type=int, choices=[0, 1, 2], default=None,
                    help="order in 1/n of the predictions compared (default: the spec's, 1 for "
-                        "an MLP); 2 adds G2, V1 and U (smooth σ only: tanh, erf, gelu, …)")
+                        "an MLP); 2 adds G2, V1 and U")
     c.add_argument("--seed", default="0", help="random seed, a whole number ≥ 0 (default 0)")
     c.add_argument("--ntk", action="store_true",
                    help="also compare the NTK: its mean (LO Theta, NLO slope H1) and its O(1/n) "

@@ -24,13 +24,14 @@ This is the numeric back end of the layer step (:mod:`derive.derivation.layerste
      sample variable ζ_β.  For smooth σ the derivatives are taken symbolically.  For a σ
      with kinks (ReLU: σ'' is a Dirac delta) the derivative-free form is used instead,
      Gaussian integration by parts on the marginal of those samples,
-     ⟨∂_{b1}∂_{b2}F⟩ = ⟨F (y_{b1} y_{b2} − P_{b1b2})⟩ and the fourth-order Hermite analogue,
-     with P = K_S⁻¹ and y = P z (docs/conventions.md §4: "the derivative-free form is the one to
-     evaluate for non-smooth σ").
+     ⟨∂_{b1}∂_{b2}F⟩ = ⟨F (y_{b1} y_{b2} − P_{b1b2})⟩ and its Hermite analogues for any number
+     of derivatives (up to eight at order 2), with P = K_S⁻¹ and y = P z
+     (docs/conventions.md §4: "the derivative-free form is the one to evaluate for non-smooth
+     σ"); the tensor may be a product of components (G1 G1, V V at order 2).
 
-:func:`iterate_mlp` runs the recursions through a network: K, Θ (and G1, V at order 1) of
-every layer, K/G1/Θ on the N(N+1)/2 unique pairs, V on one component per orbit of its pair
-symmetries.
+:func:`iterate_mlp` runs the recursions through a network: K, Θ (and G1, V at order 1; G2, V1,
+U at order 2) of every layer, K/G1/Θ/G2 on the N(N+1)/2 unique pairs, the others on one
+component per orbit of their index symmetries.
 """
 from __future__ import annotations
 
@@ -227,15 +228,12 @@ class _Evaluator:
         return M
 
     def _hermite(self, F: sp.Expr, r: int, S: np.ndarray, vars_: list[int]) -> np.ndarray:
-        if len(vars_) == 1:  # any r: ⟨∂^r F⟩ = ⟨F He_r(z/√K)⟩ / K^{r/2}, He_r = Σ_k a_k x^k
-            (v,) = vars_
-            k = self.K[S[:, v], S[:, v]]
-            if np.any(k <= 0):
-                raise DeriveError("a variance ≤ 0 in the derivative-free form of a σ with kinks")
-            coeffs = np.polynomial.hermite_e.herme2poly([0] * r + [1])
-            out = sum(a * k ** (-(r + j) / 2) * self.average(F * _Z[v] ** j, S)
-                      for j, a in enumerate(coeffs) if a)
-            return np.asarray(out, dtype=float).reshape((S.shape[0],) + (1,) * r)
+        """D[b, i1 … ir] = ⟨∂_{i1} … ∂_{ir} F⟩ over the variables ``vars_`` (local numbering)
+        without differentiating F: Gaussian integration by parts, ⟨∂_I F⟩ = ⟨F h_I(y)⟩ with
+        y = P z, P the inverse of the variables' kernel, and the Hermite polynomials h_∅ = 1,
+        h_{I+j} = y_j h_I − ∂_j h_I (∂_j y_k = P_kj); each monomial y_A of h_I is the rotated
+        moment (P^{⊗|A|} ⟨F z^{⊗|A|}⟩)_A.  Any number of derivatives and of variables (σ with
+        kinks: up to eight at order 2)."""
         Ks = _kernel_batch(self.K, S[:, vars_])
         sign, logdet = np.linalg.slogdet(Ks)
         scale = np.prod(np.diagonal(Ks, axis1=1, axis2=2), axis=1)
@@ -246,23 +244,41 @@ class _Evaluator:
                 "form used for an activation with kinks needs distinct, linearly independent "
                 "inputs (remove duplicated or parallel inputs)")
         P = np.linalg.inv(Ks)
-        M0 = self._moments(F, 0, S, vars_)
-        if r == 1:  # ⟨∂_i F⟩ = Σ_a P_ia ⟨z_a F⟩
-            return np.einsum("bia,ba->bi", P, self._moments(F, 1, S, vars_))
-        M2 = self._moments(F, 2, S, vars_)
-        Y2 = np.einsum("bia,bjc,bac->bij", P, P, M2)
-        if r == 2:
-            return Y2 - P * M0[:, None, None]
-        if r == 4:
-            M4 = self._moments(F, 4, S, vars_)
-            Y4 = np.einsum("bia,bjc,bke,blg,baceg->bijkl", P, P, P, P, M4)
-            PY = (np.einsum("bij,bkl->bijkl", P, Y2) + np.einsum("bik,bjl->bijkl", P, Y2)
-                  + np.einsum("bil,bjk->bijkl", P, Y2) + np.einsum("bjk,bil->bijkl", P, Y2)
-                  + np.einsum("bjl,bik->bijkl", P, Y2) + np.einsum("bkl,bij->bijkl", P, Y2))
-            PP = (np.einsum("bij,bkl->bijkl", P, P) + np.einsum("bik,bjl->bijkl", P, P)
-                  + np.einsum("bil,bjk->bijkl", P, P))
-            return Y4 - PY + PP * M0[:, None, None, None, None]
-        raise DeriveError(f"integration by parts is implemented for 1, 2 and 4 derivatives, got {r}")
+        M, v = S.shape[0], len(vars_)
+        rotated: dict = {}
+
+        def Y(d: int) -> np.ndarray:  # Y_d[b, k1 … kd] = Σ_c Π_t P[b, k_t, c_t] ⟨F z_{c1} … z_{cd}⟩
+            if d not in rotated:
+                T = self._moments(F, d, S, vars_)
+                for axis in range(1, d + 1):
+                    T = np.moveaxis(T, axis, -1)
+                    shape = T.shape
+                    T = (T.reshape(M, -1, v) @ P.transpose(0, 2, 1)).reshape(shape)
+                    T = np.moveaxis(T, -1, axis)
+                rotated[d] = T
+            return rotated[d]
+
+        hermite: dict = {(): {(): np.ones(M)}}
+
+        def h(I: tuple) -> dict:  # monomial (sorted indices of y) → its coefficient per row
+            if I not in hermite:
+                out: dict = {}
+                for A, c in h(I[:-1]).items():
+                    j = I[-1]
+                    key = tuple(sorted(A + (j,)))
+                    out[key] = out.get(key, 0.0) + c
+                    for pos, a in enumerate(A):  # − ∂_j y_A = − Σ_a P_aj y_{A∖a}
+                        key = A[:pos] + A[pos + 1:]
+                        out[key] = out.get(key, 0.0) - c * P[:, a, j]
+                hermite[I] = out
+            return hermite[I]
+
+        D = np.zeros((M,) + (v,) * r)
+        for I in combinations_with_replacement(range(v), r):
+            val = sum(c * Y(len(A))[(slice(None),) + A] for A, c in h(I).items())
+            for perm in set(permutations(I)):
+                D[(slice(None),) + perm] = val
+        return D
 
 
 def _symmetric(f: sp.Expr, slot_vars: list) -> bool:
@@ -622,12 +638,6 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     # without its O(1/n) closure (a skip term) there is no V, and no expansion estimate from it
     order_for(spec, order)  # beyond what the architecture closes at: refused, saying why
     top = max(order, spec.max_order)
-    if top >= 2 and derivative_free and N > 1:
-        raise DeriveError("the O(1/n²) statistics of a σ with kinks are evaluated for one input "
-                          "at a time: their recursions hold averages of up to eighth derivatives "
-                          f"of σ, which for {act.name} are distributions, taken by Gaussian "
-                          "integration by parts — for one variable to any order, for two only "
-                          "to the fourth; predict each input alone, or use a smooth σ")
     # K always: every average is over it (the recursions read it through their averages)
     wanted = ["K"] + [t for t in targets if quantity(t).order <= top]
     if top >= 1:

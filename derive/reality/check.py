@@ -15,7 +15,7 @@ compares per layer ℓ, quantity and component
   index symmetry; B and F are labelled in the order of their names (B_{(ab)(cd)} is
   B_{abcd}).
 
-* at order 2 (``order=2``: MLPs with a smooth σ), also the O(1/n²) statistics of
+* at order 2 (``order=2``: MLPs), also the O(1/n²) statistics of
   docs/conventions.md §10: the metric's ``nnlo`` K + G1/n + G2/n² (the fit's 1/n² curvature
   against G2), V's ``nlo`` V + V1/n (the 1/n slope of n·Cov against V1), and ``U``:
   n_{ℓ−1}² × the joint cumulant κ3(z_i z_i, z_j z_j, z_k z_k) of three different neurons
@@ -413,8 +413,8 @@ def check(spec: MLP, X, widths=None, samples: int | None = None, seed: int = 0,
         D, F (default False: the NTK of every network costs n² N² per layer).
     order : {0, 1, 2}, optional
         The order in 1/n of the predictions (default ``spec.max_order``: 1, or 0 for a
-        residual network with a skip term).  Order 2 (MLPs with a smooth σ: tanh, erf, gelu,
-        …; every width ≥ 3) adds, per layer,
+        residual network with a skip term).  Order 2 (MLPs; every width ≥ 3) adds, per
+        layer,
 
         * metric: ``nnlo`` = K + G1/n + G2/n² (``nlo`` stays K + G1/n), and with ≥ 3 widths
           the fit A + B/n + C/n², whose curvature C is compared with G2
@@ -480,12 +480,6 @@ def check(spec: MLP, X, widths=None, samples: int | None = None, seed: int = 0,
         raise CheckError(f"order={order} is not available for this network: its O(1/n) "
                          f"statistics are {spec.nlo_reason} (docs/conventions.md §8); use "
                          f"order={spec.highest_order}")
-    if order >= 2 and spec.activation.kinks:
-        raise CheckError(
-            f"order=2 needs a smooth activation, and {spec.activation_name} has kinks: the "
-            "O(1/n²) recursions hold averages of up to eighth derivatives of σ, which are "
-            "distributions for it.  Use order=1 (or leave order out) for this network, or a "
-            "smooth σ (tanh, erf, gelu, swish, …) for order 2")
     if widths is None:
         widths = DEFAULT_WIDTHS_NNLO if order >= 2 else DEFAULT_WIDTHS
     if samples is None:
