@@ -689,6 +689,25 @@ class ThreeNeuron:
     U_err: dict = field(repr=False)
 
 
+def _checked_run(spec, X, n_networks, seed, minimum: int) -> np.ndarray:
+    """The arguments of a Monte Carlo run checked (a MonteCarloError saying what is wrong);
+    returns X as a float array.  ``minimum``: the fewest networks the jackknife accepts."""
+    if not isinstance(spec, MLP):
+        raise MonteCarloError(f"spec must be a derive.MLP, got {type(spec).__name__}")
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise MonteCarloError(f"X must have shape (N inputs, n_0 features), got {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise MonteCarloError("X contains NaN or infinite entries")
+    if isinstance(n_networks, bool) or not isinstance(n_networks, (int, np.integer)) \
+            or n_networks < minimum:
+        raise MonteCarloError(f"n_networks must be a whole number ≥ {minimum} (error bars come "
+                              f"from a {BLOCKS}-block jackknife), got {n_networks!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MonteCarloError(f"seed must be a whole number ≥ 0, got {seed!r}")
+    return X
+
+
 def three_neuron(spec: MLP, X, n_networks: int, seed: int = 0, *, progress: bool | None = None,
                  dtype: str = "float64", backend: str = "numpy",
                  device: str | None = None) -> ThreeNeuron:
@@ -704,18 +723,7 @@ def three_neuron(spec: MLP, X, n_networks: int, seed: int = 0, *, progress: bool
     :class:`_ThreeAccumulator`), across networks the products of means are U-statistics of
     different networks, and the error is a 20-block jackknife.  Every layer needs ≥ 3
     neurons (the output layer has the last hidden width)."""
-    if not isinstance(spec, MLP):
-        raise MonteCarloError(f"spec must be a derive.MLP, got {type(spec).__name__}")
-    X = np.asarray(X, dtype=float)
-    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1 or not np.all(np.isfinite(X)):
-        raise MonteCarloError(f"X must be a finite array of shape (N inputs, n_0 features), "
-                              f"got {X.shape}")
-    if isinstance(n_networks, bool) or not isinstance(n_networks, (int, np.integer)) \
-            or n_networks < 3 * BLOCKS:
-        raise MonteCarloError(f"n_networks must be a whole number ≥ {3 * BLOCKS} (error bars come "
-                              f"from a {BLOCKS}-block jackknife), got {n_networks!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise MonteCarloError(f"seed must be a whole number ≥ 0, got {seed!r}")
+    X = _checked_run(spec, X, n_networks, seed, 3 * BLOCKS)
     dtype, backend = _check_dtype_backend(dtype, backend)
     xp = _backend(backend, dtype, device)
     L, N = spec.depth, X.shape[0]
@@ -787,18 +795,7 @@ def sample(spec: MLP, X, n_networks: int, seed: int = 0, *, output_width: int | 
     run's parameters in ``STEM.json``) as shards complete, and a run given the same stem
     resumes from them (refused, with a :class:`MonteCarloError`, if its parameters differ).
     """
-    if not isinstance(spec, MLP):
-        raise MonteCarloError(f"spec must be a derive.MLP, got {type(spec).__name__}")
-    X = np.asarray(X, dtype=float)
-    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
-        raise MonteCarloError(f"X must have shape (N inputs, n_0 features), got {X.shape}")
-    if not np.all(np.isfinite(X)):
-        raise MonteCarloError("X contains NaN or infinite entries")
-    if isinstance(n_networks, bool) or not isinstance(n_networks, (int, np.integer)) or n_networks < 2 * BLOCKS:
-        raise MonteCarloError(f"n_networks must be a whole number ≥ {2 * BLOCKS} (error bars come from "
-                              f"a {BLOCKS}-block jackknife), got {n_networks!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise MonteCarloError(f"seed must be a whole number ≥ 0, got {seed!r}")
+    X = _checked_run(spec, X, n_networks, seed, 2 * BLOCKS)
     dtype, backend = _check_dtype_backend(dtype, backend)
     xp = _backend(backend, dtype, device)
     L = spec.depth
