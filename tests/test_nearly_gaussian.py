@@ -126,9 +126,11 @@ def test_orders_and_errors():
     assert r0[0] == 3 * Kt[al, al] ** 2 and r0.order == 0
     with pytest.raises(OrderError):
         r0[1]
-    for bad in (-1, 2, 0.5, "1"):
+    for bad in (-1, 3, 0.5, "1"):
         with pytest.raises(OrderError):
             nearly_gaussian_expectation(z[i, al] ** 2, order=bad)
+    with pytest.raises(DeriveError, match="G2='G2'"):  # order 2 without the O(1/n²) data
+        nearly_gaussian_expectation(z[i, al] ** 2, order=2)
     with pytest.raises(OrderError, match="order"):
         wick(z[i, al] ** 2)
     t = Trace()

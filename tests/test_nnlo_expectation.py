@@ -290,10 +290,12 @@ def test_first_order_unchanged_and_errors():
         perturbative_expectation(s(z1[a]), order=3)
     with pytest.raises(DeriveError, match="connected"):
         perturbative_expectation(s(z1[a]), connected="yes")
-    with pytest.raises(OrderError, match="perturbative_expectation"):
-        from derive import nearly_gaussian_expectation
+    from derive import nearly_gaussian_expectation
 
-        nearly_gaussian_expectation(Z[a] ** 2, order=2)
+    with pytest.raises(OrderError, match="0, 1 or 2"):
+        nearly_gaussian_expectation(Z[a] ** 2, order=3)
+    with pytest.raises(DeriveError, match="G2"):
+        nearly_gaussian_expectation(z1[a] ** 2, order=2)
     # an exactly Gaussian family has nothing at any order
     g = nearly_gaussian_field("z", "K", "", "", "n", neuron=False)
     assert perturbative_expectation(s(g[a]), order=2)[2] == 0
@@ -304,3 +306,53 @@ def test_first_order_unchanged_and_errors():
     assert str(r1[1]) == str(r2[1]) and "V[alpha, alpha, beta, beta]/4" in str(r1[1])
     with pytest.raises(DeriveError, match="name"):
         nearly_gaussian_field("z", U="U 6")
+
+
+# ---------------------------------------------------------------------------------------------
+# the cumulant form (polynomials, neuron indices): the same references
+# ---------------------------------------------------------------------------------------------
+
+def cumulant_form(expr, data, index_of=None):
+    """The coefficients of derive's cumulant form with the numbers put in (every sample index
+    mapped by index_of, or all of them the one sample)."""
+    from derive import nearly_gaussian_expectation
+
+    r = nearly_gaussian_expectation(expr, order=2)
+    out = []
+    for k in (0, 1, 2):
+        e = sp.sympify(r[k])
+        if index_of is None:
+            e = e.xreplace({t: data[str(t.base)] for t in e.atoms(sp.Indexed)})
+        else:
+            e = values_of(e, data, index_of)
+        out.append(sp.cancel(sp.expand(e)))
+    return out
+
+
+@pytest.mark.parametrize("power", [4, 6, 8])
+def test_cumulant_form_one_sample_to_second_order(power):
+    data = one_sample_data()
+    want = coefficients(expectation(x ** power, S1_ONE, S2_ONE, moment_one))
+    assert cumulant_form(Z[AL] ** power, data) == want
+
+
+@pytest.mark.parametrize("p,q", [(1, 3), (2, 4), (3, 3)])
+def test_cumulant_form_two_samples_to_second_order(p, q):
+    data, M = two_sample_data()
+    a, b = sample_indices("alpha beta")
+    want = coefficients(M([0] * p + [1] * q))
+    assert cumulant_form(Z[a] ** p * Z[b] ** q, data, {a: 0, b: 1}) == want
+
+
+def test_cumulant_form_different_neurons_to_second_order():
+    """Neuron-indexed variables: E[z_1^p z_2^q] and E[z_1² z_2² z_3²] of different neurons
+    (the δ structure of V, V1 and U across neurons) against the rotation-invariant actions."""
+    zn = nearly_gaussian_field("z", "K", "G1", "V", "n", G2="G2", V1="V1", U="U")
+    u, v, w = sp.symbols("u v w")
+    data, S1, S2, mom = neuron_data((u, v))
+    for p, q in ((2, 2), (4, 2), (2, 4)):
+        want = coefficients(expectation(u ** p * v ** q, S1, S2, mom))
+        assert cumulant_form(zn[1, AL] ** p * zn[2, AL] ** q, data) == want, (p, q)
+    data3, S1, S2, mom = neuron_data((u, v, w))
+    want = coefficients(expectation(u ** 2 * v ** 2 * w ** 2, S1, S2, mom))
+    assert cumulant_form(zn[1, AL] ** 2 * zn[2, AL] ** 2 * zn[3, AL] ** 2, data3) == want

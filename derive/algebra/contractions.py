@@ -277,26 +277,28 @@ def _pairing_items(pc, cov):
 
 def _family_blocks(variables: tuple[RandomVar, ...], order: int):
     """Cumulant expansion of a nearly-Gaussian family: set partitions into two-point blocks
-    (K, or G1 at one order) and at most ``order`` connected four-point blocks (V, one order
-    each).  The order of each monomial is carried as a power of ``ORDER_WEIGHT`` and
-    removed beyond ``order`` by the explicit truncation pass."""
+    (K, or G1, G2 at orders 1, 2), at most ``order`` connected four-point blocks (V at order
+    1, V1 at 2) and at most ``order // 2`` six-point blocks (U, order 2; docs/conventions.md
+    §10).  The order of each monomial is carried as a power of ``ORDER_WEIGHT`` and removed
+    beyond ``order`` by the explicit truncation pass."""
     fam: Family = variables[0].family
     fields = sorted(variables, key=default_sort_key)
     m = len(fields)
-    caps = {4: order} if fam.V is not None else {4: 0}
+    caps = {4: order if fam.V is not None else 0, 6: order // 2 if fam.U is not None else 0}
     cache = {}
+    point = {2: fam.two_point, 4: fam.four_point, 6: fam.six_point}
 
     def monomials(block):
         key = tuple(fields[x] for x in block)
         if key not in cache:
             idx = [f.indices for f in key]
-            raw = fam.two_point(*idx) if len(block) == 2 else fam.four_point(*idx)
+            raw = point[len(block)](*idx)
             cache[key] = [(e, [_intern(f) for f in fs], k) for pairs, fs, k in raw
                           if (e := _edges(pairs)) is not None]
         return cache[key]
 
     out = []
-    for blocks in block_partitions(m, (2, 4), caps):
+    for blocks in block_partitions(m, (2, 4, 6), caps):
         for combo in product(*(monomials(b) for b in blocks)):
             deltas, fac, k = [], {}, 0
             for e, fs, kk in combo:
@@ -938,10 +940,9 @@ def _truncate_pass(acc: dict, order: int) -> tuple[dict, int]:
     return out, dropped
 
 
-def check_order(order, highest: int = 1) -> int:
-    """Validate an order of the 1/n expansion of a nearly-Gaussian family (0 … ``highest``:
-    1 for the cumulant form and the layer step, 2 for the operator form of
-    :func:`derive.perturbative_expectation`)."""
+def check_order(order, highest: int = 2) -> int:
+    """Validate an order of the 1/n expansion (0 … ``highest``: the expectation steps, the
+    cumulant and the operator forms, and the layer step go to 2)."""
     whole = ", ".join(str(k) for k in range(highest)) + f" or {highest}"
     if isinstance(order, bool) or not isinstance(order, (int, sp.Integer)) or int(order) != order:
         raise OrderError(f"the order of the 1/n expansion is a whole number ({whole}), got {order!r:.40}")
@@ -949,10 +950,7 @@ def check_order(order, highest: int = 1) -> int:
     if order < 0:
         raise OrderError(f"the order of the 1/n expansion cannot be negative, got {order}")
     if order > highest:
-        second = (" The operator form, derive.perturbative_expectation, goes to order 2."
-                  if highest < 2 else "")
-        raise OrderError(
-            f"order {order} is not implemented here: use order {whole}.{second}")
+        raise OrderError(f"order {order} is not implemented: use order {whole}")
     return order
 
 
@@ -967,11 +965,17 @@ def expectation_parts(expr, over=None, trace: Trace | None = None, order=None):
         if order is None:
             raise OrderError("the expression holds nearly-Gaussian variables "
                              f"({', '.join(sorted(f.name for f in families if not f.is_gaussian))}); "
-                             "say to which order in 1/n with order=0 or order=1")
+                             "say to which order in 1/n with order=0, 1 or 2")
         if len(widths) > 1:
             raise DeriveError(f"nearly-Gaussian families with different widths {sorted(map(str, widths))} "
                               "in one expectation are not supported")
         order = check_order(order)
+        lacking = sorted(f.name for f in families if not f.is_gaussian and not f.second_order)
+        if order >= 2 and lacking:
+            raise DeriveError(
+                f"order 2 needs the O(1/n²) data of family {', '.join(lacking)}: declare them "
+                "with nearly_gaussian_field(..., G2='G2', V1='V1', U='U') (a label left out is "
+                "zero)")
     else:
         order = 0 if order is None else check_order(order)
     if trace is None and over is None and not widths:
@@ -1012,7 +1016,7 @@ def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None,
     """E[expr] for a polynomial in zero-mean (nearly-)Gaussian variables.
 
     Gaussian families are paired by Isserlis–Wick; nearly-Gaussian families
-    (:func:`derive.nearly_gaussian_field`) are expanded in cumulants to ``order`` (0 or 1)
+    (:func:`derive.nearly_gaussian_field`) are expanded in cumulants to ``order`` (0, 1 or 2)
     in 1/n.  ``over`` lists the families integrated over (default: every family in
     ``expr``); the variables of other families are held fixed (a conditional expectation).
     Neuron sums are contracted and counted, dummy indices renamed canonically and like terms
@@ -1028,7 +1032,8 @@ def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None,
     trace : Trace, optional
         Where to record the rules that fired.
     order : int, optional
-        The order in 1/n for nearly-Gaussian families (0 or 1; default 1).
+        The order in 1/n for nearly-Gaussian families (0, 1 or 2; default 1; 2 needs their
+        O(1/n²) data).
 
     Returns
     -------
@@ -1039,7 +1044,7 @@ def wick(expr, over: Iterable[Family] | None = None, trace: Trace | None = None,
     ------
     DeriveError
         For a string instead of a SymPy expression (parse it with :func:`derive.parse`), an
-        order other than 0 or 1, or inconsistent neuron / sample indices.
+        order other than 0, 1 or 2, or inconsistent neuron / sample indices.
 
     Examples
     --------

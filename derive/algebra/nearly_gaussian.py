@@ -5,7 +5,8 @@ Two entry points, for the two kinds of integrand:
 :func:`nearly_gaussian_expectation`
     E[f] for a *polynomial* f in the variables of a nearly-Gaussian family
     (:func:`derive.nearly_gaussian_field`): the cumulant expansion into two-point blocks
-    (K + G1/n) and at most one connected four-point block (V/n), truncated at first order.
+    (K + G1/n + G2/n²), connected four-point blocks ((V + V1/n)/n) and six-point blocks
+    (U/n²), truncated at the order asked (1 by default; 2 needs the family's O(1/n²) data).
     Neuron indices, δ's and neuron sums are handled by the contraction engine.
 
 :func:`perturbative_expectation`
@@ -57,7 +58,9 @@ def nearly_gaussian_expectation(expr, order: int = 1, over=None, trace: Trace | 
     expr : sympy.Expr
         A polynomial in variables of (nearly-)Gaussian families.
     order : int, optional
-        The highest order in 1/n (0 or 1; default 1).
+        The highest order in 1/n (0, 1 or 2; default 1).  Order 2 needs the family's O(1/n²)
+        data (``nearly_gaussian_field(..., G2=, V1=, U=)``): G2 in the two-point blocks, V1
+        in the four-point ones, U in six-point blocks (docs/conventions.md §10).
     over : iterable of Family, optional
         The families integrated over (default: all of them).
     trace : Trace, optional
@@ -71,8 +74,8 @@ def nearly_gaussian_expectation(expr, order: int = 1, over=None, trace: Trace | 
     Raises
     ------
     DeriveError
-        For an order other than 0 or 1, a string instead of a SymPy expression, or
-        inconsistent indices.
+        For an order other than 0, 1 or 2 (2 without the family's O(1/n²) data), a string
+        instead of a SymPy expression, or inconsistent indices.
 
     Examples
     --------
@@ -342,7 +345,7 @@ def perturbative_expectation(f, field: Family | None = None, order: int = 1, oth
     >>> perturbative_expectation(z2[a] ** 2, order=2)[2]
     G2[alpha, alpha]
     """
-    order = check_order(order, highest=2)
+    order = check_order(order)
     if not isinstance(connected, (bool, sp.logic.boolalg.BooleanAtom)):
         raise DeriveError(f"connected must be True or False, got {connected!r:.40}")
     fs = [as_expr(f)]

@@ -42,6 +42,7 @@ from sympy.core.sorting import default_sort_key
 
 from ..base.errors import DeriveError, IndexStructureError, boundary
 from ..base.parsing import as_expr
+from .pairings import perfect_matchings
 
 __all__ = [
     "SymmetricBase",
@@ -507,20 +508,38 @@ class Family(sp.Basic):
                 out.append((edges, scale + [fg], order))
         return out
 
+    def _deltas(self, x: tuple, y: tuple) -> list:
+        """The neuron δ edges of a pair of components."""
+        return [(u, v) for kind, u, v in zip(self.slots, x, y) if kind == NEURON]
+
     def four_point(self, a, b, c, d) -> list[tuple[list, list, int]]:
-        """Monomials of the connected E[F[a]F[b]F[c]F[d]] (docs/conventions.md §3): three δδV terms at order 1."""
+        """Monomials of the connected E[F[a]F[b]F[c]F[d]] (docs/conventions.md §3): three
+        δδV terms at order 1, and with V1 the three δδV1 at order 2 (§10)."""
         if self.V is None:
             return []
-        kinds = self.slots
-        sample = kinds.index(SAMPLE)
-
-        def deltas(x, y):
-            return [(u, v) for kind, u, v in zip(kinds, x, y) if kind == NEURON]
-
+        sample = self.slots.index(SAMPLE)
         out = []
-        for (p, q), (r, t) in (((a, b), (c, d)), ((a, c), (b, d)), ((a, d), (b, c))):
-            vf = self.V[p[sample], q[sample], r[sample], t[sample]]
-            out.append((deltas(p, q) + deltas(r, t), [vf], 1))
+        for tensor, order in ((self.V, 1), (self.V1, 2)):
+            if tensor is None:
+                continue
+            for (p, q), (r, t) in (((a, b), (c, d)), ((a, c), (b, d)), ((a, d), (b, c))):
+                vf = tensor[p[sample], q[sample], r[sample], t[sample]]
+                out.append((self._deltas(p, q) + self._deltas(r, t), [vf], order))
+        return out
+
+    def six_point(self, *comps) -> list[tuple[list, list, int]]:
+        """Monomials of the connected six-point function of six components: the 15 pairings
+        of δδδ U at order 2 (docs/conventions.md §10); none without U."""
+        if self.U is None:
+            return []
+        sample = self.slots.index(SAMPLE)
+        out = []
+        for pairing in perfect_matchings(6):
+            edges, idx = [], []
+            for i, j in pairing:
+                edges += self._deltas(comps[i], comps[j])
+                idx += [comps[i][sample], comps[j][sample]]
+            out.append((edges, [self.U[tuple(idx)]], 2))
         return out
 
     def covariance(self, a: tuple, b: tuple) -> sp.Expr:

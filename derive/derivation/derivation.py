@@ -186,7 +186,7 @@ def order_for(spec, order) -> int:
     (``spec.highest_order``): the layer step's error, which says why."""
     if order is None:
         return spec.max_order
-    order = check_order(order, highest=2)
+    order = check_order(order)
     if order > spec.highest_order:
         raise closure_error(spec.equation)
     return order
