@@ -80,6 +80,7 @@ _FACADE = {
     "derive": "derivation.derivation",
     "Derivation": "derivation.derivation",
     "predict": "numeric.prediction",
+    "train": "numeric.training",
     "criticality": "activations.criticality",
     "Criticality": "activations.criticality",
     "critical_gamma": "activations.criticality",
