@@ -3,7 +3,6 @@ actually trained networks of derive.reality.training."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest

@@ -361,8 +361,8 @@ def check_figure(res):
                     ax.plot(x, nn, "--", color=colors[k % len(colors)], lw=1,
                             label=rf"NNLO $K+G^{{\{{1\}}}}/n+G^{{\{{2\}}}}/n^2$, $n={n}$")
                 elif all(np.isfinite(r["nlo"]) for r in rs):
-                    lab = (rf"NLO $K+G^{{\{{1\}}}}/n$" if q == "metric"
-                           else rf"NLO $V+V^{{\{{1\}}}}/n$")
+                    lab = (r"NLO $K+G^{\{1\}}/n$" if q == "metric"
+                           else r"NLO $V+V^{\{1\}}/n$")
                     ax.plot(x, [r["nlo"] for r in rs], "--", color=colors[k % len(colors)], lw=1,
                             label=lab + rf", $n={n}$")
             lo = sorted({(r["layer"], r["lo"]) for r in rows if np.isfinite(r["lo"])})
