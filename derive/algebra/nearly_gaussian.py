@@ -204,10 +204,12 @@ def _average(h: sp.Expr, K: str) -> sp.Expr:
 
 
 @lru_cache(maxsize=1 << 14)
-def _derivative(h: sp.Expr, c: RandomVar) -> sp.Expr:
-    """∂h/∂c (cached: the contractions of one expansion act on the same few functions, and
-    each takes the same derivatives in every order of its dummies)."""
-    return sp.diff(h, c)
+def cached_derivative(h: sp.Expr, variables: tuple) -> sp.Expr:
+    """∂h by each of ``variables`` in turn (h itself for none), taken once per process: the
+    contractions of one expansion act on the same few functions and take the same derivatives
+    in every order of their dummies; specialising σ and printing evaluators take the same high
+    derivatives of σ and of its products again and again (the O(1/n²) forms: up to the eighth)."""
+    return sp.diff(h, *variables) if variables else h
 
 
 def _collapse_one(node: DerivativeContraction) -> sp.Expr:
@@ -225,7 +227,7 @@ def _collapse_one(node: DerivativeContraction) -> sp.Expr:
         partial = [({}, f)]
         for b in grp:
             partial = [({**bind, b: c.indices[0]}, d) for bind, h in partial for c in comps
-                       for d in (_derivative(h, c),) if d != 0]
+                       for d in (cached_derivative(h, (c,)),) if d != 0]
         terms = [(c0, {**b0, **b1}, avgs + [h]) for c0, b0, avgs in terms for b1, h in partial]
     out = [c * node.tensor.xreplace(bind) * sp.Mul(*(_average(h, node.kernel) for h in avgs))
            for c, bind, avgs in terms]

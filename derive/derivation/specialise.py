@@ -6,23 +6,15 @@ activation in.  Both numeric back ends start from its output: the batched evalua
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import sympy as sp
 from sympy.core.function import AppliedUndef
 
 from ..activations.catalogue import Activation
-from ..algebra.nearly_gaussian import _average
+from ..algebra.nearly_gaussian import _average, cached_derivative
 from ..algebra.symbols import DerivativeContraction, GaussianAverage
 from .layerstep import SIGMA
 
 __all__ = ["specialise"]
-
-
-@lru_cache(maxsize=None)
-def _derivative(f: sp.Expr, z: sp.Symbol, k: int) -> sp.Expr:
-    """The k-th derivative of the activation's expression f(z), once per process."""
-    return sp.diff(f, z, k) if k else f
 
 
 def specialise(expr: sp.Expr, act: Activation) -> sp.Expr:
@@ -30,7 +22,7 @@ def specialise(expr: sp.Expr, act: Activation) -> sp.Expr:
     of σ written in a function are carried out, the sample derivatives a contraction takes are
     kept for evaluation."""
     def nth(x, k):
-        return _derivative(act.expr, act.z, k).subs(act.z, x)
+        return cached_derivative(act.expr, (act.z,) * k).subs(act.z, x)
 
     def put(f):
         # σ^{(k)}(ζ) is the k-th derivative of the activation at ζ, taken once per k (the

@@ -59,6 +59,7 @@ from ..activations.gaussian import (_classify, _closed_form_plan, _half_line_pol
                                     separable_terms)
 from ..algebra.symbols import (GROUPS, DerivativeContraction, GaussianAverage, RandomVar,
                                sample_indices)
+from ..algebra.nearly_gaussian import cached_derivative
 from ..base.errors import DeriveError
 from ..base.parsing import as_expr
 from ..derivation.quantities import NNLO_QUANTITIES, QUANTITIES, quantity
@@ -448,7 +449,7 @@ class _PairFrame:
             return self.memo[key]
         dep = [k for k, v in enumerate(_PZ) if F.has(v)]
         if not self.kinked:
-            out = self.average(_derivative(F, tuple(_PZ[i] for i in idx)))
+            out = self.average(cached_derivative(F, tuple(_PZ[i] for i in idx)))
         elif len(dep) == 1 and len(idx) == 1:  # ⟨∂F⟩ = ⟨z F⟩ / K over one variable
             (k,) = dep
             avg = self.average(F * _PZ[k])
@@ -599,13 +600,6 @@ def _orbit_table(symmetry: str) -> dict:
     return table
 
 
-@lru_cache(maxsize=4096)
-def _derivative(F: sp.Expr, variables: tuple) -> sp.Expr:
-    """∂^r F by ``variables`` (taken once per process: the O(1/n²) forms take the same high
-    derivatives of σ's products in many steps and component patterns)."""
-    return sp.diff(F, *variables)
-
-
 def _components(T: sp.Expr) -> tuple:
     """The components of a contraction's tensor: T itself, or the factors of a product of
     components (the O(1/n²) forms: G1_{β1β2} V_{(β3β4)(β5β6)} …)."""
@@ -665,7 +659,7 @@ def _diag_step(em: _Emitter, expr: sp.Expr, alphas: tuple, kinked: bool,
             elif kinked:
                 call = _diag_call(em, F1, "integrated by parts", r)
             else:
-                call = _diag_call(em, _derivative(F1, (_Z,) * r), f"derivative {r} of {F1}")
+                call = _diag_call(em, cached_derivative(F1, (_Z,) * r), f"derivative {r} of {F1}")
             factors.append(sp.Symbol(_hoist(lines, sub, call)))
         # T's diagonal (a product's: its factors' diagonals)
         tensor = sp.Mul(*(sp.Symbol(str(x.base)) for x in _components(atom.tensor)))
