@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import DeriveError
-from ..derivation.quantities import NTK_FOUR
+from ..derivation.quantities import NNLO, NTK_FOUR
 
 __all__ = ["run_job", "predictions_json", "predict_reporting_warnings", "spec_json", "JOB_FILES"]
 
@@ -99,7 +99,7 @@ def predictions_json(p) -> dict:
             row["H1"] = p.H1[l].tolist()
             if l in p.Theta:
                 row["ntk_mean"] = p.ntk_mean(l).tolist()
-        for q in NTK_FOUR + ("G2", "V1", "U"):  # B and F in the order of their names (§3)
+        for q in NTK_FOUR + NNLO:  # B and F in the order of their names (§3)
             if l in getattr(p, q):
                 row[q] = np.asarray(getattr(p, q)[l]).tolist()
         if l in p.expansion:  # no estimate without a derived V (a skip term)

@@ -109,7 +109,7 @@ def _predict_cmd(args) -> int:
 
     import numpy as np
 
-    from ..derivation.quantities import RANK4
+    from ..derivation.quantities import MULTI, quantity
     from .jobs import predict_reporting_warnings, predictions_json
     from .specfile import load_spec
 
@@ -134,10 +134,9 @@ def _predict_cmd(args) -> int:
         N = p.X.shape[0]
         if l in p.G2:
             print("  G2 =", np.array2string(p.G2[l], prefix="  G2 = "))
-        for q in RANK4 + ("U",):
+        for q in MULTI:
             if l in getattr(p, q):
-                rank = 6 if q == "U" else 4
-                diag = [getattr(p, q)[l][(a,) * rank] for a in range(N)]
+                diag = [getattr(p, q)[l][(a,) * quantity(q).rank] for a in range(N)]
                 name = {"V": "V_(aa)(aa)", "V1": "V1_(aa)(aa)", "U": "U_(aa)(aa)(aa)"}.get(
                     q, f"{q}_aaaa")
                 print(f"  {name} =", np.array2string(np.array(diag)))

@@ -4,8 +4,9 @@ The plan is a ``networkx.DiGraph``.  Schema (written down in one place):
 
 * **nodes** are tuples ``(quantity, layer, order)`` — ``quantity`` one of the names of
   :data:`TARGETS` (``"K"``, ``"G1"``, ``"V"``, ``"Theta"``, …); ``layer`` 1 … L; ``order`` the
-  power of 1/n at which the quantity enters (K, Θ: 0; G1, V, H1, A, B, D, F: 1; G2, V1, U: 2).  Node attributes: ``latex`` (the book's symbol), ``kind``
-  (``"initial"`` at layer 1, where the values are exact, else ``"recursion"``).
+  power of 1/n at which the quantity enters (K, Θ: 0; G1, V, H1, A, B, D, F: 1; G2, V1, U:
+  2).  Node attributes: ``latex`` (the book's symbol), ``kind`` (``"initial"`` at layer 1,
+  where the values are exact, else ``"recursion"``).
 * **edges** ``u → v`` mean "the recursion for v reads u"; they are read off the derived
   expressions (which tensors and which averages over which kernel each one contains), not
   stored.  Edge attribute ``via``: the symbols through which v reads u.

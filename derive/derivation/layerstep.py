@@ -77,7 +77,8 @@ class LayerStep:
     ``recursions[name]`` is the component form of each derived quantity, in the sample indices
     ``alphas`` (the first two for K, G1, Θ, G2; four for V and V1; at order 2 six, for U); the
     quantities are also attributes (``step.K``).  Averages ⟨·⟩ are over ``zeta`` (layer ℓ's
-    single-neuron vector, covariance ``K``).  ``scalars`` are the symbols an evaluator binds per layer, in order.
+    single-neuron vector, covariance ``K``).  ``scalars`` are the symbols an evaluator binds
+    per layer, in order.
     """
 
     equation: ForwardEquation

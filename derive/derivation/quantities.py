@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["FIELDS", "Correlator", "Quantity", "QUANTITIES", "NNLO_QUANTITIES", "TARGETS",
-           "quantity", "RANK4", "MULTI"]
+           "quantity", "RANK4", "MULTI", "NNLO"]
 
 #: field → (neuron indices, sample indices) of one factor
 FIELDS = {"z": (1, 1), "Hhat": (2, 2)}
@@ -149,6 +149,8 @@ TARGETS = {q.name: (q.order, q.latex) for q in QUANTITIES + NNLO_QUANTITIES}
 RANK4 = tuple(q.name for q in QUANTITIES + NNLO_QUANTITIES if q.rank == 4)
 #: the quantities with more than two sample indices (V, A, B, D, F, V1: N⁴ arrays; U: N⁶)
 MULTI = tuple(q.name for q in QUANTITIES + NNLO_QUANTITIES if q.rank > 2)
+#: the O(1/n²) statistics (docs/conventions.md §10): G2, V1, U
+NNLO = tuple(q.name for q in NNLO_QUANTITIES)
 #: the NTK's O(1/n) statistics: H1, A, B, D, F
 NTK_NLO = tuple(q.name for q in QUANTITIES if "Hhat" in q.correlator.fields and q.order >= 1)
 #: those of them with four sample indices: A, B, D, F

@@ -443,8 +443,9 @@ def orbits(N: int, symmetry: str, level: str) -> np.ndarray:
 class SymmetricTensor:
     """A quantity of four (or six: U) sample indices stored once per orbit of its index group
     (for V, whose group is the eight pair symmetries, about N⁴/8 numbers instead of N⁴),
-    indexing like the dense (N, N, N, N) array: integers, slices, Ellipsis and integer arrays (broadcast together, as
-    numpy's advanced indexing; integer arrays mixed with slices are read from :meth:`dense`).
+    indexing like the dense (N, N, N, N) array: integers, slices, Ellipsis and integer arrays
+    (broadcast together, as numpy's advanced indexing; integer arrays mixed with slices are
+    read from :meth:`dense`).
     ``np.asarray(t)`` and :meth:`dense` give the dense array; a component outside the computed
     orbits (a run that only needed V on pairs or its diagonal) is an error, NaN in ``dense``.
 
@@ -579,8 +580,8 @@ class SymmetricTensor:
 
 def _plan_levels(forms: dict, targets: tuple) -> dict:
     """Every quantity the targets need (through the recursions' reads), with, for those of
-    more than two sample indices, the level of components needed (:data:`LEVELS`); V's diagonal is always kept when V
-    is derived (the estimate of the expansion parameter)."""
+    more than two sample indices, the level of components needed (:data:`LEVELS`); V's
+    diagonal is always kept when V is derived (the estimate of the expansion parameter)."""
     need = {t: "full" for t in targets}
     if "V" in forms:
         need.setdefault("V", "diagonal")
@@ -617,8 +618,8 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     ``{name: {ℓ: array}}``: rank-2 quantities (N, N), rank-4 ones (N, N, N, N) and U
     (N,)*6 when among ``targets``; quantities only needed by the targets' recursions are
     computed where needed (on their components with at most two distinct samples, or their
-    diagonal) and returned as :class:`SymmetricTensor`.  Components are computed once per orbit of each quantity's
-    declared symmetry.  ``progress(ℓ, L)`` is called after each layer, ``detail(message)``
+    diagonal) and returned as :class:`SymmetricTensor`.  Components are computed once per
+    orbit of each quantity's declared symmetry.  ``progress(ℓ, L)`` is called after each layer, ``detail(message)``
     before each average of a rank-4 quantity's step (minutes per layer for many inputs).
     ``derivative_free`` (default: when σ has kinks) evaluates the sample sums by Gaussian
     integration by parts instead of derivatives of σ; ``tol`` is passed to

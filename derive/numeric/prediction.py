@@ -30,14 +30,14 @@ import numpy as np
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
 from ..derivation.derivation import check_targets, finite_targets, order_for
-from ..derivation.quantities import MULTI, NNLO_QUANTITIES, NTK_FOUR, NTK_NLO, RANK4, quantity
+from ..derivation.quantities import MULTI, NNLO, NTK_FOUR, NTK_NLO, RANK4, quantity
 from .evaluate import _DiagonalVertex, iterate_mlp
 
 __all__ = ["predict", "Prediction", "ExpansionWarning", "plan_work", "vertex_work"]
 
 
-#: the O(1/n²) statistics (docs/conventions.md §10): G2, V1, U
-NNLO = tuple(q.name for q in NNLO_QUANTITIES)
+#: the O(1/n²) statistics with more than two sample indices: V1, U
+NNLO_MULTI = tuple(q for q in NNLO if q in MULTI)
 #: most inputs for which V1 and U are evaluated (their components with three or more distinct
 #: samples hold averages over up to six samples, which no evaluator computes)
 NNLO_MULTI_INPUTS = 2
@@ -339,7 +339,7 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True,
     ``dense=False``: the four-index quantities are kept once per orbit (about N⁴/8 components
     of 16 bytes)."""
     L = spec.depth
-    many = [t for t in targets if t in ("V1", "U")]
+    many = [t for t in targets if t in NNLO_MULTI]
     if many and N > NNLO_MULTI_INPUTS:
         raise DeriveError(
             f"{' and '.join(many)} are evaluated for at most {NNLO_MULTI_INPUTS} inputs (their "
@@ -349,7 +349,6 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True,
     four = [t for t in targets if t in RANK4 and t != "V1"]
     arrays = sum(1 for t in targets if t not in MULTI) + 1
     from ..algebra.symbols import GROUPS
-    from ..derivation.quantities import quantity
 
     # dense: 8 bytes a component; per orbit: a code and a value (16 bytes) per orbit of the
     # quantity's index group (V: 8 images, about N⁴/8 orbits); V1 and U of at most two inputs
@@ -468,11 +467,12 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         ``.metric(ℓ)`` (K + G1/n, and + G2/n² at order 2), ``.ntk_mean(ℓ)``,
         ``.expansion`` (layer → estimate of the first neglected term, the largest
         ``abs(V_αααα) / (n K_αα²)`` to the power order + 1; at order 2 the computed
-        second-order term of the metric ``abs(G2_αα) / (n² K_αα)`` times that ratio once; for more than 16 inputs and no
-        O(1/n) target it is computed on 16 inputs spanning the range of the squared norms
-        of the inputs, on which alone it depends: for 200 random inputs of erf and tanh
-        networks, within 0.5 % of the estimate on all of them), ``.route`` and ``.quadrature_error`` (the largest
-        estimated error of an average, relative to ``max(1, |average|)``).
+        second-order term of the metric ``abs(G2_αα) / (n² K_αα)`` times that ratio once; for
+        more than 16 inputs and no O(1/n) target it is computed on 16 inputs spanning the
+        range of the squared norms of the inputs, on which alone it depends: for 200 random
+        inputs of erf and tanh networks, within 0.5 % of the estimate on all of them),
+        ``.route`` and ``.quadrature_error`` (the largest estimated error of an average,
+        relative to ``max(1, |average|)``).
 
     Raises
     ------
@@ -503,7 +503,7 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
     # order 2 also G2, and V1 and U for at most NNLO_MULTI_INPUTS inputs
     if targets is None:
         targets = tuple(t for t in finite_targets(spec.activation, max(order, spec.max_order))
-                        if not (t in ("V1", "U") and N > NNLO_MULTI_INPUTS))
+                        if not (t in NNLO_MULTI and N > NNLO_MULTI_INPUTS))
     else:
         targets = check_targets(targets, spec.activation, spec)
         late = [t for t in targets if t in NNLO and order < 2]

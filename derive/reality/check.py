@@ -55,6 +55,7 @@ from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
 from ..derivation.quantities import NTK_FOUR, quantity
 from ..numeric.evaluate import orbits
+from ..numeric.prediction import NNLO_MULTI_INPUTS as _NNLO_INPUTS
 from ..numeric.prediction import ExpansionWarning, predict
 from .montecarlo import BLOCKS, MonteCarloError, sample, three_neuron
 
@@ -98,8 +99,6 @@ _FIT_KEYS = ("quantity", "component", "layer", "widths", "intercept", "intercept
              "z_lo", "slope", "slope_err", "slope_nlo", "z_slope", "slope_agrees", "curvature",
              "curvature_err", "chi2_dof", "note", "curvature_nnlo", "z_curvature",
              "slope_at_lo", "slope_at_lo_err", "z_slope_at_lo")
-#: most inputs for which V1 and U are predicted (derive.numeric.prediction.NNLO_MULTI_INPUTS)
-_NNLO_INPUTS = 2
 
 
 class CheckError(DeriveError):
