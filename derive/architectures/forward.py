@@ -31,6 +31,7 @@ contracted by :func:`derive.simplify_sums`).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -43,7 +44,7 @@ from ..algebra.symbols import (NeuronIndex, NeuronSum, RandomVar, SampleIndex, b
 from ..algebra.trace import Trace
 from ..base.errors import DeriveError, ParseError
 
-__all__ = ["ForwardEquation", "SIGMA", "NTK", "WIDTH", "WIDTH_PREV", "WIDTH_NEXT", "C_B", "C_W",
+__all__ = ["ForwardEquation", "SIGMA", "NTK", "DNTK", "DDNTK_I", "DDNTK_II", "TANGENT_FIELDS", "WIDTH", "WIDTH_PREV", "WIDTH_NEXT", "C_B", "C_W",
            "LAMBDA_B", "LAMBDA_W", "Z", "W", "B", "I", "J", "ALPHA", "XI", "GAMMA", "U", "mlp_equation",
            "residual_equation", "parse_forward_equation", "BASE_SCALARS"]
 
@@ -51,6 +52,28 @@ __all__ = ["ForwardEquation", "SIGMA", "NTK", "WIDTH", "WIDTH_PREV", "WIDTH_NEXT
 SIGMA = sp.Function("sigma")
 #: the NTK of layer ℓ, Ĥ^{(ℓ)}_{j1 j2; α1 α2}, as a function of its indices
 NTK = sp.Function("Hhat")
+#: the dNTK dĤ^{(ℓ)}_{j0 j1 j2; δ0 δ1 δ2} and the two ddNTKs of layer ℓ (docs/conventions.md §3),
+#: as functions of their neuron indices then their sample indices
+DNTK = sp.Function("dHhat")
+DDNTK_I = sp.Function("ddIHhat")
+DDNTK_II = sp.Function("ddIIHhat")
+#: every λ-contracted product of parameter derivatives of one layer's preactivations (the
+#: "tangent fields"): field name → (its function, the derivative slots of each z factor).
+#: Factor f carries the parameters (edges) ``slots[f]``; each edge is one λ_{μν} contracting
+#: the two factors that carry it (docs/conventions.md §3):
+#:   Ĥ_{i0i1}      = Σ λ ∂z_{i0} ∂z_{i1}                              edges (0,), (0,)
+#:   dĤ_{i0i1i2}   = Σ λλ ∂²z_{i0} ∂z_{i1} ∂z_{i2}                     (0, 1), (0,), (1,)
+#:   ddIĤ_{i0…i3}  = Σ λλλ ∂³z_{i0} ∂z_{i1} ∂z_{i2} ∂z_{i3}            (0, 1, 2), (0,), (1,), (2,)
+#:   ddIIĤ_{i1…i4} = Σ λλλ ∂²z_{i1} ∂²z_{i2} ∂z_{i3} ∂z_{i4}  (μ1μ2)(μ1μ3)(μ2)(μ3)
+TANGENT_FIELDS = {
+    "Hhat": (NTK, ((0,), (0,))),
+    "dHhat": (DNTK, ((0, 1), (0,), (1,))),
+    "ddIHhat": (DDNTK_I, ((0, 1, 2), (0,), (1,), (2,))),
+    "ddIIHhat": (DDNTK_II, ((0, 1), (0, 2), (1,), (2,))),
+}
+#: ∂^r z^{(ℓ)}_{k;α}/∂θ_{e1}…∂θ_{er}, θ the parameters of layers 1 … ℓ, edges e named: a formal
+#: derivative, only ever inside a λ-contracted product (which is one of the tangent fields)
+_DZ = sp.Function("Dz")
 #: n_ℓ (the width of layer ℓ, the fan-in of layer ℓ+1), n_{ℓ−1}, and n_{ℓ+1}
 WIDTH = sp.Symbol("n_l", positive=True)
 WIDTH_PREV = sp.Symbol("n_lm1", positive=True)
@@ -115,6 +138,135 @@ def _delta(r: RandomVar, x: RandomVar) -> sp.Expr:
     if r.family != x.family:
         return sp.S.Zero
     return sp.Mul(*(sp.KroneckerDelta(a, b) for a, b in zip(r.indices, x.indices)))
+
+
+def _lower(e: sp.Expr, edge: sp.Symbol) -> sp.Expr:
+    """∂e/∂θ_edge for a parameter θ_edge of the layers below (1 … ℓ): by the chain rule through
+    every z^{(ℓ)}_{k;α} (∂z_{k;α}/∂θ → Dz(k, α, edge)) and through the formal derivatives
+    already there (Dz(k, α, e…) → Dz(k, α, e…, edge)); the parameters of layer ℓ+1 do not
+    depend on θ_edge."""
+    if not (e.has(Z) or e.has(_DZ)):
+        return sp.S.Zero
+    if isinstance(e, RandomVar):
+        return _DZ(*e.indices, edge) if e.family == Z else sp.S.Zero
+    if isinstance(e, sp.core.function.AppliedUndef) and e.func == _DZ:
+        k, a, *edges = e.args
+        return _DZ(k, a, *sorted(edges + [edge], key=default_sort_key))
+    if isinstance(e, NeuronSum):
+        inner = _lower(e.function, edge)
+        return sp.S.Zero if inner == 0 else NeuronSum(inner, *e.limits, distinct=e.distinct,
+                                                      exclude=e.exclude)
+    if e.is_Add:
+        return sp.Add(*(_lower(a, edge) for a in e.args))
+    if e.is_Mul:
+        out = sp.S.Zero
+        for k, a in enumerate(e.args):
+            da = _lower(a, edge)
+            if da != 0:
+                out += sp.Mul(*e.args[:k], da, *e.args[k + 1:])
+        return out
+    if e.is_Pow and e.exp.is_Integer:
+        return e.exp * e.base ** (e.exp - 1) * _lower(e.base, edge)
+    if e.has(NeuronSum) or e.has(_DZ):
+        raise DeriveError(f"cannot differentiate {e} by a parameter of the layers below")
+    # a function of components (σ(z_j), its derivatives): the chain rule
+    out = sp.S.Zero
+    for r in sorted((r for r in e.atoms(RandomVar) if r.family == Z), key=default_sort_key):
+        out += e.diff(r) * _DZ(*r.indices, edge)
+    return out
+
+
+def _as_tangent_field(nodes: list) -> sp.Expr:
+    """The tangent field of layer ℓ (:data:`TANGENT_FIELDS`) that a λ-contracted product of
+    formal derivatives Dz(k, α, edges…) is, its indices in the canonical order (the least under
+    the field's own symmetries, so equal fields print alike)."""
+    have = [set(n.args[2:]) for n in nodes]
+    for name, (func, slots) in TANGENT_FIELDS.items():
+        if len(slots) != len(nodes) or sorted(map(len, slots)) != sorted(map(len, have)):
+            continue
+        best = None
+        for perm in itertools.permutations(range(len(nodes))):
+            edge_of: dict = {}  # edge label → the field's edge number
+            ok = True
+            for f, slot in enumerate(slots):
+                labels = have[perm[f]]
+                if len(labels) != len(slot):
+                    ok = False
+                    break
+            if not ok:
+                continue
+            # each label must be carried by exactly the factors that carry one edge number
+            carriers = {lab: {f for f in range(len(slots)) if lab in have[perm[f]]}
+                        for lab in set().union(*have)}
+            wanted = {e: {f for f, slot in enumerate(slots) if e in slot}
+                      for e in set().union(*map(set, slots))}
+            edge_of = {}
+            for lab, fs in carriers.items():
+                match = [e for e, ws in wanted.items() if ws == fs and e not in edge_of.values()]
+                if not match:
+                    ok = False
+                    break
+                edge_of[lab] = match[0]
+            if not ok:
+                continue
+            neurons = tuple(nodes[perm[f]].args[0] for f in range(len(slots)))
+            samples = tuple(nodes[perm[f]].args[1] for f in range(len(slots)))
+            key = default_sort_key(sp.Tuple(*samples, *neurons))  # the samples in order first
+            if best is None or key < best[0]:
+                best = (key, neurons + samples)
+        if best is not None:
+            return func(*best[1])
+    raise DeriveError(f"the λ-contracted derivatives {nodes} are none of the tangent fields "
+                      f"{sorted(TANGENT_FIELDS)} (internal error)")
+
+
+def _contract_edges(e: sp.Expr) -> sp.Expr:
+    """Every product of formal derivatives Dz, grouped by the edges they share (a λ contracts
+    the two factors carrying one edge), replaced by the tangent field it is."""
+    if not e.has(_DZ):
+        return e
+    if isinstance(e, NeuronSum):
+        return NeuronSum(_contract_edges(e.function), *e.limits, distinct=e.distinct,
+                         exclude=e.exclude)
+    if e.is_Add:
+        return sp.Add(*(_contract_edges(a) for a in e.args))
+    e = sp.expand(e)
+    if e.is_Add:
+        return sp.Add(*(_contract_edges(a) for a in e.args))
+    factors = sp.Mul.make_args(e)
+    sums = [f for f in factors if isinstance(f, NeuronSum) and f.has(_DZ)]
+    outside = [f for f in factors if not isinstance(f, NeuronSum) and f.has(_DZ)]
+    if len(sums) > 1 or (sums and outside):
+        # derivatives contracted across a sum (a skip term's ∂z_i beside Σ_j W_ij σ'_j ∂z_j):
+        # the factors outside go inside, the sums become one (their dummies are distinct)
+        if any(s.distinct or s.exclude for s in sums):
+            raise DeriveError(f"formal derivatives across restricted sums in {e} (internal error)")
+        body = sp.Mul(*outside, *(s.function for s in sums))
+        merged = NeuronSum(body, *(lim for s in sums for lim in s.limits))
+        rest = [f for f in factors if f not in sums and f not in outside]
+        return sp.Mul(*rest) * _contract_edges(merged)
+    nodes, rest = [], []
+    for f in sp.Mul.make_args(e):
+        base, k = f.as_base_exp()
+        if isinstance(base, sp.core.function.AppliedUndef) and base.func == _DZ:
+            nodes += [base] * int(k)
+        elif isinstance(f, NeuronSum):
+            rest.append(_contract_edges(f))  # its derivatives are contracted inside it
+        elif f.has(_DZ):
+            raise DeriveError(f"formal derivatives inside {f} (internal error)")
+        else:
+            rest.append(f)
+    if nodes and any(f.has(_DZ) for f in rest):
+        raise DeriveError(f"formal derivatives both in and outside a neuron sum in {e} "
+                          "(internal error)")
+    # connected components under shared edges
+    comps: list = []
+    for node in nodes:
+        labels = set(node.args[2:])
+        joined = [c for c in comps if labels & c[0]]
+        merged = (labels.union(*(c[0] for c in joined)), [node] + [x for c in joined for x in c[1]])
+        comps = [c for c in comps if c not in joined] + [merged]
+    return sp.Mul(*rest, *(_as_tangent_field(sorted(c[1], key=default_sort_key)) for c in comps))
 
 
 @dataclass(frozen=True)
@@ -182,31 +334,66 @@ class ForwardEquation:
                     g += inner
         return sp.expand(xi), sp.expand(c), sp.expand(g)
 
-    def jacobian(self, i: NeuronIndex, k: NeuronIndex, alpha: SampleIndex) -> sp.Expr:
-        """J_{ik;α} = ∂z^{(ℓ+1)}_{i;α}/∂z^{(ℓ)}_{k;α} (δ's contracted)."""
-        return simplify_sums(_derivative(self.at(i, alpha), Z[k, alpha]))
-
     def ntk(self, i1: NeuronIndex, i2: NeuronIndex, a1: SampleIndex, a2: SampleIndex,
             trace: Trace | None = None) -> sp.Expr:
-        """Ĥ^{(ℓ+1)}_{i1i2;α1α2} derived by the chain rule (see the module docstring); the
-        derivation is recorded in ``trace`` (rule ``ntk.chain_rule``)."""
-        key = (i1, i2, a1, a2)
-        if key not in self._cache:
-            k1, k2, m, p = neuron_indices("k1 k2 m p")
-            carried = NeuronSum(self.jacobian(i1, k1, a1) * self.jacobian(i2, k2, a2)
-                                * NTK(k1, k2, a1, a2), (k1, WIDTH), (k2, WIDTH))
-            own = sp.S.Zero
-            for fam, lam in _LEARNING_RATES:
-                idx = (m,) if len(fam.slots) == 1 else (m, p)
-                rng = ((m, WIDTH_NEXT),) if len(idx) == 1 else ((m, WIDTH_NEXT), (p, WIDTH))
-                own += NeuronSum(lam * _derivative(self.at(i1, a1), fam[idx])
-                                 * _derivative(self.at(i2, a2), fam[idx]), *rng)
-            self._cache[key] = (carried, own, simplify_sums(carried + own))
-        carried, own, out = self._cache[key]
+        """Ĥ^{(ℓ+1)}_{i1i2;α1α2} derived by the chain rule (see the module docstring; the
+        tangent field ``"Hhat"`` of :meth:`tangent`); the derivation is recorded in ``trace``
+        (rule ``ntk.chain_rule``)."""
+        out = self.tangent("Hhat", (i1, i2), (a1, a2))
         if trace is not None:
             trace.record("ntk.chain_rule", sp.Tuple(self.at(i1, a1), self.at(i2, a2)), out,
                          note="Ĥ' = Σ J Ĥ Jᵀ + Σ_θ λ_θ ∂z'∂z' over layer ℓ+1's parameters, "
                          "δ's contracted")
+        return out
+
+    def tangent(self, name: str, neurons: tuple, samples: tuple,
+                trace: Trace | None = None) -> sp.Expr:
+        """The tangent field ``name`` of layer ℓ+1 (:data:`TANGENT_FIELDS`: the dNTK, the
+        ddNTKs) at the given neuron and sample indices, derived by the chain rule: each
+        λ-contracted parameter is either one of layer ℓ+1 (a bias, λ_b; a weight, λ_W/n_ℓ;
+        summed over its components) or one of the layers below, through which every derivative
+        of z^{(ℓ+1)} runs into derivatives of layer ℓ's preactivations; those, contracted by
+        the same λ's, are layer ℓ's tangent fields.  Recorded in ``trace`` (rule
+        ``tangent.chain_rule``)."""
+        func, slots = TANGENT_FIELDS[name]
+        key = (name, tuple(neurons), tuple(samples))
+        if key not in self._cache:
+            nedges = 1 + max(e for slot in slots for e in slot)
+            labels = sp.symbols(f"mu1:{nedges + 1}")
+            ms, ps = neuron_indices("m1:4"), neuron_indices("p1:4")
+            total = sp.S.Zero
+            for kinds in itertools.product((None,) + _LEARNING_RATES, repeat=nedges):
+                params, limits, lam = {}, [], sp.S.One
+                for e, kind in enumerate(kinds):
+                    if kind is None:
+                        continue
+                    fam, rate = kind
+                    if len(fam.slots) == 1:
+                        params[e] = fam[ms[e]]
+                        limits.append((ms[e], WIDTH_NEXT))
+                    else:
+                        params[e] = fam[ms[e], ps[e]]
+                        limits += [(ms[e], WIDTH_NEXT), (ps[e], WIDTH)]
+                    lam *= rate
+                prod = lam
+                for f, slot in enumerate(slots):
+                    d = self.at(neurons[f], samples[f])
+                    for e in slot:
+                        d = _derivative(d, params[e]) if e in params else _lower(d, labels[e])
+                        if d == 0:
+                            break
+                    prod *= d
+                    if d == 0:
+                        break
+                if prod != 0:
+                    total += NeuronSum(prod, *limits) if limits else prod
+            self._cache[key] = _contract_edges(simplify_sums(total))
+        out = self._cache[key]
+        if trace is not None:
+            trace.record("tangent.chain_rule",
+                         sp.Tuple(*(self.at(i, a) for i, a in zip(neurons, samples))), out,
+                         note=f"{name}' by the chain rule: λ-contracted derivatives of z' over "
+                         "layer ℓ+1's parameters and the layers below, δ's contracted")
         return out
 
 
