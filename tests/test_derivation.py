@@ -58,7 +58,7 @@ def test_steps_per_target(d3):
 def test_bad_requests(d3):
     spec = MLP(2, 8, "tanh", 0.0, 1.0)
     with pytest.raises(UnknownNameError, match="Theta"):
-        derive.derive(spec, targets=["Q"])
+        derive.derive(spec, targets=["Qx"])
     with pytest.raises(DeriveError, match="order=1"):
         derive.derive(spec, targets=["V"], order=0)
     with pytest.raises(DeriveError, match="order=2"):

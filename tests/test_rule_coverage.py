@@ -35,6 +35,7 @@ def test_every_engine_rule_fires():
     mlp_equation().ntk(i1, i2, a1, a2, trace=t)                          # NTK chain rule
     t.steps.extend(derive_layer_step(order=0).steps["Theta"].steps)      # NTK mean, LO
     t.steps.extend(derive_layer_step(names={"H1"}).steps["H1"].steps)     # NTK mean, O(1/n)
+    t.steps.extend(derive_layer_step(names={"P"}).steps["P"].steps)       # dNTK chain rule
     fired = set(t.rules())
     missing = set(engine_rules()) - fired
     assert not missing, f"engine rules never exercised: {sorted(missing)}"

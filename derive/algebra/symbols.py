@@ -180,6 +180,12 @@ GROUP_GENERATORS = {
     "cross": ((2, 3, 0, 1), (1, 0, 3, 2)),
     # U_{(α1α2)(α3α4)(α5α6)} (rank 6): symmetric within each pair and under permuting the pairs
     "three_pairs": ((1, 0, 2, 3, 4, 5), (2, 3, 0, 1, 4, 5), (0, 1, 4, 5, 2, 3)),
+    # the dNTK's and ddNTKs' statistics (docs/conventions.md §3): P_{δ0δ1δ2δ3} none;
+    # Q_{δ0δ1δ2δ3} symmetric in δ1δ2; R_{δ0δ1δ2δ3} in δ2δ3; S, T, U^dd under (δ1δ3) ↔ (δ2δ4)
+    "plain": ((0, 1, 2, 3),),
+    "middle": ((0, 2, 1, 3),),
+    "last": ((0, 1, 3, 2),),
+    "pairswap": ((1, 0, 3, 2),),
 }
 
 

@@ -53,11 +53,12 @@ from ..algebra.symbols import (DerivativeContraction, Family, NeuronIndex, Neuro
                                SampleTensor, nearly_gaussian_field, neuron_indices, sample_indices,
                                summation_dummies)
 from ..algebra.trace import Trace
-from ..architectures.forward import (BASE_SCALARS, NTK, SIGMA, WIDTH, WIDTH_PREV, B, ForwardEquation,
-                                     W, Z, mlp_equation)
+from ..architectures.forward import (BASE_SCALARS, DDNTK_I, DDNTK_II, DNTK, NTK, SIGMA,
+                                     TANGENT_FIELDS, WIDTH, WIDTH_PREV, B, ForwardEquation, W, Z,
+                                     mlp_equation)
 from ..base.errors import DeriveError
-from .quantities import (FIELDS, NNLO_QUANTITIES, QUANTITIES, TARGETS, Correlator, Quantity,
-                         quantity)
+from .quantities import (ALL_QUANTITIES, FIELDS, NNLO_QUANTITIES, QUANTITIES, TANGENT_QUANTITIES,
+                         TARGETS, Correlator, Quantity, quantity)
 
 __all__ = ["LayerStep", "derive_layer_step", "cached_layer_step", "closed_layer_step", "reads",
            "expect_neuron_sums",
@@ -113,12 +114,21 @@ def _neuron_of(factor: sp.Expr, summed: set) -> NeuronIndex | None:
     return next(iter(idx)) if idx else None
 
 
+#: the tangent fields of layer ℓ as they appear in a layer step's expressions
+_TANGENTS = tuple(func for func, _ in TANGENT_FIELDS.values())
+
+
+def _is_tangent(x) -> bool:
+    return isinstance(x, sp.core.function.AppliedUndef) and x.func in _TANGENTS
+
+
 def _leading_order_fields(expr: sp.Expr, Theta: str = "Theta") -> sp.Expr:
     """Ĥ_{j1j2;α1α2} → δ_{j1j2} Θ_{α1α2}: the NTK field by its mean, its connected statistics
-    (with itself and with the preactivations) being O(1/n) (rule nearly_gaussian.leading_order)."""
+    (with itself and with the preactivations) being O(1/n); the dNTK and the ddNTKs → 0, their
+    means being zero or O(1/n) (rule nearly_gaussian.leading_order)."""
     T = SampleTensor(Theta, 2, "sym")
-    out = expr.replace(lambda x: isinstance(x, sp.core.function.AppliedUndef) and x.func == NTK,
-                       lambda x: sp.KroneckerDelta(x.args[0], x.args[1]) * T[x.args[2], x.args[3]])
+    out = expr.replace(_is_tangent, lambda x: sp.KroneckerDelta(x.args[0], x.args[1])
+                       * T[x.args[2], x.args[3]] if x.func == NTK else sp.S.Zero)
     return out.replace(lambda x: isinstance(x, NeuronSum),
                        lambda x: NeuronSum(x.function.replace(
                            lambda y: isinstance(y, sp.KroneckerDelta) and y.args[0] == y.args[1],
@@ -163,12 +173,12 @@ def expect_neuron_sums(expr: sp.Expr, layer: Family, zeta: Family, order: int = 
         coeff = rest
         ntks = []
         for f in sp.Mul.make_args(s.function):
-            if f.has(NTK):
+            if f.has(*_TANGENTS):
                 base, k = f.as_base_exp()
-                if not (base.func == NTK and k.is_Integer and k > 0
-                        and set(base.args[:2]) <= summed):
-                    raise DeriveError(f"factor {f}: the NTK of layer ℓ enters only as Ĥ_{{jk}} of "
-                                      "summed neurons at this order")
+                if not (_is_tangent(base) and k.is_Integer and k > 0
+                        and set(base.args[:len(base.args) // 2]) <= summed):
+                    raise DeriveError(f"factor {f}: the NTK (dNTK, ddNTK) of layer ℓ enters "
+                                      "only with summed neurons at this order")
                 ntks += [base] * int(k)
                 continue
             v = _neuron_of(f, summed)
@@ -224,9 +234,11 @@ def _expect_functions(fs: list, zeta: Family, order: int, collapse: bool) -> sp.
 
 def _expect_with_ntk(fs: list, vs: list, ntks: list, E0: sp.Expr, zeta: Family, order: int,
                      collapse: bool) -> sp.Expr:
-    r"""E[Π_v f_v(z_v) Π_m Ĥ_m] over layer ℓ, to ``order`` (rule ``nearly_gaussian.ntk``),
-    given E0 = E[Π_v f_v].  Write Ĥ_{ab;xy} = δ_ab Θ_xy + ΔĤ_{ab;xy} and expand: ΔĤ and z are
-    jointly nearly Gaussian (docs/conventions.md §3, §6 step 4), so to O(1/n_{ℓ−1})
+    r"""E[Π_v f_v(z_v) Π_m X_m] over layer ℓ, to ``order`` (rule ``nearly_gaussian.ntk``), for
+    tangent fields X_m (the NTK Ĥ, the dNTK dĤ, the ddNTKs) of layer ℓ, given E0 = E[Π_v f_v].
+    Write Ĥ_{ab;xy} = δ_ab Θ_xy + ΔĤ_{ab;xy}; ΔĤ, dĤ, ddĤ and z are jointly nearly Gaussian
+    (docs/conventions.md §3, §6 step 4), the mean of dĤ is zero and that of each ddĤ O(1/n), so to
+    O(1/n_{ℓ−1}):
 
     * E[ΔĤ_{ab;xy} O(z)] = (1/n_{ℓ−1}) [δ_ab H1_xy ⟨O⟩_K + ½ Σ_{c,d} Σ_{β1β2}
       n_{ℓ−1} κ(ΔĤ_{ab;xy}, z_{c;β1}, z_{d;β2}) ⟨∂_{c;β1} ∂_{d;β2} O⟩_K], the three-point
@@ -234,12 +246,23 @@ def _expect_with_ntk(fs: list, vs: list, ntks: list, E0: sp.Expr, zeta: Family, 
       (c, d run over the neurons O depends on; for c ≠ d each f gets one derivative);
     * E[ΔĤ_{ab;xy} ΔĤ_{cd;uw} O(z)] = (1/n_{ℓ−1}) [δ_ab δ_cd A_{xyuw} + δ_ac δ_bd B_{xuyw}
       + δ_ad δ_bc B_{xwyu}] ⟨O⟩_K;
-    * three or more ΔĤ: O(1/n²).
+    * E[dĤ_{abc;xyw} O(z)] = Σ_d Σ_β κ(dĤ_{abc;xyw}, z_{d;β}) ⟨∂_{d;β} O⟩_K with
+      n_{ℓ−1} κ = δ_ab δ_cd P_{xywβ} + δ_ac δ_bd P_{xwyβ} + δ_ad δ_bc Q_{xywβ} (a field linearly
+      correlated with z: Gaussian integration by parts);
+    * E[ddIĤ_{abcd;xyuw} O(z)] = (1/n_{ℓ−1}) [δ_ab δ_cd R_{xyuw} + δ_ac δ_bd R_{xuyw}
+      + δ_ad δ_bc R_{xwyu}] ⟨O⟩_K and E[ddIIĤ_{abcd;xyuw} O(z)] = (1/n_{ℓ−1}) [δ_ab δ_cd S_{xyuw}
+      + δ_ac δ_bd T_{xyuw} + δ_ad δ_bc U^dd_{xyuw}] ⟨O⟩_K;
+    * any other product of two fluctuating fields (ΔĤ dĤ, dĤ dĤ, …) or of three: O(1/n²)
+      or beyond.
 
     At order 0 only the means remain (rule ``nearly_gaussian.leading_order``)."""
     Theta, H1, A, B, D, F = (quantity(q).tensor() for q in ("Theta", "H1", "A", "B", "D", "F"))
     delta = lambda a, b: sp.S.One if a == b else sp.S.Zero  # noqa: E731 (distinct summed neurons)
-    mean = lambda h: delta(h.args[0], h.args[1]) * Theta[h.args[2], h.args[3]]  # noqa: E731
+
+    def mean(h):
+        return delta(h.args[0], h.args[1]) * Theta[h.args[2], h.args[3]] if h.func == NTK \
+            else sp.S.Zero
+
     fn = dict(zip(vs, fs))
     out = sp.Mul(*(mean(h) for h in ntks)) * E0
     if order < 1 or not ntks:
@@ -252,7 +275,11 @@ def _expect_with_ntk(fs: list, vs: list, ntks: list, E0: sp.Expr, zeta: Family, 
     def others(*skip):
         return sp.Mul(*(lo[v] for v in vs if v not in skip))
 
-    def single(h):
+    def contraction(T, fs_, derivs):
+        dc = DerivativeContraction(T, fs_, derivs, zeta.tensor.label)
+        return collapse_contractions(dc) if collapse else dc
+
+    def single_ntk(h):
         a, b, x, y = h.args
         res = delta(a, b) * H1[x, y] * others()
         for c in vs:
@@ -265,16 +292,45 @@ def _expect_with_ntk(fs: list, vs: list, ntks: list, E0: sp.Expr, zeta: Family, 
                     if w == 0:
                         continue
                     if c == d:
-                        dc = DerivativeContraction(T, (fn[c],), ((b1, b2),), zeta.tensor.label)
+                        dc = contraction(T, (fn[c],), ((b1, b2),))
                     else:
-                        dc = DerivativeContraction(T, (fn[c], fn[d]), ((b1,), (b2,)),
-                                                   zeta.tensor.label)
-                    if collapse:
-                        dc = collapse_contractions(dc)
+                        dc = contraction(T, (fn[c], fn[d]), ((b1,), (b2,)))
                     res += sp.Rational(1, 2) * w * dc * others(c, d)
         return res
 
+    def single_dntk(h):
+        a, b, c, x, y, w = h.args
+        P, Q = quantity("P").tensor(), quantity("Q").tensor()
+        res = sp.S.Zero
+        for d in vs:
+            if not fn[d].has(RandomVar):
+                continue
+            for k, T in ((delta(a, b) * delta(c, d), P[x, y, w, b1]),
+                         (delta(a, c) * delta(b, d), P[x, w, y, b1]),
+                         (delta(a, d) * delta(b, c), Q[x, y, w, b1])):
+                if k != 0:
+                    res += k * contraction(T, (fn[d],), ((b1,),)) * others(d)
+        return res
+
+    def single_ddntk(h):
+        a, b, c, d, x, y, u, w = h.args
+        if h.func == DDNTK_I:
+            R = quantity("R").tensor()
+            parts = ((delta(a, b) * delta(c, d), R[x, y, u, w]),
+                     (delta(a, c) * delta(b, d), R[x, u, y, w]),
+                     (delta(a, d) * delta(b, c), R[x, w, y, u]))
+        else:
+            S, T, Udd = (quantity(q).tensor() for q in ("S", "T", "Udd"))
+            parts = ((delta(a, b) * delta(c, d), S[x, y, u, w]),
+                     (delta(a, c) * delta(b, d), T[x, y, u, w]),
+                     (delta(a, d) * delta(b, c), Udd[x, y, u, w]))
+        return sp.Add(*(k * T for k, T in parts)) * others()
+
+    single = {NTK: single_ntk, DNTK: single_dntk, DDNTK_I: single_ddntk, DDNTK_II: single_ddntk}
+
     def pair(h, g):
+        if h.func != NTK or g.func != NTK:
+            return sp.S.Zero
         a, b, x, y = h.args
         c, d, u, w = g.args
         return (delta(a, b) * delta(c, d) * A[x, y, u, w] + delta(a, c) * delta(b, d) * B[x, u, y, w]
@@ -284,10 +340,14 @@ def _expect_with_ntk(fs: list, vs: list, ntks: list, E0: sp.Expr, zeta: Family, 
         return sp.Mul(*(mean(h) for k, h in enumerate(ntks) if k not in skip))
 
     for m, h in enumerate(ntks):
-        out += means_except(m) * single(h) / n
+        rest = means_except(m)
+        if rest != 0:
+            out += rest * single[h.func](h) / n
     for m in range(len(ntks)):
         for m2 in range(m + 1, len(ntks)):
-            out += means_except(m, m2) * pair(ntks[m], ntks[m2]) / n
+            rest = means_except(m, m2)
+            if rest != 0:
+                out += rest * pair(ntks[m], ntks[m2]) / n
     return out
 
 
@@ -322,6 +382,8 @@ class _Correlators:
             return self.eq.at(neurons[0], samples[0])
         if name == "Hhat":
             return self.eq.ntk(neurons[0], neurons[1], samples[0], samples[1], trace)
+        if name in TANGENT_FIELDS:
+            return self.eq.tangent(name, neurons, samples, trace)
         raise DeriveError(f"no forward equation for the field {name!r}")
 
     def moment(self, fields: tuple, neurons: tuple, samples: tuple, order: int,
@@ -340,12 +402,12 @@ class _Correlators:
             e = wick(prod, over=[W, B], trace=t)
             if any(len(s.variables) > 1 for s in e.atoms(NeuronSum)):
                 e = split_sum(e, trace=t)
-            if e.has(NTK) and order < 1:
+            if e.has(*_TANGENTS) and order < 1:
                 lo = _leading_order_fields(e)
                 t.record("nearly_gaussian.leading_order", e, lo)
                 e = lo
             E = expect_neuron_sums(e, Z, self.zeta, order, collapse=False, truncate=True)
-            if e.has(NTK):
+            if e.has(*_TANGENTS):
                 t.record("nearly_gaussian.ntk", e, E, note="joint expectation of the neuron sums "
                          "of σ's and of the NTK over layer ℓ")
             else:
@@ -527,7 +589,10 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
     trace = trace if trace is not None else Trace()
     if order >= 1 and eq.has_skip():
         raise closure_error(eq)
-    declared = QUANTITIES + (NNLO_QUANTITIES if order >= 2 else ())
+    # the dNTK's and ddNTKs' statistics only when asked for (the default set does not read them)
+    tangent = names is not None and any(q.name in names for q in TANGENT_QUANTITIES)
+    declared = QUANTITIES + (NNLO_QUANTITIES if order >= 2 else ()) \
+        + (TANGENT_QUANTITIES if tangent else ())
     wanted = [q for q in declared if q.order <= order and (names is None or q.name in names)]
     if names is not None:
         unknown = sorted(set(names) - {q.name for q in declared})
@@ -538,7 +603,7 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
     for q in wanted:  # each quantity's steps at its own order (K's at leading order, …)
         by_corr.setdefault((q.correlator, q.order), []).append(q.name)
     # the preactivations' correlators first, then those holding the NTK (it reads them)
-    by_corr = dict(sorted(by_corr.items(), key=lambda kv: kv[0][0].fields.count("Hhat")))
+    by_corr = dict(sorted(by_corr.items(), key=lambda kv: sum(f != "z" for f in kv[0][0].fields)))
     contracted, per_corr = {}, {}
     for (corr, at), group in by_corr.items():
         values, t = _derive_group(eq, corr, at, tuple(group))
@@ -568,7 +633,7 @@ def derive_layer_step(equation: ForwardEquation | None = None, order: int = 1,
 def reads(expr: sp.Expr) -> set:
     """The declared quantities of layer ℓ a recursion reads (its tensors)."""
     labels = {str(t.base) for t in expr.atoms(sp.Indexed)}  # (also those inside contractions)
-    return labels & (set(TARGETS) | {q.name for q in NNLO_QUANTITIES})
+    return labels & set(TARGETS)
 
 
 def closed_layer_step(equation: ForwardEquation | None, order: int, names) -> LayerStep:
@@ -579,7 +644,7 @@ def closed_layer_step(equation: ForwardEquation | None, order: int, names) -> La
         step = cached_layer_step(equation, order, have)
         more = set().union(*(reads(e) for e in step.recursions.values())) - have
         more = {n for n in more
-                if n in {q.name for q in QUANTITIES + NNLO_QUANTITIES if q.order <= order}}
+                if n in {q.name for q in ALL_QUANTITIES if q.order <= order}}
         if not more:
             return step
         have = have | more

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FIELDS", "Correlator", "Quantity", "QUANTITIES", "NNLO_QUANTITIES", "TARGETS",
-           "quantity", "RANK4", "MULTI", "NNLO"]
+__all__ = ["FIELDS", "Correlator", "Quantity", "QUANTITIES", "NNLO_QUANTITIES",
+           "TANGENT_QUANTITIES", "ALL_QUANTITIES", "TARGETS", "quantity", "RANK4", "MULTI", "NNLO",
+           "TANGENT"]
 
-#: field → (neuron indices, sample indices) of one factor
-FIELDS = {"z": (1, 1), "Hhat": (2, 2)}
+#: field → (neuron indices, sample indices) of one factor: the preactivations, the NTK, the dNTK
+#: and the two ddNTKs (docs/conventions.md §3; :data:`derive.architectures.forward.TANGENT_FIELDS`)
+FIELDS = {"z": (1, 1), "Hhat": (2, 2), "dHhat": (3, 3), "ddIHhat": (4, 4), "ddIIHhat": (4, 4)}
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,46 @@ NNLO_QUANTITIES = (
              r"+ 14 pairings]", (0, 1, 2, 3, 4, 5)),
 )
 
-#: quantity → (order at which it enters, LaTeX): the planner's table (the O(1/n²) ones last)
-TARGETS = {q.name: (q.order, q.latex) for q in QUANTITIES + NNLO_QUANTITIES}
-#: the quantities with four sample indices (N⁴ arrays): V, A, B, D, F, V1
-RANK4 = tuple(q.name for q in QUANTITIES + NNLO_QUANTITIES if q.rank == 4)
-#: the quantities with more than two sample indices (V, A, B, D, F, V1: N⁴ arrays; U: N⁶)
-MULTI = tuple(q.name for q in QUANTITIES + NNLO_QUANTITIES if q.rank > 2)
+DNTK_CROSS = Correlator(("dHhat", "z"), True,
+                        "dNTK–preactivation two-point function (its mean is zero)")
+DDNTK_I_MEAN = Correlator(("ddIHhat",), False, "mean of the first ddNTK")
+DDNTK_II_MEAN = Correlator(("ddIIHhat",), False, "mean of the second ddNTK")
+_DNTK_DEF = (r"E[dĤ_{i0i1i2;δ0δ1δ2} z_{i3;δ3}] = (1/n_{ℓ−1}) [δ_{i0i1}δ_{i2i3} P_{δ0δ1δ2δ3} "
+             r"+ δ_{i0i2}δ_{i1i3} P_{δ0δ2δ1δ3} + δ_{i0i3}δ_{i1i2} Q_{δ0δ1δ2δ3}]")
+_DDI_DEF = (r"E[ddIĤ_{i0i1i2i3;δ0δ1δ2δ3}] = (1/n_{ℓ−1}) [δ_{i0i1}δ_{i2i3} R_{δ0δ1δ2δ3} "
+            r"+ δ_{i0i2}δ_{i1i3} R_{δ0δ2δ1δ3} + δ_{i0i3}δ_{i1i2} R_{δ0δ3δ1δ2}]")
+_DDII_DEF = (r"E[ddIIĤ_{i1i2i3i4;δ1δ2δ3δ4}] = (1/n_{ℓ−1}) [δ_{i1i2}δ_{i3i4} S_{δ1δ2δ3δ4} "
+             r"+ δ_{i1i3}δ_{i2i4} T_{δ1δ2δ3δ4} + δ_{i1i4}δ_{i2i3} U^{dd}_{δ1δ2δ3δ4}]")
+
+#: the O(1/n) statistics of the dNTK and the ddNTKs (docs/conventions.md §3, book ch. 11 and ∞),
+#: derived by the layer step at order 1 only when asked for (they are not part of the default
+#: set: the NTK's own statistics do not read them)
+TANGENT_QUANTITIES = (
+    Quantity("P", DNTK_CROSS, ((0, 1), (2, 3)), 1, r"P^{(\ell)}", "plain",
+             "dNTK–preactivation cross-correlation, first part", _DNTK_DEF),
+    Quantity("Q", DNTK_CROSS, ((0, 3), (1, 2)), 1, r"Q^{(\ell)}", "middle",
+             "dNTK–preactivation cross-correlation, second part", _DNTK_DEF),
+    Quantity("R", DDNTK_I_MEAN, ((0, 1), (2, 3)), 1, r"R^{(\ell)}", "last",
+             "mean of the first ddNTK", _DDI_DEF),
+    Quantity("S", DDNTK_II_MEAN, ((0, 1), (2, 3)), 1, r"S^{(\ell)}", "pairswap",
+             "mean of the second ddNTK, first part", _DDII_DEF),
+    Quantity("T", DDNTK_II_MEAN, ((0, 2), (1, 3)), 1, r"T^{(\ell)}", "pairswap",
+             "mean of the second ddNTK, second part", _DDII_DEF),
+    Quantity("Udd", DDNTK_II_MEAN, ((0, 3), (1, 2)), 1, r"U^{\mathrm{dd}(\ell)}", "pairswap",
+             "mean of the second ddNTK, third part", _DDII_DEF),
+)
+
+#: every declared quantity, in the planner's order
+ALL_QUANTITIES = QUANTITIES + NNLO_QUANTITIES + TANGENT_QUANTITIES
+#: quantity → (order at which it enters, LaTeX): the planner's table (the O(1/n²) ones after
+#: the first-order ones, the dNTK's and ddNTKs' last)
+TARGETS = {q.name: (q.order, q.latex) for q in ALL_QUANTITIES}
+#: the dNTK's and ddNTKs' statistics: P, Q, R, S, T, Udd
+TANGENT = tuple(q.name for q in TANGENT_QUANTITIES)
+#: the quantities with four sample indices (N⁴ arrays): V, A, B, D, F, V1, P, Q, R, S, T, Udd
+RANK4 = tuple(q.name for q in ALL_QUANTITIES if q.rank == 4)
+#: the quantities with more than two sample indices (those of RANK4: N⁴ arrays; U: N⁶)
+MULTI = tuple(q.name for q in ALL_QUANTITIES if q.rank > 2)
 #: the O(1/n²) statistics (docs/conventions.md §10): G2, V1, U
 NNLO = tuple(q.name for q in NNLO_QUANTITIES)
 #: the NTK's O(1/n) statistics: H1, A, B, D, F
@@ -158,7 +194,7 @@ NTK_FOUR = tuple(q for q in NTK_NLO if q in RANK4)
 
 
 def quantity(name: str) -> Quantity:
-    for q in QUANTITIES + NNLO_QUANTITIES:
+    for q in ALL_QUANTITIES:
         if q.name == name:
             return q
     raise KeyError(name)
