@@ -209,8 +209,15 @@ def check_targets(targets, act=None, spec=None) -> tuple[str, ...]:
     for t in targets:
         if not isinstance(t, str) or t not in TARGETS:
             raise UnknownNameError("target", str(t)[:40], TARGETS)
-    if act is not None and any("Hhat" in quantity(t).correlator.fields for t in targets):
+    if act is not None and any(set(quantity(t).correlator.fields) - {"z"} for t in targets):
         act.require_ntk()
+    tangent = [t for t in targets if set(quantity(t).correlator.fields) - {"z", "Hhat"}]
+    if act is not None and tangent and act.kinks:
+        raise DeriveError(
+            f"{', '.join(tangent)} (the dNTK's and ddNTKs' statistics) are not available for "
+            f"σ = {act.name}, which has kinks: its σ'' is a δ-function, and the dNTK of an actual "
+            "network (σ'' = 0 almost everywhere) differs from the one the expansion integrates; "
+            "use a smooth activation (tanh, erf, gelu, swish, …) or a linear one")
     if spec is not None and any(TARGETS[t][0] > spec.highest_order for t in targets):
         raise closure_error(spec.equation)
     return tuple(dict.fromkeys(targets))

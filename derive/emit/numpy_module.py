@@ -62,7 +62,7 @@ from ..algebra.symbols import (GROUPS, DerivativeContraction, GaussianAverage, R
 from ..algebra.nearly_gaussian import cached_derivative
 from ..base.errors import DeriveError
 from ..base.parsing import as_expr
-from ..derivation.quantities import NNLO_QUANTITIES, QUANTITIES, quantity
+from ..derivation.quantities import ALL_QUANTITIES, quantity
 from ..derivation.specialise import specialise
 from .fused import fused_lines
 from .printing import book_latex
@@ -681,8 +681,12 @@ NNLO_STEPS = {"G2": "metric_correction_2", "V1": "vertex_correction", "U": "six_
 #: the most operations (sympy's count_ops) of a function of an O(1/n²) step's pair average
 #: that is classified for a closed form (:attr:`_Emitter.closed_ops`)
 _NNLO_CLOSED_OPS = 24
+#: the dNTK's and ddNTKs' O(1/n) statistics (docs/conventions.md §3) → the stem of their step
+#: functions
+TANGENT_STEPS = {"P": "dntk_cross_p", "Q": "dntk_cross_q", "R": "ddntk_mean_r",
+                 "S": "ddntk_mean_s", "T": "ddntk_mean_t", "Udd": "ddntk_mean_udd"}
 #: every statistic computed by the shared mechanism of :func:`_extra_steps`
-EXTRA_STEPS = {**NTK_STEPS, **NNLO_STEPS}
+EXTRA_STEPS = {**NTK_STEPS, **NNLO_STEPS, **TANGENT_STEPS}
 #: evaluate()'s per-layer values of the scalars of a step (layer l → l + 1)
 _SCALAR_VALUES = {"C_b": "Cb[l]", "C_W": "CW[l]", "lambda_b": "lb[l]", "lambda_W": "lW[l]",
                   "n_l": "n[l]", "n_lm1": "n[l - 1]"}
@@ -692,7 +696,7 @@ def _tensors_read(expr: sp.Expr) -> list[str]:
     """The labels of the previous layer's quantities a form reads (in the order of
     :data:`~derive.derivation.quantities.QUANTITIES`, then the O(1/n²) ones)."""
     labels = {str(t.base) for t in expr.atoms(sp.Indexed)}
-    return [q.name for q in QUANTITIES + NNLO_QUANTITIES if q.name in labels]
+    return [q.name for q in ALL_QUANTITIES if q.name in labels]
 
 
 def _extra_steps(d, step, em: _Emitter, local, steps: list, kinked: bool, rename: dict,
@@ -722,7 +726,7 @@ def _extra_steps(d, step, em: _Emitter, local, steps: list, kinked: bool, rename
         more = {t for q in need for t in _tensors_read(step.contracted[q]) if t in EXTRA_STEPS}
         grow = not more <= need
         need |= more
-    names = [q.name for q in QUANTITIES + NNLO_QUANTITIES if q.name in need]
+    names = [q.name for q in ALL_QUANTITIES if q.name in need]
     if need & {"H1", *NNLO_STEPS} and "G1" not in d.recursions:
         raise DeriveError("H1, G2, V1 and U read G1, which is not derived here (internal error)")
     scalar_values = {**_SCALAR_VALUES, **{e: f"{e}[l]" for e in extra}}

@@ -50,7 +50,7 @@ from ..base.errors import CovarianceError, DeriveError
 from ..derivation.derivation import TARGETS as _PLANNED
 from ..derivation.derivation import order_for
 from ..derivation.layerstep import cached_layer_step, closed_layer_step
-from ..derivation.quantities import NNLO_QUANTITIES, QUANTITIES, quantity
+from ..derivation.quantities import ALL_QUANTITIES, quantity
 from ..derivation.specialise import specialise
 
 __all__ = ["CompiledForm", "iterate_mlp", "TARGETS"]
@@ -654,7 +654,7 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     need.setdefault("K", "full")
     G0 = X @ X.T / n0
     comps, res = {}, {}
-    for name in [q.name for q in QUANTITIES + NNLO_QUANTITIES if q.name in need]:
+    for name in [q.name for q in ALL_QUANTITIES if q.name in need]:
         q = quantity(name)
         if q.rank == 2:
             comps[name] = _pairs(N)

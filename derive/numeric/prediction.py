@@ -30,7 +30,7 @@ import numpy as np
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
 from ..derivation.derivation import check_targets, finite_targets, order_for
-from ..derivation.quantities import MULTI, NNLO, NTK_FOUR, NTK_NLO, RANK4, quantity
+from ..derivation.quantities import MULTI, NNLO, NTK_FOUR, NTK_NLO, RANK4, TANGENT, quantity
 from .evaluate import _DiagonalVertex, iterate_mlp
 
 __all__ = ["predict", "Prediction", "ExpansionWarning", "plan_work", "vertex_work"]
@@ -82,6 +82,14 @@ class Prediction:
     G2: dict = field(default_factory=dict, repr=False)
     V1: dict = field(default_factory=dict, repr=False)
     U: dict = field(default_factory=dict, repr=False)
+    #: the O(1/n) statistics of the dNTK and the ddNTKs (docs/conventions.md §3), when asked
+    #: for: layer → (N, N, N, N), indices in the order of their definitions
+    P: dict = field(default_factory=dict, repr=False)
+    Q: dict = field(default_factory=dict, repr=False)
+    R: dict = field(default_factory=dict, repr=False)
+    S: dict = field(default_factory=dict, repr=False)
+    T: dict = field(default_factory=dict, repr=False)
+    Udd: dict = field(default_factory=dict, repr=False)
 
     def fan_in(self, layer: int) -> int:
         """n_{ℓ−1} (n_0 is the input dimension)."""
@@ -133,12 +141,14 @@ class Prediction:
                  "H1": "H<sup>{1}</sup><sub>αα</sub>",
                  **{q: f"{q}<sub>αααα</sub>" for q in NTK_FOUR},
                  "G2": "G<sup>{2}</sup><sub>αα</sub>", "V1": "V<sup>{1}</sup><sub>(αα)(αα)</sub>",
-                 "U": "U<sub>(αα)(αα)(αα)</sub>"}
+                 "U": "U<sub>(αα)(αα)(αα)</sub>",
+                 **{q: f"{q}<sub>αααα</sub>" for q in TANGENT}}
         return [(q, h) for q, h in heads.items() if getattr(self, q)]
 
     def __repr__(self) -> str:
         N, n0 = self.X.shape
-        held = [q for q in ("K", "Theta", "G1", "V", *NTK_NLO, *NNLO) if getattr(self, q)]
+        held = [q for q in ("K", "Theta", "G1", "V", *NTK_NLO, *NNLO, *TANGENT)
+                if getattr(self, q)]
         worst = (f", largest expansion estimate {max(self.expansion.values()):.3g}"
                  if self.expansion else "")
         return (f"Prediction({type(self.spec).__name__} {self.spec.activation_name}, depth "
@@ -315,7 +325,7 @@ def _route(N: int, targets: tuple, order: int = 1) -> str:
     them) unless a four-index quantity is wanted for N ≥ 3 inputs, whose components with three
     and four distinct samples only the batched evaluator computes, or the order is 2 (the
     generated modules stop at O(1/n))."""
-    if order >= 2:
+    if order >= 2 or any(t in TANGENT for t in targets):
         return "batched"
     return "batched" if N >= 3 and any(t in RANK4 for t in targets) else "generated"
 
@@ -582,4 +592,4 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         r["H1"] = {l: np.zeros_like(r["K"][l]) for l in r["K"]}
     return Prediction(spec, X, order, dict(r["K"]), G1, kept("V"), kept("Theta"), expansion,
                       route, float(r["error"]), *(kept(q) for q in NTK_NLO),
-                      *(kept(q) for q in NNLO))
+                      *(kept(q) for q in NNLO), *(kept(q) for q in TANGENT))
