@@ -1,19 +1,21 @@
-"""Fixtures shared by several test files, and the independent NTK reference.
+"""Fixtures shared by several test files, and the independent NTK references.
 
-``tests/ntk_reference.py`` (plain numpy, nothing from derive) is registered here as the module
-``ntk_reference``, so that test files can ``import ntk_reference`` whatever pytest's import
-mode (conftest runs before the test modules are collected)."""
+``tests/ntk_reference.py`` and ``tests/tangent_reference.py`` (plain numpy, nothing from derive)
+are registered here as the modules ``ntk_reference`` and ``tangent_reference``, so that test
+files can import them whatever pytest's import mode (conftest runs before the test modules are
+collected)."""
 import importlib.util
 import pathlib
 import sys
 
 import pytest
 
-if "ntk_reference" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location(
-        "ntk_reference", pathlib.Path(__file__).with_name("ntk_reference.py"))
-    sys.modules["ntk_reference"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["ntk_reference"])
+for _name in ("ntk_reference", "tangent_reference"):  # the second imports the first
+    if _name not in sys.modules:
+        _spec = importlib.util.spec_from_file_location(
+            _name, pathlib.Path(__file__).with_name(f"{_name}.py"))
+        sys.modules[_name] = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(sys.modules[_name])
 
 
 def _only_declarations(src: str) -> None:
