@@ -176,11 +176,18 @@ def _lower(e: sp.Expr, edge: sp.Symbol) -> sp.Expr:
     return out
 
 
-def _as_tangent_field(nodes: list) -> sp.Expr:
+#: the most λ-contracted derivatives (edges) of a declared tangent field (the ddNTKs' three)
+MAX_EDGES = max(1 + max(e for slot in slots for e in slot) for _, slots in TANGENT_FIELDS.values())
+
+
+def _as_tangent_field(nodes: list, drop_beyond: bool = False) -> sp.Expr:
     """The tangent field of layer ℓ (:data:`TANGENT_FIELDS`) that a λ-contracted product of
     formal derivatives Dz(k, α, edges…) is, its indices in the canonical order (the least under
-    the field's own symmetries, so equal fields print alike)."""
+    the field's own symmetries, so equal fields print alike).  With ``drop_beyond`` a product
+    with more than :data:`MAX_EDGES` edges (a fourth or higher derivative tensor, O(1/n²)) is 0."""
     have = [set(n.args[2:]) for n in nodes]
+    if drop_beyond and len(set().union(*have)) > MAX_EDGES:
+        return sp.S.Zero
     for name, (func, slots) in TANGENT_FIELDS.items():
         if len(slots) != len(nodes) or sorted(map(len, slots)) != sorted(map(len, have)):
             continue
@@ -220,19 +227,20 @@ def _as_tangent_field(nodes: list) -> sp.Expr:
                       f"{sorted(TANGENT_FIELDS)} (internal error)")
 
 
-def _contract_edges(e: sp.Expr) -> sp.Expr:
+def _contract_edges(e: sp.Expr, drop_beyond: bool = False) -> sp.Expr:
     """Every product of formal derivatives Dz, grouped by the edges they share (a λ contracts
-    the two factors carrying one edge), replaced by the tangent field it is."""
+    the two factors carrying one edge), replaced by the tangent field it is (``drop_beyond``:
+    those beyond the declared fields are O(1/n²) and dropped, see :func:`_as_tangent_field`)."""
     if not e.has(_DZ):
         return e
     if isinstance(e, NeuronSum):
-        return NeuronSum(_contract_edges(e.function), *e.limits, distinct=e.distinct,
+        return NeuronSum(_contract_edges(e.function, drop_beyond), *e.limits, distinct=e.distinct,
                          exclude=e.exclude)
     if e.is_Add:
-        return sp.Add(*(_contract_edges(a) for a in e.args))
+        return sp.Add(*(_contract_edges(a, drop_beyond) for a in e.args))
     e = sp.expand(e)
     if e.is_Add:
-        return sp.Add(*(_contract_edges(a) for a in e.args))
+        return sp.Add(*(_contract_edges(a, drop_beyond) for a in e.args))
     factors = sp.Mul.make_args(e)
     sums = [f for f in factors if isinstance(f, NeuronSum) and f.has(_DZ)]
     outside = [f for f in factors if not isinstance(f, NeuronSum) and f.has(_DZ)]
@@ -244,14 +252,14 @@ def _contract_edges(e: sp.Expr) -> sp.Expr:
         body = sp.Mul(*outside, *(s.function for s in sums))
         merged = NeuronSum(body, *(lim for s in sums for lim in s.limits))
         rest = [f for f in factors if f not in sums and f not in outside]
-        return sp.Mul(*rest) * _contract_edges(merged)
+        return sp.Mul(*rest) * _contract_edges(merged, drop_beyond)
     nodes, rest = [], []
     for f in sp.Mul.make_args(e):
         base, k = f.as_base_exp()
         if isinstance(base, sp.core.function.AppliedUndef) and base.func == _DZ:
             nodes += [base] * int(k)
         elif isinstance(f, NeuronSum):
-            rest.append(_contract_edges(f))  # its derivatives are contracted inside it
+            rest.append(_contract_edges(f, drop_beyond))  # contracted inside it
         elif f.has(_DZ):
             raise DeriveError(f"formal derivatives inside {f} (internal error)")
         else:
@@ -266,7 +274,8 @@ def _contract_edges(e: sp.Expr) -> sp.Expr:
         joined = [c for c in comps if labels & c[0]]
         merged = (labels.union(*(c[0] for c in joined)), [node] + [x for c in joined for x in c[1]])
         comps = [c for c in comps if c not in joined] + [merged]
-    return sp.Mul(*rest, *(_as_tangent_field(sorted(c[1], key=default_sort_key)) for c in comps))
+    return sp.Mul(*rest, *(_as_tangent_field(sorted(c[1], key=default_sort_key), drop_beyond)
+                           for c in comps))
 
 
 @dataclass(frozen=True)
