@@ -19,8 +19,11 @@ invertible; evaluated on the eigenvectors of Θ_AA, so a singular Θ_AA is fine)
 i.e. z(t) = A_t z(0) + c_t: mean c_t, covariance A_t K A_tᵀ (the same for every output).
 t = ∞ is allowed when η is stable, 0 < ηθ < 2 for every nonzero eigenvalue θ of Θ_AA.
 
-Order 1 (the O(1/n) dynamics through the dNTK and ddNTKs, issue 17 parts 2–3) is not derived
-yet: ``order=1`` raises a :class:`~derive.DeriveError` that says so.
+Order 1 (one output neuron): the O(1/n) corrections through the NTK's fluctuations and the
+dNTK and ddNTKs (:mod:`derive.numeric.training_nlo`: the gradient-descent step expanded with the
+output layer's tangent fields, averaged with their derived statistics H1, G1, A, B, D, F, P, Q,
+R, S, T, Udd).  ``mean(t) = mean0(t) + mean1(t)/n`` and ``cov(t) = cov0(t) + cov1(t)/n`` with
+n = n_{L−1} the output layer's fan-in, at the recorded steps; ``ntk_drift = ntk_drift1/n``.
 """
 from __future__ import annotations
 
@@ -173,12 +176,47 @@ class Training:
     single_output: bool
     stable: bool
     _eig: tuple = field(default=None)
+    #: order 1: n_{L−1} and the O(1/n) coefficients of :func:`~derive.numeric.training_nlo.nlo_dynamics`
+    fan_in: int = 0
+    _nlo: dict = field(default=None)
 
     @property
     def ntk_drift(self) -> np.ndarray:
-        """E[Ĥ(T) − Ĥ(0)] on the training then test inputs: zeros at order 0."""
+        """E[Ĥ(T) − Ĥ(0)] on the training then test inputs: zeros at order 0, ntk_drift1/n at
+        order 1."""
         N = self.n_train + self.n_test
-        return np.zeros((N, N))
+        return np.zeros((N, N)) if self._nlo is None else self.ntk_drift1 / self.fan_in
+
+    @property
+    def ntk_drift1(self) -> np.ndarray:
+        """The coefficient of 1/n (n = n_{L−1}) of E[Ĥ(T) − Ĥ(0)] (order 1 only)."""
+        self._need_nlo("ntk_drift1")
+        d = self._nlo["drift1"]
+        return 0.5 * (d + d.T)
+
+    def _need_nlo(self, what: str):
+        if self._nlo is None:
+            raise DeriveError(f"{what} is an O(1/n) coefficient: call train(..., order=1)")
+
+    def _recorded(self, t) -> int:
+        t = self._step(t)
+        if math.isinf(t) or t not in self._nlo["mean1"]:
+            raise DeriveError(f"the O(1/n) statistics are computed at the recorded steps "
+                              f"{list(self.times)}; got t = {t!r} (pass times=[…] to train)")
+        return t
+
+    def mean1(self, t) -> np.ndarray:
+        """The coefficient of 1/n of E[z(t)] (order 1, recorded steps only), (N,)."""
+        self._need_nlo("mean1")
+        return self._nlo["mean1"][self._recorded(t)].copy()
+
+    def cov1(self, t) -> np.ndarray:
+        """The coefficient of 1/n of Cov[z(t)] (order 1, recorded steps only), (N, N)."""
+        self._need_nlo("cov1")
+        t = self._recorded(t)
+        m0, m1 = self._nlo["mean0"][t], self._nlo["mean1"][t]
+        C = self._nlo["second1"][t] - np.outer(m0, m1) - np.outer(m1, m0)
+        return 0.5 * (C + C.T)
 
     # -- the linear map z(t) = A_t z(0) + c_t -------------------------------------------------
 
@@ -234,12 +272,18 @@ class Training:
         return 0.5 * (C + C.T)
 
     def mean(self, t) -> np.ndarray:
-        """E[z(t)] on the training then test inputs (to the order of this result)."""
-        return self.mean0(t)
+        """E[z(t)] on the training then test inputs (to the order of this result: + mean1/n at
+        order 1)."""
+        if self._nlo is None:
+            return self.mean0(t)
+        return self.mean0(t) + self.mean1(t) / self.fan_in
 
     def cov(self, t) -> np.ndarray:
-        """Cov[z_i(t)] on the training then test inputs (to the order of this result)."""
-        return self.cov0(t)
+        """Cov[z_i(t)] on the training then test inputs (to the order of this result: + cov1/n
+        at order 1)."""
+        if self._nlo is None:
+            return self.cov0(t)
+        return self.cov0(t) + self.cov1(t) / self.fan_in
 
     def test_error(self, t, y_test) -> TestError:
         """The expected test loss at step t and its bias and variance parts (:class:`TestError`):
@@ -288,9 +332,11 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         oscillating linear dynamics); t = ∞ is then an error.
     steps : int ≥ 0
         T, the last step.
-    order : 0
-        0: infinite width (kernel learning, book ch. 10).  1 (the O(1/n) corrections through
-        the dNTK and ddNTKs) is not derived yet and raises a DeriveError.
+    order : 0 or 1
+        0: infinite width (kernel learning, book ch. 10).  1: with the O(1/n) corrections
+        through the NTK's fluctuations, the dNTK and the ddNTKs (book ch. ∞; one output neuron,
+        σ smooth or linear, a plain MLP; :mod:`derive.numeric.training_nlo`), at the recorded
+        steps.
     times : list of int, optional
         The steps to record (default: 0, every power of two below ``steps``, and ``steps``).
 
@@ -298,17 +344,19 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
     -------
     Training
         ``.mean(t)``, ``.cov(t)``, ``.mean0(t)``, ``.cov0(t)``, ``.ntk_drift``,
-        ``.test_error(t, y_test)``, ``.times``, ``.K``, ``.Theta``.
+        ``.test_error(t, y_test)``, ``.times``, ``.K``, ``.Theta``; at order 1 also
+        ``.mean1(t)``, ``.cov1(t)``, ``.ntk_drift1`` (coefficients of 1/n, n = n_{L−1}).
     """
     if isinstance(order, bool) or order not in (0, 1):
         raise OrderError(f"order must be 0 or 1, got {order!r:.40}")
-    if order == 1:
-        raise OrderError(
-            "train(order=1) is not available: the O(1/n) learning dynamics need the dNTK and "
-            "ddNTK statistics (P, Q, R, S, T, Udd) and the expansion of gradient descent to first "
-            "order in 1/n (issue 17, parts 2–3), which are not derived yet; use order=0 (kernel "
-            "learning at infinite width)")
     XA, Y, single, XB = _check_data(X_train, y_train, X_test)
+    if order == 1:
+        if Y.shape[1] != 1:
+            raise DeriveError("train(order=1) is derived for one output neuron (y_train of shape "
+                              "(N_A,)); for several outputs use order=0")
+        if type(spec).__name__ != "MLP" or spec.max_order < 1:
+            raise DeriveError("train(order=1) needs the O(1/n) statistics of the NTK, dNTK and "
+                              "ddNTKs, derived for plain MLPs (derive.MLP) only")
     eta, steps = _check_eta_steps(eta, steps)
     rec = _check_times(times, steps)
     from .prediction import predict
@@ -336,6 +384,30 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
                       UnstableStepWarning, stacklevel=3)
     if not (np.all(np.isfinite(K)) and np.all(np.isfinite(Th))):
         raise DeriveError("K or Θ of the output layer is not finite for these inputs")
+    nlo, n = None, 0
+    if order == 1:
+        nlo, n = _nlo(spec, X, Y[:, 0], NA, eta, rec)
     return Training(spec=spec, order=order, eta=eta, steps=steps, times=rec, n_train=NA,
                     n_test=XB.shape[0], K=K, Theta=Th, y=Y, single_output=single,
-                    stable=stable, _eig=(theta, U))
+                    stable=stable, _eig=(theta, U), fan_in=n, _nlo=nlo)
+
+
+#: the output layer's statistics train(order=1) reads
+NLO_TARGETS = ("K", "G1", "Theta", "H1", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")
+
+
+def _nlo(spec, X, y, NA, eta, times):
+    """(the O(1/n) coefficients of :func:`derive.numeric.training_nlo.nlo_dynamics`, n_{L−1})."""
+    from .prediction import predict
+    from .training_nlo import cumulants_one_output, nlo_dynamics
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")    # the expansion estimate: the caller's judgement
+        p = predict(spec, X, order=1, targets=list(NLO_TARGETS))
+    L = spec.depth
+    st = {q: np.asarray(getattr(p, q)[L], dtype=float) for q in NLO_TARGETS}
+    for q in ("K", "G1", "Theta", "H1"):
+        st[q] = 0.5 * (st[q] + st[q].T)
+    out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], cumulants_one_output(st), y,
+                       NA, eta, times)
+    return out, p.fan_in(L)

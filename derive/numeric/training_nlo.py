@@ -1,0 +1,273 @@
+r"""Gradient descent at O(1/n) for one output (issue 17 part 3; docs/conventions.md §3).
+
+The update equations.  A step θ → θ − ηλ∇L moves every function of θ by its Taylor series in
+the step Δθ_μ = −η λ_μ Σ_α ∂_μz_α ε_α (ε_α = z_α − y_α, α ∈ A).  Written with the tangent
+fields of the output layer (:data:`derive.architectures.forward.TANGENT_FIELDS`) and truncated
+at O(1/n) — fields with four or more λ-contracted derivatives are O(1/n²) — they are derived by
+the engine (:func:`derive.derivation.dynamics.gradient_step`) and evaluated from that derivation
+(:func:`step_terms`); for one output they read
+
+    z_δ(t+1)        = z_δ − η Ĥ_{δα} ε_α + (η²/2) dĤ_{δαβ} ε_α ε_β − (η³/6) ddIĤ_{δαβγ} ε_α ε_β ε_γ
+    Ĥ_{δ1δ2}(t+1)   = Ĥ_{δ1δ2} − η (dĤ_{δ1δ2α} + dĤ_{δ2δ1α}) ε_α
+                      + (η²/2) (ddIĤ_{δ1δ2αβ} + ddIĤ_{δ2δ1αβ} + 2 ddIIĤ_{δ1δ2αβ}) ε_α ε_β
+    dĤ_{δ0δ1δ2}(t+1) = dĤ_{δ0δ1δ2} − η (ddIĤ_{δ0δ1δ2α} + ddIIĤ_{δ0δ1δ2α} + ddIIĤ_{δ0δ2δ1α}) ε_α
+
+(sums over α, β, γ ∈ A; the ddNTKs do not move at this order).
+
+The average.  At initialisation (z, ΔĤ = Ĥ − E Ĥ, dĤ, ddĤ) are jointly nearly Gaussian
+(docs/conventions.md §3): to O(1/n) every expectation is the one at the leading-order point —
+z(0) ~ N(0, K), Ĥ = Θ, dĤ = ddĤ = 0, where the dynamics are kernel learning, linear in z(0) —
+plus one insertion of each O(1/n) cumulant (the same rule as the layer step's, §6 step 4):
+
+    E[Φ] = ⟨Φ⟩ + (1/n) ⟨ ∂_Ĥ Φ · H1 + ½ ∂²_z Φ · G1 + ½ ∂²_Ĥ Φ · C_HH + ½ ∂_Ĥ ∂²_z Φ · C_Hzz
+                         + ∂_dĤ ∂_z Φ · C_dz + ∂_ddIĤ Φ · E_I + ∂_ddIIĤ Φ · E_II ⟩,
+
+with, for one output neuron (all its δ-structures coincide), n C_HH_{abcd} = A_{abcd} + B_{acbd}
++ B_{adbc}, n C_Hzz_{abcd} = D_{abcd} + F_{acbd} + F_{adbc}, n C_dz_{abcd} = P_{abcd} + P_{acbd} +
+Q_{abcd}, n E_I_{abcd} = R_{abcd} + R_{acbd} + R_{adbc}, n E_II = S + T + Udd (the other
+cumulants are O(1/n²) or leave a polynomial of too low a degree in z: V does not enter).  The
+z-derivatives are traded for Hermite weights by Gaussian integration by parts
+(⟨∂_c g⟩ = ⟨g u_c⟩, ⟨∂_c∂_d g⟩ = ⟨g (u_c u_d − K⁻¹_cd)⟩, u = K⁻¹z), so every first-order
+insertion is one directional derivative of the dynamics along
+
+    Ĥ(0) → Θ + s [H1 + ½ C_Hzz : He(z)],  dĤ(0) → s C_dz · u,  ddIĤ → s E_I,  ddIIĤ → s E_II,
+
+averaged over z ~ N(0, K) with the weight 1 + ½ G1 : He(z); the integrands are polynomials of
+degree ≤ 5 in z, so a fully symmetric Gaussian cubature of degree 5 (2N² + 1 points) gives the
+average exactly.  The second-order insertion C_HH keeps z(t) affine in z(0) (Ĥ constant, no
+dĤ): it is computed from the second-order Taylor coefficients of z(t) = L_t z(0) + c_t along the
+eigenvectors of C_HH.  Every run propagates truncated Taylor coefficients ("jets") in the
+insertion's bookkeeping variable s through the derived update equations.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import itertools
+
+import sympy as sp
+
+from ..algebra.symbols import NeuronSum
+from ..architectures.forward import TANGENT_FIELDS
+from ..base.errors import DeriveError
+
+__all__ = ["cubature_degree5", "cubature_degree3", "nlo_dynamics", "cumulants_one_output", "step_terms"]
+
+_FIELD_OF = {func: name for name, (func, _) in TANGENT_FIELDS.items()}
+
+
+def cubature_degree5(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points (P, m) and weights (P,) of a fully symmetric cubature rule of degree 5 for the
+    standard normal in m dimensions (P = 2m² + 1): the origin, ±√(m+2) e_i and
+    ±√((m+2)/2)(e_i ± e_j); E[p(x)] exactly for every polynomial p of degree ≤ 5."""
+    if m == 0:
+        return np.zeros((1, 0)), np.ones(1)
+    r1 = math.sqrt(m + 2.0)
+    r2 = math.sqrt((m + 2.0) / 2.0)
+    pts = [np.zeros(m)]
+    wts = [2.0 / (m + 2.0)]
+    w1 = (4.0 - m) / (2.0 * (m + 2.0) ** 2)
+    w2 = 1.0 / (m + 2.0) ** 2
+    eye = np.eye(m)
+    for i in range(m):
+        for s in (1.0, -1.0):
+            pts.append(s * r1 * eye[i])
+            wts.append(w1)
+    for i in range(m):
+        for j in range(i + 1, m):
+            for si in (1.0, -1.0):
+                for sj in (1.0, -1.0):
+                    pts.append(r2 * (si * eye[i] + sj * eye[j]))
+                    wts.append(w2)
+    return np.array(pts), np.array(wts)
+
+
+def cubature_degree3(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points ±√m e_i (2m of them, weights 1/(2m)): exact for the standard normal on every
+    polynomial of degree ≤ 3."""
+    if m == 0:
+        return np.zeros((1, 0)), np.ones(1)
+    pts = math.sqrt(m) * np.concatenate([np.eye(m), -np.eye(m)])
+    return pts, np.full(2 * m, 1.0 / (2 * m))
+
+
+def cumulants_one_output(st: dict) -> dict:
+    """The O(1/n) cumulants of one output neuron's fields, times n (module docstring), from the
+    output layer's statistics ``st`` (K, G1, Theta, H1 (N, N); A, B, D, F, P, Q, R, S, T, Udd
+    (N, N, N, N), dense)."""
+    A, B, D, F, P, Q, R, S, T, Udd = (np.asarray(st[k], dtype=float) for k in
+                                      ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd"))
+    return {
+        "HH": A + np.einsum("acbd->abcd", B) + np.einsum("adbc->abcd", B),
+        "Hzz": D + np.einsum("acbd->abcd", F) + np.einsum("adbc->abcd", F),
+        "dz": P + np.einsum("acbd->abcd", P) + Q,
+        "I": R + np.einsum("acbd->abcd", R) + np.einsum("adbc->abcd", R),
+        "II": S + T + Udd,
+    }
+
+
+def step_terms(eta: float) -> dict:
+    """The derived update equations (:func:`derive.derivation.dynamics.gradient_step`) for one
+    output neuron, as numbers: field → [(coefficient, tangent field, its sample slots, the
+    summed training samples)], a slot being ("free", k) for the field's k-th own sample or
+    ("sum", m) for the m-th summed training sample (an ε factor)."""
+    from ..derivation.dynamics import EPS, ETA, gradient_step
+
+    g = gradient_step()
+    out = {}
+    for name, expr in g.updates.items():
+        # one output neuron: every sum over the n_L outputs is its single term
+        e = sp.expand(expr.replace(lambda x: isinstance(x, NeuronSum), lambda x: x.function))
+        free = {a: k for k, a in enumerate(g.samples[name])}
+        terms = []
+        for term in sp.Add.make_args(e):
+            coeff, field, eps = sp.S.One, None, []
+            for f in sp.Mul.make_args(term):
+                if isinstance(f, sp.core.function.AppliedUndef) and f.func in _FIELD_OF:
+                    field = f
+                elif isinstance(f, sp.core.function.AppliedUndef) and f.func == EPS:
+                    eps.append(f.args[1])
+                else:
+                    coeff *= f
+            if field is None:
+                raise DeriveError(f"the update term {term} holds no tangent field (internal error)")
+            k = len(field.args) // 2
+            summed = {a: m for m, a in enumerate(eps)}
+            slots = tuple(("free", free[a]) if a in free else ("sum", summed[a])
+                          for a in field.args[k:])
+            terms.append((float(coeff.subs(ETA, eta)), _FIELD_OF[field.func], slots, len(eps)))
+        out[name] = terms
+    return out
+
+
+_LETTERS = "abcdefgh"
+
+
+def _term_value(term, states: dict, eps: list, NA: int, order: int) -> list:
+    """The jet (Taylor coefficients in s up to ``order``; None for zero) of one update term."""
+    coeff, field, slots, neps = term
+    index = tuple(slice(None) if kind == "free" else slice(0, NA) for kind, _ in slots)
+    letters = "".join("wxyz"[k] if kind == "free" else _LETTERS[k] for kind, k in slots)
+    out_letters = "".join("wxyz"[k] for k in sorted(k for kind, k in slots if kind == "free"))
+    spec = "p" + letters + "," + ",".join("p" + _LETTERS[m] for m in range(neps)) \
+        + "->p" + out_letters if neps else "p" + letters + "->p" + out_letters
+    fj = states[field]
+    result = [None] * (order + 1)
+    for ks in itertools.product(range(order + 1), repeat=1 + neps):
+        total = sum(ks)
+        if total > order:
+            continue
+        parts = [fj[ks[0]]] + [eps[ks[1 + m]] for m in range(neps)]
+        if any(x is None for x in parts):
+            continue
+        v = coeff * np.einsum(spec, parts[0][(slice(None),) + index], *parts[1:])
+        result[total] = v if result[total] is None else result[total] + v
+    return result
+
+
+def _run(terms: dict, start: dict, y, NA: int, order: int, times, record, progress=None):
+    """Propagate the jets ``start`` (field → list of order + 1 arrays or None, leading axis the
+    batch of cubature points) through ``terms`` for max(times) steps; ``record(t, states)`` at
+    the recorded steps."""
+    states = {k: list(v) for k, v in start.items()}
+    last = max(times)
+    for t in range(last + 1):
+        if t in times:
+            record(t, states)
+        if t == last:
+            break
+        z = states["z"]
+        eps = [None if z[k] is None else (z[k][:, :NA] - y if k == 0 else z[k][:, :NA])
+               for k in range(order + 1)]
+        new = {}
+        for name, ts in terms.items():
+            acc = list(states[name])
+            for term in ts:
+                for k, v in enumerate(_term_value(term, states, eps, NA, order)):
+                    if v is not None:
+                        acc[k] = v if acc[k] is None else acc[k] + v
+            new[name] = acc
+        states.update(new)
+        if progress is not None:
+            progress(t + 1, last)
+    return states
+
+
+def nlo_dynamics(K, Th, G1, H1, cum: dict, y, NA: int, eta: float, times: tuple,
+                 progress=None) -> dict:
+    """The O(1/n) coefficients (times n) of E[z(t)], E[z(t) z(t)ᵀ] and E[Ĥ(T) − Ĥ(0)] of one
+    output neuron trained by gradient descent (module docstring), and the leading-order mean and
+    second moment from the same cubature (a check of the order-0 closed form).  ``y`` (N_A,);
+    ``times`` the recorded steps (T = the last).  Returns {"mean0", "second0", "mean1",
+    "second1": {t: …}, "drift1": (N, N)}."""
+    K = np.asarray(K, dtype=float)
+    N = K.shape[0]
+    y = np.asarray(y, dtype=float).reshape(NA)
+    times = tuple(sorted(set(times)))
+    lam, Vk = np.linalg.eigh(0.5 * (K + K.T))
+    if lam.min() <= 1e-12 * max(lam.max(), 1e-300):
+        raise DeriveError("train(order=1) needs a positive-definite kernel K on the training and "
+                          "test inputs (remove repeated or parallel inputs)")
+    terms = step_terms(eta)
+    X, wts = cubature_degree5(N)
+    P = len(wts)
+    z0 = X @ (Vk * np.sqrt(lam)).T                # (P, N) points of N(0, K)
+    u = np.linalg.solve(K, z0.T).T                # K⁻¹ z
+    He = np.einsum("pa,pb->pab", u, u) - np.linalg.inv(K)   # Hermite weights
+    weight1 = 0.5 * np.einsum("ab,pab->p", G1, He)         # the G1 insertion, as a weight
+
+    def const(a, batch):
+        return np.broadcast_to(a, (batch,) + a.shape)
+
+    # run 1: every first-order insertion along one direction s
+    Hs = H1[None] + 0.5 * np.einsum("abcd,pcd->pab", cum["Hzz"], He)
+    start = {"z": [z0, None], "Hhat": [const(Th, P), Hs],
+             "dHhat": [None, np.einsum("abcd,pd->pabc", cum["dz"], u)],
+             "ddIHhat": [None, const(cum["I"], P)], "ddIIHhat": [None, const(cum["II"], P)]}
+    out = {k: {} for k in ("mean0", "second0", "mean1", "second1")}
+
+    def record1(t, st):
+        z, z1 = st["z"][0], st["z"][1]
+        out["mean0"][t] = wts @ z
+        out["second0"][t] = np.einsum("p,pa,pb->ab", wts, z, z)
+        m1 = np.zeros(N) if z1 is None else wts @ z1
+        s1 = np.einsum("p,pa,pb->ab", wts * weight1, z, z)
+        if z1 is not None:
+            s1 = s1 + np.einsum("p,pa,pb->ab", wts, z1, z) + np.einsum("p,pa,pb->ab", wts, z, z1)
+        out["mean1"][t], out["second1"][t] = m1, s1
+
+    st = _run(terms, start, y, NA, 1, times, record1, progress)
+    out["drift1"] = np.einsum("p,pab->ab", wts, st["Hhat"][1] - Hs)
+    # run 2: the C_HH insertion, second order along the eigenvectors of C_HH (Ĥ constant)
+    M = cum["HH"].reshape(N * N, N * N)
+    w, V = np.linalg.eigh(0.5 * (M + M.T))
+    keep = np.abs(w) > 1e-13 * max(np.abs(w).max(initial=0.0), 1e-300)
+    w, V = w[keep], V[:, keep]
+    if len(w):
+        # z(t) is affine in z(0) here (Ĥ constant, no dĤ), the integrands quadratic: a rule of
+        # degree 3 (2N points) is exact
+        X3, w3 = cubature_degree3(N)
+        P3 = len(w3)
+        z3 = X3 @ (Vk * np.sqrt(lam)).T
+        R = len(w)
+        U = V.T.reshape(R, N, N)
+        U = 0.5 * (U + np.swapaxes(U, 1, 2))
+        zb = np.broadcast_to(z3, (R, P3, N)).reshape(R * P3, N)
+        start = {"z": [zb, None, None],
+                 "Hhat": [const(Th, R * P3), np.repeat(U, P3, axis=0), None],
+                 "dHhat": [None] * 3, "ddIHhat": [None] * 3, "ddIIHhat": [None] * 3}
+        ww = (w[:, None] * w3[None, :]).reshape(-1)      # eigenvalue × cubature weight
+
+        def record2(t, st):
+            z = st["z"]
+            z1 = np.zeros_like(z[0]) if z[1] is None else z[1]
+            z2 = np.zeros_like(z[0]) if z[2] is None else z[2]
+            out["mean1"][t] = out["mean1"][t] + ww @ z2
+            out["second1"][t] = out["second1"][t] + (
+                np.einsum("p,pa,pb->ab", ww, z[0], z2) + np.einsum("p,pa,pb->ab", ww, z1, z1)
+                + np.einsum("p,pa,pb->ab", ww, z2, z[0]))
+
+        _run(terms, start, y, NA, 2, times, record2)
+    return out

@@ -1,0 +1,259 @@
+"""derive.train(order=1): gradient descent at O(1/n) (issue 17 part 3) — the update equations
+derived by the engine, checked against hand-written forms and against an actual step of a
+network; the averaging (exact cubature, the insertion rule) checked on its own; the whole
+against trained ensembles of actual networks (slow)."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import derive
+from derive import DeriveError
+from derive.algebra.contractions import simplify_sums
+from derive.algebra.symbols import NeuronSum
+from derive.architectures.forward import DDNTK_I, DDNTK_II, DNTK, NTK
+from derive.derivation.dynamics import EPS, ETA, N_OUT, gradient_step
+from derive.numeric.training_nlo import cubature_degree5
+
+XA = np.array([[0.8, -0.5, 1.2], [0.1, 0.9, -0.4]])
+YA = np.array([0.5, -0.3])
+XB = np.array([[-0.6, 0.4, 0.7]])
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5])
+def test_cubature_is_exact_to_degree_five_and_not_six(m):
+    X, w = cubature_degree5(m)
+    assert len(w) == 2 * m * m + 1
+    rng = np.random.default_rng(m)
+    for _ in range(20):  # random monomials of degree ≤ 5 against Isserlis
+        powers = rng.multinomial(rng.integers(0, 6), np.ones(m) / m)
+        got = float(w @ np.prod(X ** powers, axis=1))
+        want = float(np.prod([0 if p % 2 else math.prod(range(p - 1, 0, -2)) for p in powers]))
+        assert got == pytest.approx(want, abs=1e-12)
+    assert float(w @ X[:, 0] ** 6) != pytest.approx(15.0)  # E[x⁶] = 15: beyond its degree
+
+
+def test_update_equations_are_the_hand_derived_ones():
+    """Book ch. ∞, one step of −ηλ∇L expanded in the tangent fields, written out by hand."""
+    g = gradient_step()
+    i0, i1, i2 = g.neurons["dHhat"]
+    d0, d1, d2 = g.samples["dHhat"]
+    from derive.algebra.symbols import neuron_indices, sample_indices
+    j, k, m = neuron_indices("j k m")
+    a1, a2, a3 = sample_indices("alpha1 alpha2 alpha3")
+
+    def S(e, *js):
+        return NeuronSum(e, *((x, N_OUT) for x in js))
+
+    e1, e2, e3 = EPS(j, a1), EPS(k, a2), EPS(m, a3)
+    z_i, z_d = g.neurons["z"][0], g.samples["z"][0]
+    dz = (-ETA * S(NTK(z_i, j, z_d, a1) * e1, j)
+          + ETA ** 2 / 2 * S(DNTK(z_i, j, k, z_d, a1, a2) * e1 * e2, j, k)
+          - ETA ** 3 / 6 * S(DDNTK_I(z_i, j, k, m, z_d, a1, a2, a3) * e1 * e2 * e3, j, k, m))
+    h0, h1 = g.neurons["Hhat"]
+    s0, s1 = g.samples["Hhat"]
+    dH = (-ETA * S((DNTK(h0, h1, j, s0, s1, a1) + DNTK(h1, h0, j, s1, s0, a1)) * e1, j)
+          + ETA ** 2 / 2 * S((DDNTK_I(h0, h1, j, k, s0, s1, a1, a2)
+                              + DDNTK_I(h1, h0, j, k, s1, s0, a1, a2)
+                              + 2 * DDNTK_II(h0, h1, j, k, s0, s1, a1, a2)) * e1 * e2, j, k))
+    ddH = -ETA * S((DDNTK_I(i0, i1, i2, j, d0, d1, d2, a1) + DDNTK_II(i0, i1, i2, j, d0, d1, d2, a1)
+                    + DDNTK_II(i0, i2, i1, j, d0, d2, d1, a1)) * e1, j)
+
+    def same(a, b):
+        # the fields' symmetries (Ĥ_{ab;xy} = Ĥ_{ba;yx}, the leaves of dĤ, ddIĤ exchangeable with
+        # their samples, ddIIĤ's pair exchange) are resolved by evaluating both on random tensors
+        return _numeric(a) == pytest.approx(_numeric(b), rel=1e-12)
+
+    assert same(g.updates["z"], dz)
+    assert same(g.updates["Hhat"], dH)
+    assert same(g.updates["dHhat"], ddH)
+
+
+def _numeric(expr):
+    """One output neuron, three samples (0, 1 free; training samples summed over {0, 1, 2}):
+    the expression's value for fixed random tensors with the symmetries of the definitions."""
+    rng = np.random.default_rng(0)
+    N = 3
+    H = rng.standard_normal((N, N))
+    H = H + H.T
+    d = rng.standard_normal((N, N, N))
+    d = d + d.transpose(0, 2, 1)
+    dI = rng.standard_normal((N,) * 4)
+    dI = sum(dI.transpose(0, *p) for p in ((1, 2, 3), (1, 3, 2), (2, 1, 3), (2, 3, 1), (3, 1, 2),
+                                           (3, 2, 1)))
+    dII = rng.standard_normal((N,) * 4)
+    dII = dII + dII.transpose(1, 0, 3, 2)
+    eps = rng.standard_normal(N)
+    tables = {NTK: H, DNTK: d, DDNTK_I: dI, DDNTK_II: dII}
+    e = expr.replace(lambda x: isinstance(x, NeuronSum), lambda x: x.function)
+    total = 0.0
+    free = sorted({a for a in e.free_symbols if str(a).startswith(("delta", "alpha"))
+                   and not str(a).startswith("alpha")}, key=str)
+    summed = sorted({a for a in e.free_symbols if str(a).startswith("alpha")}, key=str)
+    import itertools
+    for vals in itertools.product(range(N), repeat=len(summed)):
+        rep = dict(zip(summed, vals))
+        rep.update({f: k for k, f in enumerate(free)})
+        for term in sp.Add.make_args(sp.expand(e)):
+            v = 1.0
+            for f in sp.Mul.make_args(term):
+                if isinstance(f, sp.core.function.AppliedUndef) and f.func in tables:
+                    k = len(f.args) // 2
+                    v *= tables[f.func][tuple(int(rep[a]) for a in f.args[k:])]
+                elif isinstance(f, sp.core.function.AppliedUndef) and f.func == EPS:
+                    v *= eps[int(rep[f.args[1]])]
+                else:
+                    v *= float(f.subs({ETA: 0.3, N_OUT: 1}))
+            total += v
+    return total
+
+
+def test_update_equations_match_an_actual_step_of_a_network():
+    """One gradient-descent step of an actual tanh network against the derived update with its
+    own tangent tensors (torch autograd): the remainders shrink as η⁴ (z), η³ (Ĥ), η² (dĤ),
+    the first neglected orders."""
+    pytest.importorskip("torch")
+    from derive.reality.tangents import derivative_tensors
+
+    spec = derive.MLP(3, [4, 5], "tanh", 0.2, 1.3, lambda_b=0.6, lambda_W=1.2)
+    X = np.vstack([XA, XB])
+    widths, NA = [3, 4, 5, 1], 2
+    rng = np.random.default_rng(3)
+    Ws = [rng.standard_normal((1, widths[l + 1], widths[l])) * math.sqrt(1.3 / widths[l])
+          for l in range(3)]
+    bs = [rng.standard_normal((1, widths[l + 1])) * math.sqrt(0.2) for l in range(3)]
+    lam = np.concatenate([np.concatenate([np.full(widths[l + 1] * widths[l],
+                                                  spec.lambda_W(l + 1) / widths[l]),
+                                          np.full(widths[l + 1], spec.lambda_b(l + 1))])
+                          for l in range(3)])
+
+    def tensors(Ws, bs):
+        r = derivative_tensors(spec, X, Ws, bs)
+        u = r["u"][0, 0]
+        return (r["z"][0, 0], u, (u / lam) @ u.T, r["dH"][0, 0, 0, 0], r["ddIH"][0, 0, 0, 0, 0],
+                r["ddIIH"][0, 0, 0, 0, 0])
+
+    def unflat(v):
+        out, k = ([], []), 0
+        for l in range(3):
+            a, b = widths[l + 1], widths[l]
+            out[0].append(v[k:k + a * b].reshape(1, a, b))
+            k += a * b
+            out[1].append(v[k:k + a].reshape(1, a))
+            k += a
+        return out
+
+    flat = np.concatenate([np.concatenate([W[0].ravel(), b[0]]) for W, b in zip(Ws, bs)])
+    z, u, H, dH, ddI, ddII = tensors(Ws, bs)
+    from derive.numeric.training_nlo import _term_value, step_terms
+
+    errors = []
+    for eta in (0.1, 0.05):
+        e = z[:NA] - YA
+        z2, _, H2, dH2, _, _ = tensors(*unflat(flat - eta * u[:NA].T @ e))
+        states = {"z": [z[None]], "Hhat": [H[None]], "dHhat": [dH[None]],
+                  "ddIHhat": [ddI[None]], "ddIIHhat": [ddII[None]]}
+        new = {}
+        for name, terms in step_terms(eta).items():
+            new[name] = states[name][0][0] + sum(_term_value(t, states, [e[None]], NA, 0)[0][0]
+                                                 for t in terms)
+        errors.append([np.abs(z2 - new["z"]).max(), np.abs(H2 - new["Hhat"]).max(),
+                       np.abs(dH2 - new["dHhat"]).max()])
+    ratios = np.array(errors[0]) / np.array(errors[1])
+    assert ratios[0] > 11 and ratios[1] > 5.5 and ratios[2] > 3, ratios   # 16, 8, 4 ideally
+
+
+@pytest.fixture(scope="module")
+def trained():
+    spec = derive.MLP(3, [32, 32], "tanh", 0.1, 1.3, lambda_b=0.6, lambda_W=1.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return derive.train(spec, XA, YA, XB, eta=0.3, steps=16, order=1)
+
+
+def test_order_one_at_step_zero_is_the_metric(trained):
+    p = derive.predict(trained.spec, np.vstack([XA, XB]), targets=["K", "G1"])
+    L = trained.spec.depth
+    assert np.allclose(trained.mean1(0), 0.0, atol=1e-12)
+    assert np.allclose(trained.cov1(0), p.G1[L], atol=1e-10)
+    assert np.allclose(trained.cov(0), p.metric(L), atol=1e-10)
+    assert np.allclose(trained.mean(8), trained.mean0(8) + trained.mean1(8) / 32)
+
+
+def test_the_cubature_reproduces_kernel_learning(trained):
+    for t in trained.times:
+        m0 = trained._nlo["mean0"][t]
+        assert np.allclose(m0, trained.mean0(t), atol=1e-11)
+        assert np.allclose(trained._nlo["second0"][t] - np.outer(m0, m0), trained.cov0(t),
+                           atol=1e-11)
+
+
+def test_converged_training_outputs_stop_moving(trained):
+    """At convergence the training outputs sit at their targets whatever the NTK did: their
+    O(1/n) mean and covariance fade with the residual (1 − ηθ)^t."""
+    early, late = np.abs(trained.mean1(4)[:2]).max(), np.abs(trained.mean1(16)[:2]).max()
+    assert late < 0.1 * early
+    assert np.abs(trained.cov1(16)[:2, :2]).max() < 1e-3
+    assert np.abs(trained.ntk_drift1).max() > 0.1     # but the NTK has moved
+
+
+def test_order_one_refusals(trained):
+    spec = trained.spec
+    with pytest.raises(DeriveError, match="one output"):
+        derive.train(spec, XA, np.ones((2, 2)), XB, eta=0.3, steps=4, order=1)
+    with pytest.raises(DeriveError, match="recorded steps"):
+        trained.mean1(3)
+    with pytest.raises(DeriveError, match="order=1"):
+        derive.train(spec, XA, YA, XB, eta=0.3, steps=4).mean1(4)
+    with pytest.raises(DeriveError, match="kinks"):
+        derive.train(derive.MLP(2, 8, "relu", 0.0, 2.0), XA, YA, XB, eta=0.3, steps=4, order=1)
+
+
+def _ensemble_fit(spec_at, widths, S, eta, steps, seed=0):
+    """Per width: the control-variate estimate of E[z(t)] (the network's own kernel-learning
+    prediction from its z(0) subtracted: its mean is known exactly) and its standard error, and
+    n·E[Ĥ(T) − Ĥ(0)]."""
+    from derive.reality.training import train_ensemble
+
+    out = {}
+    for n in widths:
+        spec = spec_at(n)
+        lin = derive.train(spec, XA, YA, XB, eta=eta, steps=steps)
+        ens = train_ensemble(spec, XA, YA, XB, eta, steps, S, seed=seed + n)
+        z = ens.z[:, :, 0, :]
+        means = {}
+        for k, t in enumerate(ens.times):
+            A, _, _ = lin._map(t)
+            d = z[:, k, :] - (z[:, 0, :] @ A.T + lin.mean0(t))
+            means[t] = (lin.mean0(t) + d.mean(0), d.std(0, ddof=1) / math.sqrt(S))
+        out[n] = (means, n * ens.ntk_drift, n * ens.ntk_drift_se)
+    return out
+
+
+@pytest.mark.slow
+def test_trained_tanh_ensembles_agree_with_the_order_one_prediction():
+    """tanh, depth 3, widths 32–256, 6000 networks each: the 1/n slope of the trained mean
+    (fitted with the exactly known n → ∞ intercept, a + b/n + c/n²) equals mean1 within 3
+    standard errors at t = 2, 4, 8, and n × the NTK drift approaches ntk_drift1."""
+    def spec_at(n):
+        return derive.MLP(3, [n, n], "tanh", 0.1, 1.3, lambda_b=0.6, lambda_W=1.2)
+
+    widths, eta, steps = (32, 64, 128, 256), 0.3, 8
+    fits = _ensemble_fit(spec_at, widths, 6000, eta, steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = derive.train(spec_at(64), XA, YA, XB, eta=eta, steps=steps, order=1)
+    ns = np.array(widths, float)
+    for t in (2, 4, 8):
+        for a in range(3):
+            v = np.array([fits[n][0][t][0][a] for n in widths]) - pred.mean0(t)[a]
+            e = np.array([fits[n][0][t][1][a] for n in widths])
+            A = np.stack([1 / ns, 1 / ns ** 2], 1) / e[:, None]
+            coef, *_ = np.linalg.lstsq(A, v / e, rcond=None)
+            se = math.sqrt(np.linalg.inv(A.T @ A)[0, 0])
+            assert abs(coef[0] - pred.mean1(t)[a]) < 3 * se + 0.02, (t, a, coef[0], se)
+    # the drift: at the widest width within 3 se + 15 % (its 1/n² part is still visible)
+    d, dse = fits[256][1], fits[256][2]
+    assert np.all(np.abs(d - pred.ntk_drift1) < 3 * dse + 0.15 * np.abs(pred.ntk_drift1))
