@@ -88,6 +88,8 @@ _FACADE = {
     "NTKCriticality": "numeric.ntk_criticality",
     "check": "reality.check",
     "Check": "reality.check",
+    "check_train": "reality.check_train",
+    "TrainCheck": "reality.check_train",
     "Prediction": "numeric.prediction",
 }
 

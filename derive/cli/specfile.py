@@ -23,6 +23,9 @@ Keys (all optional except ``activation`` and ``depth``)::
     # or a forward equation of one's own (read by the safe parser), with its scalars:
     # forward = "a*z[i] + c*(b[i] + sum_j(W[i,j]*sigma(z[j])))"
     # scalars = { a = 1.0, c = [0.5, 0.4] }
+    # gradient descent for `derive check --train` (the inputs above are the training inputs;
+    # one output neuron):
+    # train = { targets = [0.5, -0.5], test_inputs = [[0.6, 0.6, 0.1]], eta = 0.1, steps = 16 }
 
 With a skip term (xi ≠ 0, or a*z[i] in a forward equation) only the leading order (K, Θ) is
 derived: the default targets are then K and Θ, and G1, V or order 1 are refused with the reason.
@@ -51,11 +54,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["KNOWN_KEYS", "KNOWN_TARGETS", "MAX_DEPTH", "load_spec",
-           "spec_from_mapping", "check_targets", "default_order", "DEMO"]
+__all__ = ["KNOWN_KEYS", "KNOWN_TARGETS", "MAX_DEPTH", "load_spec", "load_mapping",
+           "spec_from_mapping", "check_targets", "default_order", "train_settings", "DEMO",
+           "DEMO_TRAIN"]
 
 KNOWN_KEYS = ("activation", "depth", "widths", "C_b", "C_W", "lambda_b", "lambda_W", "inputs",
-              "input_gram", "targets", "order", "architecture", "xi", "gamma", "forward", "scalars")
+              "input_gram", "targets", "order", "architecture", "xi", "gamma", "forward", "scalars",
+              "train")
+#: the keys of the ``train`` table
+TRAIN_KEYS = ("targets", "test_inputs", "eta", "steps")
 #: the ``architecture`` key's values
 ARCHITECTURES = ("mlp", "residual")
 
@@ -67,6 +74,9 @@ KNOWN_TARGETS = tuple(TARGETS)
 DEMO = {"activation": "tanh", "depth": 10, "widths": 64, "C_b": 0.0, "C_W": 1.0,
         "inputs": [[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]], "targets": ["K", "V", "G1", "Theta"],
         "order": 1}
+#: the demo's gradient descent (``derive check demo --train``): its two inputs as training
+#: inputs, one test input
+DEMO_TRAIN = {"targets": [0.5, -0.5], "test_inputs": [[0.6, 0.6, 0.1]], "eta": 0.1, "steps": 16}
 
 
 def _short(value, limit: int = 60) -> str:
@@ -310,8 +320,38 @@ def spec_from_mapping(data: dict, where: str = "spec", targets=None,
     return spec, X, targets, order
 
 
-def load_spec(path, targets=None, order=None) -> tuple[MLP, np.ndarray, tuple, int]:
-    """Read a spec file (see the module docstring); ``targets``/``order`` override the file's."""
+def train_settings(train, X: np.ndarray, where: str = "spec") -> tuple:
+    """(y (N_A,), X_test (N_B, n_0), eta, steps) from a spec's ``train`` table (the spec's
+    inputs X are the training inputs), every value checked."""
+    hint = ("write e.g. train = { targets = [0.5, -0.5], test_inputs = [[0.6, 0.6, 0.1]], "
+            "eta = 0.1, steps = 16 }")
+    if train is None:
+        raise DeriveError(f"{where}: a training check needs a 'train' table; {hint}")
+    if not isinstance(train, dict):
+        raise DeriveError(f"{where}: train must be a table, got {_kind(train)}; {hint}")
+    unknown = sorted(set(train) - set(TRAIN_KEYS))
+    if unknown:
+        raise DeriveError(f"{where}: unknown key(s) {unknown} in train; known: {list(TRAIN_KEYS)}")
+    if "targets" not in train:
+        raise DeriveError(f"{where}: train needs 'targets', one per input; {hint}")
+    y = _matrix([train["targets"]], "train.targets", where, "[0.5, -0.5]")[0]
+    if len(y) != X.shape[0]:
+        raise DeriveError(f"{where}: train.targets has {len(y)} entries for {X.shape[0]} inputs "
+                          "(one target per training input, one output neuron)")
+    XB = np.zeros((0, X.shape[1]))
+    if train.get("test_inputs") not in (None, []):
+        XB = _matrix(train["test_inputs"], "train.test_inputs", where, "[[0.6, 0.6, 0.1]]")
+        if XB.shape[1] != X.shape[1]:
+            raise DeriveError(f"{where}: train.test_inputs have {XB.shape[1]} features, the "
+                              f"inputs {X.shape[1]}")
+    from ..numeric.training import _check_eta_steps
+
+    eta, steps = _check_eta_steps(train.get("eta", 0.1), train.get("steps", 16))
+    return y, XB, eta, steps
+
+
+def load_mapping(path) -> dict:
+    """The table of a spec file (TOML), every reading problem named."""
     path = Path(path)
     if not path.is_file():
         raise DeriveError(f"no spec file {path}" + (" (it is a directory)" if path.is_dir() else ""))
@@ -322,7 +362,11 @@ def load_spec(path, targets=None, order=None) -> tuple[MLP, np.ndarray, tuple, i
     except OSError as err:
         raise DeriveError(f"cannot read the spec file {path}: {err.strerror}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise DeriveError(f"{path} is not valid TOML: {err}") from None
-    return spec_from_mapping(data, str(path), targets=targets, order=order)
+
+
+def load_spec(path, targets=None, order=None) -> tuple[MLP, np.ndarray, tuple, int]:
+    """Read a spec file (see the module docstring); ``targets``/``order`` override the file's."""
+    return spec_from_mapping(load_mapping(path), str(path), targets=targets, order=order)

@@ -1,0 +1,168 @@
+r"""``derive.check_train``: the trained network at O(1/n) (:func:`derive.train`) against ensembles of
+actually trained networks (issue 17 part 4; docs/conventions.md §3, §7).
+
+For each hidden width n of ``widths`` (every hidden layer at n), ``samples`` networks of the
+spec are drawn and trained by full-batch gradient descent with the learning-rate tensor of the
+spec (:func:`derive.reality.training.train_ensemble`: float64, a hand-written backward pass),
+one output neuron, and at every recorded step t are measured
+
+* ``mean``: E[z_α(t)] on every training and test input α.  Variance reduction: each network's
+  own kernel-learning prediction from its z(0), A_t z(0) + c_t (docs/conventions.md §3), is
+  subtracted and c_t added back — a control variate whose mean is known exactly
+  (E z(0) = 0), which leaves the O(1/√n) spread of the finite-width dynamics only;
+* ``cov``: Cov[z_α(t), z_β(t)] (plain sample covariance, standard error from the spread of the
+  per-network products);
+* ``drift``: E[Ĥ_{αβ}(T) − Ĥ_{αβ}(0)] of the output neuron's empirical NTK, T the last step.
+
+Across widths each (quantity, step, component) is fitted by weighted least squares to A + B/n
+(+ C/n² with four widths or more): the n → ∞ intercept A against the infinite-width prediction
+(``mean0``, ``cov0``; zero for the drift) and the slope B against the O(1/n) coefficient
+(``mean1``, ``cov1``, ``ntk_drift1``; n = n_{L−1}), each with its z-score.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..architectures.mlp import MLP
+from ..base.errors import DeriveError, boundary
+from .check import _fit, _num
+
+__all__ = ["check_train", "TrainCheck", "DEFAULT_TRAIN_SAMPLES", "DEFAULT_TRAIN_WIDTHS"]
+
+#: networks per width of a training check (the trained statistics have small spreads once the
+#: control variate is subtracted)
+DEFAULT_TRAIN_SAMPLES = 5000
+DEFAULT_TRAIN_WIDTHS = (32, 64, 128)
+
+
+@dataclass
+class TrainCheck:
+    """The result of :func:`check_train`: ``rows`` (one dict per quantity, step, component and
+    width: ``measured``, ``se``, ``lo``, ``nlo``), ``fits`` (one dict per quantity, step and
+    component: intercept ``A`` ± ``A_se`` against ``lo`` (``z_lo``), slope ``B`` ± ``B_se``
+    against ``slope_nlo`` (``z_slope``)), ``seconds``; ``table()``, ``to_csv(path)``."""
+
+    spec: MLP
+    widths: tuple
+    samples: int
+    eta: float
+    steps: int
+    rows: list = field(default_factory=list)
+    fits: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        head = (f"{'quantity':8s} {'t':>5s} {'comp':>5s} {'LO':>10s} {'A (n→∞)':>10s} "
+                f"{'± se':>8s} {'z':>6s} {'B pred':>10s} {'B fit':>10s} {'± se':>8s} {'z':>6s}")
+        lines = [f"training check: {self.spec!r}, η = {self.eta:g}, {self.steps} steps, widths "
+                 f"{list(self.widths)}, {self.samples} networks each", head, "-" * len(head)]
+        for f in self.fits:
+            lines.append(f"{f['quantity']:8s} {f['t']:5d} {f['component']:>5s} "
+                         f"{_num(f['lo'], 10, '.5f')} {_num(f['A'], 10, '.5f')} "
+                         f"{_num(f['A_se'], 8, '.5f')} {_num(f['z_lo'], 6, '.2f')} "
+                         f"{_num(f['slope_nlo'], 10, '.4f')} {_num(f['B'], 10, '.4f')} "
+                         f"{_num(f['B_se'], 8, '.4f')} {_num(f['z_slope'], 6, '.2f')}")
+        worst = max((abs(f["z_slope"]) for f in self.fits if np.isfinite(f["z_slope"])),
+                    default=float("nan"))
+        lines.append(f"largest |z| of a 1/n slope against its prediction: {worst:.2f} "
+                     f"(fits of {'A + B/n + C/n²' if len(self.widths) >= 4 else 'A + B/n'})")
+        return "\n".join(lines)
+
+    def to_csv(self, path) -> None:
+        """The rows to ``path`` and the fits to ``<stem>_fits.csv`` beside it."""
+        from pathlib import Path
+
+        path = Path(path)
+        for rows, p in ((self.rows, path), (self.fits, path.with_name(path.stem + "_fits.csv"))):
+            with open(p, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["quantity"])
+                w.writeheader()
+                w.writerows(rows)
+
+
+def _components(N: int, what: str) -> list:
+    if what == "mean":
+        return [(a,) for a in range(N)]
+    return [(a, b) for a in range(N) for b in range(a, N)]
+
+
+@boundary
+def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
+                samples: int | None = None, seed: int = 0, times=None,
+                progress: bool = False) -> TrainCheck:
+    """Train ensembles of ``spec`` at each hidden width of ``widths`` (default 32, 64, 128) and
+    compare the per-step mean, covariance and NTK drift with :func:`derive.train` at orders 0
+    and 1 (see the module docstring).  One output (``y_train`` of shape (N_A,))."""
+    from ..numeric.training import _check_data, _check_eta_steps, _check_times, train
+    from .training import train_ensemble
+
+    if type(spec) is not MLP:
+        raise DeriveError(f"check_train trains plain MLPs (derive.MLP); got {type(spec).__name__}")
+    XA, Y, single, XB = _check_data(X_train, y_train, X_test)
+    if not single:
+        raise DeriveError("check_train compares with train(order=1), derived for one output: "
+                          "give y_train of shape (N_A,)")
+    eta, steps = _check_eta_steps(eta, steps)
+    rec = _check_times(times, steps)
+    widths = tuple(sorted(set(DEFAULT_TRAIN_WIDTHS if widths is None else widths)))
+    if len(widths) < 2 or any(isinstance(n, bool) or not isinstance(n, (int, np.integer))
+                              or n < 2 for n in widths):
+        raise DeriveError(f"widths must be at least two different whole numbers ≥ 2 (for the "
+                          f"1/n fit), got {list(widths)!r:.60}")
+    samples = DEFAULT_TRAIN_SAMPLES if samples is None else samples
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 100:
+        raise DeriveError(f"samples must be a whole number ≥ 100, got {samples!r:.40}")
+    start = time.perf_counter()
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # the expansion estimates: judged by the fits
+        say("check_train: deriving the O(1/n) prediction (train(order=1)) …")
+        pred = train(spec.with_widths(widths[0]), XA, Y[:, 0], XB, eta, steps, order=1,
+                     times=rec)
+    N = XA.shape[0] + XB.shape[0]
+    res = TrainCheck(spec, widths, int(samples), eta, steps)
+    measured = {}
+    for n in widths:
+        sn = spec.with_widths(n)
+        ens = train_ensemble(sn, XA, Y[:, 0], XB, eta, steps, int(samples), seed=seed + n,
+                             times=rec)
+        z = ens.z[:, :, 0, :]                                   # (S, times, N)
+        S = z.shape[0]
+        for k, t in enumerate(ens.times):
+            A, _, _ = pred._map(t)
+            d = z[:, k, :] - (z[:, 0, :] @ A.T + pred.mean0(t))
+            measured["mean", t, n] = (pred.mean0(t) + d.mean(0), d.std(0, ddof=1) / math.sqrt(S))
+            measured["cov", t, n] = (ens.cov(t), ens.cov_se(t))
+        measured["drift", steps, n] = (ens.ntk_drift, ens.ntk_drift_se)
+        say(f"check_train: width {n}: {S} networks trained ({time.perf_counter() - start:.1f} s)")
+    inv = 1.0 / np.array(widths, dtype=float)
+    degree = 2 if len(widths) >= 4 else 1
+    for what, t in sorted({(q, t) for q, t, _ in measured}, key=lambda x: (x[0], x[1])):
+        lo = {"mean": pred.mean0, "cov": pred.cov0}.get(what, lambda t: np.zeros((N, N)))(t)
+        c1 = {"mean": pred.mean1, "cov": pred.cov1}.get(what, lambda t: pred.ntk_drift1)(t)
+        for comp in _components(N, what):
+            label = ",".join(map(str, comp))
+            ys = np.array([measured[what, t, n][0][comp] for n in widths])
+            es = np.array([measured[what, t, n][1][comp] for n in widths])
+            for n, y, e in zip(widths, ys, es):
+                res.rows.append({"quantity": what, "t": t, "component": label, "width": n,
+                                 "measured": float(y), "se": float(e), "lo": float(lo[comp]),
+                                 "nlo": float(lo[comp] + c1[comp] / n)})
+            if np.all(es <= 1e-12):    # reproduced by construction (the mean at step 0)
+                continue
+            coef, se, chi2 = _fit(inv, ys, np.maximum(es, 1e-15), degree)
+            res.fits.append({"quantity": what, "t": t, "component": label,
+                             "lo": float(lo[comp]), "A": float(coef[0]), "A_se": float(se[0]),
+                             "z_lo": float((coef[0] - lo[comp]) / se[0]),
+                             "slope_nlo": float(c1[comp]), "B": float(coef[1]),
+                             "B_se": float(se[1]), "z_slope": float((coef[1] - c1[comp]) / se[1]),
+                             "chi2_dof": chi2})
+    res.seconds = time.perf_counter() - start
+    return res
