@@ -109,3 +109,17 @@ def test_ntk_and_no_ntk_give_the_same_metric_bit_for_bit():
     for l in a.layers:
         assert np.array_equal(a.layers[l].G, b.layers[l].G)
         assert np.array_equal(a.layers[l].V, b.layers[l].V)
+
+
+@pytest.mark.parametrize("name", ["gelu", "swish", "erf", "tanh"])
+def test_torch_backend_evaluates_sigma_in_torch(name):
+    """The torch backend's σ is SymPy's torch printer, not the host numpy fallback (GELU's
+    erf(z/√2) once failed in the printer, silently moving every σ to the host)."""
+    torch = pytest.importorskip("torch")
+    from derive.activations.catalogue import activation
+
+    act = activation(name)
+    fn = mc._TorchBackend("float64", "cpu").function(act.numpy(0), act.expr, (act.z,), ())
+    assert fn.__name__ == "g", "fell back to numpy on the host"
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    assert np.allclose(fn(x).numpy(), act.numpy(0)(x.numpy()), rtol=1e-13, atol=1e-13)

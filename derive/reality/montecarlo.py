@@ -399,8 +399,10 @@ def _torch_lambdify(expr, variables):
         rep[node] = sp.Function("_DeriveMax" if isinstance(node, sp.Max) else "_DeriveMin")(*node.args)
     for node in expr.atoms(sp.Heaviside):
         rep[node] = sp.Function("_DeriveHeaviside")(node.args[0])
-    # constants such as sqrt(pi) as numbers (torch.sqrt takes tensors only)
-    e = (expr.xreplace(rep) if rep else expr).evalf(17)
+    # constants such as sqrt(pi) as numbers (torch.sqrt takes tensors only), also inside a
+    # function's argument (GELU's erf(z/√2)), where evalf leaves them
+    e = (expr.xreplace(rep) if rep else expr).replace(
+        lambda x: x.is_number and not x.is_Number, lambda x: sp.Float(x.evalf(17), 17)).evalf(17)
     from sympy.printing.pytorch import TorchPrinter
 
     return sp.lambdify(variables, e, modules=[{"_DeriveMax": tmax, "_DeriveMin": tmin,

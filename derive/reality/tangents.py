@@ -64,7 +64,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import sympy as sp
 
 from ..architectures.mlp import MLP
 from .shards import MonteCarloError
@@ -141,11 +140,8 @@ def _sigma(activation):
     torch = _torch()
     from .montecarlo import _TorchBackend
 
-    # constants such as sqrt(2) inside a function's argument (GELU's erf(z/√2)) as floats: the
-    # sampler's evalf leaves them there, and torch.sqrt(2) fails on a Python int
-    expr = activation.expr.replace(lambda e: e.is_number and not e.is_Number,
-                                   lambda e: sp.Float(e.evalf(17), 17))
-    fn = _TorchBackend("float64", "cpu").function(activation.numpy(0), expr, (activation.z,), ())
+    fn = _TorchBackend("float64", "cpu").function(activation.numpy(0), activation.expr,
+                                                  (activation.z,), ())
     probe = torch.linspace(-2.0, 2.0, 9, dtype=torch.float64, requires_grad=True)
     out = fn(probe)
     if not out.requires_grad and activation.derivative(1) != 0:
