@@ -98,6 +98,27 @@ U = sp.Symbol("u")
 _LEARNING_RATES = ((B, LAMBDA_B), (W, LAMBDA_W / WIDTH))
 
 
+def _by_structure(e: sp.Expr, d) -> sp.Expr | None:
+    """The rules every derivative ``d`` here shares: through a neuron sum, a sum, a product
+    (the product rule) and an integer power; None when ``e`` is none of those."""
+    if isinstance(e, NeuronSum):
+        inner = d(e.function)
+        return sp.S.Zero if inner == 0 else NeuronSum(inner, *e.limits, distinct=e.distinct,
+                                                      exclude=e.exclude)
+    if e.is_Add:
+        return sp.Add(*(d(a) for a in e.args))
+    if e.is_Mul:
+        out = sp.S.Zero
+        for k, a in enumerate(e.args):
+            da = d(a)
+            if da != 0:
+                out += sp.Mul(*e.args[:k], da, *e.args[k + 1:])
+        return out
+    if e.is_Pow and e.exp.is_Integer:
+        return e.exp * e.base ** (e.exp - 1) * d(e.base)
+    return None
+
+
 def _derivative(e: sp.Expr, x: RandomVar) -> sp.Expr:
     """∂e/∂x for one component x of a family: through sums (∂z_j/∂z_k = δ_jk per index), by
     the product rule, and by the chain rule through σ (SymPy differentiates a function of a
@@ -114,23 +135,10 @@ def _derivative(e: sp.Expr, x: RandomVar) -> sp.Expr:
             if d != 0:
                 out += e.diff(r) * d
         return out
-    if isinstance(e, NeuronSum):
-        inner = _derivative(e.function, x)
-        if inner == 0:
-            return sp.S.Zero
-        return NeuronSum(inner, *e.limits, distinct=e.distinct, exclude=e.exclude)
-    if e.is_Add:
-        return sp.Add(*(_derivative(a, x) for a in e.args))
-    if e.is_Mul:
-        out = sp.S.Zero
-        for k, a in enumerate(e.args):
-            da = _derivative(a, x)
-            if da != 0:
-                out += sp.Mul(*e.args[:k], da, *e.args[k + 1:])
-        return out
-    if e.is_Pow and e.exp.is_Integer:
-        return e.exp * e.base ** (e.exp - 1) * _derivative(e.base, x)
-    raise DeriveError(f"cannot differentiate {e} by {x}: a neuron sum inside a function")
+    out = _by_structure(e, lambda a: _derivative(a, x))
+    if out is None:
+        raise DeriveError(f"cannot differentiate {e} by {x}: a neuron sum inside a function")
+    return out
 
 
 def _delta(r: RandomVar, x: RandomVar) -> sp.Expr:
@@ -152,21 +160,9 @@ def _lower(e: sp.Expr, edge: sp.Symbol) -> sp.Expr:
     if isinstance(e, sp.core.function.AppliedUndef) and e.func == _DZ:
         k, a, *edges = e.args
         return _DZ(k, a, *sorted(edges + [edge], key=default_sort_key))
-    if isinstance(e, NeuronSum):
-        inner = _lower(e.function, edge)
-        return sp.S.Zero if inner == 0 else NeuronSum(inner, *e.limits, distinct=e.distinct,
-                                                      exclude=e.exclude)
-    if e.is_Add:
-        return sp.Add(*(_lower(a, edge) for a in e.args))
-    if e.is_Mul:
-        out = sp.S.Zero
-        for k, a in enumerate(e.args):
-            da = _lower(a, edge)
-            if da != 0:
-                out += sp.Mul(*e.args[:k], da, *e.args[k + 1:])
+    out = _by_structure(e, lambda a: _lower(a, edge))
+    if out is not None:
         return out
-    if e.is_Pow and e.exp.is_Integer:
-        return e.exp * e.base ** (e.exp - 1) * _lower(e.base, edge)
     if e.has(NeuronSum) or e.has(_DZ):
         raise DeriveError(f"cannot differentiate {e} by a parameter of the layers below")
     # a function of components (σ(z_j), its derivatives): the chain rule
