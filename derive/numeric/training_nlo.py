@@ -34,26 +34,27 @@ insertion is one directional derivative of the dynamics along
 
 averaged over z ~ N(0, K) with the weight 1 + ½ G1 : He(z); the integrands are polynomials of
 degree ≤ 5 in z, so a fully symmetric Gaussian cubature of degree 5 (2N² + 1 points) gives the
-average exactly.  The second-order insertion C_HH keeps z(t) affine in z(0) (Ĥ constant, no
-dĤ): it is computed from the second-order Taylor coefficients of z(t) = L_t z(0) + c_t along the
-eigenvectors of C_HH.  Every run propagates truncated Taylor coefficients ("jets") in the
-insertion's bookkeeping variable s through the derived update equations.
+average exactly.  The second-order insertion C_HH is Σ_r w_r × the s² coefficient along Ĥ(0) →
+Θ + s U_r for the eigenpairs (w_r, U_r) of C_HH; there z(t) is affine in z(0) (Ĥ constant, no
+dĤ), the integrands quadratic, and a cubature of degree 3 (2N points) is exact.  Every run
+propagates truncated Taylor coefficients in s ("jets") through the derived update equations.
+Caveat: the statistics are the output layer's at O(1/n) only — z(0)'s higher cumulants and the
+fields' mixed ones (ΔĤ dĤ, dĤ dĤ) enter at O(1/n²).
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
-
-import itertools
-
 import sympy as sp
 
 from ..algebra.symbols import NeuronSum
 from ..architectures.forward import TANGENT_FIELDS
 from ..base.errors import DeriveError
 
-__all__ = ["cubature_degree5", "cubature_degree3", "nlo_dynamics", "cumulants_one_output", "step_terms"]
+__all__ = ["cubature_degree5", "cubature_degree3", "nlo_dynamics", "cumulants_one_output",
+           "step_terms"]
 
 _FIELD_OF = {func: name for name, (func, _) in TANGENT_FIELDS.items()}
 
