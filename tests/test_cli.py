@@ -400,6 +400,17 @@ def test_check_writes_safely(tmp_path, capsys):
     assert (tmp_path / "c" / "check.csv").read_text() == "edited"
 
 
+def test_check_reads_the_spec_files_order(tmp_path):
+    """The spec file's 'order' key sets derive check's order (it was ignored); --order wins."""
+    spec = _toml(tmp_path, 'activation = "erf"\ndepth = 2\nwidths = 4\nC_W = 0.9\n'
+                           'inputs = [[1.0, 0.5]]\norder = 0\n')
+    for extra, want in (([], 0), (["--order", "1"], 1)):
+        out = tmp_path / f"c{want}"
+        assert main(["check", spec, "--widths", "4,8", "--samples", "200", "--out", str(out),
+                     *extra]) == 0
+        assert json.loads(_complete(out)[MANIFEST])["check"]["order"] == want
+
+
 @pytest.mark.slow
 def test_check_ntk(tmp_path, capsys):
     spec = _toml(tmp_path, 'activation = "tanh"\ndepth = 3\nwidths = 4\nC_W = 1.2\n'

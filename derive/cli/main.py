@@ -208,15 +208,17 @@ def _check_cmd(args) -> int:
     from .outputs import OutputDir
     from ..reality.check import (DEFAULT_SAMPLES, DEFAULT_WIDTHS, DEFAULT_WIDTHS_NNLO,
                                  PRECISE_SAMPLES, PRECISE_SAMPLES_NNLO, CheckError, check)
-    from .specfile import DEMO, load_spec, spec_from_mapping
+    from .specfile import DEMO, load_mapping, spec_from_mapping
 
     if args.train:
         return _check_train_cmd(args)
-    if args.spec == "demo":
-        spec, X, _, _ = spec_from_mapping(DEMO, "the demo spec")
-    else:
-        spec, X, _, _ = load_spec(args.spec)
-    order = args.order      # None: the spec's max_order (derive.check's default)
+    data = DEMO if args.spec == "demo" else load_mapping(args.spec)
+    spec, X, _, file_order = spec_from_mapping(
+        data, "the demo spec" if args.spec == "demo" else str(args.spec))
+    # --order, else the spec file's 'order' key, else None: the spec's max_order (derive.check's
+    # default)
+    order = args.order if args.order is not None else (
+        file_order if "order" in data and args.spec != "demo" else None)
     nnlo = order == 2
     if args.widths is None:
         widths = list(DEFAULT_WIDTHS_NNLO if nnlo else DEFAULT_WIDTHS)
