@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, OrderError, boundary
 
 __all__ = ["train", "Training", "TestError", "UnstableStepWarning", "default_times"]
@@ -354,7 +355,7 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         if Y.shape[1] != 1:
             raise DeriveError("train(order=1) is derived for one output neuron (y_train of shape "
                               "(N_A,)); for several outputs use order=0")
-        if type(spec).__name__ != "MLP" or spec.max_order < 1:
+        if type(spec) is not MLP or spec.max_order < 1:
             raise DeriveError("train(order=1) needs the O(1/n) statistics of the NTK, dNTK and "
                               "ddNTKs, derived for plain MLPs (derive.MLP) only")
     eta, steps = _check_eta_steps(eta, steps)

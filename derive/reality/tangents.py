@@ -343,7 +343,7 @@ def derivative_tensors(spec: MLP, X, Ws, bs) -> dict:
 
 
 def _checked(spec, X, n_networks, seed, output_width, chunk) -> tuple:
-    if not isinstance(spec, MLP) or type(spec) is not MLP:
+    if type(spec) is not MLP:
         raise MonteCarloError(f"spec must be a plain derive.MLP (the statistics are defined for "
                               f"it), got {type(spec).__name__}")
     if spec.depth < 1:
