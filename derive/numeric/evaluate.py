@@ -43,7 +43,7 @@ import sympy as sp
 from sympy.core.sorting import default_sort_key
 
 from ..activations.catalogue import Activation
-from ..activations.gaussian import gaussian_expectation
+from ..activations.gaussian import gaussian_expectation, one_variable_factors
 from ..algebra.symbols import GROUPS, DerivativeContraction, GaussianAverage, RandomVar
 from ..architectures.mlp import MLP
 from ..base.errors import CovarianceError, DeriveError
@@ -92,6 +92,31 @@ def _merged(fs, slot_vars: dict, pattern: tuple) -> tuple[list, list[int]]:
     return [f.xreplace(rep) for f in fs], distinct
 
 
+#: the variable of a one-variable factor in a canonical product (:func:`_factor_form`)
+_X = sp.Symbol("x")
+
+
+@lru_cache(maxsize=4096)
+def _factor_form(h: sp.Expr):
+    """h = coef Π_j g_j(z_{cols[j] + 1}) over the variables it depends on, as
+    (coef, cols, (g_1(x), …)) with numeric constants pulled out of the factors; None when h is
+    not such a product (or depends on one variable or none: nothing to share)."""
+    present = sorted((k for k, z in enumerate(_Z) if z in h.free_symbols))
+    if len(present) < 2 or h.free_symbols - {_Z[k] for k in present}:
+        return None
+    per = one_variable_factors(h, [_Z[k] for k in present])
+    if per is None:
+        return None
+    coef, factors = 1.0, []
+    for k, g in zip(present, per):
+        c, rest = g.as_coeff_Mul()
+        if not c.is_Number or rest.free_symbols != {_Z[k]}:
+            return None
+        coef *= float(c)
+        factors.append(rest.xreplace({_Z[k]: _X}))
+    return coef, tuple(present), tuple(factors)
+
+
 def _kernel_batch(K: np.ndarray, S: np.ndarray) -> np.ndarray:
     return K[S[:, :, None], S[:, None, :]]
 
@@ -106,6 +131,10 @@ class _Evaluator:
         self.kinked = kinked
         self.tol = tol
         self.cache: dict = {}
+        #: canonical products of one-variable factors: factor ids → {sorted samples: value}
+        self.products: dict = {}
+        self._factors: list = []
+        self._factor_ids: dict = {}
         #: detail(message) before each batch of averages (progress), or None
         self.detail = None
         #: the largest estimated error of an average, relative to max(1, |average|)
@@ -115,22 +144,66 @@ class _Evaluator:
         """⟨h(z1…zm)⟩ over the covariances K[S_b, S_b] of the rows of ``S`` (M × m)."""
         if S.shape[0] == 0:
             return np.zeros(0)
+        form = _factor_form(h)
+        if form is not None:
+            return self._product_average(*form, S)
         uniq, inv = np.unique(S, axis=0, return_inverse=True)
         key = (h, uniq.tobytes(), uniq.shape)
         if key not in self.cache:
-            Kb = _kernel_batch(self.K, uniq)
-            if self.detail is not None:
-                self.detail(f"{uniq.shape[1]}-D averages over {len(uniq)} kernels")
-            try:
-                res = gaussian_expectation(h, Kb, tol=self.tol)
-                self.cache[key] = np.asarray(res.value)
-                if len(res.value):
-                    rel = res.error / np.maximum(1.0, np.abs(res.value))
-                    self.error = max(self.error, float(rel.max()))
-            except CovarianceError as err:
-                raise DeriveError(f"the kernel restricted to samples {uniq[0].tolist()} … is not "
-                                  f"a covariance: {err}") from None
+            self.cache[key] = self._expectation(h, uniq)
         return self.cache[key][inv.reshape(-1)]
+
+    def _expectation(self, h: sp.Expr, S: np.ndarray) -> np.ndarray:
+        """⟨h⟩ over K[S_b, S_b] for the rows of S (no caching), tracking the largest error."""
+        if self.detail is not None:
+            self.detail(f"{S.shape[1]}-D averages over {len(S)} kernels")
+        try:
+            res = gaussian_expectation(h, _kernel_batch(self.K, S), tol=self.tol)
+        except CovarianceError as err:
+            raise DeriveError(f"the kernel restricted to samples {S[0].tolist()} … is not "
+                              f"a covariance: {err}") from None
+        if len(res.value):
+            rel = res.error / np.maximum(1.0, np.abs(res.value))
+            self.error = max(self.error, float(rel.max()))
+        return np.asarray(res.value)
+
+    def _product_average(self, coef: float, cols: tuple, factors: tuple,
+                         S: np.ndarray) -> np.ndarray:
+        """coef ⟨Π_j g_j(z_{cols[j]})⟩ for a product of one-variable factors, computed once per
+        *canonical* form: the (sample, factor) pairs of a row sorted by sample, so that
+        ⟨σ'(z_a) σ(z_b)⟩ and ⟨σ(z_b) σ'(z_a)⟩ — the same integral with its variables in
+        another order, which the recursions ask for again and again under the permutations
+        of their sample slots — share one value (and one quadrature).  Values are cached per
+        canonical factor sequence and sorted sample row."""
+        ids = np.array([self._factor_id(g) for g in factors], dtype=np.int64)
+        sub = np.ascontiguousarray(S[:, list(cols)], dtype=np.int64)
+        order = np.argsort(sub * (len(self._factors) + 1) + ids, axis=1, kind="stable")
+        rows = np.take_along_axis(sub, order, axis=1)
+        fids = ids[order]
+        out = np.empty(S.shape[0])
+        pats, which = np.unique(fids, axis=0, return_inverse=True)
+        which = which.reshape(-1)
+        for k, pat in enumerate(pats):
+            mask = which == k
+            uniq, inv = np.unique(rows[mask], axis=0, return_inverse=True)
+            store = self.products.setdefault(tuple(pat.tolist()), {})
+            keys = [r.tobytes() for r in uniq]
+            missing = [i for i, key in enumerate(keys) if key not in store]
+            if missing:
+                h = sp.Mul(*(self._factors[f].xreplace({_X: _Z[j]}) for j, f in enumerate(pat)))
+                vals = self._expectation(h, uniq[missing])
+                for i, v in zip(missing, vals):
+                    store[keys[i]] = float(v)
+            out[mask] = np.array([store[key] for key in keys])[inv.reshape(-1)]
+        return coef * out
+
+    def _factor_id(self, g: sp.Expr) -> int:
+        """A number for the one-variable factor g(x) (the order of factors in a canonical
+        form; first seen, first numbered)."""
+        if g not in self._factor_ids:
+            self._factor_ids[g] = len(self._factors)
+            self._factors.append(g)
+        return self._factor_ids[g]
 
     # -- plain averages -------------------------------------------------------------------
 
