@@ -138,6 +138,25 @@ def test_checkpoint_refuses_other_parameters(small_shards, tmp_path, monkeypatch
         sample(spec, X2, 200, seed=5, progress=False, checkpoint=stem)
 
 
+def test_checkpoint_with_damaged_files_says_so(small_shards, tmp_path, monkeypatch):
+    """A truncated STEM.npz (a broken zip) and a STEM.json whose parameters are not a table
+    are refused with a MonteCarloError naming the file, not a traceback."""
+    spec = MLP(3, 6, "tanh", C_b=0.1, C_W=1.2)
+    stem = tmp_path / "run"
+    monkeypatch.setattr(distributed, "_stop_after", 2)
+    with pytest.raises(MonteCarloError, match="stopped"):
+        sample(spec, X2, 200, seed=5, progress=False, checkpoint=stem)
+    monkeypatch.setattr(distributed, "_stop_after", None)
+    npz = tmp_path / "run.npz"
+    npz.write_bytes(npz.read_bytes()[:200])
+    with pytest.raises(MonteCarloError, match=r"run\.npz' cannot be read.*delete"):
+        sample(spec, X2, 200, seed=5, progress=False, checkpoint=stem)
+    meta = json.loads((tmp_path / "run.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps({**meta, "params": [1, 2]}))
+    with pytest.raises(MonteCarloError, match=r"run\.json' cannot be read"):
+        sample(spec, X2, 200, seed=5, progress=False, checkpoint=stem)
+
+
 # -- float32 ------------------------------------------------------------------------------------
 
 def test_float32_agrees_with_float64_within_errors():

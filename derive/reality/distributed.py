@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,51 +70,74 @@ def _paths(checkpoint) -> tuple:
     return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".npz")
 
 
-def _load(plan: _Plan, checkpoint) -> tuple:
-    """(shards merged, {ℓ: accumulator} or None) from the checkpoint, if there is one."""
-    jpath, npath = _paths(checkpoint)
+def _read_meta(jpath: Path, want: dict, counter: str) -> tuple:
+    """(the record in ``jpath``, its whole number ``counter``), or (None, 0) when there is no
+    checkpoint yet.  Refuses (MonteCarloError) a file that cannot be read and the record of a
+    run whose parameters are not ``want`` (JSON data), naming those that differ."""
     if not jpath.exists():
-        return 0, None
+        return None, 0
     try:
         meta = json.loads(jpath.read_text())
-        saved, done = meta["params"], int(meta["shards_done"])
+        saved, done = meta["params"], int(meta[counter])
+        if not isinstance(saved, dict):
+            raise TypeError("its 'params' are not a table")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise MonteCarloError(f"checkpoint {str(jpath)!r} cannot be read ({err}); delete it or "
                               "give another checkpoint path") from None
-    want = json.loads(json.dumps(plan.params()))
+    want = json.loads(json.dumps(want))
     if meta.get("format") != _FORMAT or saved != want:
         diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
         raise MonteCarloError(
             f"checkpoint {str(jpath)!r} belongs to a run with other parameters (different: "
             f"{', '.join(diff) or 'format'}); it is not resumed.  Give the same parameters to "
             "resume it, or another checkpoint path (or delete it) to start afresh")
-    if done == 0:
-        return 0, None
-    N = plan.X.shape[0]
+    return meta, done
+
+
+def _read_arrays(npath: Path, jpath: Path) -> dict:
+    """The arrays saved in ``npath`` {name: array}, or a MonteCarloError saying to delete both
+    files when it is missing or cannot be read."""
     try:
         with np.load(npath) as data:
-            acc = {}
-            for l in range(1, plan.spec.depth + 1):
-                pre = f"layer{l}/"
-                acc[l] = _Accumulator.from_state(
-                    N, plan.ntk, {k[len(pre):]: data[k] for k in data.files if k.startswith(pre)})
-    except (OSError, ValueError, KeyError) as err:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise MonteCarloError(f"checkpoint {str(npath)!r} cannot be read ({err}); delete "
                               f"{str(jpath)!r} and it, or give another checkpoint path") from None
+
+
+def _write(jpath: Path, npath: Path, arrays: dict, meta: dict) -> None:
+    """``arrays`` to ``npath``, then ``meta`` (with ``format``) to ``jpath``, each written to a
+    temporary file and renamed over the old one."""
+    tmp = npath.with_name(npath.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, npath)
+    tmp = jpath.with_name(jpath.name + ".tmp")
+    tmp.write_text(json.dumps({"format": _FORMAT, **meta}, indent=1))
+    os.replace(tmp, jpath)
+
+
+def _load(plan: _Plan, checkpoint) -> tuple:
+    """(shards merged, {ℓ: accumulator} or None) from the checkpoint, if there is one."""
+    jpath, npath = _paths(checkpoint)
+    _, done = _read_meta(jpath, plan.params(), "shards_done")
+    if done == 0:
+        return 0, None
+    data = _read_arrays(npath, jpath)
+    N = plan.X.shape[0]
+    acc = {}
+    for l in range(1, plan.spec.depth + 1):
+        pre = f"layer{l}/"
+        acc[l] = _Accumulator.from_state(
+            N, plan.ntk, {k[len(pre):]: v for k, v in data.items() if k.startswith(pre)})
     return min(done, plan.n_shards), acc
 
 
 def _save(plan: _Plan, checkpoint, done: int, acc: dict) -> None:
     jpath, npath = _paths(checkpoint)
     arrays = {f"layer{l}/{k}": v for l, a in acc.items() for k, v in a.state().items()}
-    tmp = npath.with_name(npath.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, npath)
-    meta = {"format": _FORMAT, "params": plan.params(), "shards_done": done,
-            "n_shards": plan.n_shards, "networks_done": min(done * plan.shard, plan.n_networks)}
-    tmp = jpath.with_name(jpath.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, jpath)
+    _write(jpath, npath, arrays,
+           {"params": plan.params(), "shards_done": done, "n_shards": plan.n_shards,
+            "networks_done": min(done * plan.shard, plan.n_networks)})
 
 
 # -- executors ---------------------------------------------------------------------------------
