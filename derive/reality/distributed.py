@@ -76,14 +76,17 @@ def _read_meta(jpath: Path, want: dict, counter: str) -> tuple:
     run whose parameters are not ``want`` (JSON data), naming those that differ."""
     if not jpath.exists():
         return None, 0
+    def unreadable(err):
+        return MonteCarloError(f"checkpoint {str(jpath)!r} cannot be read ({err}); delete it or "
+                               "give another checkpoint path")
+
     try:
         meta = json.loads(jpath.read_text())
-        saved, done = meta["params"], int(meta[counter])
+        saved = meta["params"]
         if not isinstance(saved, dict):
             raise TypeError("its 'params' are not a table")
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise MonteCarloError(f"checkpoint {str(jpath)!r} cannot be read ({err}); delete it or "
-                              "give another checkpoint path") from None
+        raise unreadable(err) from None
     want = json.loads(json.dumps(want))
     if meta.get("format") != _FORMAT or saved != want:
         diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
@@ -91,6 +94,12 @@ def _read_meta(jpath: Path, want: dict, counter: str) -> tuple:
             f"checkpoint {str(jpath)!r} belongs to a run with other parameters (different: "
             f"{', '.join(diff) or 'format'}); it is not resumed.  Give the same parameters to "
             "resume it, or another checkpoint path (or delete it) to start afresh")
+    try:
+        done = int(meta[counter])
+        if done < 0:
+            raise ValueError(f"{counter} = {done}")
+    except (ValueError, KeyError, TypeError) as err:
+        raise unreadable(err) from None
     return meta, done
 
 
