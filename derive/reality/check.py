@@ -510,23 +510,30 @@ def check(spec: MLP, X, widths=None, samples: int | None = None, seed: int = 0,
         _backend(backend, dtype, device)
     except MonteCarloError as err:
         raise CheckError(str(err)) from None
-    ckdir = None
-    if checkpoint is not None:
-        from pathlib import Path
-
-        if isinstance(checkpoint, bool) or not isinstance(checkpoint, (str, Path)) \
-                or not str(checkpoint).strip():
-            raise CheckError(f"checkpoint must be a folder path, got {checkpoint!r}")
-        ckdir = Path(checkpoint)
-        try:
-            ckdir.mkdir(exist_ok=True)
-        except OSError as err:
-            raise CheckError(f"checkpoint folder {str(ckdir)!r} cannot be made ({err}); its "
-                             "parent folder must exist") from None
+    ckdir = _checkpoint_folder(checkpoint)
     with connect(workers, scheduler) as client:
         return _check(spec, X, widths, samples, seed, progress, ntk,
                       dict(dtype=dtype, backend=backend, device=device, scheduler=client),
                       ckdir, order)
+
+
+def _checkpoint_folder(checkpoint):
+    """The folder ``checkpoint`` (a Path, made if missing; its parent must exist) where each
+    width's ensemble keeps ``width<n>.json``/``.npz``, or None; a CheckError if it is no path."""
+    if checkpoint is None:
+        return None
+    from pathlib import Path
+
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, (str, Path)) \
+            or not str(checkpoint).strip():
+        raise CheckError(f"checkpoint must be a folder path, got {checkpoint!r}")
+    ckdir = Path(checkpoint)
+    try:
+        ckdir.mkdir(exist_ok=True)
+    except OSError as err:
+        raise CheckError(f"checkpoint folder {str(ckdir)!r} cannot be made ({err}); its "
+                         "parent folder must exist") from None
+    return ckdir
 
 
 def _check(spec, X, widths, samples, seed, progress, ntk, run: dict, ckdir, order: int) -> Check:

@@ -18,6 +18,10 @@ Across widths each (quantity, step, component) is fitted by weighted least squar
 (+ C/n² with four widths or more): the n → ∞ intercept A against the infinite-width prediction
 (``mean0``, ``cov0``; zero for the drift) and the slope B against the O(1/n) coefficient
 (``mean1``, ``cov1``, ``ntk_drift1``; n = n_{L−1}), each with its z-score.
+
+``checkpoint=FOLDER`` keeps each width's ensemble in ``FOLDER/width<n>.json``/``.npz``
+(:func:`~derive.reality.training.train_ensemble`'s checkpoints, as :func:`derive.check` keeps
+its Monte Carlo): the same call again resumes where it stopped, with the same result.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import numpy as np
 
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
-from .check import _fit, _num
+from .check import _checkpoint_folder, _fit, _num
 
 __all__ = ["check_train", "TrainCheck", "DEFAULT_TRAIN_SAMPLES", "DEFAULT_TRAIN_WIDTHS"]
 
@@ -96,10 +100,16 @@ def _components(N: int, what: str) -> list:
 @boundary
 def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
                 samples: int | None = None, seed: int = 0, times=None,
-                progress: bool = False) -> TrainCheck:
+                progress: bool = False, checkpoint=None) -> TrainCheck:
     """Train ensembles of ``spec`` at each hidden width of ``widths`` (default 32, 64, 128) and
     compare the per-step mean, covariance and NTK drift with :func:`derive.train` at orders 0
-    and 1 (see the module docstring).  One output (``y_train`` of shape (N_A,))."""
+    and 1 (see the module docstring).  One output (``y_train`` of shape (N_A,)).
+
+    ``progress``: lines on stderr — each step of the check and, while an ensemble trains, each
+    finished chunk of its networks (:func:`~derive.reality.training.train_ensemble`).
+    ``checkpoint``: a folder (made if missing) where the ensemble of width n is saved as it
+    trains, ``width<n>.json`` and ``width<n>.npz``; the same call again resumes from them
+    (refused, with a DeriveError, if they belong to other arguments)."""
     from ..numeric.training import _check_data, _check_eta_steps, _check_times, train
     from .training import train_ensemble
 
@@ -119,6 +129,7 @@ def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
     samples = DEFAULT_TRAIN_SAMPLES if samples is None else samples
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 100:
         raise DeriveError(f"samples must be a whole number ≥ 100, got {samples!r:.40}")
+    ckdir = _checkpoint_folder(checkpoint)
     start = time.perf_counter()
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     with warnings.catch_warnings():
@@ -131,8 +142,10 @@ def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
     measured = {}
     for n in widths:
         sn = spec.with_widths(n)
+        say(f"check_train: width {n}: training {int(samples)} networks …")
         ens = train_ensemble(sn, XA, Y[:, 0], XB, eta, steps, int(samples), seed=seed + n,
-                             times=rec)
+                             times=rec, progress=bool(progress),
+                             checkpoint=None if ckdir is None else ckdir / f"width{n}")
         z = ens.z[:, :, 0, :]                                   # (S, times, N)
         S = z.shape[0]
         for k, t in enumerate(ens.times):
