@@ -192,7 +192,8 @@ def _check_train_cmd(args) -> int:
     with outdir:
         print(f"derive check --train: {spec!r}, η = {eta:g}, {steps} steps, widths {widths}, "
               f"{samples} networks per width (seed {seed}); progress on stderr", flush=True)
-        res = check_train(spec, X, y, XB, eta, steps, widths, samples, seed=seed, progress=True)
+        res = check_train(spec, X, y, XB, eta, steps, widths, samples, seed=seed, progress=True,
+                          checkpoint=args.checkpoint)
         print(res.table())
         res.to_csv(outdir.file("train_check.csv"))
         outdir.file("train_check_fits.csv")  # written by to_csv next to train_check.csv
@@ -448,8 +449,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="run on a running Dask scheduler, e.g. tcp://host:8786 (its workers "
                         "need derive installed)")
     c.add_argument("--checkpoint", default=None, metavar="DIR",
-                   help="save progress into DIR as shards of networks complete; the same "
-                        "command again resumes (refused if its parameters differ)")
+                   help="save progress into DIR as shards of networks complete (with "
+                        "--train: each width's trained networks, chunk by chunk, in "
+                        "DIR/width<n>.json and .npz); the same command again resumes (refused "
+                        "if its parameters differ)")
     c.add_argument("--out", default="derive-check", metavar="DIR",
                    help="output directory (default ./derive-check)")
     c.add_argument("--force", action="store_true", help=force_help)
