@@ -627,7 +627,7 @@ def _numpy_function(expr: sp.Expr, variables: tuple) -> Callable:
     e = expr.xreplace(rep) if rep else expr
     mods = [{"_DeriveMax": _NUMPY_OVERRIDES["Max"], "_DeriveMin": _NUMPY_OVERRIDES["Min"],
              "_DeriveHeaviside": _NUMPY_OVERRIDES["Heaviside"]}, "scipy", "numpy"]
-    fn = sp.lambdify(variables, e, modules=mods)
+    fn = sp.lambdify(variables, e, modules=mods, cse=True)  # tanh(z) once in σ‴(z)
 
     def wrapped(*xs):
         with np.errstate(over="ignore", invalid="ignore"):

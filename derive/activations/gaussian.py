@@ -58,7 +58,8 @@ from .catalogue import (check_nodes, kernel_rules, kinks_of, numpy_function, par
 
 __all__ = ["gaussian_expectation", "GaussianValue", "GaussianBatch", "DEFAULT_TOL",
            "DEFAULT_TOL_KINKED",
-           "check_covariance", "one_variable_factors", "separable_terms", "panel_rule"]
+           "check_covariance", "one_variable_factors", "separable_terms", "panel_rule",
+           "product_expectations"]
 
 #: default tolerance by number of integrated dimensions (relative to max(1, |value|))
 DEFAULT_TOL = {1: 1e-12, 2: 1e-12, 3: 1e-9, 4: 1e-6}
@@ -796,6 +797,61 @@ def _smoothed(fn, kinks: tuple, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray) 
     return out
 
 
+def _outer_axes(L: np.ndarray, points: int, panels: np.ndarray) -> tuple[list, list]:
+    """The outer axes of the conditional rule without kinks: nodes t_k of each axis (one node
+    t = 0 where z_k has no conditional variance in any matrix) and the weights per matrix
+    (B, Q_k) — normalised to 1 in a matrix where z_k has none while others of the batch do."""
+    B, d, _ = L.shape
+    diag = np.diagonal(L, axis1=1, axis2=2)
+    t1, w1 = panel_rule(points, panels)
+    ts, w_b = [], []
+    for k in range(d - 1):
+        if np.any(diag[:, k] > 0):
+            ts.append(t1)
+            w_b.append(np.where(diag[:, k:k + 1] > 0, w1[None, :], w1[None, :] / w1.sum()))
+        else:
+            ts.append(np.zeros(1))
+            w_b.append(np.ones((B, 1)))
+    return ts, w_b
+
+
+def _on_grid(L: np.ndarray, ts: list, row: int, k: int) -> np.ndarray:
+    """Σ_{j≤k} L[:, row, j] t_j on the grid of the first k+1 axes: shape (B, Q_0, …, Q_k)."""
+    B = L.shape[0]
+    z = L[:, row, 0][:, None] * ts[0][None, :]
+    for j in range(1, k + 1):
+        z = z[..., None] + (L[:, row, j][:, None] * ts[j][None, :]).reshape(
+            B, *([1] * j), len(ts[j]))
+    return z
+
+
+def _smoothed_many(fns: list, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray) -> list:
+    """:func:`_smoothed` without kinks for several functions at the same points U (B, n): the
+    table's grid and each point's interval are found once; per function one table and the
+    interpolating polynomial of each point's interval."""
+    B, n = U.shape
+    lo = np.maximum(U.min(axis=1), -9.0 * sd_u)
+    hi = np.minimum(U.max(axis=1), 9.0 * sd_u)
+    span = np.maximum(hi - lo, 0.0)
+    M = int(np.clip(np.ceil(np.max(span) / _TABLE_STEP) + 1, 8, _TABLE_MAX))
+    h = np.maximum(span / (M - 1), 1e-12)
+    grid = lo[:, None] + h[:, None] * (np.arange(M + 6) - 3)
+    pos = np.clip((U - lo[:, None]) / h[:, None], 0.0, M - 1.0)
+    i = np.minimum(np.floor(pos).astype(np.int64), M - 2)
+    r = pos - i
+    flat = (i + 1) + (M + 1) * np.arange(B)[:, None]  # the window starting 2 before i
+    out = []
+    for fn in fns:
+        table = _smoothed_direct(fn, (), grid, s)
+        coef = np.lib.stride_tricks.sliding_window_view(table, 6, axis=1) @ _LAGRANGE.T
+        g = np.take(np.ascontiguousarray(coef[..., 5]), flat)
+        for k in range(4, -1, -1):
+            g *= r
+            g += np.take(np.ascontiguousarray(coef[..., k]), flat)
+        out.append(g)
+    return out
+
+
 def _conditional_rule(fns: list, kinks: list, L: np.ndarray, points: int, deff: int) -> np.ndarray:
     """⟨f1(z1) … fd(zd)⟩ for z = L t (lower-triangular L, B × d × d): the last variable, given
     the others, is Gaussian with mean u = Σ_{j<d} L_dj t_j and spread s = L_dd, so its factor
@@ -810,29 +866,13 @@ def _conditional_rule(fns: list, kinks: list, L: np.ndarray, points: int, deff: 
     one = lambda z: np.ones_like(z)  # noqa: E731
     fns = [f if f is not None else one for f in fns]
     panels = _PANELS[deff]
-    diag = np.diagonal(L, axis1=1, axis2=2)
     if not any(kinks):  # one grid for all matrices: factor k on the first k+1 axes only
-        t1, w1 = panel_rule(points, panels)
-        active = np.any(diag[:, :inner] > 0, axis=0)
-        ts = [t1 if a else np.zeros(1) for a in active]
-        ws = [w1 if a else np.ones(1) for a in active]
-
-        def on_grid(row, k):  # Σ_{j≤k} L[row, j] t_j on the grid of the first k+1 axes
-            z = L[:, row, 0][:, None] * ts[0][None, :]
-            for j in range(1, k + 1):
-                z = z[..., None] + (L[:, row, j][:, None] * ts[j][None, :]).reshape(
-                    B, *([1] * j), len(ts[j]))
-            return z
-
-        u = on_grid(inner, inner - 1)
+        ts, w_b = _outer_axes(L, points, panels)
+        u = _on_grid(L, ts, inner, inner - 1)
         acc = _smoothed(fns[inner], (), u.reshape(B, -1), s, sd_u).reshape(u.shape)
         for k in range(inner - 1, -1, -1):
-            vals = fns[k](on_grid(k, k)) * acc
-            if active[k]:
-                w_b = np.where(diag[:, k:k + 1] > 0, ws[k][None, :], ws[k][None, :] / ws[k].sum())
-            else:
-                w_b = np.broadcast_to(ws[k][None, :], (B, len(ws[k])))
-            acc = np.einsum("b...q,bq->b...", vals, w_b)
+            vals = fns[k](_on_grid(L, ts, k, k)) * acc
+            acc = np.einsum("b...q,bq->b...", vals, w_b[k])
         return acc
     T, W = _nested_nodes(L, kinks, points, panels, inner)
     Z = np.matmul(L[:, :, :inner], np.swapaxes(T, 1, 2))  # (B, d, n): z_k (k < d−1), u
@@ -840,6 +880,118 @@ def _conditional_rule(fns: list, kinks: list, L: np.ndarray, points: int, deff: 
     for k in range(inner):
         vals *= fns[k](Z[:, k])
     return np.einsum("bn,bn->b", W, np.where(W == 0, 0.0, vals))
+
+
+def _shared_conditional(fns: list, products: list, L: np.ndarray, points: int,
+                        deff: int) -> np.ndarray:
+    """:func:`_conditional_rule` (without kinks) for many products Π_k fns[p_k](z_k) over the
+    same matrices at once, (B, len(products)): the grid, each function's values on it and each
+    tabulated G are made once, and the inside-out sums are shared by the products that end
+    alike (their partial sums depend on the factors p_k … p_{d−1} only)."""
+    B, d, _ = L.shape
+    inner = d - 1
+    s = L[:, inner, inner]
+    sd_u = np.sqrt(np.einsum("bj,bj->b", L[:, inner, :inner], L[:, inner, :inner]))
+    ts, w_b = _outer_axes(L, points, _PANELS[deff])
+    u = _on_grid(L, ts, inner, inner - 1)
+    z: dict = {}
+    values: dict = {}
+    last = sorted({prod[inner] for prod in products})
+    if np.any(s > 0):
+        G = _smoothed_many([fns[f] for f in last], u.reshape(B, -1), s, sd_u)
+        partial = {(f,): g.reshape(u.shape) for f, g in zip(last, G)}
+    else:  # G = f: the last variable is fixed by the others
+        partial = {(f,): fns[f](u) for f in last}
+    out = np.empty((B, len(products)))
+    for p, prod in enumerate(products):
+        key = (prod[inner],)
+        acc = partial[key]
+        for k in range(inner - 1, -1, -1):
+            key = (prod[k],) + key
+            if key not in partial:
+                if (k, prod[k]) not in values:
+                    if k not in z:
+                        z[k] = _on_grid(L, ts, k, k)
+                    values[k, prod[k]] = fns[prod[k]](z[k])
+                partial[key] = np.einsum("b...q,bq->b...", values[k, prod[k]] * acc, w_b[k])
+            acc = partial[key]
+        out[:, p] = acc
+    return out
+
+
+def product_expectations(factors: list, products: list, K: np.ndarray, tol: float | None = None):
+    """⟨Π_k g_{p_k}(z_k)⟩_K for many products of the one-variable functions ``factors``
+    (SymPy expressions in ``x``) over a batch of covariances K (B × d × d, d ≥ 3), sharing one
+    conditional rule per matrix (:func:`_shared_conditional`): what
+    :func:`gaussian_expectation` computes product by product.  The same ladder, panels,
+    tolerances (``tol`` absolute; by default relative as there), tail estimate and error floor.
+
+    Returns ``(value, error, ok)``, arrays (B, P): ``ok`` where the value is computed here to
+    the tolerance.  Elsewhere — a factor with kinks, a product of polynomials (exact by Wick
+    instead), fewer than three effective dimensions, an integrand that cannot be averaged, no
+    convergence on the ladder — the caller asks :func:`gaussian_expectation`, which computes
+    the value by its own tier or says why it cannot."""
+    x = sp.Symbol("x")
+    K = np.asarray(K, dtype=float)
+    B, d, _ = K.shape
+    P = len(products)
+    value, error = np.zeros((B, P)), np.full((B, P), np.inf)
+    ok = np.zeros((B, P), dtype=bool)
+    if d < 3 or not _CONDITIONAL or B == 0 or P == 0:
+        return value, error, ok
+    smooth = [not kinks_of(g, x) for g in factors]
+    poly = [g.is_polynomial(x) for g in factors]
+    syms = sp.symbols(f"z1:{d + 1}")
+    integrands = {}
+    for p, prod in enumerate(products):
+        f = sp.Mul(*(factors[k].xreplace({x: syms[j]}) for j, k in enumerate(prod)))
+        if all(smooth[k] for k in prod) and not all(poly[k] for k in prod) \
+                and not _integrand_problems(f, syms):
+            integrands[p] = f
+    if not integrands:
+        return value, error, ok
+    cols = sorted(integrands)
+    prods = [products[p] for p in cols]
+    fns = [numpy_function(g, (x,)) for g in factors]
+    L = _tolerant_cholesky(K)
+    deffs = np.sum(np.diagonal(L, axis1=1, axis2=2) > 0, axis=1)
+    relative = tol is None
+    for deff in sorted(set(deffs.tolist()) & {3, 4}):
+        rows = np.nonzero(deffs == deff)[0]
+        ladder = _COND_LADDER[deff]
+        lim_tol = DEFAULT_TOL[deff] if relative else tol
+
+        def rule(rung, idx, ladder=ladder, deff=deff):
+            chunk = max(1, _CHUNK_NODES // ((len(_PANELS[deff]) - 1) * ladder[rung]) ** (d - 1))
+            return np.concatenate([_shared_conditional(fns, prods, L[idx[a:a + chunk]],
+                                                       ladder[rung], deff)
+                                   for a in range(0, len(idx), chunk)])
+
+        prev = rule(0, rows)
+        err = np.full(prev.shape, np.inf)
+        todo = np.ones(prev.shape, dtype=bool)
+        for rung in range(1, len(ladder)):
+            again = np.nonzero(todo.any(axis=1))[0]
+            if again.size == 0:
+                break
+            cur = rule(rung, rows[again])
+            t = todo[again]
+            err[again] = np.where(t, np.abs(cur - prev[again]), err[again])
+            prev[again] = np.where(t, cur, prev[again])
+            limit = lim_tol * (np.maximum(1.0, np.abs(prev[again])) if relative else 1.0)
+            todo[again] = t & (err[again] > limit)
+        limit = lim_tol * (np.maximum(1.0, np.abs(prev)) if relative else np.ones(prev.shape))
+        for j, p in enumerate(cols):
+            try:
+                tail = _tail_mass(integrands[p], list(syms), L[rows])
+            except DeriveError:  # no finite value: gaussian_expectation says why
+                continue
+            e = np.maximum(np.maximum(err[:, j], 1e-16 * np.maximum(np.abs(prev[:, j]), 1.0) * d),
+                           tail)
+            value[rows, p] = prev[:, j]
+            error[rows, p] = e
+            ok[rows, p] = ~todo[:, j] & np.isfinite(prev[:, j]) & (e <= limit[:, j])
+    return value, error, ok
 
 
 def _quadrature(f, pos, K, tol):

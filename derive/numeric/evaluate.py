@@ -43,14 +43,15 @@ import sympy as sp
 from sympy.core.sorting import default_sort_key
 
 from ..activations.catalogue import Activation
-from ..activations.gaussian import gaussian_expectation, one_variable_factors
+from ..activations.gaussian import (gaussian_expectation, one_variable_factors,
+                                    product_expectations)
 from ..algebra.symbols import GROUPS, DerivativeContraction, GaussianAverage, RandomVar
 from ..architectures.mlp import MLP
 from ..base.errors import CovarianceError, DeriveError
 from ..derivation.derivation import TARGETS as _PLANNED
 from ..derivation.derivation import order_for
 from ..derivation.layerstep import cached_layer_step, closed_layer_step
-from ..derivation.quantities import ALL_QUANTITIES, quantity
+from ..derivation.quantities import ALL_QUANTITIES, NNLO_QUANTITIES, QUANTITIES, quantity
 from ..derivation.specialise import specialise
 
 __all__ = ["CompiledForm", "iterate_mlp", "TARGETS"]
@@ -135,6 +136,11 @@ class _Evaluator:
         self.products: dict = {}
         self._factors: list = []
         self._factor_ids: dict = {}
+        #: while True (the first of two passes over a layer's recursions), products of
+        #: one-variable factors not yet known are only recorded in ``pending`` (and read as 0),
+        #: for :meth:`prefetch` to compute together
+        self.collecting = False
+        self.pending: dict = {}
         #: detail(message) before each batch of averages (progress), or None
         self.detail = None
         #: the largest estimated error of an average, relative to max(1, |average|)
@@ -189,6 +195,10 @@ class _Evaluator:
             store = self.products.setdefault(tuple(pat.tolist()), {})
             keys = [r.tobytes() for r in uniq]
             missing = [i for i, key in enumerate(keys) if key not in store]
+            if missing and self.collecting:
+                self.pending.setdefault(tuple(pat.tolist()), []).append(uniq[missing])
+                out[mask] = 0.0
+                continue
             if missing:
                 h = sp.Mul(*(self._factors[f].xreplace({_X: _Z[j]}) for j, f in enumerate(pat)))
                 vals = self._expectation(h, uniq[missing])
@@ -196,6 +206,43 @@ class _Evaluator:
                     store[keys[i]] = float(v)
             out[mask] = np.array([store[key] for key in keys])[inv.reshape(-1)]
         return coef * out
+
+    def prefetch(self) -> None:
+        """Compute the products recorded while ``collecting`` in three or more variables
+        together: per set of samples one grid, each factor's values on it once, every product
+        the recursions need on those samples from them
+        (:func:`~derive.activations.gaussian.product_expectations`).  What that does not
+        compute to the tolerance is left to :meth:`average` (product by product)."""
+        pending, self.pending = self.pending, {}
+        by_size: dict = {}
+        for pat, parts in pending.items():
+            if len(pat) >= 3:
+                by_size.setdefault(len(pat), []).append(
+                    (pat, np.unique(np.concatenate(parts), axis=0)))
+        for d, items in sorted(by_size.items()):
+            need: dict = {}  # sample set → (its row, the products it needs)
+            for i, (_, rows) in enumerate(items):
+                for r in rows:
+                    need.setdefault(r.tobytes(), (r, []))[1].append(i)
+            groups: dict = {}
+            for r, wanted in need.values():
+                groups.setdefault(tuple(wanted), []).append(r)
+            if self.detail is not None:
+                self.detail(f"{d}-D averages: {sum(len(w) for w in groups)} products "
+                            f"on {len(need)} sample sets")
+            for wanted, rs in groups.items():
+                S = np.array(rs)
+                products = [items[i][0] for i in wanted]
+                value, error, ok = product_expectations(self._factors, products,
+                                                        _kernel_batch(self.K, S), tol=self.tol)
+                for j, pat in enumerate(products):
+                    store = self.products.setdefault(pat, {})
+                    hit = np.nonzero(ok[:, j])[0]
+                    for b in hit:
+                        store[S[b].tobytes()] = float(value[b, j])
+                    if hit.size:
+                        rel = error[hit, j] / np.maximum(1.0, np.abs(value[hit, j]))
+                        self.error = max(self.error, float(rel.max()))
 
     def _factor_id(self, g: sp.Expr) -> int:
         """A number for the one-variable factor g(x) (the order of factors in a canonical
@@ -747,9 +794,23 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                    widths[l], widths[l - 1])
         tensors = {name: res[name][l] for name in res}
         ev = _Evaluator(res["K"][l], tensors, kinked=bool(derivative_free), tol=tol)
+        todo = [name for name in res
+                if not (quantity(name).order > order and quantity(name).rank == 2)]
+        if any(quantity(name).rank > 2 for name in todo):
+            # first pass: record the averages of products the rank-4 steps need, then compute
+            # them together (one grid per set of samples); the second pass reads them
+            ev.collecting = True
+            with np.errstate(all="ignore"):
+                for name in todo:
+                    forms[name].evaluate(comps[name], scalars, ev)
+            ev.collecting = False
+            if detail is not None:
+                ev.detail = lambda msg, l=l: detail(f"layer {l + 1}/{spec.depth}: {msg}")
+            ev.prefetch()
+            ev.detail = None
         for name in res:
             q, C = quantity(name), comps[name]
-            if q.order > order and q.rank == 2:  # a 1/n correction not asked: zero (G1 at order 0)
+            if name not in todo:  # a 1/n correction not asked: zero (G1 at order 0)
                 res[name][l + 1] = res[name][1]
                 continue
             where = f"layer {l + 1}/{spec.depth}: {name} on {len(C)} components"

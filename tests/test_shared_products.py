@@ -1,0 +1,131 @@
+"""Averages of products of one-variable functions computed together (one grid per covariance,
+``derive.activations.gaussian.product_expectations``), and the batched evaluator's two passes
+that feed it (record what the rank-4 steps need, compute it, then read it).
+
+The references are independent of the code under test: Gaussian averages of products of
+exponentials, cosines and sines follow from E[exp(wᵀz)] = exp(½ wᵀKw) for complex w, written
+out here; tanh products are compared with ``gaussian_expectation`` product by product (its own
+rule, the established tier)."""
+from itertools import product as cartesian
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import derive
+from derive.activations.gaussian import gaussian_expectation, product_expectations
+from derive.numeric import evaluate as E
+
+x = sp.Symbol("x")
+
+
+def _exponentials(g):
+    """g(x) as Σ c e^{w x} (complex c, w) for exp(a x), cos(a x), sin(a x)."""
+    a = sp.Wild("a")
+    for fun, terms in ((sp.exp, lambda a: [(1.0, a)]),
+                       (sp.cos, lambda a: [(0.5, 1j * a), (0.5, -1j * a)]),
+                       (sp.sin, lambda a: [(-0.5j, 1j * a), (0.5j, -1j * a)])):
+        m = g.match(fun(a * x))
+        if m is not None and isinstance(g, fun):
+            return terms(complex(m[a]))
+    raise AssertionError(g)
+
+
+def _exact(factors, prod, K):
+    """E[Π_k g_{p_k}(z_k)] for z ~ N(0, K), g exponentials, cosines, sines."""
+    total = 0.0
+    for choice in cartesian(*(_exponentials(factors[p]) for p in prod)):
+        c = np.prod([t[0] for t in choice])
+        w = np.array([t[1] for t in choice])
+        total += c * np.exp(0.5 * w @ K @ w)
+    return total.real
+
+
+def _covariances(d, rank, n, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        A = rng.standard_normal((d, rank)) * rng.uniform(0.4, 1.2)
+        out.append(A @ A.T + (1e-3 * np.eye(d) if rank == d else 0.0))
+    return np.array(out)
+
+
+FACTORS = [sp.exp(x / 3), sp.cos(x), sp.sin(7 * x / 10), sp.exp(-x / 2), sp.cos(3 * x / 2)]
+
+
+@pytest.mark.parametrize("d,rank", [(3, 3), (4, 4), (4, 3)])
+def test_products_against_closed_forms(d, rank):
+    K = _covariances(d, rank, 6, seed=d + rank)
+    rng = np.random.default_rng(1)
+    prods = [tuple(int(v) for v in rng.integers(0, len(FACTORS), d)) for _ in range(12)]
+    tol = 1e-8 if d == 3 else 1e-7  # what the ladders reach here (4-D default: 1e-6)
+    value, error, ok = product_expectations(FACTORS, prods, K, tol=tol)
+    assert ok.all()
+    for j, p in enumerate(prods):
+        exact = np.array([_exact(FACTORS, p, k) for k in K])
+        np.testing.assert_allclose(value[:, j], exact, rtol=0, atol=tol)
+        assert np.all(error[:, j] <= tol)
+
+
+def test_tanh_products_against_the_product_by_product_rule():
+    z = sp.Symbol("z")
+    s = sp.tanh(z)
+    factors = [f.subs(z, x) for f in (s, sp.diff(s, z), sp.diff(s, z, 2), sp.diff(s, z, 3))]
+    K = np.concatenate([_covariances(4, 4, 4, seed=5), _covariances(4, 3, 2, seed=6)])
+    prods = [(0, 0, 0, 0), (1, 0, 2, 0), (3, 1, 1, 0), (2, 2, 1, 1), (0, 3, 0, 2)]
+    value, _, ok = product_expectations(factors, prods, K)  # default: 1e-6 relative in 4-D
+    assert ok[:4].all()  # full rank; the rank-3 ones are held to the 3-D default, 1e-9
+    assert ok[4:].mean() > 0.5
+    zs = sp.symbols("z1:5")
+    for j, p in enumerate(prods):
+        f = sp.Mul(*(factors[k].subs(x, zs[i]) for i, k in enumerate(p)))
+        ref = np.asarray(gaussian_expectation(f, K))
+        np.testing.assert_allclose(value[ok[:, j], j], ref[ok[:, j]], rtol=0, atol=2e-6)
+
+
+def test_what_is_left_to_gaussian_expectation():
+    """Kinked factors, products of polynomials, fewer than three variables: not computed here
+    (ok False), so the caller's product-by-product route (exact where it can be) decides."""
+    K = _covariances(3, 3, 2, seed=0)
+    factors = [sp.Max(x, 0), x ** 2, sp.tanh(x), sp.Heaviside(x)]
+    value, error, ok = product_expectations(factors, [(0, 2, 2), (1, 1, 1), (2, 2, 3), (2, 2, 2)],
+                                            K)
+    assert ok.tolist() == [[False, False, False, True]] * 2
+    assert not product_expectations(factors, [(2, 2)], K[:, :2, :2])[2].any()
+
+
+def test_evaluator_two_passes_equal_one(monkeypatch):
+    """The recursions read the same numbers whether the products were computed together
+    (recorded in a first pass) or one by one as they are asked for."""
+    X = np.array([[1.0, 0.2], [0.3, -0.8], [-0.6, 0.5], [0.9, 0.9]])
+    messages = []
+    spec = derive.MLP(3, 16, "tanh", 0.1, 1.2)
+    together = E.iterate_mlp(spec, X, order=1, targets=["V", "A", "D"], tol=1e-9,
+                             detail=messages.append)
+    assert any("4-D averages" in m and "sample sets" in m for m in messages)
+    with monkeypatch.context() as m:
+        m.setattr(E._Evaluator, "prefetch", lambda self: self.pending.clear())
+        alone = E.iterate_mlp(spec, X, order=1, targets=["V", "A", "D"], tol=1e-9)
+    for q in ("V", "A", "D"):
+        np.testing.assert_allclose(np.asarray(together[q][3]), np.asarray(alone[q][3]),
+                                   rtol=0, atol=5e-9)
+        assert np.max(np.abs(np.asarray(together[q][3]))) > 1e-3  # not trivially zero
+
+
+def test_canonical_products_are_shared():
+    """⟨σ'(z_a) σ(z_b) σ(z_c)⟩ and the same integral with its variables permuted are one
+    quadrature; values agree with gaussian_expectation."""
+    K = _covariances(3, 3, 1, seed=3)[0]
+    ev = E._Evaluator(K, {}, kinked=False, tol=1e-10)
+    z1, z2, z3 = sp.symbols("z1:4")
+    h = (1 - sp.tanh(z1) ** 2) * sp.tanh(z2) * sp.tanh(z3)
+    a = ev.average(h, np.array([[0, 1, 2]]))
+    calls = []
+    orig = ev._expectation
+    ev._expectation = lambda hh, S: calls.append(S) or orig(hh, S)
+    b = ev.average(h.xreplace({z1: z2, z2: z1}), np.array([[1, 0, 2]]))
+    c = ev.average(3 * h.xreplace({z1: z3, z3: z1}), np.array([[2, 1, 0]]))
+    assert calls == []
+    np.testing.assert_allclose([b[0], c[0] / 3], [a[0], a[0]], rtol=0, atol=1e-15)
+    ref = gaussian_expectation(h, K, tol=1e-10)
+    assert abs(a[0] - float(ref)) < 1e-9
