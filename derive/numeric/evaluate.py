@@ -18,7 +18,11 @@ This is the numeric back end of the layer step (:mod:`derive.derivation.layerste
      slots into one variable), in batches through :func:`derive.gaussian_expectation`
      (closed form; for ReLU-type σ exact orthant moments; else kink-aware quadrature with an
      error bound); averages symmetric in
-     their slots are evaluated once per multiset of samples;
+     their slots are evaluated once per multiset of samples; a product of one-variable
+     factors is evaluated once per *canonical* form (samples sorted, factors permuted along),
+     and for a rank-4 step a first pass over the layer's recursions only records which
+     products of three or four samples are needed, so that each set of samples is integrated
+     once for all of them (:func:`~derive.activations.gaussian.product_expectations`);
    * a contraction Σ_β T_β Π_k ⟨∂_{β∈B_k} f_k⟩ runs β over the *distinct* samples of the
      f_k (the derivatives vanish elsewhere, docs/conventions.md §6 step 4) with ∂_β the derivative by the
      sample variable ζ_β.  For smooth σ the derivatives are taken symbolically.  For a σ
@@ -116,6 +120,12 @@ def _factor_form(h: sp.Expr):
         coef *= float(c)
         factors.append(rest.xreplace({_Z[k]: _X}))
     return coef, tuple(present), tuple(factors)
+
+
+@lru_cache(maxsize=8192)
+def _diff(F: sp.Expr, mi: tuple) -> sp.Expr:
+    """∂F / ∂z_{mi[0]} ∂z_{mi[1]} … (asked again by the second pass over a layer)."""
+    return sp.diff(F, *(_Z[i] for i in mi))
 
 
 def _kernel_batch(K: np.ndarray, S: np.ndarray) -> np.ndarray:
@@ -297,6 +307,10 @@ class _Evaluator:
         out = np.empty(C.shape[0])
         for rows, merged, S in self._by_pattern(node.functions, alphas, C):
             M, m = S.shape
+            if self.collecting:  # only the averages are wanted (recorded)
+                for F, grp in zip(merged, node.groups):
+                    self._derivatives(F, len(grp), S, m)
+                continue
             # T at the distinct samples: T_S[b, j1 … jk] = T[…, S_b j1, …] over the summed
             # indices (axes in the order of the dummies), free indices at the rows' samples
             TS = np.ones((M,) + (1,) * k)
@@ -329,7 +343,7 @@ class _Evaluator:
             D[np.ix_(np.arange(S.shape[0]), *([vars_] * r))] = block
             return D
         for mi in combinations_with_replacement(vars_, r):
-            d = sp.diff(F, *(_Z[i] for i in mi))
+            d = _diff(F, mi)
             if d == 0:
                 continue
             val = self.average(d, S) if d.free_symbols else np.full(S.shape[0], float(d))
@@ -453,6 +467,8 @@ class CompiledForm:
         for k, atom in enumerate(self.atoms):
             if tick is not None:
                 tick(k + 1, len(self.atoms))
+            if ev.collecting and not isinstance(atom, (GaussianAverage, DerivativeContraction)):
+                continue
             if isinstance(atom, GaussianAverage):
                 args.append(ev.gaussian_average(atom, self.alphas, C))
             elif isinstance(atom, DerivativeContraction):
@@ -460,6 +476,8 @@ class CompiledForm:
             else:
                 pos = [self.alphas.index(x) for x in atom.indices]
                 args.append(ev.tensor(str(atom.base))[tuple(C[:, p] for p in pos)])
+        if ev.collecting:  # the first of two passes: the averages are recorded, no value yet
+            return np.zeros(C.shape[0])
         out = self.fn(*scalar_values, *args)
         return np.broadcast_to(np.asarray(out, dtype=float), (C.shape[0],)).copy()
 
@@ -796,13 +814,12 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
         ev = _Evaluator(res["K"][l], tensors, kinked=bool(derivative_free), tol=tol)
         todo = [name for name in res
                 if not (quantity(name).order > order and quantity(name).rank == 2)]
-        if any(quantity(name).rank > 2 for name in todo):
+        if N >= 3 and any(quantity(name).rank > 2 for name in todo):
             # first pass: record the averages of products the rank-4 steps need, then compute
             # them together (one grid per set of samples); the second pass reads them
             ev.collecting = True
-            with np.errstate(all="ignore"):
-                for name in todo:
-                    forms[name].evaluate(comps[name], scalars, ev)
+            for name in todo:
+                forms[name].evaluate(comps[name], scalars, ev)
             ev.collecting = False
             if detail is not None:
                 ev.detail = lambda msg, l=l: detail(f"layer {l + 1}/{spec.depth}: {msg}")
