@@ -238,7 +238,7 @@ class _Evaluator:
             for r, wanted in need.values():
                 groups.setdefault(tuple(wanted), []).append(r)
             if self.detail is not None:
-                self.detail(f"{d}-D averages: {sum(len(w) for w in groups)} products "
+                self.detail(f"{d}-D averages: {len(items)} products of σ and its derivatives "
                             f"on {len(need)} sample sets")
             for wanted, rs in groups.items():
                 S = np.array(rs)
