@@ -62,7 +62,7 @@ from .catalogue import (check_nodes, kernel_rules, kinks_of, numpy_function, par
 __all__ = ["gaussian_expectation", "GaussianValue", "GaussianBatch", "DEFAULT_TOL",
            "DEFAULT_TOL_KINKED",
            "check_covariance", "one_variable_factors", "separable_terms", "panel_rule",
-           "product_expectations"]
+           "product_expectations", "product_integrand", "FACTOR_VARIABLE"]
 
 #: default tolerance by number of integrated dimensions (relative to max(1, |value|))
 DEFAULT_TOL = {1: 1e-12, 2: 1e-12, 3: 1e-9, 4: 1e-6}
@@ -768,36 +768,7 @@ def _smoothed(fn, kinks: tuple, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray) 
     |u| ≤ 9 sd_u (spacing ≤ _TABLE_STEP, six-point interpolation; points beyond, whose Gaussian
     weight is below e^-40, are read at the end of the table), and computed directly where a
     point lies within 9 s (plus the stencil) of a kink of f, where G bends on the scale s."""
-    B, n = U.shape
-    lo = np.maximum(U.min(axis=1), -9.0 * sd_u)
-    hi = np.minimum(U.max(axis=1), 9.0 * sd_u)
-    span = np.maximum(hi - lo, 0.0)
-    # at a kink G bends on the scale s: the table is made fine enough to follow it (where s is
-    # too small for that, the points near the kink are computed directly, below)
-    step = np.minimum(_TABLE_STEP, s / 12.0) if kinks else np.full(B, _TABLE_STEP)
-    with np.errstate(divide="ignore"):
-        M = int(np.clip(np.ceil(np.max(np.where(step > 0, span / np.maximum(step, 1e-300), np.inf)))
-                        + 1, 8, _TABLE_MAX))
-    h = np.maximum(span / (M - 1), 1e-12)
-    grid = lo[:, None] + h[:, None] * (np.arange(M + 6) - 3)
-    table = _smoothed_direct(fn, kinks, grid, s)
-    coef = np.lib.stride_tricks.sliding_window_view(table, 6, axis=1) @ _LAGRANGE.T  # (B, M+1, 6)
-    pos = np.clip((U - lo[:, None]) / h[:, None], 0.0, M - 1.0)
-    i = np.minimum(np.floor(pos).astype(np.int64), M - 2)
-    r = pos - i
-    flat = (i + 1) + (M + 1) * np.arange(B)[:, None]  # the window starting 2 before i
-    out = np.take(np.ascontiguousarray(coef[..., 5]), flat)
-    for k in range(4, -1, -1):
-        out *= r
-        out += np.take(np.ascontiguousarray(coef[..., k]), flat)
-    if kinks:
-        kk = np.asarray(kinks, dtype=float)
-        gap = np.min(np.abs(U[..., None] - kk), axis=2)
-        near = (gap < (9.0 * s + 4.0 * h)[:, None]) & (h > s / 12.0)[:, None]
-        if np.any(near):
-            rows = np.nonzero(near)
-            out[near] = _smoothed_direct(fn, kinks, U[near][None, :], s[rows[0]][None, :])[0]
-    return out
+    return _smoothed_many([fn], U, s, sd_u, kinks)[0]
 
 
 def _outer_axes(L: np.ndarray, points: int, panels: np.ndarray) -> tuple[list, list]:
@@ -828,29 +799,43 @@ def _on_grid(L: np.ndarray, ts: list, row: int, k: int) -> np.ndarray:
     return z
 
 
-def _smoothed_many(fns: list, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray) -> list:
-    """:func:`_smoothed` without kinks for several functions at the same points U (B, n): the
-    table's grid and each point's interval are found once; per function one table and the
-    interpolating polynomial of each point's interval."""
+def _smoothed_many(fns: list, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray,
+                   kinks: tuple = ()) -> list:
+    """:func:`_smoothed` for several functions with the same kinks at the same points U (B, n):
+    the table's grid and each point's interval are found once; per function one table and the
+    interpolating polynomial of each point's interval (and the points near a kink directly)."""
     B, n = U.shape
     lo = np.maximum(U.min(axis=1), -9.0 * sd_u)
     hi = np.minimum(U.max(axis=1), 9.0 * sd_u)
     span = np.maximum(hi - lo, 0.0)
-    M = int(np.clip(np.ceil(np.max(span) / _TABLE_STEP) + 1, 8, _TABLE_MAX))
+    # at a kink G bends on the scale s: the table is made fine enough to follow it (where s is
+    # too small for that, the points near the kink are computed directly, below)
+    step = np.minimum(_TABLE_STEP, s / 12.0) if kinks else np.full(B, _TABLE_STEP)
+    with np.errstate(divide="ignore"):
+        M = int(np.clip(np.ceil(np.max(np.where(step > 0, span / np.maximum(step, 1e-300), np.inf)))
+                        + 1, 8, _TABLE_MAX))
     h = np.maximum(span / (M - 1), 1e-12)
     grid = lo[:, None] + h[:, None] * (np.arange(M + 6) - 3)
     pos = np.clip((U - lo[:, None]) / h[:, None], 0.0, M - 1.0)
     i = np.minimum(np.floor(pos).astype(np.int64), M - 2)
     r = pos - i
     flat = (i + 1) + (M + 1) * np.arange(B)[:, None]  # the window starting 2 before i
+    near = None
+    if kinks:
+        gap = np.min(np.abs(U[..., None] - np.asarray(kinks, dtype=float)), axis=2)
+        near = (gap < (9.0 * s + 4.0 * h)[:, None]) & (h > s / 12.0)[:, None]
+        near = near if np.any(near) else None
     out = []
     for fn in fns:
-        table = _smoothed_direct(fn, (), grid, s)
+        table = _smoothed_direct(fn, kinks, grid, s)
         coef = np.lib.stride_tricks.sliding_window_view(table, 6, axis=1) @ _LAGRANGE.T
         g = np.take(np.ascontiguousarray(coef[..., 5]), flat)
         for k in range(4, -1, -1):
             g *= r
             g += np.take(np.ascontiguousarray(coef[..., k]), flat)
+        if near is not None:
+            rows = np.nonzero(near)
+            g[near] = _smoothed_direct(fn, kinks, U[near][None, :], s[rows[0]][None, :])[0]
         out.append(g)
     return out
 
@@ -922,11 +907,21 @@ def _shared_conditional(fns: list, products: list, L: np.ndarray, points: int,
     return out
 
 
+#: the variable of the one-variable factors of :func:`product_expectations`
+FACTOR_VARIABLE = sp.Symbol("x")
+
+
+def product_integrand(factors: list, prod: tuple, syms) -> sp.Expr:
+    """Π_j factors[prod[j]] with its variable x replaced by syms[j]."""
+    return sp.Mul(*(factors[k].xreplace({FACTOR_VARIABLE: syms[j]}) for j, k in enumerate(prod)))
+
+
 def product_expectations(factors: list, products: list, K: np.ndarray, tol: float | None = None):
     """⟨Π_k g_{p_k}(z_k)⟩_K for many products of the one-variable functions ``factors``
-    (SymPy expressions in ``x``) over a batch of covariances K (B × d × d, d ≥ 3), sharing one
-    conditional rule per matrix (:func:`_shared_conditional`): what
-    :func:`gaussian_expectation` computes product by product.  The same ladder, panels,
+    (SymPy expressions in :data:`FACTOR_VARIABLE`, x) over a batch of covariances K
+    (B × d × d, d ≥ 3), sharing one conditional rule per matrix
+    (:func:`_shared_conditional`): what :func:`gaussian_expectation` computes product by
+    product.  The same ladder, panels,
     tolerances (``tol`` absolute; by default relative as there), tail estimate and error floor.
 
     Returns ``(value, error, ok)``, arrays (B, P): ``ok`` where the value is computed here to
@@ -934,7 +929,7 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
     instead), fewer than three effective dimensions, an integrand that cannot be averaged, no
     convergence on the ladder — the caller asks :func:`gaussian_expectation`, which computes
     the value by its own tier or says why it cannot."""
-    x = sp.Symbol("x")
+    x = FACTOR_VARIABLE
     K = np.asarray(K, dtype=float)
     B, d, _ = K.shape
     P = len(products)
@@ -947,7 +942,7 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
     syms = sp.symbols(f"z1:{d + 1}")
     integrands = {}
     for p, prod in enumerate(products):
-        f = sp.Mul(*(factors[k].xreplace({x: syms[j]}) for j, k in enumerate(prod)))
+        f = product_integrand(factors, prod, syms)
         if not all(smooth[k] for k in prod) or all(poly[k] for k in prod):
             continue
         try:

@@ -47,8 +47,9 @@ import sympy as sp
 from sympy.core.sorting import default_sort_key
 
 from ..activations.catalogue import Activation
-from ..activations.gaussian import (gaussian_expectation, one_variable_factors,
-                                    product_expectations)
+from ..activations.gaussian import (FACTOR_VARIABLE, gaussian_expectation,
+                                    one_variable_factors, product_expectations,
+                                    product_integrand)
 from ..algebra.symbols import GROUPS, DerivativeContraction, GaussianAverage, RandomVar
 from ..architectures.mlp import MLP
 from ..base.errors import CovarianceError, DeriveError
@@ -98,7 +99,7 @@ def _merged(fs, slot_vars: dict, pattern: tuple) -> tuple[list, list[int]]:
 
 
 #: the variable of a one-variable factor in a canonical product (:func:`_factor_form`)
-_X = sp.Symbol("x")
+_X = FACTOR_VARIABLE
 
 
 @lru_cache(maxsize=4096)
@@ -210,7 +211,7 @@ class _Evaluator:
                 out[mask] = 0.0
                 continue
             if missing:
-                h = sp.Mul(*(self._factors[f].xreplace({_X: _Z[j]}) for j, f in enumerate(pat)))
+                h = product_integrand(self._factors, tuple(pat), _Z)
                 vals = self._expectation(h, uniq[missing])
                 for i, v in zip(missing, vals):
                     store[keys[i]] = float(v)
