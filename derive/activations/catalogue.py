@@ -40,6 +40,7 @@ from ..base.rules import load_rule_file, rule_sets
 
 __all__ = ["z", "Activation", "ClosedForm", "activation", "known_activations", "kernel_rules",
            "parse_function", "probe_scale_invariant", "kinks_of", "numpy_function",
+           "numpy_functions",
            "real_line_problems", "risky_nodes", "check_nodes"]
 
 #: the variable of every activation expression
@@ -605,29 +606,52 @@ _NUMPY_OVERRIDES = {
 }
 
 
-def numpy_function(expr: sp.Expr, variables: tuple) -> Callable:
-    """Vectorised numpy/scipy function of ``expr`` (Max/Min/Heaviside made array-safe)."""
+def _refuse_deltas(expr: sp.Expr) -> None:
     if expr.has(sp.DiracDelta):
         raise DeriveError(
             f"{expr} contains a Dirac delta (a derivative of a kink), which has no pointwise "
             "values; use the derivative-free forms of docs/conventions.md §4 (Gaussian integration by parts, "
             "derive.integrate_by_parts) for non-smooth activations")
+
+
+def numpy_function(expr: sp.Expr, variables: tuple) -> Callable:
+    """Vectorised numpy/scipy function of ``expr`` (Max/Min/Heaviside made array-safe)."""
+    _refuse_deltas(expr)
     return _numpy_function(expr, tuple(variables))
+
+
+def numpy_functions(exprs: tuple, variable: sp.Symbol) -> Callable:
+    """Several functions of one variable evaluated together: ``fn(x)`` gives the list of their
+    values, each of x's shape; the subexpressions they share (tanh(x) in σ, σ′, σ″, σ‴) are
+    computed once."""
+    exprs = tuple(exprs)
+    for e in exprs:
+        _refuse_deltas(e)
+    return _numpy_functions(exprs, variable)
+
+
+def _lambdified(exprs: tuple, variables: tuple) -> Callable:
+    """lambdify of one expression or a list of them, Max/Min/Heaviside made array-safe,
+    common subexpressions computed once."""
+    import scipy.special  # noqa: F401  (erf and friends)
+
+    def safe(expr):
+        rep = {}
+        for node in expr.atoms(sp.Max, sp.Min):
+            rep[node] = sp.Function("_DeriveMax" if isinstance(node, sp.Max) else "_DeriveMin")(*node.args)
+        for node in expr.atoms(sp.Heaviside):
+            rep[node] = sp.Function("_DeriveHeaviside")(node.args[0])
+        return expr.xreplace(rep) if rep else expr
+
+    mods = [{"_DeriveMax": _NUMPY_OVERRIDES["Max"], "_DeriveMin": _NUMPY_OVERRIDES["Min"],
+             "_DeriveHeaviside": _NUMPY_OVERRIDES["Heaviside"]}, "scipy", "numpy"]
+    body = [safe(e) for e in exprs] if isinstance(exprs, tuple) else safe(exprs)
+    return sp.lambdify(variables, body, modules=mods, cse=True)  # tanh(z) once in σ‴(z)
 
 
 @lru_cache(maxsize=512)
 def _numpy_function(expr: sp.Expr, variables: tuple) -> Callable:
-    import scipy.special  # noqa: F401  (erf and friends)
-
-    rep = {}
-    for node in expr.atoms(sp.Max, sp.Min):
-        rep[node] = sp.Function("_DeriveMax" if isinstance(node, sp.Max) else "_DeriveMin")(*node.args)
-    for node in expr.atoms(sp.Heaviside):
-        rep[node] = sp.Function("_DeriveHeaviside")(node.args[0])
-    e = expr.xreplace(rep) if rep else expr
-    mods = [{"_DeriveMax": _NUMPY_OVERRIDES["Max"], "_DeriveMin": _NUMPY_OVERRIDES["Min"],
-             "_DeriveHeaviside": _NUMPY_OVERRIDES["Heaviside"]}, "scipy", "numpy"]
-    fn = sp.lambdify(variables, e, modules=mods, cse=True)  # tanh(z) once in σ‴(z)
+    fn = _lambdified(expr, variables)
 
     def wrapped(*xs):
         with np.errstate(over="ignore", invalid="ignore"):
@@ -635,3 +659,15 @@ def _numpy_function(expr: sp.Expr, variables: tuple) -> Callable:
         return np.broadcast_to(np.asarray(out, dtype=float), np.broadcast(*xs).shape) if xs else out
 
     return wrapped
+
+
+@lru_cache(maxsize=256)
+def _numpy_functions(exprs: tuple, variable: sp.Symbol) -> Callable:
+    fn = _lambdified(exprs, (variable,))
+
+    def values(x):
+        x = np.asarray(x, dtype=float)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return [np.broadcast_to(np.asarray(v, dtype=float), x.shape) for v in fn(x)]
+
+    return values

@@ -56,8 +56,9 @@ from ..algebra.pairings import gaussian_monomial_moment
 from ..base.errors import CovarianceError, DeriveError, QuadratureError, boundary
 from ..base.parsing import as_expr
 from .moments import ORTHANT_NODES, orthant_moments
-from .catalogue import (check_nodes, kernel_rules, kinks_of, numpy_function, parse_function,
-                        probe_scale_invariant, real_line_problems, risky_nodes, z as _z)
+from .catalogue import (check_nodes, kernel_rules, kinks_of, numpy_function, numpy_functions,
+                        parse_function, probe_scale_invariant, real_line_problems, risky_nodes,
+                        z as _z)
 
 __all__ = ["gaussian_expectation", "GaussianValue", "GaussianBatch", "DEFAULT_TOL",
            "DEFAULT_TOL_KINKED",
@@ -724,20 +725,24 @@ _INNER_POINTS = 8
 _STENCIL = np.arange(-2, 4)
 
 
-def _smoothed_direct(fn, kinks: tuple, U: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """G(u) = ⟨f(u + s η)⟩ over η ~ N(0, 1) at the points U (B, n), s of shape (B,) or (B, n):
-    a 1-D panel rule, split where u + s η crosses a kink of f; s = 0 gives f(u)."""
+def _smoothed_direct(fns, kinks: tuple, U: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """G(u) = ⟨f(u + s η)⟩ over η ~ N(0, 1) for the F functions of ``fns`` (x ↦ the list of
+    their values at x) at the points U (B, n), s of shape (B,) or (B, n): (F, B, n), a 1-D panel
+    rule, split where u + s η crosses a kink of f; s = 0 gives f(u)."""
     B, n = U.shape
     s = np.broadcast_to(np.asarray(s, dtype=float).reshape(B, -1), (B, n))
     panels = _PANELS[1]
     per = (len(panels) - 1 + len(kinks)) * _INNER_POINTS
-    out = np.empty((B, n))
+    out = None
     step = max(1, _CHUNK_NODES // max(B * per, 1))
     if not kinks:  # the same nodes in η for every point
         t, w = panel_rule(_INNER_POINTS, panels)
         for a in range(0, n, step):
             u, sd = U[:, a:a + step], s[:, a:a + step]
-            out[:, a:a + step] = fn(u[..., None] + sd[..., None] * t) @ w
+            vals = [v @ w for v in fns(u[..., None] + sd[..., None] * t)]
+            if out is None:
+                out = np.empty((len(vals), B, n))
+            out[:, :, a:a + step] = vals
         return out
     x, w = _gauss_legendre(_INNER_POINTS)
     c = np.asarray(kinks, dtype=float)
@@ -753,8 +758,11 @@ def _smoothed_direct(fn, kinks: tuple, U: np.ndarray, s: np.ndarray) -> np.ndarr
         half, mid = 0.5 * (hi - lo), 0.5 * (hi + lo)
         t = (mid[..., None] + half[..., None] * x).reshape(B, m, -1)
         wt = (half[..., None] * w).reshape(B, m, -1) * np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi)
-        vals = np.einsum("bmq,bmq->bm", fn(u[..., None] + sd[..., None] * t), wt)
-        out[:, a:a + step] = np.where(sd > 0, vals, fn(u))
+        vals = [np.where(sd > 0, np.einsum("bmq,bmq->bm", v, wt), f)
+                for v, f in zip(fns(u[..., None] + sd[..., None] * t), fns(u))]
+        if out is None:
+            out = np.empty((len(vals), B, n))
+        out[:, :, a:a + step] = vals
     return out
 
 
@@ -768,7 +776,7 @@ def _smoothed(fn, kinks: tuple, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray) 
     |u| ≤ 9 sd_u (spacing ≤ _TABLE_STEP, six-point interpolation; points beyond, whose Gaussian
     weight is below e^-40, are read at the end of the table), and computed directly where a
     point lies within 9 s (plus the stencil) of a kink of f, where G bends on the scale s."""
-    return _smoothed_many([fn], U, s, sd_u, kinks)[0]
+    return _smoothed_many(lambda x: [fn(x)], U, s, sd_u, kinks)[0]
 
 
 def _outer_axes(L: np.ndarray, points: int, panels: np.ndarray) -> tuple[list, list]:
@@ -799,11 +807,12 @@ def _on_grid(L: np.ndarray, ts: list, row: int, k: int) -> np.ndarray:
     return z
 
 
-def _smoothed_many(fns: list, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray,
-                   kinks: tuple = ()) -> list:
-    """:func:`_smoothed` for several functions with the same kinks at the same points U (B, n):
-    the table's grid and each point's interval are found once; per function one table and the
-    interpolating polynomial of each point's interval (and the points near a kink directly)."""
+def _smoothed_many(fns, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray,
+                   kinks: tuple = ()) -> np.ndarray:
+    """:func:`_smoothed` for the F functions of ``fns`` (x ↦ the list of their values at x; the
+    same kinks) at the same points U (B, n): (F, B, n).  The table's grid and each point's
+    interval are found once; the functions are tabulated together, and each point's
+    interpolating polynomial read for all of them (the points near a kink computed directly)."""
     B, n = U.shape
     lo = np.maximum(U.min(axis=1), -9.0 * sd_u)
     hi = np.minimum(U.max(axis=1), 9.0 * sd_u)
@@ -820,24 +829,21 @@ def _smoothed_many(fns: list, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray,
     i = np.minimum(np.floor(pos).astype(np.int64), M - 2)
     r = pos - i
     flat = (i + 1) + (M + 1) * np.arange(B)[:, None]  # the window starting 2 before i
-    near = None
+    tables = _smoothed_direct(fns, kinks, grid, s)  # (F, B, M + 6)
+    F = tables.shape[0]
+    coef = np.lib.stride_tricks.sliding_window_view(tables, 6, axis=2) @ _LAGRANGE.T
+    coef = np.ascontiguousarray(np.moveaxis(coef, 3, 0)).reshape(6, F, -1)  # (6, F, B (M+1))
+    g = np.take(coef[5], flat, axis=1)
+    for k in range(4, -1, -1):
+        g *= r
+        g += np.take(coef[k], flat, axis=1)
     if kinks:
         gap = np.min(np.abs(U[..., None] - np.asarray(kinks, dtype=float)), axis=2)
         near = (gap < (9.0 * s + 4.0 * h)[:, None]) & (h > s / 12.0)[:, None]
-        near = near if np.any(near) else None
-    out = []
-    for fn in fns:
-        table = _smoothed_direct(fn, kinks, grid, s)
-        coef = np.lib.stride_tricks.sliding_window_view(table, 6, axis=1) @ _LAGRANGE.T
-        g = np.take(np.ascontiguousarray(coef[..., 5]), flat)
-        for k in range(4, -1, -1):
-            g *= r
-            g += np.take(np.ascontiguousarray(coef[..., k]), flat)
-        if near is not None:
+        if np.any(near):
             rows = np.nonzero(near)
-            g[near] = _smoothed_direct(fn, kinks, U[near][None, :], s[rows[0]][None, :])[0]
-        out.append(g)
-    return out
+            g[:, near] = _smoothed_direct(fns, kinks, U[near][None, :], s[rows[0]][None, :])[:, 0]
+    return g
 
 
 def _conditional_rule(fns: list, kinks: list, L: np.ndarray, points: int, deff: int) -> np.ndarray:
@@ -870,26 +876,32 @@ def _conditional_rule(fns: list, kinks: list, L: np.ndarray, points: int, deff: 
     return np.einsum("bn,bn->b", W, np.where(W == 0, 0.0, vals))
 
 
-def _shared_conditional(fns: list, products: list, L: np.ndarray, points: int,
+def _shared_conditional(factors, products: list, L: np.ndarray, points: int,
                         deff: int) -> np.ndarray:
-    """:func:`_conditional_rule` (without kinks) for many products Π_k fns[p_k](z_k) over the
-    same matrices at once, (B, len(products)): the grid, each function's values on it and each
-    tabulated G are made once, and the inside-out sums are shared by the products that end
-    alike (their partial sums depend on the factors p_k … p_{d−1} only)."""
+    """:func:`_conditional_rule` (without kinks) for many products Π_k f_{p_k}(z_k) over the
+    same matrices at once, (B, len(products)).  ``factors(ids, x)`` gives the values of the
+    functions numbered ``ids`` at x (a list).  The grid, the functions'
+    values on each axis (those a product needs there, together) and the tabulated G are made
+    once, and the inside-out sums are shared by the products that end alike (their partial
+    sums depend on the factors p_k … p_{d−1} only)."""
     B, d, _ = L.shape
     inner = d - 1
     s = L[:, inner, inner]
     sd_u = np.sqrt(np.einsum("bj,bj->b", L[:, inner, :inner], L[:, inner, :inner]))
     ts, w_b = _outer_axes(L, points, _PANELS[deff])
     u = _on_grid(L, ts, inner, inner - 1)
-    z: dict = {}
-    values: dict = {}
-    last = sorted({prod[inner] for prod in products})
+    last = tuple(sorted({prod[inner] for prod in products}))
     if np.any(s > 0):
-        G = _smoothed_many([fns[f] for f in last], u.reshape(B, -1), s, sd_u)
-        partial = {(f,): g.reshape(u.shape) for f, g in zip(last, G)}
+        G = _smoothed_many(lambda x: factors(last, x), u.reshape(B, -1), s, sd_u)
+        G = G.reshape((len(last),) + u.shape)
     else:  # G = f: the last variable is fixed by the others
-        partial = {(f,): fns[f](u) for f in last}
+        G = factors(last, u)
+    partial = {(f,): G[j] for j, f in enumerate(last)}
+    values: dict = {}
+    for k in range(inner - 1, -1, -1):
+        need = tuple(sorted({prod[k] for prod in products}))
+        vals = factors(need, _on_grid(L, ts, k, k))
+        values.update({(k, f): vals[j] for j, f in enumerate(need)})
     out = np.empty((B, len(products)))
     for p, prod in enumerate(products):
         key = (prod[inner],)
@@ -897,10 +909,6 @@ def _shared_conditional(fns: list, products: list, L: np.ndarray, points: int,
         for k in range(inner - 1, -1, -1):
             key = (prod[k],) + key
             if key not in partial:
-                if (k, prod[k]) not in values:
-                    if k not in z:
-                        z[k] = _on_grid(L, ts, k, k)
-                    values[k, prod[k]] = fns[prod[k]](z[k])
                 partial[key] = np.einsum("b...q,bq->b...", values[k, prod[k]] * acc, w_b[k])
             acc = partial[key]
         out[:, p] = acc
@@ -955,7 +963,9 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
         return value, error, ok
     cols = sorted(integrands)
     prods = [products[p] for p in cols]
-    fns = [numpy_function(g, (x,)) for g in factors]
+    def values(ids, z, factors=tuple(factors)):
+        return numpy_functions(tuple(factors[i] for i in ids), x)(z)
+
     L = _tolerant_cholesky(K)
     deffs = np.sum(np.diagonal(L, axis1=1, axis2=2) > 0, axis=1)
     relative = tol is None
@@ -966,7 +976,7 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
 
         def rule(rung, idx, ladder=ladder, deff=deff):
             chunk = max(1, _CHUNK_NODES // ((len(_PANELS[deff]) - 1) * ladder[rung]) ** (d - 1))
-            return np.concatenate([_shared_conditional(fns, prods, L[idx[a:a + chunk]],
+            return np.concatenate([_shared_conditional(values, prods, L[idx[a:a + chunk]],
                                                        ladder[rung], deff)
                                    for a in range(0, len(idx), chunk)])
 
