@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import lru_cache
 
 import numpy as np
 import sympy as sp
@@ -146,6 +147,17 @@ def step_terms(eta: float) -> dict:
 _LETTERS = "abcdefgh"
 
 
+#: np.einsum's contraction order, per (spec, operand shapes): found once, not every step
+_PATHS: dict = {}
+
+
+def _einsum(spec: str, ops: list) -> np.ndarray:
+    key = (spec, tuple(op.shape for op in ops))
+    if key not in _PATHS:
+        _PATHS[key] = np.einsum_path(spec, *ops, optimize="greedy")[0] if len(ops) > 1 else False
+    return np.einsum(spec, *ops, optimize=_PATHS[key])
+
+
 def _contract(spec: str, ops: list) -> np.ndarray:
     """np.einsum(spec, *ops), where an operand that is the same for every cubature point (a
     constant field broadcast along the leading axis p) enters once, without that axis, and
@@ -161,29 +173,46 @@ def _contract(spec: str, ops: list) -> np.ndarray:
         if const[k]:
             ops[k], terms[k] = op[0], terms[k][1:]
     if all(const):  # the same for every point: computed once
-        res = np.einsum(",".join(terms) + "->" + out[1:], *ops, optimize=True)
+        res = _einsum(",".join(terms) + "->" + out[1:], ops)
         return np.broadcast_to(res, (batch,) + res.shape)
-    return np.einsum(",".join(terms) + "->" + out, *ops, optimize=True)
+    return _einsum(",".join(terms) + "->" + out, ops)
 
 
-def _term_value(term, states: dict, eps: list, NA: int, order: int) -> list:
-    """The jet (Taylor coefficients in s up to ``order``; None for zero) of one update term."""
+@lru_cache(maxsize=None)
+def _term_plan(term, NA: int, order: int) -> tuple:
+    """What :func:`_term_value` does for one update term, worked out once: the field, its
+    index (the summed slots cut to the training samples), and per way of distributing the
+    jet orders (field's, each ε's) with total ≤ ``order`` the einsum spec."""
     coeff, field, slots, neps = term
-    index = tuple(slice(None) if kind == "free" else slice(0, NA) for kind, _ in slots)
+    index = (slice(None),) + tuple(slice(None) if kind == "free" else slice(0, NA)
+                                   for kind, _ in slots)
     letters = "".join("wxyz"[k] if kind == "free" else _LETTERS[k] for kind, k in slots)
     out_letters = "".join("wxyz"[k] for k in sorted(k for kind, k in slots if kind == "free"))
     spec = "p" + letters + "," + ",".join("p" + _LETTERS[m] for m in range(neps)) \
         + "->p" + out_letters if neps else "p" + letters + "->p" + out_letters
+    splits = tuple(ks for ks in itertools.product(range(order + 1), repeat=1 + neps)
+                   if sum(ks) <= order)
+    return coeff, field, index, spec, splits
+
+
+def _term_value(term, states: dict, eps: list, NA: int, order: int) -> list:
+    """The jet (Taylor coefficients in s up to ``order``; None for zero) of one update term."""
+    coeff, field, index, spec, splits = _term_plan(term, NA, order)
     fj = states[field]
     result = [None] * (order + 1)
-    for ks in itertools.product(range(order + 1), repeat=1 + neps):
-        total = sum(ks)
-        if total > order:
+    for ks in splits:
+        head = fj[ks[0]]
+        if head is None:
             continue
-        parts = [fj[ks[0]]] + [eps[ks[1 + m]] for m in range(neps)]
+        parts = [eps[k] for k in ks[1:]]
         if any(x is None for x in parts):
             continue
-        v = coeff * _contract(spec, [parts[0][(slice(None),) + index], *parts[1:]])
+        if parts:   # the coefficient on the smallest operand, an ε (P × N_A)
+            parts[0] = parts[0] * coeff
+            v = _contract(spec, [head[index], *parts])
+        else:
+            v = _contract(spec, [head[index]]) * coeff
+        total = sum(ks)
         result[total] = v if result[total] is None else result[total] + v
     return result
 
@@ -205,10 +234,17 @@ def _run(terms: dict, start: dict, y, NA: int, order: int, times, record, progre
         new = {}
         for name, ts in terms.items():
             acc = list(states[name])
+            owned = [False] * (order + 1)   # acc[k] a fresh array of this step (added in place)
             for term in ts:
                 for k, v in enumerate(_term_value(term, states, eps, NA, order)):
-                    if v is not None:
-                        acc[k] = v if acc[k] is None else acc[k] + v
+                    if v is None:
+                        continue
+                    if acc[k] is None:   # a fresh array, unless a read-only broadcast
+                        acc[k], owned[k] = v, v.flags.writeable
+                    elif owned[k] and acc[k].shape == np.broadcast_shapes(acc[k].shape, v.shape):
+                        acc[k] += v
+                    else:
+                        acc[k], owned[k] = acc[k] + v, True
             new[name] = acc
         states.update(new)
         if progress is not None:
