@@ -133,6 +133,36 @@ def _kernel_batch(K: np.ndarray, S: np.ndarray) -> np.ndarray:
     return K[S[:, :, None], S[:, None, :]]
 
 
+def _row_keys(rows: np.ndarray, base: int) -> np.ndarray:
+    """One integer per row of sample indices (each < ``base``): Σ_j rows[:, j] base^j."""
+    if float(base) ** rows.shape[1] >= 2.0 ** 62:
+        raise DeriveError(f"{base} samples are too many for averages over {rows.shape[1]} of "
+                          "them at once")
+    return rows.astype(np.int64) @ (base ** np.arange(rows.shape[1], dtype=np.int64))
+
+
+class _Store:
+    """Values under integer keys (:func:`_row_keys` of sorted sample rows): sorted key and
+    value arrays, looked up and extended a batch at a time."""
+
+    def __init__(self):
+        self.keys = np.zeros(0, dtype=np.int64)
+        self.values = np.zeros(0)
+
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, found) for ``keys``; values are 0 where not found."""
+        at = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        found = (self.keys[at] == keys) if len(self.keys) else np.zeros(len(keys), dtype=bool)
+        return (np.where(found, self.values[at], 0.0) if len(self.keys) else np.zeros(len(keys)),
+                found)
+
+    def put(self, keys: np.ndarray, values: np.ndarray) -> None:
+        keys = np.concatenate([self.keys, np.asarray(keys, dtype=np.int64)])
+        values = np.concatenate([self.values, np.asarray(values, dtype=float)])
+        keys, first = np.unique(keys, return_index=True)
+        self.keys, self.values = keys, values[first]
+
+
 class _Evaluator:
     """Evaluates averages and contractions over batches of components, with a cache shared
     by the recursions of one layer (K and Θ both need ⟨σσ⟩, …)."""
@@ -143,7 +173,8 @@ class _Evaluator:
         self.kinked = kinked
         self.tol = tol
         self.cache: dict = {}
-        #: canonical products of one-variable factors: factor ids → {sorted samples: value}
+        #: canonical products of one-variable factors: factor ids → their values on sorted
+        #: sample rows (a :class:`_Store`)
         self.products: dict = {}
         self._factors: list = []
         self._factor_ids: dict = {}
@@ -198,24 +229,28 @@ class _Evaluator:
         rows = np.take_along_axis(sub, order, axis=1)
         fids = ids[order]
         out = np.empty(S.shape[0])
-        pats, which = np.unique(fids, axis=0, return_inverse=True)
+        codes, first, which = np.unique(_row_keys(fids, len(self._factors)), return_index=True,
+                                        return_inverse=True)
         which = which.reshape(-1)
-        for k, pat in enumerate(pats):
+        keys = _row_keys(rows, self.K.shape[0])
+        for k in range(len(codes)):
+            pat = tuple(fids[first[k]].tolist())
             mask = which == k
-            uniq, inv = np.unique(rows[mask], axis=0, return_inverse=True)
-            store = self.products.setdefault(tuple(pat.tolist()), {})
-            keys = [r.tobytes() for r in uniq]
-            missing = [i for i, key in enumerate(keys) if key not in store]
-            if missing and self.collecting:
-                self.pending.setdefault(tuple(pat.tolist()), []).append(uniq[missing])
+            uniq, at, inv = np.unique(keys[mask], return_index=True, return_inverse=True)
+            store = self.products.setdefault(pat, _Store())
+            vals, found = store.get(uniq)
+            if found.all():
+                out[mask] = vals[inv.reshape(-1)]
+                continue
+            missing = rows[mask][at[~found]]
+            if self.collecting:
+                self.pending.setdefault(pat, []).append(missing)
                 out[mask] = 0.0
                 continue
-            if missing:
-                h = product_integrand(self._factors, tuple(pat), _Z)
-                vals = self._expectation(h, uniq[missing])
-                for i, v in zip(missing, vals):
-                    store[keys[i]] = float(v)
-            out[mask] = np.array([store[key] for key in keys])[inv.reshape(-1)]
+            new = self._expectation(product_integrand(self._factors, pat, _Z), missing)
+            store.put(uniq[~found], new)
+            vals[~found] = new
+            out[mask] = vals[inv.reshape(-1)]
         return coef * out
 
     def prefetch(self) -> None:
@@ -225,6 +260,7 @@ class _Evaluator:
         (:func:`~derive.activations.gaussian.product_expectations`).  What that does not
         compute to the tolerance is left to :meth:`average` (product by product)."""
         pending, self.pending = self.pending, {}
+        base = self.K.shape[0]
         by_size: dict = {}
         for pat, parts in pending.items():
             if len(pat) >= 3:
@@ -233,8 +269,8 @@ class _Evaluator:
         for d, items in sorted(by_size.items()):
             need: dict = {}  # sample set → (its row, the products it needs)
             for i, (_, rows) in enumerate(items):
-                for r in rows:
-                    need.setdefault(r.tobytes(), (r, []))[1].append(i)
+                for r, key in zip(rows, _row_keys(rows, base).tolist()):
+                    need.setdefault(key, (r, []))[1].append(i)
             groups: dict = {}
             for r, wanted in need.values():
                 groups.setdefault(tuple(wanted), []).append(r)
@@ -246,12 +282,11 @@ class _Evaluator:
                 products = [items[i][0] for i in wanted]
                 value, error, ok = product_expectations(self._factors, products,
                                                         _kernel_batch(self.K, S), tol=self.tol)
+                keys = _row_keys(S, base)
                 for j, pat in enumerate(products):
-                    store = self.products.setdefault(pat, {})
                     hit = np.nonzero(ok[:, j])[0]
-                    for b in hit:
-                        store[S[b].tobytes()] = float(value[b, j])
                     if hit.size:
+                        self.products.setdefault(pat, _Store()).put(keys[hit], value[hit, j])
                         rel = error[hit, j] / np.maximum(1.0, np.abs(value[hit, j]))
                         self.error = max(self.error, float(rel.max()))
 
