@@ -5,8 +5,8 @@
   (``predict`` of K … Udd, N = |A| + |B| inputs, rank-4 tensors: about N⁴ Gaussian averages per
   layer, each set of four distinct inputs integrated once for all the products it needs) and
   the averaged dynamics (jets through the derived update equations over a degree-5 cubature of
-  2N² + 1 points); depth 5 with 10 + 10 inputs is left to ``--full`` (estimated at a quarter of an hour or more; not run since the
-  shared products).
+  2N² + 1 points); depth 5 with 10 + 10 inputs is left to ``--full`` (estimated at a quarter
+  of an hour or more; not run since the shared products).
 * trained ensembles of actual networks: networks × steps per second of
   ``derive.reality.training.train_ensemble`` (vectorised over networks, hand-written backward
   pass) against a plain numpy loop over the networks written here (the same arithmetic).
