@@ -14,6 +14,7 @@ import pytest
 
 import derive
 from derive.algebra.symbols import GROUPS
+from derive.base.errors import DeriveError
 from derive.derivation.quantities import quantity
 from derive.emit.numpy_module import _orbit_table, _pair_patterns, load_generated
 from derive.numeric.evaluate import iterate_mlp
@@ -153,11 +154,15 @@ def test_predict_ntk_statistics_on_other_architectures():
 
 @pytest.mark.slow
 def test_predict_ntk_order_zero_as_on_the_batched_route():
-    # order 0: H1 is zero and A, B, D, F are left out, on both routes
+    # order 0: H1 is zero, and A, B, D, F are left out on both routes — asked for by name,
+    # predict says they need order=1 (an empty dict would read as a result)
     spec = _spec("erf")
-    p = derive.predict(spec, X3[:2], targets=TARGETS, order=0)
+    p = derive.predict(spec, X3[:2], targets=[q for q in TARGETS if q not in FOUR], order=0)
     assert p.route == "generated"
     assert all(not np.any(p.H1[l]) for l in p.K) and p.A == p.B == p.D == p.F == {}
+    for q in (*FOUR, "P", "Udd"):
+        with pytest.raises(DeriveError, match="order=1"):
+            derive.predict(spec, X3[:2], targets=["K", q], order=0)
     ref = iterate_mlp(spec, X3[:2], 0, targets=TARGETS)
     assert not any(q in ref for q in FOUR)
 

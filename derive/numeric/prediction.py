@@ -519,6 +519,12 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         late = [t for t in targets if t in NNLO and order < 2]
         if late:
             raise DeriveError(f"{', '.join(late)} enter at O(1/n²); ask for order=2 to get them")
+        # the NTK's four-index O(1/n) statistics are evaluated from order 1 (as derive.derive
+        # says): at order 0 they would come back empty
+        early = [t for t in targets if t in NTK_FOUR + TANGENT and order < 1]
+        if early:
+            raise DeriveError(f"{', '.join(early)} enter at O(1/n) and are evaluated with "
+                              "order=1; ask for order=1 to get them")
     start = time.perf_counter()
 
     def say(msg):
