@@ -32,7 +32,7 @@ def _data(NA: int, NB: int):
 def _train_row(depth: int, NA: int, NB: int, steps: int) -> dict:
     import derive
     from derive.numeric import training as T
-    from derive.numeric.training_nlo import cumulants_one_output, nlo_dynamics
+    from derive.numeric.training_nlo import nlo_dynamics
 
     spec = derive.MLP(depth, 64, "tanh", 0.0, 1.0, lambda_b=0.5, lambda_W=1.0)
     XA, y, XB = _data(NA, NB)
@@ -44,7 +44,7 @@ def _train_row(depth: int, NA: int, NB: int, steps: int) -> dict:
         t_stats = time.perf_counter() - t0
         st = {q: np.asarray(getattr(p, q)[depth], dtype=float) for q in T.NLO_TARGETS}
         t0 = time.perf_counter()
-        nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], cumulants_one_output(st), y, NA,
+        nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, y, NA,
                      0.2, T.default_times(steps))
         t_dyn = time.perf_counter() - t0
     total = t_stats + t_dyn

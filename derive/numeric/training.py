@@ -19,11 +19,14 @@ invertible; evaluated on the eigenvectors of Θ_AA, so a singular Θ_AA is fine)
 i.e. z(t) = A_t z(0) + c_t: mean c_t, covariance A_t K A_tᵀ (the same for every output).
 t = ∞ is allowed when η is stable, 0 < ηθ < 2 for every nonzero eigenvalue θ of Θ_AA.
 
-Order 1 (one output neuron): the O(1/n) corrections through the NTK's fluctuations and the
+Order 1: the O(1/n) corrections through the NTK's fluctuations and the
 dNTK and ddNTKs (:mod:`derive.numeric.training_nlo`: the gradient-descent step expanded with the
 output layer's tangent fields, averaged with their derived statistics H1, G1, A, B, D, F, P, Q,
 R, S, T, Udd).  ``mean(t) = mean0(t) + mean1(t)/n`` and ``cov(t) = cov0(t) + cov1(t)/n`` with
 n = n_{L−1} the output layer's fan-in, at the recorded steps; ``ntk_drift = ntk_drift1/n``.
+Several outputs are coupled at this order (each output's mean depends on all targets, outputs
+are correlated): ``cov`` is then averaged over the output neurons, ``cov_by_output`` gives
+every pair, ``ntk_drift`` is output neuron 0's and ``ntk_drift1_by_output`` every Ĥ_{ij}'s.
 """
 from __future__ import annotations
 
@@ -183,17 +186,25 @@ class Training:
 
     @property
     def ntk_drift(self) -> np.ndarray:
-        """E[Ĥ(T) − Ĥ(0)] on the training then test inputs: zeros at order 0, ntk_drift1/n at
-        order 1."""
+        """E[Ĥ(T) − Ĥ(0)] on the training then test inputs, (N, N) (with several outputs: of
+        output neuron 0, Ĥ_{00}, as :func:`~derive.reality.training.train_ensemble` records it):
+        zeros at order 0, ntk_drift1/n at order 1."""
         N = self.n_train + self.n_test
         return np.zeros((N, N)) if self._nlo is None else self.ntk_drift1 / self.fan_in
 
     @property
     def ntk_drift1(self) -> np.ndarray:
-        """The coefficient of 1/n (n = n_{L−1}) of E[Ĥ(T) − Ĥ(0)] (order 1 only)."""
+        """The coefficient of 1/n (n = n_{L−1}) of E[Ĥ(T) − Ĥ(0)] (order 1 only; with several
+        outputs, of output neuron 0)."""
+        return self.ntk_drift1_by_output[0, 0]
+
+    @property
+    def ntk_drift1_by_output(self) -> np.ndarray:
+        """The coefficient of 1/n of E[Ĥ_{ij;ab}(T) − Ĥ_{ij;ab}(0)] for all output neurons i, j,
+        (n_out, n_out, N, N) (order 1 only)."""
         self._need_nlo("ntk_drift1")
         d = self._nlo["drift1"]
-        return 0.5 * (d + d.T)
+        return 0.5 * (d + d.transpose(1, 0, 3, 2))
 
     def _need_nlo(self, what: str):
         if self._nlo is None:
@@ -207,17 +218,28 @@ class Training:
         return t
 
     def mean1(self, t) -> np.ndarray:
-        """The coefficient of 1/n of E[z(t)] (order 1, recorded steps only), (N,)."""
+        """The coefficient of 1/n of E[z(t)] (order 1, recorded steps only): (N,) for one
+        output, (N, n_out) otherwise (as :meth:`mean0`)."""
         self._need_nlo("mean1")
-        return self._nlo["mean1"][self._recorded(t)].copy()
+        m = self._nlo["mean1"][self._recorded(t)]
+        return m[0].copy() if self.single_output else m.T.copy()
 
-    def cov1(self, t) -> np.ndarray:
-        """The coefficient of 1/n of Cov[z(t)] (order 1, recorded steps only), (N, N)."""
+    def cov1_by_output(self, t) -> np.ndarray:
+        """The coefficient of 1/n of Cov[z_{i;a}(t), z_{j;b}(t)] for all output neurons i, j,
+        (n_out, N, n_out, N) (order 1, recorded steps only): at O(1/n) the outputs are coupled
+        (through the NTK's fluctuations and the dNTK, and each output's targets)."""
         self._need_nlo("cov1")
         t = self._recorded(t)
         m0, m1 = self._nlo["mean0"][t], self._nlo["mean1"][t]
-        C = self._nlo["second1"][t] - np.outer(m0, m1) - np.outer(m1, m0)
-        return 0.5 * (C + C.T)
+        C = self._nlo["second1"][t] - np.einsum("ia,jb->iajb", m0, m1) \
+            - np.einsum("ia,jb->iajb", m1, m0)
+        return 0.5 * (C + C.transpose(2, 3, 0, 1))
+
+    def cov1(self, t) -> np.ndarray:
+        """The coefficient of 1/n of Cov[z_i(t)] (order 1, recorded steps only), (N, N); with
+        several outputs averaged over the output neurons i (as ``cov(t)``)."""
+        C = self.cov1_by_output(t)
+        return np.einsum("iaib->ab", C) / C.shape[0]
 
     # -- the linear map z(t) = A_t z(0) + c_t -------------------------------------------------
 
@@ -281,10 +303,21 @@ class Training:
 
     def cov(self, t) -> np.ndarray:
         """Cov[z_i(t)] on the training then test inputs (to the order of this result: + cov1/n
-        at order 1)."""
+        at order 1), (N, N).  With several outputs the average over the output neurons i
+        (:class:`~derive.reality.training.EnsembleTraining` pools them the same way; at order 0
+        it is the same for each); ``cov_by_output(t)`` gives every pair of outputs."""
         if self._nlo is None:
             return self.cov0(t)
         return self.cov0(t) + self.cov1(t) / self.fan_in
+
+    def cov_by_output(self, t) -> np.ndarray:
+        """Cov[z_{i;a}(t), z_{j;b}(t)] for all output neurons i, j, (n_out, N, n_out, N): δ_ij
+        cov0(t) at order 0, + cov1_by_output(t)/n at order 1."""
+        n_out = self.y.shape[1]
+        C = np.einsum("ij,ab->iajb", np.eye(n_out), self.cov0(t))
+        if self._nlo is None:
+            return C
+        return C + self.cov1_by_output(t) / self.fan_in
 
     def test_error(self, t, y_test) -> TestError:
         """The expected test loss at step t and its bias and variance parts (:class:`TestError`):
@@ -335,9 +368,9 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         T, the last step.
     order : 0 or 1
         0: infinite width (kernel learning, book ch. 10).  1: with the O(1/n) corrections
-        through the NTK's fluctuations, the dNTK and the ddNTKs (book ch. ∞; one output neuron,
-        σ smooth or linear, a plain MLP; :mod:`derive.numeric.training_nlo`), at the recorded
-        steps.
+        through the NTK's fluctuations, the dNTK and the ddNTKs (book ch. ∞; any number of
+        outputs, σ smooth or linear, a plain MLP; :mod:`derive.numeric.training_nlo`), at the
+        recorded steps.
     times : list of int, optional
         The steps to record (default: 0, every power of two below ``steps``, and ``steps``).
 
@@ -345,16 +378,14 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
     -------
     Training
         ``.mean(t)``, ``.cov(t)``, ``.mean0(t)``, ``.cov0(t)``, ``.ntk_drift``,
-        ``.test_error(t, y_test)``, ``.times``, ``.K``, ``.Theta``; at order 1 also
-        ``.mean1(t)``, ``.cov1(t)``, ``.ntk_drift1`` (coefficients of 1/n, n = n_{L−1}).
+        ``.test_error(t, y_test)``, ``.times``, ``.K``, ``.Theta``, ``.cov_by_output(t)``; at
+        order 1 also ``.mean1(t)``, ``.cov1(t)``, ``.ntk_drift1`` (coefficients of 1/n,
+        n = n_{L−1}), ``.cov1_by_output(t)``, ``.ntk_drift1_by_output``.
     """
     if isinstance(order, bool) or order not in (0, 1):
         raise OrderError(f"order must be 0 or 1, got {order!r:.40}")
     XA, Y, single, XB = _check_data(X_train, y_train, X_test)
     if order == 1:
-        if Y.shape[1] != 1:
-            raise DeriveError("train(order=1) is derived for one output neuron (y_train of shape "
-                              "(N_A,)); for several outputs use order=0")
         if type(spec) is not MLP or spec.max_order < 1:
             raise DeriveError("train(order=1) needs the O(1/n) statistics of the NTK, dNTK and "
                               "ddNTKs, derived for plain MLPs (derive.MLP) only")
@@ -387,7 +418,7 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         raise DeriveError("K or Θ of the output layer is not finite for these inputs")
     nlo, n = None, 0
     if order == 1:
-        nlo, n = _nlo(spec, X, Y[:, 0], NA, eta, rec)
+        nlo, n = _nlo(spec, X, Y, NA, eta, rec)
     return Training(spec=spec, order=order, eta=eta, steps=steps, times=rec, n_train=NA,
                     n_test=XB.shape[0], K=K, Theta=Th, y=Y, single_output=single,
                     stable=stable, _eig=(theta, U), fan_in=n, _nlo=nlo)
@@ -403,10 +434,10 @@ NLO_TOL = 1e-6
 NLO_TARGETS = ("K", "G1", "Theta", "H1", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")
 
 
-def _nlo(spec, X, y, NA, eta, times):
+def _nlo(spec, X, Y, NA, eta, times):
     """(the O(1/n) coefficients of :func:`derive.numeric.training_nlo.nlo_dynamics`, n_{L−1})."""
     from .prediction import predict
-    from .training_nlo import cumulants_one_output, nlo_dynamics
+    from .training_nlo import nlo_dynamics
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")    # the expansion estimate: the caller's judgement
@@ -418,6 +449,5 @@ def _nlo(spec, X, y, NA, eta, times):
     st = {q: np.asarray(getattr(p, q)[L], dtype=float) for q in NLO_TARGETS}
     for q in ("K", "G1", "Theta", "H1"):
         st[q] = 0.5 * (st[q] + st[q].T)
-    out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], cumulants_one_output(st), y,
-                       NA, eta, times)
+    out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, Y, NA, eta, times)
     return out, p.fan_in(L)

@@ -1,4 +1,4 @@
-r"""Gradient descent at O(1/n) for one output (issue 17 part 3; docs/conventions.md §3).
+r"""Gradient descent at O(1/n) (issue 17 part 3; docs/conventions.md §3).
 
 The update equations.  A step θ → θ − ηλ∇L moves every function of θ by its Taylor series in
 the step Δθ_μ = −η λ_μ Σ_α ∂_μz_α ε_α (ε_α = z_α − y_α, α ∈ A).  Written with the tangent
@@ -12,7 +12,9 @@ the engine (:func:`derive.derivation.dynamics.gradient_step`) and evaluated from
                       + (η²/2) (ddIĤ_{δ1δ2αβ} + ddIĤ_{δ2δ1αβ} + 2 ddIIĤ_{δ1δ2αβ}) ε_α ε_β
     dĤ_{δ0δ1δ2}(t+1) = dĤ_{δ0δ1δ2} − η (ddIĤ_{δ0δ1δ2α} + ddIIĤ_{δ0δ1δ2α} + ddIIĤ_{δ0δ2δ1α}) ε_α
 
-(sums over α, β, γ ∈ A; the ddNTKs do not move at this order).
+(sums over α, β, γ ∈ A; the ddNTKs do not move at this order).  With several outputs every
+field carries its output neurons (Ĥ_{i1i2;δ1δ2}, …) and each ε_{j;α} its own, summed with the
+field's matching slot: z_{i;δ}(t+1) = z_{i;δ} − η Σ_j Ĥ_{ji;αδ} ε_{j;α} + …
 
 The average.  At initialisation (z, ΔĤ = Ĥ − E Ĥ, dĤ, ddĤ) are jointly nearly Gaussian
 (docs/conventions.md §3): to O(1/n) every expectation is the one at the leading-order point —
@@ -22,10 +24,12 @@ plus one insertion of each O(1/n) cumulant (the same rule as the layer step's, �
     E[Φ] = ⟨Φ⟩ + (1/n) ⟨ ∂_Ĥ Φ · H1 + ½ ∂²_z Φ · G1 + ½ ∂²_Ĥ Φ · C_HH + ½ ∂_Ĥ ∂²_z Φ · C_Hzz
                          + ∂_dĤ ∂_z Φ · C_dz + ∂_ddIĤ Φ · E_I + ∂_ddIIĤ Φ · E_II ⟩,
 
-with, for one output neuron (all its δ-structures coincide), n C_HH_{abcd} = A_{abcd} + B_{acbd}
-+ B_{adbc}, n C_Hzz_{abcd} = D_{abcd} + F_{acbd} + F_{adbc}, n C_dz_{abcd} = P_{abcd} + P_{acbd} +
-Q_{abcd}, n E_I_{abcd} = R_{abcd} + R_{acbd} + R_{adbc}, n E_II = S + T + Udd (the other
-cumulants are O(1/n²) or leave a polynomial of too low a degree in z: V does not enter).  The
+with the output neurons' δ-structures (:func:`cumulants`; docs/conventions.md §3), e.g.
+n C_HH_{i1i2i3i4;abcd} = δ_{i1i2}δ_{i3i4} A_{abcd} + δ_{i1i3}δ_{i2i4} B_{acbd} + δ_{i1i4}δ_{i2i3}
+B_{adbc} — for one output neuron they all coincide: n C_HH = A_{abcd} + B_{acbd} + B_{adbc},
+n C_Hzz = D_{abcd} + F_{acbd} + F_{adbc}, n C_dz = P_{abcd} + P_{acbd} + Q_{abcd}, n E_I =
+R_{abcd} + R_{acbd} + R_{adbc}, n E_II = S + T + Udd (the other cumulants are O(1/n²) or
+leave a polynomial of too low a degree in z: V does not enter).  The
 z-derivatives are traded for Hermite weights by Gaussian integration by parts
 (⟨∂_c g⟩ = ⟨g u_c⟩, ⟨∂_c∂_d g⟩ = ⟨g (u_c u_d − K⁻¹_cd)⟩, u = K⁻¹z), so every first-order
 insertion is one directional derivative of the dynamics along
@@ -33,10 +37,11 @@ insertion is one directional derivative of the dynamics along
     Ĥ(0) → Θ + s [H1 + ½ C_Hzz : He(z)],  dĤ(0) → s C_dz · u,  ddIĤ → s E_I,  ddIIĤ → s E_II,
 
 averaged over z ~ N(0, K) with the weight 1 + ½ G1 : He(z); the integrands are polynomials of
-degree ≤ 5 in z, so a fully symmetric Gaussian cubature of degree 5 (2N² + 1 points) gives the
-average exactly.  The second-order insertion C_HH is Σ_r w_r × the s² coefficient along Ĥ(0) →
+degree ≤ 5 in z, so a fully symmetric Gaussian cubature of degree 5 (2D² + 1 points in the
+D = n_out N dimensions of the outputs) gives the average exactly.  The second-order
+insertion C_HH is Σ_r w_r × the s² coefficient along Ĥ(0) →
 Θ + s U_r for the eigenpairs (w_r, U_r) of C_HH; there z(t) is affine in z(0) (Ĥ constant, no
-dĤ), the integrands quadratic, and a cubature of degree 3 (2N points) is exact.  Every run
+dĤ), the integrands quadratic, and a cubature of degree 3 (2D points) is exact.  Every run
 propagates truncated Taylor coefficients in s ("jets") through the derived update equations.
 Caveat: the statistics are the output layer's at O(1/n) only — z(0)'s higher cumulants and the
 fields' mixed ones (ΔĤ dĤ, dĤ dĤ) enter at O(1/n²).
@@ -54,8 +59,7 @@ from ..algebra.symbols import NeuronSum
 from ..architectures.forward import TANGENT_FIELDS
 from ..base.errors import DeriveError
 
-__all__ = ["cubature_degree5", "cubature_degree3", "nlo_dynamics", "cumulants_one_output",
-           "step_terms"]
+__all__ = ["cubature_degree5", "cubature_degree3", "nlo_dynamics", "cumulants", "step_terms"]
 
 _FIELD_OF = {func: name for name, (func, _) in TANGENT_FIELDS.items()}
 
@@ -95,34 +99,53 @@ def cubature_degree3(m: int) -> tuple[np.ndarray, np.ndarray]:
     return pts, np.full(2 * m, 1.0 / (2 * m))
 
 
-def cumulants_one_output(st: dict) -> dict:
-    """The O(1/n) cumulants of one output neuron's fields, times n (module docstring), from the
-    output layer's statistics ``st`` (K, G1, Theta, H1 (N, N); A, B, D, F, P, Q, R, S, T, Udd
-    (N, N, N, N), dense)."""
+def cumulants(st: dict, n_out: int = 1) -> dict:
+    """The O(1/n) cumulants of the output layer's fields, times n, with their neuron indices
+    (module docstring; docs/conventions.md §3), from the output layer's statistics ``st`` (A, B,
+    D, F, P, Q, R, S, T, Udd (N, N, N, N), dense) for ``n_out`` output neurons: "HH"
+    (i1, i2, i3, i4, a, b, c, d) = n E[ΔĤ_{i1i2;ab} ΔĤ_{i3i4;cd}], "Hzz" = n E[ΔĤ_{i1i2;ab}
+    z_{i3;c} z_{i4;d}], "dz" = n E[dĤ_{i0i1i2;abc} z_{i3;d}], "I" = n E[ddIĤ_{i0i1i2i3;abcd}],
+    "II" = n E[ddIIĤ_{i1i2i3i4;abcd}] — each the sum of its three δ-structures."""
     A, B, D, F, P, Q, R, S, T, Udd = (np.asarray(st[k], dtype=float) for k in
                                       ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd"))
+    d = np.eye(n_out)
+    pairs = np.einsum("ij,kl->ijkl", d, d)                 # δ_{i1i2} δ_{i3i4}
+    cross = np.einsum("ik,jl->ijkl", d, d)                 # δ_{i1i3} δ_{i2i4}
+    twist = np.einsum("il,jk->ijkl", d, d)                 # δ_{i1i4} δ_{i2i3}
+
+    def three(x1, x2, x3):
+        return (np.einsum("ijkl,abcd->ijklabcd", pairs, x1)
+                + np.einsum("ijkl,abcd->ijklabcd", cross, x2)
+                + np.einsum("ijkl,abcd->ijklabcd", twist, x3))
+
+    def swap(x, spec):                     # swap(B, "acbd")[a, b, c, d] = B[a, c, b, d]
+        return np.einsum(spec + "->abcd", x)
+
     return {
-        "HH": A + np.einsum("acbd->abcd", B) + np.einsum("adbc->abcd", B),
-        "Hzz": D + np.einsum("acbd->abcd", F) + np.einsum("adbc->abcd", F),
-        "dz": P + np.einsum("acbd->abcd", P) + Q,
-        "I": R + np.einsum("acbd->abcd", R) + np.einsum("adbc->abcd", R),
-        "II": S + T + Udd,
+        "HH": three(A, swap(B, "acbd"), swap(B, "adbc")),
+        "Hzz": three(D, swap(F, "acbd"), swap(F, "adbc")),
+        "dz": three(P, swap(P, "acbd"), Q),
+        "I": three(R, swap(R, "acbd"), swap(R, "adbc")),
+        "II": three(S, T, Udd),
     }
 
 
 def step_terms(eta: float) -> dict:
-    """The derived update equations (:func:`derive.derivation.dynamics.gradient_step`) for one
-    output neuron, as numbers: field → [(coefficient, tangent field, its sample slots, the
-    summed training samples)], a slot being ("free", k) for the field's k-th own sample or
-    ("sum", m) for the m-th summed training sample (an ε factor)."""
+    """The derived update equations (:func:`derive.derivation.dynamics.gradient_step`) as
+    numbers: field → [(coefficient, tangent field, its neuron slots, its sample slots, the
+    number of ε factors)].  A sample slot is ("free", k) for the updated field's k-th own
+    sample or ("sum", m) for the training sample of the term's m-th ε factor ε_{j_m;α_m}; a
+    neuron slot likewise ("free", r) for the updated field's r-th own neuron or ("sum", m) for
+    the output neuron j_m of the m-th ε (the sums over j_m and α_m are the contractions)."""
     from ..derivation.dynamics import EPS, ETA, gradient_step
 
     g = gradient_step()
     out = {}
     for name, expr in g.updates.items():
-        # one output neuron: every sum over the n_L outputs is its single term
+        # the sums over output neurons become contractions with the ε factors that carry them
         e = sp.expand(expr.replace(lambda x: isinstance(x, NeuronSum), lambda x: x.function))
         free = {a: k for k, a in enumerate(g.samples[name])}
+        free_n = {i: r for r, i in enumerate(g.neurons[name])}
         terms = []
         for term in sp.Add.make_args(e):
             coeff, field, eps = sp.S.One, None, []
@@ -130,16 +153,22 @@ def step_terms(eta: float) -> dict:
                 if isinstance(f, sp.core.function.AppliedUndef) and f.func in _FIELD_OF:
                     field = f
                 elif isinstance(f, sp.core.function.AppliedUndef) and f.func == EPS:
-                    eps.append(f.args[1])
+                    eps.append(f.args)
                 else:
                     coeff *= f
             if field is None:
                 raise DeriveError(f"the update term {term} holds no tangent field (internal error)")
             k = len(field.args) // 2
-            summed = {a: m for m, a in enumerate(eps)}
+            summed = {a: m for m, (_, a) in enumerate(eps)}
+            summed_n = {j: m for m, (j, _) in enumerate(eps)}
+            if len(summed) != len(eps) or len(summed_n) != len(eps):
+                raise DeriveError(f"the update term {term} repeats a summed index (internal error)")
             slots = tuple(("free", free[a]) if a in free else ("sum", summed[a])
                           for a in field.args[k:])
-            terms.append((float(coeff.subs(ETA, eta)), _FIELD_OF[field.func], slots, len(eps)))
+            nslots = tuple(("free", free_n[i]) if i in free_n else ("sum", summed_n[i])
+                           for i in field.args[:k])
+            terms.append((float(coeff.subs(ETA, eta)), _FIELD_OF[field.func], nslots, slots,
+                          len(eps)))
         out[name] = terms
     return out
 
@@ -178,18 +207,25 @@ def _contract(spec: str, ops: list) -> np.ndarray:
     return _einsum(",".join(terms) + "->" + out, ops)
 
 
+#: einsum letters: free samples, summed (training) samples, free neurons, summed neurons
+_FREE, _SUMMED, _FREE_N, _SUMMED_N = "wxyz", _LETTERS, "IJKL", "ABCD"
+
+
 @lru_cache(maxsize=None)
 def _term_plan(term, NA: int, order: int) -> tuple:
     """What :func:`_term_value` does for one update term, worked out once: the field, its
-    index (the summed slots cut to the training samples), and per way of distributing the
-    jet orders (field's, each ε's) with total ≤ ``order`` the einsum spec."""
-    coeff, field, slots, neps = term
-    index = (slice(None),) + tuple(slice(None) if kind == "free" else slice(0, NA)
-                                   for kind, _ in slots)
-    letters = "".join("wxyz"[k] if kind == "free" else _LETTERS[k] for kind, k in slots)
-    out_letters = "".join("wxyz"[k] for k in sorted(k for kind, k in slots if kind == "free"))
-    spec = "p" + letters + "," + ",".join("p" + _LETTERS[m] for m in range(neps)) \
-        + "->p" + out_letters if neps else "p" + letters + "->p" + out_letters
+    index (the summed sample slots cut to the training samples), and per way of distributing
+    the jet orders (field's, each ε's) with total ≤ ``order``, the einsum spec.  A field's
+    array is (batch, its neurons …, its samples …); an ε's (batch, n_out, N_A)."""
+    coeff, field, nslots, slots, neps = term
+    index = (slice(None),) * (1 + len(nslots)) + tuple(
+        slice(None) if kind == "free" else slice(0, NA) for kind, _ in slots)
+    letters = "".join((_FREE_N if kind == "free" else _SUMMED_N)[k] for kind, k in nslots) \
+        + "".join((_FREE if kind == "free" else _SUMMED)[k] for kind, k in slots)
+    out_letters = "".join(_FREE_N[k] for k in sorted(k for kind, k in nslots if kind == "free")) \
+        + "".join(_FREE[k] for k in sorted(k for kind, k in slots if kind == "free"))
+    spec = "p" + letters + "".join(",p" + _SUMMED_N[m] + _SUMMED[m] for m in range(neps)) \
+        + "->p" + out_letters
     splits = tuple(ks for ks in itertools.product(range(order + 1), repeat=1 + neps)
                    if sum(ks) <= order)
     return coeff, field, index, spec, splits
@@ -207,7 +243,7 @@ def _term_value(term, states: dict, eps: list, NA: int, order: int) -> list:
         parts = [eps[k] for k in ks[1:]]
         if any(x is None for x in parts):
             continue
-        if parts:   # the coefficient on the smallest operand, an ε (P × N_A)
+        if parts:   # the coefficient on the smallest operand, an ε (P × n_out × N_A)
             parts[0] = parts[0] * coeff
             v = _contract(spec, [head[index], *parts])
         else:
@@ -220,7 +256,7 @@ def _term_value(term, states: dict, eps: list, NA: int, order: int) -> list:
 def _run(terms: dict, start: dict, y, NA: int, order: int, times, record, progress=None):
     """Propagate the jets ``start`` (field → list of order + 1 arrays or None, leading axis the
     batch of cubature points) through ``terms`` for max(times) steps; ``record(t, states)`` at
-    the recorded steps."""
+    the recorded steps.  ``y`` (n_out, N_A): the targets."""
     states = {k: list(v) for k, v in start.items()}
     last = max(times)
     for t in range(last + 1):
@@ -229,7 +265,7 @@ def _run(terms: dict, start: dict, y, NA: int, order: int, times, record, progre
         if t == last:
             break
         z = states["z"]
-        eps = [None if z[k] is None else (z[k][:, :NA] - y if k == 0 else z[k][:, :NA])
+        eps = [None if z[k] is None else (z[k][..., :NA] - y if k == 0 else z[k][..., :NA])
                for k in range(order + 1)]
         new = {}
         for name, ts in terms.items():
@@ -252,68 +288,80 @@ def _run(terms: dict, start: dict, y, NA: int, order: int, times, record, progre
     return states
 
 
-def nlo_dynamics(K, Th, G1, H1, cum: dict, y, NA: int, eta: float, times: tuple,
+def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                  progress=None) -> dict:
-    """The O(1/n) coefficients (times n) of E[z(t)], E[z(t) z(t)ᵀ] and E[Ĥ(T) − Ĥ(0)] of one
-    output neuron trained by gradient descent (module docstring), and the leading-order mean and
-    second moment from the same cubature (a check of the order-0 closed form).  ``y`` (N_A,);
-    ``times`` the recorded steps (T = the last).  Returns {"mean0", "second0", "mean1",
-    "second1": {t: …}, "drift1": (N, N)}."""
+    """The O(1/n) coefficients (times n) of E[z(t)], E[z(t) ⊗ z(t)] and E[Ĥ(T) − Ĥ(0)] of the
+    n_out output neurons trained by gradient descent (module docstring), and the leading-order
+    mean and second moment from the same cubature (a check of the order-0 closed form).  ``st``
+    the output layer's A, B, D, F, P, Q, R, S, T, Udd (:func:`cumulants`); ``Y`` (N_A, n_out)
+    or (N_A,); ``times`` the recorded steps (T = the last).  Returns {"mean0", "mean1": {t: (n_out,
+    N)}, "second0", "second1": {t: (n_out, N, n_out, N)}, "drift1": (n_out, n_out, N, N)}."""
     K = np.asarray(K, dtype=float)
     N = K.shape[0]
-    y = np.asarray(y, dtype=float).reshape(NA)
+    Y = np.asarray(Y, dtype=float).reshape(NA, -1)
+    n_out = Y.shape[1]
+    y = np.ascontiguousarray(Y.T)                 # (n_out, N_A)
     times = tuple(sorted(set(times)))
     lam, Vk = np.linalg.eigh(0.5 * (K + K.T))
     if lam.min() <= 1e-12 * max(lam.max(), 1e-300):
         raise DeriveError("train(order=1) needs a positive-definite kernel K on the training and "
                           "test inputs (remove repeated or parallel inputs)")
+    cum = cumulants(st, n_out)
     terms = step_terms(eta)
-    X, wts = cubature_degree5(N)
+    delta = np.eye(n_out)
+    root = (Vk * np.sqrt(lam)).T                  # x ↦ x @ root: N(0, 1) → N(0, K)
+    X, wts = cubature_degree5(n_out * N)
     P = len(wts)
-    z0 = X @ (Vk * np.sqrt(lam)).T                # (P, N) points of N(0, K)
-    u = np.linalg.solve(K, z0.T).T                # K⁻¹ z
-    He = np.einsum("pa,pb->pab", u, u) - np.linalg.inv(K)   # Hermite weights
-    weight1 = 0.5 * np.einsum("ab,pab->p", G1, He)         # the G1 insertion, as a weight
+    z0 = X.reshape(P, n_out, N) @ root            # (P, n_out, N): z_i ~ N(0, K), independent
+    Kinv = np.linalg.inv(K)
+    u = z0 @ Kinv                                 # K⁻¹ z per neuron
+    # Hermite weights He_{(ia)(jb)} = u_ia u_jb − δ_ij K⁻¹_ab
+    He = np.einsum("pia,pjb->piajb", u, u) - np.einsum("ij,ab->iajb", delta, Kinv)[None]
+    weight1 = 0.5 * np.einsum("ab,piaib->p", G1, He)      # the G1 insertion δ_ij G1, a weight
 
     def const(a, batch):
         return np.broadcast_to(a, (batch,) + a.shape)
 
+    Th_ij = np.einsum("ij,ab->ijab", delta, Th)
     # run 1: every first-order insertion along one direction s
-    Hs = H1[None] + 0.5 * np.einsum("abcd,pcd->pab", cum["Hzz"], He)
-    start = {"z": [z0, None], "Hhat": [const(Th, P), Hs],
-             "dHhat": [None, np.einsum("abcd,pd->pabc", cum["dz"], u)],
+    Hs = np.einsum("ij,ab->ijab", delta, H1)[None] \
+        + 0.5 * np.einsum("ijklabcd,pkcld->pijab", cum["Hzz"], He)
+    start = {"z": [z0, None], "Hhat": [const(Th_ij, P), Hs],
+             "dHhat": [None, np.einsum("ijklabcd,pld->pijkabc", cum["dz"], u)],
              "ddIHhat": [None, const(cum["I"], P)], "ddIIHhat": [None, const(cum["II"], P)]}
     out = {k: {} for k in ("mean0", "second0", "mean1", "second1")}
 
     def record1(t, st):
         z, z1 = st["z"][0], st["z"][1]
-        out["mean0"][t] = wts @ z
-        out["second0"][t] = np.einsum("p,pa,pb->ab", wts, z, z)
-        m1 = np.zeros(N) if z1 is None else wts @ z1
-        s1 = np.einsum("p,pa,pb->ab", wts * weight1, z, z)
+        out["mean0"][t] = np.einsum("p,pia->ia", wts, z)
+        out["second0"][t] = np.einsum("p,pia,pjb->iajb", wts, z, z)
+        m1 = np.zeros((n_out, N)) if z1 is None else np.einsum("p,pia->ia", wts, z1)
+        s1 = np.einsum("p,pia,pjb->iajb", wts * weight1, z, z)
         if z1 is not None:
-            s1 = s1 + np.einsum("p,pa,pb->ab", wts, z1, z) + np.einsum("p,pa,pb->ab", wts, z, z1)
+            s1 = s1 + np.einsum("p,pia,pjb->iajb", wts, z1, z) \
+                + np.einsum("p,pia,pjb->iajb", wts, z, z1)
         out["mean1"][t], out["second1"][t] = m1, s1
 
     st = _run(terms, start, y, NA, 1, times, record1, progress)
-    out["drift1"] = np.einsum("p,pab->ab", wts, st["Hhat"][1] - Hs)
+    out["drift1"] = np.einsum("p,pijab->ijab", wts, st["Hhat"][1] - Hs)
     # run 2: the C_HH insertion, second order along the eigenvectors of C_HH (Ĥ constant)
-    M = cum["HH"].reshape(N * N, N * N)
+    D2 = n_out * n_out * N * N
+    M = np.einsum("ijklabcd->ijabklcd", cum["HH"]).reshape(D2, D2)
     w, V = np.linalg.eigh(0.5 * (M + M.T))
     keep = np.abs(w) > 1e-13 * max(np.abs(w).max(initial=0.0), 1e-300)
     w, V = w[keep], V[:, keep]
     if len(w):
         # z(t) is affine in z(0) here (Ĥ constant, no dĤ), the integrands quadratic: a rule of
-        # degree 3 (2N points) is exact
-        X3, w3 = cubature_degree3(N)
+        # degree 3 (2 n_out N points) is exact
+        X3, w3 = cubature_degree3(n_out * N)
         P3 = len(w3)
-        z3 = X3 @ (Vk * np.sqrt(lam)).T
+        z3 = X3.reshape(P3, n_out, N) @ root
         R = len(w)
-        U = V.T.reshape(R, N, N)
-        U = 0.5 * (U + np.swapaxes(U, 1, 2))
-        zb = np.broadcast_to(z3, (R, P3, N)).reshape(R * P3, N)
+        U = V.T.reshape(R, n_out, n_out, N, N)
+        U = 0.5 * (U + U.transpose(0, 2, 1, 4, 3))      # Ĥ_{ij;ab} = Ĥ_{ji;ba}
+        zb = np.broadcast_to(z3, (R, P3, n_out, N)).reshape(R * P3, n_out, N)
         start = {"z": [zb, None, None],
-                 "Hhat": [const(Th, R * P3), np.repeat(U, P3, axis=0), None],
+                 "Hhat": [const(Th_ij, R * P3), np.repeat(U, P3, axis=0), None],
                  "dHhat": [None] * 3, "ddIHhat": [None] * 3, "ddIIHhat": [None] * 3}
         ww = (w[:, None] * w3[None, :]).reshape(-1)      # eigenvalue × cubature weight
 
@@ -321,10 +369,11 @@ def nlo_dynamics(K, Th, G1, H1, cum: dict, y, NA: int, eta: float, times: tuple,
             z = st["z"]
             z1 = np.zeros_like(z[0]) if z[1] is None else z[1]
             z2 = np.zeros_like(z[0]) if z[2] is None else z[2]
-            out["mean1"][t] = out["mean1"][t] + ww @ z2
+            out["mean1"][t] = out["mean1"][t] + np.einsum("p,pia->ia", ww, z2)
             out["second1"][t] = out["second1"][t] + (
-                np.einsum("p,pa,pb->ab", ww, z[0], z2) + np.einsum("p,pa,pb->ab", ww, z1, z1)
-                + np.einsum("p,pa,pb->ab", ww, z2, z[0]))
+                np.einsum("p,pia,pjb->iajb", ww, z[0], z2)
+                + np.einsum("p,pia,pjb->iajb", ww, z1, z1)
+                + np.einsum("p,pia,pjb->iajb", ww, z2, z[0]))
 
         _run(terms, start, y, NA, 2, times, record2)
     return out
