@@ -114,8 +114,6 @@ def test_unstable_eta_warns_and_refuses_infinity():
 def test_bad_input_and_order1():
     spec = derive.MLP(2, 8, "tanh", C_b=0.1, C_W=1.0)
     XA, y, XB = _data(6)
-    with pytest.raises(derive.DeriveError, match="one output"):   # order 1: one output neuron
-        derive.train(spec, XA, np.stack([y, y], 1), XB, 0.1, 10, order=1)
     with pytest.raises(derive.DeriveError, match="order"):
         derive.train(spec, XA, y, XB, 0.1, 10, order=2)
     bad = [dict(eta=0.0), dict(eta=-1), dict(eta=float("nan")), dict(steps=2.5),
