@@ -59,12 +59,26 @@ def test_csv(small, tmp_path):
 
 def test_refusals():
     spec = derive.MLP(2, 16, "tanh", 0.1, 1.0)
-    with pytest.raises(DeriveError, match="one output"):
-        derive.check_train(spec, XA, np.ones((2, 2)), XB, 0.5, 4, widths=[8, 16], samples=200)
     with pytest.raises(DeriveError, match="widths"):
         derive.check_train(spec, XA, YA, XB, 0.5, 4, widths=[16], samples=200)
     with pytest.raises(DeriveError, match="samples"):
         derive.check_train(spec, XA, YA, XB, 0.5, 4, widths=[8, 16], samples=10)
+
+
+def test_two_outputs():
+    """Several outputs: the mean per input and output ("α:i"), the covariance averaged over the
+    outputs, the drift of output 0 — each against train(order=1)'s."""
+    spec = derive.MLP(2, 16, "erf", 0.1, 0.9, lambda_b=0.6, lambda_W=1.2)
+    Y2 = np.array([[0.5, -0.2], [-0.3, 0.9]])
+    res = derive.check_train(spec, XA, Y2, XB, 0.5, 2, widths=[8, 16], samples=200)
+    tr = derive.train(spec.with_widths(8), XA, Y2, XB, 0.5, 2, order=1)
+    fits = {(f["quantity"], f["t"], f["component"]): f for f in res.fits}
+    assert {c for q, t, c in fits if q == "mean" and t == 2} == \
+        {f"{a}:{i}" for a in range(3) for i in range(2)}
+    assert fits["mean", 2, "2:1"]["slope_nlo"] == pytest.approx(tr.mean1(2)[2, 1])
+    assert fits["mean", 2, "2:1"]["lo"] == pytest.approx(tr.mean0(2)[2, 1])
+    assert fits["cov", 2, "0,2"]["slope_nlo"] == pytest.approx(tr.cov1(2)[0, 2])
+    assert fits["drift", 2, "0,1"]["slope_nlo"] == pytest.approx(tr.ntk_drift1[0, 1])
 
 
 def test_spec_file_train_table():
@@ -82,6 +96,13 @@ def test_spec_file_train_table():
             train_settings(bad, X)
     with pytest.raises(DeriveError, match="'train' table"):
         train_settings(None, X)
+    # several outputs: one row of targets per input
+    y2, _, _, _ = train_settings({"targets": [[0.5, 0.1], [-0.3, 0.2]]}, X)
+    assert y2.shape == (2, 2)
+    for bad, msg in (({"targets": [[0.5, 0.1]]}, "2 inputs"),
+                     ({"targets": [[0.5, 0.1], [0.2]]}, "ragged")):
+        with pytest.raises(DeriveError, match=msg):
+            train_settings(bad, X)
 
 
 def test_cli_train_check(tmp_path, capsys):
@@ -99,3 +120,7 @@ def test_cli_train_check(tmp_path, capsys):
     manifest = json.loads((out / "derive-manifest.json").read_text())
     assert manifest["check_train"]["steps"] == 2
     assert main(["check", str(spec), "--train", "--ntk", "--out", str(tmp_path / "x")]) != 0
+    # the initialisation check's execution options would be silently ignored: refused
+    for extra in (["--workers", "2"], ["--backend", "torch"], ["--dtype", "float32"]):
+        assert main(["check", str(spec), "--train", *extra, "--out", str(tmp_path / "y")]) != 0
+        assert "--train trains float64 numpy networks" in capsys.readouterr().err

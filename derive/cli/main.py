@@ -174,6 +174,14 @@ def _check_train_cmd(args) -> int:
     if args.order not in (None, 1) or args.ntk or args.precise:
         raise _fail("--train compares the trained network at O(1/n): it takes neither --order "
                     "(other than 1), --ntk nor --precise")
+    ignored = [flag for flag, given in (("--workers", args.workers is not None),
+                                        ("--scheduler", args.scheduler is not None),
+                                        ("--dtype", args.dtype != "float64"),
+                                        ("--backend", args.backend != "numpy"),
+                                        ("--device", args.device is not None)) if given]
+    if ignored:
+        raise _fail(f"--train trains float64 numpy networks in this process: {', '.join(ignored)} "
+                    "apply to the initialisation check only; leave them out")
     data = {**DEMO, "train": DEMO_TRAIN} if args.spec == "demo" else load_mapping(args.spec)
     where = "the demo spec" if args.spec == "demo" else str(args.spec)
     spec, X, _, _ = spec_from_mapping(data, where)
@@ -426,7 +434,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", default="0", help="random seed, a whole number ≥ 0 (default 0)")
     c.add_argument("--train", action="store_true",
                    help="instead: train ensembles by gradient descent (the spec's 'train' "
-                        "table: targets for its inputs, test_inputs, eta, steps; one output) and "
+                        "table: targets for its inputs — one per input, or one row of n_out per "
+                        "input —, test_inputs, eta, steps) and "
                         "compare the per-step mean, covariance and NTK drift with "
                         "derive.train at orders 0 and 1 (fits A + B/n; default widths 32,64,128, "
                         "5000 networks each); writes train_check.csv and train_check_fits.csv")

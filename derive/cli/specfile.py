@@ -24,7 +24,8 @@ Keys (all optional except ``activation`` and ``depth``)::
     # forward = "a*z[i] + c*(b[i] + sum_j(W[i,j]*sigma(z[j])))"
     # scalars = { a = 1.0, c = [0.5, 0.4] }
     # gradient descent for `derive check --train` (the inputs above are the training inputs;
-    # one output neuron):
+    # targets one per input for one output neuron, or one row per input for several, e.g.
+    # targets = [[0.5, 0.1], [-0.5, 0.2]]):
     # train = { targets = [0.5, -0.5], test_inputs = [[0.6, 0.6, 0.1]], eta = 0.1, steps = 16 }
 
 With a skip term (xi ≠ 0, or a*z[i] in a forward equation) only the leading order (K, Θ) is
@@ -321,8 +322,9 @@ def spec_from_mapping(data: dict, where: str = "spec", targets=None,
 
 
 def train_settings(train, X: np.ndarray, where: str = "spec") -> tuple:
-    """(y (N_A,), X_test (N_B, n_0), eta, steps) from a spec's ``train`` table (the spec's
-    inputs X are the training inputs), every value checked."""
+    """(y (N_A,) or (N_A, n_out), X_test (N_B, n_0), eta, steps) from a spec's ``train`` table
+    (the spec's inputs X are the training inputs; ``targets`` a list of numbers for one output
+    neuron or a list of rows for several), every value checked."""
     hint = ("write e.g. train = { targets = [0.5, -0.5], test_inputs = [[0.6, 0.6, 0.1]], "
             "eta = 0.1, steps = 16 }")
     if train is None:
@@ -334,10 +336,15 @@ def train_settings(train, X: np.ndarray, where: str = "spec") -> tuple:
         raise DeriveError(f"{where}: unknown key(s) {unknown} in train; known: {list(TRAIN_KEYS)}")
     if "targets" not in train:
         raise DeriveError(f"{where}: train needs 'targets', one per input; {hint}")
-    y = _matrix([train["targets"]], "train.targets", where, "[0.5, -0.5]")[0]
+    rows = train["targets"]
+    if isinstance(rows, (list, tuple)) and rows and all(isinstance(r, (list, tuple)) for r in rows):
+        y = _matrix(rows, "train.targets", where, "[[0.5, 0.1], [-0.5, 0.2]]")
+    else:
+        y = _matrix([rows], "train.targets", where, "[0.5, -0.5]")[0]
     if len(y) != X.shape[0]:
         raise DeriveError(f"{where}: train.targets has {len(y)} entries for {X.shape[0]} inputs "
-                          "(one target per training input, one output neuron)")
+                          "(one target per training input for one output neuron, or one row "
+                          "of targets per training input for several)")
     XB = np.zeros((0, X.shape[1]))
     if train.get("test_inputs") not in (None, []):
         XB = _matrix(train["test_inputs"], "train.test_inputs", where, "[[0.6, 0.6, 0.1]]")

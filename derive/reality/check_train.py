@@ -4,15 +4,18 @@ actually trained networks (issue 17 part 4; docs/conventions.md §3, §7).
 For each hidden width n of ``widths`` (every hidden layer at n), ``samples`` networks of the
 spec are drawn and trained by full-batch gradient descent with the learning-rate tensor of the
 spec (:func:`derive.reality.training.train_ensemble`: float64, a hand-written backward pass),
-one output neuron, and at every recorded step t are measured
+with one output neuron or several (``y_train`` (N_A,) or (N_A, n_out)), and at every recorded
+step t are measured
 
-* ``mean``: E[z_α(t)] on every training and test input α.  Variance reduction: each network's
+* ``mean``: E[z_{i;α}(t)] on every training and test input α (and output i; component
+  ``"α"`` for one output, ``"α:i"`` for several).  Variance reduction: each network's
   own kernel-learning prediction from its z(0), A_t z(0) + c_t (docs/conventions.md §3), is
   subtracted and c_t added back — a control variate whose mean is known exactly
   (E z(0) = 0), which leaves the O(1/√n) spread of the finite-width dynamics only;
 * ``cov``: Cov[z_α(t), z_β(t)] (plain sample covariance, standard error from the spread of the
-  per-network products);
-* ``drift``: E[Ĥ_{αβ}(T) − Ĥ_{αβ}(0)] of the output neuron's empirical NTK, T the last step.
+  per-network products; with several outputs averaged over them, as ``train``'s ``cov``);
+* ``drift``: E[Ĥ_{αβ}(T) − Ĥ_{αβ}(0)] of the empirical NTK of output neuron 0, T the last
+  step.
 
 Across widths each (quantity, step, component) is fitted by weighted least squares to A + B/n
 (+ C/n² with four widths or more): the n → ∞ intercept A against the infinite-width prediction
@@ -91,9 +94,12 @@ class TrainCheck:
                 w.writerows(rows)
 
 
-def _components(N: int, what: str) -> list:
+def _components(N: int, what: str, n_out: int | None = None) -> list:
+    """The components compared: (α,) of the mean for one output (``n_out`` None), (α, i) for
+    several; (α, β), α ≤ β, of the covariance and the drift."""
     if what == "mean":
-        return [(a,) for a in range(N)]
+        return [(a,) for a in range(N)] if n_out is None else \
+            [(a, i) for a in range(N) for i in range(n_out)]
     return [(a, b) for a in range(N) for b in range(a, N)]
 
 
@@ -103,7 +109,8 @@ def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
                 progress: bool = False, checkpoint=None) -> TrainCheck:
     """Train ensembles of ``spec`` at each hidden width of ``widths`` (default 32, 64, 128) and
     compare the per-step mean, covariance and NTK drift with :func:`derive.train` at orders 0
-    and 1 (see the module docstring).  One output (``y_train`` of shape (N_A,)).
+    and 1 (see the module docstring).  One output (``y_train`` of shape (N_A,)) or several
+    ((N_A, n_out)).
 
     ``progress``: lines on stderr — each step of the check and, while an ensemble trains, each
     finished chunk of its networks (:func:`~derive.reality.training.train_ensemble`).
@@ -116,9 +123,7 @@ def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
     if type(spec) is not MLP:
         raise DeriveError(f"check_train trains plain MLPs (derive.MLP); got {type(spec).__name__}")
     XA, Y, single, XB = _check_data(X_train, y_train, X_test)
-    if not single:
-        raise DeriveError("check_train compares with train(order=1), derived for one output: "
-                          "give y_train of shape (N_A,)")
+    y = Y[:, 0] if single else Y
     eta, steps = _check_eta_steps(eta, steps)
     rec = _check_times(times, steps)
     widths = tuple(sorted(set(DEFAULT_TRAIN_WIDTHS if widths is None else widths)))
@@ -135,23 +140,24 @@ def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # the expansion estimates: judged by the fits
         say("check_train: deriving the O(1/n) prediction (train(order=1)) …")
-        pred = train(spec.with_widths(widths[0]), XA, Y[:, 0], XB, eta, steps, order=1,
-                     times=rec)
+        pred = train(spec.with_widths(widths[0]), XA, y, XB, eta, steps, order=1, times=rec)
     N = XA.shape[0] + XB.shape[0]
     res = TrainCheck(spec, widths, int(samples), eta, steps)
     measured = {}
     for n in widths:
         sn = spec.with_widths(n)
         say(f"check_train: width {n}: training {int(samples)} networks …")
-        ens = train_ensemble(sn, XA, Y[:, 0], XB, eta, steps, int(samples), seed=seed + n,
+        ens = train_ensemble(sn, XA, y, XB, eta, steps, int(samples), seed=seed + n,
                              times=rec, progress=bool(progress),
                              checkpoint=None if ckdir is None else ckdir / f"width{n}")
-        z = ens.z[:, :, 0, :]                                   # (S, times, N)
+        z = ens.z                                               # (S, times, n_out, N)
         S = z.shape[0]
         for k, t in enumerate(ens.times):
             A, _, _ = pred._map(t)
-            d = z[:, k, :] - (z[:, 0, :] @ A.T + pred.mean0(t))
-            measured["mean", t, n] = (pred.mean0(t) + d.mean(0), d.std(0, ddof=1) / math.sqrt(S))
+            m0 = pred.mean0(t)                                  # (N,) or (N, n_out)
+            d = z[:, k] - (np.einsum("ab,sib->sia", A, z[:, 0]) + m0.reshape(N, -1).T)
+            mean, se = d.mean(0).T, d.std(0, ddof=1).T / math.sqrt(S)      # (N, n_out)
+            measured["mean", t, n] = (m0 + mean.reshape(m0.shape), se.reshape(m0.shape))
             measured["cov", t, n] = (ens.cov(t), ens.cov_se(t))
         measured["drift", steps, n] = (ens.ntk_drift, ens.ntk_drift_se)
         say(f"check_train: width {n}: {S} networks trained ({time.perf_counter() - start:.1f} s)")
@@ -160,8 +166,8 @@ def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
     for what, t in sorted({(q, t) for q, t, _ in measured}, key=lambda x: (x[0], x[1])):
         lo = {"mean": pred.mean0, "cov": pred.cov0}.get(what, lambda t: np.zeros((N, N)))(t)
         c1 = {"mean": pred.mean1, "cov": pred.cov1}.get(what, lambda t: pred.ntk_drift1)(t)
-        for comp in _components(N, what):
-            label = ",".join(map(str, comp))
+        for comp in _components(N, what, None if single or what != "mean" else Y.shape[1]):
+            label = ",".join(map(str, comp)) if what != "mean" else ":".join(map(str, comp))
             ys = np.array([measured[what, t, n][0][comp] for n in widths])
             es = np.array([measured[what, t, n][1][comp] for n in widths])
             for n, y, e in zip(widths, ys, es):
