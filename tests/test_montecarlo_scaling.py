@@ -119,6 +119,31 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(small_shards, tmp_path, m
     assert_identical(full, again)
 
 
+def test_checkpoint_stopped_between_its_two_files_resumes_exactly(small_shards, tmp_path,
+                                                                   monkeypatch):
+    """A stop between writing STEM.npz and STEM.json leaves new block sums beside an old record:
+    the npz's own record says how many shards its sums hold, so none is merged twice."""
+    spec = MLP(3, 6, "tanh", C_b=0.1, C_W=1.2)
+    full = sample(spec, X2, 210, seed=5, progress=False)
+    stem = tmp_path / "run"
+    monkeypatch.setattr(distributed, "_stop_after", 3)
+    with pytest.raises(MonteCarloError, match="stopped"):
+        sample(spec, X2, 210, seed=5, progress=False, checkpoint=stem)
+    old = (tmp_path / "run.json").read_text()
+    monkeypatch.setattr(distributed, "_stop_after", 5)
+    with pytest.raises(MonteCarloError, match="stopped"):
+        sample(spec, X2, 210, seed=5, progress=False, checkpoint=stem)
+    (tmp_path / "run.json").write_text(old)          # as if stopped before the json's rename
+    assert json.loads(old)["shards_done"] == 3
+    monkeypatch.setattr(distributed, "_stop_after", None)
+    ran = []
+    real = mc._run_shard
+    monkeypatch.setattr(mc, "_run_shard", lambda p, k: ran.append(k) or real(p, k))
+    resumed = sample(spec, X2, 210, seed=5, progress=False, checkpoint=stem)
+    assert ran == list(range(5, 9))
+    assert_identical(full, resumed)
+
+
 def test_checkpoint_refuses_other_parameters(small_shards, tmp_path, monkeypatch):
     spec = MLP(3, 6, "tanh", C_b=0.1, C_W=1.2)
     stem = tmp_path / "run"

@@ -20,7 +20,9 @@ that finish out of order wait in memory for the ones before them.
 Checkpoint files (``checkpoint="STEM"``): ``STEM.json`` (the run's parameters, the number
 of shards merged) and ``STEM.npz`` (the merged block sums), both written atomically (a
 temporary file, then a rename) at most about once a second while shards complete, and when
-the run ends or stops.  A run given an existing checkpoint resumes from it only if its
+the run ends or stops.  The npz keeps its own copy of the record, so a run stopped between
+the two renames (a new npz beside the old json) resumes from what the sums hold, merging no
+shard twice.  A run given an existing checkpoint resumes from it only if its
 parameters are the same; otherwise it stops with a :class:`MonteCarloError` naming them.
 """
 from __future__ import annotations
@@ -114,15 +116,38 @@ def _read_arrays(npath: Path, jpath: Path) -> dict:
                               f"{str(jpath)!r} and it, or give another checkpoint path") from None
 
 
+#: the name under which ``STEM.npz`` keeps its own copy of the record (:func:`_write`)
+_META = "__meta__"
+
+
 def _write(jpath: Path, npath: Path, arrays: dict, meta: dict) -> None:
     """``arrays`` to ``npath``, then ``meta`` (with ``format``) to ``jpath``, each written to a
-    temporary file and renamed over the old one."""
+    temporary file and renamed over the old one.  The npz holds a copy of ``meta`` too
+    (:data:`_META`): a run stopped between the two renames leaves a new npz beside the old
+    json, and the npz's own record says what its arrays hold (:func:`_arrays_record`)."""
+    record = json.dumps({"format": _FORMAT, **meta}, indent=1)
     tmp = npath.with_name(npath.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays, **{_META: np.array(record)})
     os.replace(tmp, npath)
     tmp = jpath.with_name(jpath.name + ".tmp")
-    tmp.write_text(json.dumps({"format": _FORMAT, **meta}, indent=1))
+    tmp.write_text(record)
     os.replace(tmp, jpath)
+
+
+def _arrays_record(data: dict, jpath: Path) -> dict | None:
+    """The record the npz ``data`` was written with (None for files written before it kept
+    one); a MonteCarloError when it cannot be read."""
+    if _META not in data:
+        return None
+    try:
+        record = json.loads(str(data[_META][()]))
+        if not isinstance(record, dict):
+            raise TypeError("not a table")
+        return record
+    except (ValueError, TypeError) as err:
+        raise MonteCarloError(f"checkpoint {str(jpath.with_suffix('.npz'))!r} cannot be read "
+                              f"({err}); delete {str(jpath)!r} and it, or give another "
+                              "checkpoint path") from None
 
 
 def _load(plan: _Plan, checkpoint) -> tuple:
@@ -132,6 +157,13 @@ def _load(plan: _Plan, checkpoint) -> tuple:
     if done == 0:
         return 0, None
     data = _read_arrays(npath, jpath)
+    record = _arrays_record(data, jpath)
+    if record is not None:   # the arrays' own count (ahead of the json after a stop between saves)
+        if record.get("params") != json.loads(json.dumps(plan.params())):
+            raise MonteCarloError(f"checkpoint {str(npath)!r} belongs to a run with other "
+                                  f"parameters than {str(jpath)!r}; delete both, or give another "
+                                  "checkpoint path")
+        done = int(record["shards_done"])
     N = plan.X.shape[0]
     acc = {}
     for l in range(1, plan.spec.depth + 1):
