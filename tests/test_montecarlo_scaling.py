@@ -96,6 +96,14 @@ def test_progress_bar_counts_networks_over_shards(small_shards, capsys):
     assert err.rstrip().endswith("60/60 networks, ETA   0.0 s")
 
 
+def test_progress_eta_after_a_resume_counts_only_this_runs_networks(capsys, monkeypatch):
+    """50 of 100 networks came from a checkpoint; 10 more took 10 s: 40 left take about 40 s
+    (not 60 networks in 10 s: 6.7 s)."""
+    monkeypatch.setattr(shards.time, "perf_counter", lambda: 110.0)
+    shards._progress(True, 60, 100, 100.0, start=50)
+    assert capsys.readouterr().err.endswith("60/100 networks, ETA  40.0 s")
+
+
 # -- checkpoints --------------------------------------------------------------------------------
 
 def test_checkpoint_resume_equals_an_uninterrupted_run(small_shards, tmp_path, monkeypatch):

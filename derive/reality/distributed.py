@@ -257,7 +257,8 @@ def run(plan: _Plan, shard, *, workers=None, scheduler=None, checkpoint=None,
         if show is None:
             frac = (nets - first * plan.shard) / max(plan.n_networks - first * plan.shard, 1)
             show = sys.stderr.isatty() and (time.perf_counter() - t0) / max(frac, 1e-9) > 2.0
-        _progress(bool(show), nets, plan.n_networks, t0)
+        _progress(bool(show), nets, plan.n_networks, t0,
+                  min(first * plan.shard, plan.n_networks))
         if checkpoint is not None and (time.perf_counter() - last_save > _SAVE_EVERY
                                        or k + 1 == plan.n_shards):
             _save(plan, checkpoint, k + 1, acc)

@@ -263,11 +263,13 @@ def shard_seed(seed: int, k: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(k,))
 
 
-def _progress(enabled: bool, done: int, total: int, t0: float):
+def _progress(enabled: bool, done: int, total: int, t0: float, start: int = 0):
+    """The progress bar: ``done`` of ``total`` networks, the ETA from the rate since ``t0``, when
+    ``start`` of them were done (a resumed checkpoint's networks are not counted in the rate)."""
     if not enabled:
         return
     el = time.perf_counter() - t0
-    eta = el / max(done, 1) * (total - done)
+    eta = el / max(done - start, 1) * (total - done)
     bar = "#" * int(30 * done / total)
     sys.stderr.write(f"\rmontecarlo [{bar:<30s}] {done}/{total} networks, ETA {eta:5.1f} s")
     if done == total:
