@@ -10,6 +10,7 @@ import sympy as sp
 import derive
 from derive.base.errors import DeriveError, InternalError, boundary
 from derive.numeric.prediction import ExpansionWarning
+from derive.numeric.training import UnstableStepWarning
 
 # narrow networks on purpose (fast): the expansion warning is expected
 pytestmark = pytest.mark.filterwarnings("ignore::derive.numeric.prediction.ExpansionWarning")
@@ -251,6 +252,13 @@ def test_boundary_turns_unexpected_failures_into_derive_errors():
 
     with pytest.raises(DeriveError, match="out of memory"):
         hungry()
+
+    # a warning the caller turned into an error is theirs, not an internal failure
+    spec = derive.MLP(2, 8, "tanh", 0.0, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UnstableStepWarning):
+            derive.train(spec, X2, [0.1, 0.2], None, eta=50.0, steps=2)
 
 
 def test_kinked_averages_of_singular_kernels_converge():

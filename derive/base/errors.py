@@ -57,7 +57,8 @@ class InternalError(DeriveError):
 def boundary(fn):
     """Make ``fn`` a public entry point: every failure leaves it as a :class:`DeriveError`.
 
-    Errors raised on purpose pass through; running out of memory or recursion depth becomes a
+    Errors raised on purpose pass through, and so do warnings a caller made errors
+    (``warnings.simplefilter("error")``: the caller's own choice); running out of memory or recursion depth becomes a
     DeriveError saying to make the input smaller; anything else (a bug, or a library refusing
     an input nobody checked) becomes an :class:`InternalError` naming the function and the
     cause, with the original exception kept as ``.cause`` instead of a library traceback.
@@ -77,6 +78,8 @@ def boundary(fn):
                               "lower depth, fewer targets)") from None
         except RecursionError:
             raise DeriveError(f"{name}: the input is nested too deeply; simplify it") from None
+        except Warning:
+            raise   # a warning the caller turned into an error (warnings.simplefilter("error"))
         except Exception as exc:  # noqa: BLE001 - the boundary: nothing else may escape
             err = InternalError(f"{name} failed unexpectedly ({type(exc).__name__}: "
                                 f"{str(exc)[:300]}); if the input is valid this is a bug in "
