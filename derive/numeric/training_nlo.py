@@ -188,23 +188,26 @@ def _einsum(spec: str, ops: list) -> np.ndarray:
 
 
 def _contract(spec: str, ops: list) -> np.ndarray:
-    """np.einsum(spec, *ops), where an operand that is the same for every cubature point (a
-    constant field broadcast along the leading axis p) enters once, without that axis, and
-    then the contraction goes pairwise (np.einsum's optimize): one matrix product instead of a
-    loop over p × all indices."""
+    """np.einsum(spec, *ops) for a field (ops[0]) and its ε factors.  A field that is the same
+    for every cubature point (a constant field broadcast along the leading axis p) enters once,
+    without that axis: the ε factors (small, P × n_out × N_A each) are multiplied into one
+    tensor per point first, which then meets the field in one matrix product — where
+    np.einsum's own plan would loop over the points and all indices at once (ten times slower
+    for three ε).  When every operand is constant the result is computed once and broadcast."""
     ins, out = spec.split("->")
     terms = ins.split(",")
-    const = [op.strides[0] == 0 for op in ops]
-    if not any(const):
+    if not ops[0].strides[0] == 0:
         return np.einsum(spec, *ops)
     batch = ops[0].shape[0]
-    for k, op in enumerate(ops):
-        if const[k]:
-            ops[k], terms[k] = op[0], terms[k][1:]
-    if all(const):  # the same for every point: computed once
-        res = _einsum(",".join(terms) + "->" + out[1:], ops)
+    field, fterm = ops[0][0], terms[0][1:]
+    if len(ops) == 1:
+        res = np.einsum(f"{fterm}->{out[1:]}", field)
         return np.broadcast_to(res, (batch,) + res.shape)
-    return _einsum(",".join(terms) + "->" + out, ops)
+    eps, eterm = ops[1], terms[1]
+    for op, term in zip(ops[2:], terms[2:]):     # the ε factors' product, per point
+        joined = eterm + term[1:]
+        eps, eterm = np.einsum(f"{eterm},{term}->{joined}", eps, op), joined
+    return _einsum(f"{fterm},{eterm}->{out}", [field, eps])
 
 
 #: einsum letters: free samples, summed (training) samples, free neurons, summed neurons
