@@ -106,19 +106,30 @@ def test_progress_eta_after_a_resume_counts_only_this_runs_networks(capsys, monk
 
 # -- checkpoints --------------------------------------------------------------------------------
 
+def _stop_run(spec, stem, monkeypatch, after: int, match: str = "stopped"):
+    """Run 210 networks (9 shards) with a checkpoint, stopped after ``after`` shards."""
+    monkeypatch.setattr(distributed, "_stop_after", after)
+    with pytest.raises(MonteCarloError, match=match):
+        sample(spec, X2, 210, seed=5, progress=False, checkpoint=stem)
+    monkeypatch.setattr(distributed, "_stop_after", None)
+
+
+def _shards_run(monkeypatch) -> list:
+    """The list the shards computed from now on are appended to."""
+    ran = []
+    real = mc._run_shard
+    monkeypatch.setattr(mc, "_run_shard", lambda p, k: ran.append(k) or real(p, k))
+    return ran
+
+
 def test_checkpoint_resume_equals_an_uninterrupted_run(small_shards, tmp_path, monkeypatch):
     spec = MLP(3, 6, "tanh", C_b=0.1, C_W=1.2)
     full = sample(spec, X2, 210, seed=5, progress=False)
     stem = tmp_path / "run"
-    monkeypatch.setattr(distributed, "_stop_after", 3)
-    with pytest.raises(MonteCarloError, match="stopped after 3 of 9 shards"):
-        sample(spec, X2, 210, seed=5, progress=False, checkpoint=stem)
+    _stop_run(spec, stem, monkeypatch, 3, match="stopped after 3 of 9 shards")
     meta = json.loads((tmp_path / "run.json").read_text())
     assert meta["shards_done"] == 3 and meta["networks_done"] == 75
-    monkeypatch.setattr(distributed, "_stop_after", None)
-    ran = []
-    real = mc._run_shard
-    monkeypatch.setattr(mc, "_run_shard", lambda p, k: ran.append(k) or real(p, k))
+    ran = _shards_run(monkeypatch)
     resumed = sample(spec, X2, 210, seed=5, progress=False, checkpoint=stem)
     assert ran == list(range(3, 9))                 # only the shards not saved are run
     assert_identical(full, resumed)
@@ -134,19 +145,12 @@ def test_checkpoint_stopped_between_its_two_files_resumes_exactly(small_shards, 
     spec = MLP(3, 6, "tanh", C_b=0.1, C_W=1.2)
     full = sample(spec, X2, 210, seed=5, progress=False)
     stem = tmp_path / "run"
-    monkeypatch.setattr(distributed, "_stop_after", 3)
-    with pytest.raises(MonteCarloError, match="stopped"):
-        sample(spec, X2, 210, seed=5, progress=False, checkpoint=stem)
+    _stop_run(spec, stem, monkeypatch, 3)
     old = (tmp_path / "run.json").read_text()
-    monkeypatch.setattr(distributed, "_stop_after", 5)
-    with pytest.raises(MonteCarloError, match="stopped"):
-        sample(spec, X2, 210, seed=5, progress=False, checkpoint=stem)
+    _stop_run(spec, stem, monkeypatch, 5)
     (tmp_path / "run.json").write_text(old)          # as if stopped before the json's rename
     assert json.loads(old)["shards_done"] == 3
-    monkeypatch.setattr(distributed, "_stop_after", None)
-    ran = []
-    real = mc._run_shard
-    monkeypatch.setattr(mc, "_run_shard", lambda p, k: ran.append(k) or real(p, k))
+    ran = _shards_run(monkeypatch)
     resumed = sample(spec, X2, 210, seed=5, progress=False, checkpoint=stem)
     assert ran == list(range(5, 9))
     assert_identical(full, resumed)
