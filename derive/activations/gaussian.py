@@ -730,6 +730,8 @@ def _smoothed_direct(fns, kinks: tuple, U: np.ndarray, s: np.ndarray) -> np.ndar
     their values at x) at the points U (B, n), s of shape (B,) or (B, n): (F, B, n), a 1-D panel
     rule, split where u + s η crosses a kink of f; s = 0 gives f(u)."""
     B, n = U.shape
+    if n == 0:
+        return np.empty((len(fns(np.zeros((B, 0)))), B, 0))
     s = np.broadcast_to(np.asarray(s, dtype=float).reshape(B, -1), (B, n))
     panels = _PANELS[1]
     per = (len(panels) - 1 + len(kinks)) * _INNER_POINTS

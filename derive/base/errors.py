@@ -58,10 +58,11 @@ def boundary(fn):
     """Make ``fn`` a public entry point: every failure leaves it as a :class:`DeriveError`.
 
     Errors raised on purpose pass through, and so do warnings a caller made errors
-    (``warnings.simplefilter("error")``: the caller's own choice); running out of memory or recursion depth becomes a
-    DeriveError saying to make the input smaller; anything else (a bug, or a library refusing
-    an input nobody checked) becomes an :class:`InternalError` naming the function and the
-    cause, with the original exception kept as ``.cause`` instead of a library traceback.
+    (``warnings.simplefilter("error")``: the caller's own choice); running out of memory or
+    recursion depth becomes a DeriveError saying to make the input smaller; anything else (a
+    bug, or a library refusing an input nobody checked) becomes an :class:`InternalError`
+    naming the function and the cause, with the original exception kept as ``.cause`` instead
+    of a library traceback.
     """
     import functools
 

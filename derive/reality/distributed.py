@@ -163,7 +163,12 @@ def _load(plan: _Plan, checkpoint) -> tuple:
             raise MonteCarloError(f"checkpoint {str(npath)!r} belongs to a run with other "
                                   f"parameters than {str(jpath)!r}; delete both, or give another "
                                   "checkpoint path")
-        done = int(record["shards_done"])
+        try:
+            done = int(record["shards_done"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise MonteCarloError(f"checkpoint {str(npath)!r} cannot be read (no shard count: "
+                                  f"{err}); delete {str(jpath)!r} and it, or give another "
+                                  "checkpoint path") from None
     N = plan.X.shape[0]
     acc = {}
     for l in range(1, plan.spec.depth + 1):
