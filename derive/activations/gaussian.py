@@ -965,6 +965,7 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
         return value, error, ok
     cols = sorted(integrands)
     prods = [products[p] for p in cols]
+
     def values(ids, z, factors=tuple(factors)):
         return numpy_functions(tuple(factors[i] for i in ids), x)(z)
 

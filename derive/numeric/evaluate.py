@@ -151,10 +151,11 @@ class _Store:
 
     def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values, found) for ``keys``; values are 0 where not found."""
-        at = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
-        found = (self.keys[at] == keys) if len(self.keys) else np.zeros(len(keys), dtype=bool)
-        return (np.where(found, self.values[at], 0.0) if len(self.keys) else np.zeros(len(keys)),
-                found)
+        if not len(self.keys):
+            return np.zeros(len(keys)), np.zeros(len(keys), dtype=bool)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found = self.keys[at] == keys
+        return np.where(found, self.values[at], 0.0), found
 
     def put(self, keys: np.ndarray, values: np.ndarray) -> None:
         keys = np.concatenate([self.keys, np.asarray(keys, dtype=np.int64)])

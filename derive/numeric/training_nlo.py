@@ -196,7 +196,7 @@ def _contract(spec: str, ops: list) -> np.ndarray:
     for three ε).  When every operand is constant the result is computed once and broadcast."""
     ins, out = spec.split("->")
     terms = ins.split(",")
-    if not ops[0].strides[0] == 0:
+    if ops[0].strides[0] != 0:
         return np.einsum(spec, *ops)
     batch = ops[0].shape[0]
     field, fterm = ops[0][0], terms[0][1:]

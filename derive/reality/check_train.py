@@ -166,7 +166,7 @@ def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
     for what, t in sorted({(q, t) for q, t, _ in measured}, key=lambda x: (x[0], x[1])):
         lo = {"mean": pred.mean0, "cov": pred.cov0}.get(what, lambda t: np.zeros((N, N)))(t)
         c1 = {"mean": pred.mean1, "cov": pred.cov1}.get(what, lambda t: pred.ntk_drift1)(t)
-        for comp in _components(N, what, None if single or what != "mean" else Y.shape[1]):
+        for comp in _components(N, what, None if single else Y.shape[1]):
             label = ",".join(map(str, comp)) if what != "mean" else ":".join(map(str, comp))
             ys = np.array([measured[what, t, n][0][comp] for n in widths])
             es = np.array([measured[what, t, n][1][comp] for n in widths])
