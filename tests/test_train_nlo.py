@@ -353,3 +353,57 @@ def test_trained_tanh_ensembles_with_two_outputs_agree_with_the_order_one_predic
         assert abs(b - pred.mean1(steps)[comp]) < 3 * se + 0.03, (comp, b, se)
         off.append(abs(b - alone[comp]) / se)
     assert max(off) > 5, off
+
+
+# -- the statistics only where the dynamics read them ---------------------------------------------
+
+XT = np.array([[0.8, -0.5, 1.2], [0.1, 0.9, -0.4], [0.5, 0.3, 0.2],
+               [-0.6, 0.4, 0.7], [0.3, -0.8, 0.1], [-0.2, -0.3, -0.9]])
+
+
+def test_predict_on_the_training_components():
+    """training_inputs=3 of 6 inputs: the four-index statistics on every component with at most
+    two distinct test inputs among its samples equal the full run's (the same quadrature
+    tolerance), and the others — three or four distinct test inputs — are NaN."""
+    from derive.numeric.evaluate import outside_training
+
+    spec = derive.MLP(3, 16, "tanh", 0.1, 1.3, lambda_b=0.6, lambda_W=1.2)
+    targets = ["K", "A", "D", "P", "R", "Udd"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = derive.predict(spec, XT, order=1, targets=targets, tol=1e-7)
+        part = derive.predict(spec, XT, order=1, targets=targets, tol=1e-7, training_inputs=3)
+    skipped = outside_training(np.indices((6,) * 4).transpose(1, 2, 3, 4, 0), 3) > 2
+    # all three test inputs among the four samples: 6⁴ − 3·5⁴ + 3·4⁴ − 3⁴ = 108 components
+    assert skipped.sum() == 108
+    for q in targets[1:]:
+        a, b = np.asarray(getattr(full, q)[3]), np.asarray(getattr(part, q)[3])
+        assert np.all(np.isnan(b[skipped])) and np.all(np.isfinite(b[~skipped]))
+        assert np.allclose(a[~skipped], b[~skipped], rtol=1e-6, atol=1e-7), q
+        assert np.abs(a[~skipped]).max() > 1e-2
+    for bad in (-1, 7, True, 2.0):
+        with pytest.raises(DeriveError, match="training_inputs"):
+            derive.predict(spec, XT, order=1, targets=["A"], training_inputs=bad)
+
+
+def test_train_reads_only_the_training_components(monkeypatch):
+    """train(order=1) computes the statistics with training_inputs (3 training, 3 test inputs,
+    two outputs): what it predicts equals the prediction from the full statistics."""
+    import derive.numeric.prediction as prediction
+
+    spec = derive.MLP(3, 16, "tanh", 0.1, 1.3, lambda_b=0.6, lambda_W=1.2)
+    Y = np.array([[0.5, -0.2], [-0.3, 0.9], [0.1, 0.4]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        part = derive.train(spec, XT[:3], Y, XT[3:], eta=0.3, steps=8, order=1)
+        real = prediction.predict
+        monkeypatch.setattr(prediction, "predict",
+                            lambda *a, training_inputs=None, **k: real(*a, **k))
+        full = derive.train(spec, XT[:3], Y, XT[3:], eta=0.3, steps=8, order=1)
+    for t in part.times:
+        for f in ("mean1", "cov1_by_output"):
+            a, b = getattr(full, f)(t), getattr(part, f)(t)
+            assert np.allclose(a, b, rtol=1e-6, atol=1e-7 * max(1.0, np.abs(a).max())), (f, t)
+    assert np.allclose(full.ntk_drift1_by_output, part.ntk_drift1_by_output, rtol=1e-6,
+                       atol=1e-6 * np.abs(full.ntk_drift1_by_output).max())
+    assert np.abs(full.mean1(8)).max() > 1e-2

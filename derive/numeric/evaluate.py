@@ -564,8 +564,11 @@ _SLOT_TABLE_MAX = 2 ** 22
 
 #: how much of a quantity with more than two sample indices a run needs: its diagonal (the
 #: expansion estimate), the components with at most two distinct samples (they close on
-#: themselves and feed the rank-2 quantities on pairs), or all of them
-LEVELS = ("diagonal", "pairs", "full")
+#: themselves and feed the rank-2 quantities on pairs), those with at most two distinct
+#: samples outside the first ``n_train`` (the training inputs: what the trained network's
+#: O(1/n) dynamics read, derive.numeric.training_nlo; they close on themselves too, and contain
+#: the pairs), or all of them
+LEVELS = ("diagonal", "pairs", "training", "full")
 
 
 def _columns(C) -> list:
@@ -594,10 +597,19 @@ def _pair_codes(C, N: int) -> np.ndarray:
     return np.minimum(p, q) * (N * N) + np.maximum(p, q)
 
 
-def orbits(N: int, symmetry: str, level: str) -> np.ndarray:
+def outside_training(C: np.ndarray, n_train: int) -> np.ndarray:
+    """How many distinct samples of each component (rows of C) are not among the first
+    ``n_train`` (the training inputs)."""
+    C = np.sort(np.asarray(C), axis=-1)
+    new = np.concatenate([np.ones(C.shape[:-1] + (1,), bool), C[..., 1:] != C[..., :-1]], -1)
+    return np.sum(new & (C >= n_train), axis=-1)
+
+
+def orbits(N: int, symmetry: str, level: str, n_train: int | None = None) -> np.ndarray:
     """One component per orbit of the index group ``symmetry`` (docs/conventions.md §3; its
     rank is that of the group's permutations: four, or six for U), among the components of
-    ``level``: rows of 0-based sample numbers."""
+    ``level`` (:data:`LEVELS`; "training" needs ``n_train``): rows of 0-based sample
+    numbers."""
     perms = GROUPS[symmetry]
     rank = len(perms[0])
     if level == "diagonal":
@@ -606,6 +618,9 @@ def orbits(N: int, symmetry: str, level: str) -> np.ndarray:
         return _vertex_orbits(N)
     if level == "full":
         C = np.indices((N,) * rank).reshape(rank, -1).T
+    elif level == "training":
+        C = np.indices((N,) * rank).reshape(rank, -1).T
+        C = C[outside_training(C, n_train) <= 2]
     else:
         P = _pairs(N)
         bits = np.indices((2,) * rank).reshape(rank, -1).T                 # 2^rank patterns
@@ -753,11 +768,12 @@ class SymmetricTensor:
                 f"{len(self.values)} stored components)")
 
 
-def _plan_levels(forms: dict, targets: tuple) -> dict:
+def _plan_levels(forms: dict, targets: tuple, top: str = "full") -> dict:
     """Every quantity the targets need (through the recursions' reads), with, for those of
-    more than two sample indices, the level of components needed (:data:`LEVELS`); V's
-    diagonal is always kept when V is derived (the estimate of the expansion parameter)."""
-    need = {t: "full" for t in targets}
+    more than two sample indices, the level of components needed (:data:`LEVELS`; the
+    targets' own is ``top``); V's diagonal is always kept when V is derived (the estimate of
+    the expansion parameter)."""
+    need = {t: top for t in targets}
     if "V" in forms:
         need.setdefault("V", "diagonal")
     changed = True
@@ -787,7 +803,7 @@ def _ticker(ev: _Evaluator, detail, where: str):
 
 def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                 derivative_free: bool | None = None, tol: float | None = None,
-                detail=None, dense: bool = True) -> dict:
+                detail=None, dense: bool = True, training_inputs: int | None = None) -> dict:
     """The declared quantities (K, Θ, G1, V, H1, A, B, D, F; at ``order=2`` also G2, V1, U) of
     every layer of ``spec`` on inputs ``X`` (N × n_0) from the derived layer step.  Returns
     ``{name: {ℓ: array}}``: rank-2 quantities (N, N), rank-4 ones (N, N, N, N) and U
@@ -801,7 +817,11 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     :func:`derive.gaussian_expectation` (default: by dimension).  ``res["error"]`` is the
     largest estimated error of an average, relative to max(1, |average|).  With ``dense=False``
     the rank-4 targets are returned as :class:`SymmetricTensor` too (one number per orbit of
-    their index group, indexing like the dense array) instead of N⁴ arrays."""
+    their index group, indexing like the dense array) instead of N⁴ arrays.
+    ``training_inputs`` (the first that many inputs are a training set): the rank-4 targets
+    only on their components with at most two distinct samples outside it — what
+    derive.train(order=1) reads — NaN elsewhere in the dense arrays (level "training" of
+    :data:`LEVELS`)."""
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or not np.all(np.isfinite(X)):
         raise DeriveError(f"X must be a finite array of shape (N, n_0), got shape {X.shape}")
@@ -822,7 +842,8 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     missing = [t for t in targets if t not in forms]
     if missing:
         raise DeriveError(f"{', '.join(missing)} not derived for the {spec.equation.description}")
-    need = _plan_levels(forms, tuple(t for t in targets if quantity(t).order <= order))
+    level = "full" if training_inputs is None or N - training_inputs <= 2 else "training"
+    need = _plan_levels(forms, tuple(t for t in targets if quantity(t).order <= order), level)
     for t in targets:  # a 1/n correction at order 0 is zero (G1, H1)
         if quantity(t).rank == 2:
             need.setdefault(t, "full")
@@ -836,8 +857,8 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
             first = {"K": spec.C_b(1) + spec.C_W(1) * G0,
                      "Theta": spec.lambda_b(1) + spec.lambda_W(1) * G0}.get(name, np.zeros((N, N)))
         else:  # every 1/n statistic vanishes in layer 1, a Gaussian layer
-            comps[name] = orbits(N, q.symmetry, need[name])
-            first = (np.zeros((N,) * q.rank) if need[name] == "full" and dense
+            comps[name] = orbits(N, q.symmetry, need[name], training_inputs)
+            first = (np.zeros((N,) * q.rank) if need[name] in ("training", "full") and dense
                      else SymmetricTensor(N, q.symmetry, comps[name], np.zeros(len(comps[name]))))
         res[name] = {1: first}
     _check_kernel(res["K"][1], 1)
@@ -875,7 +896,7 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                 res[name][l + 1] = _fill_sym2(N, C, v)
             else:
                 t = SymmetricTensor(N, q.symmetry, C, v)
-                res[name][l + 1] = t.dense() if need[name] == "full" and dense else t
+                res[name][l + 1] = t.dense() if need[name] in ("training", "full") and dense else t
         _check_kernel(res["K"][l + 1], l + 1)
         error = max(error, ev.error)
         if progress is not None:

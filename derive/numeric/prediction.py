@@ -426,7 +426,8 @@ def _duration(seconds: float) -> str:
 
 @boundary
 def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1, targets=None,
-            progress: bool = False, tol: float | None = None, dense: bool = True) -> Prediction:
+            progress: bool = False, tol: float | None = None, dense: bool = True,
+            training_inputs: int | None = None) -> Prediction:
     r"""Evaluate the derived recursions of ``spec`` on inputs ``X`` (N × n_0).
 
     Parameters
@@ -468,6 +469,13 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         orbit of the quantity's index symmetry (for V about N⁴/8) and index like the dense
         array (``v[a, b, c, d]``, slices, integer arrays; ``.shape``, ``np.asarray(v)`` and
         ``.dense()`` give the array).  For N ≤ 2 the arrays are dense either way.
+    training_inputs : int, optional
+        The first ``training_inputs`` inputs are a training set and the rest test inputs: the
+        four-index quantities are then computed only on their components with at most two
+        distinct test inputs among their samples — all that :func:`derive.train` at order 1
+        reads (they close on themselves through the layers) — and are NaN elsewhere.  With
+        many test inputs most of the four-sample averages are skipped (3 training and 10 test
+        inputs: 145 of 715 sets of four samples).  Default: all components.
 
     Returns
     -------
@@ -509,6 +517,11 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
     tol = _check_tol(tol)
     X = _inputs(X)
     N = X.shape[0]
+    if training_inputs is not None and (isinstance(training_inputs, (bool, np.bool_))
+                                        or not isinstance(training_inputs, (int, np.integer))
+                                        or not 0 <= training_inputs <= N):
+        raise DeriveError(f"training_inputs must be an integer from 0 to the number of inputs "
+                          f"({N}), got {training_inputs!r:.40}")
     # by default everything finite for σ, G1 and V included at order 0 (G1 then is zero); at
     # order 2 also G2, and V1 and U for at most NNLO_MULTI_INPUTS inputs
     if targets is None:
@@ -557,7 +570,8 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         say("predict: deriving the recursions and specialising them to σ = "
             f"{spec.activation.name} …")
         r = iterate_mlp(spec, X, order, targets=targets, progress=report, tol=tol,
-                        detail=detail if progress else None, dense=bool(dense))
+                        detail=detail if progress else None, dense=bool(dense),
+                        training_inputs=None if training_inputs is None else int(training_inputs))
     expansion = {}  # empty without a derived V (a skip term): no estimate is given then
     on = r.get("estimated_on", slice(None))  # the inputs the estimate is computed on
     for l in range(1, spec.depth + 1 if "V" in r else 1):

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, OrderError, boundary
+from .evaluate import outside_training
 
 __all__ = ["train", "Training", "TestError", "UnstableStepWarning", "default_times"]
 
@@ -444,9 +445,22 @@ def _nlo(spec, X, Y, NA, eta, times):
         # averages to NLO_TOL: the O(1/n) coefficients are compared with ensembles at ≳ 1e-3,
         # and the ddNTKs' averages of products of σ‴ are slow to reach 1e-9 (3 samples) and
         # 1e-7 (4 samples)
-        p = predict(spec, X, order=1, targets=list(NLO_TARGETS), tol=NLO_TOL)
+        # the four-index statistics only where the dynamics read them: at most two distinct
+        # test inputs among a component's samples (the rest is NaN)
+        p = predict(spec, X, order=1, targets=list(NLO_TARGETS), tol=NLO_TOL, training_inputs=NA)
     L = spec.depth
     st = {q: np.asarray(getattr(p, q)[L], dtype=float) for q in NLO_TARGETS}
+    unread = None
+    for q in NLO_TARGETS:
+        if st[q].ndim == 4:
+            # the components not computed enter the cubature's intermediate fields multiplied
+            # by zero (e.g. Ĥ between two test inputs, which moves no output): zero, not NaN
+            if unread is None:
+                unread = outside_training(np.indices(st[q].shape).transpose(1, 2, 3, 4, 0), NA) > 2
+            st[q] = np.where(unread, 0.0, st[q])
+        if not np.all(np.isfinite(st[q])):
+            raise DeriveError(f"the output layer's {q} is not finite (the recursion overflowed); "
+                              "check C_b, C_W and the scale of the inputs")
     for q in ("K", "G1", "Theta", "H1"):
         st[q] = 0.5 * (st[q] + st[q].T)
     out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, Y, NA, eta, times)
