@@ -407,3 +407,30 @@ def test_train_reads_only_the_training_components(monkeypatch):
     assert np.allclose(full.ntk_drift1_by_output, part.ntk_drift1_by_output, rtol=1e-6,
                        atol=1e-6 * np.abs(full.ntk_drift1_by_output).max())
     assert np.abs(full.mean1(8)).max() > 1e-2
+
+
+def test_dntk_is_carried_at_training_samples_only(monkeypatch):
+    """The dynamics read dĤ only with a training sample in its middle slot (dĤ_{δαβ} in z's
+    update, dĤ_{δ1αδ2} in Ĥ's): training_slots finds that slot from the derived updates, and
+    carrying dĤ there only changes nothing (against the dynamics on all N³ samples)."""
+    import derive.numeric.training_nlo as tn
+
+    cuts = tn.training_slots(tn.step_terms(0.3))
+    assert cuts == {"z": frozenset(), "Hhat": frozenset(), "dHhat": frozenset({1})}
+    rng = np.random.default_rng(0)
+    N, NA = 5, 2
+    A = rng.standard_normal((N, N + 2))
+    K = A @ A.T / N
+    st = {q: 0.05 * rng.standard_normal((N,) * 4)
+          for q in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")}
+    args = (K, K + 0.4, 0.1 * K, 0.2 * K, st, np.array([[0.5, -0.1], [0.2, 0.3]]), NA, 0.2,
+            (0, 3, 7))
+    cut = tn.nlo_dynamics(*args)
+    monkeypatch.setattr(tn, "training_slots",
+                        lambda terms: {name: frozenset() for name in terms})
+    full = tn.nlo_dynamics(*args)
+    for key in ("mean1", "second1"):
+        for t in (3, 7):
+            assert np.allclose(cut[key][t], full[key][t], rtol=1e-12, atol=1e-13)
+    assert np.allclose(cut["drift1"], full["drift1"], rtol=1e-12, atol=1e-13)
+    assert np.abs(full["mean1"][7]).max() > 1e-2

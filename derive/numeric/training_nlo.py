@@ -214,15 +214,40 @@ def _contract(spec: str, ops: list) -> np.ndarray:
 _FREE, _SUMMED, _FREE_N, _SUMMED_N = "wxyz", _LETTERS, "IJKL", "ABCD"
 
 
+def training_slots(terms: dict, recorded=("z", "Hhat")) -> dict:
+    """The sample slots of each updated field that the dynamics only ever read at training
+    samples (field → frozenset of slot numbers): a slot is read at every sample where a term
+    of another field's update puts one of that field's own samples, unless that slot is itself
+    one of these; the ``recorded`` fields are read everywhere.  For the derived updates: the
+    middle slot of dĤ (dĤ_{δαβ} in z's update, dĤ_{δ1αδ2} in Ĥ's, as the engine orders the
+    symmetric pair), so dĤ is carried on N × N_A × N samples instead of N³."""
+    sizes = {term[1]: len(term[3]) for ts in terms.values() for term in ts}
+    cut = {name: (set() if name in recorded else set(range(sizes.get(name, 0))))
+           for name in terms}
+    changed = True
+    while changed:
+        changed = False
+        for target, ts in terms.items():
+            for _, field, _, slots, _ in ts:
+                if field not in cut:
+                    continue
+                for s, (kind, k) in enumerate(slots):
+                    if kind == "free" and k not in cut[target] and s in cut[field]:
+                        cut[field].discard(s)
+                        changed = True
+    return {name: frozenset(v) for name, v in cut.items()}
+
+
 @lru_cache(maxsize=None)
-def _term_plan(term, NA: int, order: int) -> tuple:
+def _term_plan(term, NA: int, order: int, cut: frozenset = frozenset()) -> tuple:
     """What :func:`_term_value` does for one update term, worked out once: the field, its
-    index (the summed sample slots cut to the training samples), and per way of distributing
-    the jet orders (field's, each ε's) with total ≤ ``order``, the einsum spec.  A field's
-    array is (batch, its neurons …, its samples …); an ε's (batch, n_out, N_A)."""
+    index (the summed sample slots cut to the training samples, and the free ones that the
+    updated field keeps only there, ``cut``: :func:`training_slots`), and per way of
+    distributing the jet orders (field's, each ε's) with total ≤ ``order``, the einsum spec.
+    A field's array is (batch, its neurons …, its samples …); an ε's (batch, n_out, N_A)."""
     coeff, field, nslots, slots, neps = term
     index = (slice(None),) * (1 + len(nslots)) + tuple(
-        slice(None) if kind == "free" else slice(0, NA) for kind, _ in slots)
+        slice(None) if kind == "free" and k not in cut else slice(0, NA) for kind, k in slots)
     letters = "".join((_FREE_N if kind == "free" else _SUMMED_N)[k] for kind, k in nslots) \
         + "".join((_FREE if kind == "free" else _SUMMED)[k] for kind, k in slots)
     out_letters = "".join(_FREE_N[k] for k in sorted(k for kind, k in nslots if kind == "free")) \
@@ -234,9 +259,11 @@ def _term_plan(term, NA: int, order: int) -> tuple:
     return coeff, field, index, spec, splits
 
 
-def _term_value(term, states: dict, eps: list, NA: int, order: int) -> list:
-    """The jet (Taylor coefficients in s up to ``order``; None for zero) of one update term."""
-    coeff, field, index, spec, splits = _term_plan(term, NA, order)
+def _term_value(term, states: dict, eps: list, NA: int, order: int,
+                cut: frozenset = frozenset()) -> list:
+    """The jet (Taylor coefficients in s up to ``order``; None for zero) of one update term
+    (of a field kept at training samples only in its slots ``cut``)."""
+    coeff, field, index, spec, splits = _term_plan(term, NA, order, cut)
     fj = states[field]
     result = [None] * (order + 1)
     for ks in splits:
@@ -256,11 +283,20 @@ def _term_value(term, states: dict, eps: list, NA: int, order: int) -> list:
     return result
 
 
+def _at_training(a: np.ndarray, cut: frozenset, first: int, NA: int) -> np.ndarray:
+    """``a`` with its sample axes first + s, s in ``cut``, cut to the training samples."""
+    index = [slice(None)] * a.ndim
+    for s in cut:
+        index[first + s] = slice(0, NA)
+    return a[tuple(index)]
+
+
 def _run(terms: dict, start: dict, y, NA: int, order: int, times, record, progress=None):
     """Propagate the jets ``start`` (field → list of order + 1 arrays or None, leading axis the
     batch of cubature points) through ``terms`` for max(times) steps; ``record(t, states)`` at
     the recorded steps.  ``y`` (n_out, N_A): the targets."""
     states = {k: list(v) for k, v in start.items()}
+    cuts = training_slots(terms)
     last = max(times)
     for t in range(last + 1):
         if t in times:
@@ -275,7 +311,7 @@ def _run(terms: dict, start: dict, y, NA: int, order: int, times, record, progre
             acc = list(states[name])
             owned = [False] * (order + 1)   # acc[k] a fresh array of this step (added in place)
             for term in ts:
-                for k, v in enumerate(_term_value(term, states, eps, NA, order)):
+                for k, v in enumerate(_term_value(term, states, eps, NA, order, cuts[name])):
                     if v is None:
                         continue
                     if acc[k] is None:   # a fresh array, unless a read-only broadcast
@@ -311,6 +347,7 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                           "test inputs (remove repeated or parallel inputs)")
     cum = cumulants(st, n_out)
     terms = step_terms(eta)
+    cuts = training_slots(terms)
     delta = np.eye(n_out)
     root = (Vk * np.sqrt(lam)).T                  # x ↦ x @ root: N(0, 1) → N(0, K)
     X, wts = cubature_degree5(n_out * N)
@@ -330,7 +367,8 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
     Hs = np.einsum("ij,ab->ijab", delta, H1)[None] \
         + 0.5 * np.einsum("ijklabcd,pkcld->pijab", cum["Hzz"], He)
     start = {"z": [z0, None], "Hhat": [const(Th_ij, P), Hs],
-             "dHhat": [None, np.einsum("ijklabcd,pld->pijkabc", cum["dz"], u)],
+             "dHhat": [None, np.einsum("ijklabcd,pld->pijkabc",
+                                       _at_training(cum["dz"], cuts["dHhat"], 4, NA), u)],
              "ddIHhat": [None, const(cum["I"], P)], "ddIIHhat": [None, const(cum["II"], P)]}
     out = {k: {} for k in ("mean0", "second0", "mean1", "second1")}
 
