@@ -217,6 +217,12 @@ def test_vertex_work_counts_the_orbits_the_batched_evaluator_computes():
         C = np.sort(_vertex_orbits(N), axis=1)
         distinct = 1 + np.count_nonzero(np.diff(C, axis=1), axis=1)
         assert vertex_work(N) == {k: int(np.sum(distinct == k)) for k in (1, 2, 3, 4)}
+    from derive.numeric.evaluate import orbits
+
+    for N, n_train in ((6, 3), (7, 2), (5, 0)):         # at most two test inputs among them
+        C = np.sort(orbits(N, "pairs", "training", n_train), axis=1)
+        distinct = 1 + np.count_nonzero(np.diff(C, axis=1), axis=1)
+        assert vertex_work(N, n_train) == {k: int(np.sum(distinct == k)) for k in (1, 2, 3, 4)}
 
 
 def test_spec_files_are_refused_before_the_derivation_when_predict_would_refuse(tmp_path):

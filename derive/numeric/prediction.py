@@ -330,24 +330,32 @@ def _route(N: int, targets: tuple, order: int = 1) -> str:
     return "batched" if N >= 3 and any(t in RANK4 for t in targets) else "generated"
 
 
-def vertex_work(N: int) -> dict:
+def vertex_work(N: int, training_inputs: int | None = None) -> dict:
     """Vertex components per layer (one per orbit of V's pair symmetries, as the batched
     evaluator computes them) by their number of distinct samples: N with one, 4 C(N, 2) with
     two ((xx)(yy), (xy)(xy), (xx)(xy), (yy)(xy)), 6 C(N, 3) with three (a doubled sample beside
-    a distinct pair, or two pairs sharing one sample: 3 ways each), 3 C(N, 4) with four."""
+    a distinct pair, or two pairs sharing one sample: 3 ways each), 3 C(N, 4) with four.  With
+    ``training_inputs`` (:func:`predict`'s), the sets of k distinct samples count only with at
+    most two of the other inputs among them."""
     from math import comb
 
-    return {1: N, 2: 4 * comb(N, 2), 3: 6 * comb(N, 3), 4: 3 * comb(N, 4)}
+    def sets(k):
+        if training_inputs is None:
+            return comb(N, k)
+        return sum(comb(training_inputs, k - j) * comb(N - training_inputs, j)
+                   for j in range(min(k, 2) + 1))
+
+    return {1: sets(1), 2: 4 * sets(2), 3: 6 * sets(3), 4: 3 * sets(4)}
 
 
 def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True,
-              order: int = 1) -> str:
+              order: int = 1, training_inputs: int | None = None) -> str:
     """The route for ``N`` inputs and ``targets`` at ``order``, after refusing what cannot
     finish (more than :data:`MAX_BYTES` of arrays, more than :data:`MAX_SECONDS` of vertex
     averages, with the cheaper alternatives, or V1 and U of more than
     :data:`NNLO_MULTI_INPUTS` inputs); ``say(message)`` is told what the run will do.
     ``dense=False``: the four-index quantities are kept once per orbit (about N⁴/8 components
-    of 16 bytes)."""
+    of 16 bytes).  ``training_inputs``: as :func:`predict`'s (fewer averages)."""
     L = spec.depth
     many = [t for t in targets if t in NNLO_MULTI]
     if many and N > NNLO_MULTI_INPUTS:
@@ -378,7 +386,9 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True,
         say(f"predict: {N} input(s), {L} layers, targets {', '.join(targets)}: generated "
             "evaluator (closed forms or fixed quadrature on all pairs)")
         return route
-    work = vertex_work(N)
+    if training_inputs is not None and N - training_inputs <= 2:
+        training_inputs = None                    # every component is read
+    work = vertex_work(N, training_inputs)
     kind = _vertex_kind(spec.activation)
     kinked = kind != "smooth"
     cost = _SECONDS[kind]
@@ -390,8 +400,11 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True,
     if order >= 2:  # G2, V1, U on the components with at most two distinct samples of each pair
         seconds += _NNLO_SETUP + (L - 1) * N * (N + 1) // 2 * _NNLO_PAIR
     if order < 2:
+        which = (f"the full {', '.join(four)}" if training_inputs is None else
+                 f"{', '.join(four)} on their components with at most two of the "
+                 f"{N - training_inputs} test inputs")
         say(f"predict: {N} inputs, {L} layers, targets {', '.join(targets)}: batched evaluator "
-            f"for the full {', '.join(four)} — per layer {sum(work.values())} vertex components, "
+            f"for {which} — per layer {sum(work.values())} vertex components, "
             f"{work[3]} of them with 3 distinct samples (3-D averages) and {work[4]} with 4 (4-D "
             f"averages){', σ with kinks' if kinked else ''}; roughly {_duration(seconds)} on 2 "
             "cores")
@@ -522,6 +535,7 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
                                         or not 0 <= training_inputs <= N):
         raise DeriveError(f"training_inputs must be an integer from 0 to the number of inputs "
                           f"({N}), got {training_inputs!r:.40}")
+    training_inputs = None if training_inputs is None else int(training_inputs)
     # by default everything finite for σ, G1 and V included at order 0 (G1 then is zero); at
     # order 2 also G2, and V1 and U for at most NNLO_MULTI_INPUTS inputs
     if targets is None:
@@ -546,7 +560,8 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
 
     if not isinstance(dense, (bool, np.bool_)):
         raise DeriveError(f"dense must be True or False, got {dense!r:.40}")
-    route = plan_work(spec, N, targets, say, dense=bool(dense), order=order)
+    route = plan_work(spec, N, targets, say, dense=bool(dense), order=order,
+                      training_inputs=training_inputs)
 
     def report(l, L):
         say(f"predict: layer {l}/{L} done ({time.perf_counter() - start:.1f} s)")
@@ -571,7 +586,7 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
             f"{spec.activation.name} …")
         r = iterate_mlp(spec, X, order, targets=targets, progress=report, tol=tol,
                         detail=detail if progress else None, dense=bool(dense),
-                        training_inputs=None if training_inputs is None else int(training_inputs))
+                        training_inputs=training_inputs)
     expansion = {}  # empty without a derived V (a skip term): no estimate is given then
     on = r.get("estimated_on", slice(None))  # the inputs the estimate is computed on
     for l in range(1, spec.depth + 1 if "V" in r else 1):
