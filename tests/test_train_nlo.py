@@ -434,3 +434,20 @@ def test_dntk_is_carried_at_training_samples_only(monkeypatch):
             assert np.allclose(cut[key][t], full[key][t], rtol=1e-12, atol=1e-13)
     assert np.allclose(cut["drift1"], full["drift1"], rtol=1e-12, atol=1e-13)
     assert np.abs(full["mean1"][7]).max() > 1e-2
+
+
+def test_order_one_reports_progress(capsys):
+    """progress=True: the statistics layer by layer, then each run of the dynamics, to stderr;
+    the numbers are those without it."""
+    spec = derive.MLP(3, 16, "tanh", 0.1, 1.3, lambda_b=0.6, lambda_W=1.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loud = derive.train(spec, XA, YA, XB, eta=0.3, steps=8, order=1, progress=True)
+        err = capsys.readouterr().err
+        quiet = derive.train(spec, XA, YA, XB, eta=0.3, steps=8, order=1)
+    assert "predict: layer 3/3 done" in err
+    assert "run 1/2" in err and "run 2/2, step 8/8" in err
+    assert capsys.readouterr().err == ""
+    assert np.array_equal(loud.mean1(8), quiet.mean1(8))
+    with pytest.raises(DeriveError, match="progress"):
+        derive.train(spec, XA, YA, XB, eta=0.3, steps=8, order=1, progress="yes")

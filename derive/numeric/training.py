@@ -348,7 +348,8 @@ class Training:
 
 
 @boundary
-def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None) -> Training:
+def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None,
+          progress: bool = False) -> Training:
     r"""The statistics of an ensemble of networks ``spec`` trained by full-batch gradient descent.
 
     Parameters
@@ -374,6 +375,11 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         recorded steps.
     times : list of int, optional
         The steps to record (default: 0, every power of two below ``steps``, and ``steps``).
+    progress : bool, optional
+        At order 1, print to stderr what the run does: the statistics layer by layer (as
+        :func:`derive.predict` with ``progress=True``), then the averaged dynamics, at most a
+        line every 5 s with the steps done and an estimate of the time left (N = 20 inputs
+        take minutes).
 
     Returns
     -------
@@ -385,6 +391,8 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
     """
     if isinstance(order, bool) or order not in (0, 1):
         raise OrderError(f"order must be 0 or 1, got {order!r:.40}")
+    if not isinstance(progress, (bool, np.bool_)):
+        raise DeriveError(f"progress must be True or False, got {progress!r:.40}")
     XA, Y, single, XB = _check_data(X_train, y_train, X_test)
     if order == 1:
         if type(spec) is not MLP or spec.max_order < 1:
@@ -419,7 +427,7 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         raise DeriveError("K or Θ of the output layer is not finite for these inputs")
     nlo, n = None, 0
     if order == 1:
-        nlo, n = _nlo(spec, X, Y, NA, eta, rec)
+        nlo, n = _nlo(spec, X, Y, NA, eta, rec, bool(progress))
     return Training(spec=spec, order=order, eta=eta, steps=steps, times=rec, n_train=NA,
                     n_test=XB.shape[0], K=K, Theta=Th, y=Y, single_output=single,
                     stable=stable, _eig=(theta, U), fan_in=n, _nlo=nlo)
@@ -435,7 +443,7 @@ NLO_TOL = 1e-6
 NLO_TARGETS = ("K", "G1", "Theta", "H1", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")
 
 
-def _nlo(spec, X, Y, NA, eta, times):
+def _nlo(spec, X, Y, NA, eta, times, progress=False):
     """(the O(1/n) coefficients of :func:`derive.numeric.training_nlo.nlo_dynamics`, n_{L−1})."""
     from .prediction import predict
     from .training_nlo import nlo_dynamics
@@ -445,7 +453,8 @@ def _nlo(spec, X, Y, NA, eta, times):
         # averages to NLO_TOL (the O(1/n) coefficients are compared with ensembles at ≳ 1e-3),
         # the four-index statistics only where the dynamics read them: at most two distinct
         # test inputs among a component's samples (the rest is NaN)
-        p = predict(spec, X, order=1, targets=list(NLO_TARGETS), tol=NLO_TOL, training_inputs=NA)
+        p = predict(spec, X, order=1, targets=list(NLO_TARGETS), tol=NLO_TOL, training_inputs=NA,
+                    progress=progress)
     L = spec.depth
     st = {q: np.asarray(getattr(p, q)[L], dtype=float) for q in NLO_TARGETS}
     unread = None
@@ -461,5 +470,30 @@ def _nlo(spec, X, Y, NA, eta, times):
                               "check C_b, C_W and the scale of the inputs")
     for q in ("K", "G1", "Theta", "H1"):
         st[q] = 0.5 * (st[q] + st[q].T)
-    out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, Y, NA, eta, times)
+    out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, Y, NA, eta, times,
+                       _dynamics_progress() if progress else None)
     return out, p.fan_in(L)
+
+
+def _dynamics_progress():
+    """progress(run, t, T, points) for :func:`nlo_dynamics`: a line to stderr when a run
+    starts and at most every 5 s, with the steps done and an estimate of the time left."""
+    import sys
+    import time
+
+    names = {1: "the first-order insertions", 2: "the NTK-fluctuation insertion (C_HH)"}
+    state = {"run": None, "start": 0.0, "last": 0.0}
+
+    def tick(run, t, T, points):
+        now = time.perf_counter()
+        if run != state["run"]:
+            state.update(run=run, start=now, last=now)
+            print(f"train: O(1/n) dynamics, run {run}/2 ({names[run]}) over {points} cubature "
+                  f"points, {T} steps …", file=sys.stderr, flush=True)
+        if now - state["last"] >= 5.0 or t == T:
+            state["last"] = now
+            spent = now - state["start"]
+            left = spent * (T - t) / max(t, 1)
+            print(f"train: run {run}/2, step {t}/{T} ({spent:.0f} s, about {left:.0f} s left)",
+                  file=sys.stderr, flush=True)
+    return tick

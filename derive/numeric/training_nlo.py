@@ -333,8 +333,10 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
     n_out output neurons trained by gradient descent (module docstring), and the leading-order
     mean and second moment from the same cubature (a check of the order-0 closed form).  ``st``
     the output layer's A, B, D, F, P, Q, R, S, T, Udd (:func:`cumulants`); ``Y`` (N_A, n_out)
-    or (N_A,); ``times`` the recorded steps (T = the last).  Returns {"mean0", "mean1": {t: (n_out,
-    N)}, "second0", "second1": {t: (n_out, N, n_out, N)}, "drift1": (n_out, n_out, N, N)}."""
+    or (N_A,); ``times`` the recorded steps (T = the last); ``progress(run, t, T, points)``
+    after each step t of the first-order run (1) and of the C_HH run (2) over ``points``
+    cubature points.  Returns {"mean0", "mean1": {t: (n_out, N)}, "second0", "second1": {t:
+    (n_out, N, n_out, N)}, "drift1": (n_out, n_out, N, N)}."""
     K = np.asarray(K, dtype=float)
     N = K.shape[0]
     Y = np.asarray(Y, dtype=float).reshape(NA, -1)
@@ -383,7 +385,8 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                 + np.einsum("p,pia,pjb->iajb", wts, z, z1)
         out["mean1"][t], out["second1"][t] = m1, s1
 
-    st = _run(terms, start, y, NA, 1, times, record1, progress)
+    st = _run(terms, start, y, NA, 1, times, record1,
+              None if progress is None else lambda t, T: progress(1, t, T, P))
     out["drift1"] = np.einsum("p,pijab->ijab", wts, st["Hhat"][1] - Hs)
     # run 2: the C_HH insertion, second order along the eigenvectors of C_HH (Ĥ constant)
     D2 = n_out * n_out * N * N
@@ -416,5 +419,6 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                 + np.einsum("p,pia,pjb->iajb", ww, z1, z1)
                 + np.einsum("p,pia,pjb->iajb", ww, z2, z[0]))
 
-        _run(terms, start, y, NA, 2, times, record2)
+        _run(terms, start, y, NA, 2, times, record2,
+             None if progress is None else lambda t, T: progress(2, t, T, R * P3))
     return out
