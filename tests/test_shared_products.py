@@ -129,3 +129,27 @@ def test_canonical_products_are_shared():
     np.testing.assert_allclose([b[0], c[0] / 3], [a[0], a[0]], rtol=0, atol=1e-15)
     ref = gaussian_expectation(h, K, tol=1e-10)
     assert abs(a[0] - float(ref)) < 1e-9
+
+
+def test_workers_give_the_same_values_bit_for_bit(monkeypatch):
+    """predict(workers=2) integrates the blocks of sample sets on forked processes: the values
+    are those of workers=1, bit for bit (blocks of 4 matrices here, so that there are several);
+    bad values are refused."""
+    import warnings
+
+    from derive import DeriveError
+    from derive.activations import gaussian
+
+    monkeypatch.setattr(gaussian, "_LADDER_BLOCK", 4)
+    X = np.random.default_rng(1).standard_normal((6, 3))
+    spec = derive.MLP(2, 16, "tanh", 0.1, 1.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one, two = (derive.predict(spec, X, order=1, targets=["K", "A", "R"], workers=w)
+                    for w in (1, 2))
+    for q in ("A", "R"):
+        assert np.array_equal(np.asarray(getattr(one, q)[2]), np.asarray(getattr(two, q)[2]))
+    assert np.abs(np.asarray(one.R[2])).max() > 1e-3
+    for bad in (0, True, 1.5, "2"):
+        with pytest.raises(DeriveError, match="workers"):
+            derive.predict(spec, X, order=1, targets=["A"], workers=bad)

@@ -957,7 +957,74 @@ def product_integrand(factors: list, prod: tuple, syms) -> sp.Expr:
     return sp.Mul(*(factors[k].xreplace({FACTOR_VARIABLE: syms[j]}) for j, k in enumerate(prod)))
 
 
-def product_expectations(factors: list, products: list, K: np.ndarray, tol: float | None = None):
+#: matrices per block of :func:`product_expectations`' ladder (the unit of work of a worker)
+_LADDER_BLOCK = 64
+
+
+def _ladder_block(values, prods: list, L: np.ndarray, d: int, deff: int, ladder: tuple,
+                  lim_tol: float, relative: bool) -> tuple:
+    """:func:`_shared_conditional` up ``ladder`` for the matrices L (B × d × d) until each
+    product converges: (value, error estimate, not converged), arrays (B, P)."""
+    def rule(rung, idx):
+        chunk = max(1, _CHUNK_NODES // ((len(_PANELS[deff]) - 1) * ladder[rung]) ** (d - 1))
+        return np.concatenate([_shared_conditional(values, prods, L[idx[a:a + chunk]],
+                                                   ladder[rung], deff)
+                               for a in range(0, len(idx), chunk)])
+
+    prev = rule(0, np.arange(L.shape[0]))
+    err = np.full(prev.shape, np.inf)
+    todo = np.ones(prev.shape, dtype=bool)
+    for rung in range(1, len(ladder)):
+        again = np.nonzero(todo.any(axis=1))[0]
+        if again.size == 0:
+            break
+        cur = rule(rung, again)
+        t = todo[again]
+        err[again] = np.where(t, np.abs(cur - prev[again]), err[again])
+        prev[again] = np.where(t, cur, prev[again])
+        limit = lim_tol * (np.maximum(1.0, np.abs(prev[again])) if relative else 1.0)
+        todo[again] = t & (err[again] > limit)
+    return prev, err, todo
+
+
+#: the task of the worker processes of :func:`_map_blocks` (inherited when they fork)
+_TASK = None
+
+
+def _run_task(arg):
+    return _TASK(arg)
+
+
+def _map_blocks(fn, args: list, workers: int) -> list:
+    """[fn(a) for a in args], on ``workers`` forked processes when more than one."""
+    global _TASK
+    if workers <= 1 or len(args) <= 1:
+        return [fn(a) for a in args]
+    import multiprocessing
+
+    _TASK = fn
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(args))) as pool:
+            return pool.map(_run_task, args, chunksize=1)
+    finally:
+        _TASK = None
+
+
+def check_workers(workers) -> int:
+    """``workers`` (processes for the Gaussian averages of many sample sets), checked."""
+    import multiprocessing
+
+    if isinstance(workers, (bool, np.bool_)) or not isinstance(workers, (int, np.integer)) \
+            or workers < 1:
+        raise DeriveError(f"workers must be a whole number ≥ 1, got {workers!r:.40}")
+    if workers > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        raise DeriveError("workers > 1 needs processes started by fork (Linux, macOS); use "
+                          "workers=1 here")
+    return int(workers)
+
+
+def product_expectations(factors: list, products: list, K: np.ndarray, tol: float | None = None,
+                         workers: int = 1):
     """⟨Π_k g_{p_k}(z_k)⟩_K for many products of the one-variable functions ``factors``
     (SymPy expressions in :data:`FACTOR_VARIABLE`, x) over a batch of covariances K
     (B × d × d, d ≥ 3), sharing one conditional rule per matrix
@@ -969,7 +1036,9 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
     the tolerance.  Elsewhere — a factor with kinks, a product of polynomials (exact by Wick
     instead), fewer than three effective dimensions, an integrand that cannot be averaged, no
     convergence on the ladder — the caller asks :func:`gaussian_expectation`, which computes
-    the value by its own tier or says why it cannot."""
+    the value by its own tier or says why it cannot.  The matrices are integrated in blocks of
+    :data:`_LADDER_BLOCK`, on ``workers`` forked processes when more than one (the same
+    values whatever their number)."""
     x = FACTOR_VARIABLE
     K = np.asarray(K, dtype=float)
     B, d, _ = K.shape
@@ -1008,25 +1077,15 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
         lim_tol = DEFAULT_TOL[deff] if relative else tol
         ladder = _cond_ladder(deff, lim_tol)
 
-        def rule(rung, idx, ladder=ladder, deff=deff):
-            chunk = max(1, _CHUNK_NODES // ((len(_PANELS[deff]) - 1) * ladder[rung]) ** (d - 1))
-            return np.concatenate([_shared_conditional(values, prods, L[idx[a:a + chunk]],
-                                                       ladder[rung], deff)
-                                   for a in range(0, len(idx), chunk)])
-
-        prev = rule(0, rows)
-        err = np.full(prev.shape, np.inf)
-        todo = np.ones(prev.shape, dtype=bool)
-        for rung in range(1, len(ladder)):
-            again = np.nonzero(todo.any(axis=1))[0]
-            if again.size == 0:
-                break
-            cur = rule(rung, rows[again])
-            t = todo[again]
-            err[again] = np.where(t, np.abs(cur - prev[again]), err[again])
-            prev[again] = np.where(t, cur, prev[again])
-            limit = lim_tol * (np.maximum(1.0, np.abs(prev[again])) if relative else 1.0)
-            todo[again] = t & (err[again] > limit)
+        # the ladder on fixed blocks of matrices (the same whatever the number of workers, so
+        # that every number of workers gives the same values, bit for bit)
+        block = min(_LADDER_BLOCK, max(1, _CHUNK_NODES // (
+            (len(_PANELS[deff]) - 1) * ladder[0]) ** (d - 1)))
+        starts = range(0, len(rows), block)
+        parts = _map_blocks(lambda a: _ladder_block(values, prods, L[rows[a:a + block]], d, deff,
+                                                    ladder, lim_tol, relative),
+                            list(starts), workers)
+        prev, err, todo = (np.concatenate([part[k] for part in parts]) for k in range(3))
         limit = lim_tol * (np.maximum(1.0, np.abs(prev)) if relative else np.ones(prev.shape))
         for j, p in enumerate(cols):
             try:

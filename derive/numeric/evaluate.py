@@ -181,8 +181,11 @@ class _Evaluator:
     """Evaluates averages and contractions over batches of components, with a cache shared
     by the recursions of one layer (K and Θ both need ⟨σσ⟩, …)."""
 
-    def __init__(self, K: np.ndarray, tensors: dict, kinked: bool, tol: float | None = None):
+    def __init__(self, K: np.ndarray, tensors: dict, kinked: bool, tol: float | None = None,
+                 workers: int = 1):
         self.K = K
+        #: processes for the shared products of :meth:`prefetch`
+        self.workers = workers
         self.tensors = tensors
         self.kinked = kinked
         self.tol = tol
@@ -295,7 +298,8 @@ class _Evaluator:
                 S = np.array(rs)
                 products = [items[i][0] for i in wanted]
                 value, error, ok = product_expectations(self._factors, products,
-                                                        _kernel_batch(self.K, S), tol=self.tol)
+                                                        _kernel_batch(self.K, S), tol=self.tol,
+                                                        workers=self.workers)
                 keys = _row_keys(S, base)
                 for j, pat in enumerate(products):
                     hit = np.nonzero(ok[:, j])[0]
@@ -817,7 +821,8 @@ def _ticker(ev: _Evaluator, detail, where: str):
 
 def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                 derivative_free: bool | None = None, tol: float | None = None,
-                detail=None, dense: bool = True, training_inputs: int | None = None) -> dict:
+                detail=None, dense: bool = True, training_inputs: int | None = None,
+                workers: int = 1) -> dict:
     """The declared quantities (K, Θ, G1, V, H1, A, B, D, F; at ``order=2`` also G2, V1, U) of
     every layer of ``spec`` on inputs ``X`` (N × n_0) from the derived layer step.  Returns
     ``{name: {ℓ: array}}``: rank-2 quantities (N, N), rank-4 ones (N, N, N, N) and U
@@ -835,7 +840,8 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     ``training_inputs`` (the first that many inputs are a training set): the rank-4 targets
     only on their components with at most two distinct samples outside it — what
     derive.train(order=1) reads — NaN elsewhere in the dense arrays (level "training" of
-    :data:`LEVELS`)."""
+    :data:`LEVELS`).  ``workers``: processes for the three- and four-sample averages (the same
+    values whatever their number)."""
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or not np.all(np.isfinite(X)):
         raise DeriveError(f"X must be a finite array of shape (N, n_0), got shape {X.shape}")
@@ -883,7 +889,8 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
                    *spec.scalar_values(l + 1),
                    widths[l], widths[l - 1])
         tensors = {name: res[name][l] for name in res}
-        ev = _Evaluator(res["K"][l], tensors, kinked=bool(derivative_free), tol=tol)
+        ev = _Evaluator(res["K"][l], tensors, kinked=bool(derivative_free), tol=tol,
+                        workers=workers)
         todo = [name for name in res
                 if not (quantity(name).order > order and quantity(name).rank == 2)]
         if N >= 3 and any(quantity(name).rank > 2 for name in todo):

@@ -440,7 +440,7 @@ def _duration(seconds: float) -> str:
 @boundary
 def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1, targets=None,
             progress: bool = False, tol: float | None = None, dense: bool = True,
-            training_inputs: int | None = None) -> Prediction:
+            training_inputs: int | None = None, workers: int = 1) -> Prediction:
     r"""Evaluate the derived recursions of ``spec`` on inputs ``X`` (N × n_0).
 
     Parameters
@@ -489,6 +489,10 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         reads (they close on themselves through the layers) — and are NaN elsewhere.  With
         many test inputs most of the four-sample averages are skipped (3 training and 10 test
         inputs: 145 of 715 sets of four samples).  Default: all components.
+    workers : int, optional
+        Processes (forked) for the three- and four-sample averages of the batched evaluator,
+        the bulk of the four-index quantities' cost for many inputs; every number of workers
+        gives the same values, bit for bit.  Default 1 (this process).
 
     Returns
     -------
@@ -525,7 +529,7 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
     if isinstance(warn_threshold, bool) or not isinstance(warn_threshold, (int, float)) \
             or not np.isfinite(warn_threshold) or warn_threshold < 0:
         raise DeriveError(f"warn_threshold must be a finite number ≥ 0, got {warn_threshold!r:.40}")
-    from ..activations.gaussian import _check_tol
+    from ..activations.gaussian import _check_tol, check_workers
 
     tol = _check_tol(tol)
     X = _inputs(X)
@@ -536,6 +540,7 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
         raise DeriveError(f"training_inputs must be an integer from 0 to the number of inputs "
                           f"({N}), got {training_inputs!r:.40}")
     training_inputs = None if training_inputs is None else int(training_inputs)
+    workers = check_workers(workers)
     # by default everything finite for σ, G1 and V included at order 0 (G1 then is zero); at
     # order 2 also G2, and V1 and U for at most NNLO_MULTI_INPUTS inputs
     if targets is None:
@@ -586,7 +591,7 @@ def predict(spec: MLP, X, order: int | None = None, warn_threshold: float = 0.1,
             f"{spec.activation.name} …")
         r = iterate_mlp(spec, X, order, targets=targets, progress=report, tol=tol,
                         detail=detail if progress else None, dense=bool(dense),
-                        training_inputs=training_inputs)
+                        training_inputs=training_inputs, workers=workers)
     expansion = {}  # empty without a derived V (a skip term): no estimate is given then
     on = r.get("estimated_on", slice(None))  # the inputs the estimate is computed on
     for l in range(1, spec.depth + 1 if "V" in r else 1):

@@ -349,7 +349,7 @@ class Training:
 
 @boundary
 def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None,
-          progress: bool = False) -> Training:
+          progress: bool = False, workers: int = 1) -> Training:
     r"""The statistics of an ensemble of networks ``spec`` trained by full-batch gradient descent.
 
     Parameters
@@ -380,6 +380,9 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         :func:`derive.predict` with ``progress=True``), then the averaged dynamics, at most a
         line every 5 s with the steps done and an estimate of the time left (N = 20 inputs
         take minutes).
+    workers : int, optional
+        At order 1, processes (forked) for the statistics' three- and four-sample averages
+        (:func:`derive.predict`'s ``workers``; the same numbers whatever their number).
 
     Returns
     -------
@@ -393,6 +396,9 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         raise OrderError(f"order must be 0 or 1, got {order!r:.40}")
     if not isinstance(progress, (bool, np.bool_)):
         raise DeriveError(f"progress must be True or False, got {progress!r:.40}")
+    from ..activations.gaussian import check_workers
+
+    workers = check_workers(workers)
     XA, Y, single, XB = _check_data(X_train, y_train, X_test)
     if order == 1:
         if type(spec) is not MLP or spec.max_order < 1:
@@ -427,7 +433,7 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         raise DeriveError("K or Θ of the output layer is not finite for these inputs")
     nlo, n = None, 0
     if order == 1:
-        nlo, n = _nlo(spec, X, Y, NA, eta, rec, bool(progress))
+        nlo, n = _nlo(spec, X, Y, NA, eta, rec, bool(progress), workers)
     return Training(spec=spec, order=order, eta=eta, steps=steps, times=rec, n_train=NA,
                     n_test=XB.shape[0], K=K, Theta=Th, y=Y, single_output=single,
                     stable=stable, _eig=(theta, U), fan_in=n, _nlo=nlo)
@@ -443,7 +449,7 @@ NLO_TOL = 1e-6
 NLO_TARGETS = ("K", "G1", "Theta", "H1", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")
 
 
-def _nlo(spec, X, Y, NA, eta, times, progress=False):
+def _nlo(spec, X, Y, NA, eta, times, progress=False, workers=1):
     """(the O(1/n) coefficients of :func:`derive.numeric.training_nlo.nlo_dynamics`, n_{L−1})."""
     from .prediction import predict
     from .training_nlo import nlo_dynamics
@@ -454,7 +460,7 @@ def _nlo(spec, X, Y, NA, eta, times, progress=False):
         # the four-index statistics only where the dynamics read them: at most two distinct
         # test inputs among a component's samples (the rest is NaN)
         p = predict(spec, X, order=1, targets=list(NLO_TARGETS), tol=NLO_TOL, training_inputs=NA,
-                    progress=progress)
+                    progress=progress, workers=workers)
     L = spec.depth
     st = {q: np.asarray(getattr(p, q)[L], dtype=float) for q in NLO_TARGETS}
     unread = None
