@@ -3,6 +3,7 @@
     python benchmarks/run.py            # all of them
     python benchmarks/run.py wick       # only benchmarks/bench_wick.py
     python benchmarks/run.py --quick    # smaller sizes, for a smoke run
+    python benchmarks/run.py train --full --workers 2   # bench_train's own options
 
 Each ``benchmarks/bench_<name>.py`` defines ``run(quick: bool) -> (title, rows)`` where rows
 is a list of dicts with the same keys; a key ``target`` (string) and ``ok`` (bool or None)
@@ -50,7 +51,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help="benchmark names (bench_<name>.py); default: all")
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
-    args = ap.parse_args(argv)
+    # a benchmark's own options (bench_train: --full, --workers K) are read from sys.argv
+    args, extra = ap.parse_known_args(argv)
+    own = [x for i, x in enumerate(extra)
+           if x not in ("--full", "--workers") and not (i and extra[i - 1] == "--workers")]
+    if own:
+        ap.error(f"unrecognized arguments: {' '.join(own)}")
     found = {p.stem[len("bench_"):]: p for p in sorted(HERE.glob("bench_*.py"))}
     names = args.names or list(found)
     unknown = [n for n in names if n not in found]
