@@ -634,11 +634,10 @@ def orbits(N: int, symmetry: str, level: str, n_train: int | None = None) -> np.
         return np.repeat(np.arange(N)[:, None], rank, axis=1)
     if level == "full" and symmetry == "pairs":
         return _vertex_orbits(N)
-    if level == "full":
+    if level in ("full", "training"):
         C = np.indices((N,) * rank).reshape(rank, -1).T
-    elif level == "training":
-        C = np.indices((N,) * rank).reshape(rank, -1).T
-        C = C[outside_training(C, n_train) <= 2]
+        if level == "training":
+            C = C[outside_training(C, n_train) <= 2]
     else:
         P = _pairs(N)
         bits = np.indices((2,) * rank).reshape(rank, -1).T                 # 2^rank patterns

@@ -463,13 +463,11 @@ def _nlo(spec, X, Y, NA, eta, times, progress=False, workers=1):
                     progress=progress, workers=workers)
     L = spec.depth
     st = {q: np.asarray(getattr(p, q)[L], dtype=float) for q in NLO_TARGETS}
-    unread = None
+    # the components not computed enter the cubature's intermediate fields multiplied by zero
+    # (e.g. Ĥ between two test inputs, which moves no output): zero, not NaN
+    unread = outside_training(np.indices((len(X),) * 4).transpose(1, 2, 3, 4, 0), NA) > 2
     for q in NLO_TARGETS:
         if st[q].ndim == 4:
-            # the components not computed enter the cubature's intermediate fields multiplied
-            # by zero (e.g. Ĥ between two test inputs, which moves no output): zero, not NaN
-            if unread is None:
-                unread = outside_training(np.indices(st[q].shape).transpose(1, 2, 3, 4, 0), NA) > 2
             st[q] = np.where(unread, 0.0, st[q])
         if not np.all(np.isfinite(st[q])):
             raise DeriveError(f"the output layer's {q} is not finite (the recursion overflowed); "

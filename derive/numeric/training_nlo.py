@@ -291,12 +291,13 @@ def _at_training(a: np.ndarray, cut: frozenset, first: int, NA: int) -> np.ndarr
     return a[tuple(index)]
 
 
-def _run(terms: dict, start: dict, y, NA: int, order: int, times, record, progress=None):
+def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, record,
+         progress=None):
     """Propagate the jets ``start`` (field → list of order + 1 arrays or None, leading axis the
-    batch of cubature points) through ``terms`` for max(times) steps; ``record(t, states)`` at
-    the recorded steps.  ``y`` (n_out, N_A): the targets."""
+    batch of cubature points) through ``terms`` for max(times) steps, each field kept at
+    training samples only in its slots ``cuts[field]`` (:func:`training_slots`);
+    ``record(t, states)`` at the recorded steps.  ``y`` (n_out, N_A): the targets."""
     states = {k: list(v) for k, v in start.items()}
-    cuts = training_slots(terms)
     last = max(times)
     for t in range(last + 1):
         if t in times:
@@ -385,7 +386,7 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                 + np.einsum("p,pia,pjb->iajb", wts, z, z1)
         out["mean1"][t], out["second1"][t] = m1, s1
 
-    st = _run(terms, start, y, NA, 1, times, record1,
+    st = _run(terms, cuts, start, y, NA, 1, times, record1,
               None if progress is None else lambda t, T: progress(1, t, T, P))
     out["drift1"] = np.einsum("p,pijab->ijab", wts, st["Hhat"][1] - Hs)
     # run 2: the C_HH insertion, second order along the eigenvectors of C_HH (Ĥ constant)
@@ -419,6 +420,6 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                 + np.einsum("p,pia,pjb->iajb", ww, z1, z1)
                 + np.einsum("p,pia,pjb->iajb", ww, z2, z[0]))
 
-        _run(terms, start, y, NA, 2, times, record2,
+        _run(terms, cuts, start, y, NA, 2, times, record2,
              None if progress is None else lambda t, T: progress(2, t, T, R * P3))
     return out
