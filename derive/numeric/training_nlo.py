@@ -31,7 +31,8 @@ n C_Hzz = D_{abcd} + F_{acbd} + F_{adbc}, n C_dz = P_{abcd} + P_{acbd} + Q_{abcd
 R_{abcd} + R_{acbd} + R_{adbc}, n E_II = S + T + Udd (the other cumulants are O(1/n²) or
 leave a polynomial of too low a degree in z: V does not enter).  The
 z-derivatives are traded for Hermite weights by Gaussian integration by parts
-(⟨∂_c g⟩ = ⟨g u_c⟩, ⟨∂_c∂_d g⟩ = ⟨g (u_c u_d − K⁻¹_cd)⟩, u = K⁻¹z), so every first-order
+(⟨∂_c g⟩ = ⟨g u_c⟩, ⟨∂_c∂_d g⟩ = ⟨g (u_c u_d − K⁻¹_cd)⟩, u = K⁻¹z; evaluated in the
+whitened variables, where they lose digits like cond(K), not cond(K)²), so every first-order
 insertion is one directional derivative of the dynamics along
 
     Ĥ(0) → Θ + s [H1 + ½ C_Hzz : He(z)],  dĤ(0) → s C_dz · u,  ddIĤ → s E_I,  ddIIĤ → s E_II,
@@ -291,6 +292,14 @@ def _at_training(a: np.ndarray, cut: frozenset, first: int, NA: int) -> np.ndarr
     return a[tuple(index)]
 
 
+def _whiten(c: np.ndarray, white: np.ndarray, k: int) -> np.ndarray:
+    """``c`` with each of its last ``k`` (sample) axes a contracted with white_{ma} (u = K⁻¹ z =
+    x @ white): the cumulant as a function of the whitened variables x."""
+    for axis in range(c.ndim - k, c.ndim):
+        c = np.moveaxis(np.tensordot(c, white, axes=([axis], [1])), -1, axis)
+    return c
+
+
 def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, record,
          progress=None):
     """Propagate the jets ``start`` (field → list of order + 1 arrays or None, leading axis the
@@ -353,14 +362,18 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
     cuts = training_slots(terms)
     delta = np.eye(n_out)
     root = (Vk * np.sqrt(lam)).T                  # x ↦ x @ root: N(0, 1) → N(0, K)
+    # The Hermite weights in the whitened variables x (z = x @ root): u = K⁻¹ z = x @ white and
+    # He_{(ia)(jb)} = u_ia u_jb − δ_ij K⁻¹_ab = white_ka white_lb (x_ik x_jl − δ_ij δ_kl).  The
+    # cumulants are carried to x once (``_whiten``) and meet x x − 1, whose entries are O(1):
+    # forming K⁻¹ and u u − K⁻¹ instead loses digits like cond(K)², 1e-9 of the result at
+    # cond(K) ~ 1e5 and all of it at 1e10 (ill-conditioned K: inputs close together)
+    white = (Vk / np.sqrt(lam)).T
     X, wts = cubature_degree5(n_out * N)
     P = len(wts)
-    z0 = X.reshape(P, n_out, N) @ root            # (P, n_out, N): z_i ~ N(0, K), independent
-    Kinv = np.linalg.inv(K)
-    u = z0 @ Kinv                                 # K⁻¹ z per neuron
-    # Hermite weights He_{(ia)(jb)} = u_ia u_jb − δ_ij K⁻¹_ab
-    He = np.einsum("pia,pjb->piajb", u, u) - np.einsum("ij,ab->iajb", delta, Kinv)[None]
-    weight1 = 0.5 * np.einsum("ab,piaib->p", G1, He)      # the G1 insertion δ_ij G1, a weight
+    x = X.reshape(P, n_out, N)
+    z0 = x @ root                                 # (P, n_out, N): z_i ~ N(0, K), independent
+    Hx = np.einsum("pik,pjl->pikjl", x, x) - np.einsum("ij,kl->ikjl", delta, np.eye(N))[None]
+    weight1 = 0.5 * np.einsum("kl,pikil->p", _whiten(G1, white, 2), Hx)   # the G1 insertion δ_ij G1
 
     def const(a, batch):
         return np.broadcast_to(a, (batch,) + a.shape)
@@ -368,10 +381,11 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
     Th_ij = np.einsum("ij,ab->ijab", delta, Th)
     # run 1: every first-order insertion along one direction s
     Hs = np.einsum("ij,ab->ijab", delta, H1)[None] \
-        + 0.5 * np.einsum("ijklabcd,pkcld->pijab", cum["Hzz"], He)
+        + 0.5 * np.einsum("ijklabcd,pkcld->pijab", _whiten(cum["Hzz"], white, 2), Hx)
     start = {"z": [z0, None], "Hhat": [const(Th_ij, P), Hs],
              "dHhat": [None, np.einsum("ijklabcd,pld->pijkabc",
-                                       _at_training(cum["dz"], cuts["dHhat"], 4, NA), u)],
+                                       _whiten(_at_training(cum["dz"], cuts["dHhat"], 4, NA),
+                                               white, 1), x)],
              "ddIHhat": [None, const(cum["I"], P)], "ddIIHhat": [None, const(cum["II"], P)]}
     out = {k: {} for k in ("mean0", "second0", "mean1", "second1")}
 
