@@ -188,26 +188,41 @@ def _einsum(spec: str, ops: list) -> np.ndarray:
     return np.einsum(spec, *ops, optimize=_PATHS[key])
 
 
+def _batch(a: np.ndarray, letters: str) -> int:
+    """The number of leading batch axes of an operand ``a`` whose own axes are ``letters``."""
+    return a.ndim - len(letters)
+
+
+def _constant(a: np.ndarray, nb: int) -> bool:
+    """Whether ``a`` is the same along its ``nb`` batch axes (broadcast or of length one)."""
+    return all(st == 0 or n == 1 for st, n in zip(a.strides[:nb], a.shape[:nb]))
+
+
 def _contract(spec: str, ops: list) -> np.ndarray:
-    """np.einsum(spec, *ops) for a field (ops[0]) and its ε factors.  A field that is the same
-    for every cubature point (a constant field broadcast along the leading axis p) enters once,
-    without that axis: the ε factors (small, P × n_out × N_A each) are multiplied into one
-    tensor per point first, which then meets the field in one matrix product — where
-    np.einsum's own plan would loop over the points and all indices at once (ten times slower
-    for three ε).  When every operand is constant the result is computed once and broadcast."""
+    """np.einsum(spec, *ops) for a field (ops[0]) and its ε factors, the batch axes "..." (the
+    cubature points; in the C_HH run a direction and a point, broadcast against each other).
+    A field that is the same for every point (a constant field broadcast along the batch)
+    enters once, without those axes: the ε factors (small, P × n_out × N_A each) are
+    multiplied into one tensor per point first, which then meets the field in one matrix
+    product — where np.einsum's own plan would loop over the points and all indices at once
+    (ten times slower for three ε).  When every operand is constant the result is computed
+    once and broadcast.  Operands whose batches differ (a field per direction, ε per point)
+    meet in a planned contraction (twenty times faster than repeating the field per point)."""
     ins, out = spec.split("->")
-    terms = ins.split(",")
-    if ops[0].strides[0] != 0:
+    terms = [t[3:] for t in ins.split(",")]
+    nb = _batch(ops[0], terms[0])
+    if not _constant(ops[0], nb):
+        if len({op.shape[:_batch(op, t)] for op, t in zip(ops, terms)}) > 1:
+            return _einsum(spec, ops)
         return np.einsum(spec, *ops)
-    batch = ops[0].shape[0]
-    field, fterm = ops[0][0], terms[0][1:]
+    field, fterm = ops[0][(0,) * nb], terms[0]
     if len(ops) == 1:
-        res = np.einsum(f"{fterm}->{out[1:]}", field)
-        return np.broadcast_to(res, (batch,) + res.shape)
-    eps, eterm = ops[1], terms[1]
+        res = np.einsum(f"{fterm}->{out[3:]}", field)
+        return np.broadcast_to(res, ops[0].shape[:nb] + res.shape)
+    eps, eterm = ops[1], ins.split(",")[1]
     for op, term in zip(ops[2:], terms[2:]):     # the ε factors' product, per point
-        joined = eterm + term[1:]
-        eps, eterm = np.einsum(f"{eterm},{term}->{joined}", eps, op), joined
+        joined = eterm + term
+        eps, eterm = np.einsum(f"{eterm},...{term}->{joined}", eps, op), joined
     return _einsum(f"{fterm},{eterm}->{out}", [field, eps])
 
 
@@ -245,16 +260,16 @@ def _term_plan(term, NA: int, order: int, cut: frozenset = frozenset()) -> tuple
     index (the summed sample slots cut to the training samples, and the free ones that the
     updated field keeps only there, ``cut``: :func:`training_slots`), and per way of
     distributing the jet orders (field's, each ε's) with total ≤ ``order``, the einsum spec.
-    A field's array is (batch, its neurons …, its samples …); an ε's (batch, n_out, N_A)."""
+    A field's array is (batch …, its neurons …, its samples …); an ε's (batch …, n_out, N_A)."""
     coeff, field, nslots, slots, neps = term
-    index = (slice(None),) * (1 + len(nslots)) + tuple(
+    index = (Ellipsis,) + (slice(None),) * len(nslots) + tuple(
         slice(None) if kind == "free" and k not in cut else slice(0, NA) for kind, k in slots)
     letters = "".join((_FREE_N if kind == "free" else _SUMMED_N)[k] for kind, k in nslots) \
         + "".join((_FREE if kind == "free" else _SUMMED)[k] for kind, k in slots)
     out_letters = "".join(_FREE_N[k] for k in sorted(k for kind, k in nslots if kind == "free")) \
         + "".join(_FREE[k] for k in sorted(k for kind, k in slots if kind == "free"))
-    spec = "p" + letters + "".join(",p" + _SUMMED_N[m] + _SUMMED[m] for m in range(neps)) \
-        + "->p" + out_letters
+    spec = "..." + letters + "".join(",..." + _SUMMED_N[m] + _SUMMED[m] for m in range(neps)) \
+        + "->..." + out_letters
     splits = tuple(ks for ks in itertools.product(range(order + 1), repeat=1 + neps)
                    if sum(ks) <= order)
     return coeff, field, index, spec, splits
@@ -264,8 +279,56 @@ def _term_value(term, states: dict, eps: list, NA: int, order: int,
                 cut: frozenset = frozenset()) -> list:
     """The jet (Taylor coefficients in s up to ``order``; None for zero) of one update term
     (of a field kept at training samples only in its slots ``cut``)."""
-    coeff, field, index, spec, splits = _term_plan(term, NA, order, cut)
-    fj = states[field]
+    return _plan_value(_term_plan(term, NA, order, cut), states, eps, order)
+
+
+def _fused_plans(ts, start: dict, updated, NA: int, order: int, cut: frozenset) -> list:
+    """The plans (:func:`_term_plan`) of one field's update terms ``ts``, with the terms whose
+    tangent field is a constant — not ``updated`` and the same at every point of the batch in
+    ``start`` (the ddNTKs) — summed into one constant per number of ε factors: their fields,
+    each cut and laid out in one common order of its letters (the free ones of the result and
+    the summed ones of the ε factors, the same for all of them), times their coefficients.
+    Each step then contracts the ε factors with one tensor where it contracted three or four.
+    A fused plan carries its field's jet itself in place of the field's name."""
+    plans, groups = [], {}
+    for term in ts:
+        plan = _term_plan(term, NA, order, cut)
+        field, letters = plan[1], plan[3].split(",")[0][3:]
+        jets = start.get(field, ())
+        if field in updated or not any(j is not None for j in jets) or \
+                any(j is not None and not _constant(j, _batch(j, letters)) for j in jets):
+            plans.append(plan)
+        else:
+            groups.setdefault(term[4], []).append(plan)
+    for neps, group in sorted(groups.items()):
+        if len(group) == 1:
+            plans.extend(group)
+            continue
+        ins, out = group[0][3].split("->")
+        eterms = ins.split(",")[1:]
+        canon = "".join(sorted(ins.split(",")[0][3:]))
+        jets = []
+        for k in range(order + 1):
+            total, batch = None, ()
+            for coeff, field, index, spec, _ in group:
+                jet = start[field][k]
+                if jet is None:
+                    continue
+                letters = spec.split(",")[0][3:]
+                nb = _batch(jet, letters)
+                v = coeff * np.einsum(f"{letters}->{canon}", jet[(0,) * nb][index[1:]])
+                total = v if total is None else total + v
+                batch = np.broadcast_shapes(batch, jet.shape[:nb])
+            jets.append(None if total is None else np.broadcast_to(total, batch + total.shape))
+        spec = "..." + canon + "".join("," + e for e in eterms) + "->" + out
+        plans.append((1.0, jets, (Ellipsis,), spec, group[0][4]))
+    return plans
+
+
+def _plan_value(plan, states: dict, eps: list, order: int) -> list:
+    """The jet of one update term from its plan (:func:`_term_plan`, :func:`_fused_plans`)."""
+    coeff, field, index, spec, splits = plan
+    fj = states[field] if isinstance(field, str) else field
     result = [None] * (order + 1)
     for ks in splits:
         head = fj[ks[0]]
@@ -307,6 +370,8 @@ def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, re
     training samples only in its slots ``cuts[field]`` (:func:`training_slots`);
     ``record(t, states)`` at the recorded steps.  ``y`` (n_out, N_A): the targets."""
     states = {k: list(v) for k, v in start.items()}
+    plans = {name: _fused_plans(ts, start, terms, NA, order, cuts[name])
+             for name, ts in terms.items()}
     last = max(times)
     for t in range(last + 1):
         if t in times:
@@ -317,11 +382,11 @@ def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, re
         eps = [None if z[k] is None else (z[k][..., :NA] - y if k == 0 else z[k][..., :NA])
                for k in range(order + 1)]
         new = {}
-        for name, ts in terms.items():
+        for name, ps in plans.items():
             acc = list(states[name])
             owned = [False] * (order + 1)   # acc[k] a fresh array of this step (added in place)
-            for term in ts:
-                for k, v in enumerate(_term_value(term, states, eps, NA, order, cuts[name])):
+            for plan in ps:
+                for k, v in enumerate(_plan_value(plan, states, eps, order)):
                     if v is None:
                         continue
                     if acc[k] is None:   # a fresh array, unless a read-only broadcast
@@ -418,21 +483,21 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
         R = len(w)
         U = V.T.reshape(R, n_out, n_out, N, N)
         U = 0.5 * (U + U.transpose(0, 2, 1, 4, 3))      # Ĥ_{ij;ab} = Ĥ_{ji;ba}
-        zb = np.broadcast_to(z3, (R, P3, n_out, N)).reshape(R * P3, n_out, N)
-        start = {"z": [zb, None, None],
-                 "Hhat": [const(Th_ij, R * P3), np.repeat(U, P3, axis=0), None],
+        # two batch axes (direction r, point p), broadcast: z(0) and Θ are the same for every
+        # direction, the direction U_r the same at every point, so neither is repeated
+        start = {"z": [z3[None], None, None],
+                 "Hhat": [Th_ij[None, None], U[:, None], None],
                  "dHhat": [None] * 3, "ddIHhat": [None] * 3, "ddIIHhat": [None] * 3}
-        ww = (w[:, None] * w3[None, :]).reshape(-1)      # eigenvalue × cubature weight
+        ww = w[:, None] * w3[None, :]                    # eigenvalue × cubature weight
 
         def record2(t, st):
-            z = st["z"]
-            z1 = np.zeros_like(z[0]) if z[1] is None else z[1]
-            z2 = np.zeros_like(z[0]) if z[2] is None else z[2]
-            out["mean1"][t] = out["mean1"][t] + np.einsum("p,pia->ia", ww, z2)
+            z = [np.zeros((R, P3, n_out, N)) if a is None else
+                 np.broadcast_to(a, (R, P3, n_out, N)) for a in st["z"]]
+            out["mean1"][t] = out["mean1"][t] + np.einsum("rp,rpia->ia", ww, z[2])
             out["second1"][t] = out["second1"][t] + (
-                np.einsum("p,pia,pjb->iajb", ww, z[0], z2)
-                + np.einsum("p,pia,pjb->iajb", ww, z1, z1)
-                + np.einsum("p,pia,pjb->iajb", ww, z2, z[0]))
+                np.einsum("rp,rpia,rpjb->iajb", ww, z[0], z[2])
+                + np.einsum("rp,rpia,rpjb->iajb", ww, z[1], z[1])
+                + np.einsum("rp,rpia,rpjb->iajb", ww, z[2], z[0]))
 
         _run(terms, cuts, start, y, NA, 2, times, record2,
              None if progress is None else lambda t, T: progress(2, t, T, R * P3))
