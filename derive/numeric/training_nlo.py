@@ -220,11 +220,16 @@ def _contract(spec: str, ops: list) -> np.ndarray:
     if len(ops) == 1:
         res = np.einsum(f"{fterm}->{out[3:]}", field)
         return np.broadcast_to(res, ops[0].shape[:nb] + res.shape)
-    eps, eterm = ops[1], ins.split(",")[1]
+    eps, eterm = ops[1], terms[1]
     for op, term in zip(ops[2:], terms[2:]):     # the ε factors' product, per point
         joined = eterm + term
-        eps, eterm = np.einsum(f"{eterm},...{term}->{joined}", eps, op), joined
-    return _einsum(f"{fterm},{eterm}->{out}", [field, eps])
+        eps, eterm = np.einsum(f"...{eterm},...{term}->...{joined}", eps, op), joined
+    # one matrix product: (points, the ε letters) × (the ε letters, the result's letters)
+    mat = np.einsum(f"{fterm}->{eterm}{out[3:]}", field)
+    batch = eps.shape[:eps.ndim - len(eterm)]
+    res = np.ascontiguousarray(eps).reshape(-1, math.prod(mat.shape[:len(eterm)])) \
+        @ mat.reshape(-1, math.prod(mat.shape[len(eterm):]))
+    return res.reshape(batch + mat.shape[len(eterm):])
 
 
 #: einsum letters: free samples, summed (training) samples, free neurons, summed neurons
@@ -326,6 +331,38 @@ def _fused_plans(ts, start: dict, updated, NA: int, order: int, cut: frozenset) 
     return plans
 
 
+def _mirrored(plans: list) -> list:
+    """``plans`` as [(plan, None) or (None, (j, spec))]: a plan whose term is an earlier one's
+    (plan j) with its free letters exchanged — the same field, coefficient, cut and ε factors,
+    the field's letters a relabelling that fixes the summed ones (dĤ_{δ2αδ1} ε_α beside
+    dĤ_{δ1αδ2} ε_α in Ĥ's update) — is that plan's value with its axes exchanged,
+    np.einsum(spec, ·), instead of a second contraction of the same field."""
+    out = []
+    for p, (coeff, field, index, spec, splits) in enumerate(plans):
+        mirror = None
+        ins, res = spec.split("->")
+        letters, rest = ins.split(",")[0][3:], ins.split(",")[1:]
+        for j in range(p):
+            c2, f2, i2, s2, sp2 = plans[j]
+            ins2 = s2.split("->")[0]
+            if not (isinstance(field, str) and f2 == field and c2 == coeff and i2 == index
+                    and sp2 == splits and ins2.split(",")[1:] == rest
+                    and s2.split("->")[1] == res):
+                continue
+            sigma = {}
+            for a, b in zip(ins2.split(",")[0][3:], letters):   # plan j's letter → this one's
+                if sigma.setdefault(a, b) != b:
+                    break
+            else:
+                free = res[3:]
+                if all(sigma[a] == a for a in sigma if a not in free) \
+                        and sorted(sigma[a] for a in free) == sorted(free):
+                    mirror = (j, f"...{''.join(sigma[a] for a in free)}->...{free}")
+                    break
+        out.append((None if mirror else plans[p], mirror))
+    return out
+
+
 def _plan_value(plan, states: dict, eps: list, order: int) -> list:
     """The jet of one update term from its plan (:func:`_term_plan`, :func:`_fused_plans`)."""
     coeff, field, index, spec, splits = plan
@@ -371,7 +408,7 @@ def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, re
     training samples only in its slots ``cuts[field]`` (:func:`training_slots`);
     ``record(t, states)`` at the recorded steps.  ``y`` (n_out, N_A): the targets."""
     states = {k: list(v) for k, v in start.items()}
-    plans = {name: _fused_plans(ts, start, terms, NA, order, cuts[name])
+    plans = {name: _mirrored(_fused_plans(ts, start, terms, NA, order, cuts[name]))
              for name, ts in terms.items()}
     last = max(times)
     for t in range(last + 1):
@@ -386,8 +423,14 @@ def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, re
         for name, ps in plans.items():
             acc = list(states[name])
             owned = [False] * (order + 1)   # acc[k] a fresh array of this step (added in place)
-            for plan in ps:
-                for k, v in enumerate(_plan_value(plan, states, eps, order)):
+            values = []
+            for plan, mirror in ps:
+                if mirror is None:
+                    values.append(_plan_value(plan, states, eps, order))
+                else:
+                    values.append([None if v is None else np.einsum(mirror[1], v)
+                                   for v in values[mirror[0]]])
+                for k, v in enumerate(values[-1]):
                     if v is None:
                         continue
                     if acc[k] is None:   # a fresh array, unless a read-only broadcast
