@@ -228,15 +228,35 @@ _KERNEL_FUNCTIONS = (("arcsin", 0, _ERF), ("arcsin", 1, _ERF1),
                      ("trig", 0, sp.sin(_z)), ("trig", 1, sp.cos(_z)))
 
 
+def _may_be_constant(ratio: sp.Expr, points=("0.3712", "-0.8147", "1.2391")) -> bool:
+    """False when ``ratio`` (a function of _z) takes different values at three ``points``, so
+    that no simplification can make it a constant there (a tanh factor: the simplifications
+    of :func:`_classify`, about 0.3 s, are not tried); True when it might be one (or a value
+    is not a finite real number)."""
+    values = []
+    for x in points:
+        v = sp.N(ratio.subs(_z, sp.Float(x, 30)), 20)
+        if not (v.is_real and v.is_finite):
+            return True
+        values.append(float(v))
+    return max(values) - min(values) <= 1e-9 * max(1.0, max(abs(v) for v in values))
+
+
 def _classify(g: sp.Expr, var: sp.Symbol):
     """(family, derivative order, params, constant) of a one-variable factor, or None:
     ``g = constant · (the family's σ^{(order)})``."""
     h = g.subs(var, _z)
     for family, order, ref in _KERNEL_FUNCTIONS:
+        if not _may_be_constant(h / ref):
+            continue
         ratio = sp.simplify(h / ref)
         if ratio.is_number and ratio != 0:
             return family, order, (), ratio
     for order in (0, 1):
+        r = h / _z if order == 0 else h      # a₊ on z > 0, a₋ on z < 0, if scale-invariant
+        if not (_may_be_constant(r, ("0.3712", "1.2391", "2.71"))
+                and _may_be_constant(r, ("-0.8147", "-1.93", "-0.42"))):
+            continue
         slopes = probe_scale_invariant(h, _z, order)
         if slopes is not None:
             return "arccos", order, (("a_minus", slopes[1]), ("a_plus", slopes[0])), sp.S.One
