@@ -953,7 +953,14 @@ def _shared_conditional(factors, products: list, L: np.ndarray, points: int,
     values: dict = {}
     for k in range(inner - 1, -1, -1):
         need = tuple(sorted({prod[k] for prod in products}))
-        vals = factors(need, _on_grid(L, ts, k, k))
+        # z_k on the grid depends on row k of L only (the covariance of the first k + 1
+        # inputs): matrices that share it (sets with the same first inputs) share its values
+        row = L[:, k, :k + 1]
+        _, first, back = np.unique(row, axis=0, return_index=True, return_inverse=True)
+        if len(first) < B:
+            vals = [v[back.reshape(-1)] for v in factors(need, _on_grid(L[first], ts, k, k))]
+        else:
+            vals = factors(need, _on_grid(L, ts, k, k))
         values.update({(k, f): vals[j] for j, f in enumerate(need)})
     out = np.empty((B, len(products)))
     for p, prod in enumerate(products):
