@@ -95,3 +95,13 @@ def recorded_draws(monkeypatch) -> list:
 
     monkeypatch.setattr(np.random, "default_rng", recording)
     return recs
+
+
+@pytest.fixture(autouse=True)
+def _fresh_training_statistics(monkeypatch):
+    """Each test starts without the output-layer statistics that derive.train(order=1) keeps
+    from earlier calls (a test that compares two calls, or spies on predict, must see both
+    computed)."""
+    from derive.numeric import training
+
+    monkeypatch.setattr(training, "_STATISTICS", {})

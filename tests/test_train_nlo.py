@@ -480,3 +480,34 @@ def test_a_test_input_close_to_a_training_input_is_resolved():
     coarse, fine = quotients(1e-3), quotients(1e-4)
     assert np.abs(coarse).max() > 1e-2
     assert np.allclose(fine, coarse, rtol=0.03, atol=2e-4), np.c_[coarse, fine]
+
+
+def test_a_scan_over_eta_and_targets_computes_the_statistics_once(monkeypatch, capsys):
+    """train(order=1) keeps the output layer's statistics of its last calls (they depend on
+    the network and the inputs, not on η, the steps or the targets): a second call with
+    another η and other targets does not call predict, and gives what a fresh call gives."""
+    import derive.numeric.prediction as prediction
+    from derive.numeric import training
+
+    spec = derive.MLP(3, 16, "tanh", 0.1, 1.3, lambda_b=0.6, lambda_W=1.2)
+    calls = []
+    real = prediction.predict
+    monkeypatch.setattr(prediction, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        derive.train(spec, XA, YA, XB, eta=0.3, steps=8, order=1)
+        assert len(calls) == 2                       # order 0 (K, Θ) and the statistics
+        kept = derive.train(spec, XA, -YA, XB, eta=0.1, steps=8, order=1, progress=True)
+        assert len(calls) == 3                       # order 0 only
+        assert "statistics of an earlier call" in capsys.readouterr().err
+        derive.train(derive.MLP(3, 16, "tanh", 0.1, 1.3, lambda_b=0.6, lambda_W=1.1),
+                     XA, YA, XB, eta=0.3, steps=8, order=1)      # another network: computed
+        assert len(calls) == 5
+        derive.train(spec, XA, YA, XB[:, ::-1], eta=0.3, steps=8, order=1)   # other inputs
+        assert len(calls) == 7
+        monkeypatch.setattr(training, "_STATISTICS", {})
+        fresh = derive.train(spec, XA, -YA, XB, eta=0.1, steps=8, order=1)
+    for t in kept.times:
+        assert np.array_equal(kept.mean1(t), fresh.mean1(t))
+        assert np.array_equal(kept.cov1(t), fresh.cov1(t))
+    assert np.array_equal(kept.ntk_drift1, fresh.ntk_drift1)

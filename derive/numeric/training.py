@@ -449,10 +449,43 @@ NLO_TOL = 1e-6
 NLO_TARGETS = ("K", "G1", "Theta", "H1", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")
 
 
+#: the output layer's statistics of the last few calls, by (spec, inputs, number of training
+#: inputs): they depend on neither η, the steps nor the targets, so a scan over those computes
+#: them once (:func:`_output_statistics`)
+_STATISTICS: dict = {}
+_STATISTICS_KEPT = 4
+
+
 def _nlo(spec, X, Y, NA, eta, times, progress=False, workers=1):
     """(the O(1/n) coefficients of :func:`derive.numeric.training_nlo.nlo_dynamics`, n_{L−1})."""
-    from .prediction import predict
     from .training_nlo import nlo_dynamics
+
+    try:
+        key = (spec, X.shape, X.tobytes(), NA)
+        hash(key)
+    except TypeError:        # a spec with a field that cannot be hashed: not kept
+        key = None
+    if key is not None and key in _STATISTICS:
+        st, fan_in = _STATISTICS.pop(key)
+        if progress:
+            import sys
+            print("train: the output layer's statistics of an earlier call (the same network "
+                  "and inputs)", file=sys.stderr, flush=True)
+    else:
+        st, fan_in = _output_statistics(spec, X, NA, progress, workers)
+    if key is not None:
+        _STATISTICS[key] = (st, fan_in)         # the most recent last
+        while len(_STATISTICS) > _STATISTICS_KEPT:
+            del _STATISTICS[next(iter(_STATISTICS))]
+    out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, Y, NA, eta, times,
+                       _dynamics_progress() if progress else None)
+    return out, fan_in
+
+
+def _output_statistics(spec, X, NA, progress=False, workers=1):
+    """The output layer's statistics :data:`NLO_TARGETS` that train(order=1) reads (dense,
+    zero where not computed), and n_{L−1}."""
+    from .prediction import predict
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")    # the expansion estimate: the caller's judgement
@@ -474,9 +507,9 @@ def _nlo(spec, X, Y, NA, eta, times, progress=False, workers=1):
                               "check C_b, C_W and the scale of the inputs")
     for q in ("K", "G1", "Theta", "H1"):
         st[q] = 0.5 * (st[q] + st[q].T)
-    out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, Y, NA, eta, times,
-                       _dynamics_progress() if progress else None)
-    return out, p.fan_in(L)
+    for a in st.values():
+        a.setflags(write=False)       # kept for later calls: nothing may change them
+    return st, p.fan_in(L)
 
 
 def _dynamics_progress():
