@@ -449,11 +449,12 @@ NLO_TOL = 1e-6
 NLO_TARGETS = ("K", "G1", "Theta", "H1", "A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")
 
 
-#: the output layer's statistics of the last few calls, by (spec, inputs, number of training
-#: inputs): they depend on neither η, the steps nor the targets, so a scan over those computes
+#: the output layer's statistics of the last few calls (at most four), by (spec, inputs,
+#: number of training inputs): they depend on neither η, the steps nor the targets, so a scan over those computes
 #: them once (:func:`_output_statistics`)
 _STATISTICS: dict = {}
 _STATISTICS_KEPT = 4
+_STATISTICS_BYTES = 1 << 30     # and no more than 1 GiB of them (one set is always kept)
 
 
 def _nlo(spec, X, Y, NA, eta, times, progress=False, workers=1):
@@ -475,7 +476,9 @@ def _nlo(spec, X, Y, NA, eta, times, progress=False, workers=1):
         st, fan_in = _output_statistics(spec, X, NA, progress, workers)
     if key is not None:
         _STATISTICS[key] = (st, fan_in)         # the most recent last
-        while len(_STATISTICS) > _STATISTICS_KEPT:
+        while len(_STATISTICS) > 1 and (len(_STATISTICS) > _STATISTICS_KEPT or sum(
+                a.nbytes for kept, _ in _STATISTICS.values() for a in kept.values())
+                > _STATISTICS_BYTES):
             del _STATISTICS[next(iter(_STATISTICS))]
     out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, Y, NA, eta, times,
                        _dynamics_progress() if progress else None)
