@@ -403,13 +403,17 @@ def _whiten(c: np.ndarray, white: np.ndarray, k: int) -> np.ndarray:
 
 def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, record,
          progress=None):
-    """Propagate the jets ``start`` (field → list of order + 1 arrays or None, leading axis the
+    """Propagate the jets ``start`` (field → list of order + 1 arrays or None, leading axes the
     batch of cubature points) through ``terms`` for max(times) steps, each field kept at
     training samples only in its slots ``cuts[field]`` (:func:`training_slots`);
     ``record(t, states)`` at the recorded steps.  ``y`` (n_out, N_A): the targets."""
     states = {k: list(v) for k, v in start.items()}
     plans = {name: _mirrored(_fused_plans(ts, start, terms, NA, order, cuts[name]))
              for name, ts in terms.items()}
+    # owned[name][k]: the array states[name][k] was made by this run's own additions and is
+    # read by nothing else, so the next step adds into it in place (instead of allocating a
+    # new one, N × N_A × N per point for dĤ); the start's arrays and the terms' values are not
+    owned = {name: [False] * (order + 1) for name in terms}
     last = max(times)
     for t in range(last + 1):
         if t in times:
@@ -419,28 +423,28 @@ def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, re
         z = states["z"]
         eps = [None if z[k] is None else (z[k][..., :NA] - y if k == 0 else z[k][..., :NA])
                for k in range(order + 1)]
-        new = {}
+        # every term's value from the states of step t first, then the additions
+        values = {}
         for name, ps in plans.items():
-            acc = list(states[name])
-            owned = [False] * (order + 1)   # acc[k] a fresh array of this step (added in place)
-            values = []
+            vals = values[name] = []
             for plan, mirror in ps:
                 if mirror is None:
-                    values.append(_plan_value(plan, states, eps, order))
-                else:
-                    values.append([None if v is None else np.einsum(mirror[1], v)
-                                   for v in values[mirror[0]]])
-                for k, v in enumerate(values[-1]):
+                    vals.append(_plan_value(plan, states, eps, order))
+                else:       # a view of an earlier term's value: that value is not added into
+                    vals.append([None if v is None else np.einsum(mirror[1], v)
+                                 for v in vals[mirror[0]]])
+        for name, vals in values.items():
+            acc, own = states[name], owned[name]
+            for jet in vals:
+                for k, v in enumerate(jet):
                     if v is None:
                         continue
-                    if acc[k] is None:   # a fresh array, unless a read-only broadcast
-                        acc[k], owned[k] = v, v.flags.writeable
-                    elif owned[k] and acc[k].shape == np.broadcast_shapes(acc[k].shape, v.shape):
+                    if acc[k] is None:
+                        acc[k], own[k] = v, False
+                    elif own[k] and acc[k].shape == np.broadcast_shapes(acc[k].shape, v.shape):
                         acc[k] += v
                     else:
-                        acc[k], owned[k] = acc[k] + v, True
-            new[name] = acc
-        states.update(new)
+                        acc[k], own[k] = acc[k] + v, True
         if progress is not None:
             progress(t + 1, last)
     return states
