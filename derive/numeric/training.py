@@ -450,8 +450,8 @@ NLO_TARGETS = ("K", "G1", "Theta", "H1", "A", "B", "D", "F", "P", "Q", "R", "S",
 
 
 #: the output layer's statistics of the last few calls (at most four), by (spec, inputs,
-#: number of training inputs): they depend on neither η, the steps nor the targets, so a scan over those computes
-#: them once (:func:`_output_statistics`)
+#: number of training inputs): they depend on neither η, the steps nor the targets, so a scan
+#: over those computes them once (:func:`_output_statistics`)
 _STATISTICS: dict = {}
 _STATISTICS_KEPT = 4
 _STATISTICS_BYTES = 1 << 30     # and no more than 1 GiB of them (one set is always kept)
