@@ -11,7 +11,6 @@ import sympy as sp
 
 import derive
 from derive import DeriveError
-from derive.algebra.contractions import simplify_sums
 from derive.algebra.symbols import NeuronSum
 from derive.architectures.forward import DDNTK_I, DDNTK_II, DNTK, NTK
 from derive.derivation.dynamics import EPS, ETA, N_OUT, gradient_step
