@@ -288,6 +288,11 @@ def _term_value(term, states: dict, eps: list, NA: int, order: int,
     return _plan_value(_term_plan(term, NA, order, cut), states, eps, order)
 
 
+def _field_letters(spec: str) -> str:
+    """The field's own letters in a plan's einsum spec ("...IAJwax,...Aa->..." → "IAJwax")."""
+    return spec.split(",")[0][3:]
+
+
 def _fused_plans(ts, start: dict, updated, NA: int, order: int, cut: frozenset) -> list:
     """The plans (:func:`_term_plan`) of one field's update terms ``ts``, with the terms whose
     tangent field is a constant — not ``updated`` and the same at every point of the batch in
@@ -299,7 +304,7 @@ def _fused_plans(ts, start: dict, updated, NA: int, order: int, cut: frozenset) 
     plans, groups = [], {}
     for term in ts:
         plan = _term_plan(term, NA, order, cut)
-        field, letters = plan[1], plan[3].split(",")[0][3:]
+        field, letters = plan[1], _field_letters(plan[3])
         jets = start.get(field, ())
         if field in updated or not any(j is not None for j in jets) or \
                 any(j is not None and not _constant(j, _batch(j, letters)) for j in jets):
@@ -312,7 +317,7 @@ def _fused_plans(ts, start: dict, updated, NA: int, order: int, cut: frozenset) 
             continue
         ins, out = group[0][3].split("->")
         eterms = ins.split(",")[1:]
-        canon = "".join(sorted(ins.split(",")[0][3:]))
+        canon = "".join(sorted(_field_letters(ins)))
         jets = []
         for k in range(order + 1):
             total, batch = None, ()
@@ -320,7 +325,7 @@ def _fused_plans(ts, start: dict, updated, NA: int, order: int, cut: frozenset) 
                 jet = start[field][k]
                 if jet is None:
                     continue
-                letters = spec.split(",")[0][3:]
+                letters = _field_letters(spec)
                 nb = _batch(jet, letters)
                 v = coeff * np.einsum(f"{letters}->{canon}", jet[(0,) * nb][index[1:]])
                 total = v if total is None else total + v
@@ -341,7 +346,7 @@ def _mirrored(plans: list) -> list:
     for p, (coeff, field, index, spec, splits) in enumerate(plans):
         mirror = None
         ins, res = spec.split("->")
-        letters, rest = ins.split(",")[0][3:], ins.split(",")[1:]
+        letters, rest = _field_letters(ins), ins.split(",")[1:]
         for j in range(p):
             c2, f2, i2, s2, sp2 = plans[j]
             ins2 = s2.split("->")[0]
@@ -350,7 +355,7 @@ def _mirrored(plans: list) -> list:
                     and s2.split("->")[1] == res):
                 continue
             sigma = {}
-            for a, b in zip(ins2.split(",")[0][3:], letters):   # plan j's letter → this one's
+            for a, b in zip(_field_letters(ins2), letters):   # plan j's letter → this one's
                 if sigma.setdefault(a, b) != b:
                     break
             else:
