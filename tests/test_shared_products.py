@@ -67,6 +67,46 @@ def test_products_against_closed_forms(d, rank):
         assert np.all(error[:, j] <= tol)
 
 
+def _correlated(d, n, seed, spread):
+    """Covariances of d nearly equal variables: a common part and small independent ones."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        A = rng.uniform(0.4, 0.9) * np.ones((d, 1))
+        B = spread * rng.standard_normal((d, d))
+        out.append(A @ A.T + B @ B.T)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("d,spread", [(3, 0.05), (4, 0.05), (4, 0.2)])
+def test_slowly_varying_axes_against_closed_forms(d, spread):
+    """Nearly equal variables: the later axes of the conditional rule move the variables little
+    and take small Gauss–Hermite rules sized on the factors themselves (cos(2x) bends sooner
+    than the others and gets more nodes); the values are still exact to the tolerance."""
+    from derive.activations import gaussian as G
+
+    factors = FACTORS + [sp.cos(2 * x)]
+    K = _correlated(d, 8, seed=d, spread=spread)
+    classes = G._axis_classes(G._tolerant_cholesky(K))
+    slow = classes[:, 1:] < len(G._SLOW_SCALES)      # the later axes: slow ones, or a mix
+    assert slow.all() if spread < 0.1 else (slow.any() and not slow.all())
+    def values(ids, z):
+        return [np.asarray(G.numpy_function(factors[i], (x,))(z)) for i in ids]
+    smooth = G._slow_sizes(values, tuple(range(len(FACTORS))), 0, 3, (30, 36, 42))
+    fast = G._slow_sizes(values, tuple(range(len(factors))), 0, 3, (30, 36, 42))
+    assert np.all(smooth[:3] > 0) and np.all(fast >= smooth) and np.any(fast > smooth)
+    rng = np.random.default_rng(2)
+    prods = [tuple(int(v) for v in rng.integers(0, len(factors), d)) for _ in range(12)]
+    prods.append((len(factors) - 1,) * d)
+    tol = 1e-8 if d == 3 else 1e-7
+    value, error, ok = product_expectations(factors, prods, K, tol=tol)
+    assert ok.all()
+    for j, p in enumerate(prods):
+        exact = np.array([_exact(factors, p, k) for k in K])
+        np.testing.assert_allclose(value[:, j], exact, rtol=0, atol=tol)
+        assert np.all(error[:, j] <= tol)
+
+
 def test_tanh_products_against_the_product_by_product_rule():
     z = sp.Symbol("z")
     s = sp.tanh(z)
