@@ -747,10 +747,12 @@ _INNER_POINTS = 8
 _STENCIL = np.arange(-2, 4)
 
 
-def _smoothed_direct(fns, kinks: tuple, U: np.ndarray, s: np.ndarray) -> np.ndarray:
+def _smoothed_direct(fns, kinks: tuple, U: np.ndarray, s: np.ndarray,
+                     rule: tuple | None = None) -> np.ndarray:
     """G(u) = ⟨f(u + s η)⟩ over η ~ N(0, 1) for the F functions of ``fns`` (x ↦ the list of
     their values at x) at the points U (B, n), s of shape (B,) or (B, n): (F, B, n), a 1-D panel
-    rule, split where u + s η crosses a kink of f; s = 0 gives f(u)."""
+    rule (or, without kinks, ``rule``: nodes and weights in η), split where u + s η crosses a
+    kink of f; s = 0 gives f(u)."""
     B, n = U.shape
     if n == 0:
         return np.empty((len(fns(np.zeros((B, 0)))), B, 0))
@@ -760,7 +762,7 @@ def _smoothed_direct(fns, kinks: tuple, U: np.ndarray, s: np.ndarray) -> np.ndar
     out = None
     step = max(1, _CHUNK_NODES // max(B * per, 1))
     if not kinks:  # the same nodes in η for every point
-        t, w = panel_rule(_INNER_POINTS, panels)
+        t, w = rule if rule is not None else panel_rule(_INNER_POINTS, panels)
         for a in range(0, n, step):
             u, sd = U[:, a:a + step], s[:, a:a + step]
             vals = [v @ w for v in fns(u[..., None] + sd[..., None] * t)]
@@ -795,12 +797,13 @@ def _smoothed_direct(fns, kinks: tuple, U: np.ndarray, s: np.ndarray) -> np.ndar
 _LAGRANGE = np.linalg.inv(np.vander(_STENCIL.astype(float), 6, increasing=True))
 
 
-def _smoothed(fn, kinks: tuple, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray) -> np.ndarray:
+def _smoothed(fn, kinks: tuple, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray,
+              rule: tuple | None = None) -> np.ndarray:
     """G(u) = ⟨f(u + s η)⟩ at the points U (B, n), s (B,): read from a table of G over
     |u| ≤ 9 sd_u (spacing ≤ _TABLE_STEP, six-point interpolation; points beyond, whose Gaussian
     weight is below e^-40, are read at the end of the table), and computed directly where a
     point lies within 9 s (plus the stencil) of a kink of f, where G bends on the scale s."""
-    return _smoothed_many(lambda x: [fn(x)], U, s, sd_u, kinks)[0]
+    return _smoothed_many(lambda x: [fn(x)], U, s, sd_u, kinks, rule)[0]
 
 
 @lru_cache(maxsize=32)
@@ -861,11 +864,12 @@ def _on_grid(L: np.ndarray, ts: list, row: int, k: int) -> np.ndarray:
 
 
 def _smoothed_many(fns, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray,
-                   kinks: tuple = ()) -> np.ndarray:
+                   kinks: tuple = (), rule: tuple | None = None) -> np.ndarray:
     """:func:`_smoothed` for the F functions of ``fns`` (x ↦ the list of their values at x; the
     same kinks) at the same points U (B, n): (F, B, n).  The table's grid and each point's
-    interval are found once; the functions are tabulated together, and each point's
-    interpolating polynomial read for all of them (the points near a kink computed directly)."""
+    interval are found once; the functions are tabulated together (on ``rule`` in η where
+    given, :func:`_smoothed_direct`), and each point's interpolating polynomial read for all
+    of them (the points near a kink computed directly)."""
     B, n = U.shape
     lo = np.maximum(U.min(axis=1), -9.0 * sd_u)
     hi = np.minimum(U.max(axis=1), 9.0 * sd_u)
@@ -882,7 +886,7 @@ def _smoothed_many(fns, U: np.ndarray, s: np.ndarray, sd_u: np.ndarray,
     i = np.minimum(np.floor(pos).astype(np.int64), M - 2)
     r = pos - i
     flat = (i + 1) + (M + 1) * np.arange(B)[:, None]  # the window starting 2 before i
-    tables = _smoothed_direct(fns, kinks, grid, s)  # (F, B, M + 6)
+    tables = _smoothed_direct(fns, kinks, grid, s, rule)  # (F, B, M + 6)
     F = tables.shape[0]
     coef = np.lib.stride_tricks.sliding_window_view(tables, 6, axis=2) @ _LAGRANGE.T
     coef = np.ascontiguousarray(np.moveaxis(coef, 3, 0)).reshape(6, F, -1)  # (6, F, B (M+1))
@@ -916,7 +920,10 @@ def _conditional_rule(fns: list, kinks: list, L: np.ndarray, points: int, deff: 
     if not any(kinks):  # one grid for all matrices: factor k on the first k+1 axes only
         ts, w_b = _outer_axes(L, points, deff)
         u = _on_grid(L, ts, inner, inner - 1)
-        acc = _smoothed(fns[inner], (), u.reshape(B, -1), s, sd_u).reshape(u.shape)
+        # G's own average on the outer axes' rule: refined with them, so that the difference
+        # of two rungs includes its error (a fixed 64-node rule left 7e-9 unseen at s ≈ 1)
+        acc = _smoothed(fns[inner], (), u.reshape(B, -1), s, sd_u,
+                        _outer_rule(points, deff)).reshape(u.shape)
         for k in range(inner - 1, -1, -1):
             vals = fns[k](_on_grid(L, ts, k, k)) * acc
             acc = np.einsum("b...q,bq->b...", vals, w_b[k])
@@ -1023,13 +1030,14 @@ def _profile_axes(profile: tuple, sizes: np.ndarray, rung: int, points: int,
     return axes
 
 
-def _shared_conditional(factors, products: list, L: np.ndarray, axes: list) -> np.ndarray:
+def _shared_conditional(factors, products: list, L: np.ndarray, axes: list,
+                        default: tuple | None = None) -> np.ndarray:
     """:func:`_conditional_rule` (without kinks) for many products Π_k f_{p_k}(z_k) over the
     same matrices at once, (B, len(products)), each outer axis k on the rule ``axes[k]``
     (nodes, weights) shared by the matrices.  ``factors(ids, x)`` gives the values of the
     functions numbered ``ids`` at x (a list).  The last variable's G(u) = ⟨f(u + s η)⟩ is
-    read from a table (:func:`_smoothed_many`), or, where ``axes[d − 1]`` is a rule and
-    averaging on it at every node of the outer grid costs less than the table, averaged
+    read from a table (:func:`_smoothed_many`), or, where averaging on ``axes[d − 1]`` (or
+    ``default`` where that is None) at every node of the outer grid costs less, averaged
     there directly.  The grid, the functions'
     values on each axis (those a product needs there, together) and G are made
     once, and the inside-out sums are shared by the products that end alike (their partial
@@ -1041,17 +1049,23 @@ def _shared_conditional(factors, products: list, L: np.ndarray, axes: list) -> n
     ts = [t for t, _ in axes[:inner]]
     u = _on_grid(L, ts, inner, inner - 1)
     last = tuple(sorted({prod[inner] for prod in products}))
+    # the table costs its nodes in u times those in η, and reading it about as much as
+    # evaluating the functions at four points; in two dimensions (few outer nodes) G is always
+    # averaged directly, which also keeps the table's interpolation error (about 1e-9 … 1e-7
+    # for σ‴-like factors, common to all rungs) out of the two-dimensional averages
     outer_nodes = u[0].size
-    table_nodes = min(np.ceil(18.0 * sd_u.max() / _TABLE_STEP) + 7, _TABLE_MAX + 6) \
-        * (len(_PANELS[1]) - 1) * _INNER_POINTS
-    if axes[inner] is not None and np.all(s > 0) and \
-            outer_nodes * len(axes[inner][0]) <= table_nodes:
+    rule = axes[inner]
+    eta = rule if rule is not None else default
+    table_nodes = min(np.ceil(18.0 * sd_u.max() / _TABLE_STEP) + 7, _TABLE_MAX + 6) * (
+        (len(_PANELS[1]) - 1) * _INNER_POINTS if eta is None else len(eta[0]))
+    if eta is not None and np.all(s > 0) and (
+            d == 2 or outer_nodes * len(eta[0]) <= table_nodes + 4 * outer_nodes):
         G = None
-        for t, w in zip(*axes[inner]):
+        for t, w in zip(*eta):
             vals = factors(last, u + (s * t).reshape((B,) + (1,) * inner))
             G = [v * w for v in vals] if G is None else [g + v * w for g, v in zip(G, vals)]
     elif np.any(s > 0):
-        G = _smoothed_many(lambda x: factors(last, x), u.reshape(B, -1), s, sd_u)
+        G = _smoothed_many(lambda x: factors(last, x), u.reshape(B, -1), s, sd_u, rule=eta)
         G = G.reshape((len(last),) + u.shape)
     else:  # G = f: the last variable is fixed by the others
         G = factors(last, u)
@@ -1102,7 +1116,9 @@ def _ladder_block(values, prods: list, L: np.ndarray, deff: int, ladder: tuple, 
     def rule(rung, idx):
         axes = _profile_axes(profile, sizes, rung, ladder[rung], deff)
         chunk = max(1, _CHUNK_NODES // int(np.prod([len(a[0]) for a in axes[:-1]])))
-        return np.concatenate([_shared_conditional(values, prods, L[idx[a:a + chunk]], axes)
+        default = _outer_rule(ladder[rung], deff)
+        return np.concatenate([_shared_conditional(values, prods, L[idx[a:a + chunk]], axes,
+                                                   default)
                                for a in range(0, len(idx), chunk)])
 
     prev = rule(0, np.arange(L.shape[0]))
@@ -1161,15 +1177,16 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
                          workers: int = 1):
     """⟨Π_k g_{p_k}(z_k)⟩_K for many products of the one-variable functions ``factors``
     (SymPy expressions in :data:`FACTOR_VARIABLE`, x) over a batch of covariances K
-    (B × d × d, d ≥ 3), sharing one conditional rule per matrix
+    (B × d × d, d ≥ 2), sharing one conditional rule per matrix
     (:func:`_shared_conditional`): what :func:`gaussian_expectation` computes product by
     product.  The same ladder, panels,
     tolerances (``tol`` absolute; by default relative as there), tail estimate and error floor.
 
     Returns ``(value, error, ok)``, arrays (B, P): ``ok`` where the value is computed here to
     the tolerance.  Elsewhere — a factor with kinks, a product of polynomials (exact by Wick
-    instead), fewer than three effective dimensions, an integrand that cannot be averaged, no
-    convergence on the ladder — the caller asks :func:`gaussian_expectation`, which computes
+    instead), two factors with a closed form, fewer than two effective dimensions (two only
+    for d = 2 and a tolerance of 1e-10 or coarser), an integrand that cannot be averaged,
+    no convergence on the ladder — the caller asks :func:`gaussian_expectation`, which computes
     the value by its own tier or says why it cannot.  The matrices are integrated in blocks of
     :data:`_LADDER_BLOCK`, on ``workers`` forked processes when more than one (the same
     values whatever their number)."""
@@ -1179,7 +1196,7 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
     P = len(products)
     value, error = np.zeros((B, P)), np.full((B, P), np.inf)
     ok = np.zeros((B, P), dtype=bool)
-    if d < 3 or not _CONDITIONAL or B == 0 or P == 0:
+    if d < 2 or not _CONDITIONAL or B == 0 or P == 0:
         return value, error, ok
     smooth = [not kinks_of(g, x) for g in factors]
     poly = [g.is_polynomial(x) for g in factors]
@@ -1189,6 +1206,8 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
         f = product_integrand(factors, prod, syms)
         if not all(smooth[k] for k in prod) or all(poly[k] for k in prod):
             continue
+        if d == 2 and _closed_form_plan(f, tuple(zip(syms, range(d)))) is not None:
+            continue  # exact: gaussian_expectation's closed form
         try:
             if _integrand_problems(f, syms):
                 continue
@@ -1207,9 +1226,11 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
     deffs = np.sum(np.diagonal(L, axis1=1, axis2=2) > 0, axis=1)
     relative = tol is None
     used = tuple(sorted({k for prod in prods for k in prod}))
-    for deff in sorted(set(deffs.tolist()) & {3, 4}):
+    for deff in sorted(set(deffs.tolist()) & {2, 3, 4}):
         rows = np.nonzero(deffs == deff)[0]
         lim_tol = DEFAULT_TOL[deff] if relative else tol
+        if deff == 2 and (d > 2 or lim_tol < 1e-10):
+            continue  # not two variables (the tabulated G), or finer than the ladder goes
         ladder = _cond_ladder(deff, lim_tol)
         default = tuple(n * (len(_PANELS[deff]) - 1) for n in ladder)
         sizes = _slow_sizes(values, used, len(_COND_LADDER[deff]) - len(ladder), len(ladder),

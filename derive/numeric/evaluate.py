@@ -271,7 +271,7 @@ class _Evaluator:
         return coef * out
 
     def prefetch(self) -> None:
-        """Compute the products recorded while ``collecting`` in three or more variables
+        """Compute the products recorded while ``collecting`` in two or more variables
         together: per set of samples one grid, each factor's values on it once, every product
         the recursions need on those samples from them
         (:func:`~derive.activations.gaussian.product_expectations`).  What that does not
@@ -280,7 +280,7 @@ class _Evaluator:
         base = self.K.shape[0]
         by_size: dict = {}
         for pat, parts in pending.items():
-            if len(pat) >= 3:
+            if len(pat) >= 2:
                 by_size.setdefault(len(pat), []).append(
                     (pat, _unique_rows(np.concatenate(parts), base)[0]))
         for d, items in sorted(by_size.items()):
