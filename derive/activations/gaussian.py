@@ -25,11 +25,14 @@ The tiers, tried in order:
    one-variable factors in three or four (effective) dimensions — ⟨σσσσ⟩ of the four-point
    vertex — uses the *conditional* rule: the last variable, Gaussian given the others, is
    integrated into the one-variable function G(u) = ⟨f_d(u + s η)⟩, tabulated once per
-   covariance (six-point interpolation, points near a kink computed directly), so the nested
-   grid has d − 1 axes.  :func:`product_expectations` applies that rule to many products of
-   smooth one-variable factors over the same covariances at once (one grid per covariance,
-   each factor's values and each tabulated G made once): the batched evaluator's averages of
-   three and four samples, where the recursions ask for dozens of products per set of samples.
+   covariance (six-point interpolation, points near a kink computed directly; G's own average
+   refined with the rungs), so the nested grid has d − 1 axes.  :func:`product_expectations`
+   applies that rule to many products of smooth one-variable factors over the same
+   covariances at once (one grid per covariance, each factor's values and each G made once):
+   the batched evaluator's averages of two, three and four samples, where the recursions ask
+   for dozens of products per set of samples.  There an axis along which the variables move
+   little (nearly equal inputs) takes a Gauss–Hermite rule sized on the factors themselves,
+   and G is averaged directly where that costs less than its table.
 
 The result for one K is a :class:`GaussianValue` — a ``float`` with ``.error`` (absolute
 error estimate) and ``.method`` — and for a batch a :class:`GaussianBatch` with arrays
