@@ -34,7 +34,7 @@ def _fresh_process_seconds(body: str) -> float:
 def run(quick: bool = False):
     import derive
     from derive.base.errors import DeriveError
-    from derive.numeric.evaluate import _orbits4
+    from derive.numeric.evaluate import orbits
     from derive.numeric.prediction import ExpansionWarning, plan_work
 
     rows = []
@@ -73,7 +73,7 @@ def run(quick: bool = False):
         if targets == "KH":
             mem = f"{L * N * N * 8 * 3} B (N² per layer)"
         else:
-            unique = sum(len(_orbits4(N, s, "full")) for s in ("pairs", "cross", "within", "swap"))
+            unique = sum(len(orbits(N, s, "full")) for s in ("pairs", "cross", "within", "swap"))
             mem = f"{8 * unique} B unique vs {4 * 8 * N ** 4} B dense, per layer"
         rows.append({"what": what + f" ({p.route} route)", "seconds": dt, "memory": mem,
                      "target": "time printed", "ok": None})
