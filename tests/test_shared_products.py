@@ -53,18 +53,23 @@ def _covariances(d, rank, n, seed):
 FACTORS = [sp.exp(x / 3), sp.cos(x), sp.sin(7 * x / 10), sp.exp(-x / 2), sp.cos(3 * x / 2)]
 
 
+def _assert_exact(factors, prods, K, tol):
+    """product_expectations computes every product to ``tol`` (value and error estimate)."""
+    value, error, ok = product_expectations(factors, prods, K, tol=tol)
+    assert ok.all()
+    for j, p in enumerate(prods):
+        exact = np.array([_exact(factors, p, k) for k in K])
+        np.testing.assert_allclose(value[:, j], exact, rtol=0, atol=tol)
+        assert np.all(error[:, j] <= tol)
+
+
 @pytest.mark.parametrize("d,rank", [(3, 3), (4, 4), (4, 3)])
 def test_products_against_closed_forms(d, rank):
     K = _covariances(d, rank, 6, seed=d + rank)
     rng = np.random.default_rng(1)
     prods = [tuple(int(v) for v in rng.integers(0, len(FACTORS), d)) for _ in range(12)]
     tol = 1e-8 if d == 3 else 1e-7  # what the ladders reach here (4-D default: 1e-6)
-    value, error, ok = product_expectations(FACTORS, prods, K, tol=tol)
-    assert ok.all()
-    for j, p in enumerate(prods):
-        exact = np.array([_exact(FACTORS, p, k) for k in K])
-        np.testing.assert_allclose(value[:, j], exact, rtol=0, atol=tol)
-        assert np.all(error[:, j] <= tol)
+    _assert_exact(FACTORS, prods, K, tol)
 
 
 def _correlated(d, n, seed, spread):
@@ -98,13 +103,7 @@ def test_slowly_varying_axes_against_closed_forms(d, spread):
     rng = np.random.default_rng(2)
     prods = [tuple(int(v) for v in rng.integers(0, len(factors), d)) for _ in range(12)]
     prods.append((len(factors) - 1,) * d)
-    tol = 1e-8 if d == 3 else 1e-7
-    value, error, ok = product_expectations(factors, prods, K, tol=tol)
-    assert ok.all()
-    for j, p in enumerate(prods):
-        exact = np.array([_exact(factors, p, k) for k in K])
-        np.testing.assert_allclose(value[:, j], exact, rtol=0, atol=tol)
-        assert np.all(error[:, j] <= tol)
+    _assert_exact(factors, prods, K, 1e-8 if d == 3 else 1e-7)
 
 
 def test_tanh_products_against_the_product_by_product_rule():
