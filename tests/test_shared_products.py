@@ -13,7 +13,8 @@ import pytest
 import sympy as sp
 
 import derive
-from derive.activations.gaussian import gaussian_expectation, product_expectations
+from derive.activations.gaussian import (gaussian_expectation, product_expectations,
+                                         product_integrand)
 from derive.numeric import evaluate as E
 
 x = sp.Symbol("x")
@@ -194,23 +195,35 @@ def test_workers_give_the_same_values_bit_for_bit(monkeypatch):
             derive.predict(spec, X, order=1, targets=["A"], workers=bad)
 
 
-def test_the_last_variables_own_average_is_refined_with_the_rungs(monkeypatch):
+#: three nearly equal inputs and erf · erf′ · erf″: the table's interpolation was 1.9e-9 off
+ERF_K = np.array([[1.1822, 1.1586, 1.1396], [1.1586, 1.1625, 1.1442], [1.1396, 1.1442, 1.1559]])
+ERF_PROD = (0, 1, 2)
+
+
+@pytest.mark.parametrize("case", ["tanh", "erf"])
+def test_the_last_variables_own_average_is_refined_with_the_rungs(monkeypatch, case):
     """G(u) = ⟨f(u + s η)⟩ of the conditional rule is averaged on the outer axes' rule of each
-    rung: with s ≈ 1 and a σ‴-like factor a fixed 64-node rule was off by 7e-9 while the two
-    rungs agreed to 1e-12.  Both routes now agree with the plain nested rule (all three axes
-    on a product grid, no tabulated G) to the tolerance."""
+    rung, in three dimensions at every outer node: a fixed 64-node rule was off by 7e-9 with
+    s ≈ 1 and a σ‴-like tanh factor, and the table's interpolation by 2e-9 for erf products of
+    nearly equal inputs, while the two rungs agreed to 1e-11.  Both routes now agree with the
+    plain nested rule (all three axes on a product grid, no G) to the tolerance."""
     from derive.activations import gaussian as G
 
-    z1, z2, z3 = sp.symbols("z1:4")
-    K = np.array([[0.47, 0.05, 0.1], [0.05, 0.6, 0.2], [0.1, 0.2, 1.3]])
-    s = [1 - sp.tanh(v) ** 2 for v in (z1, z2, z3)]
-    h = s[0] * s[1] * s[2] ** 3
-    conditional = gaussian_expectation(h, K, tol=1e-10)
-    factors = [1 - sp.tanh(x) ** 2, (1 - sp.tanh(x) ** 2) ** 3]
-    shared = product_expectations(factors, [(0, 0, 1)], K[None], tol=1e-10)
+    z = sp.symbols("z1:4")
+    if case == "tanh":
+        K = np.array([[0.47, 0.05, 0.1], [0.05, 0.6, 0.2], [0.1, 0.2, 1.3]])
+        factors = [1 - sp.tanh(x) ** 2, (1 - sp.tanh(x) ** 2) ** 3]
+        prod, tol = (0, 0, 1), 1e-10
+    else:
+        K = ERF_K
+        factors = [sp.erf(x), sp.diff(sp.erf(x), x), sp.diff(sp.erf(x), x, 2)]
+        prod, tol = ERF_PROD, 3e-10
+    h = product_integrand(factors, prod, z)
+    conditional = gaussian_expectation(h, K, tol=tol)
+    shared = product_expectations(factors, [prod], K[None], tol=tol)
     assert shared[2].all()
     monkeypatch.setattr(G, "_CONDITIONAL", False)
-    nested = gaussian_expectation(h, K, tol=1e-10)
-    assert "tabulated" in conditional.method and "tabulated" not in nested.method
+    nested = gaussian_expectation(h, K, tol=tol)
+    assert "last variable" in conditional.method and "last variable" not in nested.method
     assert abs(float(conditional) - float(nested)) < 1e-9
     assert abs(shared[0][0, 0] - float(nested)) < 1e-9

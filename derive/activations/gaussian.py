@@ -748,6 +748,10 @@ _TABLE_MAX = 4096
 #: Gauss–Legendre points per panel (panels of the 1-D rule) of G's own integral
 _INNER_POINTS = 8
 _STENCIL = np.arange(-2, 4)
+#: up to this many variables the conditional rule averages the last one at every outer node
+#: instead of reading a table: the table's six-point interpolation error (about 2e-9 for erf
+#: products, common to every rung and so never seen) is above the 3-D default tolerance 1e-9
+_DIRECT_DIMS = 3
 
 
 def _smoothed_direct(fns, kinks: tuple, U: np.ndarray, s: np.ndarray,
@@ -924,9 +928,16 @@ def _conditional_rule(fns: list, kinks: list, L: np.ndarray, points: int, deff: 
         ts, w_b = _outer_axes(L, points, deff)
         u = _on_grid(L, ts, inner, inner - 1)
         # G's own average on the outer axes' rule: refined with them, so that the difference
-        # of two rungs includes its error (a fixed 64-node rule left 7e-9 unseen at s ≈ 1)
-        acc = _smoothed(fns[inner], (), u.reshape(B, -1), s, sd_u,
-                        _outer_rule(points, deff)).reshape(u.shape)
+        # of two rungs includes its error (a fixed 64-node rule left 7e-9 unseen at s ≈ 1);
+        # in three dimensions at every outer node, in four from a table (its interpolation
+        # error, about 1e-9 for σ″-like factors, is below the 4-D tolerances)
+        eta = _outer_rule(points, deff)
+        if d <= _DIRECT_DIMS:
+            sb = s.reshape((B,) + (1,) * inner)
+            acc = sum(w * fns[inner](u + sb * t) for t, w in zip(*eta))
+            acc = np.where(sb > 0, acc, fns[inner](u))      # s = 0: G = f exactly
+        else:
+            acc = _smoothed(fns[inner], (), u.reshape(B, -1), s, sd_u, eta).reshape(u.shape)
         for k in range(inner - 1, -1, -1):
             vals = fns[k](_on_grid(L, ts, k, k)) * acc
             acc = np.einsum("b...q,bq->b...", vals, w_b[k])
@@ -1053,16 +1064,15 @@ def _shared_conditional(factors, products: list, L: np.ndarray, axes: list,
     u = _on_grid(L, ts, inner, inner - 1)
     last = tuple(sorted({prod[inner] for prod in products}))
     # the table costs its nodes in u times those in η, and reading it about as much as
-    # evaluating the functions at four points; in two dimensions (few outer nodes) G is always
-    # averaged directly, which also keeps the table's interpolation error (about 1e-9 … 1e-7
-    # for σ‴-like factors, common to all rungs) out of the two-dimensional averages
+    # evaluating the functions at four points; in two and three dimensions (few outer nodes)
+    # G is always averaged directly (_DIRECT_DIMS)
     outer_nodes = u[0].size
     rule = axes[inner]
     eta = rule if rule is not None else default
     table_nodes = min(np.ceil(18.0 * sd_u.max() / _TABLE_STEP) + 7, _TABLE_MAX + 6) * (
         (len(_PANELS[1]) - 1) * _INNER_POINTS if eta is None else len(eta[0]))
     if eta is not None and np.all(s > 0) and (
-            d == 2 or outer_nodes * len(eta[0]) <= table_nodes + 4 * outer_nodes):
+            d <= _DIRECT_DIMS or outer_nodes * len(eta[0]) <= table_nodes + 4 * outer_nodes):
         G = None
         for t, w in zip(*eta):
             vals = factors(last, u + (s * t).reshape((B,) + (1,) * inner))
@@ -1353,7 +1363,9 @@ def _quadrature(f, pos, K, tol):
             "z_k = const (e.g. Max(z1, z2)) converge only algebraically.")
     kinked = any(kinks)
     return value, error, (f"quadrature: nested conditional {deff}D, {nodes_per_matrix(used)} nodes"
-                          + (" outside a tabulated last variable" if factors is not None else "")
+                          + ("" if factors is None else " outside a tabulated last variable"
+                             if d > _DIRECT_DIMS or kinked else
+                             " outside a last variable averaged at every node")
                           + (", split at kinks" if kinked else ""))
 
 
