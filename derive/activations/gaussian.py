@@ -24,9 +24,10 @@ The tiers, tried in order:
    :class:`~derive.base.errors.QuadratureError` says what was reached.  A product of
    one-variable factors in three or four (effective) dimensions — ⟨σσσσ⟩ of the four-point
    vertex — uses the *conditional* rule: the last variable, Gaussian given the others, is
-   integrated into the one-variable function G(u) = ⟨f_d(u + s η)⟩, tabulated once per
-   covariance (six-point interpolation, points near a kink computed directly; G's own average
-   refined with the rungs), so the nested grid has d − 1 axes.  :func:`product_expectations`
+   integrated into the one-variable function G(u) = ⟨f_d(u + s η)⟩, averaged at every outer
+   node in three dimensions and tabulated once per covariance in four (six-point
+   interpolation, points near a kink computed directly; G's own average refined with the
+   rungs), so the nested grid has d − 1 axes.  :func:`product_expectations`
    applies that rule to many products of smooth one-variable factors over the same
    covariances at once (one grid per covariance, each factor's values and each G made once):
    the batched evaluator's averages of two, three and four samples, where the recursions ask
