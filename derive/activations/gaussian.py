@@ -800,6 +800,20 @@ def _smoothed_direct(fns, kinks: tuple, U: np.ndarray, s: np.ndarray,
     return out
 
 
+def _smoothed_at_nodes(fns, u: np.ndarray, s: np.ndarray, rule: tuple) -> list:
+    """G(u) = ⟨f(u + s η)⟩ for the functions of ``fns`` (x ↦ the list of their values at x) at
+    every point of u (B, …), s of shape (B,): Σ_j w_j f(u + s t_j) on ``rule`` (nodes and
+    weights in η), f(u) exactly where s = 0; a list, one array of u's shape per function."""
+    sb = s.reshape((u.shape[0],) + (1,) * (u.ndim - 1))
+    G = None
+    for t, w in zip(*rule):
+        vals = fns(u + sb * t)
+        G = [v * w for v in vals] if G is None else [g + v * w for g, v in zip(G, vals)]
+    if not np.all(sb > 0):
+        G = [np.where(sb > 0, g, f) for g, f in zip(G, fns(u))]
+    return G
+
+
 #: monomial coefficients (in r, the position within a table interval) of the polynomial through
 #: the six table values at offsets _STENCIL: coefficients = values @ _LAGRANGE.T
 _LAGRANGE = np.linalg.inv(np.vander(_STENCIL.astype(float), 6, increasing=True))
@@ -934,9 +948,7 @@ def _conditional_rule(fns: list, kinks: list, L: np.ndarray, points: int, deff: 
         # error, about 1e-9 for σ″-like factors, is below the 4-D tolerances)
         eta = _outer_rule(points, deff)
         if d <= _DIRECT_DIMS:
-            sb = s.reshape((B,) + (1,) * inner)
-            acc = sum(w * fns[inner](u + sb * t) for t, w in zip(*eta))
-            acc = np.where(sb > 0, acc, fns[inner](u))      # s = 0: G = f exactly
+            acc = _smoothed_at_nodes(lambda x: [fns[inner](x)], u, s, eta)[0]
         else:
             acc = _smoothed(fns[inner], (), u.reshape(B, -1), s, sd_u, eta).reshape(u.shape)
         for k in range(inner - 1, -1, -1):
@@ -1033,7 +1045,7 @@ def _profile_axes(profile: tuple, sizes: np.ndarray, rung: int, points: int,
                   deff: int) -> list:
     """The (nodes, weights) of each axis of matrices of one ``profile`` (their
     :func:`_axis_classes`) at ``rung``: one node, a Gauss–Hermite rule of :func:`_slow_sizes`,
-    or (None for the last variable) the default rule of ``points`` a panel."""
+    or the default rule of ``points`` a panel (:func:`_outer_rule`)."""
     axes = []
     for k, cls in enumerate(profile):
         if cls < 0:
@@ -1041,19 +1053,17 @@ def _profile_axes(profile: tuple, sizes: np.ndarray, rung: int, points: int,
         elif cls < len(sizes) and sizes[cls, rung] > 0:
             axes.append(_gauss_hermite(int(sizes[cls, rung])))
         else:
-            axes.append(_outer_rule(points, deff) if k < len(profile) - 1 else None)
+            axes.append(_outer_rule(points, deff))
     return axes
 
 
-def _shared_conditional(factors, products: list, L: np.ndarray, axes: list,
-                        default: tuple | None = None) -> np.ndarray:
+def _shared_conditional(factors, products: list, L: np.ndarray, axes: list) -> np.ndarray:
     """:func:`_conditional_rule` (without kinks) for many products Π_k f_{p_k}(z_k) over the
-    same matrices at once, (B, len(products)), each outer axis k on the rule ``axes[k]``
-    (nodes, weights) shared by the matrices.  ``factors(ids, x)`` gives the values of the
-    functions numbered ``ids`` at x (a list).  The last variable's G(u) = ⟨f(u + s η)⟩ is
-    read from a table (:func:`_smoothed_many`), or, where averaging on ``axes[d − 1]`` (or
-    ``default`` where that is None) at every node of the outer grid costs less, averaged
-    there directly.  The grid, the functions'
+    same matrices at once, (B, len(products)), each axis k on the rule ``axes[k]`` (nodes,
+    weights) shared by the matrices.  ``factors(ids, x)`` gives the values of the
+    functions numbered ``ids`` at x (a list).  The last variable's G(u) = ⟨f(u + s η)⟩, η on
+    ``axes[d − 1]``, is read from a table (:func:`_smoothed_many`), or, where that costs
+    more, averaged at every node of the outer grid (:func:`_smoothed_at_nodes`).  The grid, the functions'
     values on each axis (those a product needs there, together) and G are made
     once, and the inside-out sums are shared by the products that end alike (their partial
     sums depend on the factors p_k … p_{d−1} only)."""
@@ -1068,16 +1078,11 @@ def _shared_conditional(factors, products: list, L: np.ndarray, axes: list,
     # evaluating the functions at four points; in two and three dimensions (few outer nodes)
     # G is always averaged directly (_DIRECT_DIMS)
     outer_nodes = u[0].size
-    rule = axes[inner]
-    eta = rule if rule is not None else default
-    table_nodes = min(np.ceil(18.0 * sd_u.max() / _TABLE_STEP) + 7, _TABLE_MAX + 6) * (
-        (len(_PANELS[1]) - 1) * _INNER_POINTS if eta is None else len(eta[0]))
-    if eta is not None and np.all(s > 0) and (
+    eta = axes[inner]
+    table_nodes = min(np.ceil(18.0 * sd_u.max() / _TABLE_STEP) + 7, _TABLE_MAX + 6) * len(eta[0])
+    if np.all(s > 0) and (
             d <= _DIRECT_DIMS or outer_nodes * len(eta[0]) <= table_nodes + 4 * outer_nodes):
-        G = None
-        for t, w in zip(*eta):
-            vals = factors(last, u + (s * t).reshape((B,) + (1,) * inner))
-            G = [v * w for v in vals] if G is None else [g + v * w for g, v in zip(G, vals)]
+        G = _smoothed_at_nodes(lambda x: factors(last, x), u, s, eta)
     elif np.any(s > 0):
         G = _smoothed_many(lambda x: factors(last, x), u.reshape(B, -1), s, sd_u, rule=eta)
         G = G.reshape((len(last),) + u.shape)
@@ -1130,9 +1135,7 @@ def _ladder_block(values, prods: list, L: np.ndarray, deff: int, ladder: tuple, 
     def rule(rung, idx):
         axes = _profile_axes(profile, sizes, rung, ladder[rung], deff)
         chunk = max(1, _CHUNK_NODES // int(np.prod([len(a[0]) for a in axes[:-1]])))
-        default = _outer_rule(ladder[rung], deff)
-        return np.concatenate([_shared_conditional(values, prods, L[idx[a:a + chunk]], axes,
-                                                   default)
+        return np.concatenate([_shared_conditional(values, prods, L[idx[a:a + chunk]], axes)
                                for a in range(0, len(idx), chunk)])
 
     prev = rule(0, np.arange(L.shape[0]))
@@ -1244,7 +1247,8 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
         rows = np.nonzero(deffs == deff)[0]
         lim_tol = DEFAULT_TOL[deff] if relative else tol
         if deff == 2 and (d > 2 or lim_tol < 1e-10):
-            continue  # not two variables (the tabulated G), or finer than the ladder goes
+            continue  # rank 2 among more variables (left to the nested rule), or finer than
+            #           the Gauss–Hermite ladder goes
         ladder = _cond_ladder(deff, lim_tol)
         default = tuple(n * (len(_PANELS[deff]) - 1) for n in ladder)
         sizes = _slow_sizes(values, used, len(_COND_LADDER[deff]) - len(ladder), len(ladder),
