@@ -6,7 +6,7 @@
   layer, each set of four distinct inputs integrated once for all the products it needs, and
   only the sets with at most two test inputs — ``training_inputs``) and
   the averaged dynamics (jets through the derived update equations over a degree-5 cubature of
-  2N² + 1 points); 10 + 10 inputs at depth 3 and 5 are left to ``--full`` (about 1.5 and
+  N² + 3N + 3 points for N ≥ 4); 10 + 10 inputs at depth 3 and 5 are left to ``--full`` (about 1.5 and
   2 min on one core).  ``--workers K``: the statistics on K processes (``predict(workers=)``).
 * trained ensembles of actual networks: networks × steps per second of
   ``derive.reality.training.train_ensemble`` (vectorised over networks, hand-written backward

@@ -14,24 +14,48 @@ from derive import DeriveError
 from derive.algebra.symbols import NeuronSum
 from derive.architectures.forward import DDNTK_I, DDNTK_II, DNTK, NTK
 from derive.derivation.dynamics import EPS, ETA, N_OUT, gradient_step
-from derive.numeric.training_nlo import cubature_degree5
+from derive.numeric.training_nlo import cubature_degree2, cubature_degree5, simplex_vertices
 
 XA = np.array([[0.8, -0.5, 1.2], [0.1, 0.9, -0.4]])
 YA = np.array([0.5, -0.3])
 XB = np.array([[-0.6, 0.4, 0.7]])
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 5])
+def _isserlis(powers) -> float:
+    """E[Π x_k^p_k] for independent standard normals."""
+    return float(np.prod([0 if p % 2 else math.prod(range(p - 1, 0, -2)) for p in powers]))
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9, 20])
 def test_cubature_is_exact_to_degree_five_and_not_six(m):
     X, w = cubature_degree5(m)
-    assert len(w) == 2 * m * m + 1
+    # Stroud's rule 5-2 up to m = 3, the simplex rule (fewer points) from m = 4
+    assert len(w) == min(2 * m * m + 1, m * m + 3 * m + 3)
     rng = np.random.default_rng(m)
-    for _ in range(20):  # random monomials of degree ≤ 5 against Isserlis
+    for _ in range(40):  # random monomials of degree ≤ 5 against Isserlis
         powers = rng.multinomial(rng.integers(0, 6), np.ones(m) / m)
         got = float(w @ np.prod(X ** powers, axis=1))
-        want = float(np.prod([0 if p % 2 else math.prod(range(p - 1, 0, -2)) for p in powers]))
-        assert got == pytest.approx(want, abs=1e-12)
+        assert got == pytest.approx(_isserlis(powers), abs=1e-12)
+    for k, l in [(0, 0), (0, m - 1), (m - 1, m - 1)]:   # every x_k² x_l² and x_k⁴ at the edges
+        powers = np.zeros(m, int)
+        powers[k] += 2
+        powers[l] += 2
+        assert float(w @ np.prod(X ** powers, axis=1)) == pytest.approx(_isserlis(powers))
     assert float(w @ X[:, 0] ** 6) != pytest.approx(15.0)  # E[x⁶] = 15: beyond its degree
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 20])
+def test_simplex_rule_of_degree_two(m):
+    a = simplex_vertices(m)
+    gram = a @ a.T
+    assert np.allclose(np.diag(gram), 1.0)
+    assert np.allclose(gram[~np.eye(m + 1, dtype=bool)], -1.0 / m)
+    X, w = cubature_degree2(m)
+    assert len(w) == m + 1
+    assert np.allclose(w @ X, 0.0)
+    assert np.allclose(np.einsum("p,pk,pl->kl", w, X, X), np.eye(m))
+    if m > 1:   # not of degree 3 (Σ_k a_k⊗a_k⊗a_k ≠ 0)
+        assert np.abs(np.einsum("p,pk,pl,pj->klj", w, X, X, X)).max() > 0.1
 
 
 def test_update_equations_are_the_hand_derived_ones():
