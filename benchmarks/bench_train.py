@@ -6,8 +6,9 @@
   layer, each set of four distinct inputs integrated once for all the products it needs, and
   only the sets with at most two test inputs — ``training_inputs``) and
   the averaged dynamics (jets through the derived update equations over a degree-5 cubature of
-  N² + 3N + 3 points for N ≥ 4); 10 + 10 inputs at depth 3 and 5 are left to ``--full`` (about 1.5 and
-  2 min on one core).  ``--workers K``: the statistics on K processes (``predict(workers=)``).
+  N² + 3N + 3 points for N ≥ 4); 10 + 10 inputs at depth 3 and 5 are left to ``--full`` (about
+  1.2 and 2 min on one core).  ``--workers K``: the statistics and the dynamics' blocks of
+  cubature points on K processes (``train(workers=)``).
 * trained ensembles of actual networks: networks × steps per second of
   ``derive.reality.training.train_ensemble`` (vectorised over networks, hand-written backward
   pass) against a plain numpy loop over the networks written here (the same arithmetic).
@@ -51,7 +52,7 @@ def _train_row(depth: int, NA: int, NB: int, steps: int, workers: int = 1) -> di
         eta = 1.0 / np.linalg.eigvalsh(st["Theta"][:NA, :NA]).max()
         t0 = time.perf_counter()
         r = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, y, NA,
-                         eta, T.default_times(steps))
+                         eta, T.default_times(steps), workers=workers)
         t_dyn = time.perf_counter() - t0
     finite = all(np.all(np.isfinite(v)) for key in ("mean1", "second1")
                  for v in r[key].values()) and np.all(np.isfinite(r["drift1"]))

@@ -225,6 +225,31 @@ def test_converged_training_outputs_stop_moving(trained):
     assert np.abs(trained.ntk_drift1).max() > 0.1     # but the NTK has moved
 
 
+def test_the_first_order_run_in_blocks_and_on_workers(trained, monkeypatch, capsys):
+    """The first-order run over blocks of cubature points (10 + 10 inputs: two blocks of
+    about 230) sums the blocks' parts in their order: to rounding the one-block numbers, and
+    the same numbers, bit for bit, on one process and on two; progress counts the whole run."""
+    from derive.numeric import training_nlo
+
+    args = (trained.spec, XA, YA, XB)
+    monkeypatch.setattr(training_nlo, "POINT_BLOCK", 8)     # the 19 points in three blocks
+    assert [(b.start, b.stop) for b in training_nlo._point_blocks(19)] == [(0, 6), (6, 12),
+                                                                          (12, 19)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = derive.train(*args, eta=0.3, steps=16, order=1, progress=True)
+        err = capsys.readouterr().err
+        assert "run 1/2, step 16/16" in err and "step 17" not in err   # the three blocks' steps
+        two = derive.train(*args, eta=0.3, steps=16, order=1, workers=2)
+    for t in trained.times:
+        assert np.array_equal(one.mean1(t), two.mean1(t))
+        assert np.array_equal(one.cov1(t), two.cov1(t))
+        assert np.allclose(one.mean1(t), trained.mean1(t), rtol=1e-12, atol=1e-13)
+        assert np.allclose(one.cov1(t), trained.cov1(t), rtol=1e-12, atol=1e-13)
+    assert np.array_equal(one.ntk_drift1, two.ntk_drift1)
+    assert np.allclose(one.ntk_drift1, trained.ntk_drift1, rtol=1e-12, atol=1e-13)
+
+
 def test_order_one_refusals(trained):
     spec = trained.spec
     with pytest.raises(DeriveError, match="recorded steps"):

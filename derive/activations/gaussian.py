@@ -1154,7 +1154,7 @@ def _ladder_block(values, prods: list, L: np.ndarray, deff: int, ladder: tuple, 
     return prev, err, todo
 
 
-#: the task of the worker processes of :func:`_map_blocks` (inherited when they fork)
+#: the task of the worker processes of :func:`map_blocks` (inherited when they fork)
 _TASK = None
 
 
@@ -1162,7 +1162,7 @@ def _run_task(arg):
     return _TASK(arg)
 
 
-def _map_blocks(fn, args: list, workers: int) -> list:
+def map_blocks(fn, args: list, workers: int) -> list:
     """[fn(a) for a in args], on ``workers`` forked processes when more than one."""
     global _TASK
     if workers <= 1 or len(args) <= 1:
@@ -1266,7 +1266,7 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
             if a == 0 or np.any(classes[a] != classes[a - 1]) or a - tasks[-1][0] == block:
                 tasks.append((a, tuple(classes[a].tolist())))
         ends = [a for a, _ in tasks[1:]] + [len(rows)]
-        parts = _map_blocks(lambda task: _ladder_block(
+        parts = map_blocks(lambda task: _ladder_block(
             values, prods, L[rows[task[0][0]:task[1]]], deff, ladder, task[0][1], sizes,
             lim_tol, relative), list(zip(tasks, ends)), workers)
         prev, err, todo = (np.concatenate([part[k] for part in parts]) for k in range(3))

@@ -382,7 +382,9 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         take minutes).
     workers : int, optional
         At order 1, processes (forked) for the statistics' three- and four-sample averages
-        (:func:`derive.predict`'s ``workers``; the same numbers whatever their number).
+        (:func:`derive.predict`'s ``workers``) and for the dynamics' blocks of cubature points
+        (more than one block from 257 points: N ≥ 15 inputs of one output); the same numbers
+        whatever their number.
 
     Returns
     -------
@@ -481,7 +483,7 @@ def _nlo(spec, X, Y, NA, eta, times, progress=False, workers=1):
                 > _STATISTICS_BYTES):
             del _STATISTICS[next(iter(_STATISTICS))]
     out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, Y, NA, eta, times,
-                       _dynamics_progress() if progress else None)
+                       _dynamics_progress() if progress else None, workers)
     return out, fan_in
 
 

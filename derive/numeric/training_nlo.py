@@ -50,14 +50,17 @@ fields' mixed ones (ΔĤ dĤ, dĤ dĤ) enter at O(1/n²).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 import warnings
 from functools import lru_cache
 
 import numpy as np
 import sympy as sp
 
+from ..activations.gaussian import map_blocks
 from ..algebra.symbols import NeuronSum
 from ..architectures.forward import TANGENT_FIELDS
 from ..base.errors import DeriveError
@@ -442,6 +445,19 @@ def _whiten(c: np.ndarray, white: np.ndarray, k: int) -> np.ndarray:
     return c
 
 
+#: cubature points per block of the first-order run, at most (:func:`_point_blocks`)
+POINT_BLOCK = 256
+
+
+def _point_blocks(P: int) -> list:
+    """P cubature points in fixed slices of at most :data:`POINT_BLOCK`, as equal as may be
+    (one block up to 256 points; 463 points, 10 + 10 inputs: two).  They depend on P alone,
+    not on the number of workers."""
+    nb = -(-P // POINT_BLOCK)
+    edges = [P * k // nb for k in range(nb + 1)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
 def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, record,
          progress=None):
     """Propagate the jets ``start`` (field → list of order + 1 arrays or None, leading axes the
@@ -492,15 +508,17 @@ def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, re
 
 
 def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
-                 progress=None) -> dict:
+                 progress=None, workers: int = 1) -> dict:
     """The O(1/n) coefficients (times n) of E[z(t)], E[z(t) ⊗ z(t)] and E[Ĥ(T) − Ĥ(0)] of the
     n_out output neurons trained by gradient descent (module docstring), and the leading-order
     mean and second moment from the same cubature (a check of the order-0 closed form).  ``st``
     the output layer's A, B, D, F, P, Q, R, S, T, Udd (:func:`cumulants`); ``Y`` (N_A, n_out)
     or (N_A,); ``times`` the recorded steps (T = the last); ``progress(run, t, T, points)``
     after each step t of the first-order run (1) and of the C_HH run (2) over ``points``
-    cubature points.  Returns {"mean0", "mean1": {t: (n_out, N)}, "second0", "second1": {t:
-    (n_out, N, n_out, N)}, "drift1": (n_out, n_out, N, N)}."""
+    cubature points.  The first-order run goes over fixed blocks of points
+    (:func:`_point_blocks`), on ``workers`` forked processes when more than one: the same
+    numbers whatever their number.  Returns {"mean0", "mean1": {t: (n_out, N)}, "second0",
+    "second1": {t: (n_out, N, n_out, N)}, "drift1": (n_out, n_out, N, N)}."""
     K = np.asarray(K, dtype=float)
     N = K.shape[0]
     Y = np.asarray(Y, dtype=float).reshape(NA, -1)
@@ -550,22 +568,41 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                                        _whiten(_at_training(cum["dz"], cuts["dHhat"], 4, NA),
                                                white, 1), x)],
              "ddIHhat": [None, const(cum["I"], P)], "ddIIHhat": [None, const(cum["II"], P)]}
-    out = {k: {} for k in ("mean0", "second0", "mean1", "second1")}
+    blocks = _point_blocks(P)
 
-    def record1(t, st):
-        z, z1 = st["z"][0], st["z"][1]
-        out["mean0"][t] = np.einsum("p,pia->ia", wts, z)
-        out["second0"][t] = np.einsum("p,pia,pjb->iajb", wts, z, z)
-        m1 = np.zeros((n_out, N)) if z1 is None else np.einsum("p,pia->ia", wts, z1)
-        s1 = np.einsum("p,pia,pjb->iajb", wts * weight1, z, z)
-        if z1 is not None:
-            s1 = s1 + np.einsum("p,pia,pjb->iajb", wts, z1, z) \
-                + np.einsum("p,pia,pjb->iajb", wts, z, z1)
-        out["mean1"][t], out["second1"][t] = m1, s1
+    def run1(b: int) -> dict:
+        """Run 1 on the points of block b: their weighted sums (a part of each average)."""
+        sl = blocks[b]
+        w, w1 = wts[sl], (wts * weight1)[sl]
+        part = {k: {} for k in ("mean0", "second0", "mean1", "second1")}
 
-    st = _run(terms, cuts, start, y, NA, 1, times, record1,
-              None if progress is None else lambda t, T: progress(1, t, T, P))
-    out["drift1"] = np.einsum("p,pijab->ijab", wts, st["Hhat"][1] - Hs)
+        def record1(t, st):
+            z, z1 = st["z"][0], st["z"][1]
+            part["mean0"][t] = np.einsum("p,pia->ia", w, z)
+            part["second0"][t] = np.einsum("p,pia,pjb->iajb", w, z, z)
+            m1 = np.zeros((n_out, N)) if z1 is None else np.einsum("p,pia->ia", w, z1)
+            s1 = np.einsum("p,pia,pjb->iajb", w1, z, z)
+            if z1 is not None:
+                s1 = s1 + np.einsum("p,pia,pjb->iajb", w, z1, z) \
+                    + np.einsum("p,pia,pjb->iajb", w, z, z1)
+            part["mean1"][t], part["second1"][t] = m1, s1
+
+        tick = None
+        if progress is not None and (workers == 1 or b == 0):
+            # in steps of the whole run: on one process the blocks' steps in turn, on several
+            # block 0's (they go at one pace)
+            nb = len(blocks) if workers == 1 else 1
+            tick = lambda t, T: progress(1, (b * T + t) // nb, T, P)  # noqa: E731
+        st = _run(terms, cuts, {k: [None if a is None else a[sl] for a in v]
+                                for k, v in start.items()}, y, NA, 1, times, record1, tick)
+        part["drift1"] = np.einsum("p,pijab->ijab", w, st["Hhat"][1] - Hs[sl])
+        return part
+
+    # the blocks' parts summed in their order: the same numbers whatever the number of workers
+    parts = map_blocks(run1, list(range(len(blocks))), workers)
+    out = {k: {t: functools.reduce(operator.add, [part[k][t] for part in parts]) for t in times}
+           for k in ("mean0", "second0", "mean1", "second1")}
+    out["drift1"] = functools.reduce(operator.add, [part["drift1"] for part in parts])
     # run 2: the C_HH insertion, second order along the eigenvectors of C_HH (Ĥ constant)
     D2 = n_out * n_out * N * N
     M = np.einsum("ijklabcd->ijabklcd", cum["HH"]).reshape(D2, D2)
