@@ -79,6 +79,38 @@ def test_two_outputs():
     assert fits["mean", 2, "2:1"]["lo"] == pytest.approx(tr.mean0(2)[2, 1])
     assert fits["cov", 2, "0,2"]["slope_nlo"] == pytest.approx(tr.cov1(2)[0, 2])
     assert fits["drift", 2, "0,1"]["slope_nlo"] == pytest.approx(tr.ntk_drift1[0, 1])
+    # the covariances between the two outputs, every (α, β): zero at infinite width
+    assert {c for q, t, c in fits if q == "cov_out" and t == 2} == \
+        {f"{a},{b}:0,1" for a in range(3) for b in range(3)}
+    f = fits["cov_out", 2, "2,0:0,1"]
+    assert f["lo"] == 0.0
+    assert f["slope_nlo"] == pytest.approx(tr.cov1_by_output(2)[0, 2, 1, 0])
+    assert f["slope_nlo"] != pytest.approx(tr.cov1_by_output(2)[0, 0, 1, 2])   # not symmetric
+    assert "2,0:0,1" in res.table()
+
+
+def test_cross_covariance_and_its_control_variate():
+    """Cov[z_0;α, z_1;β] over networks against np.cov, and the control variate: outputs whose
+    cross-covariance is all in their kernel-learning parts have none left, and its standard
+    error shrinks to nothing."""
+    from derive.reality.check_train import _cross_covariance
+
+    rng = np.random.default_rng(3)
+    S = 4000
+    z0 = rng.standard_normal((S, 2, 3))
+    lin = z0 @ np.array([[1.0, 0.2, 0.0], [0.0, 1.0, 0.3], [0.1, 0.0, 1.0]])
+    noise = 0.1 * rng.standard_normal((S, 2, 3))
+    z = lin + noise
+    z[:, 1] += 0.5 * noise[:, 0]                       # a true cross-covariance beside lin's
+    plain, _ = _cross_covariance(z, np.zeros_like(z))
+    full = np.cov(z.reshape(S, 6).T).reshape(2, 3, 2, 3)
+    assert np.allclose(plain[0, :, 1], full[0, :, 1]) and np.allclose(plain[1, :, 0], full[1, :, 0])
+    assert np.all(plain[0, :, 0] == 0.0)
+    cov, se = _cross_covariance(z, lin)
+    truth = 0.5 * 0.01 * np.eye(3)                     # Cov[noise_0, 0.5 noise_0]
+    assert np.all(np.abs(cov[0, :, 1] - truth) < 4 * se[0, :, 1] + 1e-4)
+    _, se_plain = _cross_covariance(z, np.zeros_like(z))
+    assert np.all(se[0, :, 1] < 0.2 * se_plain[0, :, 1])
 
 
 def test_spec_file_train_table():

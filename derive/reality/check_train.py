@@ -14,13 +14,18 @@ step t are measured
   (E z(0) = 0), which leaves the O(1/√n) spread of the finite-width dynamics only;
 * ``cov``: Cov[z_α(t), z_β(t)] (plain sample covariance, standard error from the spread of the
   per-network products; with several outputs averaged over them, as ``train``'s ``cov``);
+* ``cov_out`` (several outputs): Cov[z_{i;α}(t), z_{j;β}(t)] between outputs i < j (component
+  ``"α,β:i,j"``), zero at infinite width and coupled at O(1/n) (``cov1_by_output``).  Control
+  variate: the per-network products of the kernel-learning parts A_t z(0) of outputs i and j,
+  whose mean is zero exactly at any width, are subtracted;
 * ``drift``: E[Ĥ_{αβ}(T) − Ĥ_{αβ}(0)] of the empirical NTK of output neuron 0, T the last
   step.
 
 Across widths each (quantity, step, component) is fitted by weighted least squares to A + B/n
 (+ C/n² with four widths or more): the n → ∞ intercept A against the infinite-width prediction
-(``mean0``, ``cov0``; zero for the drift) and the slope B against the O(1/n) coefficient
-(``mean1``, ``cov1``, ``ntk_drift1``; n = n_{L−1}), each with its z-score.
+(``mean0``, ``cov0``; zero for ``cov_out`` and the drift) and the slope B against the O(1/n)
+coefficient (``mean1``, ``cov1``, ``cov1_by_output``, ``ntk_drift1``; n = n_{L−1}), each with its
+z-score.
 
 ``checkpoint=FOLDER`` keeps each width's ensemble in ``FOLDER/width<n>.json``/``.npz``
 (:func:`~derive.reality.training.train_ensemble`'s checkpoints, as :func:`derive.check` keeps
@@ -66,12 +71,12 @@ class TrainCheck:
     seconds: float = 0.0
 
     def table(self) -> str:
-        head = (f"{'quantity':8s} {'t':>5s} {'comp':>5s} {'LO':>10s} {'A (n→∞)':>10s} "
+        head = (f"{'quantity':8s} {'t':>5s} {'comp':>7s} {'LO':>10s} {'A (n→∞)':>10s} "
                 f"{'± se':>8s} {'z':>6s} {'B pred':>10s} {'B fit':>10s} {'± se':>8s} {'z':>6s}")
         lines = [f"training check: {self.spec!r}, η = {self.eta:g}, {self.steps} steps, widths "
                  f"{list(self.widths)}, {self.samples} networks each", head, "-" * len(head)]
         for f in self.fits:
-            lines.append(f"{f['quantity']:8s} {f['t']:5d} {f['component']:>5s} "
+            lines.append(f"{f['quantity']:8s} {f['t']:5d} {f['component']:>7s} "
                          f"{_num(f['lo'], 10, '.5f')} {_num(f['A'], 10, '.5f')} "
                          f"{_num(f['A_se'], 8, '.5f')} {_num(f['z_lo'], 6, '.2f')} "
                          f"{_num(f['slope_nlo'], 10, '.4f')} {_num(f['B'], 10, '.4f')} "
@@ -96,11 +101,45 @@ class TrainCheck:
 
 def _components(N: int, what: str, n_out: int | None = None) -> list:
     """The components compared: (α,) of the mean for one output (``n_out`` None), (α, i) for
-    several; (α, β), α ≤ β, of the covariance and the drift."""
+    several; (α, β), α ≤ β, of the covariance and the drift; (i, α, j, β), i < j, of the
+    covariance between outputs."""
     if what == "mean":
         return [(a,) for a in range(N)] if n_out is None else \
             [(a, i) for a in range(N) for i in range(n_out)]
+    if what == "cov_out":
+        return [(i, a, j, b) for i in range(n_out) for j in range(i + 1, n_out)
+                for a in range(N) for b in range(N)]
     return [(a, b) for a in range(N) for b in range(a, N)]
+
+
+def _label(what: str, comp: tuple) -> str:
+    """A component's label: "α" or "α:i" of the mean, "α,β" of the covariance and the drift,
+    "α,β:i,j" of the covariance of outputs i and j."""
+    if what == "mean":
+        return ":".join(map(str, comp))
+    if what == "cov_out":
+        i, a, j, b = comp
+        return f"{a},{b}:{i},{j}"
+    return ",".join(map(str, comp))
+
+
+def _cross_covariance(z: np.ndarray, lin: np.ndarray) -> tuple:
+    """Cov[z_{i;α}, z_{j;β}] of different outputs i ≠ j over the networks (z: (S, n_out, N))
+    and its standard error, (n_out, N, n_out, N) each (the blocks i = j are left at zero).
+    Control variate: ``lin``, each network's kernel-learning part A_t z(0), whose outputs are
+    uncorrelated exactly (E[z_{i;α}(0) z_{j;β}(0)] = 0 for i ≠ j at any width): the
+    per-network products of its centred outputs are subtracted from those of z."""
+    S, n_out, N = z.shape
+    cov, se = np.zeros((n_out, N, n_out, N)), np.zeros((n_out, N, n_out, N))
+    dz, dl = z - z.mean(axis=0), lin - lin.mean(axis=0)
+    for i in range(n_out):
+        for j in range(n_out):
+            if i != j:
+                p = np.einsum("sa,sb->sab", dz[:, i], dz[:, j]) \
+                    - np.einsum("sa,sb->sab", dl[:, i], dl[:, j])
+                cov[i, :, j], se[i, :, j] = p.sum(axis=0) / (S - 1), \
+                    p.std(axis=0, ddof=1) / math.sqrt(S)
+    return cov, se
 
 
 @boundary
@@ -159,15 +198,19 @@ def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
             mean, se = d.mean(0).T, d.std(0, ddof=1).T / math.sqrt(S)      # (N, n_out)
             measured["mean", t, n] = (m0 + mean.reshape(m0.shape), se.reshape(m0.shape))
             measured["cov", t, n] = (ens.cov(t), ens.cov_se(t))
+            if not single:
+                measured["cov_out", t, n] = _cross_covariance(
+                    z[:, k], np.einsum("ab,sib->sia", A, z[:, 0]))
         measured["drift", steps, n] = (ens.ntk_drift, ens.ntk_drift_se)
         say(f"check_train: width {n}: {S} networks trained ({time.perf_counter() - start:.1f} s)")
     inv = 1.0 / np.array(widths, dtype=float)
     degree = 2 if len(widths) >= 4 else 1
     for what, t in sorted({(q, t) for q, t, _ in measured}, key=lambda x: (x[0], x[1])):
-        lo = {"mean": pred.mean0, "cov": pred.cov0}.get(what, lambda t: np.zeros((N, N)))(t)
-        c1 = {"mean": pred.mean1, "cov": pred.cov1}.get(what, lambda t: pred.ntk_drift1)(t)
+        c1 = {"mean": pred.mean1, "cov": pred.cov1, "cov_out": pred.cov1_by_output}.get(
+            what, lambda t: pred.ntk_drift1)(t)
+        lo = {"mean": pred.mean0, "cov": pred.cov0}.get(what, lambda t: np.zeros_like(c1))(t)
         for comp in _components(N, what, None if single else Y.shape[1]):
-            label = ",".join(map(str, comp)) if what != "mean" else ":".join(map(str, comp))
+            label = _label(what, comp)
             ys = np.array([measured[what, t, n][0][comp] for n in widths])
             es = np.array([measured[what, t, n][1][comp] for n in widths])
             for n, y, e in zip(widths, ys, es):
