@@ -186,7 +186,7 @@ def test_plan_work_estimates_and_refusals():
     assert plan_work(spec, 10, ("K", "V"), said.append) == "batched"
     assert "4-D averages" in said[0]
     with pytest.raises(DeriveError, match="not practical"):
-        plan_work(spec, 100, ("K", "V"))
+        plan_work(spec, 140, ("K", "V"), dense=False)    # about 15 million 4-D averages a layer
     # N⁴ memory: dense refused sooner than the symmetric storage, which the advice names
     deep = derive.MLP(2, 64, "tanh", 0.1, 1.0)
     with pytest.raises(DeriveError, match="dense=False"):

@@ -262,14 +262,18 @@ MAX_BYTES = 8 * 2 ** 30
 #: (:func:`_vertex_kind`) and the number of distinct samples of the component (3 or 4); per pair
 #: of inputs and layer ("pair": the 2-D averages, for σ with kinks the moments of the
 #: derivative-free sample sums, to 1e-12); once per run ("setup": deriving and specialising the
-#: recursions).  Measured on 2 cores shared with other work, depth 5, inputs of dimension 4:
-#: smooth σ (the conditional rule of derive.activations.gaussian: a 4-D average on a 3-D grid,
-#: its last variable tabulated), 10 inputs: tanh 9–26 s, erf 10–15 s, 30 inputs 12–16 min;
+#: recursions).  Smooth σ (derive.activations.gaussian.product_expectations: each set of
+#: inputs averaged once for all its products), measured 2026-11-30 on 2 cores, one process
+#: each: K, G1, V of 20 inputs (6840 three- and 14535 four-sample components a layer) tanh
+#: 34 s at depth 3, 35–43 s at depth 5, erf 29 s at depth 3; of 10 inputs 4.2 s at depth 5;
+#: the NTK's four-index statistics cost about twice V's (below); train(order=1)'s K … Udd on
+#: 10 + 10 inputs 53 s at depth 3, 88 s at depth 5.  Earlier measurements (depth 5, inputs
+#: of dimension 4):
 #: σ polynomial on each half-line (ReLU, leaky ReLU, abs: exact orthant moments,
 #: derive.activations.moments), 10 inputs 2.2–4.3 s, 20 inputs 10–13 s, 30 inputs 54–107 s;
 #: other σ with kinks (the kink-split quadrature), ReLU before the orthant moments: 6 inputs
 #: 63 s, 10 inputs 470–560 s
-_SECONDS = {"smooth": {3: 5e-4, 4: 5e-3, "pair": 0.01, "setup": 3.0},
+_SECONDS = {"smooth": {3: 2e-4, 4: 7e-4, "pair": 0.01, "setup": 3.0},
             "orthant": {3: 5e-5, 4: 1.5e-4, "pair": 2e-3, "setup": 2.0},
             "kinked": {3: 8e-3, 4: 0.09, "pair": 0.6, "setup": 10.0}}
 
@@ -392,9 +396,10 @@ def plan_work(spec: MLP, N: int, targets: tuple, say=None, dense: bool = True,
     kind = _vertex_kind(spec.activation)
     kinked = kind != "smooth"
     cost = _SECONDS[kind]
-    # the NTK's four-index statistics have about twice V's terms per component (measured:
-    # tanh, 10 inputs, depth 20, all of A, B, D, F ran past 19 min)
-    weight = sum(1 if t == "V" else 2 for t in four)
+    # the NTK's four-index statistics (any of A … Udd: their products share each set's
+    # Gaussian averages) cost about twice V's (measured: tanh, 20 inputs, depth 3, A, B, D, F
+    # 48–68 s, V 34 s)
+    weight = ("V" in four) + 2 * any(t != "V" for t in four)
     seconds = weight * (L - 1) * (work[3] * cost[3] + work[4] * cost[4])
     seconds += (L - 1) * N * (N + 1) // 2 * cost["pair"] + cost["setup"]
     if order >= 2:  # G2, V1, U on the components with at most two distinct samples of each pair
