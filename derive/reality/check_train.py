@@ -133,12 +133,12 @@ def _cross_covariance(z: np.ndarray, lin: np.ndarray) -> tuple:
     cov, se = np.zeros((n_out, N, n_out, N)), np.zeros((n_out, N, n_out, N))
     dz, dl = z - z.mean(axis=0), lin - lin.mean(axis=0)
     for i in range(n_out):
-        for j in range(n_out):
-            if i != j:
-                p = np.einsum("sa,sb->sab", dz[:, i], dz[:, j]) \
-                    - np.einsum("sa,sb->sab", dl[:, i], dl[:, j])
-                cov[i, :, j], se[i, :, j] = p.sum(axis=0) / (S - 1), \
-                    p.std(axis=0, ddof=1) / math.sqrt(S)
+        for j in range(i + 1, n_out):
+            p = np.einsum("sa,sb->sab", dz[:, i], dz[:, j]) \
+                - np.einsum("sa,sb->sab", dl[:, i], dl[:, j])
+            cov[i, :, j] = p.sum(axis=0) / (S - 1)
+            se[i, :, j] = p.std(axis=0, ddof=1) / math.sqrt(S)
+            cov[j, :, i], se[j, :, i] = cov[i, :, j].T, se[i, :, j].T
     return cov, se
 
 
