@@ -6,8 +6,9 @@
   layer, each set of four distinct inputs integrated once for all the products it needs, and
   only the sets with at most two test inputs — ``training_inputs``) and
   the averaged dynamics (jets through the derived update equations over a degree-5 cubature of
-  N² + 3N + 3 points for N ≥ 4); 10 + 10 inputs at depth 3 and 5 are left to ``--full`` (about
-  1.2 and 2 min on one core).  ``--workers K``: the statistics and the dynamics' blocks of
+  N² + 3N + 3 points for N ≥ 4); 10 + 10 inputs at depth 3 and 5, and 4 + 2 and 6 + 4 inputs
+  with two or three outputs, are left to ``--full`` (about 1.2 and 2 min for the first two, on
+  one core).  ``--workers K``: the statistics and the dynamics' blocks of
   cubature points on K processes (``train(workers=)``).
 * trained ensembles of actual networks: networks × steps per second of
   ``derive.reality.training.train_ensemble`` (vectorised over networks, hand-written backward
@@ -31,13 +32,16 @@ def _data(NA: int, NB: int):
     return X[a], np.sin(2 * phi[a]), X[b]
 
 
-def _train_row(depth: int, NA: int, NB: int, steps: int, workers: int = 1) -> dict:
+def _train_row(depth: int, NA: int, NB: int, steps: int, workers: int = 1,
+               n_out: int = 1) -> dict:
     import derive
     from derive.numeric import training as T
     from derive.numeric.training_nlo import nlo_dynamics
 
     spec = derive.MLP(depth, 64, "tanh", 0.0, 1.0, lambda_b=0.5, lambda_W=1.0)
     XA, y, XB = _data(NA, NB)
+    if n_out > 1:       # each output's targets the first's, shifted along the training inputs
+        y = np.stack([np.roll(y, k) for k in range(n_out)], 1)
     X = np.vstack([XA, XB])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -57,7 +61,8 @@ def _train_row(depth: int, NA: int, NB: int, steps: int, workers: int = 1) -> di
     finite = all(np.all(np.isfinite(v)) for key in ("mean1", "second1")
                  for v in r[key].values()) and np.all(np.isfinite(r["drift1"]))
     total = t_stats + t_dyn
-    on = f", {workers} workers" if workers > 1 else ""
+    on = (f", {n_out} outputs" if n_out > 1 else "") + (f", {workers} workers" if workers > 1
+                                                       else "")
     return {"what": f"train(order=1), depth {depth}, |A| {NA}, |B| {NB}, T {steps}{on}",
             "seconds": total, "of which statistics": t_stats, "dynamics": t_dyn,
             "network-steps/s": None, "loop network-steps/s": None,
@@ -137,9 +142,9 @@ def run(quick: bool):
     full = "--full" in sys.argv
     workers = int(sys.argv[sys.argv.index("--workers") + 1]) if "--workers" in sys.argv else 1
     sizes = [(3, 3, 2)] if quick else [(3, 3, 2), (5, 3, 2), (3, 4, 2), (3, 6, 4), (3, 3, 10)]
-    if full:
-        sizes += [(3, 10, 10), (5, 10, 10)]
+    if full:    # and several outputs: the cubature runs over n_out N dimensions
+        sizes += [(3, 10, 10), (5, 10, 10), (3, 4, 2, 2), (3, 4, 2, 3), (3, 6, 4, 2)]
     rows = [_cold_row()]
-    rows += [_train_row(d, a, b, 100 if quick else 1000, workers) for d, a, b in sizes]
+    rows += [_train_row(*size[:3], 100 if quick else 1000, workers, *size[3:]) for size in sizes]
     rows += _ensemble_rows(quick)
     return "learning at finite width: train(order=1) and trained ensembles", rows
