@@ -194,13 +194,13 @@ def check_train(spec: MLP, X_train, y_train, X_test, eta, steps, widths=None,
         for k, t in enumerate(ens.times):
             A, _, _ = pred._map(t)
             m0 = pred.mean0(t)                                  # (N,) or (N, n_out)
-            d = z[:, k] - (np.einsum("ab,sib->sia", A, z[:, 0]) + m0.reshape(N, -1).T)
+            part = np.einsum("ab,sib->sia", A, z[:, 0])       # each network's A_t z(0)
+            d = z[:, k] - (part + m0.reshape(N, -1).T)
             mean, se = d.mean(0).T, d.std(0, ddof=1).T / math.sqrt(S)      # (N, n_out)
             measured["mean", t, n] = (m0 + mean.reshape(m0.shape), se.reshape(m0.shape))
             measured["cov", t, n] = (ens.cov(t), ens.cov_se(t))
             if not single:
-                measured["cov_out", t, n] = _cross_covariance(
-                    z[:, k], np.einsum("ab,sib->sia", A, z[:, 0]))
+                measured["cov_out", t, n] = _cross_covariance(z[:, k], part)
         measured["drift", steps, n] = (ens.ntk_drift, ens.ntk_drift_se)
         say(f"check_train: width {n}: {S} networks trained ({time.perf_counter() - start:.1f} s)")
     inv = 1.0 / np.array(widths, dtype=float)
