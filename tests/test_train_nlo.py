@@ -471,6 +471,43 @@ def test_train_reads_only_the_training_components(monkeypatch):
     assert np.abs(full.mean1(8)).max() > 1e-2
 
 
+def test_several_outputs_by_delta_structure_are_the_dense_fields(monkeypatch):
+    """With several outputs the dynamics carry the fields by δ-structure (dĤ as three
+    components with one output neuron each, the ddNTKs as three sample tensors, Ĥ as a δ part
+    and a dense part): on random statistics the same numbers as the dense fields (n_out³ and
+    n_out⁴ output neurons), for two and three outputs."""
+    import derive.numeric.training_nlo as tn
+
+    rng = np.random.default_rng(3)
+    N, NA = 4, 2
+    A = rng.standard_normal((N, N + 2))
+    K = A @ A.T / N
+    st = {q: 0.05 * rng.standard_normal((N,) * 4)
+          for q in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")}
+    starts = []
+    run = tn._run
+    monkeypatch.setattr(tn, "_run", lambda terms, cuts, start, *a, **k: (
+        starts.append(sorted(start)), run(terms, cuts, start, *a, **k))[1])
+    for n_out in (2, 3):
+        args = (K, K + 0.4, 0.1 * K, 0.2 * K, st, rng.standard_normal((NA, n_out)), NA, 0.2,
+                (0, 3, 7))
+        monkeypatch.setattr(tn, "STRUCTURED_FROM", 2)
+        split = tn.nlo_dynamics(*args)
+        assert ("dHhat", ((0, 1),)) in starts[-2] and ("ddIHhat", tn.PAIRINGS[2]) in starts[-2]
+        monkeypatch.setattr(tn, "STRUCTURED_FROM", 99)
+        dense = tn.nlo_dynamics(*args)
+        assert all(pattern == tn.DENSE for _, pattern in starts[-2])
+        for key in ("mean1", "second1"):
+            for t in (3, 7):
+                scale = np.abs(dense[key][t]).max()
+                assert np.allclose(split[key][t], dense[key][t], rtol=0, atol=1e-12 * scale)
+        scale = np.abs(dense["drift1"]).max()
+        assert np.allclose(split["drift1"], dense["drift1"], rtol=0, atol=1e-12 * scale)
+        assert np.abs(dense["mean1"][7]).max() > 1e-2
+        # the outputs are coupled at this order: outputs 0 and 1 covary
+        assert np.abs(dense["second1"][7][0, :, 1, :]).max() > 1e-3
+
+
 def test_dntk_is_carried_at_training_samples_only(monkeypatch):
     """The dynamics read dĤ only with a training sample in its middle slot (dĤ_{δαβ} in z's
     update, dĤ_{δ1αδ2} in Ĥ's): training_slots finds that slot from the derived updates, and

@@ -56,6 +56,7 @@ import math
 import operator
 import warnings
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import sympy as sp
@@ -65,8 +66,9 @@ from ..algebra.symbols import NeuronSum
 from ..architectures.forward import TANGENT_FIELDS
 from ..base.errors import DeriveError
 
-__all__ = ["cubature_degree5", "cubature_degree2", "simplex_vertices", "nlo_dynamics",
-           "cumulants", "step_terms"]
+__all__ = ["cubature_degree5", "cubature_degree2", "simplex_vertices", "degree5_points",
+           "nlo_dynamics",
+           "cumulants", "cumulant_structures", "dense_component", "step_terms"]
 
 _FIELD_OF = {func: name for name, (func, _) in TANGENT_FIELDS.items()}
 
@@ -81,7 +83,7 @@ def cubature_degree5(m: int) -> tuple[np.ndarray, np.ndarray]:
     (2.0 and 2.3 at m = 20)."""
     if m == 0:
         return np.zeros((1, 0)), np.ones(1)
-    if m * m + 3 * m + 3 < 2 * m * m + 1:
+    if degree5_points(m) < 2 * m * m + 1:
         return _simplex_degree5(m)
     r1 = math.sqrt(m + 2.0)
     r2 = math.sqrt((m + 2.0) / 2.0)
@@ -101,6 +103,11 @@ def cubature_degree5(m: int) -> tuple[np.ndarray, np.ndarray]:
                     pts.append(r2 * (si * eye[i] + sj * eye[j]))
                     wts.append(w2)
     return np.array(pts), np.array(wts)
+
+
+def degree5_points(m: int) -> int:
+    """The number of points of :func:`cubature_degree5` in m dimensions."""
+    return 1 if m == 0 else min(m * m + 3 * m + 3, 2 * m * m + 1)
 
 
 def simplex_vertices(m: int) -> np.ndarray:
@@ -142,35 +149,64 @@ def cubature_degree2(m: int) -> tuple[np.ndarray, np.ndarray]:
     return math.sqrt(m) * simplex_vertices(m), np.full(m + 1, 1.0 / (m + 1))
 
 
+#: the three ways of pairing four neuron slots by Kronecker δs (a cumulant's δ-structures)
+PAIRINGS = (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
+
+
+def cumulant_structures(st: dict) -> dict:
+    """The O(1/n) cumulants of the output layer's fields, times n, by δ-structure (module
+    docstring; docs/conventions.md §3): cumulant → {pairing of its four neuron slots
+    (:data:`PAIRINGS`): its sample tensor (N, N, N, N)}, e.g. "HH" → {((0, 1), (2, 3)): A_abcd,
+    ((0, 2), (1, 3)): B_acbd, ((0, 3), (1, 2)): B_adbc}, meaning n E[ΔĤ_{i1i2;ab} ΔĤ_{i3i4;cd}]
+    = δ_{i1i2}δ_{i3i4} A_abcd + δ_{i1i3}δ_{i2i4} B_acbd + δ_{i1i4}δ_{i2i3} B_adbc.  The
+    slots of "Hzz" are (Ĥ's two, z's, z's), of "dz" (dĤ's three, z's), of "I" and "II" the
+    ddNTK's four."""
+    A, B, D, F, P, Q, R, S, T, Udd = (np.asarray(st[k], dtype=float) for k in
+                                      ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd"))
+
+    def swap(x, spec):                     # swap(B, "acbd")[a, b, c, d] = B[a, c, b, d]
+        return np.einsum(spec + "->abcd", x)
+
+    parts = {"HH": (A, swap(B, "acbd"), swap(B, "adbc")),
+             "Hzz": (D, swap(F, "acbd"), swap(F, "adbc")),
+             "dz": (P, swap(P, "acbd"), Q),
+             "I": (R, swap(R, "acbd"), swap(R, "adbc")),
+             "II": (S, T, Udd)}
+    return {name: dict(zip(PAIRINGS, xs)) for name, xs in parts.items()}
+
+
+def dense_component(a: np.ndarray, pattern: tuple, slots: int, n_out: int,
+                    batch: int = 0) -> np.ndarray:
+    """The dense array (batch …, n_out × ``slots`` neurons, samples …) of a field's component
+    ``a`` (batch …, its unpaired neuron slots in order, samples …) whose neuron slots
+    ``pattern`` (pairs) are joined by Kronecker δs."""
+    letters = "ABCDEFGH"[:slots]
+    paired = {s for pair in pattern for s in pair}
+    own = "".join(letters[s] for s in range(slots) if s not in paired)
+    nb, ns = batch, a.ndim - batch - len(own)
+    bl, sl = "pqr"[:nb], "stuvwxyz"[:ns]
+    spec = ",".join([f"{letters[s]}{letters[t]}" for s, t in pattern]
+                    + [bl + own + sl]) + f"->{bl}{letters}{sl}"
+    return np.einsum(spec, *([np.eye(n_out)] * len(pattern)), a)
+
+
 def cumulants(st: dict, n_out: int = 1) -> dict:
     """The O(1/n) cumulants of the output layer's fields, times n, with their neuron indices
     (module docstring; docs/conventions.md §3), from the output layer's statistics ``st`` (A, B,
     D, F, P, Q, R, S, T, Udd (N, N, N, N), dense) for ``n_out`` output neurons: "HH"
     (i1, i2, i3, i4, a, b, c, d) = n E[ΔĤ_{i1i2;ab} ΔĤ_{i3i4;cd}], "Hzz" = n E[ΔĤ_{i1i2;ab}
     z_{i3;c} z_{i4;d}], "dz" = n E[dĤ_{i0i1i2;abc} z_{i3;d}], "I" = n E[ddIĤ_{i0i1i2i3;abcd}],
-    "II" = n E[ddIIĤ_{i1i2i3i4;abcd}] — each the sum of its three δ-structures."""
-    A, B, D, F, P, Q, R, S, T, Udd = (np.asarray(st[k], dtype=float) for k in
-                                      ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd"))
-    d = np.eye(n_out)
-    pairs = np.einsum("ij,kl->ijkl", d, d)                 # δ_{i1i2} δ_{i3i4}
-    cross = np.einsum("ik,jl->ijkl", d, d)                 # δ_{i1i3} δ_{i2i4}
-    twist = np.einsum("il,jk->ijkl", d, d)                 # δ_{i1i4} δ_{i2i3}
+    "II" = n E[ddIIĤ_{i1i2i3i4;abcd}] — each the sum of its three δ-structures
+    (:func:`cumulant_structures`)."""
+    return {name: _dense_cumulant(parts, n_out)
+            for name, parts in cumulant_structures(st).items()}
 
-    def three(x1, x2, x3):
-        return (np.einsum("ijkl,abcd->ijklabcd", pairs, x1)
-                + np.einsum("ijkl,abcd->ijklabcd", cross, x2)
-                + np.einsum("ijkl,abcd->ijklabcd", twist, x3))
 
-    def swap(x, spec):                     # swap(B, "acbd")[a, b, c, d] = B[a, c, b, d]
-        return np.einsum(spec + "->abcd", x)
-
-    return {
-        "HH": three(A, swap(B, "acbd"), swap(B, "adbc")),
-        "Hzz": three(D, swap(F, "acbd"), swap(F, "adbc")),
-        "dz": three(P, swap(P, "acbd"), Q),
-        "I": three(R, swap(R, "acbd"), swap(R, "adbc")),
-        "II": three(S, T, Udd),
-    }
+def _dense_cumulant(parts: dict, n_out: int) -> np.ndarray:
+    """One cumulant of :func:`cumulant_structures` with its neuron indices: the sum of its
+    δ-structures."""
+    return functools.reduce(operator.add, [dense_component(x, pattern, 4, n_out)
+                                           for pattern, x in parts.items()])
 
 
 def step_terms(eta: float) -> dict:
@@ -245,36 +281,53 @@ def _contract(spec: str, ops: list) -> np.ndarray:
     cubature points; in the C_HH run a direction and a point, broadcast against each other).
     A field that is the same for every point (a constant field broadcast along the batch)
     enters once, without those axes: the ε factors (small, P × n_out × N_A each) are
-    multiplied into one tensor per point first, which then meets the field in one matrix
-    product — where np.einsum's own plan would loop over the points and all indices at once
-    (ten times slower for three ε).  When every operand is constant the result is computed
+    multiplied into one tensor per point first (summing a neuron index two of them share
+    through a δ of the field's structure), which then meets the field in one matrix product —
+    where np.einsum's own plan would loop over the points and all indices at once (ten times
+    slower for three ε); an ε's index the field lacks (an output neuron it reaches through a
+    δ) rides along as a batch axis.  When every operand is constant the result is computed
     once and broadcast.  Operands whose batches differ (a field per direction, ε per point)
     meet in a planned contraction (twenty times faster than repeating the field per point)."""
     ins, out = spec.split("->")
     terms = [t[3:] for t in ins.split(",")]
     nb = _batch(ops[0], terms[0])
     if not _constant(ops[0], nb):
-        if len({op.shape[:_batch(op, t)] for op, t in zip(ops, terms)}) > 1:
+        # planned (np.einsum's batched matrix products) where the batches differ or an ε
+        # brings an index of the result (an outer product); else np.einsum's own loop, faster
+        # for a field summed with ε in its middle axes (one output neuron: 10×)
+        if len({op.shape[:_batch(op, t)] for op, t in zip(ops, terms)}) > 1 \
+                or any(c in out for t in terms[1:] for c in t):
             return _einsum(spec, ops)
         return np.einsum(spec, *ops)
-    field, fterm = ops[0][(0,) * nb], terms[0]
+    field, fterm, res = ops[0][(0,) * nb], terms[0], out[3:]
     if len(ops) == 1:
-        res = np.einsum(f"{fterm}->{out[3:]}", field)
-        return np.broadcast_to(res, ops[0].shape[:nb] + res.shape)
+        v = np.einsum(f"{fterm}->{res}", field)
+        return np.broadcast_to(v, ops[0].shape[:nb] + v.shape)
     eps, eterm = ops[1], terms[1]
-    for op, term in zip(ops[2:], terms[2:]):     # the ε factors' product, per point
-        joined = eterm + term
-        eps, eterm = np.einsum(f"...{eterm},...{term}->...{joined}", eps, op), joined
-    # one matrix product: (points, the ε letters) × (the ε letters, the result's letters)
-    mat = np.einsum(f"{fterm}->{eterm}{out[3:]}", field)
-    batch = eps.shape[:eps.ndim - len(eterm)]
-    res = np.ascontiguousarray(eps).reshape(-1, math.prod(mat.shape[:len(eterm)])) \
-        @ mat.reshape(-1, math.prod(mat.shape[len(eterm):]))
-    return res.reshape(batch + mat.shape[len(eterm):])
+    for k in range(2, len(ops)):                 # the ε factors' product, per point
+        later = fterm + res + "".join(terms[k + 1:])
+        joined = "".join(dict.fromkeys(c for c in eterm + terms[k] if c in later))
+        eps, eterm = np.einsum(f"...{eterm},...{terms[k]}->...{joined}", eps, ops[k]), joined
+    rides = "".join(c for c in eterm if c not in fterm)          # in the result, not the field
+    summed = "".join(c for c in eterm if c in fterm)
+    kept = "".join(c for c in res if c in fterm)
+    if any(c in res for c in summed) or sorted(rides + kept) != sorted(res):
+        return _einsum(spec, ops)                # not one matrix product (no such term yet)
+    if rides and eterm != rides + summed:
+        eps = np.einsum(f"...{eterm}->...{rides}{summed}", eps)
+    # one matrix product: (points, rides, the summed letters) × (summed letters, the rest)
+    mat = np.einsum(f"{fterm}->{summed}{kept}", field)
+    batch = eps.shape[:eps.ndim - len(summed)]
+    v = np.ascontiguousarray(eps).reshape(-1, math.prod(mat.shape[:len(summed)])) \
+        @ mat.reshape(-1, math.prod(mat.shape[len(summed):]))
+    v = v.reshape(batch + mat.shape[len(summed):])
+    return v if rides + kept == res else np.einsum(f"...{rides}{kept}->...{res}", v)
 
 
 #: einsum letters: free samples, summed (training) samples, free neurons, summed neurons
 _FREE, _SUMMED, _FREE_N, _SUMMED_N = "wxyz", _LETTERS, "IJKL", "ABCD"
+#: the component of a field without δs between its neuron slots (every field of one output)
+DENSE = ()
 
 
 def training_slots(terms: dict, recorded=("z", "Hhat")) -> dict:
@@ -302,31 +355,55 @@ def training_slots(terms: dict, recorded=("z", "Hhat")) -> dict:
 
 
 @lru_cache(maxsize=None)
-def _term_plan(term, NA: int, order: int, cut: frozenset = frozenset()) -> tuple:
-    """What :func:`_term_value` does for one update term, worked out once: the field, its
-    index (the summed sample slots cut to the training samples, and the free ones that the
-    updated field keeps only there, ``cut``: :func:`training_slots`), and per way of
-    distributing the jet orders (field's, each ε's) with total ≤ ``order``, the einsum spec.
-    A field's array is (batch …, its neurons …, its samples …); an ε's (batch …, n_out, N_A)."""
+def _term_plan(term, pattern: tuple, NA: int, order: int, cut: frozenset = frozenset()) -> tuple:
+    """What :func:`_term_value` does for one update term on one component of its field (the
+    component whose neuron slots ``pattern`` are joined by Kronecker δs; :func:`nlo_dynamics`),
+    worked out once: (the updated field's component it adds to, the plan).  The plan holds the
+    field's component, its index (the summed sample slots cut to the training samples, and the
+    free ones that the updated field keeps only there, ``cut``: :func:`training_slots`), the
+    einsum spec, and the ways of distributing the jet orders (field's, each ε's) with total
+    ≤ ``order``.  A δ joining two neuron slots of the field is carried out in the letters: a
+    free slot and a summed one give that ε the free neuron; two summed ones give their two ε
+    one neuron, summed; two free ones make a δ of the result (its component).  A component's
+    array is (batch …, its unpaired neurons …, its samples …); an ε's (batch …, n_out, N_A)."""
     coeff, field, nslots, slots, neps = term
-    index = (Ellipsis,) + (slice(None),) * len(nslots) + tuple(
+    paired = {s for pair in pattern for s in pair}
+    eps_n = [_SUMMED_N[m] for m in range(neps)]          # each ε's neuron letter
+    out_pairs = []
+    for s1, s2 in pattern:
+        (k1, a), (k2, b) = nslots[s1], nslots[s2]
+        if k1 == "sum" and k2 == "sum":
+            eps_n[b] = _SUMMED_N[a]
+        elif k1 == "sum":
+            eps_n[a] = _FREE_N[b]
+        elif k2 == "sum":
+            eps_n[b] = _FREE_N[a]
+        else:
+            out_pairs.append((min(a, b), max(a, b)))
+    own = [s for s in range(len(nslots)) if s not in paired]
+    index = (Ellipsis,) + (slice(None),) * len(own) + tuple(
         slice(None) if kind == "free" and k not in cut else slice(0, NA) for kind, k in slots)
-    letters = "".join((_FREE_N if kind == "free" else _SUMMED_N)[k] for kind, k in nslots) \
+    letters = "".join((_FREE_N if nslots[s][0] == "free" else _SUMMED_N)[nslots[s][1]]
+                      for s in own) \
         + "".join((_FREE if kind == "free" else _SUMMED)[k] for kind, k in slots)
-    out_letters = "".join(_FREE_N[k] for k in sorted(k for kind, k in nslots if kind == "free")) \
+    joined = {k for pair in out_pairs for k in pair}
+    out_letters = "".join(_FREE_N[k] for k in sorted(k for kind, k in nslots
+                                                     if kind == "free" and k not in joined)) \
         + "".join(_FREE[k] for k in sorted(k for kind, k in slots if kind == "free"))
-    spec = "..." + letters + "".join(",..." + _SUMMED_N[m] + _SUMMED[m] for m in range(neps)) \
+    spec = "..." + letters + "".join(",..." + eps_n[m] + _SUMMED[m] for m in range(neps)) \
         + "->..." + out_letters
     splits = tuple(ks for ks in itertools.product(range(order + 1), repeat=1 + neps)
                    if sum(ks) <= order)
-    return coeff, field, index, spec, splits
+    return tuple(sorted(out_pairs)), (coeff, (field, pattern), index, spec, splits)
 
 
 def _term_value(term, states: dict, eps: list, NA: int, order: int,
                 cut: frozenset = frozenset()) -> list:
-    """The jet (Taylor coefficients in s up to ``order``; None for zero) of one update term
-    (of a field kept at training samples only in its slots ``cut``)."""
-    return _plan_value(_term_plan(term, NA, order, cut), states, eps, order)
+    """The jet (Taylor coefficients in s up to ``order``; None for zero) of one update term,
+    its fields dense (``states``: field name → jet; of a field kept at training samples only
+    in its slots ``cut``)."""
+    _, plan = _term_plan(term, DENSE, NA, order, cut)
+    return _plan_value(plan, {(name, DENSE): jet for name, jet in states.items()}, eps, order)
 
 
 def _field_letters(spec: str) -> str:
@@ -334,31 +411,30 @@ def _field_letters(spec: str) -> str:
     return spec.split(",")[0][3:]
 
 
-def _fused_plans(ts, start: dict, updated, NA: int, order: int, cut: frozenset) -> list:
-    """The plans (:func:`_term_plan`) of one field's update terms ``ts``, with the terms whose
-    tangent field is a constant — not ``updated`` and the same at every point of the batch in
-    ``start`` (the ddNTKs) — summed into one constant per number of ε factors: their fields,
-    each cut and laid out in one common order of its letters (the free ones of the result and
-    the summed ones of the ε factors, the same for all of them), times their coefficients.
+def _fused_plans(plans: list, start: dict, updated, order: int) -> list:
+    """The plans (:func:`_term_plan`) of the terms adding to one field component, with those
+    whose tangent field is a constant — not ``updated`` and the same at every point of the
+    batch in ``start`` (the ddNTKs) — summed into one constant per contraction: the terms with
+    the same ε factors and result, and the same letters on the field, have their fields (each
+    cut and laid out in one common order of its letters) summed, times their coefficients.
     Each step then contracts the ε factors with one tensor where it contracted three or four.
-    A fused plan carries its field's jet itself in place of the field's name."""
-    plans, groups = [], {}
-    for term in ts:
-        plan = _term_plan(term, NA, order, cut)
-        field, letters = plan[1], _field_letters(plan[3])
+    A fused plan carries its field's jet itself (a list) in place of the component's key."""
+    out, groups = [], {}
+    for plan in plans:
+        field, spec = plan[1], plan[3]
+        letters = _field_letters(spec)
         jets = start.get(field, ())
-        if field in updated or not any(j is not None for j in jets) or \
+        if field[0] in updated or not any(j is not None for j in jets) or \
                 any(j is not None and not _constant(j, _batch(j, letters)) for j in jets):
-            plans.append(plan)
+            out.append(plan)
         else:
-            groups.setdefault(term[4], []).append(plan)
-    for neps, group in sorted(groups.items()):
+            ins, res = spec.split("->")
+            key = (tuple(ins.split(",")[1:]), res, "".join(sorted(letters)), plan[4])
+            groups.setdefault(key, []).append(plan)
+    for (eterms, res, canon, splits), group in groups.items():
         if len(group) == 1:
-            plans.extend(group)
+            out.extend(group)
             continue
-        ins, out = group[0][3].split("->")
-        eterms = ins.split(",")[1:]
-        canon = "".join(sorted(_field_letters(ins)))
         jets = []
         for k in range(order + 1):
             total, batch = None, ()
@@ -372,36 +448,37 @@ def _fused_plans(ts, start: dict, updated, NA: int, order: int, cut: frozenset) 
                 total = v if total is None else total + v
                 batch = np.broadcast_shapes(batch, jet.shape[:nb])
             jets.append(None if total is None else np.broadcast_to(total, batch + total.shape))
-        spec = "..." + canon + "".join("," + e for e in eterms) + "->" + out
-        plans.append((1.0, jets, (Ellipsis,), spec, group[0][4]))
-    return plans
+        spec = "..." + canon + "".join("," + e for e in eterms) + "->" + res
+        out.append((1.0, jets, (Ellipsis,), spec, splits))
+    return out
 
 
 def _mirrored(plans: list) -> list:
     """``plans`` as [(plan, None) or (None, (j, spec))]: a plan whose term is an earlier one's
     (plan j) with its free letters exchanged — the same field, coefficient, cut and ε factors,
-    the field's letters a relabelling that fixes the summed ones (dĤ_{δ2αδ1} ε_α beside
-    dĤ_{δ1αδ2} ε_α in Ĥ's update) — is that plan's value with its axes exchanged,
-    np.einsum(spec, ·), instead of a second contraction of the same field."""
+    its letters (the field's and the ε factors') a relabelling of plan j's that permutes the
+    result's letters and fixes the others (dĤ_{δ2αδ1} ε_α beside dĤ_{δ1αδ2} ε_α in Ĥ's
+    update) — is that plan's value with its axes exchanged, np.einsum(spec, ·), instead of a
+    second contraction of the same field."""
     out = []
     for p, (coeff, field, index, spec, splits) in enumerate(plans):
         mirror = None
         ins, res = spec.split("->")
-        letters, rest = _field_letters(ins), ins.split(",")[1:]
         for j in range(p):
             c2, f2, i2, s2, sp2 = plans[j]
-            ins2 = s2.split("->")[0]
-            if not (isinstance(field, str) and f2 == field and c2 == coeff and i2 == index
-                    and sp2 == splits and ins2.split(",")[1:] == rest
-                    and s2.split("->")[1] == res):
+            ins2, res2 = s2.split("->")
+            if not (isinstance(field, tuple) and f2 == field and c2 == coeff and i2 == index
+                    and sp2 == splits and res2 == res
+                    and [len(t) for t in ins2.split(",")] == [len(t) for t in ins.split(",")]):
                 continue
             sigma = {}
-            for a, b in zip(_field_letters(ins2), letters):   # plan j's letter → this one's
+            for a, b in zip(ins2.replace("...", ""), ins.replace("...", "")):  # j's → p's
                 if sigma.setdefault(a, b) != b:
                     break
             else:
                 free = res[3:]
-                if all(sigma[a] == a for a in sigma if a not in free) \
+                if all(a in sigma for a in free) \
+                        and all(sigma[a] == a for a in sigma if a not in free) \
                         and sorted(sigma[a] for a in free) == sorted(free):
                     mirror = (j, f"...{''.join(sigma[a] for a in free)}->...{free}")
                     break
@@ -412,7 +489,7 @@ def _mirrored(plans: list) -> list:
 def _plan_value(plan, states: dict, eps: list, order: int) -> list:
     """The jet of one update term from its plan (:func:`_term_plan`, :func:`_fused_plans`)."""
     coeff, field, index, spec, splits = plan
-    fj = states[field] if isinstance(field, str) else field
+    fj = states[field] if isinstance(field, tuple) else field
     result = [None] * (order + 1)
     for ks in splits:
         head = fj[ks[0]]
@@ -447,6 +524,13 @@ def _whiten(c: np.ndarray, white: np.ndarray, k: int) -> np.ndarray:
     return c
 
 
+#: the fewest outputs whose fields the dynamics carry by δ-structure (:func:`nlo_dynamics`).
+#: Measured, T = 1000, three outputs: 4 + 2 inputs 18–20 s against 28 s dense, 6 + 4 150 s
+#: against 230 s; two outputs: 4 + 2 6.2 s against 5.0 s, 6 + 4 39 s against 31 s, 10 + 10
+#: (100 steps) 63 s against 70 s — three components of dĤ with two neurons each are more
+#: contractions for about as many numbers as the dense n_out³ = 8
+STRUCTURED_FROM = 3
+
 #: cubature points per block of the first-order run, at most (:func:`_point_blocks`)
 POINT_BLOCK = 256
 
@@ -460,40 +544,65 @@ def _point_blocks(P: int) -> list:
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
+def _component_plans(terms: dict, cuts: dict, start: dict, NA: int, order: int) -> dict:
+    """The plans (:func:`_term_plan`) of every term on every component of its field, by the
+    updated field's component they add to: {(field, pattern): [plan, …]}, over the components
+    in ``start`` and those the updates make from them (until no new one appears)."""
+    comps = {}
+    for name, pattern in start:
+        comps.setdefault(name, set()).add(pattern)
+    plans, changed = {}, True
+    while changed:
+        changed = False
+        for name, ts in terms.items():
+            for term in ts:
+                for pattern in sorted(comps.get(term[1], ())):
+                    out, plan = _term_plan(term, pattern, NA, order, cuts[name])
+                    got = plans.setdefault((name, out), [])
+                    if plan not in got:
+                        got.append(plan)
+                        changed = True
+                    comps.setdefault(name, set()).add(out)
+    return {key: plans[key] for key in sorted(plans)}
+
+
 def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, record,
          progress=None):
-    """Propagate the jets ``start`` (field → list of order + 1 arrays or None, leading axes the
-    batch of cubature points) through ``terms`` for max(times) steps, each field kept at
-    training samples only in its slots ``cuts[field]`` (:func:`training_slots`);
-    ``record(t, states)`` at the recorded steps.  ``y`` (n_out, N_A): the targets."""
+    """Propagate the jets ``start`` (field component (name, pattern): :func:`_term_plan` → list
+    of order + 1 arrays or None, leading axes the batch of cubature points) through ``terms``
+    for max(times) steps, each field kept at training samples only in its slots
+    ``cuts[field]`` (:func:`training_slots`); ``record(t, states)`` at the recorded steps (z is
+    ``states["z", DENSE]``).  ``y`` (n_out, N_A): the targets."""
     states = {k: list(v) for k, v in start.items()}
-    plans = {name: _mirrored(_fused_plans(ts, start, terms, NA, order, cuts[name]))
-             for name, ts in terms.items()}
-    # owned[name][k]: the array states[name][k] was made by this run's own additions and is
+    plans = {key: _mirrored(_fused_plans(ps, start, terms, order))
+             for key, ps in _component_plans(terms, cuts, start, NA, order).items()}
+    for key in plans:
+        states.setdefault(key, [None] * (order + 1))
+    # owned[key][k]: the array states[key][k] was made by this run's own additions and is
     # read by nothing else, so the next step adds into it in place (instead of allocating a
     # new one, N × N_A × N per point for dĤ); the start's arrays and the terms' values are not
-    owned = {name: [False] * (order + 1) for name in terms}
+    owned = {key: [False] * (order + 1) for key in plans}
     last = max(times)
     for t in range(last + 1):
         if t in times:
             record(t, states)
         if t == last:
             break
-        z = states["z"]
+        z = states["z", DENSE]
         eps = [None if z[k] is None else (z[k][..., :NA] - y if k == 0 else z[k][..., :NA])
                for k in range(order + 1)]
         # every term's value from the states of step t first, then the additions
         values = {}
-        for name, ps in plans.items():
-            vals = values[name] = []
+        for key, ps in plans.items():
+            vals = values[key] = []
             for plan, mirror in ps:
                 if mirror is None:
                     vals.append(_plan_value(plan, states, eps, order))
                 else:       # a view of an earlier term's value: that value is not added into
                     vals.append([None if v is None else np.einsum(mirror[1], v)
                                  for v in vals[mirror[0]]])
-        for name, vals in values.items():
-            acc, own = states[name], owned[name]
+        for key, vals in values.items():
+            acc, own = states[key], owned[key]
             for jet in vals:
                 for k, v in enumerate(jet):
                     if v is None:
@@ -507,6 +616,38 @@ def _run(terms: dict, cuts: dict, start: dict, y, NA: int, order: int, times, re
         if progress is not None:
             progress(t + 1, last)
     return states
+
+
+class _Same(NamedTuple):
+    """A start array the same at every cubature point: broadcast along the batch, not copied
+    (:func:`_contract` then meets it once)."""
+    a: np.ndarray
+
+
+def _components(name: str, jets: list, slots: int, n_out: int, structured: bool,
+                batch: tuple) -> dict:
+    """A field's start for :func:`_run`: {(name, pattern): [array or None per order]} from its
+    jets given by δ-structure (per order, {pattern: array (batch …, its unpaired neurons …,
+    samples …) or :class:`_Same` (without the batch)} or None); with ``structured`` False all
+    in one dense component (one output: the δs are 1, and one contraction does the work of
+    three)."""
+    out = {}
+    for k, given in enumerate(jets):
+        sums = {}
+        for pattern, a in (given or {}).items():
+            same = isinstance(a, _Same)
+            a = a.a if same else a
+            if not structured:
+                a = dense_component(a, pattern, slots, n_out, 0 if same else len(batch))
+                pattern = DENSE
+            acc = sums.setdefault(pattern, [None, None])      # batched, the same everywhere
+            acc[same] = a if acc[same] is None else acc[same] + a
+        for pattern, (varied, same) in sums.items():
+            jet = out.setdefault((name, pattern), [None] * len(jets))
+            if same is not None:
+                same = np.broadcast_to(same, batch + same.shape)
+            jet[k] = same if varied is None else varied if same is None else varied + same
+    return out
 
 
 def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
@@ -540,7 +681,7 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                       f"(condition number {cond:.1e}: inputs close together); the O(1/n) "
                       f"coefficients carry rounding errors of about {cond * 1e-14:.0e} of their "
                       f"size", UserWarning, stacklevel=3)
-    cum = cumulants(st, n_out)
+    cs = cumulant_structures(st)
     terms = step_terms(eta)
     cuts = training_slots(terms)
     delta = np.eye(n_out)
@@ -557,19 +698,36 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
     z0 = x @ root                                 # (P, n_out, N): z_i ~ N(0, K), independent
     Hx = np.einsum("pik,pjl->pikjl", x, x) - np.einsum("ij,kl->ikjl", delta, np.eye(N))[None]
     weight1 = 0.5 * np.einsum("kl,pikil->p", _whiten(G1, white, 2), Hx)   # the G1 insertion δ_ij G1
-
-    def const(a, batch):
-        return np.broadcast_to(a, (batch,) + a.shape)
-
-    Th_ij = np.einsum("ij,ab->ijab", delta, Th)
-    # run 1: every first-order insertion along one direction s
-    Hs = np.einsum("ij,ab->ijab", delta, H1)[None] \
-        + 0.5 * np.einsum("ijklabcd,pkcld->pijab", _whiten(cum["Hzz"], white, 2), Hx)
-    start = {"z": [z0, None], "Hhat": [const(Th_ij, P), Hs],
-             "dHhat": [None, np.einsum("ijklabcd,pld->pijkabc",
-                                       _whiten(_at_training(cum["dz"], cuts["dHhat"], 4, NA),
-                                               white, 1), x)],
-             "ddIHhat": [None, const(cum["I"], P)], "ddIIHhat": [None, const(cum["II"], P)]}
+    # Several outputs: the fields carried by δ-structure (:func:`_components`; from
+    # STRUCTURED_FROM outputs), so that dĤ holds 3 n_out numbers per samples, not n_out³, and
+    # the ddNTKs 3, not n_out⁴
+    structured = n_out >= STRUCTURED_FROM
+    pair = ((0, 1),)                              # δ_{i1i2}: Ĥ's leading order, Θ δ
+    # run 1: every first-order insertion along one direction s.  Ĥ(0) → Θ + s (H1 + ½ C_Hzz :
+    # He(z)), each δ-structure of C_Hzz contracted with He in the neurons its δs reach
+    hs = {pair: H1[None]}
+    for pattern, c in cs["Hzz"].items():
+        partner = {a: b for pr in pattern for a, b in (pr, pr[::-1])}
+        name = {0: "i", 1: "j"}
+        he = [name.get(partner[slot], "k") for slot in (2, 3)]
+        own = "".join(name[slot] for slot in (0, 1) if partner[slot] >= 2)
+        key = tuple(pr for pr in pattern if max(pr) < 2)
+        v = 0.5 * np.einsum(f"abcd,p{he[0]}c{he[1]}d->p{own}ab", _whiten(c, white, 2), Hx)
+        hs[key] = hs[key] + v if key in hs else v
+    # dĤ(0) → s C_dz · u, each δ-structure of C_dz contracted with u in z's neuron: the slot
+    # of dĤ δ-joined to it carries that neuron (its one unpaired slot)
+    dH0 = {tuple(pr for pr in pattern if 3 not in pr):
+           np.einsum("abcd,pkd->pkabc",
+                     _whiten(_at_training(c, cuts["dHhat"], 0, NA), white, 1), x)
+           for pattern, c in cs["dz"].items()}
+    start = {**_components("z", [{DENSE: z0}, None], 1, n_out, structured, (P,)),
+             **_components("Hhat", [{pair: _Same(Th)}, hs], 2, n_out, structured, (P,)),
+             **_components("dHhat", [None, dH0], 3, n_out, structured, (P,)),
+             **_components("ddIHhat", [None, {k: _Same(v) for k, v in cs["I"].items()}],
+                           4, n_out, structured, (P,)),
+             **_components("ddIIHhat", [None, {k: _Same(v) for k, v in cs["II"].items()}],
+                           4, n_out, structured, (P,))}
+    Hs = _components("Hhat", [None, hs], 2, n_out, structured, (P,))   # Ĥ's start, s¹
     blocks = _point_blocks(P)
 
     def run1(b: int) -> dict:
@@ -579,7 +737,7 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
         part = {k: {} for k in ("mean0", "second0", "mean1", "second1")}
 
         def record1(t, st):
-            z, z1 = st["z"][0], st["z"][1]
+            z, z1 = st["z", DENSE]
             part["mean0"][t] = np.einsum("p,pia->ia", w, z)
             part["second0"][t] = np.einsum("p,pia,pjb->iajb", w, z, z)
             m1 = np.zeros((n_out, N)) if z1 is None else np.einsum("p,pia->ia", w, z1)
@@ -597,7 +755,11 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
             tick = lambda t, T: progress(1, (b * T + t) // nb, T, P)  # noqa: E731
         st = _run(terms, cuts, {k: [None if a is None else a[sl] for a in v]
                                 for k, v in start.items()}, y, NA, 1, times, record1, tick)
-        part["drift1"] = np.einsum("p,pijab->ijab", w, st["Hhat"][1] - Hs[sl])
+        # E[Ĥ(T) − Ĥ(0)] at first order: Ĥ's components' first-order parts less their start
+        part["drift1"] = functools.reduce(operator.add, [
+            np.einsum("p,pijab->ijab", w, dense_component(
+                jet[1] - (Hs[key][1][sl] if key in Hs else 0.0), key[1], 2, n_out, 1))
+            for key, jet in st.items() if key[0] == "Hhat" and jet[1] is not None])
         return part
 
     # the blocks' parts summed in their order: the same numbers whatever the number of workers
@@ -607,7 +769,7 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
     out["drift1"] = functools.reduce(operator.add, [part["drift1"] for part in parts])
     # run 2: the C_HH insertion, second order along the eigenvectors of C_HH (Ĥ constant)
     D2 = n_out * n_out * N * N
-    M = np.einsum("ijklabcd->ijabklcd", cum["HH"]).reshape(D2, D2)
+    M = np.einsum("ijklabcd->ijabklcd", _dense_cumulant(cs["HH"], n_out)).reshape(D2, D2)
     w, V = np.linalg.eigh(0.5 * (M + M.T))
     keep = np.abs(w) > 1e-13 * max(np.abs(w).max(initial=0.0), 1e-300)
     w, V = w[keep], V[:, keep]
@@ -622,14 +784,15 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
         U = 0.5 * (U + U.transpose(0, 2, 1, 4, 3))      # Ĥ_{ij;ab} = Ĥ_{ji;ba}
         # two batch axes (direction r, point p), broadcast: z(0) and Θ are the same for every
         # direction, the direction U_r the same at every point, so neither is repeated
-        start = {"z": [z3[None], None, None],
-                 "Hhat": [Th_ij[None, None], U[:, None], None],
-                 "dHhat": [None] * 3, "ddIHhat": [None] * 3, "ddIIHhat": [None] * 3}
+        start = {**_components("z", [{DENSE: z3[None]}, None, None], 1, n_out, structured,
+                               (1, 1)),
+                 **_components("Hhat", [{pair: _Same(Th)}, {DENSE: U[:, None]}, None], 2, n_out,
+                               structured, (1, 1))}
         ww = w[:, None] * w3[None, :]                    # eigenvalue × cubature weight
 
         def record2(t, st):
             z = [np.zeros((R, P3, n_out, N)) if a is None else
-                 np.broadcast_to(a, (R, P3, n_out, N)) for a in st["z"]]
+                 np.broadcast_to(a, (R, P3, n_out, N)) for a in st["z", DENSE]]
             out["mean1"][t] = out["mean1"][t] + np.einsum("rp,rpia->ia", ww, z[2])
             out["second1"][t] = out["second1"][t] + (
                 np.einsum("rp,rpia,rpjb->iajb", ww, z[0], z[2])
