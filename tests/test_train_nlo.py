@@ -508,6 +508,31 @@ def test_several_outputs_by_delta_structure_are_the_dense_fields(monkeypatch):
         assert np.abs(dense["second1"][7][0, :, 1, :]).max() > 1e-3
 
 
+def test_dynamics_that_cannot_finish_are_refused_before_the_statistics(monkeypatch, capsys):
+    """Ten outputs on 20 inputs (a cubature of 40 603 points in 200 dimensions) or 10⁹ steps are
+    refused with the estimate and what to change, before the statistics are computed; a run
+    that goes ahead says what it will cost."""
+    from derive.numeric import training
+
+    def never(*a, **k):
+        raise AssertionError("the statistics were computed")
+
+    monkeypatch.setattr(training, "_output_statistics", never)
+    spec = derive.MLP(3, 16, "tanh", 0.0, 1.0)
+    rng = np.random.default_rng(1)
+    X20 = rng.standard_normal((20, 3))
+    with pytest.raises(DeriveError, match=r"10 outputs on 20 inputs.*40603 points.*not "
+                                          r"practical.*fewer inputs, outputs or steps"):
+        derive.train(spec, X20[:10], rng.standard_normal((10, 10)), X20[10:], eta=0.1,
+                     steps=1000, order=1)
+    with pytest.raises(DeriveError, match=r"1 output on 3 inputs over 1000000000 steps.* h "):
+        derive.train(spec, XA, YA, XB, eta=0.1, steps=10 ** 9, order=1)
+    with pytest.raises(DeriveError, match="statistics were computed"):
+        derive.train(spec, XA, YA, XB, eta=0.1, steps=100, order=1, progress=True)
+    assert "train: the O(1/n) dynamics of 1 output on 3 inputs over 100 steps average over a " \
+        "cubature in n_out N = 3 dimensions (19 points): roughly 1 s" in capsys.readouterr().err
+
+
 def test_dntk_is_carried_at_training_samples_only(monkeypatch):
     """The dynamics read dĤ only with a training sample in its middle slot (dĤ_{δαβ} in z's
     update, dĤ_{δ1αδ2} in Ĥ's): training_slots finds that slot from the derived updates, and

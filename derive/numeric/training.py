@@ -463,6 +463,7 @@ def _nlo(spec, X, Y, NA, eta, times, progress=False, workers=1):
     """(the O(1/n) coefficients of :func:`derive.numeric.training_nlo.nlo_dynamics`, n_{L−1})."""
     from .training_nlo import nlo_dynamics
 
+    _plan_dynamics(len(X), NA, Y.shape[1], max(times), progress)
     try:
         key = (spec, X.shape, X.tobytes(), NA)
         hash(key)
@@ -485,6 +486,31 @@ def _nlo(spec, X, Y, NA, eta, times, progress=False, workers=1):
     out = nlo_dynamics(st["K"], st["Theta"], st["G1"], st["H1"], st, Y, NA, eta, times,
                        _dynamics_progress() if progress else None, workers)
     return out, fan_in
+
+
+def _plan_dynamics(N: int, NA: int, n_out: int, steps: int, progress: bool) -> None:
+    """Refuse O(1/n) dynamics that cannot finish (more than MAX_SECONDS or MAX_BYTES of
+    :func:`derive.numeric.prediction.plan_work`, by the estimate of
+    :func:`derive.numeric.training_nlo.dynamics_work`), before the statistics are computed;
+    with ``progress``, say what they will cost."""
+    from .prediction import MAX_BYTES, MAX_SECONDS, _duration
+    from .training_nlo import degree5_points, dynamics_work
+
+    seconds, nbytes = dynamics_work(N, NA, n_out, steps)
+    what = (f"the O(1/n) dynamics of {n_out} output{'s' if n_out > 1 else ''} on {N} inputs "
+            f"over {steps} steps average over a cubature in n_out N = {n_out * N} dimensions "
+            f"({degree5_points(n_out * N)} points)")
+    if seconds > MAX_SECONDS or nbytes > MAX_BYTES:
+        raise DeriveError(
+            f"train(order=1): {what}, roughly {_duration(seconds)} and "
+            f"{nbytes / 2 ** 30:.1f} GiB on one process; this is not practical.  The points "
+            "grow like (n_out N)², the work at each point like n_out N⁴, and the time "
+            "linearly in the steps: use fewer inputs, outputs or steps, or order=0 (kernel "
+            "learning, seconds)")
+    if progress:
+        import sys
+        print(f"train: {what}: roughly {_duration(seconds)} on one process", file=sys.stderr,
+              flush=True)
 
 
 def _output_statistics(spec, X, NA, progress=False, workers=1):

@@ -67,7 +67,7 @@ from ..architectures.forward import TANGENT_FIELDS
 from ..base.errors import DeriveError
 
 __all__ = ["cubature_degree5", "cubature_degree2", "simplex_vertices", "degree5_points",
-           "nlo_dynamics",
+           "dynamics_work", "nlo_dynamics",
            "cumulants", "cumulant_structures", "dense_component", "step_terms"]
 
 _FIELD_OF = {func: name for name, (func, _) in TANGENT_FIELDS.items()}
@@ -530,6 +530,41 @@ def _whiten(c: np.ndarray, white: np.ndarray, k: int) -> np.ndarray:
 #: (100 steps) 63 s against 70 s — three components of dĤ with two neurons each are more
 #: contractions for about as many numbers as the dense n_out³ = 8
 STRUCTURED_FROM = 3
+
+#: rough seconds per cubature point and step of the first-order run, a + b × (its
+#: multiply-adds: :func:`dynamics_work`), with the fields dense and by δ-structure; and per
+#: direction, point and step of the C_HH run (a + b × its multiply-adds), and per (n_out N)⁶
+#: of C_HH's eigendecomposition.  Measured 2026-12-01 on 2 cores, one process, T = 1000, one
+#: output: 4 + 2, 6 + 4 and 10 + 10 inputs 1.0, 1.5–2.1 and 19–22 s; two outputs: 4 + 2
+#: 5.0–5.2 s, 6 + 4 31 s; three (by δ-structure): 4 + 2 18–20 s, 6 + 4 150 s
+_DYNAMICS_SECONDS = {"dense": (8e-6, 0.35e-9), "structured": (15e-6, 0.8e-9),
+                     "C_HH": (5e-8, 1.2e-9), "eigh": 2e-9}
+
+
+def dynamics_work(N: int, NA: int, n_out: int, steps: int) -> tuple[float, float]:
+    """Rough (seconds, bytes) of :func:`nlo_dynamics` for N inputs (NA of them training
+    inputs), n_out outputs and ``steps`` steps, on one process: the first-order run over
+    :func:`degree5_points` (n_out N) cubature points, each step contracting the ddNTKs and dĤ
+    with ε (the multiply-adds counted below), the C_HH run over up to n_out² N² directions and
+    n_out N + 1 points, and C_HH's eigendecomposition; the bytes of the largest arrays (the
+    Hermite weights and Ĥ's start at every point, C_HH as a matrix, one block's dĤ)."""
+    P = degree5_points(n_out * N)
+    structured = n_out >= STRUCTURED_FROM
+    n, M, D2 = n_out, N * NA, n_out * n_out * N * N
+    if structured:     # three δ-structures, each with at most one or two neurons left
+        dd = 3 * (n * M * M + (2 * n * n + 1) * M * M / 3 + n * N * NA ** 3)
+        reads, dH = 2 * n * n * N * M, 3 * n * N * M
+    else:
+        dd = n ** 4 * (M * M + M * M + N * NA ** 3)
+        reads, dH = 2 * n ** 3 * N * M, n ** 3 * N * M
+    a, b = _DYNAMICS_SECONDS["structured" if structured else "dense"]
+    c, d = _DYNAMICS_SECONDS["C_HH"]
+    seconds = steps * (P * (a + b * (dd + reads)) + D2 * (n * N + 1) * (c + d * n * n * M)) \
+        + _DYNAMICS_SECONDS["eigh"] * D2 ** 3
+    dd_bytes = (6 * N ** 4 if structured else 3 * n ** 4 * N ** 4)
+    nbytes = 8 * (3 * P * D2 + 4 * min(P, POINT_BLOCK) * dH + 3 * D2 * D2 + dd_bytes)
+    return seconds, nbytes
+
 
 #: cubature points per block of the first-order run, at most (:func:`_point_blocks`)
 POINT_BLOCK = 256
