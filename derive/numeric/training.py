@@ -372,7 +372,10 @@ def train(spec, X_train, y_train, X_test, eta, steps, order: int = 0, times=None
         0: infinite width (kernel learning, book ch. 10).  1: with the O(1/n) corrections
         through the NTK's fluctuations, the dNTK and the ddNTKs (book ch. ∞; any number of
         outputs, σ smooth or linear, a plain MLP; :mod:`derive.numeric.training_nlo`), at the
-        recorded steps.
+        recorded steps.  Their cost is estimated first (the statistics by
+        :func:`derive.numeric.prediction.plan_work`, the dynamics by
+        :func:`derive.numeric.training_nlo.dynamics_work`: about (n_out N)² cubature points,
+        linear in the steps); a run beyond 6 h or 8 GiB is refused, saying what to change.
     times : list of int, optional
         The steps to record (default: 0, every power of two below ``steps``, and ``steps``).
     progress : bool, optional
