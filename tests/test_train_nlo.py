@@ -471,6 +471,15 @@ def test_train_reads_only_the_training_components(monkeypatch):
     assert np.abs(full.mean1(8)).max() > 1e-2
 
 
+def _random_statistics(rng, N: int):
+    """A positive-definite K (N, N) and random output-layer statistics A … Udd (N, N, N, N):
+    numbers for comparing two ways of running the same dynamics."""
+    A = rng.standard_normal((N, N + 2))
+    st = {q: 0.05 * rng.standard_normal((N,) * 4)
+          for q in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")}
+    return A @ A.T / N, st
+
+
 def test_several_outputs_by_delta_structure_are_the_dense_fields(monkeypatch):
     """With several outputs the dynamics carry the fields by δ-structure (dĤ as three
     components with one output neuron each, the ddNTKs as three sample tensors, Ĥ as a δ part
@@ -480,10 +489,7 @@ def test_several_outputs_by_delta_structure_are_the_dense_fields(monkeypatch):
 
     rng = np.random.default_rng(3)
     N, NA = 4, 2
-    A = rng.standard_normal((N, N + 2))
-    K = A @ A.T / N
-    st = {q: 0.05 * rng.standard_normal((N,) * 4)
-          for q in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")}
+    K, st = _random_statistics(rng, N)
     starts = []
     run = tn._run
     monkeypatch.setattr(tn, "_run", lambda terms, cuts, start, *a, **k: (
@@ -543,10 +549,7 @@ def test_dntk_is_carried_at_training_samples_only(monkeypatch):
     assert cuts == {"z": frozenset(), "Hhat": frozenset(), "dHhat": frozenset({1})}
     rng = np.random.default_rng(0)
     N, NA = 5, 2
-    A = rng.standard_normal((N, N + 2))
-    K = A @ A.T / N
-    st = {q: 0.05 * rng.standard_normal((N,) * 4)
-          for q in ("A", "B", "D", "F", "P", "Q", "R", "S", "T", "Udd")}
+    K, st = _random_statistics(rng, N)
     args = (K, K + 0.4, 0.1 * K, 0.2 * K, st, np.array([[0.5, -0.1], [0.2, 0.3]]), NA, 0.2,
             (0, 3, 7))
     cut = tn.nlo_dynamics(*args)
