@@ -534,11 +534,13 @@ STRUCTURED_FROM = 3
 #: rough seconds per cubature point and step of the first-order run, a + b × (its
 #: multiply-adds: :func:`dynamics_work`), with the fields dense and by δ-structure; and per
 #: direction, point and step of the C_HH run (a + b × its multiply-adds), and per (n_out N)⁶
-#: of C_HH's eigendecomposition.  Measured 2026-12-01 on 2 cores, one process, T = 1000, one
-#: output: 4 + 2, 6 + 4 and 10 + 10 inputs 1.0, 1.5–2.1 and 19–22 s; two outputs: 4 + 2
-#: 5.0–5.2 s, 6 + 4 31 s; three (by δ-structure): 4 + 2 18–20 s, 6 + 4 150 s
+#: of C_HH's eigendecomposition, and once per call ("setup": the cubature, the start, the
+#: plans).  Measured 2026-12-01 on 2 cores, one process, T = 1000, one output: 3 + 2, 4 + 2,
+#: 6 + 4, 3 + 10 and 10 + 10 inputs 0.9, 1.0, 1.5–2.1, 2.2 and 19–22 s; two outputs: 3 + 2
+#: 2.1 s, 4 + 2 5.0–5.2 s, 6 + 4 31 s; three (by δ-structure): 3 + 2 11.7 s, 4 + 2 18–20 s,
+#: 6 + 4 150 s — the estimates within 1.6× of each
 _DYNAMICS_SECONDS = {"dense": (8e-6, 0.35e-9), "structured": (15e-6, 0.8e-9),
-                     "C_HH": (5e-8, 1.2e-9), "eigh": 2e-9}
+                     "C_HH": (5e-8, 1.2e-9), "eigh": 2e-9, "setup": 0.5}
 
 
 def dynamics_work(N: int, NA: int, n_out: int, steps: int) -> tuple[float, float]:
@@ -560,7 +562,7 @@ def dynamics_work(N: int, NA: int, n_out: int, steps: int) -> tuple[float, float
     a, b = _DYNAMICS_SECONDS["structured" if structured else "dense"]
     c, d = _DYNAMICS_SECONDS["C_HH"]
     seconds = steps * (P * (a + b * (dd + reads)) + D2 * (n * N + 1) * (c + d * n * n * M)) \
-        + _DYNAMICS_SECONDS["eigh"] * D2 ** 3
+        + _DYNAMICS_SECONDS["eigh"] * D2 ** 3 + _DYNAMICS_SECONDS["setup"]
     dd_bytes = (6 * N ** 4 if structured else 3 * n ** 4 * N ** 4)
     nbytes = 8 * (3 * P * D2 + 4 * min(P, POINT_BLOCK) * dH + 3 * D2 * D2 + dd_bytes)
     return seconds, nbytes
