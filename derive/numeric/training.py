@@ -507,7 +507,7 @@ def _plan_dynamics(N: int, NA: int, n_out: int, steps: int, progress: bool) -> N
         raise DeriveError(
             f"train(order=1): {what}, roughly {_duration(seconds)} and "
             f"{nbytes / 2 ** 30:.1f} GiB on one process; this is not practical.  The points "
-            "grow like (n_out N)², the work at each point like n_out N⁴, and the time "
+            "grow like (n_out N)², the work at each point like n_out² N⁴, and the time "
             "linearly in the steps: use fewer inputs, outputs or steps, or order=0 (kernel "
             "learning, seconds)")
     if progress:
