@@ -764,7 +764,6 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                            4, n_out, structured, (P,)),
              **_components("ddIIHhat", [None, {k: _Same(v) for k, v in cs["II"].items()}],
                            4, n_out, structured, (P,))}
-    Hs = _components("Hhat", [None, hs], 2, n_out, structured, (P,))   # Ĥ's start, s¹
     blocks = _point_blocks(P)
 
     def run1(b: int) -> dict:
@@ -790,12 +789,14 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
             # block 0's (they go at one pace)
             nb = len(blocks) if workers == 1 else 1
             tick = lambda t, T: progress(1, (b * T + t) // nb, T, P)  # noqa: E731
-        st = _run(terms, cuts, {k: [None if a is None else a[sl] for a in v]
-                                for k, v in start.items()}, y, NA, 1, times, record1, tick)
+        begin = {k: [None if a is None else a[sl] for a in v] for k, v in start.items()}
+        st = _run(terms, cuts, begin, y, NA, 1, times, record1, tick)
         # E[Ĥ(T) − Ĥ(0)] at first order: Ĥ's components' first-order parts less their start
+        # (the run adds into arrays of its own, never into the start's)
         part["drift1"] = functools.reduce(operator.add, [
             np.einsum("p,pijab->ijab", w, dense_component(
-                jet[1] - (Hs[key][1][sl] if key in Hs else 0.0), key[1], 2, n_out, 1))
+                jet[1] - (begin[key][1] if begin.get(key, (None, None))[1] is not None
+                          else 0.0), key[1], 2, n_out, 1))
             for key, jet in st.items() if key[0] == "Hhat" and jet[1] is not None])
         return part
 
