@@ -177,7 +177,9 @@ def test_first_layer_ntk_statistics_vanish():
     plain = sample(spec, X2, 200, seed=2, ntk=False, progress=False)
     assert all(getattr(plain.layers[2], k) is None and getattr(plain.layers[2], k + "_err") is None
                for k in NTK4)
-    np.testing.assert_array_equal(plain.layers[3].V, ens.layers[3].V)
+    # the same draws; without the NTK a chunk holds more networks, so V's sums run in another
+    # order (equal to rounding: with numpy 2.4.6 they differ in the last bit)
+    np.testing.assert_allclose(plain.layers[3].V, ens.layers[3].V, rtol=1e-13, atol=0)
 
 
 # -- an exact oracle: a linear network, layer 2 --------------------------------------------------
