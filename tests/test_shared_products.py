@@ -123,6 +123,26 @@ def test_tanh_products_against_the_product_by_product_rule():
         np.testing.assert_allclose(value[ok[:, j], j], ref[ok[:, j]], rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("scale,rank", [(0.3, 4), (1.0, 4), (1.0, 3)])
+def test_a_coarse_tolerance_starts_at_24_nodes_and_still_reaches_it(scale, rank):
+    """A tolerance of 1e-7 or coarser (train(order=1) asks 1e-6) starts the ladder at 24 nodes
+    an axis and stops where 24 and 30 agree: every value is within the tolerance of the one a
+    fine tolerance (starting at 30 and 36 nodes, in three dimensions at 48) gives, and so is
+    its error estimate — on tanh and its first three derivatives, the factors of the
+    statistics train(order=1) reads, at full rank (4-D) and at rank 3 (four inputs of a
+    layer that sees three input dimensions)."""
+    z = sp.Symbol("z")
+    s = sp.tanh(z)
+    factors = [f.subs(z, x) for f in (s, sp.diff(s, z), sp.diff(s, z, 2), sp.diff(s, z, 3))]
+    K = scale * _covariances(4, rank, 8, seed=7)
+    prods = [(0, 0, 0, 0), (1, 0, 2, 0), (3, 1, 1, 0), (2, 2, 1, 1), (0, 3, 0, 2), (3, 3, 1, 1),
+             (1, 1, 1, 1)]
+    value, error, ok = product_expectations(factors, prods, K, tol=1e-6)
+    fine, _, fine_ok = product_expectations(factors, prods, K, tol=1e-8)
+    assert ok.all() and np.all(error <= 1e-6) and fine_ok.mean() > 0.7
+    np.testing.assert_allclose(value[fine_ok], fine[fine_ok], rtol=0, atol=1e-6)
+
+
 def test_what_is_left_to_gaussian_expectation():
     """Kinked factors, products of polynomials, fewer than three variables: not computed here
     (ok False), so the caller's product-by-product route (exact where it can be) decides."""

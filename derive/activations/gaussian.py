@@ -737,9 +737,14 @@ def _chunked_rule(fn, L, kinks, rung, deff, nodes) -> np.ndarray:
 _CONDITIONAL = True
 #: Gauss–Legendre points per panel of the outer axes of the conditional rule, by dimension
 #: (of the outer axes + 1), successive refinements (in three and four dimensions without
-#: kinks, per panel of :func:`_outer_rule`'s one mapped interval: 30, 36, 42 … nodes an axis;
+#: kinks, per panel of :func:`_outer_rule`'s one mapped interval: 24, 30, 36 … nodes an axis;
 #: where a run starts, :func:`_cond_ladder`)
-_COND_LADDER = {2: (10, 14, 20, 28), 3: (5, 6, 8, 10, 13, 16), 4: (5, 6, 7, 9, 12)}
+_COND_LADDER = {2: (10, 14, 20, 28), 3: (4, 5, 6, 8, 10, 13, 16), 4: (4, 5, 6, 7, 9, 12)}
+#: the rungs in front of _COND_LADDER[deff] that only a tolerance of 1e-7 or coarser starts on
+#: (24 nodes an axis in three and four dimensions: on tanh networks' 4-D averages at most
+#: 2.3e-7 from the converged value, so that 24 and 30 nodes confirm the 1e-6 of train(order=1)
+#: where 30 and 36 did before, at 0.55 of the nodes)
+_COARSE_RUNGS = {2: 0, 3: 1, 4: 1}
 #: the same for integrands with kinks (piecewise, they start finer)
 _COND_LADDER_KINKED = {2: (12, 16, 24, 32), 3: (8, 10, 13, 16), 4: (6, 7, 9, 12)}
 #: the innermost function G(u) = ⟨f(u + s η)⟩_η is tabulated with at most this spacing (and at
@@ -849,12 +854,16 @@ def _outer_rule(points: int, deff: int) -> tuple[np.ndarray, np.ndarray]:
     return t, w * a * np.cosh(a * x) * np.exp(-0.5 * t * t) / np.sqrt(2 * np.pi)
 
 
-def _cond_ladder(deff: int, tol: float) -> tuple:
-    """The conditional rule's ladder (without kinks) for a tolerance ``tol``: in three
-    dimensions one finer than 1e-7 starts at 8 points a panel (the first two rungs differ by
-    about 1e-8 … 1e-7 there, so comparing them would only add a rung)."""
+def _cond_ladder(deff: int, tol: float) -> tuple[tuple, int]:
+    """The conditional rule's ladder (without kinks) for a tolerance ``tol``, and the number of
+    its first rung for :func:`_slow_target` (0 at 30 nodes an axis, −1 at 24).  A tolerance
+    of 1e-7 or coarser starts at the first rung; a finer one skips :data:`_COARSE_RUNGS`
+    (they would differ by more than it asks), in three dimensions starting at 8 points a panel
+    (30 and 36 nodes differ by about 1e-8 … 1e-7 there, so comparing them would only add a
+    rung)."""
     ladder = _COND_LADDER[deff]
-    return ladder[2:] if deff == 3 and tol < 1e-7 else ladder
+    start = 0 if tol >= 1e-7 else _COARSE_RUNGS[deff] + (2 if deff == 3 else 0)
+    return ladder[start:], start - _COARSE_RUNGS[deff]
 
 
 def _outer_axes(L: np.ndarray, points: int, deff: int) -> tuple[list, list]:
@@ -979,9 +988,10 @@ _SLOW_REFERENCE = 150
 
 
 def _slow_target(rung: int) -> float:
-    """The one-dimensional accuracy a Gauss–Hermite axis is sized for at ``rung`` of the full
-    ladder (on the worst product of two factors): about what the default rule reaches at its
-    first rung in four dimensions (1e-8 … 3e-7 at 30 nodes an axis), ten times finer a rung.
+    """The one-dimensional accuracy a Gauss–Hermite axis is sized for at ``rung`` (numbered as
+    :func:`_cond_ladder` does: 0 at 30 nodes an axis, −1 at 24) on the worst product of two
+    factors: about what the default rule reaches at 30 nodes in four dimensions (1e-8 … 3e-7),
+    ten times finer a rung.
     Measured on tanh networks' averages at 10 + 10 inputs: the values agree with the default
     rule's at a tolerance of 1e-9 to 2e-8 (the tolerance asked was 1e-6)."""
     return 1e-7 * 10.0 ** (-rung)
@@ -1249,10 +1259,9 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
         if deff == 2 and (d > 2 or lim_tol < 1e-10):
             continue  # rank 2 among more variables (left to the nested rule), or finer than
             #           the Gauss–Hermite ladder goes
-        ladder = _cond_ladder(deff, lim_tol)
+        ladder, first = _cond_ladder(deff, lim_tol)
         default = tuple(n * (len(_PANELS[deff]) - 1) for n in ladder)
-        sizes = _slow_sizes(values, used, len(_COND_LADDER[deff]) - len(ladder), len(ladder),
-                            default)
+        sizes = _slow_sizes(values, used, first, len(ladder), default)
         # matrices of one profile (the rule of each outer axis) share their grid: sorted by
         # it, in fixed blocks (the same whatever the number of workers, so that every number
         # of workers gives the same values, bit for bit)
@@ -1302,7 +1311,7 @@ def _quadrature(f, pos, K, tol):
     factors = one_variable_factors(f, syms) if _CONDITIONAL and d >= 3 and deff >= 3 else None
     if factors is not None:  # a product of one-variable factors: the conditional rule
         fn = [numpy_function(g, (s,)) if g != 1 else None for s, g in zip(syms, factors)]
-        ladder = _COND_LADDER_KINKED[deff] if any(kinks) else _cond_ladder(deff, tol)
+        ladder = _COND_LADDER_KINKED[deff] if any(kinks) else _cond_ladder(deff, tol)[0]
         outer = [a for a in active[:-1]]
     else:
         fn = (_separable_factors(f, syms) if not any(kinks) else None) or \
