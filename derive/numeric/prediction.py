@@ -267,7 +267,9 @@ MAX_BYTES = 8 * 2 ** 30
 #: each: K, G1, V of 20 inputs (6840 three- and 14535 four-sample components a layer) tanh
 #: 34 s at depth 3, 35–43 s at depth 5, erf 29 s at depth 3; of 10 inputs 4.2 s at depth 5;
 #: the NTK's four-index statistics cost about twice V's (below); train(order=1)'s K … Udd on
-#: 10 + 10 inputs 53 s at depth 3, 88 s at depth 5.  Earlier measurements (depth 5, inputs
+#: 10 + 10 inputs 53 s at depth 3, 88 s at depth 5 (since 2026-12-01 a tolerance of 1e-6
+#: is confirmed on 24 and 30 nodes an axis, not 30 and 36: about 0.7 of these times, so
+#: that the estimates err on the long side).  Earlier measurements (depth 5, inputs
 #: of dimension 4):
 #: σ polynomial on each half-line (ReLU, leaky ReLU, abs: exact orthant moments,
 #: derive.activations.moments), 10 inputs 2.2–4.3 s, 20 inputs 10–13 s, 30 inputs 54–107 s;
