@@ -107,6 +107,35 @@ def test_slowly_varying_axes_against_closed_forms(d, spread):
     _assert_exact(factors, prods, K, 1e-8 if d == 3 else 1e-7)
 
 
+@pytest.mark.parametrize("d", [3, 4])
+def test_variables_reordered_where_that_is_cheaper(d):
+    """A pair of nearly equal variables first and others apart: the rule is cheaper with the
+    pair last (its later axes then move the variables little), so the matrices are integrated
+    in another order of their variables, each product's factors following their variables;
+    the values are still exact to the tolerance (exponential and trigonometric factors, each
+    product different under the exchange)."""
+    from derive.activations import gaussian as G
+
+    rng = np.random.default_rng(d)
+    K = []
+    for _ in range(6):
+        A = rng.standard_normal((d, d)) * 0.8
+        A[1] = A[0] + 0.02 * rng.standard_normal(d)        # z_1 ≈ z_0
+        K.append(A @ A.T)
+    K = np.array(K)
+    sizes = G._slow_sizes(lambda ids, z: [np.asarray(G.numpy_function(FACTORS[i], (x,))(z))
+                                          for i in ids], tuple(range(len(FACTORS))), 0, 1, (30,))
+    pick, L = G._cheapest_orders(K, sizes, 30)
+    assert np.sum(pick > 0) >= 4                         # most of them reordered
+    orders = list(G.permutations(range(d)))
+    for k, i in enumerate(pick):
+        o = list(orders[i])
+        np.testing.assert_allclose(L[k] @ L[k].T, K[k][np.ix_(o, o)], atol=1e-12)
+    prods = [tuple(int(v) for v in rng.integers(0, len(FACTORS), d)) for _ in range(10)]
+    prods.append(tuple(range(d)))
+    _assert_exact(FACTORS, prods, K, 1e-8 if d == 3 else 1e-7)
+
+
 def test_tanh_products_against_the_product_by_product_rule():
     z = sp.Symbol("z")
     s = sp.tanh(z)

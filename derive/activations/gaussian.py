@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import permutations
 from functools import lru_cache
 
 import numpy as np
@@ -1067,6 +1068,43 @@ def _profile_axes(profile: tuple, sizes: np.ndarray, rung: int, points: int,
     return axes
 
 
+#: a matrix takes another order of its variables (:func:`_cheapest_orders`) only where that
+#: costs at most this fraction of its own order's nodes (each order is a block of its own)
+_REORDER_GAIN = 0.8
+
+
+def _cheapest_orders(K: np.ndarray, sizes: np.ndarray, default: int) -> tuple:
+    """For each covariance of K (B × d × d) the order of its variables whose conditional rule
+    (:func:`_shared_conditional` at the first rung: ``default`` nodes on an axis that keeps
+    the default rule, :func:`_slow_sizes` ``sizes`` on a slow one) costs the fewest nodes:
+    the outer grid's nodes times 1 + a quarter of the last variable's own nodes.  The order
+    matters: the later an axis, the less it may move the variables (a pair of nearly equal
+    inputs put last leaves the last axes slow, so small Gauss–Hermite rules).  An order other
+    than the given one is taken only where it costs at most :data:`_REORDER_GAIN` of it.
+    Returns (index into ``permutations(range(d))``, the first being the given order; the
+    Cholesky factors in those orders, B × d × d)."""
+    B, d, _ = K.shape
+    # nodes of an axis by its class (−1: one node; a slow class: its size, or the default)
+    nodes = np.array([1] + [int(n) if n > 0 else default for n in sizes[:, 0]] + [default])
+
+    def cost(L):
+        q = nodes[_axis_classes(L) + 1]
+        return np.prod(q[:, :-1], axis=1) * (1.0 + 0.25 * q[:, -1])
+
+    orders = list(permutations(range(d)))
+    L = _tolerant_cholesky(K)
+    own = cost(L)
+    best, pick = own * _REORDER_GAIN, np.zeros(B, dtype=int)
+    for i, order in enumerate(orders[1:], 1):
+        Li = _tolerant_cholesky(K[:, order][:, :, order])
+        c = cost(Li)
+        better = c < best
+        if np.any(better):
+            best, pick = np.where(better, c, best), np.where(better, i, pick)
+            L[better] = Li[better]
+    return pick, L
+
+
 def _shared_conditional(factors, products: list, L: np.ndarray, axes: list) -> np.ndarray:
     """:func:`_conditional_rule` (without kinks) for many products Π_k f_{p_k}(z_k) over the
     same matrices at once, (B, len(products)), each axis k on the rule ``axes[k]`` (nodes,
@@ -1262,21 +1300,27 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
         ladder, first = _cond_ladder(deff, lim_tol)
         default = tuple(n * (len(_PANELS[deff]) - 1) for n in ladder)
         sizes = _slow_sizes(values, used, first, len(ladder), default)
-        # matrices of one profile (the rule of each outer axis) share their grid: sorted by
-        # it, in fixed blocks (the same whatever the number of workers, so that every number
-        # of workers gives the same values, bit for bit)
-        classes = _axis_classes(L[rows])
-        order = np.lexsort(classes.T[::-1])
-        rows, classes = rows[order], classes[order]
+        # each matrix in the order of its variables that costs the fewest nodes; matrices of
+        # one order and one profile (the rule of each outer axis) share their grid: sorted by
+        # them, in fixed blocks (the same whatever the number of workers, so that every
+        # number of workers gives the same values, bit for bit)
+        pick, Lo = _cheapest_orders(K[rows], sizes, default[0])
+        keys = np.column_stack([pick, _axis_classes(Lo)])
+        order = np.lexsort(keys.T[::-1])
+        rows, Lo, keys = rows[order], Lo[order], keys[order]
+        orders = list(permutations(range(d)))
         block = min(_LADDER_BLOCK, max(1, _CHUNK_NODES // (
             (len(_PANELS[deff]) - 1) * ladder[0]) ** (d - 1)))
         tasks = []
         for a in range(len(rows)):
-            if a == 0 or np.any(classes[a] != classes[a - 1]) or a - tasks[-1][0] == block:
-                tasks.append((a, tuple(classes[a].tolist())))
-        ends = [a for a, _ in tasks[1:]] + [len(rows)]
+            if a == 0 or np.any(keys[a] != keys[a - 1]) or a - tasks[-1][0] == block:
+                # variable j of the reordered matrix is variable orders[...][j] of the given one
+                o = orders[keys[a, 0]]
+                tasks.append((a, tuple(keys[a, 1:].tolist()),
+                               [tuple(prod[o[j]] for j in range(d)) for prod in prods]))
+        ends = [a for a, *_ in tasks[1:]] + [len(rows)]
         parts = map_blocks(lambda task: _ladder_block(
-            values, prods, L[rows[task[0][0]:task[1]]], deff, ladder, task[0][1], sizes,
+            values, task[0][2], Lo[task[0][0]:task[1]], deff, ladder, task[0][1], sizes,
             lim_tol, relative), list(zip(tasks, ends)), workers)
         prev, err, todo = (np.concatenate([part[k] for part in parts]) for k in range(3))
         limit = lim_tol * (np.maximum(1.0, np.abs(prev)) if relative else np.ones(prev.shape))
