@@ -668,6 +668,8 @@ def _numpy_functions(exprs: tuple, variable: sp.Symbol) -> Callable:
     def values(x):
         x = np.asarray(x, dtype=float)
         with np.errstate(over="ignore", invalid="ignore"):
-            return [np.broadcast_to(np.asarray(v, dtype=float), x.shape) for v in fn(x)]
+            # an array of x's shape as it comes (most of them); a constant broadcast
+            return [v if type(v) is np.ndarray and v.dtype == np.float64 and v.shape == x.shape
+                    else np.broadcast_to(np.asarray(v, dtype=float), x.shape) for v in fn(x)]
 
     return values

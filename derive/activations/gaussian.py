@@ -1324,9 +1324,18 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
             lim_tol, relative), list(zip(tasks, ends)), workers)
         prev, err, todo = (np.concatenate([part[k] for part in parts]) for k in range(3))
         limit = lim_tol * (np.maximum(1.0, np.abs(prev)) if relative else np.ones(prev.shape))
+        at_tail: dict = {}      # the factors' values at the tail's points, shared by the products
+
+        def product_at(prod):
+            def at(where, z):
+                if where not in at_tail:
+                    at_tail[where] = dict(zip(used, values(used, z)))
+                return np.prod([at_tail[where][f][:, j] for j, f in enumerate(prod)], axis=0)
+            return at
+
         for j, p in enumerate(cols):
             try:
-                tail = _tail_mass(integrands[p], list(syms), L[rows])
+                tail = _tail_mass(integrands[p], list(syms), L[rows], product_at(products[p]))
             except DeriveError:  # no finite value: gaussian_expectation says why
                 continue
             e = np.maximum(np.maximum(err[:, j], 1e-16 * np.maximum(np.abs(prev[:, j]), 1.0) * d),
@@ -1427,23 +1436,27 @@ def _quadrature(f, pos, K, tol):
                           + (", split at kinks" if kinked else ""))
 
 
-def _tail_mass(f: sp.Expr, syms: list, L: np.ndarray) -> np.ndarray:
+def _tail_mass(f: sp.Expr, syms: list, L: np.ndarray, values_at=None) -> np.ndarray:
     """An estimate of what the rules (t ∈ [−10, 10], z = L t) cut off, per matrix; a
     DeriveError when the integrand does not decay against the Gaussian at all.  Along each
     axis of t and the diagonal, |f(L t)| φ(|t|) is compared at |t| = 10 and 14: growing means
     ⟨f⟩ diverges (f grows like exp(c z²) with c K ≥ 1/2); otherwise the weight at 10 over its
-    decay rate bounds the mass beyond."""
+    decay rate bounds the mass beyond.  ``values_at(where, z)``, where given, is f at the
+    points z (B × d) in place of f's own function; ``where`` names them (direction, sign,
+    radius), the same points for the same name (so that a caller may keep what it computed
+    there for other integrands)."""
     B, d, _ = L.shape
-    fn = numpy_function(f, tuple(syms))
+    fn = numpy_function(f, tuple(syms)) if values_at is None else None
     mass = np.zeros(B)
-    for u in [np.eye(d)[k] for k in range(d)] + [np.ones(d) / np.sqrt(d)]:
+    for k, u in enumerate([np.eye(d)[k] for k in range(d)] + [np.ones(d) / np.sqrt(d)]):
         both = np.zeros(B)
         for sgn in (1.0, -1.0):
             w = []
             for r in (10.0, 14.0):
                 zz = np.einsum("bij,j->bi", L, sgn * r * u)
                 with np.errstate(all="ignore"):
-                    v = np.abs(np.asarray(fn(*(zz[:, i] for i in range(d))), dtype=float))
+                    v = np.abs(np.asarray(fn(*(zz[:, i] for i in range(d))) if fn is not None
+                                          else values_at((k, sgn, r), zz), dtype=float))
                 w.append(np.broadcast_to(v, (B,)) * np.exp(-0.5 * r * r) / np.sqrt(2 * np.pi))
             lo, hi = w
             if np.any(~np.isfinite(hi) | ~np.isfinite(lo) | (hi > lo * (1 + 1e-9)) & (hi > 1e-300)):
