@@ -91,11 +91,13 @@ def _patterns(C: np.ndarray) -> np.ndarray:
     return lab
 
 
-def _merged(fs, slot_vars: dict, pattern: tuple) -> tuple[list, list[int]]:
-    """The functions with coinciding slots identified: slot variable → z_{rank of its label}."""
+@lru_cache(maxsize=16384)
+def _merged(fs: tuple, slot_vars: tuple, pattern: tuple) -> tuple:
+    """The functions with coinciding slots identified: slot variable → z_{rank of its label}
+    (cached: every layer asks again)."""
     distinct = sorted(set(pattern))
     rep = {v: _Z[distinct.index(pattern[k])] for k, v in enumerate(slot_vars)}
-    return [f.xreplace(rep) for f in fs], distinct
+    return tuple(f.xreplace(rep) for f in fs)
 
 
 #: the variable of a one-variable factor in a canonical product (:func:`_factor_form`)
@@ -182,8 +184,13 @@ class _Evaluator:
     by the recursions of one layer (K and Θ both need ⟨σσ⟩, …)."""
 
     def __init__(self, K: np.ndarray, tensors: dict, kinked: bool, tol: float | None = None,
-                 workers: int = 1):
+                 workers: int = 1, shared: dict | None = None):
         self.K = K
+        #: the components grouped by coinciding samples (:meth:`_by_pattern`), and their
+        #: samples sorted (:meth:`_canonical`): in ``shared``, which the layers of one run share
+        shared = {} if shared is None else shared
+        self.groups = shared.setdefault("groups", {})
+        self.canon = shared.setdefault("canonical", {})
         #: processes for the shared products of :meth:`prefetch`
         self.workers = workers
         self.tensors = tensors
@@ -240,26 +247,16 @@ class _Evaluator:
         another order, which the recursions ask for again and again under the permutations
         of their sample slots — share one value (and one quadrature).  Values are cached per
         canonical factor sequence and sorted sample row."""
-        ids = np.array([self._factor_id(g) for g in factors], dtype=np.int64)
-        sub = np.ascontiguousarray(S[:, list(cols)], dtype=np.int64)
-        order = np.argsort(sub * (len(self._factors) + 1) + ids, axis=1, kind="stable")
-        rows = np.take_along_axis(sub, order, axis=1)
-        fids = ids[order]
+        ids = [self._factor_id(g) for g in factors]
         out = np.empty(S.shape[0])
-        codes, first, which = np.unique(_row_keys(fids, len(self._factors)), return_index=True,
-                                        return_inverse=True)
-        which = which.reshape(-1)
-        keys = _row_keys(rows, self.K.shape[0])
-        for k in range(len(codes)):
-            pat = tuple(fids[first[k]].tolist())
-            mask = which == k
-            uniq, at, inv = np.unique(keys[mask], return_index=True, return_inverse=True)
+        for perm, mask, uniq, urows, inv in self._canonical(S, cols):
+            pat = tuple(ids[j] for j in perm)
             store = self.products.setdefault(pat, _Store())
             vals, found = store.get(uniq)
             if found.all():
-                out[mask] = vals[inv.reshape(-1)]
+                out[mask] = vals[inv]
                 continue
-            missing = rows[mask][at[~found]]
+            missing = urows[~found]
             if self.collecting:
                 self.pending.setdefault(pat, []).append(missing)
                 out[mask] = 0.0
@@ -267,8 +264,33 @@ class _Evaluator:
             new = self._expectation(product_integrand(self._factors, pat, _Z), missing)
             store.put(uniq[~found], new)
             vals[~found] = new
-            out[mask] = vals[inv.reshape(-1)]
+            out[mask] = vals[inv]
         return coef * out
+
+    def _canonical(self, S: np.ndarray, cols: tuple) -> list:
+        """The rows of ``S`` (distinct samples) at the columns ``cols`` sorted by sample, grouped
+        by the order that sorts them: per group (that order, the rows' mask, the distinct
+        sorted rows' keys, those rows, each row's place among them).  The same for every
+        product over these columns: made once per (S, cols) and kept in ``self.canon`` (the
+        two passes and the layers read the same arrays S from :meth:`_by_pattern`)."""
+        key = (id(S), cols)
+        if key in self.canon and self.canon[key][0] is S:
+            return self.canon[key][1]
+        sub = np.ascontiguousarray(S[:, list(cols)], dtype=np.int64)
+        order = np.argsort(sub, axis=1, kind="stable")
+        rows = np.take_along_axis(sub, order, axis=1)
+        codes, first, which = np.unique(_row_keys(order, len(cols)), return_index=True,
+                                        return_inverse=True)
+        which = which.reshape(-1)
+        keys = _row_keys(rows, self.K.shape[0])
+        parts = []
+        for k in range(len(codes)):
+            mask = which == k
+            uniq, at, inv = np.unique(keys[mask], return_index=True, return_inverse=True)
+            parts.append((tuple(order[first[k]].tolist()), mask, uniq, rows[mask][at],
+                          inv.reshape(-1)))
+        self.canon[key] = (S, parts)      # S kept: its id cannot then name another array
+        return parts
 
     def prefetch(self) -> None:
         """Compute the products recorded while ``collecting`` in two or more variables
@@ -324,24 +346,33 @@ class _Evaluator:
             raise DeriveError(f"no values for tensor {label} (have {sorted(self.tensors)})")
         return self.tensors[label]
 
-    @staticmethod
-    def _by_pattern(fs, alphas: tuple, C: np.ndarray, symmetric: bool = False):
+    def _by_pattern(self, fs, alphas: tuple, C: np.ndarray, symmetric: bool = False):
         """Group the components by which of their samples coincide: yields (rows, the functions
         with coinciding slots merged into z1 … zm, the m distinct samples of those rows).
         With ``symmetric`` (fs[0] invariant under permuting its slots) the samples are sorted
-        first, so an average is computed once per multiset of samples."""
-        slots = sorted({p for f in fs for p in _slots_of(f, alphas)})
-        slot_vars = [next(r for f in fs for r in f.atoms(RandomVar) if r.indices[0] == alphas[p])
-                     for p in slots]
-        Cs = C[:, slots]
-        if symmetric and _symmetric(fs[0], slot_vars):
-            Cs = np.sort(Cs, axis=1)
-        labels = _patterns(Cs)
-        pats, which = _unique_rows(labels, max(labels.shape[1], 1))
-        for k, pat in enumerate(pats):
-            rows = which == k
-            merged, distinct = _merged(fs, slot_vars, tuple(pat))
-            yield rows, merged, Cs[rows][:, distinct]
+        first, so an average is computed once per multiset of samples.  The grouping depends
+        on the components and the slots only: made once per (C, slots, sorted) and kept in
+        ``self.groups``."""
+        slots = tuple(sorted({p for f in fs for p in _slots_of(f, alphas)}))
+        slot_vars = tuple(next(r for f in fs for r in f.atoms(RandomVar)
+                               if r.indices[0] == alphas[p]) for p in slots)
+        sort = bool(symmetric and _symmetric(fs[0], slot_vars))
+        key = (id(C), slots, sort)
+        if key not in self.groups or self.groups[key][0] is not C:
+            Cs = C[:, list(slots)]
+            if sort:
+                Cs = np.sort(Cs, axis=1)
+            labels = _patterns(Cs)
+            pats, which = _unique_rows(labels, max(labels.shape[1], 1))
+            parts = []
+            for k, pat in enumerate(pats):
+                rows = which == k
+                pat = tuple(pat.tolist())
+                parts.append((rows, pat, Cs[rows][:, sorted(set(pat))]))
+            # C itself kept with its groups: its id cannot then name another array
+            self.groups[key] = (C, parts)
+        for rows, pat, S in self.groups[key][1]:
+            yield rows, _merged(tuple(fs), slot_vars, pat), S
 
     # -- plain averages -------------------------------------------------------------------
 
@@ -470,8 +501,10 @@ class _Evaluator:
         return D
 
 
-def _symmetric(f: sp.Expr, slot_vars: list) -> bool:
-    """Whether f is invariant under every permutation of its slot variables."""
+@lru_cache(maxsize=4096)
+def _symmetric(f: sp.Expr, slot_vars: tuple) -> bool:
+    """Whether f is invariant under every permutation of its slot variables (asked by every
+    layer and both passes over it: cached)."""
     if len(slot_vars) < 2:
         return True
     for perm in permutations(slot_vars):
@@ -883,13 +916,14 @@ def iterate_mlp(spec: MLP, X, order: int = 1, targets=None, progress=None,
     _check_kernel(res["K"][1], 1)
     widths = [n0, *spec.widths]
     error = 0.0
+    shared: dict = {}       # the components' groupings (_Evaluator), the same every layer
     for l in range(1, spec.depth):
         scalars = (spec.C_b(l + 1), spec.C_W(l + 1), spec.lambda_b(l + 1), spec.lambda_W(l + 1),
                    *spec.scalar_values(l + 1),
                    widths[l], widths[l - 1])
         tensors = {name: res[name][l] for name in res}
         ev = _Evaluator(res["K"][l], tensors, kinked=bool(derivative_free), tol=tol,
-                        workers=workers)
+                        workers=workers, shared=shared)
         todo = [name for name in res
                 if not (quantity(name).order > order and quantity(name).rank == 2)]
         if N >= 3 and any(quantity(name).rank > 2 for name in todo):
