@@ -606,8 +606,13 @@ _NUMPY_OVERRIDES = {
 }
 
 
+@lru_cache(maxsize=4096)
+def _has_delta(expr: sp.Expr) -> bool:
+    return expr.has(sp.DiracDelta)
+
+
 def _refuse_deltas(expr: sp.Expr) -> None:
-    if expr.has(sp.DiracDelta):
+    if _has_delta(expr):
         raise DeriveError(
             f"{expr} contains a Dirac delta (a derivative of a kink), which has no pointwise "
             "values; use the derivative-free forms of docs/conventions.md §4 (Gaussian integration by parts, "

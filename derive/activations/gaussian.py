@@ -1284,8 +1284,12 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
     cols = sorted(integrands)
     prods = [products[p] for p in cols]
 
+    functions: dict = {}        # ids → their numpy function (asked for at every grid)
+
     def values(ids, z, factors=tuple(factors)):
-        return numpy_functions(tuple(factors[i] for i in ids), x)(z)
+        if ids not in functions:
+            functions[ids] = numpy_functions(tuple(factors[i] for i in ids), x)
+        return functions[ids](z)
 
     L = _tolerant_cholesky(K)
     deffs = np.sum(np.diagonal(L, axis1=1, axis2=2) > 0, axis=1)
