@@ -1073,8 +1073,9 @@ def _profile_axes(profile: tuple, sizes: np.ndarray, rung: int, points: int,
 _REORDER_GAIN = 0.8
 
 
-def _cheapest_orders(K: np.ndarray, sizes: np.ndarray, default: int) -> tuple:
-    """For each covariance of K (B × d × d) the order of its variables whose conditional rule
+def _cheapest_orders(K: np.ndarray, L: np.ndarray, sizes: np.ndarray, default: int) -> tuple:
+    """For each covariance of K (B × d × d; L its :func:`_tolerant_cholesky` factor, which the
+    caller has made already) the order of its variables whose conditional rule
     (:func:`_shared_conditional` at the first rung: ``default`` nodes on an axis that keeps
     the default rule, :func:`_slow_sizes` ``sizes`` on a slow one) costs the fewest nodes:
     the outer grid's nodes times 1 + a quarter of the last variable's own nodes.  The order
@@ -1092,7 +1093,7 @@ def _cheapest_orders(K: np.ndarray, sizes: np.ndarray, default: int) -> tuple:
         return np.prod(q[:, :-1], axis=1) * (1.0 + 0.25 * q[:, -1])
 
     orders = list(permutations(range(d)))
-    L = _tolerant_cholesky(K)
+    L = L.copy()
     own = cost(L)
     best, pick = own * _REORDER_GAIN, np.zeros(B, dtype=int)
     for i, order in enumerate(orders[1:], 1):
@@ -1308,7 +1309,7 @@ def product_expectations(factors: list, products: list, K: np.ndarray, tol: floa
         # one order and one profile (the rule of each outer axis) share their grid: sorted by
         # them, in fixed blocks (the same whatever the number of workers, so that every
         # number of workers gives the same values, bit for bit)
-        pick, Lo = _cheapest_orders(K[rows], sizes, default[0])
+        pick, Lo = _cheapest_orders(K[rows], L[rows], sizes, default[0])
         keys = np.column_stack([pick, _axis_classes(Lo)])
         order = np.lexsort(keys.T[::-1])
         rows, Lo, keys = rows[order], Lo[order], keys[order]
