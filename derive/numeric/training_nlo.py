@@ -40,7 +40,13 @@ insertion is one directional derivative of the dynamics along
 averaged over z ~ N(0, K) with the weight 1 + ½ G1 : He(z); the integrands are polynomials of
 degree ≤ 5 in z, so a Gaussian cubature of degree 5 in the D = n_out N dimensions of the
 outputs (:func:`cubature_degree5`: D² + 3D + 3 points, on a simplex's vertices and edge
-midpoints, for D ≥ 4) gives the average exactly.  The second-order
+midpoints, for D ≥ 4) gives the average exactly.  The insertions are linear at this
+order, so the run goes in two parts that add up: the ddNTKs' E_I and E_II are the same at
+every point, and the dynamics read z only at training samples (through ε), so their part of
+z(t) depends on z_A(0) alone and is recorded at most linearly in z(0): it is averaged exactly
+over a rule of degree 5 in the n_out N_A training dimensions, z_B(0) at its mean given z_A(0)
+(133 points instead of 463 at 10 + 10 inputs, for the largest contractions of every step,
+and with less rounding: 4e-12 of the coefficients against 1e-4 at cond(K) = 6e10).  The second-order
 insertion C_HH is Σ_r w_r × the s² coefficient along Ĥ(0) →
 Θ + s U_r for the eigenpairs (w_r, U_r) of C_HH; there z(t) is affine in z(0) (Ĥ constant, no
 dĤ), the integrands quadratic, and a cubature of degree 2 (D + 1 points) is exact.  Every run
@@ -298,7 +304,8 @@ def _contract(spec: str, ops: list) -> np.ndarray:
         if len({op.shape[:_batch(op, t)] for op, t in zip(ops, terms)}) > 1 \
                 or any(c in out for t in terms[1:] for c in t):
             return _einsum(spec, ops)
-        return np.einsum(spec, *ops)
+        v = _chain(terms, out[3:], ops, nb)
+        return np.einsum(spec, *ops) if v is None else v
     field, fterm, res = ops[0][(0,) * nb], terms[0], out[3:]
     if len(ops) == 1:
         v = np.einsum(f"{fterm}->{res}", field)
@@ -324,7 +331,42 @@ def _contract(spec: str, ops: list) -> np.ndarray:
     return v if rides + kept == res else np.einsum(f"...{rides}{kept}->...{res}", v)
 
 
-#: einsum letters: free samples, summed (training) samples, free neurons, summed neurons
+def _chain(terms: list, res: str, ops: list, nb: int):
+    """A field that varies over the batch (``ops[0]``, its letters ``terms[0]``) contracted with
+    its ε factors one at a time, each a batched vector–matrix product (np.matmul, about 2.5×
+    faster than np.einsum's loop for dĤ_{δαβ} ε_α ε_β and dĤ_{δ1αδ2} ε_α per cubature point),
+    where each ε sums one axis of the field and its other letters are of length one (one
+    output neuron); else None.  The batch axes (``nb`` of them) are the same on every operand."""
+    field, letters = ops[0], terms[0]
+    sizes = dict(zip(letters, field.shape[nb:]))
+    for op, t in zip(ops[1:], terms[1:]):
+        sizes.update((c, n) for c, n in zip(t, op.shape[nb:]) if n != 1)
+    long = {c for c, n in sizes.items() if n != 1}
+    if any(c in long for c in res if c not in letters) or any(c not in letters for c in long):
+        return None
+    vecs = []
+    for op, t in zip(ops[1:], terms[1:]):
+        own = [c for c in t if c in long]
+        if len(own) != 1 or own[0] in res or own[0] in (u for _, u in vecs):
+            return None
+        vecs.append((op.reshape(op.shape[:nb] + (sizes[own[0]],)), own[0]))
+    # the field without its axes of length one, then one summed axis at a time
+    keep = [c for c in letters if c in long]
+    g = field.reshape(field.shape[:nb] + tuple(sizes[c] for c in keep))
+    for e, c in vecs:
+        i, rest = keep.index(c), len(keep) - 1
+        if rest == 0:               # the field's last axis: a dot product
+            g = (g[..., None, :] @ e[..., :, None])[..., 0, 0]
+        elif i == rest:             # its last axis: matrix × vector
+            g = (g @ e.reshape(e.shape[:nb] + (1,) * (rest - 1) + (-1, 1)))[..., 0]
+        else:                       # another: that axis next to last, vector × matrix
+            g = np.moveaxis(g, nb + i, -2) if i != rest - 1 else g
+            g = (e.reshape(e.shape[:nb] + (1,) * (rest - 1) + (1, -1)) @ g)[..., 0, :]
+        keep = keep[:i] + keep[i + 1:]
+    kept = "".join(keep)
+    g = np.einsum(f"...{kept}->...{''.join(c for c in res if c in long)}", g) \
+        if len(kept) > 1 else g
+    return g.reshape(g.shape[:nb] + tuple(sizes.get(c, 1) for c in res))
 _FREE, _SUMMED, _FREE_N, _SUMMED_N = "wxyz", _LETTERS, "IJKL", "ABCD"
 #: the component of a field without δs between its neuron slots (every field of one output)
 DENSE = ()
@@ -525,32 +567,35 @@ def _whiten(c: np.ndarray, white: np.ndarray, k: int) -> np.ndarray:
 
 
 #: the fewest outputs whose fields the dynamics carry by δ-structure (:func:`nlo_dynamics`).
-#: Measured, T = 1000, three outputs: 4 + 2 inputs 18–20 s against 28 s dense, 6 + 4 150 s
-#: against 230 s; two outputs: 4 + 2 6.2 s against 5.0 s, 6 + 4 39 s against 31 s, 10 + 10
-#: (100 steps) 63 s against 70 s — three components of dĤ with two neurons each are more
-#: contractions for about as many numbers as the dense n_out³ = 8
+#: Measured 2026-12-01, T = 1000, three outputs: 3 + 2 inputs 4.1 s against 7.4 s dense,
+#: 4 + 2 7.1 s against 14.7 s; two outputs: 3 + 2 1.8 s against 1.3 s, 4 + 2 2.6 s against
+#: 2.3 s, 6 + 4 12.7 s against 12.1 s — three components of dĤ with two neurons each are
+#: more contractions for about as many numbers as the dense n_out³ = 8
 STRUCTURED_FROM = 3
 
 #: rough seconds per cubature point and step of the first-order run, a + b × (its
-#: multiply-adds: :func:`dynamics_work`), with the fields dense and by δ-structure; and per
-#: direction, point and step of the C_HH run (a + b × its multiply-adds), and per (n_out N)⁶
-#: of C_HH's eigendecomposition, and once per call ("setup": the cubature, the start, the
-#: plans).  Measured 2026-12-01 on 2 cores, one process, T = 1000, one output: 3 + 2, 4 + 2,
-#: 6 + 4, 3 + 10 and 10 + 10 inputs 0.9, 1.0, 1.5–2.1, 2.2 and 19–22 s; two outputs: 3 + 2
-#: 2.1 s, 4 + 2 5.0–5.2 s, 6 + 4 31 s; three (by δ-structure): 3 + 2 11.7 s, 4 + 2 18–20 s,
-#: 6 + 4 150 s — the estimates within 1.6× of each
-_DYNAMICS_SECONDS = {"dense": (8e-6, 0.35e-9), "structured": (15e-6, 0.8e-9),
-                     "C_HH": (5e-8, 1.2e-9), "eigh": 2e-9, "setup": 0.5}
+#: multiply-adds: :func:`dynamics_work`), for one output, for several with the fields dense
+#: and by δ-structure; and per direction, point and step of the C_HH run (a + b × its
+#: multiply-adds), per (n_out N)⁶ of C_HH's eigendecomposition, per step (the runs' Python
+#: overhead, 0.4–0.7 ms a step at 2 + 1 … 6 + 4 inputs, T = 10 000) and once per call
+#: ("setup": the cubature, the start, the plans).  Measured 2026-12-01 on 2 cores, one
+#: process, T = 1000, one output: 3 + 2, 4 + 2, 6 + 4, 3 + 10 and 10 + 10 inputs 0.45, 0.42,
+#: 0.67, 0.76 and 4.0 s; two outputs: 3 + 2 1.3 s, 4 + 2 2.3 s, 6 + 4 12 s; three (by
+#: δ-structure): 3 + 2 4.1 s, 4 + 2 7.1 s — the estimates within 1.25× of each
+_DYNAMICS_SECONDS = {"one": (3e-8, 5.4e-11), "dense": (3.2e-6, 2.0e-10),
+                     "structured": (6.7e-6, 1.9e-10),
+                     "C_HH": (5e-8, 1.2e-9), "eigh": 2e-9, "step": 4e-4, "setup": 0.05}
 
 
 def dynamics_work(N: int, NA: int, n_out: int, steps: int) -> tuple[float, float]:
     """Rough (seconds, bytes) of :func:`nlo_dynamics` for N inputs (NA of them training
-    inputs), n_out outputs and ``steps`` steps, on one process: the first-order run over
-    :func:`degree5_points` (n_out N) cubature points, each step contracting the ddNTKs and dĤ
-    with ε (the multiply-adds counted below), the C_HH run over up to n_out² N² directions and
-    n_out N + 1 points, and C_HH's eigendecomposition; the bytes of the largest arrays (the
-    Hermite weights and Ĥ's start at every point, C_HH as a matrix, one block's dĤ)."""
-    P = degree5_points(n_out * N)
+    inputs), n_out outputs and ``steps`` steps, on one process: the first-order run's two
+    parts, over :func:`degree5_points` (n_out N) cubature points reading dĤ at each step and
+    over degree5_points(n_out N_A) points also contracting the ddNTKs with ε (the
+    multiply-adds counted below), the C_HH run over up to n_out² N² directions and n_out N + 1
+    points, and C_HH's eigendecomposition; the bytes of the largest arrays (the Hermite
+    weights and Ĥ's start at every point, C_HH as a matrix, one block's dĤ)."""
+    P, PA = degree5_points(n_out * N), degree5_points(n_out * NA)
     structured = n_out >= STRUCTURED_FROM
     n, M, D2 = n_out, N * NA, n_out * n_out * N * N
     if structured:     # three δ-structures, each with at most one or two neurons left
@@ -559,9 +604,10 @@ def dynamics_work(N: int, NA: int, n_out: int, steps: int) -> tuple[float, float
     else:
         dd = n ** 4 * (M * M + M * M + N * NA ** 3)
         reads, dH = 2 * n ** 3 * N * M, n ** 3 * N * M
-    a, b = _DYNAMICS_SECONDS["structured" if structured else "dense"]
+    a, b = _DYNAMICS_SECONDS["structured" if structured else "one" if n == 1 else "dense"]
     c, d = _DYNAMICS_SECONDS["C_HH"]
-    seconds = steps * (P * (a + b * (dd + reads)) + D2 * (n * N + 1) * (c + d * n * n * M)) \
+    seconds = steps * (_DYNAMICS_SECONDS["step"] + (P + PA) * a + b * (P * reads + PA * (dd + reads))
+                       + D2 * (n * N + 1) * (c + d * n * n * M)) \
         + _DYNAMICS_SECONDS["eigh"] * D2 ** 3 + _DYNAMICS_SECONDS["setup"]
     dd_bytes = (6 * N ** 4 if structured else 3 * n ** 4 * N ** 4)
     nbytes = 8 * (3 * P * D2 + 4 * min(P, POINT_BLOCK) * dH + 3 * D2 * D2 + dd_bytes)
@@ -695,9 +741,9 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
     the output layer's A, B, D, F, P, Q, R, S, T, Udd (:func:`cumulants`); ``Y`` (N_A, n_out)
     or (N_A,); ``times`` the recorded steps (T = the last); ``progress(run, t, T, points)``
     after each step t of the first-order run (1) and of the C_HH run (2) over ``points``
-    cubature points.  The first-order run goes over fixed blocks of points
-    (:func:`_point_blocks`), on ``workers`` forked processes when more than one: the same
-    numbers whatever their number.  Returns {"mean0", "mean1": {t: (n_out, N)}, "second0",
+    cubature points.  The first-order run goes in two parts (module docstring), each over
+    fixed blocks of points (:func:`_point_blocks`), on ``workers`` forked processes when more
+    than one: the same numbers whatever their number.  Returns {"mean0", "mean1": {t: (n_out, N)}, "second0",
     "second1": {t: (n_out, N, n_out, N)}, "drift1": (n_out, n_out, N, N)}."""
     K = np.asarray(K, dtype=float)
     N = K.shape[0]
@@ -757,38 +803,59 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
            np.einsum("abcd,pkd->pkabc",
                      _whiten(_at_training(c, cuts["dHhat"], 0, NA), white, 1), x)
            for pattern, c in cs["dz"].items()}
-    start = {**_components("z", [{DENSE: z0}, None], 1, n_out, structured, (P,)),
-             **_components("Hhat", [{pair: _Same(Th)}, hs], 2, n_out, structured, (P,)),
-             **_components("dHhat", [None, dH0], 3, n_out, structured, (P,)),
-             **_components("ddIHhat", [None, {k: _Same(v) for k, v in cs["I"].items()}],
-                           4, n_out, structured, (P,)),
-             **_components("ddIIHhat", [None, {k: _Same(v) for k, v in cs["II"].items()}],
-                           4, n_out, structured, (P,))}
-    blocks = _point_blocks(P)
+    # Run 1 goes in two parts whose sums add up to the one directional derivative (at first
+    # order in s the dynamics are linear in the insertions): "main", the insertions into Ĥ(0)
+    # and dĤ(0) (they vary with z(0) at all N samples) with the G1 weight, over the P points;
+    # "dd", the ddNTKs' E_I and E_II.  Those are the same at every point and the dynamics read
+    # z only at training samples (ε), so that part's z(t) is a function of z_A(0) alone and is
+    # recorded only linearly in z(0) (z1 ⊗ z0): its average is exact over a rule of degree 5
+    # in the n_out N_A training dimensions (133 points for N_A = 10, not 463), with z_B(0) at
+    # its conditional mean given z_A(0) — x_B = 0 in z = L x, L the Cholesky factor of K.
+    # That part alone carries the ddNTK terms, the largest contractions of every step.
+    main = {**_components("z", [{DENSE: z0}, None], 1, n_out, structured, (P,)),
+            **_components("Hhat", [{pair: _Same(Th)}, hs], 2, n_out, structured, (P,)),
+            **_components("dHhat", [None, dH0], 3, n_out, structured, (P,))}
+    XA, wA = cubature_degree5(n_out * NA)
+    PA = len(wA)
+    chol = np.linalg.cholesky(0.5 * (K + K.T))
+    zA0 = XA.reshape(PA, n_out, NA) @ chol[:, :NA].T  # (PA, n_out, N): E[z(0) | z_A(0)]
+    dd = {**_components("z", [{DENSE: zA0}, None], 1, n_out, structured, (PA,)),
+          **_components("Hhat", [{pair: _Same(Th)}, None], 2, n_out, structured, (PA,)),
+          **_components("ddIHhat", [None, {k: _Same(v) for k, v in cs["I"].items()}],
+                        4, n_out, structured, (PA,)),
+          **_components("ddIIHhat", [None, {k: _Same(v) for k, v in cs["II"].items()}],
+                        4, n_out, structured, (PA,))}
+    tasks = [("main", sl) for sl in _point_blocks(P)] + [("dd", sl) for sl in _point_blocks(PA)]
 
-    def run1(b: int) -> dict:
-        """Run 1 on the points of block b: their weighted sums (a part of each average)."""
-        sl = blocks[b]
-        w, w1 = wts[sl], (wts * weight1)[sl]
+    def run1(task: int) -> dict:
+        """Run 1 on the points of one block of one part: their weighted sums (a part of each
+        average; the "dd" part's of the first-order ones only)."""
+        which, sl = tasks[task]
+        start = main if which == "main" else dd
+        w = (wts if which == "main" else wA)[sl]
         part = {k: {} for k in ("mean0", "second0", "mean1", "second1")}
 
         def record1(t, st):
             z, z1 = st["z", DENSE]
-            part["mean0"][t] = np.einsum("p,pia->ia", w, z)
-            part["second0"][t] = np.einsum("p,pia,pjb->iajb", w, z, z)
+            if which == "main":
+                part["mean0"][t] = np.einsum("p,pia->ia", w, z)
+                part["second0"][t] = np.einsum("p,pia,pjb->iajb", w, z, z)
+                s1 = np.einsum("p,pia,pjb->iajb", (wts * weight1)[sl], z, z)
+            else:
+                part["mean0"][t] = np.zeros((n_out, N))
+                part["second0"][t] = s1 = np.zeros((n_out, N, n_out, N))
             m1 = np.zeros((n_out, N)) if z1 is None else np.einsum("p,pia->ia", w, z1)
-            s1 = np.einsum("p,pia,pjb->iajb", w1, z, z)
             if z1 is not None:
                 s1 = s1 + np.einsum("p,pia,pjb->iajb", w, z1, z) \
                     + np.einsum("p,pia,pjb->iajb", w, z, z1)
             part["mean1"][t], part["second1"][t] = m1, s1
 
         tick = None
-        if progress is not None and (workers == 1 or b == 0):
+        if progress is not None and (workers == 1 or task == 0):
             # in steps of the whole run: on one process the blocks' steps in turn, on several
             # block 0's (they go at one pace)
-            nb = len(blocks) if workers == 1 else 1
-            tick = lambda t, T: progress(1, (b * T + t) // nb, T, P)  # noqa: E731
+            nb = len(tasks) if workers == 1 else 1
+            tick = lambda t, T: progress(1, (task * T + t) // nb, T, P + PA)  # noqa: E731
         begin = {k: [None if a is None else a[sl] for a in v] for k, v in start.items()}
         st = _run(terms, cuts, begin, y, NA, 1, times, record1, tick)
         # E[Ĥ(T) − Ĥ(0)] at first order: Ĥ's components' first-order parts less their start
@@ -797,11 +864,12 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
             np.einsum("p,pijab->ijab", w, dense_component(
                 jet[1] - (begin[key][1] if begin.get(key, (None, None))[1] is not None
                           else 0.0), key[1], 2, n_out, 1))
-            for key, jet in st.items() if key[0] == "Hhat" and jet[1] is not None])
+            for key, jet in st.items() if key[0] == "Hhat" and jet[1] is not None],
+            np.zeros((n_out, n_out, N, N)))
         return part
 
     # the blocks' parts summed in their order: the same numbers whatever the number of workers
-    parts = map_blocks(run1, list(range(len(blocks))), workers)
+    parts = map_blocks(run1, list(range(len(tasks))), workers)
     out = {k: {t: functools.reduce(operator.add, [part[k][t] for part in parts]) for t in times}
            for k in ("mean0", "second0", "mean1", "second1")}
     out["drift1"] = functools.reduce(operator.add, [part["drift1"] for part in parts])
