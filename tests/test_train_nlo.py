@@ -2,6 +2,7 @@
 derived by the engine, checked against hand-written forms and against an actual step of a
 network; the averaging (exact cubature, the insertion rule) checked on its own; the whole
 against trained ensembles of actual networks (slow)."""
+import itertools
 import math
 import warnings
 
@@ -498,11 +499,14 @@ def test_several_outputs_by_delta_structure_are_the_dense_fields(monkeypatch):
         args = (K, K + 0.4, 0.1 * K, 0.2 * K, st, rng.standard_normal((NA, n_out)), NA, 0.2,
                 (0, 3, 7))
         monkeypatch.setattr(tn, "STRUCTURED_FROM", 2)
+        starts.clear()
         split = tn.nlo_dynamics(*args)
-        assert ("dHhat", ((0, 1),)) in starts[-2] and ("ddIHhat", tn.PAIRINGS[2]) in starts[-2]
+        first = {key for start in starts[:-1] for key in start}     # run 1's parts
+        assert ("dHhat", ((0, 1),)) in first and ("ddIHhat", tn.PAIRINGS[2]) in first
         monkeypatch.setattr(tn, "STRUCTURED_FROM", 99)
+        starts.clear()
         dense = tn.nlo_dynamics(*args)
-        assert all(pattern == tn.DENSE for _, pattern in starts[-2])
+        assert all(pattern == tn.DENSE for start in starts[:-1] for _, pattern in start)
         for key in ("mean1", "second1"):
             for t in (3, 7):
                 scale = np.abs(dense[key][t]).max()
@@ -638,3 +642,77 @@ def test_a_scan_over_eta_and_targets_computes_the_statistics_once(monkeypatch, c
         assert np.array_equal(kept.mean1(t), fresh.mean1(t))
         assert np.array_equal(kept.cov1(t), fresh.cov1(t))
     assert np.array_equal(kept.ntk_drift1, fresh.ntk_drift1)
+
+
+def test_first_order_run_against_a_plain_simulation_of_the_perturbed_start():
+    """Run 1 (every first-order insertion but C_HH) against a plain simulation written here:
+    the update equations of the module docstring on dense fields, from the perturbed start
+    Ĥ(0) = Θ + s (H1 + ½ C_Hzz : He), dĤ(0) = s C_dz u, ddIĤ = s E_I, ddIIĤ = s E_II, with
+    the weight 1 + s ½ G1 : He, averaged over a product Gauss–Hermite rule (3 nodes an axis,
+    exact to degree 5 in each variable) in all N dimensions and differentiated in s by a
+    central difference.  nlo_dynamics averages the ddNTK part over the training dimensions
+    only (z_B(0) at its conditional mean); the two must agree.  tanh, 3 + 2 inputs, the
+    actual output-layer statistics; A = B = 0 so that C_HH (run 2) does not enter."""
+    from derive.numeric import training_nlo as tn
+    from derive.numeric.training import _output_statistics
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((5, 3))
+    NA, N, eta, T = 3, 5, 0.25, 6
+    spec = derive.MLP(3, [8, 8], "tanh", 0.1, 1.4, lambda_b=0.7, lambda_W=1.1)
+    st = dict(_output_statistics(spec, X, NA)[0])
+    st["A"] = st["B"] = np.zeros((N,) * 4)
+    y = np.array([0.4, -0.7, 0.2])
+    K, Th, G1, H1 = st["K"], st["Theta"], st["G1"], st["H1"]
+    got = tn.nlo_dynamics(K, Th, G1, H1, st, y, NA, eta, (0, 2, 6))
+    # the cumulants of one output neuron, written out (δs all 1)
+    R, S, Tt, U, P, Q, D, F = (st[k] for k in ("R", "S", "T", "Udd", "P", "Q", "D", "F"))
+    EI = R + R.transpose(0, 2, 1, 3) + R.transpose(0, 2, 3, 1)     # R_abcd + R_acbd + R_adbc
+    EII = S + Tt + U
+    Cdz = P + P.transpose(0, 2, 1, 3) + Q                           # P_abcd + P_acbd + Q_abcd
+    Chzz = D + F.transpose(0, 2, 1, 3) + F.transpose(0, 2, 3, 1)   # D_abcd + F_acbd + F_adbc
+    nodes, weights = np.polynomial.hermite_e.hermegauss(3)
+    x = np.array(list(itertools.product(nodes, repeat=N)))
+    w = np.prod(np.array(list(itertools.product(weights, repeat=N))), axis=1) / math.sqrt(
+        2 * math.pi) ** N
+    z0 = x @ np.linalg.cholesky(K).T
+    Kinv = np.linalg.inv(K)
+    u = z0 @ Kinv
+    He = np.einsum("pa,pb->pab", u, u) - Kinv
+
+    def simulate(s):
+        z = z0.copy()
+        H = Th + s * (H1 + 0.5 * np.einsum("abcd,pcd->pab", Chzz, He))
+        dH = s * np.einsum("abcd,pd->pabc", Cdz, u)
+        dI, dII = s * EI, s * EII
+        weight = w * (1 + s * 0.5 * np.einsum("ab,pab->p", G1, He))
+        H0, out = H.copy(), {}
+        for t in range(T + 1):
+            out[t] = (np.einsum("p,pa->a", weight, z), np.einsum("p,pa,pb->ab", weight, z, z))
+            if t == T:
+                break
+            e = z[:, :NA] - y
+            z, H, dH = (
+                z - eta * np.einsum("pda,pa->pd", H[:, :, :NA], e)
+                + eta ** 2 / 2 * np.einsum("pdab,pa,pb->pd", dH[:, :, :NA, :NA], e, e)
+                - eta ** 3 / 6 * np.einsum("dabc,pa,pb,pc->pd", dI[:, :NA, :NA, :NA], e, e, e),
+                H - eta * (np.einsum("pxya,pa->pxy", dH[..., :NA], e)
+                           + np.einsum("pyxa,pa->pxy", dH[..., :NA], e))
+                + eta ** 2 / 2 * np.einsum("xyab,pa,pb->pxy", dI[..., :NA, :NA]
+                                           + dI.transpose(1, 0, 2, 3)[..., :NA, :NA]
+                                           + 2 * dII[..., :NA, :NA], e, e),
+                dH - eta * np.einsum("xyza,pa->pxyz", dI[..., :NA] + dII[..., :NA]
+                                     + dII.transpose(0, 2, 1, 3)[..., :NA], e))
+        return out, np.einsum("p,pxy->xy", weight, H - H0)
+
+    h = 1e-5        # the difference's error is about 10 h² of the coefficients here
+    (up, dup), (down, ddown) = simulate(h), simulate(-h)
+    for t in (2, 6):
+        mean1 = (up[t][0] - down[t][0]) / (2 * h)
+        second1 = (up[t][1] - down[t][1]) / (2 * h)
+        assert np.allclose(got["mean1"][t][0], mean1, rtol=1e-7, atol=1e-8 * np.abs(mean1).max())
+        assert np.allclose(got["second1"][t][0, :, 0], second1, rtol=1e-7,
+                           atol=1e-8 * np.abs(second1).max())
+    drift1 = (dup - ddown) / (2 * h)
+    assert np.allclose(got["drift1"][0, 0], drift1, rtol=1e-7, atol=1e-8 * np.abs(drift1).max())
+    assert np.abs(mean1[NA:]).max() > 1e-3 and np.abs(drift1).max() > 1e-3
