@@ -7,8 +7,8 @@
   only the sets with at most two test inputs — ``training_inputs``) and
   the averaged dynamics (jets through the derived update equations over a degree-5 cubature of
   N² + 3N + 3 points for N ≥ 4); 10 + 10 inputs at depth 3 and 5, and 4 + 2 and 6 + 4 inputs
-  with two or three outputs, are left to ``--full`` (18–21 and 25–27 s for the first
-  two on one core, 2026-12-01).  ``--workers K``: the statistics and the dynamics' blocks of
+  with two or three outputs, are left to ``--full`` (15 and 19 s for the first two on one
+  core, 2026-12-01).  ``--workers K``: the statistics and the dynamics' blocks of
   cubature points on K processes (``train(workers=)``).
 * trained ensembles of actual networks: networks × steps per second of
   ``derive.reality.training.train_ensemble`` (vectorised over networks, hand-written backward

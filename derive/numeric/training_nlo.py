@@ -757,8 +757,9 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                           "test inputs (remove repeated or parallel inputs)")
     cond = lam.max() / lam.min()
     # measured on the benchmark's 10 + 10 inputs (cond 6e10): exact rules of degree 5 that
-    # differ only in their rounding (rotations of one another) disagree by 1e-4 to 6e-4 of the
-    # coefficients' size — about cond × 1e-14 (2e-10 at cond 1.5e5, 6 + 4 inputs)
+    # differ only in their rounding (rotations of one another) disagree by 1e-4 to 4e-4 of the
+    # coefficients' size (2e-4 to 3e-3 while the ddNTK part was averaged over all N
+    # dimensions) — below cond × 1e-14 (2e-10 at cond 1.5e5, 6 + 4 inputs)
     if cond > 1e9:
         warnings.warn(f"the kernel K on the training and test inputs is nearly singular "
                       f"(condition number {cond:.1e}: inputs close together); the O(1/n) "
