@@ -45,9 +45,10 @@ order, so the run goes in two parts that add up: the ddNTKs' E_I and E_II are th
 every point, and the dynamics read z only at training samples (through ε), so their part of
 z(t) depends on z_A(0) alone and is recorded at most linearly in z(0): it is averaged exactly
 over a rule of degree 5 in the n_out N_A training dimensions, z_B(0) at its mean given z_A(0)
-(133 points instead of 463 at 10 + 10 inputs, for the largest contractions of every step,
-and with less rounding: 4e-12 of the coefficients against 1e-4 at cond(K) = 6e10).  The second-order
-insertion C_HH is Σ_r w_r × the s² coefficient along Ĥ(0) →
+(133 points instead of 463 at 10 + 10 inputs, for the largest contractions of every step;
+and with less rounding: at cond(K) = 6e10 rotations of its rule move it by about 1e-12 of the
+coefficients, where over all N dimensions they moved the whole by up to 3e-3).  The
+second-order insertion C_HH is Σ_r w_r × the s² coefficient along Ĥ(0) →
 Θ + s U_r for the eigenpairs (w_r, U_r) of C_HH; there z(t) is affine in z(0) (Ĥ constant, no
 dĤ), the integrands quadratic, and a cubature of degree 2 (D + 1 points) is exact.  Every run
 propagates truncated Taylor coefficients in s ("jets") through the derived update equations.
@@ -367,6 +368,9 @@ def _chain(terms: list, res: str, ops: list, nb: int):
     g = np.einsum(f"...{kept}->...{''.join(c for c in res if c in long)}", g) \
         if len(kept) > 1 else g
     return g.reshape(g.shape[:nb] + tuple(sizes.get(c, 1) for c in res))
+
+
+#: einsum letters: free samples, summed (training) samples, free neurons, summed neurons
 _FREE, _SUMMED, _FREE_N, _SUMMED_N = "wxyz", _LETTERS, "IJKL", "ABCD"
 #: the component of a field without δs between its neuron slots (every field of one output)
 DENSE = ()
@@ -606,7 +610,8 @@ def dynamics_work(N: int, NA: int, n_out: int, steps: int) -> tuple[float, float
         reads, dH = 2 * n ** 3 * N * M, n ** 3 * N * M
     a, b = _DYNAMICS_SECONDS["structured" if structured else "one" if n == 1 else "dense"]
     c, d = _DYNAMICS_SECONDS["C_HH"]
-    seconds = steps * (_DYNAMICS_SECONDS["step"] + (P + PA) * a + b * (P * reads + PA * (dd + reads))
+    seconds = steps * (_DYNAMICS_SECONDS["step"] + (P + PA) * a
+                       + b * (P * reads + PA * (dd + reads))
                        + D2 * (n * N + 1) * (c + d * n * n * M)) \
         + _DYNAMICS_SECONDS["eigh"] * D2 ** 3 + _DYNAMICS_SECONDS["setup"]
     dd_bytes = (6 * N ** 4 if structured else 3 * n ** 4 * N ** 4)
@@ -743,8 +748,8 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
     after each step t of the first-order run (1) and of the C_HH run (2) over ``points``
     cubature points.  The first-order run goes in two parts (module docstring), each over
     fixed blocks of points (:func:`_point_blocks`), on ``workers`` forked processes when more
-    than one: the same numbers whatever their number.  Returns {"mean0", "mean1": {t: (n_out, N)}, "second0",
-    "second1": {t: (n_out, N, n_out, N)}, "drift1": (n_out, n_out, N, N)}."""
+    than one: the same numbers whatever their number.  Returns {"mean0", "mean1": {t: (n_out,
+    N)}, "second0", "second1": {t: (n_out, N, n_out, N)}, "drift1": (n_out, n_out, N, N)}."""
     K = np.asarray(K, dtype=float)
     N = K.shape[0]
     Y = np.asarray(Y, dtype=float).reshape(NA, -1)
@@ -826,7 +831,9 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
                         4, n_out, structured, (PA,)),
           **_components("ddIIHhat", [None, {k: _Same(v) for k, v in cs["II"].items()}],
                         4, n_out, structured, (PA,))}
-    tasks = [("main", sl) for sl in _point_blocks(P)] + [("dd", sl) for sl in _point_blocks(PA)]
+    # the "dd" part first: its blocks cost about twice the others' (on two workers, 10 + 10
+    # inputs: one worker takes it, the other the two "main" blocks)
+    tasks = [("dd", sl) for sl in _point_blocks(PA)] + [("main", sl) for sl in _point_blocks(P)]
 
     def run1(task: int) -> dict:
         """Run 1 on the points of one block of one part: their weighted sums (a part of each
