@@ -267,15 +267,18 @@ MAX_BYTES = 8 * 2 ** 30
 #: each: K, G1, V of 20 inputs (6840 three- and 14535 four-sample components a layer) tanh
 #: 34 s at depth 3, 35–43 s at depth 5, erf 29 s at depth 3; of 10 inputs 4.2 s at depth 5;
 #: the NTK's four-index statistics cost about twice V's (below); train(order=1)'s K … Udd on
-#: 10 + 10 inputs 53 s at depth 3, 88 s at depth 5 (since 2026-12-01 a tolerance of 1e-6
-#: is confirmed on 24 and 30 nodes an axis, not 30 and 36: about 0.7 of these times, so
-#: that the estimates err on the long side).  Earlier measurements (depth 5, inputs
+#: 10 + 10 inputs 53 s at depth 3, 88 s at depth 5.  Since 2026-12-01 (a tolerance of 1e-6
+#: confirmed on 24 and 30 nodes an axis, each set in its cheapest order of variables), on a
+#: machine about twice as fast: K, G1, V of those 20 inputs tanh 7.0 s at depth 3, 9.9 s at
+#: depth 5, erf 11.7 s at depth 3; train's K … Udd 10.3 s and 14.7 s (estimated now 16, 29,
+#: 16, 21 and 39 s: on the long side, the deeper layers of tanh being cheaper than the first
+#: ones — 5.2, 4.8, 4.2 and 3.0 s at layers 2 to 5).  Earlier measurements (depth 5, inputs
 #: of dimension 4):
 #: σ polynomial on each half-line (ReLU, leaky ReLU, abs: exact orthant moments,
 #: derive.activations.moments), 10 inputs 2.2–4.3 s, 20 inputs 10–13 s, 30 inputs 54–107 s;
 #: other σ with kinks (the kink-split quadrature), ReLU before the orthant moments: 6 inputs
 #: 63 s, 10 inputs 470–560 s
-_SECONDS = {"smooth": {3: 2e-4, 4: 7e-4, "pair": 0.01, "setup": 3.0},
+_SECONDS = {"smooth": {3: 1e-4, 4: 3.5e-4, "pair": 0.003, "setup": 3.0},
             "orthant": {3: 5e-5, 4: 1.5e-4, "pair": 2e-3, "setup": 2.0},
             "kinked": {3: 8e-3, 4: 0.09, "pair": 0.6, "setup": 10.0}}
 
