@@ -23,7 +23,7 @@ def _time(fn, repeat=1):
 
 def run(quick: bool = False):
     import derive
-    from derive.emit.numpy_module import load_generated
+    from derive.numeric.prediction import load_generated
     from derive.numeric.evaluate import iterate_mlp
 
     rows = []

@@ -15,7 +15,7 @@ from scipy import integrate
 
 import derive
 from derive.activations.catalogue import known_activations
-from derive.emit.numpy_module import load_generated
+from derive.numeric.prediction import load_generated
 from derive.numeric.evaluate import iterate_mlp
 from derive.numeric.prediction import _generated
 

@@ -20,7 +20,7 @@ import pytest
 from scipy import integrate
 
 import derive
-from derive.emit.numpy_module import load_generated
+from derive.numeric.prediction import load_generated
 from derive.numeric.evaluate import iterate_mlp
 from derive.numeric.prediction import _generated
 

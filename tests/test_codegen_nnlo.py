@@ -14,7 +14,8 @@ import pytest
 import derive
 from derive.algebra.symbols import GROUPS
 from derive.base.errors import DeriveError
-from derive.emit.numpy_module import _orbit_table, _pair_patterns, load_generated
+from derive.emit.numpy_module import _orbit_table, _pair_patterns
+from derive.numeric.prediction import load_generated
 from derive.numeric.evaluate import iterate_mlp
 
 NNLO = ("G2", "V1", "U")

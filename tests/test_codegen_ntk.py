@@ -16,7 +16,8 @@ import derive
 from derive.algebra.symbols import GROUPS
 from derive.base.errors import DeriveError
 from derive.derivation.quantities import quantity
-from derive.emit.numpy_module import _orbit_table, _pair_patterns, load_generated
+from derive.emit.numpy_module import _orbit_table, _pair_patterns
+from derive.numeric.prediction import load_generated
 from derive.numeric.evaluate import iterate_mlp
 from derive.numeric.prediction import _route
 

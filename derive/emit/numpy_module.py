@@ -67,7 +67,7 @@ from ..derivation.specialise import specialise
 from .fused import fused_lines
 from .printing import book_latex
 
-__all__ = ["numpy_module_source", "NumpyPrinter", "load_generated"]
+__all__ = ["numpy_module_source", "NumpyPrinter"]
 
 #: the panels of the two-dimensional rules of derive.activations.gaussian (a boundary at 0 for kinks)
 _PANELS = _GAUSS_PANELS[2]
@@ -970,19 +970,3 @@ def numpy_module_source(d, tol: float | None = None) -> str:
                   blocked=blocked, moments_source=moments_source,
                   # evaluate()'s default order: 2 where the O(1/n²) statistics are computed
                   default_order=2 if ntk and ntk["nnlo"] else 1)
-
-
-@lru_cache(maxsize=16)
-def load_generated(spec, targets: tuple = ("K", "Theta")):
-    """The generated evaluator of ``spec`` as a module object (cached per spec and targets)."""
-    import types
-
-    from ..derivation.derivation import derive
-
-    order = (2 if any(t in NNLO_STEPS for t in targets) else
-             1 if any(t in ("G1", "V", *NTK_STEPS) for t in targets) else 0)
-    src = derive(spec, targets=targets, order=order).numpy_module()
-    mod = types.ModuleType(f"derive_generated_{abs(hash((spec, targets)))}")
-    exec(compile(src, mod.__name__, "exec"), mod.__dict__)  # noqa: S102 - our own generated code
-    mod.SOURCE = src
-    return mod

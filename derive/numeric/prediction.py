@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
 from ..architectures.mlp import MLP
 from ..base.errors import DeriveError, boundary
-from ..derivation.derivation import check_targets, finite_targets, order_for
+from ..derivation.derivation import check_targets, derive, finite_targets, order_for
 from ..derivation.quantities import MULTI, NNLO, NTK_FOUR, NTK_NLO, RANK4, TANGENT, quantity
 from .evaluate import _DiagonalVertex, iterate_mlp
 
-__all__ = ["predict", "Prediction", "ExpansionWarning", "plan_work", "vertex_work"]
+__all__ = ["predict", "Prediction", "ExpansionWarning", "plan_work", "vertex_work",
+           "load_generated"]
 
 
 #: the O(1/n²) statistics with more than two sample indices: V1, U
@@ -189,13 +191,29 @@ class Prediction:
                 f"<thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
+@lru_cache(maxsize=16)
+def load_generated(spec, targets: tuple = ("K", "Theta")):
+    """The generated evaluator of ``spec`` (:func:`derive.emit.numpy_module.numpy_module_source`
+    of its derivation) as a module object, cached per spec and targets: derived here, where it
+    is run, so that the code generator does not import the derivation that feeds it."""
+    import types
+
+    from ..emit.numpy_module import NNLO_STEPS, NTK_STEPS
+
+    order = (2 if any(t in NNLO_STEPS for t in targets) else
+             1 if any(t in ("G1", "V", *NTK_STEPS) for t in targets) else 0)
+    src = derive(spec, targets=targets, order=order).numpy_module()
+    mod = types.ModuleType(f"derive_generated_{abs(hash((spec, targets)))}")
+    exec(compile(src, mod.__name__, "exec"), mod.__dict__)  # noqa: S102 - our own generated code
+    mod.SOURCE = src
+    return mod
+
+
 def _generated(spec: MLP, X: np.ndarray, order: int, nlo: bool, dense_v: bool,
                ntk: tuple = (), tol: float | None = None) -> dict:
     """K, Θ (and G1, V, and the NTK's O(1/n) statistics ``ntk``: H1 on all pairs, A, B, D, F
     dense for N ≤ 2) from the generated module of ``spec`` (cached per spec and targets), its
     quadratures to ``tol`` (default: the module's TOL)."""
-    from ..emit.numpy_module import load_generated
-
     # at order 0 the NTK's statistics are not evaluated (as on the batched route: H1 is zero,
     # A, B, D, F are left out)
     ntk = tuple(q for q in NTK_NLO if q in ntk) if order >= 1 else ()
