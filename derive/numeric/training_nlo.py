@@ -823,7 +823,12 @@ def nlo_dynamics(K, Th, G1, H1, st: dict, Y, NA: int, eta: float, times: tuple,
             **_components("dHhat", [None, dH0], 3, n_out, structured, (P,))}
     XA, wA = cubature_degree5(n_out * NA)
     PA = len(wA)
-    chol = np.linalg.cholesky(0.5 * (K + K.T))
+    try:    # cond(K) < 1e12 here: the factor exists in double precision, but say so if not
+        chol = np.linalg.cholesky(0.5 * (K + K.T))
+    except np.linalg.LinAlgError:
+        raise DeriveError("train(order=1) needs a positive-definite kernel K on the training "
+                          "and test inputs; its Cholesky factor failed (remove repeated or "
+                          "parallel inputs)") from None
     zA0 = XA.reshape(PA, n_out, NA) @ chol[:, :NA].T  # (PA, n_out, N): E[z(0) | z_A(0)]
     dd = {**_components("z", [{DENSE: zA0}, None], 1, n_out, structured, (PA,)),
           **_components("Hhat", [{pair: _Same(Th)}, None], 2, n_out, structured, (PA,)),
