@@ -716,3 +716,32 @@ def test_first_order_run_against_a_plain_simulation_of_the_perturbed_start():
     drift1 = (dup - ddown) / (2 * h)
     assert np.allclose(got["drift1"][0, 0], drift1, rtol=1e-7, atol=1e-8 * np.abs(drift1).max())
     assert np.abs(mean1[NA:]).max() > 1e-3 and np.abs(drift1).max() > 1e-3
+
+
+@pytest.mark.parametrize("spec, shapes", [
+    ("...IABwab,...Aa,...Bb->...Iw", [(7, 1, 1, 1, 5, 3, 5), (7, 1, 3), (7, 1, 3)]),
+    ("...IAJwax,...Aa->...IJwx", [(7, 1, 1, 1, 5, 3, 5), (7, 1, 3)]),
+    ("...AIaw,...Aa->...Iw", [(7, 1, 1, 3, 5), (7, 1, 3)]),
+    ("...IAawx,...Aa->...Iwx", [(7, 1, 1, 3, 5, 4), (7, 1, 3)]),
+    ("...IABCwabc,...Aa,...Bb,...Cc->...Iw", [(7, 1, 1, 1, 1, 5, 3, 3, 3)] + [(7, 1, 3)] * 3),
+    ("...Aa,...Aa->...", [(7, 1, 3), (7, 1, 3)]),
+    ("...IAJwax,...Aa->...IJwx", [(7, 2, 2, 2, 5, 3, 5), (7, 2, 3)]),      # two outputs
+])
+def test_a_varying_field_meets_its_eps_factors_as_einsum_does(spec, shapes):
+    """The dynamics' contraction of a field that varies over the cubature points with its ε
+    factors (batched matrix products, one summed axis at a time, where every ε sums one axis
+    of the field and its neuron axes are of length one) gives np.einsum's numbers, in every
+    position of the summed axes; with two outputs it is np.einsum itself."""
+    from derive.numeric import training_nlo as tn
+
+    rng = np.random.default_rng(7)
+    ops = [rng.standard_normal(s) for s in shapes]
+    if spec.startswith("...IABwab"):      # dĤ_{δαβ}: its last slot cut to the training samples
+        ops[0] = ops[0][..., :3]
+    ins, out = spec.split("->")
+    terms = [t[3:] for t in ins.split(",")]
+    fast = tn._chain(terms, out[3:], ops, 1)
+    assert (fast is None) == (shapes[0][1] == 2)
+    got = tn._contract(spec, ops)
+    assert got.shape == np.einsum(spec, *ops).shape
+    assert np.allclose(got, np.einsum(spec, *ops), rtol=1e-13, atol=1e-13)
