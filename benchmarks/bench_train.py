@@ -2,11 +2,11 @@
 
 * ``derive.train(order=1)`` for depth 3–5, |A| = 3–10 training and |B| = 2–10 test inputs,
   T = 1000 steps: seconds, not minutes (the issue's words; a row is met under 60 s, and the
-  column "under 10 s" keeps the stricter mark these rows were held to until 2026-12-01).  Each row is split into the output layer's statistics
-  (``predict`` of K … Udd, N = |A| + |B| inputs, rank-4 tensors: about N⁴ Gaussian averages per
-  layer, each set of four distinct inputs integrated once for all the products it needs, and
-  only the sets with at most two test inputs — ``training_inputs``) and
-  the averaged dynamics (jets through the derived update equations over a degree-5 cubature of
+  column "under 10 s" keeps the stricter mark these rows were held to until 2026-12-01).
+  Each row is split into the output layer's statistics (``predict`` of K … Udd, N = |A| +
+  |B| inputs, rank-4 tensors: about N⁴ Gaussian averages per layer, each set of four
+  distinct inputs integrated once for all the products it needs, and only the sets with at
+  most two test inputs — ``training_inputs``) and the averaged dynamics (jets through the derived update equations over a degree-5 cubature of
   N² + 3N + 3 points for N ≥ 4); 10 + 10 inputs at depth 3 and 5, and 4 + 2 and 6 + 4 inputs
   with two or three outputs, are left to ``--full`` (15 and 19 s for the first two on one
   core, 2026-12-01).  ``--workers K``: the statistics and the dynamics' blocks of
